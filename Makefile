@@ -1,0 +1,32 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+# A pinned torch: on CPU-only machines an unpinned one pulls a multi-GB CUDA build. GPU users: make demo TORCH=torch
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/verbo quickstart --out quickstart
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf quickstart runs .pytest_cache

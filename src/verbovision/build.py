@@ -1,0 +1,326 @@
+"""Compose a vision encoder, a connector and a causal LM into a standard transformers VLM checkpoint.
+
+We never ship model code: each connector maps onto an architecture transformers already has, so the result loads
+with `AutoModelForImageTextToText` / `AutoProcessor` without VerboVision and without `trust_remote_code`:
+
+| connector       | architecture                          | what the connector computes                          |
+|-----------------|---------------------------------------|------------------------------------------------------|
+| `linear`        | `LlavaForConditionalGeneration`       | linear_2(linear_1(x)), identity activation; linear_2 |
+|                 |                                       | starts as the identity, so it is one linear map      |
+| `mlp`           | `LlavaForConditionalGeneration`       | linear_2(act(linear_1(x))), act = gelu or silu       |
+| `pixel_shuffle` | `Cohere2VisionForConditionalGeneration` | pixel shuffle by `factor` (s*s patches -> 1 token), |
+|                 |                                       | then linear_2(silu(gate) * x) with [x, gate] = linear_1(.) |
+
+The processor is a `LlavaProcessor` in every case; with pixel shuffle its patch size is patch * factor so it inserts
+exactly one image token per compressed feature.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    Cohere2VisionConfig,
+    GPT2Config,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    Qwen2Config,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    ViTConfig,
+    ViTImageProcessor,
+)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+from .errors import ConfigError
+from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids
+
+BUILD_METADATA = "verbovision_build.json"
+
+
+@dataclass
+class VisionSpec:
+    """The vision encoder: a hub id or local directory, or a from-scratch size."""
+
+    name: str | None = None
+    """Hub id or local directory of a pretrained encoder (CLIP/SigLIP/ViT/DINOv2...); None builds from scratch."""
+    arch: str = "siglip"
+    """From-scratch architecture: siglip, clip or vit."""
+    hidden_size: int = 128
+    """From scratch: width of the encoder."""
+    layers: int = 4
+    """From scratch: number of transformer layers."""
+    heads: int = 4
+    """From scratch: attention heads."""
+    image_size: int = 64
+    """From scratch: input resolution (square)."""
+    patch_size: int = 8
+    """From scratch: patch size in pixels."""
+    feature_layer: int = -1
+    """Which hidden state feeds the connector (-1 last, -2 penultimate as LLaVA-1.5 does)."""
+
+
+@dataclass
+class LanguageSpec:
+    """The causal language model: a hub id or local directory, or a from-scratch size."""
+
+    name: str | None = None
+    """Hub id or local directory of a pretrained causal LM (Qwen2.5, Llama 3.2, GPT-2, SmolLM...)."""
+    arch: str = "qwen2"
+    """From-scratch architecture: qwen2, llama or gpt2."""
+    hidden_size: int = 128
+    """From scratch: model width."""
+    layers: int = 4
+    """From scratch: number of decoder layers."""
+    heads: int = 4
+    """From scratch: attention heads."""
+    kv_heads: int | None = None
+    """From scratch: key/value heads (grouped-query attention); None means equal to heads."""
+    max_positions: int = 512
+    """From scratch: longest sequence the model accepts."""
+    vocab_size: int = 1024
+    """From scratch: size of the BPE vocabulary trained on the data."""
+
+
+@dataclass
+class ConnectorSpec:
+    """How image features become LM token embeddings."""
+
+    type: str = "mlp"
+    """linear, mlp (two layers) or pixel_shuffle (compress s x s patches into one token, then a gated MLP)."""
+    act: str = "gelu"
+    """Activation of the mlp connector: gelu or silu (pixel_shuffle always uses SiLU gating)."""
+    factor: int = 2
+    """pixel_shuffle: s, the side of the patch square merged into one token."""
+    hidden_size: int | None = None
+    """pixel_shuffle: width of the gated MLP (default 2 x LM width)."""
+
+
+@dataclass
+class ModelSpec:
+    """A VLM to build: vision + connector + language, and the image placeholder token."""
+
+    vision: VisionSpec = field(default_factory=VisionSpec)
+    language: LanguageSpec = field(default_factory=LanguageSpec)
+    connector: ConnectorSpec = field(default_factory=ConnectorSpec)
+    image_token: str = "<image>"
+    """Placeholder token for image features, e.g. <image> (LLaVA) or <|image_pad|> (Qwen)."""
+
+
+_SCRATCH_VISION = {"siglip": SiglipVisionConfig, "clip": CLIPVisionConfig, "vit": ViTConfig}
+_SCRATCH_LANGUAGE = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gpt2": GPT2Config}
+# Encoders whose sequence starts with a CLS token that is not an image patch.
+_CLS_ENCODERS = {"clip_vision_model", "vit", "dinov2", "dinov3_vit", "deit"}
+
+
+def vision_config(spec: VisionSpec):
+    if spec.name:
+        config = AutoConfig.from_pretrained(spec.name)
+        return getattr(config, "vision_config", None) or config
+    if spec.arch not in _SCRATCH_VISION:
+        raise ConfigError(f"vision.arch {spec.arch!r} unknown; choose one of {sorted(_SCRATCH_VISION)}")
+    return _SCRATCH_VISION[spec.arch](
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+
+
+def language_config(spec: LanguageSpec, vocab_size: int):
+    if spec.name:
+        return AutoConfig.from_pretrained(spec.name)
+    if spec.arch not in _SCRATCH_LANGUAGE:
+        raise ConfigError(f"language.arch {spec.arch!r} unknown; choose one of {sorted(_SCRATCH_LANGUAGE)}")
+    if spec.arch == "gpt2":
+        return GPT2Config(
+            n_embd=spec.hidden_size,
+            n_layer=spec.layers,
+            n_head=spec.heads,
+            n_positions=spec.max_positions,
+            vocab_size=vocab_size,
+        )
+    return _SCRATCH_LANGUAGE[spec.arch](
+        hidden_size=spec.hidden_size,
+        intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads or spec.heads,
+        max_position_embeddings=spec.max_positions,
+        vocab_size=vocab_size,
+        tie_word_embeddings=True,
+    )
+
+
+def _size(value) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+def patch_grid(vcfg) -> int:
+    """Patches per side of the encoder's image grid."""
+    return _size(vcfg.image_size) // _size(vcfg.patch_size)
+
+
+def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
+    """Map the connector onto a transformers VLM architecture, or say why it cannot be mapped."""
+    connector = spec.connector
+    has_cls = vcfg.model_type in _CLS_ENCODERS
+    # GPT-2 names its embedding `wte`, which the VLM classes cannot tie to; they keep an untied copy instead.
+    tie = bool(getattr(tcfg, "tie_word_embeddings", True)) and tcfg.model_type != "gpt2"
+    tcfg.tie_word_embeddings = tie  # the VLM configs inherit tying from the text config
+    if connector.type in ("linear", "mlp"):
+        act = "linear" if connector.type == "linear" else connector.act
+        if act not in ("linear", "gelu", "silu"):
+            raise ConfigError(f"connector.act {connector.act!r} unsupported; use gelu or silu")
+        return LlavaConfig(
+            vision_config=vcfg,
+            text_config=tcfg,
+            image_token_id=image_token_id,
+            projector_hidden_act=act,
+            vision_feature_layer=spec.vision.feature_layer,
+            vision_feature_select_strategy="default" if has_cls else "full",
+            tie_word_embeddings=tie,
+        )
+    if connector.type == "pixel_shuffle":
+        if has_cls:
+            raise ConfigError(
+                f"connector pixel_shuffle cannot be mapped for a {vcfg.model_type} encoder: transformers' "
+                "pixel-shuffle VLM (Cohere2Vision) reshapes every output token into a square grid, and this "
+                "encoder adds a CLS token. Use a SigLIP encoder, or connector type mlp."
+            )
+        if spec.vision.feature_layer != -1:
+            raise ConfigError("connector pixel_shuffle reads the encoder's last layer; set vision.feature_layer: -1")
+        if connector.act != "silu":
+            raise ConfigError("connector pixel_shuffle maps to Cohere2Vision's SiLU-gated MLP; set connector.act: silu")
+        if patch_grid(vcfg) % connector.factor:
+            raise ConfigError(
+                f"pixel_shuffle factor {connector.factor} does not divide the {patch_grid(vcfg)}x{patch_grid(vcfg)} "
+                "patch grid"
+            )
+        return Cohere2VisionConfig(
+            vision_config=vcfg,
+            text_config=tcfg,
+            image_token_id=image_token_id,
+            downsample_factor=connector.factor,
+            alignment_intermediate_size=2 * (connector.hidden_size or 2 * tcfg.hidden_size),
+            tie_word_embeddings=tie,
+        )
+    raise ConfigError(f"connector.type {connector.type!r} unknown; choose linear, mlp or pixel_shuffle")
+
+
+def image_processor_for(spec: VisionSpec, vcfg):
+    if spec.name:
+        return AutoImageProcessor.from_pretrained(spec.name)
+    size = _size(vcfg.image_size)
+    if spec.arch == "clip":
+        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    cls = SiglipImageProcessor if spec.arch == "siglip" else ViTImageProcessor
+    return cls(size={"height": size, "width": size})
+
+
+def make_processor(spec: ModelSpec, vcfg, image_processor, tokenizer) -> LlavaProcessor:
+    has_cls = vcfg.model_type in _CLS_ENCODERS
+    merge = spec.connector.factor if spec.connector.type == "pixel_shuffle" else 1
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=_size(vcfg.patch_size) * merge,
+        vision_feature_select_strategy="default" if has_cls else "full",
+        num_additional_image_tokens=1 if has_cls else 0,
+        image_token=spec.image_token,
+        chat_template=tokenizer.chat_template,
+    )
+
+
+def _load_pretrained_vision(spec: VisionSpec, vcfg) -> PreTrainedModel:
+    # Resolving the class from the vision sub-config loads only the encoder out of a full CLIP/SigLIP checkpoint.
+    return MODEL_MAPPING[type(vcfg)].from_pretrained(spec.name)
+
+
+def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Build the VLM and its processor. `tokenizer` is required when the LM is built from scratch."""
+    if spec.language.name:
+        tokenizer = prepare_pretrained_tokenizer(spec.language.name, spec.image_token)
+    elif tokenizer is None:
+        raise ConfigError("a from-scratch language model needs a tokenizer trained on the data")
+    vcfg = vision_config(spec.vision)
+    tcfg = language_config(spec.language, vocab_size=len(tokenizer))
+    image_token_id = tokenizer.convert_tokens_to_ids(spec.image_token)
+    config = vlm_config(spec, vcfg, tcfg, image_token_id)
+    stops = stop_token_ids(tokenizer)
+    config.text_config.eos_token_id = stops[0]
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    model = AutoModelForImageTextToText.from_config(config)
+    _init_connector(model, spec.connector)
+    if spec.vision.name:
+        model.model.vision_tower.load_state_dict(_load_pretrained_vision(spec.vision, vcfg).state_dict())
+    if spec.language.name:
+        _copy_language_model(model, spec.language.name, len(tokenizer))
+    model.generation_config.eos_token_id = stops
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    processor = make_processor(spec, vcfg, image_processor_for(spec.vision, vcfg), tokenizer)
+    return model, processor
+
+
+def _init_connector(model: PreTrainedModel, spec: ConnectorSpec) -> None:
+    if spec.type == "linear":
+        # Start linear_2 as the identity so the connector begins as one plain linear map.
+        with torch.no_grad():
+            projector = model.model.multi_modal_projector
+            projector.linear_2.weight.copy_(torch.eye(projector.linear_2.weight.shape[0]))
+            if projector.linear_2.bias is not None:
+                projector.linear_2.bias.zero_()
+
+
+def _copy_language_model(model: PreTrainedModel, name: str, vocab_size: int) -> None:
+    lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    lm.resize_token_embeddings(vocab_size)
+    model.model.language_model.load_state_dict(lm.base_model.state_dict())
+    with torch.no_grad():
+        model.lm_head.weight.copy_(lm.get_output_embeddings().weight)
+
+
+def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path, metadata: dict | None = None) -> Path:
+    """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    if metadata is not None:
+        (out / BUILD_METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
+    return out
+
+
+def spec_metadata(spec: ModelSpec) -> dict:
+    return {"model_spec": asdict(spec)}
+
+
+def num_image_tokens(processor: LlavaProcessor) -> int:
+    """Image placeholder tokens per image, as the processor inserts them."""
+    crop = getattr(processor.image_processor, "crop_size", None) or processor.image_processor.size
+    height = crop.get("height") or crop.get("shortest_edge")
+    width = crop.get("width") or crop.get("shortest_edge")
+    count = (height // processor.patch_size) * (width // processor.patch_size) + processor.num_additional_image_tokens
+    if processor.vision_feature_select_strategy == "default":
+        count -= 1
+    return count
+
+
+def describe(model: PreTrainedModel) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}: {total / 1e6:.2f}M parameters"

@@ -1,0 +1,214 @@
+"""`verbo`: one entry point, each subcommand mapped to one function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import VerboError
+
+
+def _quiet_libraries() -> None:
+    # transformers announces every image processor that falls back to PIL without torchvision; users need none of it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _decode_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding (greedy by default)")
+    group.add_argument("--max-new-tokens", type=int, default=64)
+    group.add_argument("--beams", type=int, default=1, help="beam search width")
+    group.add_argument("--temperature", type=float, help="sampling temperature (turns sampling on)")
+    group.add_argument("--top-p", type=float, help="nucleus sampling mass (turns sampling on)")
+    group.add_argument("--top-k", type=int, help="sample among the k most likely tokens (turns sampling on)")
+    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+
+
+def _decode_options(args):
+    from .infer import DecodeOptions
+
+    return DecodeOptions(max_new_tokens=args.max_new_tokens, beams=args.beams, temperature=args.temperature,
+                         top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
+                         seed=args.seed)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_quickstart(args) -> None:
+    from .quickstart import quickstart
+
+    quickstart(Path(args.out), n=args.n)
+
+
+def cmd_data_synth(args) -> None:
+    from .synth import synth_geometry, synth_shapes
+
+    if args.kind == "shapes":
+        langs = tuple(x for x in args.langs.split(",") if x)
+        summary = synth_shapes(args.out, n=args.n or 3000, seed=args.seed, langs=langs)
+    else:
+        summary = synth_geometry(args.out, n=args.n or 1000, seed=args.seed)
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def cmd_build(args) -> None:
+    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model
+    from .errors import ConfigError
+
+    if not args.language:
+        raise ConfigError("--language needs a pretrained LM (hub id or directory); from-scratch LMs are built by "
+                          "`verbo train` from a recipe, which trains their tokenizer on the data")
+    spec = ModelSpec(
+        vision=VisionSpec(name=args.vision, feature_layer=args.feature_layer),
+        language=LanguageSpec(name=args.language),
+        connector=ConnectorSpec(type=args.connector, act=args.act, factor=args.factor),
+        image_token=args.image_token,
+    )
+    model, processor = build_vlm(spec)
+    from dataclasses import asdict
+
+    save_model(model, processor, args.out, {"model_spec": asdict(spec), "template": "chat"})
+    print(f"{describe(model)} saved to {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .recipe import load_recipe
+    from .train import train_and_report
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    out = Path(args.out or Path("runs") / recipe.name)
+    train_and_report(recipe, out, resume=args.resume)
+    print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
+
+
+def cmd_merge(args) -> None:
+    from .merge import merge_adapter
+
+    print(merge_adapter(args.adapter, args.out, tolerance=args.tolerance).summary())
+
+
+def cmd_caption(args) -> None:
+    from .infer import VLM
+
+    vlm = VLM(args.model, device=args.device)
+    captions = vlm.caption(args.images, prompt=args.prompt, options=_decode_options(args), batch_size=args.batch_size)
+    for image, caption in zip(args.images, captions):
+        print(f"{image}\t{caption}")
+
+
+def cmd_ask(args) -> None:
+    from .infer import VLM
+
+    print(VLM(args.model, device=args.device).ask(args.image, args.question, _decode_options(args)))
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+EXAMPLES = {
+    "quickstart": "examples:\n  verbo quickstart --out quickstart",
+    "synth": "examples:\n  verbo data synth shapes --out data/shapes --n 3000 --seed 0 --langs en,pt\n"
+             "  verbo data synth geometry --out data/geometry --n 1000",
+    "build": "examples:\n  verbo build --vision google/siglip-base-patch16-224 --language Qwen/Qwen2.5-0.5B-Instruct "
+             "--connector pixel_shuffle --act silu --factor 2 --image-token '<|image_pad|>' --out models/geovlm-init",
+    "train": "examples:\n  verbo train recipes/quickstart.yaml data_root=data/shapes --out runs/qs\n"
+             "  verbo train recipes/geovlm.yaml stages.0.lr=3e-4 stages.1.epochs=2 --out runs/geo\n"
+             "  verbo train recipes/geovlm.yaml --out runs/geo --resume",
+    "merge": "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
+             "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
+    "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
+               "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
+    "ask": "examples:\n  verbo ask runs/qs/final img.png \"How many shapes are there?\"",
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verbo",
+        description="Build, train, fine-tune, evaluate and serve vision-language models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, func, help, epilog_key=None, parent=sub):
+        p = parent.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(epilog_key or name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("quickstart", cmd_quickstart, "offline demo: synth data -> train -> eval -> captions -> report")
+    p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
+    p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
+
+    data = sub.add_parser("data", help="synthesize data").add_subparsers(dest="data_command", metavar="DATA_COMMAND",
+                                                                          required=True)
+    p = command("synth", cmd_data_synth, "write a synthetic dataset (LLaVA JSON + images, train/val/test)",
+                parent=data)
+    p.add_argument("kind", choices=["shapes", "geometry"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
+
+    p = command("build", cmd_build, "compose a pretrained vision encoder + connector + LM into a standard checkpoint")
+    p.add_argument("--vision", required=True, help="hub id or directory of a vision encoder (SigLIP, CLIP, ViT...)")
+    p.add_argument("--language", required=True, help="hub id or directory of a causal LM")
+    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"])
+    p.add_argument("--act", default="gelu", choices=["gelu", "silu"])
+    p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
+    p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
+    p.add_argument("--image-token", default="<image>")
+    p.add_argument("--out", required=True)
+
+    p = command("train", cmd_train, "run a recipe's training stages")
+    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
+    p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+
+    p = command("merge", cmd_merge, "merge a LoRA adapter into its base (read from metadata) and verify the logits")
+    p.add_argument("adapter", metavar="ADAPTER_OR_RUN")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
+
+    p = command("caption", cmd_caption, "caption images")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--prompt", default="Describe the image briefly.")
+    _decode_args(p)
+
+    p = command("ask", cmd_ask, "answer a question about an image")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("question")
+    _decode_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except VerboError as e:
+        print(f"verbo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("verbo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Merge a LoRA adapter into its base model, and prove the merge: merged logits must equal base + adapter.
+
+The base model is read from the metadata saved beside the adapter, never from folder names. The check runs a probe
+batch (a seeded random image and a prompt, through the model's own processor) through base + adapter, then through
+the merged model, then through the merged model reloaded from disk, and reports the largest logit difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import VerboError
+from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass
+class MergeReport:
+    base_model: str
+    adapter: str
+    output: str
+    max_abs_diff: float
+    """Largest |logit| difference between base + adapter and the merged model in memory."""
+    max_abs_diff_reloaded: float
+    """The same, for the merged model reloaded from disk."""
+    tolerance: float
+
+    def summary(self) -> str:
+        return (
+            f"merged {self.adapter} into {self.base_model} -> {self.output}; "
+            f"max |logit difference| vs base+adapter: {self.max_abs_diff:.3g} in memory, "
+            f"{self.max_abs_diff_reloaded:.3g} after reload (tolerance {self.tolerance:g})"
+        )
+
+
+def probe_batch(processor, device, seed: int = 0) -> dict:
+    """A deterministic image + prompt batch in the model's own input format."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    prompt = processor.image_token + "\nDescribe the image."
+    batch = processor(images=[image], text=[prompt], return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+@torch.no_grad()
+def logits_of(model, batch: dict) -> torch.Tensor:
+    return model(**batch).logits.float()
+
+
+def resolve_adapter(path: str | Path) -> Path:
+    """An adapter directory, or the last adapter of a training run."""
+    path = Path(path)
+    if is_adapter(path):
+        return path
+    run = read_json(path / "run.json")
+    if run and run.get("adapters"):
+        return path / run["adapters"][-1]
+    raise VerboError(f"{path}: neither a LoRA adapter (no adapter_config.json) nor a run with an adapter")
+
+
+def merge_verified(peft_model, processor, out: str | Path, base_model: str, adapter: str, metadata: dict,
+                   tolerance: float = DEFAULT_TOLERANCE):
+    """Merge an in-memory PEFT model, save it, and check logits before, after and after reload."""
+    from .build import save_model
+
+    device = next(peft_model.parameters()).device
+    batch = probe_batch(processor, device)
+    was_training = peft_model.training
+    peft_model.eval()
+    before = logits_of(peft_model, batch)
+    merged = peft_model.merge_and_unload()
+    diff = (logits_of(merged, batch) - before).abs().max().item()
+    report_fields = dict(base_model=base_model, adapter=adapter, output=str(out), tolerance=tolerance)
+    save_model(merged, processor, out)
+    reloaded, _ = load_model(out, device=device)
+    diff_reloaded = (logits_of(reloaded, batch) - before).abs().max().item()
+    del reloaded
+    report = MergeReport(max_abs_diff=diff, max_abs_diff_reloaded=diff_reloaded, **report_fields)
+    write_json(Path(out) / MODEL_METADATA, {**metadata, "merge": report.__dict__})
+    if max(diff, diff_reloaded) > tolerance:
+        raise VerboError(f"merge check failed: {report.summary()}")
+    merged.train(was_training)
+    return merged, report
+
+
+def merge_adapter(adapter_or_run: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> MergeReport:
+    """`verbo merge`: load base (from metadata) + adapter, merge, verify, save a standard checkpoint."""
+    adapter = resolve_adapter(adapter_or_run)
+    base = adapter_base(adapter)
+    peft_model, processor = load_model(adapter)
+    if getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model, "is_loaded_in_8bit", False):
+        raise VerboError("refusing to merge onto a quantized base: load the base in full precision")
+    metadata = {**model_metadata(adapter), "base_model": base, "adapter": str(adapter)}
+    _, report = merge_verified(peft_model, processor, out, base, str(adapter), metadata, tolerance)
+    return report

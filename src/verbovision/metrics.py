@@ -1,0 +1,438 @@
+"""Captioning and VQA metrics, numerically identical to the official toolkits, in pure Python + numpy.
+
+Parity guarantees (checked by tests/test_metrics.py and benchmarks/metrics_bench.py)
+-----------------------------------------------------------------------------------
+* ``ptb_tokenize`` reproduces pycocoevalcap's ``PTBTokenizer``: Stanford CoreNLP 3.4.1 ``PTBTokenizer
+  -preserveLines -lowerCase`` followed by the removal of pycocoevalcap's PUNCTUATIONS tokens. The lexer rules
+  below are a re-implementation of the 3.4.1 JFlex grammar (longest match, first rule wins ties, trailing
+  context counted in the match length), its abbreviation lists probed against the real jar. Because the Java
+  lexer reads all captions as one file, the tokens of a caption can depend on the first word of the next
+  caption ("... letter A." + "A dog" -> "a", "."; + "the dog" -> "a."), and the last caption sees the end of
+  the file: ``ptb_tokenize`` lexes the same joined text, so it reproduces these effects too.
+* BLEU-1..4, ROUGE-L and CIDEr-D give the same floats as pycocoevalcap 1.2's ``Bleu(4)``, ``Rouge`` and
+  ``Cider`` (bit-for-bit on every input we tried): every floating-point operation that depends on order is
+  done in pycocoevalcap's order (per-n-gram sums in first-occurrence order, the same ``np.mean`` calls), and
+  every transcendental function is evaluated by the same scalar call (``math``/``np.log`` on scalars, never a
+  vectorised numpy ufunc, whose SIMD kernels may round differently).
+* METEOR and SPICE are delegated to pycocoevalcap (Java); when that is impossible the metric is reported in
+  ``CaptionScores.skipped`` with the reason, never as a silent zero.
+
+Known differences from the official toolkit
+-------------------------------------------
+* Line breaks inside a caption ("\\r", U+2028, U+2029, VT, FF): pycocoevalcap only replaces "\\n", so Java
+  sees extra lines and every later caption of the call is paired with the wrong tokens. Here they are spaces.
+* The lexer's letter class is Unicode category L* (plus the marks the 3.4.1 grammar lists); Java 17's and
+  Python's Unicode tables may disagree on characters added in recent Unicode versions. Characters outside the
+  Basic Multilingual Plane (emoji) are deleted, as Java deletes their surrogate halves.
+* Rare constructs not probed against the jar (SGML with unbalanced quotes, URLs with unusual characters)
+  may tokenize differently; tests/test_metrics.py compares the two on a few hundred tricky strings.
+* CIDEr-D's document frequencies come from the references of the evaluated set (as in pycocoevalcap), so a
+  bootstrap over per-image CIDEr resamples scores computed with the full set's df held fixed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------------------------
+# PTB tokenization (Stanford CoreNLP 3.4.1 PTBLexer, options -preserveLines -lowerCase, ptb3Escaping defaults)
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Tokens pycocoevalcap drops after tokenizing (pycocoevalcap/tokenizer/ptbtokenizer.py). Brackets come out of
+#: Java lowercased ("-lrb-"), so the upper-case bracket entries never match and brackets survive as tokens.
+PTB_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
+                              "-", "--", "...", ";"])
+
+# Character classes of the grammar. JFlex's [:letter:] is Unicode L*; Python's [^\W\d_] adds numeric
+# characters such as "½" and "²", which the grammar lexes differently, so they are removed.
+_NOT_LETTERS = r"\W\d_\u00B2\u00B3\u00B9\u00BC-\u00BE\u2070-\u209F\u2150-\u218F\u2460-\u24FF\u2776-\u2793"
+_L = rf"[^{_NOT_LETTERS}]"
+_LD = rf"[^{_NOT_LETTERS.replace(chr(92) + 'd', '')}]"  # letter or decimal digit
+# Marks and symbols the grammar's WORD accepts besides letters (verbatim from the 3.4.x PTBLexer WORD macro).
+_WORD_EXTRA = (r"\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F\u0370-\u037D\u0384"
+               r"\u0385\u03CF\u03F6\u03FC-\u03FF\u0483-\u0487\u04CF\u04F6-\u04FF\u0510-\u0525\u055A-\u055F"
+               r"\u0591-\u05BD\u05BF\u05C1\u05C2\u05C4\u05C5\u05C7\u0615-\u061A\u063B-\u063F\u064B-\u065E"
+               r"\u0670\u06D6-\u06EF\u06FA-\u06FF\u070F\u0711\u0730-\u074F\u0750-\u077F\u07A6-\u07B1\u07CA-\u07F5"
+               r"\u07FA\u0900-\u0903\u093C\u093E-\u094E\u0951-\u0955\u0962-\u0963\u0981-\u0983\u09BC-\u09C4"
+               r"\u09C7\u09C8\u09CB-\u09CD\u09D7\u09E2\u09E3\u0A01-\u0A03\u0A3C\u0A3E-\u0A4F\u0A81-\u0A83"
+               r"\u0ABC-\u0ACF\u0B82\u0BBE-\u0BC2\u0BC6-\u0BC8\u0BCA-\u0BCD\u0C01-\u0C03\u0C3E-\u0C56"
+               r"\u0D3E-\u0D44\u0D46-\u0D48\u0E30-\u0E3A\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD")
+_WCHAR = rf"(?:{_L}|[{_WORD_EXTRA}]|&[aeiouAEIOU](?i:acute|grave|uml);)"
+_WLD = rf"(?:{_WCHAR}|\d)"
+_WORD = rf"{_WCHAR}{_WLD}*(?:[.!?]{_WCHAR}{_WLD}*)*"
+_SPACE = r"[ \t\u00A0\u2000-\u200A\u3000]"
+_NEWLINE = r"(?:\r\n?|[\n\u2028\u2029\u000B\u000C\u0085])"
+_SPACENL = rf"(?:{_SPACE}|{_NEWLINE})"
+_APOS = r"(?:['\u0092\u2019]|(?i:&apos;))"
+_APOSETC = r"(?:['`\u0091\u0092\u2018\u2019\u201B]|(?i:&apos;))"
+_HYPHEN = r"[-_\u058A\u2010\u2011]"
+_NUM = r"\d*(?:[.:,\u00AD\u066B\u066C]\d+)+|\d+"
+_ACRO_SPECIAL = r"(?i:(?:Canada|Sino|Korean|EU|Japan|non)-U\.S|U\.S\.-(?:U\.K|U\.S\.S\.R))"
+_ACRO = rf"(?:{_ACRO_SPECIAL}|[A-Za-z](?:\.[A-Za-z])*)"
+_ACRO2 = rf"(?:{_ACRO_SPECIAL}|[A-Za-z](?:\.[A-Za-z])+)"
+_SGML_NAME = r"[A-Za-z][A-Za-z0-9_:.-]*"
+_SGML = (rf"<(?:[!?][A-Za-z-][^>\r\n]*|{_SGML_NAME}(?: +(?:{_SGML_NAME} *= *(?:'[^'\r\n]*'|\"[^\"\r\n]*\"|{_SGML_NAME})"
+         rf"|{_SGML_NAME}))* */?|/{_SGML_NAME}) *>")
+_REDAUX = rf"{_APOS}(?:[msdMSD]|(?i:re|ve|ll))"
+_SREDAUX = rf"(?i:n){_APOSETC}(?i:t)"
+
+
+def _words(alternatives: str) -> str:
+    """A caseless alternation, longest alternative first: JFlex takes the longest match, Python the first.
+
+    "[X]" marks a case-sensitive letter, as in the grammar (JFlex's %caseless does not reach inside classes).
+    """
+    alts = sorted(alternatives.split("|"), key=len, reverse=True)
+    return "(?i:" + "|".join(re.sub(r"\[(\w)\]", r"(?-i:\1)", re.escape(a).replace(r"\[", "[").replace(r"\]", "]"))
+                             for a in alts) + ")"
+
+
+# Abbreviation lists of the 3.4.1 grammar, each entry confirmed against the jar.
+# ABBREV1: usually followed by a lower-case word; before a capital the period also ends the sentence.
+_ABBREV1_WORDS = (
+    "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Mon|Tue|Tues|Wed|Thu|Thurs|Fri"
+    "|Ala|Ariz|[A]z|[A]rk|Calif|Colo|Conn|Ct|Dak|[D]el|Fla|Ga|[I]ll|Ind|Kan|Kans|Ky|[L]a|[M]ass|Md|Mich|Minn"
+    "|[M]iss|Mo|Mont|Neb|Nev|Okla|[O]re|[P]a|Penn|Tenn|[T]ex|Va|Vt|[W]ash|Wis|Wisc|Wyo"
+    "|Inc|Co|Cos|Corp|Pt[y]|Pt[y]s|Pt[e]|Pt[e]s|Ppt[y]|Ppt[y]s|Ppt[e]|Ppt[e]s|Ltd|Plc|Rt|Bancorp|Bhd|Assn|Univ"
+    "|Intl|Sys|tel|est|ext|sq|Jr|Sr|Bros|Ed.D|Ph.D|Blvd|Rd|Esq|etc|al|seq|Bldg")
+# ABBREV4: titles and the like; "Mr." is one token whatever follows.
+_ABBREV4_WORDS = (
+    "Mr|Mrs|Ms|[M]iss|Dr|Drs|Prof|Profs|Sen|Sens|Rep|Reps|Atty|Attys|Lt|Col|Gen|Messrs|Gov|Govs|Adm|Rev|Maj"
+    "|Sgt|Cpl|Pvt|Capt|St|Ste|Ave|Pres|Lieut|Rt|Hon|Brig|Cmdr|Comdr|Pfc|Spc|Supt|Supts|Det|Mt|Ft|Adj|Adv|Asst"
+    "|Assoc|Ens|Insp|Mlle|Mme|Msgr|Sfc|vs|Alex|Wm|Jos|Cie|a.k.a|cf|TREAS|Ph|Invt|Elec|Natl|M[f]g|M[t]g|Dept")
+# ABBREV3: abbreviations only before a number ("fig. 3").
+_ABBREV3_WORDS = "ca|fig|figs|prop|no|nos|art|bldg|pp|op"
+# After "U.S." (or "I.") these capitalised words mean the period also ends a sentence (initial case-sensitive).
+_SENTENCE_STARTERS = "|".join(w[0] + f"(?i:{re.escape(w[1:])})" for w in sorted(
+    ("About According Additionally After An A As At But Earlier He Her Here However If In It Last Many More "
+     "Mr. Ms. Now Once One Other Our She Since So Some Such That The Their Then There These They This We When "
+     "While What Yet You").split(), key=len, reverse=True))
+_FILE_EXTENSIONS = _words("bat|bmp|c|class|cgi|cpp|dll|doc|docx|exe|gif|gz|h|htm|html|jar|java|jpeg|jpg|mov|mp3"
+                          "|pdf|php|pl|png|ppt|ps|py|sql|tar|txt|wav|x|xml|zip")
+_ABBREV1, _ABBREV4, _ABBREV3 = _words(_ABBREV1_WORDS), _words(_ABBREV4_WORDS), _words(_ABBREV3_WORDS)
+
+_FRACTIONS = {"\u00BC": "1/4", "\u00BD": "1/2", "\u00BE": "3/4", "\u2153": "1/3", "\u2154": "2/3"}
+_CURRENCY = {"\u00A2": "cents", "\u00A3": "#", "\u0080": "$", "\u00A4": "$", "\u20A0": "$", "\u20AC": "$"}
+_LATEX_QUOTES = str.maketrans({"\u0091": "`", "\u2018": "`", "\u201B": "`", "\u2039": "`", "\u0092": "'",
+                               "\u2019": "'", "\u203A": "'", "\u0093": "``", "\u201C": "``", "\u00AB": "``",
+                               "\u0094": "''", "\u201D": "''", "\u00BB": "''"})
+
+# An action turns the main part of a match into (tokens, number of characters consumed); consuming fewer
+# characters than matched is JFlex's yypushback.
+_Action = Callable[[str], "tuple[list[str], int]"]
+
+
+def _keep(text: str) -> tuple[list[str], int]:
+    return [text], len(text)
+
+
+def _skip(text: str) -> tuple[list[str], int]:
+    return [], len(text)
+
+
+def _emit(value: str) -> _Action:
+    return lambda text: ([value], len(text))
+
+
+def _pushback(n: int) -> _Action:
+    return lambda text: ([text[:-n]], len(text) - n)
+
+
+def _sentence_final_abbrev(text: str) -> tuple[list[str], int]:
+    """'etc.' ending a sentence: the token keeps its period and the period is lexed again as a token."""
+    return [text], len(text) - 1
+
+
+def _sentence_final_acronym(text: str) -> tuple[list[str], int]:
+    """'U.S.' before 'The': as above, except that a one-letter 'I.' loses its period to the next token."""
+    return ([text[0]], 1) if len(text) == 2 else ([text], len(text) - 1)
+
+
+def _soft_hyphens(text: str) -> tuple[list[str], int]:
+    return [text.replace("\u00AD", "") or "-"], len(text)
+
+
+def _amp(text: str) -> tuple[list[str], int]:
+    return [re.sub("(?i)&amp;", "&", text)], len(text)
+
+
+def _nbsp(text: str) -> str:
+    """Tokens that may contain spaces (fractions, phone numbers, SGML) get non-breaking spaces instead."""
+    return text.replace(" ", "\u00A0")
+
+
+def _ptb_parens(text: str) -> str:
+    return text.replace("(", "-LRB-").replace(")", "-RRB-")
+
+
+def _spaced(text: str) -> tuple[list[str], int]:
+    return [_nbsp(text)], len(text)
+
+
+def _smiley(text: str) -> tuple[list[str], int]:
+    return [_ptb_parens(text)], len(text)
+
+
+def _phone(text: str) -> tuple[list[str], int]:
+    return [_ptb_parens(_nbsp(text))], len(text)
+
+
+def _quotes(probably_left: bool) -> _Action:
+    """LaTeX-style quotes, as PTBLexer.latexQuotes: ASCII quotes by guessed side, Unicode ones by their shape."""
+    single, double = ("`", "``") if probably_left else ("'", "''")
+
+    def action(text: str) -> tuple[list[str], int]:
+        out = re.sub("&apos;|'", single, text)
+        out = re.sub('"|&quot;', double, out)
+        return [out.translate(_LATEX_QUOTES)], len(text)
+    return action
+
+
+def _hyphens(text: str) -> tuple[list[str], int]:
+    return ["--" if 3 <= len(text) <= 4 else text], len(text)
+
+
+def _replace_chars(table: Mapping[str, str]) -> _Action:
+    return lambda text: (["".join(table.get(c, c) for c in text)], len(text))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    regex: re.Pattern
+    action: _Action
+    starts: str
+    """Kinds of character a match can start with: "l" letter, "d" digit, "o" anything else (a pre-filter)."""
+
+
+def _rule(main: str, action: _Action, starts: str, context: str | None = None) -> _Rule:
+    """One grammar rule `main` or `main/context`; the context counts for the longest match but is not consumed."""
+    pattern = f"(?:{main})" + (f"(?=(?P<ctx>{context}))" if context is not None else "")
+    return _Rule(re.compile(pattern), action, starts)
+
+
+# The rules in the grammar's order (which breaks ties between matches of equal length).
+_RULES = (
+    _rule(r"(?i:c\+\+|[cf]#)", _keep, "l"),  # programming languages
+    _rule(_words("cannot|'twas"), _pushback(3), "lo"),
+    _rule(_words("'tis|gonna|gotta|lemme|gimme|wanna"), _pushback(2), "lo"),
+    _rule(_SGML, _spaced, "o"),
+    _rule(r"&(?i:MD|mdash|ndash);|[\u0096\u0097\u2013\u2014\u2015]", _emit("--"), "o"),
+    _rule(r"(?i:&amp;)", _emit("&"), "o"),
+    _rule(r"&(?i:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);", _keep, "o"),
+    _rule(_WORD, _soft_hyphens, "lo", context=_REDAUX),
+    _rule(r"[A-Za-z\u00AD]*[A-MO-Za-mo-z]\u00AD*", _soft_hyphens, "lo", context=_SREDAUX),
+    _rule(_WORD, _soft_hyphens, "lo"),
+    _rule(  # APOWORD: words with an inner or final apostrophe that stay whole
+        rf"{_APOS}(?i:n){_APOS}?|[lLdDjJ]{_APOS}|(?i:Dunkin|somethin|ol){_APOS}|{_APOS}(?i:em)"
+        rf"|[A-HJ-XZn]{_APOSETC}{_L}{{2}}{_L}*|{_APOS}[2-9]0(?i:s)|{_APOS}(?i:till?)"
+        rf"|{_L}+[aeiouyAEIOUY]{_APOSETC}[aeiouA-Z]{_L}*|{_APOS}(?i:cause)"
+        r"|(?i:cont'd\.?|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", _keep, "lo"),
+    _rule(rf"(?i:y){_APOS}", _keep, "l", context=_L),
+    _rule(r"(?i:https?)://[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-]", _keep, "l"),  # URL
+    _rule(r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4}"  # likely URL
+          r"|(?:[^ \t\n\f\r\"`'<>|.!?(){},-_$]+\.)+(?i:com|net|org|edu))"
+          r"(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?", _keep, "lo"),
+    _rule(r"[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0]*@(?:[^ \t\n\f\r\"<>|().\u00A0]+\.)*[^ \t\n\f\r\"<>|().\u00A0]+",
+          _keep, "ld"),  # e-mail
+    _rule(rf"@[a-zA-Z_][a-zA-Z_0-9]*|#{_WCHAR}+", _keep, "o"),  # Twitter name or hashtag
+    _rule(_REDAUX, _quotes(False), "o", context="[^A-Za-z]"),
+    _rule(_SREDAUX, _quotes(False), "l"),
+    _rule(r"\d{1,2}[-/]\d{1,2}[-/]\d{2,4}", _keep, "d"),  # date
+    _rule(rf"[-+]?(?:{_NUM})", _soft_hyphens, "do"),  # number
+    _rule(r"[\u207A\u207B\u208A\u208B]?(?:[\u2070\u00B9\u00B2\u00B3\u2074-\u2079]+|[\u2080-\u2089]+)", _keep, "o"),
+    _rule(r"(?:\d{1,4}[- \u00A0])?\d{1,4}(?:\\?/|\u2044)\d{1,4}", _spaced, "d"),  # fraction
+    _rule(r"[\u00BC\u00BD\u00BE\u2153-\u215E]", _replace_chars(_FRACTIONS), "o"),
+    _rule(rf"(?i:-(?:RRB|LRB|RCB|LCB|RSB|LSB)-|C\.D\.s|pro-|anti-|S(?:&|&amp;)P-500|S(?:&|&amp;)Ls)"
+          rf"|(?i:Cap){_APOS}(?i:n)|(?i:c){_APOS}(?i:est)", _amp, "lo"),
+    _rule(r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}", _keep, "ld"),  # a/b
+    _rule(r"[A-Z]*\$|#", _keep, "lo"),
+    _rule(r"[\u00A2\u00A3\u00A4\u00A5\u0080\u20A0\u20AC\u060B\u0E3F\u20A4\uFFE0\uFFE1\uFFE5\uFFE6]",
+          _replace_chars(_CURRENCY), "o"),
+    _rule(rf"{_ACRO}\.", _sentence_final_acronym, "l",
+          context=rf"{_SPACENL}+(?:{_SENTENCE_STARTERS}|{_SGML}){_SPACENL}"),
+    _rule(rf"{_ABBREV3}\.", _keep, "l", context=rf"{_SPACENL}?\d"),
+    _rule(rf"{_ABBREV1}\.", _sentence_final_abbrev, "l",
+          context=rf"{_SPACENL}(?:{_SPACENL}|[A-Z]|{_SGML})"),
+    _rule(rf"{_ABBREV1}\.", _keep, "l", context=r"[\s\S]{2}"),
+    _rule(rf"{_ABBREV1}\.", _sentence_final_abbrev, "l"),  # at the end of the file
+    _rule(rf"(?:{_ABBREV4}|{_ACRO})\.", _keep, "l"),
+    _rule(rf"{_ABBREV4}|{_ACRO}", _keep, "l", context=_SPACE),
+    _rule(_ACRO, _keep, "l", context=_SPACENL),
+    _rule(rf"{_APOS}[0-9][0-9]", _keep, "o", context=_SPACENL),
+    _rule(rf"{_WLD}+(?:\.{_WLD}+)*\.{_FILE_EXTENSIONS}", _keep, "ld", context=rf"{_SPACENL}|[.?!,]"),
+    _rule(rf"{_WORD}\.", _soft_hyphens, "lo", context="[,;:\u3001]"),
+    _rule(r"(?:\([0-9]{2,3}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{2,4}[- \u00A0])?[0-9]{2,4}[- \u00A0])"  # phone
+          r"[0-9]{3,4}[- \u00A0]?[0-9]{3,5}|(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}",
+          _phone, "do"),
+    _rule(r'"|(?i:&quot;)', _quotes(True), "o", context="[A-Za-z0-9$]"),
+    _rule(r'"|(?i:&quot;)', _quotes(False), "o"),
+    _rule(r"<|(?i:&lt;)", _emit("<"), "o"),
+    _rule(r">|(?i:&gt;)", _emit(">"), "o"),
+    _rule(r"[<>]?[:;=][-o*']?[()DPdpO\\{@|\[\]]", _smiley, "o", context="[^A-Za-z0-9]"),
+    _rule(r"[-^x=~<>']_[-^x=~<>']|\([-^x=~<>'][_.]?[-^x=~<>']\)|\([\^x=~<>']-[\^x=~<>'`]\)", _smiley, "lo"),
+    _rule(r"\{", _emit("-LCB-"), "o"),
+    _rule(r"\}", _emit("-RCB-"), "o"),
+    _rule(r"\[", _emit("-LSB-"), "o"),
+    _rule(r"\]", _emit("-RSB-"), "o"),
+    _rule(r"\(", _emit("-LRB-"), "o"),
+    _rule(r"\)", _emit("-RRB-"), "o"),
+    _rule(r"-+", _hyphens, "o"),
+    _rule(r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]", _emit("..."), "o"),
+    _rule(r"@+|#+|_+", _keep, "o"),
+    _rule(r"\*+|(?:\\\*){1,3}", _keep, "o"),
+    _rule("[,;:\u3001]", _keep, "o"),
+    _rule(r"[?!]+", _keep, "o"),
+    _rule("[.\u00A1\u00BF\u037E\u0589\u061F\u06D4\u0700-\u0702\u07FA\u3002]", _keep, "o"),
+    _rule("=", _keep, "o"),
+    _rule("/", _keep, "o"),
+    _rule(rf"[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:{_ACRO2}\.|[A-Za-z0-9\u00AD]+))+\.", _soft_hyphens, "ld",
+          context="[,;:\u3001]"),
+    _rule(rf"[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:{_ACRO2}\.|[A-Za-z0-9\u00AD]+))+", _soft_hyphens, "ld"),
+    _rule(rf"(?:[dDoOlL]{_APOSETC}{_LD})?{_LD}+(?:{_HYPHEN}(?:[dDoOlL]{_APOSETC}{_LD})?{_LD}+)*\.", _keep, "ld",
+          context="[,;:\u3001]"),
+    _rule(rf"(?:[dDoOlL]{_APOSETC}{_LD})?{_LD}+(?:{_HYPHEN}(?:[dDoOlL]{_APOSETC}{_LD})?{_LD}+)*", _keep, "ld"),
+    _rule(r"[A-Z]+(?:(?:[+&]|(?i:&amp;))[A-Z]+)+\.", _amp, "l", context="[,;:\u3001]"),
+    _rule(r"[A-Z]+(?:(?:[+&]|(?i:&amp;))[A-Z]+)+", _amp, "l"),
+    _rule("'", _quotes(True), "o", context="[A-Za-z][^ \t\n\r\u00A0]"),
+    _rule(_REDAUX, _quotes(False), "o"),
+    _rule(rf"''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]"
+          rf"{{1,2}}|{_APOS}", _quotes(False), "o"),
+    _rule("<<|>>", _keep, "o"),
+    _rule(r"[+%&~^|\\\u00A6\u00A7\u00A8\u00A9\u00AC\u00AE\u00AF\u00B0-\u00B3\u00B4-\u00BA\u00D7\u00F7\u0387"
+          r"\u05BE\u05C0\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A\u060C\u0614\u061B\u061E\u066A\u066D"
+          r"\u0703-\u070D\u07F6\u07F7\u07F8\u0964\u0965\u0E4F\u1FBD\u2016\u2017\u2020-\u2023\u2030-\u2038"
+          r"\u203B\u203E-\u2042\u2044\u207A-\u207F\u208A-\u208E\u2100-\u214F\u2190-\u21FF\u2200-\u2BFF\u3012"
+          r"\u30FB\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65]", _keep, "o"),  # miscellaneous symbols
+    _rule(rf"\x00|{_SPACE}+|[\u200B\u200E\u200F\uFEFF]|(?i:&nbsp;)", _skip, "o"),
+    _rule(r"[\s\S]", _skip, "lod"),  # untokenizable character: deleted (pycocoevalcap logs a warning)
+)
+_RULES_BY_KIND = {kind: tuple(r for r in _RULES if kind in r.starts) for kind in "ldo"}
+
+# Fast paths: a plain word followed by a space or the end of its line needs no rule search, unless it is one of
+# the words the grammar splits.
+_PLAIN_WORD = re.compile(r"[A-Za-z]+(?= |\n|\Z)")
+_SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
+# A whole caption of plain words, commas and one final period lexes as its words, unless the period belongs to
+# the last word (abbreviations, single letters) -- checked against _PERIOD_WORDS, a superset of those.
+_PLAIN_LINE = re.compile(r"[A-Za-z ,]*?([A-Za-z]*) *\.? *")
+_PERIOD_WORDS = frozenset(
+    w.replace("[", "").replace("]", "").lower()
+    for w in "|".join((_ABBREV1_WORDS, _ABBREV4_WORDS, _ABBREV3_WORDS)).split("|")) | frozenset(
+    "abcdefghijklmnopqrstuvwxyz")
+# Java ends a line at these; pycocoevalcap only replaces "\n" in captions (see "Known differences").
+_LINE_BREAKS = re.compile("\r|\u2028|\u2029|\u000B|\u000C")
+
+
+def _char_kind(char: str) -> str:
+    if char.isalpha():
+        return "l"
+    return "d" if char.isdecimal() else "o"
+
+
+def _lex_at(text: str, pos: int) -> tuple[list[str], int]:
+    """Longest match of any rule at `pos` (trailing context included in the length); the first rule wins ties."""
+    best_rule, best_main, best_total = None, "", -1
+    for rule in _RULES_BY_KIND[_char_kind(text[pos])]:
+        match = rule.regex.match(text, pos)
+        if match is None:
+            continue
+        context = match.group("ctx") if "ctx" in rule.regex.groupindex else ""
+        total = match.end() - pos + len(context)
+        if total > best_total:
+            best_rule, best_main, best_total = rule, match.group(), total
+    return best_rule.action(best_main)
+
+
+def _lex_line(text: str, start: int, end: int) -> list[str]:
+    """Raw PTB tokens of text[start:end] (one caption); lookahead may read on into the following captions."""
+    tokens: list[str] = []
+    pos = start
+    while pos < end:
+        if text[pos] == " ":
+            pos += 1
+            continue
+        plain = _PLAIN_WORD.match(text, pos)
+        if plain is not None and plain.group().lower() not in _SPLIT_WORDS:
+            tokens.append(plain.group())
+            pos = plain.end()
+            continue
+        new_tokens, consumed = _lex_at(text, pos)
+        tokens.extend(new_tokens)
+        pos += consumed
+    return tokens
+
+
+def _java_lower(token: str) -> str:
+    """Java's String.toLowerCase, which differs from str.lower() only in when a capital sigma is word-final."""
+    if "\u03A3" not in token:
+        return token.lower()
+    return "".join(_java_lower_sigma(token, i) if c == "\u03A3" else c.lower() for i, c in enumerate(token))
+
+
+# The JDK's word BreakIterator joins letters across these (its "$_mid_word_" characters).
+_JAVA_MID_WORD = frozenset("-\u00AD\u2010\u2011\u2012\u2013\u2014\u2015\u2027\"'.")
+
+
+def _java_lower_sigma(token: str, i: int) -> str:
+    """Final sigma iff the JDK word around position i has a cased letter before i and none after it."""
+    def joins(j: int) -> bool:  # is token[j] inside the word?
+        if token[j].isalnum():
+            return True
+        return token[j] in _JAVA_MID_WORD and 0 < j < len(token) - 1 and token[j - 1].isalpha() \
+            and token[j + 1].isalpha()
+    start, end = i, i + 1
+    while start > 0 and joins(start - 1):
+        start -= 1
+    while end < len(token) and joins(end):
+        end += 1
+    cased = [c.islower() or c.isupper() or c.istitle() for c in token[start:end]]
+    final = any(cased[:i - start]) and not any(cased[i - start + 1:])
+    return "\u03C2" if final else "\u03C3"
+
+
+def _plain_line_tokens(line: str) -> list[str] | None:
+    """The lowercased words of a caption made only of words, spaces, commas and a final period, else None."""
+    match = _PLAIN_LINE.fullmatch(line)
+    if match is None or match.group(1).lower() in _PERIOD_WORDS and "." in line:
+        return None
+    words = line.lower().replace(",", " ").replace(".", " ").split()
+    return None if _SPLIT_WORDS.intersection(words) else words
+
+
+def ptb_tokenize(captions: Sequence[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer on `captions` lexed as one file, in this order: one string per caption.
+
+    Each result is the space-joined lowercased PTB tokens minus pycocoevalcap's PUNCTUATIONS, as pycocoevalcap
+    returns it. The order matters only in rare cases (see the module docstring); pass captions in the order
+    pycocoevalcap would (``tokenize_captions`` does).
+    """
+    lines = [_LINE_BREAKS.sub(" ", c.replace("\n", " ")) for c in captions]
+    text = "\n".join(lines)
+    results = []
+    start = 0
+    for line in lines:
+        tokens = _plain_line_tokens(line)
+        if tokens is None:
+            raw = _lex_line(text, start, start + len(line))
+            tokens = [t for t in map(_java_lower, raw) if t not in PTB_PUNCTUATIONS]
+        results.append(" ".join(tokens))
+        start += len(line) + 1
+    return results
+
+
+def ptb_raw_tokens(caption: str) -> list[str]:
+    """The PTB tokens of one caption before lowercasing and punctuation removal (for debugging parity)."""
+    return _lex_line(caption, 0, len(caption))
+
+
+def tokenize_captions(captions: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
+    """Tokenize {id: [caption, ...]} exactly as pycocoevalcap's PTBTokenizer.tokenize (same file order)."""
+    flat = ptb_tokenize([c for caps in captions.values() for c in caps])
+    out, i = {}, 0
+    for key, caps in captions.items():
+        out[key] = flat[i:i + len(caps)]
+        i += len(caps)
+    return out

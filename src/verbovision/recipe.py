@@ -1,0 +1,279 @@
+"""Recipes: YAML files describing a model and its training stages, with `key.path=value` overrides.
+
+Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
+from .data import Source
+from .errors import ConfigError
+
+TRAINABILITY = ("frozen", "full", "lora")
+COMPONENTS = ("vision", "connector", "language")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA settings, applied to the components whose trainability is `lora`."""
+
+    r: int = 16
+    """Rank of the low-rank update."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target: str | list[str] = "all-linear"
+    """all-linear (every linear layer of the LoRA components) or a list of module name suffixes (q_proj, ...)."""
+
+
+@dataclass
+class StageData:
+    """The data of one stage."""
+
+    train: list[Source] = field(default_factory=list)
+    """Training sources, each with a mixing weight."""
+    val: list[Source] = field(default_factory=list)
+    """Validation sources (loss, best checkpoint, early stopping)."""
+
+
+@dataclass
+class Stage:
+    """One training stage."""
+
+    name: str = "stage"
+    """Used for the stage's folder in the run."""
+    type: str = "sft"
+    """sft (supervised, cross-entropy)."""
+    data: StageData = field(default_factory=StageData)
+    """Training and validation sources."""
+    template: str = "chat"
+    """chat (the LM's chat template) or plain (prompt then reply, for caption pretraining)."""
+    train: dict[str, str] = field(default_factory=lambda: {"vision": "frozen", "connector": "full", "language": "full"})
+    """Per component (vision, connector, language): frozen, full, lora, or last:N (the last N layers train)."""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    """LoRA settings for the `lora` components."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    lr_vision: float | None = None
+    """Learning rate of the vision component (default: lr)."""
+    lr_connector: float | None = None
+    """Learning rate of the connector (default: lr)."""
+    lr_language: float | None = None
+    """Learning rate of the language component (default: lr)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    schedule: str = "cosine"
+    """cosine, linear or constant, after warmup."""
+    warmup: float = 0.03
+    """Warmup: a fraction of the total steps when < 1, else a number of steps."""
+    epochs: float = 1
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs."""
+    batch_size: int = 8
+    """Examples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping norm; null disables clipping."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    max_length: int = 2048
+    """Longest tokenized example; longer ones are skipped and counted."""
+    eval_every: int | None = None
+    """Validate every N optimizer steps; null validates at the end of each epoch."""
+    keep_best: bool = True
+    """Restore the weights with the lowest validation loss at the end of the stage."""
+    early_stopping: int | None = None
+    """Stop after this many validations without improvement; null never stops early."""
+    merge: bool = False
+    """Fold the stage's LoRA adapter into the model that the next stage starts from (the adapter is kept)."""
+    log_every: int = 10
+    """Log training loss every N optimizer steps."""
+
+
+@dataclass
+class ModelBlock:
+    """Where the model comes from: an existing VLM (`from`) or a composition to build."""
+
+    from_: str | None = None
+    """Hub id or local directory of an existing VLM (written `from:` in YAML)."""
+    vision: VisionSpec = field(default_factory=VisionSpec)
+    """Vision encoder to build with."""
+    language: LanguageSpec = field(default_factory=LanguageSpec)
+    """Language model to build with."""
+    connector: ConnectorSpec = field(default_factory=ConnectorSpec)
+    """Connector between them."""
+    image_token: str = "<image>"
+    """The model's image placeholder token."""
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.vision, self.language, self.connector, self.image_token)
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe."""
+
+    name: str = "recipe"
+    """Recipe name, recorded in the run."""
+    seed: int = 0
+    """Seed for initialisation, data order and dropout."""
+    data_root: str = "."
+    """Folder that relative data paths are resolved against."""
+    model: ModelBlock = field(default_factory=ModelBlock)
+    """The model block."""
+    stages: list[Stage] = field(default_factory=list)
+    """Training stages, run in order; each starts from the previous stage's result."""
+    tokenizer_vocab: int = 1024
+    """Vocabulary size of the BPE trained for a from-scratch language model."""
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: recipe not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    for override in overrides:
+        apply_override(raw, override, path)
+    return parse_recipe(raw, str(path))
+
+
+def apply_override(raw: dict, override: str, where: Path | str = "command line") -> None:
+    """Set `a.b.0.c=value` in the raw recipe; the value is parsed as YAML (numbers, booleans, lists)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{where}: override {override!r} must look like key.path=value")
+    node: Any = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: override {key}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = yaml.safe_load(value)
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = yaml.safe_load(value)
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{where}: override {key}: cannot descend into {part!r}")
+
+
+def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
+    recipe = _build(Recipe, raw, where, "")
+    if not recipe.stages:
+        raise ConfigError(f"{where}: stages: at least one stage is required")
+    for i, stage in enumerate(recipe.stages):
+        _check_stage(stage, f"{where}: stages.{i}")
+    return recipe
+
+
+def _check_stage(stage: Stage, where: str) -> None:
+    if stage.type != "sft":
+        raise ConfigError(f"{where}.type: {stage.type!r} unknown; supported: sft")
+    if stage.template not in ("chat", "plain"):
+        raise ConfigError(f"{where}.template: {stage.template!r} unknown; use chat or plain")
+    if stage.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"{where}.schedule: {stage.schedule!r} unknown; use cosine, linear or constant")
+    if not stage.data.train:
+        raise ConfigError(f"{where}.data.train: at least one training source is required")
+    for component, mode in stage.train.items():
+        if component not in COMPONENTS:
+            raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
+        if mode not in TRAINABILITY and not (mode.startswith("last:") and mode[5:].isdigit()):
+            raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora or last:N")
+    if stage.merge and "lora" not in stage.train.values():
+        raise ConfigError(f"{where}.merge: true needs a component trained with lora")
+    for name in ("batch_size", "grad_accum"):
+        if getattr(stage, name) < 1:
+            raise ConfigError(f"{where}.{name}: must be >= 1")
+
+
+def _yaml_name(f: dataclasses.Field) -> str:
+    return f.name.rstrip("_")  # `from_` is written `from` in YAML
+
+
+def _build(cls, raw: Any, where: str, key: str):
+    if isinstance(raw, str) and cls is Source:
+        raw = {"path": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {key or 'recipe'}: expected a mapping, got {raw!r}")
+    fields = {_yaml_name(f): f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        path = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {path}: unknown key{hint}")
+        kwargs[fields[name].name] = _convert(hints[fields[name].name], value, where, path)
+    return cls(**kwargs)
+
+
+def _convert(hint, value, where: str, path: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, where, path)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, path)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_convert(args[0], item, where, f"{path}.{i}") for i, item in enumerate(items)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {path}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, where, f"{path}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool, float) and type(value) is hint:
+        return value
+    raise ConfigError(f"{where}: {path}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data, in YAML key names (for the run folder)."""
+
+    def convert(obj):
+        if dataclasses.is_dataclass(obj):
+            return {_yaml_name(f): convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, list):
+            return [convert(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        return obj
+
+    return convert(recipe)

@@ -1,0 +1,55 @@
+"""report.md for a run: the stages and their losses, the figures, skipped records by reason, sample captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .data import read_records
+from .recipe import Recipe
+from .runinfo import read_metrics
+from .store import read_json, write_atomic
+
+
+def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6) -> list[dict]:
+    """Generate replies for the first few validation (else training) records of the last stage."""
+    from .infer import VLM
+
+    stage = recipe.stages[-1]
+    sources = stage.data.val or stage.data.train
+    records = [r for r in read_records(Path(recipe.data_root) / sources[0].path) if r.images][:n]
+    if not records:
+        return []
+    vlm = VLM(model_dir)
+    replies = vlm.generate([(r.images[0], r.prompt_turns[-1].text) for r in records])
+    return [{"image": str(r.images[0]), "prompt": r.prompt_turns[-1].text, "prediction": p,
+             "reference": r.references[0] if r.references else ""} for r, p in zip(records, replies)]
+
+
+def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = None) -> Path:
+    run = read_json(run_dir / "run.json") or {}
+    rows = read_metrics(run_dir)
+    lines = [f"# Run report: {run.get('recipe', run_dir.name)}", ""]
+    if evaluation:
+        lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()]
+        lines.append("")
+    lines += ["## Stages", "", "| stage | steps | last train loss | best val loss | output |", "|---|---|---|---|---|"]
+    for name, info in run.get("stages", {}).items():
+        losses = [r["loss"] for r in rows if r["stage"] == name and "loss" in r]
+        last = f"{losses[-1]:.4f}" if losses else "-"
+        best = f"{info['best_val_loss']:.4f}" if info.get("best_val_loss") is not None else "-"
+        lines.append(f"| {name} | {info.get('steps', '-')} | {last} | {best} | `{Path(info['model_dir']).name}` |")
+    lines += ["", "![loss curves](loss.png)", "", "## Skipped records", ""]
+    skipped = {stage: kinds for stage, kinds in run.get("skipped", {}).items() if kinds}
+    if not skipped:
+        lines.append("None: every record was used.")
+    for stage, kinds in skipped.items():
+        for reason, info in kinds.items():
+            lines.append(f"- {stage}: **{reason}**: {info['count']} (e.g. {'; '.join(info['examples'][:3])})")
+    if samples:
+        lines += ["", "## Sample outputs", "", "| image | prediction | reference |", "|---|---|---|"]
+        lines += [f"| `{Path(s['image']).name}` | {s['prediction']} | {s['reference']} |" for s in samples]
+    lines += ["", "## Environment", "", f"- packages: {run.get('packages', {})}", f"- git: {run.get('git_commit')}"]
+    path = run_dir / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,102 @@
+"""Reading and writing models, adapters and run files: atomically, with metadata beside each model.
+
+A model directory is a standard transformers checkpoint plus `verbovision.json` (how it was trained: the prompt
+template, the base it came from). An adapter directory is a PEFT adapter plus `verbovision_adapter.json` naming its
+base model, so merging never guesses the base from folder names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from .errors import VerboError
+
+MODEL_METADATA = "verbovision.json"
+ADAPTER_METADATA = "verbovision_adapter.json"
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path, default=None):
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written directory into place (a kill mid-save leaves the previous one intact)."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").exists()
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model of an adapter, from the metadata saved beside it (PEFT's own config as a fallback)."""
+    adapter_dir = Path(adapter_dir)
+    meta = read_json(adapter_dir / ADAPTER_METADATA) or {}
+    base = meta.get("base_model") or (read_json(adapter_dir / "adapter_config.json") or {}).get("base_model_name_or_path")
+    if not base:
+        raise VerboError(f"{adapter_dir}: adapter metadata names no base model ({ADAPTER_METADATA} missing)")
+    return base
+
+
+def model_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    if is_adapter(path):
+        return {**model_metadata(adapter_base(path)), **(read_json(path / MODEL_METADATA) or {})}
+    return read_json(path / MODEL_METADATA) or {} if path.exists() else {}
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+    """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor."""
+    path_str = str(path)
+    if Path(path_str).exists() and not (Path(path_str) / "config.json").exists() and not is_adapter(path_str):
+        raise VerboError(f"{path_str}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
+    if is_adapter(path_str):
+        from peft import PeftModel
+
+        base, processor = load_model(adapter_base(path_str), device, dtype)
+        model = PeftModel.from_pretrained(base, path_str)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(path_str, dtype=dtype or torch.float32)
+        processor = AutoProcessor.from_pretrained(path_str)
+    model.to(device or default_device())
+    model.eval()
+    return model, processor

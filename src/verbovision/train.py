@@ -1,0 +1,342 @@
+"""`verbo train`: run a recipe's stages, each starting from the previous stage's model.
+
+Run folder layout:
+    config.yaml           the resolved recipe
+    run.json              metadata: versions, git commit, data fingerprints, stage outputs, adapters and their bases
+    init/                 the built model (when the recipe builds one)
+    stages/<i>-<name>/    checkpoint/ (for --resume), best.safetensors, adapter/, model/
+    final -> ...          the last stage's model (or adapter)
+    metrics.jsonl, tensorboard/, loss.png, report.md
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from . import runinfo
+from .build import build_vlm, save_model
+from .data import Collator, DataError, Encoder, SkipLog, encode_sources, epoch_order, iter_batches, read_records
+from .errors import ConfigError
+from .merge import merge_verified
+from .recipe import Recipe, Stage, to_dict
+from .store import ADAPTER_METADATA, MODEL_METADATA, default_device, load_model, read_json, write_atomic, write_json
+from .tokenizer import train_bpe_tokenizer
+from .trainable import configure_trainable, param_groups
+
+
+@dataclass
+class StageResult:
+    name: str
+    model_dir: str
+    adapter_dir: str | None
+    steps: int
+    best_val_loss: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
+    run = read_json(out / "run.json") or runinfo.describe_run(recipe)
+    write_json(out / "run.json", run)
+    seed_everything(recipe.seed)
+    base = initial_model(recipe, out, run)
+    logger = runinfo.MetricsLogger(out)
+    results = []
+    for index, stage in enumerate(recipe.stages):
+        stage_dir = out / "stages" / f"{index}-{stage.name}"
+        done = read_json(stage_dir / "done.json")
+        if done:
+            result = StageResult(**done)
+        else:
+            result = run_stage(recipe, index, stage, base, stage_dir, logger, run, resume)
+            write_json(stage_dir / "done.json", result.__dict__)
+        results.append(result)
+        base = result.model_dir
+        run.setdefault("stages", {})[stage.name] = {k: v for k, v in result.__dict__.items() if k != "history"}
+        if result.adapter_dir:
+            run.setdefault("adapters", [])
+            rel = str(Path(result.adapter_dir).relative_to(out))
+            if rel not in run["adapters"]:
+                run["adapters"].append(rel)
+        write_json(out / "run.json", run)
+    final = out / "final"
+    if final.is_symlink() or final.exists():
+        final.unlink()
+    final.symlink_to(Path(results[-1].model_dir).relative_to(out))
+    logger.close()
+    runinfo.plot_losses(out)
+    return run
+
+
+def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
+    """The model the first stage starts from: an existing VLM, or one built (and saved to init/) for this run."""
+    if recipe.model.from_:
+        return recipe.model.from_
+    init = out / "init"
+    if (init / "config.json").exists():
+        return str(init)
+    spec = recipe.model.spec()
+    tokenizer = None
+    if not spec.language.name:
+        tokenizer = train_bpe_tokenizer(training_texts(recipe), spec.image_token, spec.language.vocab_size)
+    model, processor = build_vlm(spec, tokenizer)
+    metadata = {"model_spec": to_dict(recipe.model), "template": recipe.stages[0].template}
+    save_model(model, processor, init, metadata)
+    write_json(init / MODEL_METADATA, metadata)
+    run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
+    return str(init)
+
+
+def training_texts(recipe: Recipe):
+    """Every turn of every training source, plus the chat template's role names, for training a tokenizer."""
+    yield "user assistant system\n"
+    for stage in recipe.stages:
+        for source in stage.data.train + stage.data.val:
+            for record in read_records(resolve_data(recipe, source.path)):
+                for turn in record.turns:
+                    yield turn.text
+
+
+def resolve_data(recipe: Recipe, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else Path(recipe.data_root) / p
+
+
+def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger, run: dict,
+              resume: bool) -> StageResult:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(recipe.seed + index)
+    model, processor = load_model(base, device=default_device())
+    model, uses_lora = configure_trainable(model, stage)
+    if stage.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    encoder = Encoder(processor, stage.template, stage.max_length)
+    skips = SkipLog()
+    train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
+    val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
+    val_examples = epoch_order(val_sources, seed=0, shuffle=False)
+    per_epoch = len(epoch_order(train_sources, seed=recipe.seed))
+    if per_epoch == 0:
+        raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
+    steps_per_epoch = math.ceil(per_epoch / (stage.batch_size * stage.grad_accum))
+    total_steps = stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
+    optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), foreach=True)
+    warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
+    scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
+    scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    collator = Collator(encoder)
+    state = TrainState()
+    if resume:
+        state.load(stage_dir / "checkpoint", model, optimizer, scheduler)
+    device = next(model.parameters()).device
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
+    model.train()
+    while state.step < total_steps and not state.stopped:
+        order = epoch_order(train_sources, seed=recipe.seed * 1000 + state.epoch)
+        micro_batches = list(iter_batches(order, stage.batch_size))
+        groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
+        for group in groups[state.step_in_epoch :]:
+            batches = [collator(b) for b in group]
+            for batch in batches:
+                for reason, rid in batch.pop("skipped"):
+                    skips.add(reason, rid)
+            loss = train_step(model, batches, device, stage, optimizer, scheduler)
+            state.step += 1
+            state.step_in_epoch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if state.step % stage.log_every == 0 or state.step == total_steps:
+                logger.log(stage=stage.name, step=state.step, epoch=state.epoch, loss=loss,
+                           lr=scheduler.get_last_lr()[0])
+            end_of_epoch = state.step_in_epoch == len(groups)
+            if val_examples and (
+                (stage.eval_every and state.step % stage.eval_every == 0)
+                or (not stage.eval_every and end_of_epoch)
+                or state.step == total_steps
+            ):
+                validate(model, collator, val_examples, stage, state, stage_dir, logger, device)
+            if state.step % max(1, steps_per_epoch // 2) == 0 or end_of_epoch:
+                state.save(stage_dir / "checkpoint", model, optimizer, scheduler)
+            if state.step >= total_steps or state.stopped:
+                break
+        else:
+            state.epoch += 1
+            state.step_in_epoch = 0
+    bar.close()
+    if stage.keep_best and (stage_dir / "best.safetensors").exists():
+        load_trainable(model, stage_dir / "best.safetensors")
+    run.setdefault("skipped", {})[stage.name] = skips.as_dict()
+    result = finish_stage(model, processor, stage, base, stage_dir, uses_lora, index == len(recipe.stages) - 1)
+    result.steps, result.best_val_loss = state.step, state.best
+    return result
+
+
+def train_step(model, batches: list[dict], device, stage: Stage, optimizer, scheduler) -> float:
+    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over all their target tokens."""
+    n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    total = 0.0
+    for batch in batches:
+        if batch["input_ids"].shape[0] == 0:
+            continue
+        loss = token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
+        loss.backward()
+        total += loss.item()
+    if stage.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], stage.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy on the labelled positions (assistant replies)."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"].to(device)
+    logits = model(**inputs).logits  # [B, T, V]
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
+    )
+
+
+@torch.no_grad()
+def validation_loss(model, collator: Collator, examples, batch_size: int, device) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for group in iter_batches(examples, batch_size):
+        batch = collator(group)
+        batch.pop("skipped")
+        if batch["input_ids"].shape[0]:
+            total += token_loss(model, batch, device, reduction="sum").item()
+            count += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def validate(model, collator, examples, stage: Stage, state: TrainState, stage_dir: Path, logger, device) -> None:
+    val_loss = validation_loss(model, collator, examples, stage.batch_size, device)
+    logger.log(stage=stage.name, step=state.step, epoch=state.epoch, val_loss=val_loss)
+    if state.best is None or val_loss < state.best:
+        state.best, state.bad_evals = val_loss, 0
+        if stage.keep_best:
+            save_trainable(model, stage_dir / "best.safetensors")
+    else:
+        state.bad_evals += 1
+        state.stopped = bool(stage.early_stopping and state.bad_evals >= stage.early_stopping)
+
+
+def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
+                 is_last: bool) -> StageResult:
+    """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge)."""
+    model.eval()
+    if getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()
+    metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
+                "base_model": base}
+    if not uses_lora:
+        save_model(model, processor, stage_dir / "model", metadata)
+        return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
+    adapter_dir = stage_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    processor.save_pretrained(adapter_dir)
+    write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
+                                                "stage": stage.name})
+    write_json(adapter_dir / MODEL_METADATA, metadata)
+    if not stage.merge:
+        if not is_last:
+            raise ConfigError(f"stage {stage.name}: merge: false on a LoRA stage that another stage follows; "
+                              "the next stage needs a base, set merge: true")
+        return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
+    merged_dir = stage_dir / "model"
+    _, report = merge_verified(model, processor, merged_dir, base, str(adapter_dir), metadata)
+    print(report.summary())
+    return StageResult(stage.name, str(merged_dir), str(adapter_dir), 0, None)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(trainable_state(model), str(tmp))
+    tmp.replace(path)
+
+
+def load_trainable(model, path: Path) -> None:
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+@dataclass
+class TrainState:
+    """Where a stage is; saved with each checkpoint so --resume continues at the same data position."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: float | None = None
+    bad_evals: int = 0
+    stopped: bool = False
+
+    def save(self, ckpt: Path, model, optimizer, scheduler) -> None:
+        tmp = ckpt.with_name(ckpt.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        write_json(tmp / "state.json", self.__dict__)
+        from .store import replace_dir
+
+        replace_dir(tmp, ckpt)
+
+    def load(self, ckpt: Path, model, optimizer, scheduler) -> None:
+        if not (ckpt / "state.json").exists():
+            return
+        self.__dict__.update(read_json(ckpt / "state.json"))
+        load_trainable(model, ckpt / "trainable.safetensors")
+        extra = torch.load(ckpt / "optimizer.pt", weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng"])
+
+
+def elapsed(start: float) -> str:
+    return f"{time.time() - start:.0f}s"
+
+
+def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:
+    """Train, then write report.md with the loss curves, skipped records and sample outputs of the final model."""
+    from .report import sample_captions, write_report
+
+    train_recipe(recipe, out, resume)
+    return write_report(out, sample_captions(out / "final", recipe), evaluation)
