@@ -46,7 +46,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .errors import ConfigError
-from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids
+from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
 BUILD_METADATA = "verbovision_build.json"
 
@@ -132,7 +132,9 @@ def vision_config(spec: VisionSpec):
         return getattr(config, "vision_config", None) or config
     if spec.arch not in _SCRATCH_VISION:
         raise ConfigError(f"vision.arch {spec.arch!r} unknown; choose one of {sorted(_SCRATCH_VISION)}")
+    extra = {"vision_use_head": False} if spec.arch == "siglip" else {}  # the pooling head is never used by a VLM
     return _SCRATCH_VISION[spec.arch](
+        **extra,
         hidden_size=spec.hidden_size,
         intermediate_size=4 * spec.hidden_size,
         num_hidden_layers=spec.layers,
@@ -144,7 +146,10 @@ def vision_config(spec: VisionSpec):
 
 def language_config(spec: LanguageSpec, vocab_size: int):
     if spec.name:
-        return AutoConfig.from_pretrained(spec.name)
+        config = AutoConfig.from_pretrained(spec.name)
+        # Room for added tokens; never shrink (many LMs pad their embedding past the tokenizer's size).
+        config.vocab_size = max(config.vocab_size, vocab_size)
+        return config
     if spec.arch not in _SCRATCH_LANGUAGE:
         raise ConfigError(f"language.arch {spec.arch!r} unknown; choose one of {sorted(_SCRATCH_LANGUAGE)}")
     if spec.arch == "gpt2":
@@ -243,7 +248,7 @@ def make_processor(spec: ModelSpec, vcfg, image_processor, tokenizer) -> LlavaPr
         vision_feature_select_strategy="default" if has_cls else "full",
         num_additional_image_tokens=1 if has_cls else 0,
         image_token=spec.image_token,
-        chat_template=tokenizer.chat_template,
+        chat_template=with_image_parts(tokenizer.chat_template, spec.image_token),
     )
 
 
@@ -270,7 +275,7 @@ def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None)
     if spec.vision.name:
         model.model.vision_tower.load_state_dict(_load_pretrained_vision(spec.vision, vcfg).state_dict())
     if spec.language.name:
-        _copy_language_model(model, spec.language.name, len(tokenizer))
+        _copy_language_model(model, spec.language.name)
     model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     processor = make_processor(spec, vcfg, image_processor_for(spec.vision, vcfg), tokenizer)
@@ -287,9 +292,9 @@ def _init_connector(model: PreTrainedModel, spec: ConnectorSpec) -> None:
                 projector.linear_2.bias.zero_()
 
 
-def _copy_language_model(model: PreTrainedModel, name: str, vocab_size: int) -> None:
+def _copy_language_model(model: PreTrainedModel, name: str) -> None:
     lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    lm.resize_token_embeddings(vocab_size)
+    lm.resize_token_embeddings(model.config.text_config.vocab_size)
     model.model.language_model.load_state_dict(lm.base_model.state_dict())
     with torch.no_grad():
         model.lm_head.weight.copy_(lm.get_output_embeddings().weight)

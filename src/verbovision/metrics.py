@@ -213,6 +213,11 @@ def _rule(main: str, action: _Action, starts: str, context: str | None = None) -
     return _Rule(re.compile(pattern), action, starts)
 
 
+def _alternatives(mains: Sequence[str], action: _Action, starts: str, context: str | None = None) -> list[_Rule]:
+    """A rule whose alternatives must compete on length (Python's "|" would stop at the first that matches)."""
+    return [_rule(main, action, starts, context) for main in mains]
+
+
 # The rules in the grammar's order (which breaks ties between matches of equal length).
 _RULES = (
     _rule(r"(?i:c\+\+|[cf]#)", _keep, "l"),  # programming languages
@@ -225,18 +230,18 @@ _RULES = (
     _rule(_WORD, _soft_hyphens, "lo", context=_REDAUX),
     _rule(r"[A-Za-z\u00AD]*[A-MO-Za-mo-z]\u00AD*", _soft_hyphens, "lo", context=_SREDAUX),
     _rule(_WORD, _soft_hyphens, "lo"),
-    _rule(  # APOWORD: words with an inner or final apostrophe that stay whole
-        rf"{_APOS}(?i:n){_APOS}?|[lLdDjJ]{_APOS}|(?i:Dunkin|somethin|ol){_APOS}|{_APOS}(?i:em)"
-        rf"|[A-HJ-XZn]{_APOSETC}{_L}{{2}}{_L}*|{_APOS}[2-9]0(?i:s)|{_APOS}(?i:till?)"
-        rf"|{_L}+[aeiouyAEIOUY]{_APOSETC}[aeiouA-Z]{_L}*|{_APOS}(?i:cause)"
-        r"|(?i:cont'd\.?|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)", _keep, "lo"),
+    *_alternatives((  # APOWORD: words with an inner or final apostrophe that stay whole
+        rf"{_APOS}(?i:n){_APOS}?", rf"[lLdDjJ]{_APOS}", rf"(?i:Dunkin|somethin|ol){_APOS}", rf"{_APOS}(?i:em)",
+        rf"[A-HJ-XZn]{_APOSETC}{_L}{{2}}{_L}*", rf"{_APOS}[2-9]0(?i:s)", rf"{_APOS}(?i:till?)",
+        rf"{_L}+[aeiouyAEIOUY]{_APOSETC}[aeiouA-Z]{_L}*", rf"{_APOS}(?i:cause)", rf"(?i:o){_APOSETC}(?i:o)",
+        r"(?i:cont'd\.?|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l)"), _keep, "lo"),
     _rule(rf"(?i:y){_APOS}", _keep, "l", context=_L),
-    _rule(r"(?i:https?)://[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-]", _keep, "l"),  # URL
+    _rule(r"(?i:https?)://[^ \t\n\f\r\"<>|(){}]+[^ \t\n\f\r\"<>|.!?(){},-]", _keep, "l"),  # URL
     _rule(r"(?:(?i:www)\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4}"  # likely URL
           r"|(?:[^ \t\n\f\r\"`'<>|.!?(){},-_$]+\.)+(?i:com|net|org|edu))"
           r"(?:/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-])?", _keep, "lo"),
-    _rule(r"[a-zA-Z0-9][^ \t\n\f\r\"<>|()\u00A0]*@(?:[^ \t\n\f\r\"<>|().\u00A0]+\.)*[^ \t\n\f\r\"<>|().\u00A0]+",
-          _keep, "ld"),  # e-mail
+    _rule(r"(?:<|(?i:&lt;))?[a-zA-Z0-9][^ \t\n\f\r\"<>|(){}\u00A0]*@(?:[^ \t\n\f\r\"<>|(){}.\u00A0]+\.)*"
+          r"[^ \t\n\f\r\"<>|(){}.\u00A0]+(?:>|(?i:&gt;))?", _keep, "ldo"),  # e-mail
     _rule(rf"@[a-zA-Z_][a-zA-Z_0-9]*|#{_WCHAR}+", _keep, "o"),  # Twitter name or hashtag
     _rule(_REDAUX, _quotes(False), "o", context="[^A-Za-z]"),
     _rule(_SREDAUX, _quotes(False), "l"),
@@ -258,8 +263,8 @@ _RULES = (
           context=rf"{_SPACENL}(?:{_SPACENL}|[A-Z]|{_SGML})"),
     _rule(rf"{_ABBREV1}\.", _keep, "l", context=r"[\s\S]{2}"),
     _rule(rf"{_ABBREV1}\.", _sentence_final_abbrev, "l"),  # at the end of the file
-    _rule(rf"(?:{_ABBREV4}|{_ACRO})\.", _keep, "l"),
-    _rule(rf"{_ABBREV4}|{_ACRO}", _keep, "l", context=_SPACE),
+    *_alternatives((rf"{_ABBREV4}\.", rf"{_ACRO}\."), _keep, "l"),
+    *_alternatives((_ABBREV4, _ACRO), _keep, "l", context=_SPACE),
     _rule(_ACRO, _keep, "l", context=_SPACENL),
     _rule(rf"{_APOS}[0-9][0-9]", _keep, "o", context=_SPACENL),
     _rule(rf"{_WLD}+(?:\.{_WLD}+)*\.{_FILE_EXTENSIONS}", _keep, "ld", context=rf"{_SPACENL}|[.?!,]"),
@@ -311,17 +316,19 @@ _RULES = (
 )
 _RULES_BY_KIND = {kind: tuple(r for r in _RULES if kind in r.starts) for kind in "ldo"}
 
-# Fast paths: a plain word followed by a space or the end of its line needs no rule search, unless it is one of
-# the words the grammar splits.
-_PLAIN_WORD = re.compile(r"[A-Za-z]+(?= |\n|\Z)")
+# Fast paths, equivalent to the rule search where they apply. No rule that starts at a letter can match across a
+# space unless the word holds a "." or an "@", so a plain word followed by a space or line end is a token, as
+# is a following "," or "." -- unless the grammar splits the word, the period belongs to the word (abbreviations,
+# single letters: _PERIOD_WORDS is a superset of them) or starts a spaced ellipsis (". . .").
+_PLAIN_WORD = re.compile(r"([A-Za-z]+)(?:(,)|(\.)(?! \.))?(?= |\n|\Z)")
+_PLAIN_NUMBER = re.compile(r"[0-9]+(?= [^0-9]|\n|\Z)")  # a digit after the space could make a phone number
 _SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
-# A whole caption of plain words, commas and one final period lexes as its words, unless the period belongs to
-# the last word (abbreviations, single letters) -- checked against _PERIOD_WORDS, a superset of those.
-_PLAIN_LINE = re.compile(r"[A-Za-z ,]*?([A-Za-z]*) *\.? *")
 _PERIOD_WORDS = frozenset(
     w.replace("[", "").replace("]", "").lower()
     for w in "|".join((_ABBREV1_WORDS, _ABBREV4_WORDS, _ABBREV3_WORDS)).split("|")) | frozenset(
     "abcdefghijklmnopqrstuvwxyz")
+# A whole caption of such words, commas and one final period is its words.
+_PLAIN_LINE = re.compile(r"[A-Za-z ,]*(?:\. *)?")
 # Java ends a line at these; pycocoevalcap only replaces "\n" in captions (see "Known differences").
 _LINE_BREAKS = re.compile("\r|\u2028|\u2029|\u000B|\u000C")
 
@@ -355,7 +362,12 @@ def _lex_line(text: str, start: int, end: int) -> list[str]:
             pos += 1
             continue
         plain = _PLAIN_WORD.match(text, pos)
-        if plain is not None and plain.group().lower() not in _SPLIT_WORDS:
+        if plain is not None and _is_plain(plain.group(1), plain.group(3)):
+            tokens.extend(t for t in plain.groups() if t)
+            pos = plain.end()
+            continue
+        plain = _PLAIN_NUMBER.match(text, pos)
+        if plain is not None:
             tokens.append(plain.group())
             pos = plain.end()
             continue
@@ -363,6 +375,11 @@ def _lex_line(text: str, start: int, end: int) -> list[str]:
         tokens.extend(new_tokens)
         pos += consumed
     return tokens
+
+
+def _is_plain(word: str, period: str | None) -> bool:
+    lower = word.lower()
+    return lower not in _SPLIT_WORDS and not (period and lower in _PERIOD_WORDS)
 
 
 def _java_lower(token: str) -> str:
@@ -395,11 +412,12 @@ def _java_lower_sigma(token: str, i: int) -> str:
 
 def _plain_line_tokens(line: str) -> list[str] | None:
     """The lowercased words of a caption made only of words, spaces, commas and a final period, else None."""
-    match = _PLAIN_LINE.fullmatch(line)
-    if match is None or match.group(1).lower() in _PERIOD_WORDS and "." in line:
+    if _PLAIN_LINE.fullmatch(line) is None:
         return None
     words = line.lower().replace(",", " ").replace(".", " ").split()
-    return None if _SPLIT_WORDS.intersection(words) else words
+    if "." in line and words and words[-1] in _PERIOD_WORDS or _SPLIT_WORDS.intersection(words):
+        return None
+    return words
 
 
 def ptb_tokenize(captions: Sequence[str]) -> list[str]:

@@ -15,24 +15,34 @@ EOS_TOKEN = "<|endoftext|>"
 TURN_START = "<|im_start|>"
 TURN_END = "<|im_end|>"
 
-# ChatML, accepting content as a string ("<image>\nWhat is this?") or as a list of typed parts
-# ([{"type": "image"}, {"type": "text", "text": "What is this?"}]) so processor.apply_chat_template works too.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '[IMAGE]' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Prepended to a text LM's chat template for the processor: content given as typed parts
+# ([{"type": "image"}, {"type": "text", "text": ...}]) is flattened into the string form the LM template expects,
+# with the image token where each image goes.
+_FLATTEN_PARTS = (
+    "{%- set flat = namespace(messages=[]) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set flat.messages = flat.messages + [message] -%}"
+    "{%- else -%}{%- set text = namespace(value='') -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '[IMAGE]' -%}"
+    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set messages = flat.messages -%}"
+)
 
-def chatml_template(image_token: str) -> str:
-    return CHATML_TEMPLATE.replace("[IMAGE]", image_token)
+
+def with_image_parts(template: str, image_token: str) -> str:
+    """A chat template that also accepts typed content parts, rendering image parts as `image_token`."""
+    return _FLATTEN_PARTS.replace("[IMAGE]", image_token) + template
 
 
 def train_bpe_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int = 1024) -> PreTrainedTokenizerFast:
@@ -56,7 +66,7 @@ def train_bpe_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int 
         pad_token=EOS_TOKEN,
         extra_special_tokens={"image_token": image_token},
     )
-    tokenizer.chat_template = chatml_template(image_token)
+    tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
@@ -70,7 +80,7 @@ def prepare_pretrained_tokenizer(name: str, image_token: str) -> PreTrainedToken
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         tokenizer.add_special_tokens({"additional_special_tokens": [TURN_START, TURN_END]})
-        tokenizer.chat_template = chatml_template(image_token)
+        tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 

@@ -132,7 +132,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     model, processor = load_model(base, device=default_device())
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     encoder = Encoder(processor, stage.template, stage.max_length)
     skips = SkipLog()
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
@@ -253,8 +253,8 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
                  is_last: bool) -> StageResult:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge)."""
     model.eval()
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
+    if stage.gradient_checkpointing:
+        model.activation_checkpointing_disable()
     metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
                 "base_model": base}
     if not uses_lora:

@@ -1,0 +1,98 @@
+"""Shared fixtures: tiny random models of real architectures, saved as local checkpoints, and synthetic data.
+
+Nothing touches the network: every "pretrained" model here is a random tiny one saved to a temporary folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModel,
+    AutoModelForCausalLM,
+    CLIPVisionConfig,
+    GPT2Config,
+    LlamaConfig,
+    Qwen2Config,
+    SiglipImageProcessor,
+    SiglipVisionConfig,
+    ViTConfig,
+)
+
+from verbovision.synth import synth_geometry, synth_shapes  # noqa: E402
+from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                   patch_size=8)
+TINY_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+               num_key_value_heads=1, max_position_embeddings=512)
+VISION_CONFIGS = {
+    "siglip": lambda: SiglipVisionConfig(**TINY_VISION),
+    "clip": lambda: CLIPVisionConfig(**TINY_VISION),
+    "vit": lambda: ViTConfig(**TINY_VISION),
+}
+
+
+def _lm_config(arch: str, vocab: int):
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=512, vocab_size=vocab)
+    cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[arch]
+    return cls(**TINY_LM, vocab_size=vocab)
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    synth_shapes(out, n=40, seed=0, langs=("en", "pt"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def geometry_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("geometry")
+    synth_geometry(out, n=20, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_texts():
+    words = "a an the large small red green blue yellow purple orange circle square triangle star and there is are "
+    words += "um uma círculo estrela vermelho vermelha grande pequeno pequena describe image briefly angle answer"
+    return [words, "Describe the image briefly.", "How many shapes are there?", "user assistant system\n"]
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory):
+    """Save a tiny random vision encoder (with an image processor) per architecture; returns arch -> directory."""
+
+    def make(arch: str) -> str:
+        out = tmp_path_factory.mktemp(f"vision-{arch}")
+        torch.manual_seed(0)
+        AutoModel.from_config(VISION_CONFIGS[arch]()).save_pretrained(out)
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+        return str(out)
+
+    return {arch: make(arch) for arch in VISION_CONFIGS}
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory, tiny_tokenizer_texts):
+    """Save a tiny random causal LM + BPE tokenizer per architecture; returns arch -> directory."""
+
+    def make(arch: str) -> str:
+        out = tmp_path_factory.mktemp(f"lm-{arch}")
+        tokenizer = train_bpe_tokenizer(tiny_tokenizer_texts, "<|image_pad|>", vocab_size=300)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(_lm_config(arch, len(tokenizer))).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        return str(out)
+
+    return {arch: make(arch) for arch in ("qwen2", "llama", "gpt2")}

@@ -1,0 +1,206 @@
+"""Training: recipes run end to end, LoRA stages merge into verified bases, bad input gives clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+from verbovision.data import Encoder, read_records
+from verbovision.errors import ConfigError, DataError
+from verbovision.merge import logits_of, probe_batch
+from verbovision.recipe import apply_override, load_recipe, parse_recipe
+from verbovision.store import load_model, read_json
+from verbovision.train import train_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
+
+TINY_SCRATCH = {
+    "vision": {"arch": "siglip", "hidden_size": 32, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8},
+    "language": {"arch": "qwen2", "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 300},
+    "connector": {"type": "mlp", "act": "gelu"},
+}
+
+
+def tiny_recipe(data: Path, stages: list[dict]) -> dict:
+    return {"name": "tiny", "seed": 0, "data_root": str(data), "model": TINY_SCRATCH, "stages": stages}
+
+
+def stage(name: str, **kw) -> dict:
+    base = {"name": name, "data": {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]},
+            "max_steps": 3, "batch_size": 4, "lr": 1e-3}
+    return {**base, **kw}
+
+
+def test_two_stage_run_with_lora_merge(tmp_path, shapes_data):
+    recipe = parse_recipe(tiny_recipe(shapes_data, [
+        stage("full", train={"vision": "full", "connector": "full", "language": "full"}),
+        stage("lora", train={"vision": "frozen", "connector": "full", "language": "lora"},
+              lora={"r": 4, "alpha": 8, "dropout": 0.0}, merge=True, schedule="linear"),
+    ]))
+    run = tmp_path / "run"
+    train_recipe(recipe, run)
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "loss.png", "init/config.json", "final/config.json"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard").iterdir())
+    info = read_json(run / "run.json")
+    assert info["packages"]["torch"] and info["data_fingerprints"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"full", "lora"} and any("val_loss" in r for r in rows)
+
+    # The merged model the next stage would start from equals base + adapter on a probe batch.
+    adapter = run / "stages/1-lora/adapter"
+    meta = read_json(adapter / "verbovision_adapter.json")
+    assert Path(meta["base_model"]) == (run / "stages/0-full/model").resolve()
+    base = AutoModelForImageTextToText.from_pretrained(meta["base_model"]).eval()
+    with_adapter = PeftModel.from_pretrained(base, adapter).eval()
+    merged, processor = load_model(run / "stages/1-lora/model", device="cpu")
+    batch = probe_batch(processor, "cpu", seed=3)
+    difference = (logits_of(with_adapter, batch) - logits_of(merged, batch)).abs().max().item()
+    assert difference < 1e-4
+    assert read_json(run / "stages/1-lora/model/verbovision.json")["merge"]["max_abs_diff"] < 1e-4
+    # the adapter changed the model (otherwise the equality above proves nothing)
+    untouched = AutoModelForImageTextToText.from_pretrained(meta["base_model"]).eval()
+    assert (logits_of(untouched, batch) - logits_of(merged, batch)).abs().max().item() > 1e-6
+
+
+def test_frozen_components_do_not_change(tmp_path, shapes_data):
+    recipe = parse_recipe(tiny_recipe(shapes_data, [
+        stage("connector-only", train={"vision": "frozen", "connector": "full", "language": "last:1"}),
+    ]))
+    train_recipe(recipe, tmp_path / "run")
+    before = AutoModelForImageTextToText.from_pretrained(tmp_path / "run/init").state_dict()
+    after = AutoModelForImageTextToText.from_pretrained(tmp_path / "run/final").state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any(n.startswith("model.multi_modal_projector") for n in changed)
+    assert any(n.startswith("model.language_model.layers.1.") for n in changed)
+    assert not any(n.startswith("model.vision_tower") for n in changed)
+    assert not any(n.startswith("model.language_model.layers.0.") for n in changed)
+    assert not any("embed_tokens" in n for n in changed)
+
+
+def test_labels_cover_assistant_replies_only(tmp_path, shapes_data):
+    _, processor = load_model(_built_model(tmp_path, shapes_data), device="cpu")
+    record = read_records(shapes_data / "train/vqa_en.json")[0]
+    for template in ("chat", "plain"):
+        encoder = Encoder(processor, template)
+        example = encoder.encode(record)
+        labelled = [t for t, label in zip(example.input_ids, example.labels) if label != -100]
+        reply = processor.tokenizer.decode(labelled, skip_special_tokens=True)
+        assert reply.strip() == record.turns[-1].text
+        image_positions = [i for i, t in enumerate(example.input_ids) if t == processor.image_token_id]
+        assert len(image_positions) == encoder.tokens_per_image
+        assert all(example.labels[i] == -100 for i in image_positions)
+
+
+def _built_model(tmp_path, shapes_data) -> Path:
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1)]))
+    train_recipe(recipe, tmp_path / "built")
+    return tmp_path / "built/final"
+
+
+def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data, data)
+    records = json.loads((data / "train/caption_short_en.json").read_text())
+    broken = data / records[0]["image"].replace("../", "")
+    broken.write_bytes(b"not a png")
+    records[1]["image"] = "../images/missing.png"
+    (data / "train/caption_short_en.json").write_text(json.dumps(records))
+    recipe = parse_recipe(tiny_recipe(data, [stage("s", epochs=1, max_steps=None, batch_size=8)]))
+    train_recipe(recipe, tmp_path / "run")
+    skipped = read_json(tmp_path / "run/run.json")["skipped"]["s"]
+    assert skipped["unreadable image"]["count"] >= 1 and records[0]["id"] in skipped["unreadable image"]["examples"][0]
+    assert skipped["image not found"]["count"] >= 1
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stages.0.lrr=1", "stages.0.lrr: unknown key (did you mean 'lr'?)"),
+    ("stages.0.train.language=half", "stages.0.train.language: 'half' must be frozen, full, lora or last:N"),
+    ("stages.0.batch_size=big", "stages.0.batch_size: expected int"),
+    ("stages.3.lr=1", "not an index"),
+    ("model.connector.tpye=mlp", "model.connector.tpye: unknown key (did you mean 'type'?)"),
+])
+def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path, [override])
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_missing_data_file_names_it(tmp_path, shapes_data):
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", data={"train": ["train/nope.json"]})]))
+    with pytest.raises(DataError, match="nope.json: data file not found"):
+        train_recipe(recipe, tmp_path / "run")
+
+
+def test_override_parses_values():
+    raw = {"stages": [{"lr": 1.0, "data": {"train": ["a"]}}]}
+    apply_override(raw, "stages.0.lr=3e-4")
+    apply_override(raw, "stages.0.keep_best=false")
+    apply_override(raw, "stages.0.data.train=[b, c]")
+    assert raw["stages"][0] == {"lr": "3e-4", "keep_best": False, "data": {"train": ["b", "c"]}}
+    assert parse_recipe(raw).stages[0].lr == 3e-4
+
+
+def test_resume_skips_finished_stages(tmp_path, shapes_data):
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a"), stage("b")]))
+    run = tmp_path / "run"
+    train_recipe(recipe, run)
+    first = (run / "stages/0-a/model/model.safetensors").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="--resume"):
+        train_recipe(recipe, run)
+    train_recipe(recipe, run, resume=True)
+    assert (run / "stages/0-a/model/model.safetensors").stat().st_mtime_ns == first
+
+
+def test_every_recipe_parses():
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    assert {"quickstart", "verbovision-pt", "vit-gpt2", "llava-vqa-lora", "git-pokemon-lora", "geovlm"} <= set(names)
+    for name in names:
+        load_recipe(RECIPES / f"{name}.yaml")
+
+
+def _stand_in_overrides(recipe_path: Path, tiny_vision, tiny_lm, data: dict[str, str]) -> list[str]:
+    overrides = [f"model.vision.name={tiny_vision['siglip']}", f"model.language.name={tiny_lm['qwen2']}",
+                 "model.vision.feature_layer=-1"]
+    for i, _ in enumerate(load_recipe(recipe_path).stages):
+        overrides += [f"stages.{i}.max_steps=2", f"stages.{i}.grad_accum=2", f"stages.{i}.data.train=[{data['train']}]",
+                      f"stages.{i}.data.val=[{data['val']}]"]
+    return overrides
+
+
+def test_verbovision_pt_recipe_end_to_end(tmp_path, shapes_data, tiny_vision, tiny_lm):
+    path = RECIPES / "verbovision-pt.yaml"
+    overrides = [f"data_root={shapes_data}"] + _stand_in_overrides(
+        path, tiny_vision, tiny_lm, {"train": "train/caption_short_pt.json", "val": "val/caption_detailed_pt.json"})
+    run = tmp_path / "run"
+    train_recipe(load_recipe(path, overrides), run)
+    info = read_json(run / "run.json")
+    assert info["adapters"] == ["stages/0-pretrain/adapter", "stages/1-detailed/adapter"]
+    for stage_dir in ("0-pretrain", "1-detailed"):
+        assert read_json(run / f"stages/{stage_dir}/model/verbovision.json")["merge"]["max_abs_diff"] < 1e-4
+    # stage 2 started from stage 1's merged model
+    assert read_json(run / "stages/1-detailed/adapter/verbovision_adapter.json")["base_model"].endswith(
+        "stages/0-pretrain/model")
+    assert (run / "final/model.safetensors").exists()
+
+
+def test_geovlm_recipe_end_to_end(tmp_path, geometry_data, tiny_vision, tiny_lm):
+    path = RECIPES / "geovlm.yaml"
+    overrides = [f"data_root={geometry_data}"] + _stand_in_overrides(
+        path, tiny_vision, tiny_lm, {"train": "train/geoqa_en.json", "val": "val/geoqa_en.json"})
+    overrides.append("stages.1.train.language=last:1")
+    run = tmp_path / "run"
+    train_recipe(load_recipe(path, overrides), run)
+    final = AutoModelForImageTextToText.from_pretrained(run / "final")
+    assert type(final).__name__ == "Cohere2VisionForConditionalGeneration"
+    assert final.config.image_token_id == load_model(run / "final", "cpu")[1].tokenizer.convert_tokens_to_ids(
+        "<|image_pad|>")
