@@ -102,8 +102,3 @@ def prompt_record(image, prompt: str) -> Record:
     text = prompt if image is None or DATA_IMAGE_TOKEN in prompt else f"{DATA_IMAGE_TOKEN}\n{prompt}"
     images = [] if image is None else [image if isinstance(image, Image.Image) else Path(image)]
     return Record("prompt", images, [Turn("user", text), Turn("assistant", "")], "prompt")
-
-
-def load(path: str | Path, device: str | None = None) -> VLM:
-    """Python API: `verbovision.load(MODEL).caption([...])`."""
-    return VLM(path, device)

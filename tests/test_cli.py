@@ -1,0 +1,98 @@
+"""The `verbo` CLI: real commands on real files, one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+import verbovision
+from verbovision.cli import main
+from verbovision.infer import DecodeOptions
+
+from .test_train import stage, tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, shapes_data) -> Path:
+    """A tiny two-stage run whose last stage leaves an unmerged LoRA adapter."""
+    root = tmp_path_factory.mktemp("cli")
+    recipe = tiny_recipe(shapes_data, [
+        stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3),
+        stage("lora", train={"vision": "frozen", "connector": "frozen", "language": "lora"},
+              lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3),
+    ])
+    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def verbo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "verbovision", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_writes_report(lora_run):
+    report = (lora_run / "report.md").read_text()
+    assert "## Sample outputs" in report and "loss.png" in report and "Skipped records" in report
+
+
+def test_merge_command_reads_base_from_metadata(lora_run, tmp_path, capsys):
+    assert main(["merge", str(lora_run), "--out", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    assert "max |logit difference|" in out and "stages/0-full/model" in out
+    meta = json.loads((tmp_path / "merged/verbovision.json").read_text())
+    assert meta["merge"]["max_abs_diff"] < 1e-4
+
+
+def test_caption_and_ask(lora_run, shapes_data, capsys):
+    images = sorted((shapes_data / "images").glob("*.png"))[:3]
+    assert main(["caption", str(lora_run / "final"), *map(str, images), "--max-new-tokens", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in images]
+    assert main(["ask", str(lora_run / "final"), str(images[0]), "How many shapes are there?", "--beams", "2"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_python_api_batches_like_one_by_one(lora_run, shapes_data):
+    model = verbovision.load(str(lora_run / "stages/0-full/model"), device="cpu")
+    images = [Image.open(p) for p in sorted((shapes_data / "images").glob("*.png"))[:5]]
+    batched = model.caption(images, batch_size=5)
+    single = [model.caption([image], batch_size=1)[0] for image in images]
+    assert batched == single
+    sampled = [model.caption(images[:2], options=DecodeOptions(top_p=0.9, temperature=1.5, seed=7)) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_synth_command(tmp_path, capsys):
+    assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo"), "--n", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 5
+
+
+def test_errors_are_one_line(tmp_path, shapes_data):
+    result = verbo("train", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'missing.yaml'}: recipe not found"]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    result = verbo("caption", str(tmp_path), str(bad))
+    assert result.returncode == 2 and "not a model directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_image_error_names_the_file(lora_run, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    result = verbo("caption", str(lora_run / "final"), str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"verbo: error: {bad}: unreadable image")
+
+
+def test_help_lists_commands_with_examples():
+    result = verbo("--help")
+    for command in ("quickstart", "data", "build", "train", "merge", "caption", "ask"):
+        assert command in result.stdout
+    assert "examples:" in verbo("train", "--help").stdout
