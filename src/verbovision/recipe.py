@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
-from .data import Source
+from .data import TRUNCATION, Source
 from .errors import ConfigError
 
 TRAINABILITY = ("frozen", "full", "lora")
@@ -89,8 +89,14 @@ class Stage:
     """Gradient clipping norm; null disables clipping."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    feature_cache: bool = True
+    """Encode each image once and reuse the vision features when the vision tower is frozen."""
+    feature_cache_dtype: str = "float16"
+    """Storage type of cached features: float16, bfloat16 or float32 (exact)."""
     max_length: int = 2048
-    """Longest tokenized example; longer ones are skipped and counted."""
+    """Longest tokenized example; what happens to longer ones is `truncation`."""
+    truncation: str = "drop"
+    """Records over max_length: drop (skip and count) or truncate (cut text after the image tokens, never through)."""
     eval_every: int | None = None
     """Validate every N optimizer steps; null validates at the end of each epoch."""
     keep_best: bool = True
@@ -194,6 +200,8 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.template: {stage.template!r} unknown; use chat or plain")
     if stage.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"{where}.schedule: {stage.schedule!r} unknown; use cosine, linear or constant")
+    if stage.truncation not in TRUNCATION:
+        raise ConfigError(f"{where}.truncation: {stage.truncation!r} unknown; use {' or '.join(TRUNCATION)}")
     if not stage.data.train:
         raise ConfigError(f"{where}.data.train: at least one training source is required")
     for component, mode in stage.train.items():
@@ -203,6 +211,8 @@ def _check_stage(stage: Stage, where: str) -> None:
             raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora or last:N")
     if stage.merge and "lora" not in stage.train.values():
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
+    if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
     for name in ("batch_size", "grad_accum"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")

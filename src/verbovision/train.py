@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import random
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,31 @@ from transformers import get_scheduler
 
 from . import runinfo
 from .build import build_vlm, save_model
-from .data import Collator, DataError, Encoder, SkipLog, encode_sources, epoch_order, iter_batches, read_records
+from .data import (
+    Collator,
+    DataError,
+    Encoder,
+    SkipLog,
+    encode_sources,
+    epoch_order,
+    iter_batches,
+    read_records,
+    skip_reason,
+)
+from .features import FeatureCache, image_encoder_outputs
 from .errors import ConfigError
 from .merge import merge_verified
 from .recipe import Recipe, Stage, to_dict
-from .store import ADAPTER_METADATA, MODEL_METADATA, default_device, load_model, read_json, write_atomic, write_json
+from .store import (
+    ADAPTER_METADATA,
+    MODEL_METADATA,
+    default_device,
+    load_model,
+    read_json,
+    replace_dir,
+    write_atomic,
+    write_json,
+)
 from .tokenizer import train_bpe_tokenizer
 from .trainable import configure_trainable, param_groups
 
@@ -147,7 +166,8 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    collator = Collator(encoder)
+    features = feature_cache(model, processor, stage, stage_dir.parents[1], train_sources + val_sources, skips)
+    collator = Collator(encoder, features=features)
     state = TrainState()
     if resume:
         state.load(stage_dir / "checkpoint", model, optimizer, scheduler)
@@ -194,6 +214,20 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     return result
 
 
+def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips: SkipLog) -> FeatureCache | None:
+    """Encode every image once when the vision tower is frozen; examples whose images fail are skipped."""
+    if not stage.feature_cache or stage.train.get("vision", "frozen") != "frozen":
+        return None
+    cache = FeatureCache(run_dir / "feature_cache", model, processor, stage.feature_cache_dtype)
+    failed = cache.ensure([p for examples, _ in sources for e in examples for p in e.images])
+    for examples, _ in sources:
+        for example in [e for e in examples if any(p in failed for p in e.images)]:
+            reason = next(failed[p] for p in example.images if p in failed)
+            skips.add(skip_reason(DataError(reason)), f"{example.record_id}: {reason}")
+            examples.remove(example)
+    return cache
+
+
 def train_step(model, batches: list[dict], device, stage: Stage, optimizer, scheduler) -> float:
     """One optimizer step over `grad_accum` micro-batches; the loss is averaged over all their target tokens."""
     n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
@@ -214,7 +248,9 @@ def train_step(model, batches: list[dict], device, stage: Stage, optimizer, sche
 
 def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
     """Next-token cross-entropy on the labelled positions (assistant replies)."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_features")}
+    if "image_features" in batch:
+        inputs["mm_encoder_outputs"] = image_encoder_outputs(model, batch["image_features"].to(device))
     labels = batch["labels"].to(device)
     logits = model(**inputs).logits  # [B, T, V]
     return F.cross_entropy(
@@ -315,8 +351,6 @@ class TrainState:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         write_json(tmp / "state.json", self.__dict__)
-        from .store import replace_dir
-
         replace_dir(tmp, ckpt)
 
     def load(self, ckpt: Path, model, optimizer, scheduler) -> None:
@@ -328,10 +362,6 @@ class TrainState:
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
-
-
-def elapsed(start: float) -> str:
-    return f"{time.time() - start:.0f}s"
 
 
 def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:

@@ -1,0 +1,236 @@
+"""Training throughput: VerboVision's loop vs the plain Hugging Face path (`Trainer` + pixel values every step).
+
+Same model weights, same data, same machine, one run. Each variant runs in its own subprocess so its peak RSS is
+its own. Stage 1: frozen encoder + frozen LM, the connector trains. Stage 2: LoRA on the LM, connector trains.
+Also reports model FLOP utilisation: FLOPs of one step (torch's flop counter) / step time, divided by the peak
+matmul FLOP/s measured here at float32.
+
+    python benchmarks/train_bench.py            # prints a table, appends it to benchmarks/RESULTS.md
+    python benchmarks/train_bench.py --quick    # fewer steps, a smaller model (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+SMALL = {"vision": {"arch": "siglip", "hidden_size": 384, "layers": 6, "heads": 6, "image_size": 224,
+                    "patch_size": 16},
+         "language": {"arch": "qwen2", "hidden_size": 512, "layers": 6, "heads": 8, "vocab_size": 1024},
+         "connector": {"type": "mlp", "act": "gelu"}}
+QUICK = {"vision": {**SMALL["vision"], "hidden_size": 96, "layers": 2, "heads": 2, "image_size": 64},
+         "language": {**SMALL["language"], "hidden_size": 128, "layers": 2, "heads": 2},
+         "connector": SMALL["connector"]}
+STAGES = {
+    "stage1": {"vision": "frozen", "connector": "full", "language": "frozen"},
+    "stage2": {"vision": "frozen", "connector": "full", "language": "lora"},
+    "full": {"vision": "full", "connector": "full", "language": "full"},
+    "lora-gc": {"vision": "frozen", "connector": "full", "language": "lora"},
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measured_matmul_peak(dtype=torch.float32, n: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def stage_dict(stage: str, steps: int, batch: int, data: Path) -> dict:
+    return {"name": stage, "data": {"train": ["train/caption_short_en.json"]}, "train": STAGES[stage],
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_steps": steps, "batch_size": batch, "lr": 1e-4,
+            "log_every": 1, "template": "chat", "keep_best": False, "gradient_checkpointing": stage == "lora-gc",
+            "feature_cache": True}
+
+
+def prepare(work: Path, model_block: dict, n_images: int) -> tuple[Path, Path]:
+    """Synthesize data and build the initial model once, so every variant starts from identical weights."""
+    from verbovision.recipe import parse_recipe
+    from verbovision.synth import synth_shapes
+    from verbovision.train import initial_model
+
+    data = work / "data"
+    synth_shapes(data, n=n_images, seed=0, langs=("en",))
+    raw = {"name": "bench", "data_root": str(data), "model": model_block,
+           "stages": [stage_dict("stage1", 1, 1, data)]}
+    init = work / "init-run"
+    init.mkdir()
+    return data, Path(initial_model(parse_recipe(raw), init, {}))
+
+
+def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int) -> dict:
+    from verbovision.recipe import parse_recipe
+    from verbovision.runinfo import read_metrics
+    from verbovision.train import train_recipe
+
+    raw = {"name": "ours", "data_root": str(data), "model": {"from": str(init)},
+           "stages": [stage_dict(stage, warmup + steps, batch, data)]}
+    run = work / f"ours-{stage}"
+    start = time.perf_counter()
+    train_recipe(parse_recipe(raw), run)
+    total = time.perf_counter() - start
+    times = [r["time"] for r in read_metrics(run) if "loss" in r]
+    return {"samples_per_s": steps * batch / (times[-1] - times[warmup - 1]), "wall_s": total}
+
+
+def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int) -> dict:
+    """The plain path: a Dataset that loads, preprocesses and tokenizes per item; Trainer; pixel values each step."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from verbovision.data import Collator, Encoder, load_image, read_records
+    from verbovision.recipe import Stage, StageData
+    from verbovision.store import load_model
+    from verbovision.trainable import configure_trainable
+
+    model, processor = load_model(init, device="cpu")
+    model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))
+    model.train()
+    encoder = Encoder(processor, "chat")
+    records = read_records(data / "train/caption_short_en.json")
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, i):
+            example = encoder.encode(records[i])
+            return {"example": example, "image": load_image(example.images[0])}
+
+    padder = Collator(encoder)
+
+    def collate(items):
+        batch = padder.pad([item["example"] for item in items])
+        batch["pixel_values"] = encoder.pixel_values([item["image"] for item in items])
+        return batch
+
+    stamps = []
+
+    class Stamp(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
+
+    args = TrainingArguments(output_dir=str(work / f"trainer-{stage}"), per_device_train_batch_size=batch,
+                             max_steps=warmup + steps, learning_rate=1e-4, report_to=[], save_strategy="no",
+                             logging_strategy="no", dataloader_num_workers=0, remove_unused_columns=False,
+                             use_cpu=True, gradient_checkpointing=stage == "lora-gc")
+    trainer = Trainer(model=model, args=args, train_dataset=Items(), data_collator=collate,
+                      callbacks=[Stamp()])
+    start = time.perf_counter()
+    trainer.train()
+    return {"samples_per_s": steps * batch / (stamps[-1] - stamps[warmup - 1]),
+            "wall_s": time.perf_counter() - start}
+
+
+def step_flops(init: Path, data: Path, stage: str, batch: int) -> float:
+    """FLOPs of one training step (forward + backward) of our path, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from verbovision.data import Collator, Encoder, read_records
+    from verbovision.features import FeatureCache
+    from verbovision.recipe import Stage, StageData
+    from verbovision.store import load_model
+    from verbovision.trainable import configure_trainable
+    from verbovision.train import token_loss
+
+    model, processor = load_model(init, device="cpu")
+    model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))
+    encoder = Encoder(processor, "chat")
+    examples = [encoder.encode(r) for r in read_records(data / "train/caption_short_en.json")[:batch]]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = FeatureCache(Path(tmp), model, processor)
+        cache.ensure([e.images[0] for e in examples])
+        batch_inputs = Collator(encoder, features=cache)(examples)
+        batch_inputs.pop("skipped")
+        model.train()
+        with FlopCounterMode(display=False) as counter:
+            token_loss(model, batch_inputs, "cpu").backward()
+    return float(counter.get_total_flops())
+
+
+def child(args) -> None:
+    work, data, init = Path(args.work), Path(args.data), Path(args.init)
+    runner = run_ours if args.impl == "ours" else run_trainer
+    result = runner(work, data, init, args.stage, args.steps, args.batch, args.warmup)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+
+
+def spawn(args, impl: str, stage: str, work: Path, data: Path, init: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--impl", impl, "--stage", stage, "--work", str(work),
+           "--data", str(data), "--init", str(init), "--steps", str(args.steps), "--batch", str(args.batch),
+           "--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--child", action="store_true")
+    for name in ("impl", "stage", "work", "data", "init"):
+        parser.add_argument(f"--{name}")
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    if args.quick:
+        args.steps, args.batch = 5, 4
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data, init = prepare(work, QUICK if args.quick else SMALL, n_images=max(64, (args.steps + args.warmup) *
+                                                                                 args.batch * 2))
+        peak = measured_matmul_peak()
+        rows = []
+        for stage in ("stage1", "stage2"):
+            ours, base = (spawn(args, impl, stage, work, data, init) for impl in ("ours", "trainer"))
+            flops = step_flops(init, data, stage, args.batch)
+            mfu = flops * ours["samples_per_s"] / args.batch / peak
+            rows.append((stage, ours, base, mfu))
+        memory = {stage: spawn(args, "ours", stage, work, data, init)["peak_rss_mb"] for stage in ("full", "lora-gc")}
+    report(args, rows, memory, peak)
+
+
+def report(args, rows, memory, peak) -> None:
+    config = "quick" if args.quick else "small (SigLIP 6x384 @224/16 + Qwen2 6x512, mlp connector)"
+    lines = [f"### train_bench — {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}", "",
+             f"config: {config}; batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; float32; "
+             f"measured matmul peak {peak / 1e9:.1f} GFLOP/s", "",
+             "| stage | ours samples/s | Trainer samples/s | ratio | MFU (ours) | peak RSS ours / Trainer (MB) |",
+             "|---|---|---|---|---|---|"]
+    for stage, ours, base, mfu in rows:
+        lines.append(f"| {stage} | {ours['samples_per_s']:.2f} | {base['samples_per_s']:.2f} | "
+                     f"{ours['samples_per_s'] / base['samples_per_s']:.2f}x | {mfu:.2f} | "
+                     f"{ours['peak_rss_mb']:.0f} / {base['peak_rss_mb']:.0f} |")
+    lines += ["", "peak RSS of our loop: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
+              + f", stage2 (LoRA) {rows[1][1]['peak_rss_mb']:.0f} MB", ""]
+    text = "\n".join(lines)
+    print(text)
+    if not args.quick:
+        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

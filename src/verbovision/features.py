@@ -1,0 +1,148 @@
+"""Vision feature cache: when the vision tower is frozen, encode each image once and reuse it every step and stage.
+
+What is cached is exactly what the connector consumes (the selected hidden state of the vision tower, CLS removed
+where the model drops it), so training with the cache runs the same connector and LM computation as without it.
+Features live in safetensors shards (fp16 or bf16 by default), memory-mapped when read. The cache folder's name is a
+content hash of everything that determines the features — the encoder weights, the image preprocessing and the
+feature selection — so a change to any of them starts a fresh cache instead of reusing stale features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .data import load_image
+from .errors import DataError
+from .store import read_json, write_json
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def vlm_core(model):
+    """The transformers VLM under any PEFT wrapping (the module holding vision_tower / multi_modal_projector)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model
+
+
+@torch.no_grad()
+def connector_inputs(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """What the connector consumes for these images: [n_images, n_patches, D_vision]."""
+    config = model.config
+    core = vlm_core(model)
+    # Llava-style models pick a hidden state by index (so -1 is before the final norm); Cohere2Vision takes
+    # the tower's last_hidden_state.
+    layer = getattr(config, "vision_feature_layer", None)
+    if layer is not None and not isinstance(layer, int):
+        raise DataError("the feature cache supports a single vision_feature_layer, not a list")
+    outputs = core.vision_tower(pixel_values.to(core.vision_tower.dtype), output_hidden_states=layer is not None,
+                                return_dict=True)
+    features = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]
+    if getattr(config, "vision_feature_select_strategy", "full") == "default":
+        features = features[:, 1:]  # the model drops the CLS token before its connector
+    return features
+
+
+def image_encoder_outputs(model, features: torch.Tensor) -> dict:
+    """Run the connector on cached features, in the form the VLM's forward accepts instead of pixel values."""
+    projector = vlm_core(model).multi_modal_projector
+    embeds = projector(features.to(next(projector.parameters()).dtype))  # [n_images, n_tokens, D_lm]
+    # Llava's forward concatenates a list of per-image features; Cohere2Vision's takes the stacked tensor.
+    pooled = list(embeds) if model.config.model_type == "llava" else embeds
+    return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+
+
+def cache_key(model, processor, dtype: str) -> str:
+    """Hash of the encoder weights, the image preprocessing and the feature selection."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vlm_core(model).vision_tower.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    config = model.config
+    settings = {
+        "image_processor": processor.image_processor.to_dict(),
+        "feature_layer": getattr(config, "vision_feature_layer", None),
+        "select": getattr(config, "vision_feature_select_strategy", "full"),
+        "dtype": dtype,
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def image_id(path: Path) -> str:
+    """An image's identity: its path plus size and modification time, so an edited file is re-encoded."""
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class FeatureCache:
+    """Encoded images on disk: index.json maps image id -> (shard, row); shards are safetensors files."""
+
+    def __init__(self, root: Path, model, processor, dtype: str = "float16", batch_size: int = 32,
+                 shard_size: int = 2048):
+        self.dir = Path(root) / cache_key(model, processor, dtype)
+        self.model, self.processor = model, processor
+        self.dtype = DTYPES[dtype]
+        self.batch_size, self.shard_size = batch_size, shard_size
+        self.index: dict[str, list] = read_json(self.dir / "index.json", {})
+        self._handles: dict[str, object] = {}
+        self._ids: dict[Path, str] = {}
+
+    def _id(self, path: Path) -> str:
+        if path not in self._ids:
+            self._ids[path] = image_id(path)
+        return self._ids[path]
+
+    def ensure(self, paths: Sequence[Path]) -> dict[Path, str]:
+        """Encode the images not cached yet; returns the images that could not be read, with the reason."""
+        missing, failed = [], {}
+        for path in dict.fromkeys(paths):
+            try:
+                if self._id(path) not in self.index:
+                    missing.append(path)
+            except OSError:
+                failed[path] = f"{path}: image not found"
+        for start in range(0, len(missing), self.shard_size):
+            failed.update(self._write_shard(missing[start : start + self.shard_size]))
+        return failed
+
+    def _write_shard(self, paths: list[Path]) -> dict[Path, str]:
+        good, failed, chunks = [], {}, []
+        for start in range(0, len(paths), self.batch_size):
+            images = []
+            for path in paths[start : start + self.batch_size]:
+                try:
+                    images.append(load_image(path))
+                    good.append(path)
+                except DataError as e:
+                    failed[path] = str(e)
+            if images:
+                pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+                device = next(self.model.parameters()).device
+                chunks.append(connector_inputs(self.model, pixels.to(device)).to(self.dtype).cpu())
+        if good:
+            name = f"shard-{len(set(v[0] for v in self.index.values())):05d}.safetensors"
+            tmp = self.dir / f".{name}.tmp"
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_file({"features": torch.cat(chunks)}, str(tmp))
+            tmp.replace(self.dir / name)
+            self.index.update({self._id(p): [name, row] for row, p in enumerate(good)})
+            write_json(self.dir / "index.json", self.index)
+        return failed
+
+    def get(self, paths: Sequence[Path]) -> torch.Tensor:
+        """Features of these images (all cached), stacked: [n_images, n_patches, D_vision]."""
+        rows = []
+        for path in paths:
+            shard, row = self.index[self._id(path)]
+            if shard not in self._handles:
+                self._handles[shard] = safe_open(str(self.dir / shard), framework="pt")
+            rows.append(self._handles[shard].get_slice("features")[row : row + 1])
+        return torch.cat(rows)
