@@ -17,7 +17,7 @@ exactly one image token per compressed feature.
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,15 +40,16 @@ from transformers import (
     Qwen2Config,
     SiglipImageProcessor,
     SiglipVisionConfig,
+    SwinConfig,
     ViTConfig,
     ViTImageProcessor,
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .errors import ConfigError
+from .store import MODEL_METADATA, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
-BUILD_METADATA = "verbovision_build.json"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class VisionSpec:
     name: str | None = None
     """Hub id or local directory of a pretrained encoder (CLIP/SigLIP/ViT/DINOv2...); None builds from scratch."""
     arch: str = "siglip"
-    """From-scratch architecture: siglip, clip or vit."""
+    """From-scratch architecture: siglip, clip, vit or swin."""
     hidden_size: int = 128
     """From scratch: width of the encoder."""
     layers: int = 4
@@ -130,8 +131,10 @@ def vision_config(spec: VisionSpec):
     if spec.name:
         config = AutoConfig.from_pretrained(spec.name)
         return getattr(config, "vision_config", None) or config
+    if spec.arch == "swin":
+        return _swin_config(spec)
     if spec.arch not in _SCRATCH_VISION:
-        raise ConfigError(f"vision.arch {spec.arch!r} unknown; choose one of {sorted(_SCRATCH_VISION)}")
+        raise ConfigError(f"vision.arch {spec.arch!r} unknown; choose one of {sorted([*_SCRATCH_VISION, 'swin'])}")
     extra = {"vision_use_head": False} if spec.arch == "siglip" else {}  # the pooling head is never used by a VLM
     return _SCRATCH_VISION[spec.arch](
         **extra,
@@ -142,6 +145,20 @@ def vision_config(spec: VisionSpec):
         image_size=spec.image_size,
         patch_size=spec.patch_size,
     )
+
+
+def _swin_config(spec: VisionSpec) -> SwinConfig:
+    """A 3-stage Swin: windowed attention and patch merging give a from-scratch encoder locality to learn fast.
+
+    hidden_size is the last stage's width (the first stage has a quarter of it); `layers` blocks are spread over the
+    stages; each stage halves the grid, so the encoder emits (image_size / (4 * patch_size))^2 tokens.
+    """
+    stages = 3
+    depths = [max(1, spec.layers // stages + (i < spec.layers % stages)) for i in range(stages)]
+    heads = [max(1, spec.heads >> (stages - 1 - i)) for i in range(stages)]
+    final_grid = spec.image_size // spec.patch_size >> (stages - 1)
+    return SwinConfig(image_size=spec.image_size, patch_size=spec.patch_size, embed_dim=spec.hidden_size >> (stages - 1),
+                      depths=depths, num_heads=heads, window_size=min(4, final_grid))
 
 
 def language_config(spec: LanguageSpec, vocab_size: int):
@@ -238,15 +255,28 @@ def image_processor_for(spec: VisionSpec, vcfg):
     return cls(size={"height": size, "width": size})
 
 
-def make_processor(spec: ModelSpec, vcfg, image_processor, tokenizer) -> LlavaProcessor:
-    has_cls = vcfg.model_type in _CLS_ENCODERS
-    merge = spec.connector.factor if spec.connector.type == "pixel_shuffle" else 1
+def image_tokens_of(model: PreTrainedModel, image_size: int) -> int:
+    """How many tokens the model's vision path (encoder + connector) emits for one image, by running it once."""
+    pixels = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+    return features[0].shape[0]  # a list of [N, D] (Llava) or a [1, N, D] tensor (Cohere2Vision)
+
+
+def make_processor(spec: ModelSpec, model: PreTrainedModel, image_processor, tokenizer) -> LlavaProcessor:
+    """A LlavaProcessor whose patch size makes it insert exactly as many image tokens as the model emits."""
+    crop = getattr(image_processor, "crop_size", None) or image_processor.size
+    size = crop.get("height") or crop.get("shortest_edge")
+    tokens = image_tokens_of(model, size)
+    side = math.isqrt(tokens)
+    if side * side != tokens or size % side:
+        raise ConfigError(f"the vision path emits {tokens} tokens per {size}px image, not a square grid")
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=_size(vcfg.patch_size) * merge,
-        vision_feature_select_strategy="default" if has_cls else "full",
-        num_additional_image_tokens=1 if has_cls else 0,
+        patch_size=size // side,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
         image_token=spec.image_token,
         chat_template=with_image_parts(tokenizer.chat_template, spec.image_token),
     )
@@ -278,7 +308,7 @@ def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None)
         _copy_language_model(model, spec.language.name)
     model.generation_config.eos_token_id = stops
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    processor = make_processor(spec, vcfg, image_processor_for(spec.vision, vcfg), tokenizer)
+    processor = make_processor(spec, model, image_processor_for(spec.vision, vcfg), tokenizer)
     return model, processor
 
 
@@ -307,7 +337,7 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     if metadata is not None:
-        (out / BUILD_METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
+        write_json(out / MODEL_METADATA, metadata)
     return out
 
 

@@ -19,6 +19,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
@@ -99,6 +100,31 @@ def cmd_merge(args) -> None:
     print(merge_adapter(args.adapter, args.out, tolerance=args.tolerance).summary())
 
 
+def cmd_eval(args) -> None:
+    from .evaluate import evaluate, parse_metrics
+
+    out = Path(args.out or Path("eval") / Path(args.model).name)
+    result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
+                      args.batch_size, args.format, device=args.device)
+    _print_scores(result)
+    print(f"predictions and report: {out}")
+
+
+def cmd_score(args) -> None:
+    from .evaluate import parse_metrics, score_file
+
+    _print_scores(score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out))
+
+
+def _print_scores(result) -> None:
+    for name, value in result.values.items():
+        low, high = result.intervals.get(name, (None, None))
+        interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
+        print(f"{name:>12}: {value:.6f}{interval}")
+    for name, reason in result.skipped.items():
+        print(f"{name:>12}: skipped: {reason}")
+
+
 def cmd_caption(args) -> None:
     from .infer import VLM
 
@@ -129,6 +155,11 @@ EXAMPLES = {
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
+    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json\n"
+            "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava",
+    "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
+             "  verbo score captions_val2014_fakecap_results.json --refs captions_val2014.json\n"
+             "  verbo score answers.jsonl --refs questions_with_answers.jsonl --metrics vqa,exact_match",
     "ask": "examples:\n  verbo ask runs/qs/final img.png \"How many shapes are there?\"",
 }
 
@@ -151,7 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
     p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
 
-    data = sub.add_parser("data", help="synthesize data").add_subparsers(dest="data_command", metavar="DATA_COMMAND",
+    data = sub.add_parser("data", help="synthesize, check, clean, split and convert data").add_subparsers(dest="data_command", metavar="DATA_COMMAND",
                                                                           required=True)
     p = command("synth", cmd_data_synth, "write a synthetic dataset (LLaVA JSON + images, train/val/test)",
                 parent=data)
@@ -160,6 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
+    from .datatools import add_data_commands
+
+    add_data_commands(data)
 
     p = command("build", cmd_build, "compose a pretrained vision encoder + connector + LM into a standard checkpoint")
     p.add_argument("--vision", required=True, help="hub id or directory of a vision encoder (SigLIP, CLIP, ViT...)")
@@ -181,6 +215,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", metavar="ADAPTER_OR_RUN")
     p.add_argument("--out", required=True)
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
+
+    metric_help = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, numeric, choice, wer, "
+                   "cer")
+    p = command("eval", cmd_eval, "generate on a dataset and score it: every metric with a bootstrap interval")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--data", required=True, help="data file or folder (any supported format)")
+    p.add_argument("--format", help="data format (default: detected)")
+    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=metric_help)
+    p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
+    _decode_args(p)
+
+    p = command("score", cmd_score, "score a predictions file against references, no model needed")
+    p.add_argument("predictions", metavar="PREDICTIONS",
+                   help="our predictions.jsonl, LLaVA answers JSONL, or COCO results JSON")
+    p.add_argument("--refs", help="LLaVA questions/answers JSONL, or COCO caption annotations JSON")
+    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=metric_help)
+    p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
 
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")

@@ -8,7 +8,7 @@ processor uses, and masks everything but the assistant replies in the labels.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -16,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import DataError
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
-
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
 @dataclass
@@ -37,8 +35,8 @@ class Turn:
 @dataclass
 class Record:
     id: str
-    images: list[Path | Image.Image]
-    """Image files (or in-memory images, for inference)."""
+    images: list
+    """Image files, in-memory images, or images inside other files (see images.ImageSource)."""
     turns: list[Turn]
     source: str
     """File the record came from, for error messages."""
@@ -54,75 +52,47 @@ class Record:
 
 # ---------------------------------------------------------------------------------------------------- reading
 
-
-def read_records(path: str | Path) -> list[Record]:
-    """Read a LLaVA JSON list or JSONL file of conversation records."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: data file not found")
-    return [_llava_record(raw, path, i) for i, raw in enumerate(_load_json_records(path))]
-
-
-def _load_json_records(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no}: invalid JSON: {e.msg} (column {e.colno})") from None
-        return rows
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    if not isinstance(rows, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(rows).__name__}")
-    return rows
+MISSING_IMAGE = "image not found"
+UNREADABLE_IMAGE = "unreadable image"
+TOO_SMALL = "image too small"
+BAD_CONVERSATION = "bad conversation"
+IMAGE_TOKENS = "image tokens != images"
+TOO_LONG = "too long"
+EMPTY_ANSWER = "empty answer"
+NOT_UTF8 = "non-UTF-8"
+INVALID_JSON = "invalid JSON"
+"""The kinds of record problems above: checks and training count them by these names."""
 
 
-def _llava_record(raw: dict, path: Path, index: int) -> Record:
-    rid = str(raw.get("id", index))
-    where = f"{path}: record {rid!r}"
-    if not isinstance(raw.get("conversations"), list) or not raw["conversations"]:
-        raise DataError(f"{where}: missing or empty 'conversations'")
-    turns = []
-    for turn in raw["conversations"]:
-        role = _ROLES.get(turn.get("from") or turn.get("role"))
-        if role is None or not isinstance(turn.get("value"), str):
-            raise DataError(f"{where}: each turn needs 'from' (human/gpt/system) and a string 'value'")
-        turns.append(Turn(role, turn["value"]))
-    image = raw.get("image")
-    names = [] if image is None else [image] if isinstance(image, str) else list(image)
-    images = [(path.parent / name).resolve() for name in names]
-    if images and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
-        # LLaVA convention: an image without a placeholder goes before the first user turn's text.
-        first_user = next(t for t in turns if t.role == "user")
-        first_user.text = DATA_IMAGE_TOKEN + "\n" + first_user.text
-    placeholders = sum(t.text.count(DATA_IMAGE_TOKEN) for t in turns)
-    if placeholders != len(images):
-        raise DataError(f"{where}: {placeholders} {DATA_IMAGE_TOKEN} placeholders but {len(images)} images")
-    if not any(t.role == "assistant" for t in turns):
-        raise DataError(f"{where}: no assistant reply to learn from")
-    record = Record(rid, images, turns, str(path))
-    record.references = list(raw.get("references") or [turns[-1].text if turns[-1].role == "assistant" else ""])
-    return record
+class RecordError(DataError):
+    """One record cannot be used (the rest of its file can); `kind` is one of the problem kinds above."""
+
+    def __init__(self, source: str | Path, record_id: str, kind: str, detail: str):
+        super().__init__(f"{source}: record {record_id!r}: {detail}")
+        self.record_id = record_id
+        self.kind = kind
 
 
-def load_image(path: Path | Image.Image) -> Image.Image:
-    """Open an image as RGB; a clear error names the file when it cannot be read."""
-    if isinstance(path, Image.Image):
-        return path.convert("RGB")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+def read_records(path: str | Path, format: str | None = None, skips: SkipLog | None = None,
+                 options=None) -> list[Record]:
+    """Read a data file or folder in any supported format (detected unless given; see readers.py).
+
+    A bad record raises its `RecordError`, or, when `skips` is given, is counted there and left out.
+    """
+    from .readers import ReadOptions, iter_records
+
+    options = options or ReadOptions()
+    if format:
+        options = dataclasses.replace(options, format=format)
+    return list(iter_records(path, options, skips))
+
+
+def load_image(path, min_side: int | None = None) -> Image.Image:
+    """Open an image (file, in-memory, shard member or bytes) as RGB; a clear error names the file when it cannot.
+    `min_side`: JPEGs may be decoded at a reduced scale that keeps both sides at least this long (see images.py)."""
+    from .images import open_image
+
+    return open_image(path, min_side=min_side)
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -133,17 +103,24 @@ class Encoded:
     record_id: str
     input_ids: list[int]
     labels: list[int]
-    images: list[Path]
+    images: list
+
+
+TRUNCATION = ("drop", "truncate")
+"""What training does with a record longer than max_length: skip and count it, or cut its text after the images."""
 
 
 class Encoder:
     """Turns records into token ids + labels with the model's processor; the same code serves training and inference."""
 
-    def __init__(self, processor, template: str = "chat", max_length: int = 2048):
+    def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop"):
         from .build import num_image_tokens
 
         if template not in ("chat", "plain"):
             raise DataError(f"template {template!r} unknown; use chat or plain")
+        if truncation not in TRUNCATION:
+            raise DataError(f"truncation {truncation!r} unknown; use {' or '.join(TRUNCATION)}")
+        self.truncation = truncation
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.template = template
@@ -196,17 +173,31 @@ class Encoder:
         expected = self.tokens_per_image * len(record.images)
         found = sum(1 for i in ids if i == self.image_token_id)
         if found != expected:
-            raise DataError(
-                f"{record.source}: record {record.id!r}: {found} image tokens after tokenization, expected {expected} "
+            raise RecordError(
+                record.source, record.id, IMAGE_TOKENS,
+                f"{found} image tokens after tokenization, expected {expected} "
                 f"({len(record.images)} images x {self.tokens_per_image}); the text may contain the image token itself"
             )
         if len(ids) > self.max_length:
-            raise DataError(
-                f"{record.source}: record {record.id!r}: {len(ids)} tokens exceed max_length {self.max_length}"
-            )
+            ids, labels = self._truncate(record, ids, labels)
         if not for_generation and all(label == -100 for label in labels):
-            raise DataError(f"{record.source}: record {record.id!r}: empty assistant reply, nothing to learn")
+            raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
         return Encoded(record.id, ids, labels, record.images)
+
+    def _truncate(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """Cut a too-long example to max_length, text only: image tokens are never cut (the model would then see
+        features without their placeholders); when they reach past max_length the record is dropped instead."""
+        last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+        too_long = f"{len(ids)} tokens exceed max_length {self.max_length}"
+        if self.truncation == "drop":
+            raise RecordError(record.source, record.id, TOO_LONG, f"{too_long} (truncation: drop)")
+        if last_image >= self.max_length:
+            raise RecordError(record.source, record.id, TOO_LONG,
+                              f"{too_long} and its image tokens end at {last_image + 1}: cannot truncate text only")
+        kept = labels[: self.max_length]
+        if all(label == -100 for label in kept) and any(label != -100 for label in labels):
+            raise RecordError(record.source, record.id, TOO_LONG, f"{too_long} and truncating leaves no reply to learn")
+        return ids[: self.max_length], kept
 
     def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
         return self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
@@ -220,9 +211,11 @@ class Source:
     """One data file of a stage, with its mixing weight."""
 
     path: str
-    """LLaVA JSON/JSONL file."""
+    """Data file or folder in any supported format (LLaVA JSON/JSONL, COCO, CSV, imagefolder, webdataset, parquet)."""
     weight: float = 1.0
     """Fraction of the file's records drawn per epoch (2.0 = each record twice, 0.5 = a random half)."""
+    format: str | None = None
+    """Data format (llava, coco, pairs, imagefolder, webdataset, hf); null detects it from the path."""
 
 
 class SkipLog:
@@ -253,11 +246,13 @@ class SkipLog:
 
 
 def skip_reason(error: DataError) -> str:
-    """A short category for a data error, used to count skips by kind."""
+    """A short category for a data error (a problem kind when known), used to count skips by kind."""
+    if isinstance(error, RecordError):
+        return error.kind
     message = str(error)
-    for key in ("image not found", "unreadable image", "exceed max_length", "image tokens", "empty assistant"):
-        if key in message:
-            return key
+    for kind in (MISSING_IMAGE, UNREADABLE_IMAGE):
+        if kind in message:
+            return kind
     return "invalid record"
 
 
@@ -268,7 +263,7 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
         path = Path(source.path)
         path = path if path.is_absolute() else data_root / path
         encoded = []
-        for record in read_records(path):
+        for record in read_records(path, source.format, skips):
             try:
                 encoded.append(encoder.encode(record))
             except DataError as e:
@@ -294,16 +289,29 @@ def epoch_order(sources: list[tuple[list[Encoded], float]], seed: int, shuffle: 
 class Collator:
     """Pads a list of encoded examples into a batch and loads their images; unreadable images skip the example."""
 
-    def __init__(self, encoder: Encoder, pad_left: bool = False):
+    def __init__(self, encoder: Encoder, pad_left: bool = False, features=None, fast_decode: bool = False):
+        from .images import processor_side
+
         self.encoder = encoder
+        self.min_side = processor_side(encoder.processor.image_processor) if fast_decode else None
+        """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size."""
         self.pad_id = encoder.tokenizer.pad_token_id
         self.pad_left = pad_left
+        self.features = features
+        """A FeatureCache: batches then carry cached vision features instead of pixel values."""
 
     def __call__(self, examples: Sequence[Encoded]) -> dict:
+        if self.features is not None:
+            batch = self.pad(examples)
+            paths = [p for e in examples for p in e.images]
+            if paths:
+                batch["image_features"] = self.features.get(paths)  # [n_images, n_patches, D_vision]
+            batch["skipped"] = []
+            return batch
         kept, images, skipped = [], [], []
         for example in examples:
             try:
-                images.extend(load_image(p) for p in example.images)
+                images.extend(load_image(p, self.min_side) for p in example.images)
                 kept.append(example)
             except DataError as e:
                 skipped.append((skip_reason(e), f"{example.record_id}: {e}"))

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .data import load_image
 from .errors import DataError
+from .images import image_key
 from .store import read_json, write_json
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -76,10 +77,12 @@ def cache_key(model, processor, dtype: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_id(path: Path) -> str:
-    """An image's identity: its path plus size and modification time, so an edited file is re-encoded."""
-    stat = path.stat()
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+def image_id(source) -> str:
+    """An image's identity; for a file also its size and modification time, so an edited file is re-encoded."""
+    if not isinstance(source, Path):
+        return image_key(source)  # shard member or in-memory bytes: offset or content hash
+    stat = source.stat()
+    return f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 class FeatureCache:

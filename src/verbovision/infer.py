@@ -1,22 +1,32 @@
-"""Inference: caption images and answer questions, batched, with the decoding options of every `verbo` command.
+"""Inference: caption images, answer questions and chat, batched, with the decoding options of every `verbo` command.
 
 Prompts are encoded by the same `Encoder` that training used (template and image-token expansion included), so a
-model sees at inference exactly the layout it learned. Batches are left-padded; each sequence stops at its own EOS.
+model sees at inference exactly the layout it learned. Batches are left-padded; each row of a batch is followed while
+it is generated (`_Reply`): it ends at its own EOS, stop string or token limit, and its text can be streamed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import binascii
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
 
-from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, iter_batches, load_image
+from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
+from .errors import DataError
 from .store import load_model, model_metadata
 
 CAPTION_PROMPT = "Describe the image briefly."
+
+TextCallback = Callable[[int, str], None]
+"""Called with (index of the reply, new text) as replies grow."""
 
 
 @dataclass
@@ -37,10 +47,17 @@ class DecodeOptions:
     """> 1 discourages repeating tokens."""
     seed: int | None = None
     """Seed for reproducible sampling."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a reply ends just before the first one it produces."""
 
     @property
     def sampling(self) -> bool:
         return any(v is not None for v in (self.temperature, self.top_p, self.top_k))
+
+    def batch_key(self) -> tuple:
+        """What replies generated in one batch must share; max_new_tokens and stop are followed per reply."""
+        seed = self.seed if self.sampling else None
+        return self.beams, self.temperature, self.top_p, self.top_k, self.repetition_penalty, seed
 
     def generate_kwargs(self) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.beams, "do_sample": self.sampling}
@@ -50,8 +67,22 @@ class DecodeOptions:
         return kwargs
 
 
+@dataclass
+class Generation:
+    """One reply with what a server reports about it."""
+
+    text: str
+    """The reply, without EOS, stop string or surrounding whitespace."""
+    prompt_tokens: int
+    """Tokens of the prompt (image tokens included)."""
+    completion_tokens: int
+    """Tokens generated, the final EOS or stop string included."""
+    finish_reason: str
+    """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)."""
+
+
 class VLM:
-    """A loaded model + processor that captions and answers, in batches."""
+    """A loaded model + processor that captions, answers and chats, in batches."""
 
     def __init__(self, path: str | Path, device: str | None = None):
         self.path = str(path)
@@ -60,6 +91,9 @@ class VLM:
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30)
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
+        eos = self.model.generation_config.eos_token_id
+        eos = self.processor.tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
 
     def caption(self, images: Sequence, prompt: str = CAPTION_PROMPT, options: DecodeOptions | None = None,
                 batch_size: int = 16) -> list[str]:
@@ -68,6 +102,28 @@ class VLM:
     def ask(self, image, question: str, options: DecodeOptions | None = None) -> str:
         return self.generate([(image, question)], options)[0]
 
+    def chat(self, messages: Sequence[dict], options: DecodeOptions | None = None) -> str:
+        """The next assistant reply to OpenAI-style messages (see `messages_record` for the content parts)."""
+        return self.generate_records([messages_record(messages)], options)[0]
+
+    def stream(self, messages: Sequence[dict], options: DecodeOptions | None = None) -> Iterator[str]:
+        """Like `chat`, but yields the reply in pieces as it is generated; the pieces add up to `chat`'s reply."""
+        record = messages_record(messages)
+        pieces: queue.Queue = queue.Queue()
+
+        def run() -> None:
+            try:
+                self.generate_details([record], options, on_text=lambda _, piece: pieces.put(piece))
+                pieces.put(None)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                pieces.put(e)
+
+        threading.Thread(target=run, daemon=True, name="verbo-stream").start()
+        while (piece := pieces.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+
     def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = 16) -> list[str]:
         """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
         return self.generate_records([prompt_record(image, prompt) for image, prompt in items], options, batch_size)
@@ -75,14 +131,34 @@ class VLM:
     def generate_records(self, records: Sequence[Record], options: DecodeOptions | None = None,
                          batch_size: int = 16) -> list[str]:
         """The next assistant reply of each record (its last reply, if present, is what gets predicted)."""
+        return [g.text for g in self.generate_details(records, options, batch_size)]
+
+    def generate_details(self, records: Sequence[Record],
+                         options: DecodeOptions | Sequence[DecodeOptions] | None = None, batch_size: int = 16,
+                         on_text: TextCallback | None = None) -> list[Generation]:
+        """Replies with token counts and finish reasons, `batch_size` records at a time.
+
+        `options` is one for all records or one per record; records of a batch must share `batch_key()`.
+        `on_text(i, piece)` receives reply i's text as it grows (at the end, for beam search).
+        """
         options = options or DecodeOptions()
-        replies: list[str] = []
-        for chunk in iter_batches(list(records), batch_size):
-            replies.extend(self._generate_batch(chunk, options))
-        return replies
+        per_record = [options] * len(records) if isinstance(options, DecodeOptions) else list(options)
+        results: list[Generation] = []
+        for start in range(0, len(records), batch_size):
+            callback = None if on_text is None else (lambda row, piece, start=start: on_text(start + row, piece))
+            stop = start + batch_size
+            results.extend(self._generate_batch(records[start:stop], per_record[start:stop], callback))
+        return results
+
+    def prompt_tokens(self, record: Record) -> int:
+        """Length of a record's prompt in tokens; raises DataError if it cannot be encoded."""
+        return len(self.encoder.encode(record, for_generation=True).input_ids)
 
     @torch.no_grad()
-    def _generate_batch(self, records: Sequence[Record], options: DecodeOptions) -> list[str]:
+    def _generate_batch(self, records: Sequence[Record], options: Sequence[DecodeOptions],
+                        on_text: TextCallback | None) -> list[Generation]:
+        if len({o.batch_key() for o in options}) > 1:
+            raise ValueError("records generated in one batch must share their decoding options' batch_key()")
         encoded = [self.encoder.encode(record, for_generation=True) for record in records]
         batch = self.collator.pad(encoded)
         batch.pop("labels")
@@ -90,11 +166,107 @@ class VLM:
         if images:
             batch["pixel_values"] = self.encoder.pixel_values(images)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
-        out = self.model.generate(**batch, **options.generate_kwargs())  # [B, T + new]
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        return [text.strip() for text in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        tracker = _ReplyTracker([_Reply(decode, o, self.eos_ids) for o in options], on_text)
+        kwargs = options[0].generate_kwargs()
+        kwargs["max_new_tokens"] = max(o.max_new_tokens for o in options)
+        if options[0].beams == 1:  # beam search reorders its rows every step: its replies are followed once done
+            kwargs["stopping_criteria"] = StoppingCriteriaList([tracker])
+        if options[0].seed is not None:
+            torch.manual_seed(options[0].seed)
+        out = self.model.generate(**batch, **kwargs)  # [B, T + new]
+        if options[0].beams > 1:
+            for column in out[:, batch["input_ids"].shape[1] :].T.tolist():
+                tracker.step(column)
+        tracker.close()
+        return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
+                for reply, e in zip(tracker.replies, encoded)]
+
+
+class _Reply:
+    """One row of a batch as it is generated: its tokens, its text so far, and how much of that was handed out."""
+
+    def __init__(self, decode: Callable[[list[int]], str], options: DecodeOptions, eos_ids: frozenset[int]):
+        self.decode = decode
+        self.limit = options.max_new_tokens
+        self.stops = options.stop
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        """Characters of the stripped text already handed out."""
+        self.finish_reason: str | None = None
+
+    def add(self, token: int) -> str:
+        """Take the next token (ignored once the reply is finished); returns the text that became final."""
+        if self.finish_reason is not None:
+            return ""
+        self.ids.append(token)
+        if token in self.eos_ids:
+            self.finish_reason = "stop"
+        else:
+            self.text, hit = cut_at_stop(self.decode(self.ids), self.stops)
+            if hit:
+                self.finish_reason = "stop"
+            elif len(self.ids) >= self.limit:
+                self.finish_reason = "length"
+        return self._release()
+
+    def close(self) -> str:
+        """Generation is over: whatever was held back is final."""
+        if self.finish_reason is None:
+            self.finish_reason = "length"
+        return self._release()
+
+    @property
+    def final_text(self) -> str:
+        return self.text.strip()
+
+    def _release(self) -> str:
+        text = self.text.lstrip()
+        end = len(text.rstrip())  # trailing spaces wait: the reply is stripped if nothing follows them
+        if self.finish_reason is None:
+            end = min(end, len(text) - _unsettled_tail(text, self.stops))
+        piece = text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return piece
+
+
+class _ReplyTracker(StoppingCriteria):
+    """Feeds each generated token to its row's `_Reply`; as a stopping criterion it ends rows as their replies end."""
+
+    def __init__(self, replies: list[_Reply], on_text: TextCallback | None):
+        self.replies = replies
+        self.on_text = on_text
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.step(input_ids[:, -1].tolist())
+        return torch.tensor([r.finish_reason is not None for r in self.replies], device=input_ids.device)
+
+    def step(self, tokens: list[int]) -> None:
+        for row, (reply, token) in enumerate(zip(self.replies, tokens)):
+            self._emit(row, reply.add(token))
+
+    def close(self) -> None:
+        for row, reply in enumerate(self.replies):
+            self._emit(row, reply.close())
+
+    def _emit(self, row: int, piece: str) -> None:
+        if piece and self.on_text is not None:
+            self.on_text(row, piece)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the first stop string in it, and whether there was one."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def _unsettled_tail(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters may still change: the start of a stop string, or an incomplete UTF-8 character."""
+    partial = max((k for stop in stops for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+    broken = len(text) - len(text.rstrip("\ufffd"))  # a multi-byte character whose last bytes are still to come
+    return max(partial, broken)
 
 
 def prompt_record(image, prompt: str) -> Record:
@@ -102,3 +274,64 @@ def prompt_record(image, prompt: str) -> Record:
     text = prompt if image is None or DATA_IMAGE_TOKEN in prompt else f"{DATA_IMAGE_TOKEN}\n{prompt}"
     images = [] if image is None else [image if isinstance(image, Image.Image) else Path(image)]
     return Record("prompt", images, [Turn("user", text), Turn("assistant", "")], "prompt")
+
+
+def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object] | None = None) -> Record:
+    """A record from OpenAI-style chat messages, ready for the next assistant reply.
+
+    Each message has a `role` (system, user, assistant) and a `content`: a string, or a list of parts
+    `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` or
+    `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines, each image where its part is.
+    `open_part` turns an image part into a record image (default: `image_of_part`).
+    """
+    open_part = open_part or image_of_part
+    turns, images = [], []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise DataError(f"messages[{i}]: role must be system, user or assistant, not {role!r}")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            raise DataError(f"messages[{i}]: content must be a string or a list of parts")
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(part.get("text") or "")
+            elif kind in ("image", "image_url"):
+                images.append(open_part(part))
+                texts.append(DATA_IMAGE_TOKEN)
+            else:
+                raise DataError(f"messages[{i}].content[{j}]: part type must be text, image_url or image, not {kind!r}")
+        turns.append(Turn(role, "\n".join(texts)))
+    return Record("chat", images, [*turns, Turn("assistant", "")], "messages")
+
+
+def image_of_part(part: dict):
+    """The image of a content part: a PIL image, a local path, or a data: URI. Remote URLs are never fetched here."""
+    if part["type"] == "image":
+        image = part.get("image")
+        return image if isinstance(image, Image.Image) else Path(image)
+    url = part.get("image_url")
+    url = url.get("url") if isinstance(url, dict) else url
+    if not isinstance(url, str):
+        raise DataError("image_url part without a url")
+    if url.startswith("data:"):
+        from .images import BytesImage
+
+        return BytesImage("data: URI", decode_data_uri(url))
+    if url.startswith(("http://", "https://")):
+        raise DataError(f"{url}: remote images are not fetched; download the image and pass its path")
+    return Path(url.removeprefix("file://"))
+
+
+def decode_data_uri(url: str) -> bytes:
+    """The bytes of a base64 `data:` URI (data:image/png;base64,...)."""
+    header, comma, payload = url.partition(",")
+    if not comma or not header.startswith("data:") or not header.endswith(";base64"):
+        raise DataError("image data URI must look like data:image/png;base64,<data>")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError("image data URI is not valid base64") from None

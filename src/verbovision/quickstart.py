@@ -10,7 +10,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .evaluate import evaluate_file
+from .evaluate import evaluate
 from .recipe import load_recipe
 from .synth import synth_shapes
 from .report import sample_captions, write_report
@@ -34,7 +34,7 @@ def quickstart(out: Path, n: int = 3000, overrides: list[str] = ()) -> dict:
     print(f"[2/4] training {recipe.name} from scratch -> {run}")
     train_recipe(recipe, run, resume=(run / "run.json").exists())
     print("[3/4] evaluating on the held-out test split")
-    scores = evaluate_file(run / "final", data / TEST_FILE, out / "eval", metrics=("exact_match", "bleu"))
+    scores = evaluate(run / "final", data / TEST_FILE, out / "eval", metrics=("exact_match", "bleu", "cider"))
     report = write_report(run, sample_captions(run / "final", recipe), scores.summary())
     print("[4/4] captions of test images:")
     for row in scores.predictions[:5]:

@@ -105,6 +105,10 @@ class Stage:
     """Stop after this many validations without improvement; null never stops early."""
     merge: bool = False
     """Fold the stage's LoRA adapter into the model that the next stage starts from (the adapter is kept)."""
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps; null: twice per epoch."""
+    keep: int = 2
+    """How many recent checkpoints to keep; older ones are deleted."""
     log_every: int = 10
     """Log training loss every N optimizer steps."""
 
@@ -213,7 +217,7 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
-    for name in ("batch_size", "grad_accum"):
+    for name in ("batch_size", "grad_accum", "keep"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
 

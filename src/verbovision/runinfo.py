@@ -11,6 +11,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from .recipe import Recipe
+from .store import write_atomic
 
 PACKAGES = ("verbovision", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "pillow")
 
@@ -76,6 +77,11 @@ class MetricsLogger:
         for key, value in values.items():
             if isinstance(value, float):
                 self.writer.add_scalar(f"{stage}/{key}", value, step)
+
+    def forget_after(self, stage: str, step: int) -> None:
+        """Drop the stage's rows after `step`: a resumed run redoes those steps and logs them again."""
+        rows = [r for r in read_metrics(self.path.parent) if r["stage"] != stage or r["step"] <= step]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def close(self) -> None:
         self.writer.close()

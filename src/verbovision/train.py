@@ -4,7 +4,7 @@ Run folder layout:
     config.yaml           the resolved recipe
     run.json              metadata: versions, git commit, data fingerprints, stage outputs, adapters and their bases
     init/                 the built model (when the recipe builds one)
-    stages/<i>-<name>/    checkpoint/ (for --resume), best.safetensors, adapter/, model/
+    stages/<i>-<name>/    checkpoints/step-N/ (for --resume), best.safetensors, adapter/, model/
     final -> ...          the last stage's model (or adapter)
     metrics.jsonl, tensorboard/, loss.png, report.md
 """
@@ -124,7 +124,6 @@ def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
     model, processor = build_vlm(spec, tokenizer)
     metadata = {"model_spec": to_dict(recipe.model), "template": recipe.stages[0].template}
     save_model(model, processor, init, metadata)
-    write_json(init / MODEL_METADATA, metadata)
     run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
     return str(init)
 
@@ -134,7 +133,7 @@ def training_texts(recipe: Recipe):
     yield "user assistant system\n"
     for stage in recipe.stages:
         for source in stage.data.train + stage.data.val:
-            for record in read_records(resolve_data(recipe, source.path)):
+            for record in read_records(resolve_data(recipe, source.path), source.format, SkipLog()):
                 for turn in record.turns:
                     yield turn.text
 
@@ -152,7 +151,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    encoder = Encoder(processor, stage.template, stage.max_length)
+    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation)
     skips = SkipLog()
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
@@ -169,8 +168,8 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     features = feature_cache(model, processor, stage, stage_dir.parents[1], train_sources + val_sources, skips)
     collator = Collator(encoder, features=features)
     state = TrainState()
-    if resume:
-        state.load(stage_dir / "checkpoint", model, optimizer, scheduler)
+    if resume and state.load(stage_dir / "checkpoints", model, optimizer, scheduler):
+        logger.forget_after(stage.name, state.step)  # those steps are about to be redone
     device = next(model.parameters()).device
     bar = tqdm(total=total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
     model.train()
@@ -198,8 +197,8 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
                 or state.step == total_steps
             ):
                 validate(model, collator, val_examples, stage, state, stage_dir, logger, device)
-            if state.step % max(1, steps_per_epoch // 2) == 0 or end_of_epoch:
-                state.save(stage_dir / "checkpoint", model, optimizer, scheduler)
+            if state.step % (stage.save_every or max(1, steps_per_epoch // 2)) == 0 or end_of_epoch:
+                state.save(stage_dir / "checkpoints", model, optimizer, scheduler, keep=stage.keep)
             if state.step >= total_steps or state.stopped:
                 break
         else:
@@ -342,8 +341,10 @@ class TrainState:
     bad_evals: int = 0
     stopped: bool = False
 
-    def save(self, ckpt: Path, model, optimizer, scheduler) -> None:
-        tmp = ckpt.with_name(ckpt.name + ".tmp")
+    def save(self, folder: Path, model, optimizer, scheduler, keep: int = 2) -> None:
+        """Write checkpoints/step-N via a temporary name (a kill mid-write leaves the previous ones intact)."""
+        final = folder / f"step-{self.step:08d}"
+        tmp = folder / f".{final.name}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -351,17 +352,23 @@ class TrainState:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         write_json(tmp / "state.json", self.__dict__)
-        replace_dir(tmp, ckpt)
+        replace_dir(tmp, final)
+        for old in sorted(folder.glob("step-*"))[:-keep]:
+            shutil.rmtree(old)
 
-    def load(self, ckpt: Path, model, optimizer, scheduler) -> None:
-        if not (ckpt / "state.json").exists():
-            return
-        self.__dict__.update(read_json(ckpt / "state.json"))
-        load_trainable(model, ckpt / "trainable.safetensors")
-        extra = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    def load(self, folder: Path, model, optimizer, scheduler) -> bool:
+        """Restore the latest complete checkpoint, if any."""
+        checkpoints = sorted(folder.glob("step-*"))
+        if not checkpoints:
+            return False
+        latest = checkpoints[-1]
+        self.__dict__.update(read_json(latest / "state.json"))
+        load_trainable(model, latest / "trainable.safetensors")
+        extra = torch.load(latest / "optimizer.pt", weights_only=False)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
+        return True
 
 
 def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:

@@ -1,0 +1,247 @@
+"""`verbo predict`: answer a LLaVA questions JSONL into an answers JSONL, in batches, resumably.
+
+Questions come in LLaVA's model_vqa format (`question_id`, `image`, `text` per line); answers go out in its answer
+format (`question_id`, `prompt`, `text`, `answer_id`, `model_id`, `metadata`). Each batch's answers are appended with
+one write, flushed and fsynced, so a kill loses at most the batch being generated; on restart a torn last line is cut
+off and every question already answered is skipped, so no question is answered twice or lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .cli import _decode_args, _decode_options
+from .errors import DataError
+
+if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
+    from .infer import VLM, DecodeOptions
+
+
+@dataclass
+class Question:
+    id: str | int
+    """question_id, as written in the file (answers repeat it unchanged)."""
+    text: str
+    """The question (LLaVA's `text`); `<image>` may mark where the image goes."""
+    image: Path | None
+    """The image file, or None for a text-only question."""
+
+
+@dataclass
+class PredictConfig:
+    questions: Path
+    """LLaVA questions JSONL: question_id, image (optional) and text on each line."""
+    out: Path
+    """Answers JSONL; questions it already answers are skipped."""
+    image_folder: Path | None = None
+    """Folder relative image paths are under (default: the questions file's folder)."""
+    model_id: str = ""
+    """model_id written in every answer."""
+    num_chunks: int = 1
+    """Split the questions into this many contiguous chunks (one per machine or process)..."""
+    chunk_idx: int = 0
+    """...and answer only this one (0-based)."""
+    batch_size: int = 16
+    """Questions generated together."""
+    options: DecodeOptions | None = None
+    """Decoding options (None: the defaults, greedy)."""
+
+
+@dataclass
+class PredictSummary:
+    total: int
+    """Questions in this chunk."""
+    already: int
+    """Answered by an earlier run, skipped."""
+    answered: int
+    """Answered by this run."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """question_id -> why it could not be answered (an unreadable image); a re-run tries them again."""
+
+    def __str__(self) -> str:
+        lines = [f"{self.answered} answered, {self.already} already answered, {len(self.skipped)} skipped "
+                 f"(of {self.total} questions)"]
+        lines += [f"  skipped {qid}: {reason}" for qid, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def read_questions(path: str | Path, image_folder: str | Path | None = None) -> list[Question]:
+    """Parse a LLaVA questions JSONL; a bad line or a repeated question_id is an error naming the line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: questions file not found")
+    folder = Path(image_folder) if image_folder else path.parent
+    questions, seen = [], {}
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        question = _question(line, folder, f"{path}:{line_no}")
+        if question.id in seen:
+            raise DataError(f"{path}:{line_no}: question_id {question.id!r} repeats line {seen[question.id]}")
+        seen[question.id] = line_no
+        questions.append(question)
+    return questions
+
+
+def _question(line: str, folder: Path, where: str) -> Question:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("question_id"), (str, int)):
+        raise DataError(f"{where}: each line needs a question_id (string or integer)")
+    if not isinstance(raw.get("text"), str):
+        raise DataError(f"{where}: question {raw['question_id']!r} has no 'text'")
+    image = raw.get("image")
+    if image is not None and not isinstance(image, str):
+        raise DataError(f"{where}: question {raw['question_id']!r}: 'image' must be a file name")
+    return Question(raw["question_id"], raw["text"], folder / image if image else None)
+
+
+def chunk(items: list, num_chunks: int, chunk_idx: int) -> list:
+    """The chunk_idx-th of num_chunks contiguous, near-equal parts of items."""
+    if num_chunks < 1 or not 0 <= chunk_idx < num_chunks:
+        raise DataError(f"--chunk-idx must be in 0..{num_chunks - 1} and --num-chunks >= 1 "
+                        f"(got {chunk_idx} of {num_chunks})")
+    n = len(items)
+    return items[n * chunk_idx // num_chunks : n * (chunk_idx + 1) // num_chunks]
+
+
+class AnswerLog:
+    """A JSONL file appended one batch at a time: one write of whole lines, flushed and fsynced."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def answered_ids(self) -> set:
+        """question_ids answered so far; a torn last line (killed mid-write) is cut off the file first."""
+        if not self.path.exists():
+            return set()
+        data = self.path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            os.truncate(self.path, complete)
+        ids = set()
+        for line_no, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    ids.add(json.loads(line)["question_id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise DataError(f"{self.path}:{line_no}: not an answer line (JSON with a question_id); "
+                                    "fix or remove it to resume") from None
+        return ids
+
+    def append(self, rows: list[dict]) -> None:
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
+    """Answer the questions of config's chunk that `config.out` does not answer yet."""
+    from .infer import DecodeOptions
+
+    options = config.options or DecodeOptions()
+    questions = chunk(read_questions(config.questions, config.image_folder), config.num_chunks, config.chunk_idx)
+    log = AnswerLog(config.out)
+    done = log.answered_ids()
+    todo = [q for q in questions if q.id not in done]
+    summary = PredictSummary(len(questions), len(questions) - len(todo), 0)
+    bar = _progress(total=len(questions), initial=summary.already)
+    for start in range(0, len(todo), config.batch_size):
+        group = todo[start : start + config.batch_size]
+        batch, records = _readable(group, summary.skipped)
+        replies = vlm.generate_records(records, options, batch_size=config.batch_size)
+        log.append([answer_row(q, reply, config.model_id, options) for q, reply in zip(batch, replies)])
+        summary.answered += len(batch)
+        bar.update(len(group))
+    bar.close()
+    return summary
+
+
+def _readable(questions: list[Question], skipped: dict[str, str]) -> tuple[list[Question], list]:
+    """The questions whose image loads, with their prompt records; the others are noted in `skipped`."""
+    from .data import load_image
+    from .infer import prompt_record
+
+    kept, records = [], []
+    for question in questions:
+        try:  # loaded here so that an unreadable image skips its question, not the whole batch
+            image = None if question.image is None else load_image(question.image)
+        except DataError as e:
+            skipped[str(question.id)] = str(e)
+            continue
+        kept.append(question)
+        records.append(prompt_record(image, question.text))
+    return kept, records
+
+
+def answer_row(question: Question, reply: str, model_id: str, options: DecodeOptions) -> dict:
+    return {"question_id": question.id, "prompt": question.text, "text": reply, "answer_id": str(uuid.uuid4()),
+            "model_id": model_id, "metadata": asdict(options)}
+
+
+def _progress(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="question", desc="predict", file=sys.stderr, dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+EXAMPLES = """examples:
+  verbo predict runs/vqa/final --questions questions.jsonl --out answers.jsonl
+  verbo predict runs/vqa/final --questions q.jsonl --image-folder images/ --out answers.jsonl --batch-size 32
+  # split across 4 machines, then concatenate the 4 answer files:
+  verbo predict runs/vqa/final --questions q.jsonl --out answers-2.jsonl --num-chunks 4 --chunk-idx 2
+Re-running the same command after an interruption answers only the questions not answered yet."""
+
+
+def subcommand(subparsers, name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
+    """A `verbo` subcommand parser in cli.py's style: help as description, examples as epilog."""
+    parser = subparsers.add_parser(name, help=help, description=help, epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def add_command(subparsers) -> None:
+    """Register `verbo predict` on the top-level subparsers."""
+    p = subcommand(subparsers, "predict", cmd_predict,
+                   "answer a LLaVA questions JSONL into an answers JSONL (batched, resumable)", EXAMPLES)
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--questions", required=True, help="JSONL with question_id, image and text on each line")
+    p.add_argument("--out", required=True, help="answers JSONL (appended to; answered questions are skipped)")
+    p.add_argument("--image-folder", help="folder of the images (default: the questions file's folder)")
+    p.add_argument("--model-id", help="model_id written in each answer (default: MODEL)")
+    p.add_argument("--num-chunks", type=int, default=1, help="split the questions into N contiguous chunks...")
+    p.add_argument("--chunk-idx", type=int, default=0, help="...and answer chunk K (0-based)")
+    _decode_args(p)
+
+
+def cmd_predict(args) -> None:
+    from .infer import VLM
+
+    config = PredictConfig(Path(args.questions), Path(args.out), args.image_folder and Path(args.image_folder),
+                           args.model_id or args.model, args.num_chunks, args.chunk_idx, args.batch_size,
+                           _decode_options(args))
+    # Checked before the model loads: a wrong chunk index should not cost a model load.
+    chunk([], config.num_chunks, config.chunk_idx)
+    summary = predict(VLM(args.model, device=args.device), config)
+    print(summary, file=sys.stderr)
+    print(config.out)

@@ -1,0 +1,529 @@
+"""Data readers: every supported format, detected from the path (or named), read into `Record`s.
+
+Formats:
+    llava        LLaVA JSON list or JSONL: {id, image (a path or a list), conversations: [{from, value}]}
+    coco         COCO caption annotations {images, annotations} or a Karpathy split {images: [{filename, sentences}]},
+                 with an image folder (guessed beside the file, or `image_root`)
+    pairs        flat rows in JSONL, CSV/TSV or a JSON list: an image, a caption or answer, optionally a question
+    imagefolder  Hugging Face imagefolder: images + metadata.jsonl/.csv (`file_name` column), at the root or per split
+    webdataset   .tar shards (or a folder of them), streamed: members grouped by key, an image + .txt/.caption/.json
+    hf           a Hugging Face dataset saved with `save_to_disk`, or parquet file(s); images as {bytes, path}
+
+Every row-shaped format goes through one row reader: a row with `conversations` is a LLaVA record, any other row a
+caption/answer pair. A problem with one record is yielded as a `RecordError` (a check counts it, training skips it);
+a problem with the whole input (not found, invalid JSON, unknown format) raises `DataError`. Text is decoded as
+UTF-8; bytes that are not UTF-8 make their record a `non-UTF-8` problem, not the whole file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .data import (
+    BAD_CONVERSATION,
+    DATA_IMAGE_TOKEN,
+    EMPTY_ANSWER,
+    IMAGE_TOKENS,
+    INVALID_JSON,
+    MISSING_IMAGE,
+    NOT_UTF8,
+    Record,
+    RecordError,
+    SkipLog,
+    Turn,
+)
+from .errors import DataError
+from .images import BytesImage, TarImage
+
+FORMATS = ("llava", "coco", "pairs", "imagefolder", "webdataset", "hf")
+
+IMAGE_COLUMNS = ("image", "images", "image_path", "file_name", "file_names", "filename", "img", "path", "jpg", "png",
+                 "jpeg", "webp")
+TEXT_COLUMNS = ("caption", "captions", "text", "answer", "answers", "output", "response", "sentences", "txt")
+QUESTION_COLUMNS = ("question", "instruction", "prompt", "query")
+ID_COLUMNS = ("id", "question_id", "image_id", "__key__")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` turns non-UTF-8 bytes into
+
+
+@dataclass
+class Columns:
+    """Which fields of a flat row hold what; None takes the first of the common names present in the row."""
+
+    image: str | None = None
+    """Image path (relative to the data file or image_root), a list of paths, or image bytes / a {bytes, path} struct."""
+    text: str | None = None
+    """The caption or answer; a list gives several references, the first one is trained on."""
+    question: str | None = None
+    """The question or prompt; rows without one get the caption prompt."""
+
+
+@dataclass
+class ReadOptions:
+    """How to read a data path; every field has a working default."""
+
+    format: str | None = None
+    """One of FORMATS; None detects it from the path."""
+    columns: Columns = field(default_factory=Columns)
+    """Column names of flat rows (pairs, imagefolder metadata, parquet, webdataset .json)."""
+    image_root: Path | None = None
+    """Folder relative image paths start from (default: the data file's folder; COCO: guessed near the file)."""
+    prompt: str = "Describe the image briefly."
+    """User turn of caption records (rows without a question)."""
+
+
+# ---------------------------------------------------------------------------------------------------- entry points
+
+
+def iter_records(path: str | Path, options: ReadOptions | None = None, skips: SkipLog | None = None) -> Iterator[Record]:
+    """The usable records of a data path; a bad one raises its RecordError, or is counted in `skips` when given."""
+    for item in scan(path, options):
+        if isinstance(item, RecordError):
+            if skips is None:
+                raise item
+            skips.add(item.kind, f"{item.record_id}: {item}")
+        else:
+            yield item
+
+
+def scan(path: str | Path, options: ReadOptions | None = None) -> Iterator[Record | RecordError]:
+    """Every record of a data path in file order, each a valid `Record` or the `RecordError` saying why it is not."""
+    options = options or ReadOptions()
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file not found")
+    fmt = options.format or detect_format(path)
+    if fmt not in READERS:
+        raise DataError(f"{path}: format {fmt!r} unknown; use one of {', '.join(FORMATS)}")
+    for item in READERS[fmt](path, replace(options, format=fmt)):
+        yield item if isinstance(item, RecordError) else validate(item)
+
+
+def detect_format(path: Path) -> str:
+    """The format of a data path, from its name and (for JSON) its first record."""
+    if path.is_dir():
+        return _detect_folder(path)
+    name = path.name.lower()
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "webdataset"
+    if name.endswith((".parquet", ".arrow")):
+        return "hf"
+    if name.endswith((".csv", ".tsv")):
+        return "pairs"
+    head = decode_text(_head(path)).lstrip()
+    if name.endswith(".jsonl"):
+        return "llava" if '"conversations"' in head.split("\n", 1)[0] else "pairs"
+    if head.startswith("{"):
+        return "coco"  # the only format whose file is one JSON object
+    return "llava" if '"conversations"' in head else "pairs"
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
+def _detect_folder(path: Path) -> str:
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return "hf"
+    if any(path.glob("*.tar")) or any(path.glob("*.tar.gz")):
+        return "webdataset"
+    if _metadata_files(path):
+        return "imagefolder"
+    if any(path.glob("*.parquet")):
+        return "hf"
+    raise DataError(f"{path}: cannot tell the format of this folder: no metadata.jsonl/.csv (imagefolder), .tar "
+                    "shards (webdataset), dataset_dict.json/state.json or .parquet (Hugging Face); pass a data file")
+
+
+def validate(record: Record) -> Record | RecordError:
+    """The record itself when it can be trained on, else the first problem found."""
+
+    def problem(kind: str, detail: str) -> RecordError:
+        return RecordError(record.source, record.id, kind, detail)
+
+    texts = [t.text for t in record.turns] + [r for r in record.references if isinstance(r, str)]
+    if any(_ESCAPED_BYTES.search(text) for text in texts):
+        return problem(NOT_UTF8, "text is not valid UTF-8; re-save the file as UTF-8")
+    roles = [t.role for t in record.turns if t.role != "system"]
+    if not roles or roles[0] != "user" or any(a == b for a, b in zip(roles, roles[1:])):
+        return problem(BAD_CONVERSATION, f"turns must alternate user/assistant starting with user, got {roles}")
+    if roles[-1] != "assistant":
+        return problem(BAD_CONVERSATION, "the conversation does not end with an assistant reply to learn from")
+    if any(t.role == "system" for t in record.turns[1:]):
+        return problem(BAD_CONVERSATION, "a system turn may only come first")
+    placeholders = sum(t.text.count(DATA_IMAGE_TOKEN) for t in record.turns)
+    if placeholders != len(record.images):
+        return problem(IMAGE_TOKENS, f"{placeholders} {DATA_IMAGE_TOKEN} placeholders but {len(record.images)} images")
+    if any(t.role == "assistant" and not t.text.strip() for t in record.turns):
+        return problem(EMPTY_ANSWER, "an assistant reply is empty")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------- text files
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (a BOM is dropped); bytes that are not UTF-8 survive as escapes that `validate` reports per record."""
+    return data.decode("utf-8-sig", errors="surrogateescape")
+
+
+def json_document(path: Path):
+    """A whole JSON file; invalid JSON is an error naming the line and column."""
+    text = decode_text(path.read_bytes())
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}{_trailing_comma_hint(e)}") from None
+
+
+def _trailing_comma_hint(error: json.JSONDecodeError) -> str:
+    # Hand-edited files (LLaVA's own documented example among them) often end a list or object with a comma.
+    before = error.doc[: error.pos].rstrip()
+    if error.pos < len(error.doc) and error.doc[error.pos] in "]}" and before.endswith(","):
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1)
+        return f" (trailing comma at line {line} column {column})"
+    return ""
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RecordError]]:
+    """(line number, row) for each non-empty line; a line that is not a JSON object is a RecordError."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            line = decode_text(raw).strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield line_no, RecordError(path, f"line {line_no}", INVALID_JSON,
+                                           f"line {line_no} column {e.colno}: invalid JSON: {e.msg}")
+                continue
+            if not isinstance(row, dict):
+                yield line_no, RecordError(path, f"line {line_no}", INVALID_JSON, "a line must hold a JSON object")
+                continue
+            yield line_no, row
+
+
+def _csv_rows(path: Path) -> Iterator[dict]:
+    text = decode_text(path.read_bytes())
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    yield from csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
+def file_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
+    """(default id, row) of a JSON list, JSONL, CSV/TSV or parquet/arrow file."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from ((str(n), row) for n, row in _jsonl_rows(path))
+    elif suffix in (".csv", ".tsv"):
+        yield from ((str(i), row) for i, row in enumerate(_csv_rows(path)))
+    elif suffix in (".parquet", ".arrow"):
+        yield from ((str(i), row) for i, row in enumerate(arrow_rows(path)))
+    else:
+        document = json_document(path)
+        if not isinstance(document, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(document).__name__}")
+        for i, row in enumerate(document):
+            yield str(i), row if isinstance(row, dict) else RecordError(path, str(i), INVALID_JSON,
+                                                                       "a record must be a JSON object")
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+
+
+def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, base: Path) -> Record | RecordError:
+    """One row of any row-shaped format: a LLaVA conversation, or an image with a caption/answer (and question)."""
+    rid = str(next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), default_id))
+    if "conversations" in row:
+        return _llava_record(row, rid, source, base)
+    columns = options.columns
+    image_key = columns.image or _first_present(row, IMAGE_COLUMNS)
+    text_key = columns.text or _first_present(row, TEXT_COLUMNS)
+    question_key = columns.question or _first_present(row, QUESTION_COLUMNS)
+    for wanted, key in (("image", columns.image), ("text", columns.text), ("question", columns.question)):
+        if key and key not in row:
+            return RecordError(source, rid, BAD_CONVERSATION, f"no {wanted} column {key!r} (columns: {sorted(row)})")
+    images = image_sources(row.get(image_key), base, source, rid)
+    answers = as_texts(row.get(text_key))
+    if not answers:
+        return RecordError(source, rid, EMPTY_ANSWER, f"no caption or answer (looked for {text_key or TEXT_COLUMNS})")
+    question = as_texts(row.get(question_key))
+    return pair_record(rid, images, answers, question[0] if question else options.prompt, source)
+
+
+def pair_record(rid: str, images: list, answers: list[str], prompt: str, source: Path | str) -> Record:
+    """A one-exchange record: the prompt (images placed before it unless it marks them) and the first answer."""
+    return Record(rid, images, [Turn("user", place_images(prompt, len(images))), Turn("assistant", answers[0])],
+                  str(source), references=list(answers))
+
+
+def place_images(text: str, n_images: int) -> str:
+    """LLaVA's convention: images whose text has no `<image>` go before it, one placeholder per image."""
+    if n_images and DATA_IMAGE_TOKEN not in text:
+        return (DATA_IMAGE_TOKEN + "\n") * n_images + text
+    return text
+
+
+def _first_present(row: dict, names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if row.get(name) not in (None, "", [])), None)
+
+
+def as_texts(value) -> list[str]:
+    """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, dict):
+        return as_texts(next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None))
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in as_texts(item)]
+    return []
+
+
+def image_sources(value, base: Path, source: Path, rid: str) -> list:
+    """A row's image field as image sources: paths (relative to `base`), lists of them, bytes, {bytes, path}."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return [image for item in value for image in image_sources(item, base, source, rid)]
+    if isinstance(value, (bytes, bytearray)):
+        return [BytesImage(f"{source}:{rid}", bytes(value))]
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return [BytesImage(f"{source}:{rid}:{value.get('path') or 'image'}", value["bytes"])]
+        return image_sources(value.get("path"), base, source, rid)
+    if isinstance(value, (str, Path)):
+        return [(base / value).resolve()]
+    return [value]  # already an image (a TarImage, an in-memory PIL image)
+
+
+def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
+    conversations = raw.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        return RecordError(path, rid, BAD_CONVERSATION, "missing or empty 'conversations'")
+    turns = []
+    for turn in conversations:
+        role = _ROLES.get(turn.get("from") or turn.get("role")) if isinstance(turn, dict) else None
+        if role is None or not isinstance(turn.get("value"), str):
+            return RecordError(path, rid, BAD_CONVERSATION,
+                               "each turn needs 'from' (human/gpt/system) and a string 'value'")
+        turns.append(Turn(role, turn["value"]))
+    images = image_sources(raw.get("image"), base, path, rid)
+    first_user = next((t for t in turns if t.role == "user"), None)
+    if images and first_user and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
+        first_user.text = place_images(first_user.text, len(images))
+    last_reply = turns[-1].text if turns[-1].role == "assistant" else ""
+    return Record(rid, images, turns, str(path), references=as_texts(raw.get("references")) or [last_reply])
+
+
+# ---------------------------------------------------------------------------------------------------- formats
+
+
+def read_rows(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """llava and pairs: a JSON list, JSONL, CSV/TSV or parquet file of rows."""
+    base = options.image_root or path.parent
+    for default_id, row in file_rows(path):
+        if isinstance(row, RecordError):
+            yield row
+        elif options.format == "llava" and "conversations" not in row:
+            yield RecordError(path, str(row.get("id", default_id)), BAD_CONVERSATION, "missing 'conversations'")
+        else:
+            yield row_record(row, default_id, path, options, base)
+
+
+def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """COCO caption annotations (or a Karpathy split): one record per image with all its captions as references."""
+    document = json_document(path)
+    images, captions = _karpathy(document) if _is_karpathy(document) else _coco_annotations(path, document)
+    root = options.image_root or _coco_image_root(path, [name for name in images.values()])
+    for image_id, file_name in images.items():
+        references = captions.pop(image_id, [])
+        if not references:
+            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions")
+            continue
+        yield pair_record(str(image_id), [(root / file_name).resolve()], references, options.prompt, path)
+    for image_id in captions:
+        yield RecordError(path, str(image_id), MISSING_IMAGE,
+                          f"captions for image id {image_id}, which the 'images' list does not have")
+
+
+def _is_karpathy(document) -> bool:
+    images = document.get("images") if isinstance(document, dict) else None
+    return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+
+
+def _karpathy(document: dict) -> tuple[dict, dict]:
+    images, captions = {}, {}
+    for image in document["images"]:
+        image_id = image.get("cocoid", image.get("imgid"))
+        images[image_id] = str(Path(image.get("filepath", "")) / image["filename"])
+        captions[image_id] = as_texts(image.get("sentences"))
+    return images, captions
+
+
+def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list) \
+            or not isinstance(document.get("annotations"), list):
+        raise DataError(f"{path}: COCO annotations need 'images' and 'annotations' lists")
+    images = {image["id"]: image["file_name"] for image in document["images"]}
+    captions: dict = {}
+    for annotation in document["annotations"]:
+        captions.setdefault(annotation["image_id"], []).extend(as_texts(annotation.get("caption")))
+    return images, captions
+
+
+def _coco_image_root(path: Path, names: list[str]) -> Path:
+    """Where COCO's images are: beside the annotations, in images/, or in the split folder its name mentions."""
+    split = re.search(r"(train|val|test)\d{4}", path.name)
+    here, up = path.parent, path.parent.parent
+    candidates = [here, here / "images", up, up / "images"]
+    if split:
+        candidates = [here / split[0], up / split[0], up / "images" / split[0], here / "images" / split[0]] + candidates
+    sample = names[:20]
+    return next((c for c in candidates if any((c / name).exists() for name in sample)), here)
+
+
+def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
+    for metadata in _metadata_files(path):
+        folder = metadata.parent
+        for default_id, row in file_rows(metadata):
+            if isinstance(row, RecordError):
+                yield row
+                continue
+            key = options.columns.image or _file_name_column(row)
+            if key is None:
+                yield RecordError(metadata, default_id, MISSING_IMAGE, "no file_name column")
+                continue
+            names = row[key] if isinstance(row[key], list) else [row[key]]
+            row_id = ",".join(str((folder / str(n)).relative_to(path)) for n in names)
+            with_key = replace(options, columns=replace(options.columns, image=key))
+            yield row_record({**row, "id": row.get("id", row_id)}, default_id, metadata, with_key, folder)
+
+
+def _metadata_files(path: Path) -> list[Path]:
+    return sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
+                                    "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+
+
+def _file_name_column(row: dict) -> str | None:
+    # The imagefolder convention: file_name, <name>_file_name, or file_names for a list.
+    return next((k for k in row if k in ("file_name", "file_names") or k.endswith("_file_name")), None)
+
+
+def read_webdataset(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """webdataset shards, streamed member by member (never unpacked); a sample = the members sharing a key."""
+    shards = sorted(list(path.glob("*.tar")) + list(path.glob("*.tar.gz"))) if path.is_dir() else [path]
+    for shard in shards:
+        for key, members in _tar_samples(shard):
+            yield _webdataset_record(key, members, shard, options)
+
+
+def _tar_samples(shard: Path) -> Iterator[tuple[str, dict]]:
+    """(key, {extension: image source or text}) for each run of members with the same key, in shard order."""
+    compressed = not shard.name.lower().endswith(".tar")
+    try:
+        with tarfile.open(shard, "r|*") as tar:
+            key, sample = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, extension = base.partition(".")
+                member_key = f"{folder}/{stem}" if folder else stem
+                if member_key != key and sample:
+                    yield key, sample
+                    sample = {}
+                key = member_key
+                sample[extension.lower()] = _tar_member(tar, member, shard, compressed)
+            if sample:
+                yield key, sample
+    except tarfile.TarError as e:
+        raise DataError(f"{shard}: unreadable tar shard ({e})") from None
+
+
+def _tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: Path, compressed: bool):
+    if not member.name.lower().endswith(IMAGE_SUFFIXES):
+        return decode_text(tar.extractfile(member).read())
+    if compressed:  # offsets in a compressed stream cannot be seeked to later
+        return BytesImage(f"{shard}:{member.name}", tar.extractfile(member).read())
+    return TarImage(shard, member.name, member.offset_data, member.size)
+
+
+def _webdataset_record(key: str, sample: dict, shard: Path, options: ReadOptions) -> Record | RecordError:
+    images = [value for value in sample.values() if isinstance(value, (TarImage, BytesImage))]
+    row: dict = {"__key__": key}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except json.JSONDecodeError as e:
+            return RecordError(shard, key, INVALID_JSON, f"{key}.json: invalid JSON: {e.msg}")
+        row.update(meta if isinstance(meta, dict) else {})
+    for extension in ("txt", "caption", "text"):
+        if extension in sample:
+            row.setdefault("caption", sample[extension].strip())
+    image_key = options.columns.image or "image"
+    row[image_key] = images[:1]
+    return row_record(row, key, shard, options, shard.parent)
+
+
+def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """A dataset saved with `datasets.save_to_disk` (one split or a DatasetDict), or parquet file(s)."""
+    for split, file in _hf_files(path):
+        for index, row in enumerate(arrow_rows(file)):
+            row_id = f"{split}/{index}" if split else str(index)
+            yield row_record(row, row_id, file, options, options.image_root or file.parent)
+
+
+def _hf_files(path: Path) -> list[tuple[str, Path]]:
+    if path.is_file():
+        return [("", path)]
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        return [(split, file) for split in splits for _, file in _hf_files(path / split)]
+    if (path / "state.json").exists():
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        return [("", path / f["filename"]) for f in state["_data_files"]]
+    return [("", p) for p in sorted(path.glob("*.parquet"))]
+
+
+def arrow_rows(path: Path) -> Iterator[dict]:
+    """Rows of a parquet file or an Arrow stream file (what `save_to_disk` writes), one batch in memory at a time."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading parquet/Arrow needs pyarrow: pip install datasets") from None
+    try:
+        if path.suffix.lower() == ".parquet":
+            batches = pq.ParquetFile(path).iter_batches(batch_size=256)
+        else:
+            batches = pa.ipc.open_stream(pa.memory_map(str(path)))
+        for batch in batches:
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: unreadable {path.suffix[1:]} file ({e})") from None
+
+
+READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record | RecordError]]] = {
+    "llava": read_rows,
+    "pairs": read_rows,
+    "coco": read_coco,
+    "imagefolder": read_imagefolder,
+    "webdataset": read_webdataset,
+    "hf": read_hf,
+}

@@ -1,0 +1,98 @@
+"""`verbo chat` and the Python chat API: OpenAI-style messages, streaming, stop strings, per-reply limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from verbovision.chat import ChatSession
+from verbovision.data import read_records
+from verbovision.errors import DataError
+from verbovision.infer import VLM, DecodeOptions, messages_record, prompt_record
+
+from .test_serve import data_uri, image_message, model_dir  # noqa: F401 - the shared tiny model
+
+SAMPLED = DecodeOptions(temperature=1.0, seed=3, max_new_tokens=12)
+"""Sampling with a seed: varied text, so streams have several pieces, yet reproducible."""
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir) -> VLM:  # noqa: F811
+    return VLM(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(shapes_data) -> list:
+    return sorted((shapes_data / "images").glob("*.png"))[:2]
+
+
+def test_chat_equals_ask_and_stream_adds_up_to_chat(vlm, images):
+    image = Image.open(images[0])
+    as_parts = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "Describe the image briefly."}]}]
+    assert vlm.chat(as_parts) == vlm.ask(image, "Describe the image briefly.")
+    assert vlm.chat(image_message(data_uri(image))) == vlm.chat(as_parts)
+    pieces = list(vlm.stream(as_parts, SAMPLED))
+    assert len(pieces) > 1 and "".join(pieces) == vlm.chat(as_parts, SAMPLED)
+
+
+def test_stop_strings_and_per_reply_limits(vlm, images):
+    record = prompt_record(images[0], "Describe the image briefly.")
+    full = vlm.generate_details([record], SAMPLED)[0]
+    assert full.text and full.completion_tokens <= 12 and full.prompt_tokens > 16
+    windows = (full.text[i : i + 2] for i in range(len(full.text) // 2, len(full.text) - 1))
+    cut = next(w for w in windows if not any(ch.isspace() for ch in w))  # a stop string from the reply's 2nd half
+    stopped = vlm.generate_details([record], replace(SAMPLED, stop=(cut,)))[0]
+    assert stopped.text == full.text[: full.text.find(cut)].strip() and stopped.finish_reason == "stop"
+    # replies of one batch end at their own limits
+    limits = [DecodeOptions(max_new_tokens=n) for n in (2, 5)]
+    short, longer = vlm.generate_details([record, record], limits)
+    assert (short.completion_tokens, short.finish_reason) == (2, "length") and longer.completion_tokens <= 5
+    with pytest.raises(ValueError, match="batch_key"):
+        vlm.generate_details([record, record], [DecodeOptions(), DecodeOptions(temperature=0.5)])
+
+
+def test_bad_messages_are_clear_errors():
+    with pytest.raises(DataError, match=r"messages\[0\]: role"):
+        messages_record([{"role": "robot", "content": "hi"}])
+    with pytest.raises(DataError, match="remote images are not fetched"):
+        messages_record(image_message("https://example.com/a.png"))
+
+
+def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
+    session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0], system="Be brief.")
+    first = "".join(session.stream("Describe the image briefly."))
+    assert session.command(f"/image {images[1]}").startswith("image: ")
+    "".join(session.stream("How many shapes are there?"))
+    assert "saved 5 messages" in session.command(f"/save {tmp_path / 'chat.json'}")
+    [record] = read_records(tmp_path / "chat.json")
+    assert [t.role for t in record.turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert record.turns[2].text == first and [p.name for p in record.images] == [p.name for p in images]
+    session.command("/reset")
+    assert len(session.messages) == 1 and session.image_pending
+
+
+def test_chat_works_as_a_pipe(model_dir, images, tmp_path):  # noqa: F811
+    script = "\n".join([
+        "Describe the image briefly.",
+        f"/image {images[1]}",
+        "How many shapes are there?",
+        "/image missing.png",
+        f"/save {tmp_path / 'chat.json'}",
+        "/reset",
+        "And now?",
+        "/quit",
+        "never read",
+    ]) + "\n"
+    result = subprocess.run([sys.executable, "-m", "verbovision", "chat", str(model_dir), "--image", str(images[0]),
+                             "--max-new-tokens", "6"], input=script, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3, "one reply line per message, nothing else on stdout"
+    assert "missing.png: image not found" in result.stderr and "conversation cleared" in result.stderr
+    saved = json.loads((tmp_path / "chat.json").read_text())[0]
+    assert len(saved["conversations"]) == 4 and len(saved["image"]) == 2

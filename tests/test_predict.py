@@ -1,0 +1,115 @@
+"""`verbo predict`: LLaVA questions in, answers out, batched, resumable after a kill, splittable into chunks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from verbovision.errors import DataError
+from verbovision.infer import VLM, DecodeOptions
+from verbovision.predict import AnswerLog, PredictConfig, predict, read_questions
+
+from .test_serve import model_dir  # noqa: F401 - the shared tiny model
+
+
+def write_questions(path: Path, shapes_data: Path, n: int) -> list[int]:
+    """n questions with images relative to `shapes_data` (every fifth one text-only)."""
+    images = sorted((shapes_data / "images").glob("*.png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        row = {"question_id": i, "text": "How many shapes are there?" if i % 2 else "Describe the image briefly."}
+        if i % 5:
+            row["image"] = str(images[i % len(images)].relative_to(shapes_data))
+        rows.append(row)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return [row["question_id"] for row in rows]
+
+
+def answer_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir) -> VLM:  # noqa: F811
+    return VLM(model_dir, device="cpu")
+
+
+def test_killed_run_resumes_with_every_question_answered_once(model_dir, shapes_data, tmp_path):  # noqa: F811
+    questions = tmp_path / "questions.jsonl"
+    ids = write_questions(questions, shapes_data, 40)
+    out = tmp_path / "answers.jsonl"
+    command = [sys.executable, "-m", "verbovision", "predict", str(model_dir), "--questions", str(questions),
+               "--image-folder", str(shapes_data), "--out", str(out), "--max-new-tokens", "8"]
+    first = subprocess.Popen([*command, "--batch-size", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    for _ in range(6000):  # until the first batch is written (bounded: ~2 minutes)
+        if first.poll() is not None or (out.exists() and out.read_bytes().count(b"\n") >= 2):
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "killed mid-file: " + first.stderr.read()
+    written = len(answer_lines(out))
+    assert 2 <= written < len(ids)
+    with out.open("a") as f:  # what a kill in the middle of a write would leave
+        f.write('{"question_id": 39, "prompt": "Descr')
+
+    second = subprocess.run([*command, "--batch-size", "16"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert f"{written} already answered" in second.stderr and "question/s" in second.stderr
+    answers = answer_lines(out)
+    assert Counter(a["question_id"] for a in answers) == Counter(ids)
+    assert len({a["answer_id"] for a in answers}) == len(ids)
+    row = answers[-1]
+    assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert row["model_id"] == str(model_dir) and row["metadata"]["max_new_tokens"] == 8
+
+
+def test_chunks_split_the_questions(vlm, shapes_data, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    ids = write_questions(questions, shapes_data, 10)
+    outs = [tmp_path / f"answers-{k}.jsonl" for k in range(3)]
+    for k, out in enumerate(outs):
+        config = PredictConfig(questions, out, image_folder=shapes_data, num_chunks=3, chunk_idx=k,
+                               batch_size=4, options=DecodeOptions(max_new_tokens=4))
+        summary = predict(vlm, config)
+        assert summary.answered == len(answer_lines(out)) and not summary.skipped
+    chunks = [[a["question_id"] for a in answer_lines(out)] for out in outs]
+    assert [len(c) for c in chunks] == [3, 3, 4] and sum(chunks, []) == ids
+
+
+def test_unreadable_images_are_skipped_and_reported(vlm, tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": "a", "image": "broken.png", "text": "What?"}\n'
+                         '{"question_id": "b", "text": "Describe the image briefly."}\n')
+    summary = predict(vlm, PredictConfig(questions, tmp_path / "out.jsonl", options=DecodeOptions(max_new_tokens=4)))
+    assert summary.answered == 1 and "unreadable image" in summary.skipped["a"]
+    assert "1 skipped" in str(summary) and [a["question_id"] for a in answer_lines(tmp_path / "out.jsonl")] == ["b"]
+
+
+def test_bad_question_files_name_the_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 1, "text": "a"}\n\n{"question_id": 1, "text": "b"}\n')
+    with pytest.raises(DataError, match=r"q.jsonl:3: question_id 1 repeats line 1"):
+        read_questions(path)
+    path.write_text('{"question_id": 1, "text": "a"}\n{"question_id": 2}\n')
+    with pytest.raises(DataError, match=r"q.jsonl:2: question 2 has no 'text'"):
+        read_questions(path)
+
+
+def test_answer_log_cuts_a_torn_last_line(tmp_path):
+    log = AnswerLog(tmp_path / "a.jsonl")
+    log.append([{"question_id": 1}, {"question_id": "x"}])
+    with open(log.path, "a") as f:
+        f.write('{"question_id": 3, "te')
+    assert log.answered_ids() == {1, "x"}
+    assert log.path.read_text().endswith('"x"}\n')

@@ -1,0 +1,407 @@
+"""Readers and image loading: every format (real samples + files written here), malformed input, odd images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from verbovision.data import (
+    BAD_CONVERSATION,
+    EMPTY_ANSWER,
+    IMAGE_TOKENS,
+    INVALID_JSON,
+    MISSING_IMAGE,
+    NOT_UTF8,
+    RecordError,
+    SkipLog,
+    read_records,
+)
+from verbovision.errors import DataError
+from verbovision.images import BytesImage, TarImage, open_image
+from verbovision.readers import Columns, ReadOptions, detect_format, scan
+
+FORMATS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "formats"
+needs_samples = pytest.mark.skipif(not FORMATS_DIR.exists(),
+                                   reason=f"real format samples not available ({FORMATS_DIR} is absent)")
+CAPTIONS = {"pt": "Um gato preto dorme no sofá, ao lado da janela.", "ru": "Чёрная кошка спит на диване у окна.",
+            "zh": "一只黑猫睡在窗边的沙发上。"}
+
+
+def png(path: Path, colour=(200, 40, 40), size=(48, 40)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def png_bytes(colour=(10, 120, 250), size=(40, 32), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return path
+
+
+def kinds(path, **options) -> list:
+    return [item.kind if isinstance(item, RecordError) else "ok" for item in scan(path, ReadOptions(**options))]
+
+
+# ---------------------------------------------------------------------------------------------------- real samples
+
+
+@needs_samples
+def test_llava_multi_turn_sample():
+    records = read_records(FORMATS_DIR / "llava/llava_v1_5_mix665k_first2_quoted.json")
+    assert [r.id for r in records] == ["000000033471", "000000052846"]
+    first = records[0]
+    assert [t.role for t in first.turns] == ["user", "assistant"] * 3
+    assert first.turns[0].text.startswith("<image>\n") and first.images[0].name == "000000033471.jpg"
+    assert first.images[0].parent.name == "train2017"
+    assert first.references == ["The bus is driving down the street, which is crowded with people and other vehicles."]
+
+
+@needs_samples
+@pytest.mark.parametrize("name", ["llava_cc3m_pretrain_595k_chat_first1_quoted.json",
+                                  "llava_pretrain_blip_laion_cc_sbu_558k_first1_quoted.json"])
+def test_llava_image_token_after_text(name):
+    (record,) = read_records(FORMATS_DIR / "llava" / name)
+    assert record.turns[0].text.endswith("\n<image>") and record.turns[0].text.count("<image>") == 1
+    assert len(record.images) == 1
+
+
+@needs_samples
+def test_llava_documented_example_error_names_line_and_column(tmp_path):
+    # The documented example is a ```json block: take it as a user would paste it into a file.
+    block = (FORMATS_DIR / "llava/llava_docs_Finetune_Custom_Data_example.txt").read_text().split("```json\n")[1]
+    path = tmp_path / "custom.json"
+    path.write_text(block.split("```")[0])
+    with pytest.raises(DataError) as error:
+        read_records(path)
+    assert f"{path}:14:5: invalid JSON: Expecting value (trailing comma at line 13 column 8)" == str(error.value)
+
+
+@needs_samples
+def test_extra_keys_are_ignored():
+    records = read_records(FORMATS_DIR / "gllava_geo170k/mulberry_comcts_demo_geo3k_llava_format.first3.json")
+    assert [r.turns[-1].text for r in records] == ["Answer:D", "Answer:A", "Answer:C"]
+
+
+@needs_samples
+def test_instruction_output_jsonl_reads_as_pairs():
+    path = FORMATS_DIR / "llava/llava_playground_coco2014_val_gpt4_qa_30x3.head6.jsonl"
+    assert detect_format(path) == "pairs"
+    records = read_records(path)
+    assert len(records) == 6 and records[0].id == "000000525439"
+    assert records[0].turns[0].text == "<image>\nWhat is the position of the skateboard in the image?"
+    assert records[0].turns[1].text.startswith("The skateboard in the image is in an upside-down position")
+
+
+@needs_samples
+def test_caption_lists_become_references():
+    records = read_records(FORMATS_DIR / "llava/llava_caps_boxes_coco2014_val_80.head3.jsonl")
+    assert [len(r.references) for r in records] == [5, 5, 5]
+    assert records[0].turns[-1].text == records[0].references[0] == "A donut shop is full of different flavors of donuts."
+
+
+@needs_samples
+def test_coco_sample_reports_images_without_captions_and_orphan_captions():
+    items = list(scan(FORMATS_DIR / "coco_captions/coco_captions_2014_structure_quoted.json"))
+    problems = {(i.record_id, i.kind) for i in items if isinstance(i, RecordError)}
+    # the quoted header lists two val2014 images but quotes captions of train2014 images
+    assert {("391895", EMPTY_ANSWER), ("522418", EMPTY_ANSWER), ("322141", MISSING_IMAGE)} <= problems
+    assert len(items) == 2 + 5
+
+
+@needs_samples
+def test_hf_imagefolder_samples():
+    single = read_records(FORMATS_DIR / "hf_imagefolder_example")
+    assert [r.turns[-1].text for r in single] == ["This is a golden retriever playing with a ball", "A german shepherd",
+                                                 "One chihuahua"]
+    assert single[0].id == "train/0000.png" and open_image(single[0].images[0]).size == (32, 24)
+    multi = read_records(FORMATS_DIR / "hf_imagefolder_multicap")
+    assert [r.references for r in multi][0] == ["caption a 0", "caption b 0"]
+    assert multi[0].turns[-1].text == "caption a 0"
+
+
+# ---------------------------------------------------------------------------------------------------- written files
+
+
+def test_llava_jsonl_several_images_text_only_and_extra_keys(tmp_path):
+    png(tmp_path / "a.png"), png(tmp_path / "b.png")
+    path = write_jsonl(tmp_path / "d.jsonl", [
+        {"id": "two", "image": ["a.png", "b.png"], "extra": 1,
+         "conversations": [{"from": "human", "value": "Compare <image> and <image>."}, {"from": "gpt", "value": "Same."}]},
+        {"id": "two-no-marks", "image": ["a.png", "b.png"],
+         "conversations": [{"from": "human", "value": "Compare."}, {"from": "gpt", "value": "Same."}]},
+        {"id": "text", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+    ])
+    assert detect_format(path) == "llava"
+    two, unmarked, text = read_records(path)
+    assert [p.name for p in two.images] == ["a.png", "b.png"]
+    assert unmarked.turns[0].text == "<image>\n<image>\nCompare."
+    assert text.images == [] and text.turns[0].text == "Hi?"
+
+
+def test_csv_and_tsv_with_configured_columns(tmp_path):
+    png(tmp_path / "img" / "x.png")
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "q", "a"])
+        writer.writerow(["img/x.png", "What colour?", "red"])
+    (tmp_path / "d.tsv").write_text("picture\tdescription\nimg/x.png\ta red square\n", encoding="utf-8")
+    (qa,) = read_records(tmp_path / "d.csv", options=ReadOptions(columns=Columns("path", "a", "q")))
+    assert [t.text for t in qa.turns] == ["<image>\nWhat colour?", "red"] and qa.images[0].exists()
+    (cap,) = read_records(tmp_path / "d.tsv", options=ReadOptions(columns=Columns("picture", "description"),
+                                                                   prompt="Legende:"))
+    assert [t.text for t in cap.turns] == ["<image>\nLegende:", "a red square"]
+    assert kinds(tmp_path / "d.tsv", columns=Columns("picture", "caption")) == [BAD_CONVERSATION]
+
+
+def test_coco_annotations_with_image_folder(tmp_path):
+    png(tmp_path / "val2014" / "COCO_val2014_000000000001.jpg")
+    annotations = tmp_path / "annotations" / "captions_val2014.json"
+    annotations.parent.mkdir()
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg"}],
+        "annotations": [{"image_id": 1, "id": 10, "caption": "A red square."},
+                        {"image_id": 1, "id": 11, "caption": "Something red."}]}))
+    assert detect_format(annotations) == "coco"
+    (record,) = read_records(annotations)
+    assert record.id == "1" and record.images[0] == (tmp_path / "val2014/COCO_val2014_000000000001.jpg").resolve()
+    assert record.references == ["A red square.", "Something red."] and record.turns[-1].text == "A red square."
+    assert record.turns[0].text == "<image>\nDescribe the image briefly."
+
+
+def test_karpathy_split(tmp_path):
+    png(tmp_path / "val2014" / "x.jpg")
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": [{"filepath": "val2014", "filename": "x.jpg", "cocoid": 7, "split": "test",
+                                            "sentences": [{"raw": "A red square."}, {"raw": "Red."}]}]}))
+    (record,) = read_records(path)
+    assert record.id == "7" and record.references == ["A red square.", "Red."] and record.images[0].exists()
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz")])
+def test_webdataset_shards_stream(tmp_path, suffix, mode):
+    shard = _tar(tmp_path / f"shard-000{suffix}", {
+        "s/000.jpg": png_bytes(fmt="JPEG"), "s/000.txt": " a blue square \n".encode(),
+        "s/001.png": png_bytes((0, 200, 0)),
+        "s/001.json": json.dumps({"question": "Colour?", "answer": "verde"}, ensure_ascii=False).encode(),
+        "s/002.png": png_bytes(),  # no caption
+        "s/003.txt": "text only".encode(),
+    }, mode)
+    assert detect_format(shard) == "webdataset" and detect_format(tmp_path) == "webdataset"
+    items = list(scan(shard))
+    first, second = items[0], items[1]
+    assert first.id == "s/000" and first.turns[-1].text == "a blue square"
+    assert [t.text for t in second.turns] == ["<image>\nColour?", "verde"]
+    assert isinstance(items[2], RecordError) and items[2].kind == EMPTY_ANSWER
+    assert items[3].images == [] and items[3].turns[-1].text == "text only"
+    source_type = TarImage if suffix == ".tar" else BytesImage
+    assert isinstance(first.images[0], source_type)
+    assert open_image(second.images[0]).getpixel((0, 0)) == (0, 200, 0)
+
+
+def test_hf_dataset_on_disk_and_parquet(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = [Image.new("RGB", (40, 30), c) for c in ("red", "blue")]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": images, "caption": [CAPTIONS["pt"], CAPTIONS["zh"]]}, features=features)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(tmp_path / "dict")
+    ds.save_to_disk(tmp_path / "single")
+    ds.to_parquet(tmp_path / "d.parquet")
+    for path, ids in [(tmp_path / "dict", ["train/0", "train/1", "test/0"]), (tmp_path / "single", ["0", "1"]),
+                      (tmp_path / "d.parquet", ["0", "1"])]:
+        assert detect_format(path) == "hf", path
+        records = read_records(path)
+        assert [r.id for r in records] == ids
+        assert records[0].turns[-1].text == CAPTIONS["pt"] and records[1].turns[-1].text == CAPTIONS["zh"]
+        assert open_image(records[1].images[0]).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_format_override(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "caption": "hi"}])
+    assert kinds(path) == ["ok"]
+    assert kinds(path, format="llava") == [BAD_CONVERSATION]
+    with pytest.raises(DataError, match="format 'nope' unknown"):
+        list(scan(path, ReadOptions(format="nope")))
+
+
+# ---------------------------------------------------------------------------------------------------- malformed input
+
+GOOD = {"id": "good", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]}
+MALFORMED = [
+    ('{"id": "cut", "conversations": [', INVALID_JSON),
+    ('["a list"]', INVALID_JSON),
+    ({"id": "no-turns", "conversations": []}, BAD_CONVERSATION),
+    ({"id": "no-from", "conversations": [{"value": "x"}, {"from": "gpt", "value": "y"}]}, BAD_CONVERSATION),
+    ({"id": "gpt-first", "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+     BAD_CONVERSATION),
+    ({"id": "two-humans", "conversations": [{"from": "human", "value": "x"}, {"from": "human", "value": "y"},
+                                            {"from": "gpt", "value": "z"}]}, BAD_CONVERSATION),
+    ({"id": "no-reply", "conversations": [{"from": "human", "value": "x"}]}, BAD_CONVERSATION),
+    ({"id": "tokens", "image": "a.png", "conversations": [{"from": "human", "value": "<image> <image>"},
+                                                          {"from": "gpt", "value": "y"}]}, IMAGE_TOKENS),
+    ({"id": "token-no-image", "conversations": [{"from": "human", "value": "<image> what?"},
+                                                {"from": "gpt", "value": "y"}]}, IMAGE_TOKENS),
+    ({"id": "empty", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "  "}]},
+     EMPTY_ANSWER),
+]
+
+
+def test_malformed_records_each_give_their_kind_and_good_ones_survive(tmp_path):
+    rows = [GOOD]
+    for case, _ in MALFORMED:
+        rows += [case, {**GOOD, "id": f"good-{len(rows)}"}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with open(path, "ab") as f:  # a Latin-1 line among UTF-8 ones
+        f.write(json.dumps({**GOOD, "id": "latin1"}).replace("A.", "caf\xe9").encode("latin-1") + b"\n")
+    items = list(scan(path, ReadOptions(format="llava")))
+    problems = [i.kind for i in items if isinstance(i, RecordError)]
+    assert problems == [kind for _, kind in MALFORMED] + [NOT_UTF8]
+    assert [i.id for i in items if not isinstance(i, RecordError)] == ["good"] + [f"good-{2 * i + 1}"
+                                                                                  for i in range(len(MALFORMED))]
+    skips = SkipLog()
+    assert len(read_records(path, "llava", skips)) == len(MALFORMED) + 1 and len(skips) == len(MALFORMED) + 1
+    with pytest.raises(RecordError, match="line 2 column"):
+        read_records(path, "llava")
+
+
+def test_whole_file_errors_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="missing.json: data file not found"):
+        read_records(tmp_path / "missing.json")
+    (tmp_path / "obj.json").write_text('{"a": 1}')
+    with pytest.raises(DataError, match="obj.json: COCO annotations need"):
+        read_records(tmp_path / "obj.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="cannot tell the format of this folder"):
+        read_records(tmp_path / "empty")
+    (tmp_path / "bad.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(DataError, match="bad.tar: unreadable tar shard"):
+        read_records(tmp_path / "bad.tar")
+
+
+@pytest.mark.parametrize("lang", sorted(CAPTIONS))
+def test_unicode_captions_survive_read_convert_read(tmp_path, lang):
+    from verbovision.datatools import convert_data
+
+    png(tmp_path / "x.png")
+    text = CAPTIONS[lang]
+    with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["image", "question", "caption"], ["x.png", f"{text}?", text]])
+    (record,) = read_records(tmp_path / "d.csv")
+    convert_data(tmp_path / "d.csv", tmp_path / "out" / "d.json")
+    raw = (tmp_path / "out" / "d.json").read_bytes()
+    assert text.encode("utf-8") in raw  # written as UTF-8, not \u escapes
+    (again,) = read_records(tmp_path / "out" / "d.json")
+    assert [t.text for t in again.turns] == [t.text for t in record.turns] == [f"<image>\n{text}?", text]
+    assert again.images == record.images
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+def _saved(image: Image.Image, path: Path, **kw) -> Path:
+    image.save(path, **kw)
+    return path
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), "red")
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = _saved(image, tmp_path / "r.jpg", exif=exif)
+    assert open_image(path).size == (20, 40)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    result = open_image(_saved(rgba, tmp_path / "t.png"))
+    assert result.mode == "RGB" and result.getpixel((1, 1)) == (255, 255, 255) and result.getpixel((0, 0)) == (255, 0, 0)
+    la = Image.new("LA", (4, 4), (0, 0))
+    assert open_image(_saved(la, tmp_path / "la.png")).getpixel((0, 0)) == (255, 255, 255)
+    palette = rgba.convert("P")
+    palette.info["transparency"] = palette.getpixel((1, 1))
+    assert open_image(_saved(palette, tmp_path / "p.png", transparency=palette.getpixel((1, 1)))).getpixel((1, 1)) \
+        == (255, 255, 255)
+
+
+def test_grey_16bit_cmyk_and_palette_convert_to_rgb(tmp_path):
+    grey16 = Image.fromarray(np.full((4, 4), 65535 // 2, dtype=np.uint16))
+    assert open_image(_saved(grey16, tmp_path / "g16.png")).getpixel((0, 0)) == (127, 127, 127)  # PIL alone clips to white
+    assert open_image(_saved(Image.new("L", (4, 4), 77), tmp_path / "g.png")).getpixel((0, 0)) == (77, 77, 77)
+    cmyk = open_image(_saved(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), tmp_path / "c.jpg"))
+    assert cmyk.mode == "RGB" and cmyk.getpixel((0, 0))[0] > 200 and cmyk.getpixel((0, 0))[1] < 60
+    palette = Image.new("RGB", (4, 4), (0, 0, 255)).convert("P")
+    assert open_image(_saved(palette, tmp_path / "p.gif")).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_animated_gif_gives_first_frame(tmp_path):
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 255, 0))]
+    path = tmp_path / "a.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    assert open_image(path).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_decompression_bomb_is_refused_by_its_header(tmp_path):
+    path = _saved(Image.new("L", (3000, 2000)), tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"big.png: unreadable image \(decompression bomb refused: 3000x2000"):
+        open_image(path, max_pixels=1_000_000)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 2_000_000  # PIL's own refusal (over twice its limit) becomes the same clear error
+    try:
+        with pytest.raises(DataError, match=r"big.png: unreadable image \(decompression bomb refused"):
+            open_image(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+@pytest.mark.parametrize("tolerant_global", [False, True])
+def test_truncated_jpeg_is_reported_not_loaded_grey(tmp_path, tolerant_global):
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    data = _saved(noise, tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    ImageFile.LOAD_TRUNCATED_IMAGES = tolerant_global
+    try:
+        with pytest.raises(DataError, match=r"cut.jpg: unreadable image \(image file is truncated"):
+            open_image(tmp_path / "cut.jpg")
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_missing_and_garbage_images_name_the_file(tmp_path):
+    with pytest.raises(DataError, match="nope.png: image not found"):
+        open_image(tmp_path / "nope.png")
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    with pytest.raises(DataError, match="junk.png: unreadable image"):
+        open_image(tmp_path / "junk.png")
+    with pytest.raises(DataError, match="d.parquet:3: unreadable image"):
+        open_image(BytesImage("d.parquet:3", b"junk"))
+
+
+def test_fast_decode_keeps_at_least_the_model_side(tmp_path):
+    path = _saved(Image.new("RGB", (640, 480), "red"), tmp_path / "big.jpg")
+    assert open_image(path, min_side=100).size == (160, 120)  # 1/4 scale; 1/8 would be under 100 px
+    assert open_image(path, min_side=300).size == (640, 480)  # 1/2 would be 240 px high
+    assert open_image(_saved(Image.new("RGB", (640, 480)), tmp_path / "big.png"), min_side=100).size == (640, 480)

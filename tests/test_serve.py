@@ -1,0 +1,235 @@
+"""`verbo serve`: a real uvicorn process on 127.0.0.1 driven by the official openai client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import yaml
+from PIL import Image
+
+from verbovision.cli import main
+from verbovision.serve import ApiError, ServeConfig, _image_bytes
+
+from .test_train import stage, tiny_recipe
+
+KEY = "test-key"
+QUESTION = "Describe the image briefly."
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, shapes_data) -> Path:
+    """A tiny model trained for a few steps, so that it writes text; trained once per session, whichever module asks."""
+    root = tmp_path_factory.getbasetemp() / "serving-model"
+    if not (root / "run/final").exists():
+        root.mkdir(exist_ok=True)
+        recipe = tiny_recipe(shapes_data, [
+            stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3)])
+        (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run/final"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(command: str, model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`verbo serve|web MODEL` in a subprocess on a free port; yields the process and its base URL once healthy."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "verbovision", command, str(model), "--port", str(port),
+                             "--log-level", "warning", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # up to ~2 minutes on a loaded machine
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("server did not become healthy")
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir) -> Iterator[str]:
+    """A server with an API key and small limits, so that each limit is easy to exceed."""
+    with running("serve", model_dir, "--api-key", KEY, "--max-body-mb", "1", "--max-image-mb", "0.05",
+                 "--max-image-pixels", "100000", "--max-prompt-tokens", "300", "--max-new-tokens", "8") as (_, url):
+        yield url
+
+
+@pytest.fixture()
+def client(server, model_dir) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_message(url: str, text: str = QUESTION) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": text}]}]
+
+
+@pytest.fixture(scope="module")
+def shape_uri(shapes_data) -> str:
+    return data_uri(Image.open(sorted((shapes_data / "images").glob("*.png"))[0]))
+
+
+def test_models_and_health(client, server, model_dir):
+    assert [m.id for m in client.models.list()] == [str(model_dir)]
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["waiting"] == 0
+
+
+def test_plain_and_image_completions(client, model_dir, shape_uri):
+    text_only = client.chat.completions.create(model=str(model_dir), messages=[{"role": "user", "content": "hi"}])
+    with_image = client.chat.completions.create(model=str(model_dir), messages=image_message(shape_uri), max_tokens=5)
+    for reply, limit in ((text_only, 8), (with_image, 5)):
+        choice = reply.choices[0]
+        assert reply.object == "chat.completion" and choice.message.role == "assistant"
+        assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+        assert 1 <= reply.usage.completion_tokens <= limit
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    # the image's tokens count in the prompt
+    assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 10
+
+
+def test_sampling_n_seed_and_stop(client, model_dir, shape_uri):
+    ask = partial(client.chat.completions.create, model=str(model_dir), messages=image_message(shape_uri))
+    first, again = (ask(n=3, temperature=1.5, top_p=0.95, seed=11, max_tokens=6) for _ in range(2))
+    assert len(first.choices) == 3 and [c.index for c in first.choices] == [0, 1, 2]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
+    assert 3 <= first.usage.completion_tokens <= 3 * 6
+    greedy = ask().choices[0].message.content
+    assert greedy, "the tiny model should say something"
+    stopped = ask(stop=[greedy[0]])
+    assert stopped.choices[0].message.content == "" and stopped.choices[0].finish_reason == "stop"
+
+
+def test_streaming_matches_the_plain_reply(client, model_dir, shape_uri):
+    params = dict(model=str(model_dir), messages=image_message(shape_uri), temperature=1.0, seed=5, max_tokens=8)
+    plain = client.chat.completions.create(**params)
+    chunks = list(client.chat.completions.create(**params, stream=True, stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri, server):
+    model = str(model_dir)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8))
+    ask = image_message
+    text = lambda content: [{"role": "user", "content": content}]  # noqa: E731
+    cases = [  # (error class, status, expected code, param or message part, request)
+        (openai.BadRequestError, 400, "image_too_large", dict(messages=ask(data_uri(noise)))),
+        (openai.BadRequestError, 400, "pixels", dict(messages=ask(data_uri(Image.new("RGB", (400, 400)))))),
+        (openai.BadRequestError, 400, "remote_images_disabled", dict(messages=ask("http://127.0.0.1:9/a.png"))),
+        (openai.BadRequestError, 400, "invalid_image", dict(messages=ask("data:image/png;base64,AAAA"))),
+        (openai.BadRequestError, 400, "context_length_exceeded", dict(messages=text("red " * 400))),
+        (openai.BadRequestError, 400, "temperature", dict(messages=ask(shape_uri), temperature=5)),
+        (openai.BadRequestError, 400, "max_tokens", dict(messages=ask(shape_uri), max_tokens=100_000)),
+        (openai.NotFoundError, 404, "model_not_found", dict(messages=ask(shape_uri), model="gpt-4o")),
+        (openai.APIStatusError, 413, "request_too_large", dict(messages=text("x" * 1_200_000))),
+    ]
+    for error, status, code, request in cases:
+        with pytest.raises(error) as caught:
+            client.chat.completions.create(**{"model": model, **request})
+        assert caught.value.status_code == status, code
+        assert code in (caught.value.code, caught.value.param) or code in caught.value.message, caught.value
+    # the raw body is OpenAI's error shape
+    raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=b"{not json")
+    assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_api_key_is_required(server, model_dir):
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong.chat.completions.create(model=str(model_dir), messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.code == "invalid_api_key"
+    assert httpx.get(f"{server}/v1/models").status_code == 401
+
+
+def test_32_concurrent_clients_are_batched_and_all_answered(server, model_dir, shape_uri):
+    before = httpx.get(f"{server}/health").json()
+
+    def client_session(index: int) -> list[tuple[int, str]]:
+        client = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=300)
+        replies = []
+        for round_ in range(3):
+            stream = round_ == 1 and index % 2 == 0  # streaming and plain requests share batches
+            reply = client.chat.completions.create(model=str(model_dir), messages=image_message(shape_uri),
+                                                   max_tokens=4 + index % 3, stream=stream)
+            if stream:
+                text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices)
+            else:
+                text = reply.choices[0].message.content
+            replies.append((index, text))
+        return replies
+
+    with ThreadPoolExecutor(32) as pool:
+        results = [r for session in pool.map(client_session, range(32)) for r in session]
+    assert len(results) == 96 and all(isinstance(text, str) for _, text in results)
+    after = httpx.get(f"{server}/health").json()
+    assert after["requests"] - before["requests"] == 96
+    assert after["largest_batch"] > 1, "concurrent requests should have shared a batch"
+    assert after["batches"] - before["batches"] < 96
+
+
+def test_remote_images_are_fetched_only_when_allowed(shapes_data):
+    handler = partial(SimpleHTTPRequestHandler, directory=str(shapes_data / "images"))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{http.server_port}/000000.png"
+        expected = (shapes_data / "images/000000.png").read_bytes()
+        assert _image_bytes(url, ServeConfig("m", allow_remote_images=True)) == expected
+        with pytest.raises(ApiError) as refused:
+            _image_bytes(url, ServeConfig("m"))
+        assert refused.value.code == "remote_images_disabled"
+        http.shutdown()
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(model_dir, shape_uri):
+    with running("serve", model_dir, "--max-new-tokens", "48") as (proc, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
+        stream = client.chat.completions.create(model=str(model_dir), messages=image_message(shape_uri), stream=True)
+        chunks = [next(iter(stream))]  # the request is in flight
+        os.kill(proc.pid, signal.SIGTERM)
+        chunks += list(stream)
+        assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it is done
