@@ -127,15 +127,17 @@ def report(args, results: dict) -> None:
     import torch
 
     batched, single = results.values()
-    lines = [f"### serve_bench — {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
-             f"torch {torch.__version__}", "",
-             f"model: {args.model or 'tiny (SigLIP 1x32 @32/8 + Qwen2 2x32, trained 30 steps)'}; {args.clients} "
-             f"concurrent openai clients x {args.requests} requests; 1 image + question, greedy, "
-             f"{args.max_tokens} new tokens; `verbo serve --threads 1` on 127.0.0.1", "",
-             "| server | requests | requests/s | p50 latency (s) | p95 latency (s) |", "|---|---|---|---|---|"]
+    lines = ["## Serving (benchmarks/serve_bench.py)", "",
+             f"{args.clients} concurrent openai clients x {args.requests} requests, each 1 image + question, greedy, "
+             f"{args.max_tokens} new tokens, against `verbo serve --threads 1` on 127.0.0.1; model: "
+             f"{args.model or 'tiny (SigLIP 1x32 @32/8 + Qwen2 2x32, trained 30 steps)'}; {time.strftime('%Y-%m-%d')}, "
+             f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one run; load average "
+             f"{os.getloadavg()[0]:.1f} at the end (other jobs share the machine).", "",
+             "| server | requests | requests/s | p50 latency (s) | p95 latency (s) |", "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
         lines.append(f"| {name} | {r['requests']} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} |")
-    lines += ["", f"dynamic batching: {batched['rps'] / single['rps']:.1f}x the requests/s of one at a time", ""]
+    lines += ["", f"Dynamic batching: {batched['rps'] / single['rps']:.1f}x the requests/s of one request at a time; "
+              f"p50 latency {batched['p50']:.2f} s vs {single['p50']:.2f} s.", ""]
     text = "\n".join(lines)
     print(text)
     if not args.quick:

@@ -93,6 +93,7 @@ def test_unreadable_image_error_names_the_file(lora_run, tmp_path):
 
 def test_help_lists_commands_with_examples():
     result = verbo("--help")
-    for command in ("quickstart", "data", "build", "train", "merge", "caption", "ask"):
+    for command in ("quickstart", "data", "build", "train", "merge", "eval", "score", "caption", "ask", "predict", "chat",
+                    "serve", "web"):
         assert command in result.stdout
     assert "examples:" in verbo("train", "--help").stdout

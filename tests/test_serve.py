@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import os
@@ -26,7 +27,7 @@ import yaml
 from PIL import Image
 
 from verbovision.cli import main
-from verbovision.serve import ApiError, ServeConfig, _image_bytes
+from verbovision.serve import ApiError, ServeConfig, _config, _image_bytes, add_command
 
 from .test_train import stage, tiny_recipe
 
@@ -106,6 +107,15 @@ def image_message(url: str, text: str = QUESTION) -> list[dict]:
 @pytest.fixture(scope="module")
 def shape_uri(shapes_data) -> str:
     return data_uri(Image.open(sorted((shapes_data / "images").glob("*.png"))[0]))
+
+
+def test_private_by_default(monkeypatch):
+    monkeypatch.delenv("VERBO_API_KEY", raising=False)
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers())
+    for command in ("serve", "web"):
+        config = _config(parser.parse_args([command, "m"]), web=command == "web")
+        assert (config.host, config.allow_remote_images, config.api_key) == ("127.0.0.1", False, None)
 
 
 def test_models_and_health(client, server, model_dir):

@@ -244,6 +244,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("question")
     _decode_args(p)
+
+    from . import chat, predict, serve
+
+    for module in (predict, chat, serve):  # verbo predict, chat, serve and web
+        module.add_command(sub)
     return parser
 
 

@@ -566,7 +566,7 @@ EXAMPLES = {
   verbo serve runs/qs/final
   verbo serve runs/qs/final --port 8080 --api-key secret --batch-size 32
   verbo serve runs/qs/final --host 0.0.0.0 --api-key "$KEY" --allow-remote-images
-then, with the openai client:
+The decoding flags are the defaults of requests that leave them out. Then, with the openai client:
   OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(
       model="runs/qs/final", messages=[{"role": "user", "content": [
           {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},

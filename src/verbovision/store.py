@@ -70,10 +70,11 @@ def adapter_base(adapter_dir: str | Path) -> str:
 
 
 def model_metadata(path: str | Path) -> dict:
+    """How a model was trained (template, base...); empty for models VerboVision did not write."""
     path = Path(path)
     if is_adapter(path):
         return {**model_metadata(adapter_base(path)), **(read_json(path / MODEL_METADATA) or {})}
-    return read_json(path / MODEL_METADATA) or {} if path.exists() else {}
+    return read_json(path / MODEL_METADATA, {})
 
 
 def default_device() -> torch.device:
@@ -87,8 +88,11 @@ def default_device() -> torch.device:
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor."""
     path_str = str(path)
-    if Path(path_str).exists() and not (Path(path_str) / "config.json").exists() and not is_adapter(path_str):
+    local = Path(path_str)
+    if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
         raise VerboError(f"{path_str}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
+    if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
+        raise VerboError(f"{path_str}: no such model directory (and not a hub id of the form owner/name)")
     if is_adapter(path_str):
         from peft import PeftModel
 
