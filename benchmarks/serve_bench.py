@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from results import publish
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 TINY = {"vision": {"arch": "siglip", "hidden_size": 32, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8},
@@ -138,11 +140,7 @@ def report(args, results: dict) -> None:
         lines.append(f"| {name} | {r['requests']} | {r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} |")
     lines += ["", f"Dynamic batching: {batched['rps'] / single['rps']:.1f}x the requests/s of one request at a time; "
               f"p50 latency {batched['p50']:.2f} s vs {single['p50']:.2f} s.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text + "\n")
+    publish("\n".join(lines), record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+from results import publish  # noqa: E402
 
 SMALL = {"vision": {"arch": "siglip", "hidden_size": 384, "layers": 6, "heads": 6, "image_size": 224,
                     "patch_size": 16},
@@ -225,11 +226,7 @@ def report(args, rows, memory, peak) -> None:
                      f"{ours['peak_rss_mb']:.0f} / {base['peak_rss_mb']:.0f} |")
     lines += ["", "peak RSS of our loop: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
               + f", stage2 (LoRA) {rows[1][1]['peak_rss_mb']:.0f} MB", ""]
-    text = "\n".join(lines)
-    print(text)
-    if not args.quick:
-        with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n" + text + "\n")
+    publish("\n".join(lines), record=not args.quick)
 
 
 if __name__ == "__main__":

@@ -204,3 +204,19 @@ def test_geovlm_recipe_end_to_end(tmp_path, geometry_data, tiny_vision, tiny_lm)
     assert type(final).__name__ == "Cohere2VisionForConditionalGeneration"
     assert final.config.image_token_id == load_model(run / "final", "cpu")[1].tokenizer.convert_tokens_to_ids(
         "<|image_pad|>")
+
+
+def test_best_checkpoint_by_generation_metric(tmp_path, shapes_data):
+    recipe = parse_recipe(tiny_recipe(shapes_data, [
+        stage("s", max_steps=6, eval_every=2, best_metric="cider", best_metric_records=8, lr=3e-3)]))
+    train_recipe(recipe, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    scores = [r["val_cider"] for r in rows if "val_cider" in r]
+    assert len(scores) == 3 and all(r.get("val_loss") is not None for r in rows if "val_cider" in r)
+    assert read_json(tmp_path / "run/run.json")["stages"]["s"]["best"] == max(scores)
+    assert (tmp_path / "run/stages/0-s/best.safetensors").exists()
+
+
+def test_generation_metric_needs_validation_data(shapes_data):
+    with pytest.raises(ConfigError, match="best_metric: cider needs data.val"):
+        parse_recipe(tiny_recipe(shapes_data, [stage("s", best_metric="cider", data={"train": ["a.json"]})]))

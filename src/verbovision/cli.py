@@ -50,7 +50,9 @@ def _decode_options(args):
 def cmd_quickstart(args) -> None:
     from .quickstart import quickstart
 
-    quickstart(Path(args.out), n=args.n)
+    from .quickstart import IMAGES
+
+    quickstart(Path(args.out), n=args.n or IMAGES)
 
 
 def cmd_data_synth(args) -> None:
@@ -180,7 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("quickstart", cmd_quickstart, "offline demo: synth data -> train -> eval -> captions -> report")
     p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
-    p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
+    p.add_argument("--n", type=int, help="number of synthetic images (default 12000)")
 
     data = sub.add_parser("data", help="synthesize, check, clean, split and convert data").add_subparsers(dest="data_command", metavar="DATA_COMMAND",
                                                                           required=True)

@@ -136,7 +136,7 @@ class Encoder:
         """The text of a conversation and the character spans of its assistant replies (what the loss sees)."""
         if self.template == "plain":
             return self._render_plain(turns, add_generation_prompt)
-        messages = [{"role": t.role, "content": self._expand(t.text)} for t in turns]
+        messages = [{"role": t.role, "content": t.text.replace(DATA_IMAGE_TOKEN, self.image_token)} for t in turns]
         spans = []
         for i, turn in enumerate(turns):
             if turn.role == "assistant":
@@ -146,9 +146,28 @@ class Encoder:
         return self._chat(messages, add_generation_prompt), spans
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The chat template's text, with each image token expanded to the model's count."""
         if not messages:
             return ""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        if getattr(self.processor, "chat_template", None):
+            # A VLM processor's template takes typed content parts (llava-hf's renders images first, for example);
+            # the ones VerboVision writes flatten them back into the LM's own template.
+            parts = [{"role": m["role"], "content": self._parts(m["content"])} for m in messages]
+            text = self.processor.apply_chat_template(parts, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        else:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        return text.replace(self.image_token, self.image_token * self.tokens_per_image)
+
+    def _parts(self, text: str) -> list[dict]:
+        pieces = text.split(self.image_token)
+        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+        for piece in pieces[1:]:
+            parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        return parts
 
     def _render_plain(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
         text, spans = "", []

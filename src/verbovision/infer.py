@@ -85,9 +85,18 @@ class VLM:
     """A loaded model + processor that captions, answers and chats, in batches."""
 
     def __init__(self, path: str | Path, device: str | None = None):
-        self.path = str(path)
-        self.model, self.processor = load_model(path, device=device)
-        self.metadata = model_metadata(path)
+        model, processor = load_model(path, device=device)
+        self._attach(str(path), model, processor, model_metadata(path))
+
+    @classmethod
+    def from_loaded(cls, model, processor, template: str = "chat", name: str = "in-memory") -> VLM:
+        """Wrap a model already in memory (e.g. one being trained) to generate with it."""
+        vlm = cls.__new__(cls)
+        vlm._attach(name, model, processor, {"template": template})
+        return vlm
+
+    def _attach(self, path: str, model, processor, metadata: dict) -> None:
+        self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30)
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device

@@ -20,6 +20,9 @@ from .data import TRUNCATION, Source
 from .errors import ConfigError
 
 TRAINABILITY = ("frozen", "full", "lora")
+# best_metric name -> the corpus score it reads (from verbovision.evaluate.score)
+BEST_METRICS = {"val_loss": "val_loss", "cider": "CIDEr", "bleu": "Bleu_4", "rouge_l": "ROUGE_L", "meteor": "METEOR",
+                "exact_match": "exact_match", "vqa": "vqa", "numeric": "numeric", "choice": "choice"}
 COMPONENTS = ("vision", "connector", "language")
 
 
@@ -99,6 +102,11 @@ class Stage:
     """Records over max_length: drop (skip and count) or truncate (cut text after the image tokens, never through)."""
     eval_every: int | None = None
     """Validate every N optimizer steps; null validates at the end of each epoch."""
+    best_metric: str = "val_loss"
+    """What picks the best checkpoint: val_loss (lower is better) or a generation metric on the validation records
+    (higher is better): cider, bleu, rouge_l, meteor, exact_match, vqa, numeric, choice."""
+    best_metric_records: int = 200
+    """Validation records generated on for a generation metric."""
     keep_best: bool = True
     """Restore the weights with the lowest validation loss at the end of the stage."""
     early_stopping: int | None = None
@@ -146,8 +154,6 @@ class Recipe:
     """The model block."""
     stages: list[Stage] = field(default_factory=list)
     """Training stages, run in order; each starts from the previous stage's result."""
-    tokenizer_vocab: int = 1024
-    """Vocabulary size of the BPE trained for a from-scratch language model."""
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -215,6 +221,10 @@ def _check_stage(stage: Stage, where: str) -> None:
             raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora or last:N")
     if stage.merge and "lora" not in stage.train.values():
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
+    if stage.best_metric not in BEST_METRICS:
+        raise ConfigError(f"{where}.best_metric: {stage.best_metric!r} unknown; use one of {', '.join(BEST_METRICS)}")
+    if stage.best_metric != "val_loss" and not stage.data.val:
+        raise ConfigError(f"{where}.best_metric: {stage.best_metric} needs data.val records to generate on")
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
     for name in ("batch_size", "grad_accum", "keep"):

@@ -33,11 +33,12 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()]
         lines.append("")
-    lines += ["## Stages", "", "| stage | steps | last train loss | best val loss | output |", "|---|---|---|---|---|"]
+    lines += ["## Stages", "", "| stage | steps | last train loss | best validation value | output |",
+              "|---|---|---|---|---|"]
     for name, info in run.get("stages", {}).items():
         losses = [r["loss"] for r in rows if r["stage"] == name and "loss" in r]
         last = f"{losses[-1]:.4f}" if losses else "-"
-        best = f"{info['best_val_loss']:.4f}" if info.get("best_val_loss") is not None else "-"
+        best = f"{info['best']:.4f}" if info.get("best") is not None else "-"
         lines.append(f"| {name} | {info.get('steps', '-')} | {last} | {best} | `{Path(info['model_dir']).name}` |")
     lines += ["", "![loss curves](loss.png)", "", "## Skipped records", ""]
     skipped = {stage: kinds for stage, kinds in run.get("skipped", {}).items() if kinds}

@@ -41,7 +41,7 @@ from .data import (
 from .features import FeatureCache, image_encoder_outputs
 from .errors import ConfigError
 from .merge import merge_verified
-from .recipe import Recipe, Stage, to_dict
+from .recipe import BEST_METRICS, Recipe, Stage, to_dict
 from .store import (
     ADAPTER_METADATA,
     MODEL_METADATA,
@@ -62,7 +62,8 @@ class StageResult:
     model_dir: str
     adapter_dir: str | None
     steps: int
-    best_val_loss: float | None
+    best: float | None
+    """Best validation value of the stage's best_metric."""
     history: list[dict] = field(default_factory=list)
 
 
@@ -156,6 +157,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
     val_examples = epoch_order(val_sources, seed=0, shuffle=False)
+    val_records = validation_records(recipe, stage)
     per_epoch = len(epoch_order(train_sources, seed=recipe.seed))
     if per_epoch == 0:
         raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
@@ -196,7 +198,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
                 or (not stage.eval_every and end_of_epoch)
                 or state.step == total_steps
             ):
-                validate(model, collator, val_examples, stage, state, stage_dir, logger, device)
+                validate(model, collator, val_examples, val_records, stage, state, stage_dir, logger, device)
             if state.step % (stage.save_every or max(1, steps_per_epoch // 2)) == 0 or end_of_epoch:
                 state.save(stage_dir / "checkpoints", model, optimizer, scheduler, keep=stage.keep)
             if state.step >= total_steps or state.stopped:
@@ -209,7 +211,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
         load_trainable(model, stage_dir / "best.safetensors")
     run.setdefault("skipped", {})[stage.name] = skips.as_dict()
     result = finish_stage(model, processor, stage, base, stage_dir, uses_lora, index == len(recipe.stages) - 1)
-    result.steps, result.best_val_loss = state.step, state.best
+    result.steps, result.best = state.step, state.best
     return result
 
 
@@ -272,16 +274,46 @@ def validation_loss(model, collator: Collator, examples, batch_size: int, device
     return total / max(1, count)
 
 
-def validate(model, collator, examples, stage: Stage, state: TrainState, stage_dir: Path, logger, device) -> None:
-    val_loss = validation_loss(model, collator, examples, stage.batch_size, device)
-    logger.log(stage=stage.name, step=state.step, epoch=state.epoch, val_loss=val_loss)
-    if state.best is None or val_loss < state.best:
-        state.best, state.bad_evals = val_loss, 0
+def validate(model, collator, examples, val_records, stage: Stage, state: TrainState, stage_dir: Path, logger,
+             device) -> None:
+    """Validation loss (and the generation metric picking the best checkpoint); keep the best; early stopping."""
+    values = {"val_loss": validation_loss(model, collator, examples, stage.batch_size, device)}
+    if stage.best_metric != "val_loss":
+        values[f"val_{stage.best_metric}"] = generation_metric(model, collator.encoder, val_records, stage)
+    logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values)
+    value = values["val_loss"] if stage.best_metric == "val_loss" else values[f"val_{stage.best_metric}"]
+    lower_is_better = stage.best_metric == "val_loss"
+    if state.best is None or (value < state.best if lower_is_better else value > state.best):
+        state.best, state.bad_evals = value, 0
         if stage.keep_best:
             save_trainable(model, stage_dir / "best.safetensors")
     else:
         state.bad_evals += 1
         state.stopped = bool(stage.early_stopping and state.bad_evals >= stage.early_stopping)
+
+
+def generation_metric(model, encoder: Encoder, records, stage: Stage) -> float:
+    """Greedy replies to the validation records, scored by the stage's best_metric."""
+    from .evaluate import score
+    from .infer import VLM
+
+    was_training = model.training
+    model.eval()
+    vlm = VLM.from_loaded(model, encoder.processor, stage.template)
+    replies = vlm.generate_records(records, batch_size=stage.batch_size)
+    model.train(was_training)
+    result = score({r.id: reply for r, reply in zip(records, replies)}, {r.id: r.references for r in records},
+                   [stage.best_metric], ci=False)
+    return result.values[BEST_METRICS[stage.best_metric]]
+
+
+def validation_records(recipe: Recipe, stage: Stage) -> list:
+    """The first `best_metric_records` validation records with references, for generation metrics."""
+    if stage.best_metric == "val_loss":
+        return []
+    records = [r for source in stage.data.val
+               for r in read_records(resolve_data(recipe, source.path), source.format, SkipLog()) if r.references]
+    return records[: stage.best_metric_records]
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
