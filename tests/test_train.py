@@ -220,3 +220,12 @@ def test_best_checkpoint_by_generation_metric(tmp_path, shapes_data):
 def test_generation_metric_needs_validation_data(shapes_data):
     with pytest.raises(ConfigError, match="best_metric: cider needs data.val"):
         parse_recipe(tiny_recipe(shapes_data, [stage("s", best_metric="cider", data={"train": ["a.json"]})]))
+
+
+def test_early_stopping_halts_when_validation_stops_improving(tmp_path, shapes_data):
+    # A learning rate this high makes validation loss stop improving at once; patience 2 ends the stage early.
+    recipe = parse_recipe(tiny_recipe(shapes_data, [
+        stage("s", max_steps=40, eval_every=1, early_stopping=2, lr=5.0, max_grad_norm=None, warmup=0)]))
+    train_recipe(recipe, tmp_path / "run")
+    info = read_json(tmp_path / "run/run.json")["stages"]["s"]
+    assert info["steps"] < 40

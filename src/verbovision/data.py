@@ -257,6 +257,14 @@ class SkipLog:
                 self.add(reason, rid)
             self.counts[reason] += other.counts[reason] - len(ids)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SkipLog:
+        log = cls()
+        for reason, info in data.items():
+            log.counts[reason] = info["count"]
+            log.examples[reason] = list(info["examples"])
+        return log
+
     def as_dict(self) -> dict:
         return {reason: {"count": n, "examples": self.examples[reason]} for reason, n in self.counts.items()}
 

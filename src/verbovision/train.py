@@ -144,10 +144,26 @@ def resolve_data(recipe: Recipe, path: str) -> Path:
     return p if p.is_absolute() else Path(recipe.data_root) / p
 
 
-def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger, run: dict,
-              resume: bool) -> StageResult:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(recipe.seed + index)
+@dataclass
+class StageSetup:
+    """Everything a stage's loop needs, built once before the first step."""
+
+    model: object
+    processor: object
+    uses_lora: bool
+    collator: Collator
+    train_sources: list
+    val_examples: list
+    val_records: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    steps_per_epoch: int
+    total_steps: int
+    skips: SkipLog
+
+
+def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
+    """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
     model, processor = load_model(base, device=default_device())
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
@@ -156,8 +172,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     skips = SkipLog()
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
-    val_examples = epoch_order(val_sources, seed=0, shuffle=False)
-    val_records = validation_records(recipe, stage)
+    features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     per_epoch = len(epoch_order(train_sources, seed=recipe.seed))
     if per_epoch == 0:
         raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
@@ -167,41 +182,47 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    features = feature_cache(model, processor, stage, stage_dir.parents[1], train_sources + val_sources, skips)
-    collator = Collator(encoder, features=features)
+    return StageSetup(model, processor, uses_lora, Collator(encoder, features=features), train_sources,
+                      epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
+                      scheduler, steps_per_epoch, total_steps, skips)
+
+
+def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger, run: dict,
+              resume: bool) -> StageResult:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(recipe.seed + index)
+    setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
+    model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
     state = TrainState()
     if resume and state.load(stage_dir / "checkpoints", model, optimizer, scheduler):
         logger.forget_after(stage.name, state.step)  # those steps are about to be redone
     device = next(model.parameters()).device
-    bar = tqdm(total=total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
+    bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
     model.train()
-    while state.step < total_steps and not state.stopped:
-        order = epoch_order(train_sources, seed=recipe.seed * 1000 + state.epoch)
+    while state.step < setup.total_steps and not state.stopped:
+        order = epoch_order(setup.train_sources, seed=recipe.seed * 1000 + state.epoch)
         micro_batches = list(iter_batches(order, stage.batch_size))
         groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
         for group in groups[state.step_in_epoch :]:
-            batches = [collator(b) for b in group]
+            batches = [setup.collator(b) for b in group]
             for batch in batches:
                 for reason, rid in batch.pop("skipped"):
-                    skips.add(reason, rid)
+                    state.record_skip(reason, rid)
             loss = train_step(model, batches, device, stage, optimizer, scheduler)
             state.step += 1
             state.step_in_epoch += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if state.step % stage.log_every == 0 or state.step == total_steps:
+            if state.step % stage.log_every == 0 or state.step == setup.total_steps:
                 logger.log(stage=stage.name, step=state.step, epoch=state.epoch, loss=loss,
                            lr=scheduler.get_last_lr()[0])
             end_of_epoch = state.step_in_epoch == len(groups)
-            if val_examples and (
-                (stage.eval_every and state.step % stage.eval_every == 0)
-                or (not stage.eval_every and end_of_epoch)
-                or state.step == total_steps
-            ):
-                validate(model, collator, val_examples, val_records, stage, state, stage_dir, logger, device)
-            if state.step % (stage.save_every or max(1, steps_per_epoch // 2)) == 0 or end_of_epoch:
+            eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
+            if setup.val_examples and (eval_now or state.step == setup.total_steps):
+                validate(model, setup.collator, setup.val_examples, setup.val_records, stage, state, stage_dir, logger, device)
+            if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
                 state.save(stage_dir / "checkpoints", model, optimizer, scheduler, keep=stage.keep)
-            if state.step >= total_steps or state.stopped:
+            if state.step >= setup.total_steps or state.stopped:
                 break
         else:
             state.epoch += 1
@@ -209,8 +230,9 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     bar.close()
     if stage.keep_best and (stage_dir / "best.safetensors").exists():
         load_trainable(model, stage_dir / "best.safetensors")
-    run.setdefault("skipped", {})[stage.name] = skips.as_dict()
-    result = finish_stage(model, processor, stage, base, stage_dir, uses_lora, index == len(recipe.stages) - 1)
+    setup.skips.merge(SkipLog.from_dict(state.skipped))
+    run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
+    result = finish_stage(model, setup.processor, stage, base, stage_dir, setup.uses_lora, index == len(recipe.stages) - 1)
     result.steps, result.best = state.step, state.best
     return result
 
@@ -372,6 +394,13 @@ class TrainState:
     best: float | None = None
     bad_evals: int = 0
     stopped: bool = False
+    skipped: dict = field(default_factory=dict)
+    """Records skipped while batching (unreadable images), as SkipLog.as_dict(); restored with the checkpoint."""
+
+    def record_skip(self, reason: str, record_id: str) -> None:
+        log = SkipLog.from_dict(self.skipped)
+        log.add(reason, record_id)
+        self.skipped = log.as_dict()
 
     def save(self, folder: Path, model, optimizer, scheduler, keep: int = 2) -> None:
         """Write checkpoints/step-N via a temporary name (a kill mid-write leaves the previous ones intact)."""
