@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import unicodedata
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -58,7 +59,7 @@ class ImageVerdict:
     """16 x 16 RGB thumbnail that confirms a near-duplicate (a hash alone confuses near-blank images)."""
 
 
-class PerImage:
+class PerImage(ABC):
     """Computes something once per distinct image (same file, member or bytes), however many records use it."""
 
     def __init__(self):
@@ -70,8 +71,9 @@ class PerImage:
             self.done[key] = self.compute(source)
         return self.done[key]
 
+    @abstractmethod
     def compute(self, source: ImageSource):
-        raise NotImplementedError
+        """The per-image result that __call__ memoizes."""
 
 
 class ImageInspector(PerImage):
