@@ -30,7 +30,14 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, help="sampling temperature (turns sampling on)")
     group.add_argument("--top-p", type=float, help="nucleus sampling mass (turns sampling on)")
     group.add_argument("--top-k", type=int, help="sample among the k most likely tokens (turns sampling on)")
-    group.add_argument("--repetition-penalty", type=float)
+    group.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeating tokens")
+    group.add_argument("--no-repeat-ngram-size", type=int, help="no n-gram of this size appears twice in a reply")
+    group.add_argument("--min-new-tokens", type=int, help="shortest reply in tokens")
+    group.add_argument("--length-penalty", type=float,
+                       help="beam search: > 0 favours longer replies, < 0 shorter ones")
+    group.add_argument("--early-stopping", action="store_true",
+                       help="beam search: stop as soon as --beams candidates are finished")
+    group.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
     group.add_argument("--seed", type=int, help="seed for reproducible sampling")
     group.add_argument("--batch-size", type=int, default=16)
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -41,7 +48,9 @@ def _decode_options(args):
 
     return DecodeOptions(max_new_tokens=args.max_new_tokens, beams=args.beams, temperature=args.temperature,
                          top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                         seed=args.seed)
+                         seed=args.seed, stop=tuple(args.stop), length_penalty=args.length_penalty,
+                         early_stopping=args.early_stopping, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                         min_new_tokens=args.min_new_tokens)
 
 
 # ------------------------------------------------------------------------------------------------ commands

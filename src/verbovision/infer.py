@@ -49,6 +49,14 @@ class DecodeOptions:
     """Seed for reproducible sampling."""
     stop: tuple[str, ...] = ()
     """Stop strings: a reply ends just before the first one it produces."""
+    length_penalty: float | None = None
+    """Beam search: scores are divided by length ** length_penalty (> 0 favours longer replies, < 0 shorter)."""
+    early_stopping: bool = False
+    """Beam search: stop once `beams` finished candidates exist, instead of when no better one can appear."""
+    no_repeat_ngram_size: int | None = None
+    """No n-gram of this size appears twice in a reply."""
+    min_new_tokens: int | None = None
+    """Shortest reply in tokens: EOS is not allowed before."""
 
     @property
     def sampling(self) -> bool:
@@ -57,14 +65,22 @@ class DecodeOptions:
     def batch_key(self) -> tuple:
         """What replies generated in one batch must share; max_new_tokens and stop are followed per reply."""
         seed = self.seed if self.sampling else None
-        return self.beams, self.temperature, self.top_p, self.top_k, self.repetition_penalty, seed
+        return (self.beams, self.temperature, self.top_p, self.top_k, self.repetition_penalty, seed,
+                self.length_penalty, self.early_stopping, self.no_repeat_ngram_size, self.min_new_tokens)
 
     def generate_kwargs(self) -> dict:
         kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.beams, "do_sample": self.sampling}
-        for key in ("temperature", "top_p", "top_k", "repetition_penalty"):
+        for key in _OPTIONAL_GENERATE_KWARGS:
             if getattr(self, key) is not None:
                 kwargs[key] = getattr(self, key)
+        if self.beams > 1:  # transformers warns about beam-only settings without beams
+            kwargs["early_stopping"] = self.early_stopping
         return kwargs
+
+
+_OPTIONAL_GENERATE_KWARGS = ("temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
+                             "no_repeat_ngram_size", "min_new_tokens")
+"""DecodeOptions fields passed to `generate` only when set, so that unset ones keep the model's generation config."""
 
 
 @dataclass
@@ -100,9 +116,7 @@ class VLM:
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30)
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
-        eos = self.model.generation_config.eos_token_id
-        eos = self.processor.tokenizer.eos_token_id if eos is None else eos
-        self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        self.eos_ids = eos_token_ids(self.model, self.processor)
 
     def caption(self, images: Sequence, prompt: str = CAPTION_PROMPT, options: DecodeOptions | None = None,
                 batch_size: int = 16) -> list[str]:
@@ -190,6 +204,13 @@ class VLM:
         tracker.close()
         return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
                 for reply, e in zip(tracker.replies, encoded)]
+
+
+def eos_token_ids(model, processor) -> frozenset[int]:
+    """The tokens that end a reply: the model's generation config's EOS, else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = processor.tokenizer.eos_token_id if eos is None else eos
+    return frozenset(eos if isinstance(eos, list) else [eos])
 
 
 class _Reply:

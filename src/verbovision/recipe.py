@@ -24,6 +24,9 @@ TRAINABILITY = ("frozen", "full", "lora")
 BEST_METRICS = {"val_loss": "val_loss", "cider": "CIDEr", "bleu": "Bleu_4", "rouge_l": "ROUGE_L", "meteor": "METEOR",
                 "exact_match": "exact_match", "vqa": "vqa", "numeric": "numeric", "choice": "choice"}
 COMPONENTS = ("vision", "connector", "language")
+STAGE_TYPES = ("sft", "scst")
+SCST_BASELINES = ("greedy", "mean")
+SCST_REWARDS = ("cider", "bleu")
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Stage:
     name: str = "stage"
     """Used for the stage's folder in the run."""
     type: str = "sft"
-    """sft (supervised, cross-entropy)."""
+    """sft (supervised, cross-entropy) or scst (self-critical sequence training on caption references)."""
     data: StageData = field(default_factory=StageData)
     """Training and validation sources."""
     template: str = "chat"
@@ -119,6 +122,25 @@ class Stage:
     """How many recent checkpoints to keep; older ones are deleted."""
     log_every: int = 10
     """Log training loss every N optimizer steps."""
+    scst_samples: int = 5
+    """SCST: captions sampled per image (K)."""
+    scst_baseline: str = "greedy"
+    """SCST: what a sample's reward is compared with: greedy (the greedy caption's) or mean (the other samples')."""
+    scst_reward: dict[str, float] = field(default_factory=lambda: {"cider": 1.0})
+    """SCST: reward as weighted per-caption metrics: cider (CIDEr-D, document frequencies of the training references)
+    and bleu (BLEU-4)."""
+    scst_temperature: float = 1.0
+    """SCST: sampling temperature."""
+    scst_top_k: int | None = None
+    """SCST: sample among the k most likely tokens; null: all tokens."""
+    scst_top_p: float | None = None
+    """SCST: nucleus sampling mass; null: all tokens."""
+    scst_max_new_tokens: int = 32
+    """SCST: longest sampled or greedy caption in tokens."""
+    scst_entropy: float = 0.0
+    """SCST: weight of the entropy bonus on the sampled positions (0: none)."""
+    scst_kl: float = 0.0
+    """SCST: weight of the KL penalty to the model as it was at the stage's start (0: none, and no frozen copy)."""
 
 
 @dataclass
@@ -204,8 +226,10 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
 
 
 def _check_stage(stage: Stage, where: str) -> None:
-    if stage.type != "sft":
-        raise ConfigError(f"{where}.type: {stage.type!r} unknown; supported: sft")
+    if stage.type not in STAGE_TYPES:
+        raise ConfigError(f"{where}.type: {stage.type!r} unknown; supported: {', '.join(STAGE_TYPES)}")
+    if stage.type == "scst":
+        _check_scst(stage, where)
     if stage.template not in ("chat", "plain"):
         raise ConfigError(f"{where}.template: {stage.template!r} unknown; use chat or plain")
     if stage.schedule not in ("cosine", "linear", "constant"):
@@ -230,6 +254,36 @@ def _check_stage(stage: Stage, where: str) -> None:
     for name in ("batch_size", "grad_accum", "keep"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
+
+
+def _check_scst(stage: Stage, where: str) -> None:
+    if stage.scst_baseline not in SCST_BASELINES:
+        raise ConfigError(f"{where}.scst_baseline: {stage.scst_baseline!r} unknown; use greedy or mean")
+    minimum = 2 if stage.scst_baseline == "mean" else 1  # the mean baseline of a sample is over the other samples
+    if stage.scst_samples < minimum:
+        raise ConfigError(f"{where}.scst_samples: must be >= {minimum} with scst_baseline: {stage.scst_baseline}")
+    for name, weight in stage.scst_reward.items():
+        if name not in SCST_REWARDS:
+            raise ConfigError(f"{where}.scst_reward.{name}: unknown metric; use {' or '.join(SCST_REWARDS)}")
+        if weight < 0:
+            raise ConfigError(f"{where}.scst_reward.{name}: weight must be >= 0")
+    if not any(stage.scst_reward.values()):
+        raise ConfigError(f"{where}.scst_reward: at least one metric needs a weight > 0")
+    if stage.scst_temperature <= 0:
+        raise ConfigError(f"{where}.scst_temperature: must be > 0")
+    if stage.scst_top_k is not None and stage.scst_top_k < 1:
+        raise ConfigError(f"{where}.scst_top_k: must be >= 1 (or null)")
+    if stage.scst_top_p is not None and not 0 < stage.scst_top_p <= 1:
+        raise ConfigError(f"{where}.scst_top_p: must be in (0, 1] (or null)")
+    if stage.scst_max_new_tokens < 1:
+        raise ConfigError(f"{where}.scst_max_new_tokens: must be >= 1")
+    for name in ("scst_entropy", "scst_kl"):
+        if getattr(stage, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0")
+    if stage.keep_best and stage.data.val and stage.best_metric == "val_loss":
+        # SCST trades cross-entropy for reward: keeping the lowest validation loss would mostly undo the stage.
+        raise ConfigError(f"{where}.best_metric: val_loss would pick the checkpoint SCST changed least; "
+                          "use a generation metric (e.g. cider) or keep_best: false")
 
 
 def _yaml_name(f: dataclasses.Field) -> str:

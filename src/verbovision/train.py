@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,28 +194,25 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     seed_everything(recipe.seed + index)
     setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
     model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
+    device = next(model.parameters()).device
+    sources, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the stage-start model
     state = TrainState()
     if resume and state.load(stage_dir / "checkpoints", model, optimizer, scheduler):
         logger.forget_after(stage.name, state.step)  # those steps are about to be redone
-    device = next(model.parameters()).device
     bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
     model.train()
     while state.step < setup.total_steps and not state.stopped:
-        order = epoch_order(setup.train_sources, seed=recipe.seed * 1000 + state.epoch)
+        order = epoch_order(sources, seed=recipe.seed * 1000 + state.epoch)
         micro_batches = list(iter_batches(order, stage.batch_size))
         groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
         for group in groups[state.step_in_epoch :]:
-            batches = [setup.collator(b) for b in group]
-            for batch in batches:
-                for reason, rid in batch.pop("skipped"):
-                    state.record_skip(reason, rid)
-            loss = train_step(model, batches, device, stage, optimizer, scheduler)
+            values = step(group, state)
             state.step += 1
             state.step_in_epoch += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.set_postfix(loss=f"{values['loss']:.4f}")
             if state.step % stage.log_every == 0 or state.step == setup.total_steps:
-                logger.log(stage=stage.name, step=state.step, epoch=state.epoch, loss=loss,
+                logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
                            lr=scheduler.get_last_lr()[0])
             end_of_epoch = state.step_in_epoch == len(groups)
             eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
@@ -237,9 +235,32 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     return result
 
 
+def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable]:
+    """The stage's training examples (as (examples, weight) per source) and its optimizer step.
+
+    The step takes one group of `grad_accum` micro-batches of those examples and the TrainState (for skips), and
+    returns what to log, `loss` included.
+    """
+    if stage.type == "scst":
+        from .scst import ScstSteps
+
+        steps = ScstSteps(recipe, stage, setup, device)
+        return steps.sources, steps
+
+    def sft_step(group: list, state: TrainState) -> dict:
+        batches = [setup.collator(b) for b in group]
+        for batch in batches:
+            for reason, rid in batch.pop("skipped"):
+                state.record_skip(reason, rid)
+        return {"loss": train_step(setup.model, batches, device, stage, setup.optimizer, setup.scheduler)}
+
+    return setup.train_sources, sft_step
+
+
 def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips: SkipLog) -> FeatureCache | None:
     """Encode every image once when the vision tower is frozen; examples whose images fail are skipped."""
-    if not stage.feature_cache or stage.train.get("vision", "frozen") != "frozen":
+    # SCST generates, and generation runs the vision tower on pixels: cached features would go unused.
+    if not stage.feature_cache or stage.type == "scst" or stage.train.get("vision", "frozen") != "frozen":
         return None
     cache = FeatureCache(run_dir / "feature_cache", model, processor, stage.feature_cache_dtype)
     failed = cache.ensure([p for examples, _ in sources for e in examples for p in e.images])
@@ -261,12 +282,17 @@ def train_step(model, batches: list[dict], device, stage: Stage, optimizer, sche
         loss = token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
         loss.backward()
         total += loss.item()
+    optimizer_step(model, stage, optimizer, scheduler)
+    return total
+
+
+def optimizer_step(model, stage: Stage, optimizer, scheduler) -> None:
+    """Clip the accumulated gradients, step, advance the schedule, clear the gradients."""
     if stage.max_grad_norm:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], stage.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return total
 
 
 def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
