@@ -73,7 +73,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
         # Bootstrap the per-item mean; metrics whose corpus value is not that mean (BLEU, METEOR, corpus WER)
         # get no interval rather than one that need not contain the reported value.
         result.intervals = {k: m.bootstrap_ci(v) for k, v in per_item.items()
-                            if v and math.isclose(math.fsum(v.values()) / len(v), result.values[k], abs_tol=1e-9)}
+                            if v and math.isclose(math.fsum(v.values()) / len(v), result.values[k], rel_tol=1e-9, abs_tol=1e-12)}
     return result
 
 
@@ -151,8 +151,9 @@ def plot_metrics(result: EvalResult, path: Path) -> None:
     if not names:
         return
     values = [result.values[n] for n in names]
-    errors = [[v - result.intervals.get(n, (v, v))[0] for n, v in zip(names, values)],
-              [result.intervals.get(n, (v, v))[1] - v for n, v in zip(names, values)]]
+    # A percentile interval can sit just off the point estimate (few items, skewed scores): clamp the bars at 0.
+    errors = [[max(0.0, v - result.intervals.get(n, (v, v))[0]) for n, v in zip(names, values)],
+              [max(0.0, result.intervals.get(n, (v, v))[1] - v) for n, v in zip(names, values)]]
     fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names)), 3.5))
     ax.bar(names, values, yerr=errors, capsize=3, color="#4c78a8")
     ax.set_ylabel("score")
