@@ -72,9 +72,12 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     if ci:
         # Bootstrap the per-item mean; metrics whose corpus value is not that mean (BLEU, METEOR, corpus WER)
         # get no interval rather than one that need not contain the reported value.
-        result.intervals = {k: m.bootstrap_ci(v) for k, v in per_item.items()
-                            if v and math.isclose(math.fsum(v.values()) / len(v), result.values[k], rel_tol=1e-9, abs_tol=1e-12)}
+        result.intervals = {k: m.bootstrap_ci(v) for k, v in per_item.items() if v and _is_item_mean(v, result.values[k])}
     return result
+
+
+def _is_item_mean(per_item: dict, corpus: float) -> bool:
+    return math.isclose(math.fsum(per_item.values()) / len(per_item), corpus, rel_tol=1e-9, abs_tol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------ verbo eval
