@@ -120,7 +120,7 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
 
     def collate(items):
         batch = padder.pad([item["example"] for item in items])
-        batch["pixel_values"] = encoder.pixel_values([item["image"] for item in items])
+        batch.update(encoder.pixel_inputs([item["image"] for item in items]))
         return batch
 
     stamps = []

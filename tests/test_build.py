@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, num_image_tokens, save_model
+from verbovision.data import ImageTokens
+from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.errors import ConfigError
 
 # Run in a fresh interpreter where importing verbovision is impossible, so the checkpoint must stand on its own.
@@ -71,7 +72,7 @@ def test_build_save_reload_generate(tmp_path, tiny_vision, tiny_lm, vision, lm, 
     save_model(model, processor, tmp_path)
     assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
     inputs = _probe(processor)
-    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == num_image_tokens(processor)
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == len(ImageTokens(processor).fixed)
     with torch.no_grad():
         expected = model(**inputs).logits[0, -1, :5]
     result = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_VERBOVISION, str(tmp_path)],
@@ -103,7 +104,7 @@ def test_pretrained_weights_are_copied(tiny_vision, tiny_lm):
 def test_pixel_shuffle_compresses_tokens(tiny_vision, tiny_lm):
     _, plain = build_vlm(_spec(tiny_vision, tiny_lm, "siglip", "qwen2", "mlp"))
     _, shuffled = build_vlm(_spec(tiny_vision, tiny_lm, "siglip", "qwen2", "pixel_shuffle"))
-    assert num_image_tokens(plain) == 16 and num_image_tokens(shuffled) == 4
+    assert len(ImageTokens(plain).fixed) == 16 and len(ImageTokens(shuffled).fixed) == 4
 
 
 def test_linear_connector_starts_as_one_linear_map(tiny_vision, tiny_lm):

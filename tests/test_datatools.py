@@ -221,7 +221,7 @@ def test_too_long_records_are_truncated_after_images_or_dropped(mixed_run):
     image_record = Record("long", [data / "images/000000.png"],
                           [Turn("user", "<image>\nDescribe."), Turn("assistant", long_reply)], "test")
     full = Encoder(processor, "chat", max_length=4096).encode(image_record)
-    n_image = Encoder(processor).tokens_per_image
+    n_image = len(Encoder(processor).image_tokens.fixed)
     limit = next(i for i, label in enumerate(full.labels) if label != -100) + 5
     cut = Encoder(processor, "chat", max_length=limit, truncation="truncate").encode(image_record)
     assert cut.input_ids == full.input_ids[:limit] and cut.labels == full.labels[:limit]

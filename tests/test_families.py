@@ -1,59 +1,172 @@
-"""Fine-tuning an existing VLM through `model: {from: ...}`: a tiny random LLaVA-1.5 in llava-hf's layout."""
+"""Fine-tuning existing VLMs through `model: {from: ...}`, one tiny random model per family (tests/tiny_families.py):
+LoRA-train, merge, reload the merged checkpoint where VerboVision cannot be imported, and compare logits; and per
+component freezing, asserting exactly which parameters a step changed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-)
+from peft import PeftModel
 
-from verbovision.infer import VLM
-from verbovision.recipe import load_recipe
-from verbovision.store import read_json
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.infer import VLM, prompt_record
+from verbovision.merge import logits_of, probe_batch
+from verbovision.recipe import load_recipe, parse_recipe
+from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
+from .tiny_families import (
+    make_tiny_git,
+    make_tiny_idefics3,
+    make_tiny_llava,
+    make_tiny_qwen2_vl,
+    make_tiny_vision_encoder_decoder,
+)
 
-# llava-hf/llava-1.5-*-hf's chat template: it lives on the processor and expects typed content parts.
-LLAVA_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
+CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
+
+FAMILIES = {
+    # family: (builder, template, what trains, LoRA targets)
+    "llava": (make_tiny_llava, "chat", {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
+    "idefics3": (make_tiny_idefics3, "chat", {"vision": "lora", "connector": "full", "language": "lora"},
+                 "all-linear"),
+    "qwen2_vl": (make_tiny_qwen2_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                 "all-linear"),
+    "git": (make_tiny_git, "caption", {"vision": "frozen", "connector": "frozen", "language": "lora"},
+            ["query", "key", "value", "dense"]),
+    "vision-encoder-decoder": (make_tiny_vision_encoder_decoder, "caption", {"vision": "frozen", "language": "lora"},
+                               "all-linear"),
+}
+
+# The merged checkpoint, loaded and run in a fresh interpreter where importing verbovision is impossible.
+MERGED_LOGITS_WITHOUT_VERBOVISION = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "verbovision":
+                raise ImportError("verbovision is blocked in this test")
+    sys.meta_path.insert(0, Block())
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import is_torchvision_available
+    model_dir, batch_file, out_file, needs_torchvision = sys.argv[1:5]
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    if is_torchvision_available() or needs_torchvision == "no":
+        AutoProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        torch.save(model(**torch.load(batch_file)).logits, out_file)
+    """
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory, tiny_tokenizer_texts) -> Path:
-    out = tmp_path_factory.mktemp("tiny-llava")
-    tokenizer = train_bpe_tokenizer(tiny_tokenizer_texts + ["USER: ASSISTANT:"], "<image>", vocab_size=300)
-    tokenizer.chat_template = None
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                num_key_value_heads=1, vocab_size=len(tokenizer)),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default")
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(out)
-    processor = LlavaProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                               tokenizer, patch_size=8, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    processor.save_pretrained(out)
-    return out
+def _stage(family: str, **overrides) -> dict:
+    _, template, train, target = FAMILIES[family]
+    stage = {"name": "lora", "template": template, "data": CAPTIONS, "train": train, "lora": {**LORA, "target": target},
+             "max_steps": 3, "batch_size": 2, "lr": 1e-2, "merge": True}
+    return {**stage, **overrides}
 
 
-def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, tiny_llava, shapes_data):
+def _run(tmp_path: Path, shapes_data: Path, base: Path, stage: dict) -> Path:
+    run = tmp_path / "run"
+    recipe = {"name": "family", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
+              "stages": [stage]}
+    train_recipe(parse_recipe(recipe), run)
+    return run
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_merge_equals_base_plus_adapter_without_verbovision(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    base = FAMILIES[family][0](tmp_path / "base", tiny_tokenizer_texts)
+    run = _run(tmp_path, shapes_data, base, _stage(family))
+    merge = read_json(run / "final/verbovision.json")["merge"]
+    assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
+
+    base_model, processor = load_model(base, device="cpu")
+    with_adapter = PeftModel.from_pretrained(base_model, run / "stages/0-lora/adapter").eval()
+    batch = probe_batch(with_adapter, processor, "cpu", seed=5)
+    expected = logits_of(with_adapter, batch)
+    torch.save(batch, tmp_path / "batch.pt")
+    needs_torchvision = "yes" if family == "qwen2_vl" else "no"  # its processor holds a video processor
+    subprocess.run([sys.executable, "-c", MERGED_LOGITS_WITHOUT_VERBOVISION, str(run / "final"),
+                    str(tmp_path / "batch.pt"), str(tmp_path / "merged.pt"), needs_torchvision], check=True)
+    merged = torch.load(tmp_path / "merged.pt").float()
+    assert (merged - expected).abs().max().item() < 1e-4
+    untouched, _ = load_model(base, device="cpu")
+    assert (logits_of(untouched, batch) - merged).abs().max().item() > 1e-6  # the adapter did change the model
+
+    vlm = VLM(run / "final", device="cpu")
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    assert all(isinstance(c, str) for c in vlm.caption([image, image], batch_size=2))
+
+
+def _changed(base: Path, run: Path) -> set[str]:
+    before = dict(load_model(base, device="cpu")[0].named_parameters())
+    after = load_model(run / "final", device="cpu")[0].named_parameters()
+    return {name for name, value in after if not torch.equal(before[name], value)}
+
+
+VED_OPTIONS = {
+    # option: (train, modules that must change, and nothing else)
+    "encoder only": ({"vision": "full", "language": "frozen"}, ["encoder.embeddings", "encoder.layers.0",
+                                                                "encoder.layers.1", "encoder.layernorm"]),
+    "decoder only": ({"vision": "frozen", "language": "full"}, ["decoder.transformer.h.0", "decoder.transformer.h.1",
+                                                                "decoder.transformer.wte"]),
+    "last decoder layer": ({"vision": "frozen", "language": "last:1"}, ["decoder.transformer.h.1",
+                                                                         "decoder.transformer.ln_f"]),
+    "cross-attention only": ({"vision": "frozen", "language": "cross_attention"},
+                             [f"decoder.transformer.h.{i}.{m}" for i in (0, 1) for m in ("crossattention",
+                                                                                           "ln_cross_attn")]),
+    "whole": ({"vision": "full", "language": "full"}, ["encoder.layers.0", "decoder.transformer.h.0",
+                                                       "decoder.transformer.ln_f"]),
+}
+
+
+def _assert_changed_exactly(changed: set[str], must_change: list[str], allowed: list[str]) -> None:
+    inside = lambda name, prefixes: any(name == p or name.startswith(p + ".") for p in prefixes)  # noqa: E731
+    assert all(inside(name, allowed) for name in changed), sorted(n for n in changed if not inside(n, allowed))
+    assert all(any(inside(name, [m]) for name in changed) for m in must_change), (must_change, sorted(changed))
+
+
+@pytest.mark.parametrize("option", VED_OPTIONS)
+def test_vision_encoder_decoder_freezing_options(option, tmp_path, shapes_data, tiny_tokenizer_texts):
+    train, must_change = VED_OPTIONS[option]
+    base = make_tiny_vision_encoder_decoder(tmp_path / "base", tiny_tokenizer_texts)
+    run = _run(tmp_path, shapes_data, base, {"name": "xent", "template": "caption", "data": CAPTIONS, "train": train,
+                                             "max_steps": 1, "batch_size": 2, "lr": 1e-2})
+    allowed = {"encoder only": ["encoder"], "decoder only": ["decoder"], "whole": ["encoder", "decoder"]}
+    _assert_changed_exactly(_changed(base, run), must_change, allowed.get(option, must_change))
+
+
+COMPONENT_OPTIONS = {
+    # family: (train, must change, allowed to change)
+    "idefics3": ({"vision": "frozen", "connector": "full", "language": "last:1"},
+                 ["model.connector", "model.text_model.layers.1", "model.text_model.norm"],
+                 ["model.connector", "model.text_model.layers.1", "model.text_model.norm"]),
+    "qwen2_vl": ({"vision": "last:1", "connector": "frozen", "language": "frozen"},
+                 ["model.visual.blocks.1"], ["model.visual.blocks.1"]),
+    "git": ({"vision": "frozen", "connector": "full", "language": "last:1"},
+            ["git.visual_projection", "git.encoder.layer.1"], ["git.visual_projection", "git.encoder.layer.1"]),
+}
+
+
+@pytest.mark.parametrize("family", COMPONENT_OPTIONS)
+def test_per_component_freezing(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    train, must_change, allowed = COMPONENT_OPTIONS[family]
+    base = FAMILIES[family][0](tmp_path / "base", tiny_tokenizer_texts)
+    stage = _stage(family, train=train, max_steps=1, merge=False)
+    stage.pop("lora")
+    _assert_changed_exactly(_changed(base, _run(tmp_path, shapes_data, base, stage)), must_change, allowed)
+
+
+def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokenizer_texts):
+    tiny_llava = make_tiny_llava(tmp_path / "base", tiny_tokenizer_texts)
     overrides = [f"model.from={tiny_llava}", f"data_root={shapes_data}", "stages.0.data.train=[train/vqa_en.json]",
                  "stages.0.data.val=[val/vqa_en.json]", "stages.0.max_steps=3", "stages.0.batch_size=2",
                  "stages.0.grad_accum=2", "stages.0.lora.r=4", "stages.0.lora.alpha=8"]
@@ -62,9 +175,8 @@ def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, tiny_llava, shapes_data):
     merged = read_json(run / "final/verbovision.json")["merge"]
     assert merged["max_abs_diff"] < 1e-4 and merged["max_abs_diff_reloaded"] < 1e-4
     vlm = VLM(run / "final", device="cpu")
-    from verbovision.infer import prompt_record
-
     text, _ = vlm.encoder.render(prompt_record(None, "<image>\nHow many shapes are there?").prompt_turns, True)
-    assert text.startswith("USER: <image><image>") and text.endswith("ASSISTANT:")  # llava-hf's own template
+    assert text.startswith("USER: <image>\n") and text.endswith("ASSISTANT:")  # llava-hf's own template
     image = sorted((shapes_data / "images").glob("*.png"))[0]
     assert isinstance(vlm.ask(image, "How many shapes are there?"), str)
+

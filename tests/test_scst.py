@@ -109,7 +109,7 @@ def test_one_beam_equals_greedy(trained, shapes_data):
     # and greedy is the argmax at every step, decoded by hand without a cache
     record = vlm.encoder.encode(_caption_record(images[0]), for_generation=True)
     ids = torch.tensor([record.input_ids])
-    pixels = vlm.encoder.pixel_values([_open(images[0])])
+    pixels = vlm.encoder.pixel_inputs([_open(images[0])])["pixel_values"]
     with torch.no_grad():
         for _ in range(12):
             token = vlm.model(input_ids=ids, pixel_values=pixels).logits[0, -1].argmax()
@@ -174,7 +174,7 @@ def test_reply_log_probs_match_generation(trained, shapes_data):
     encoder = Encoder(vlm.processor, "plain")
     prompts = Collator(encoder, pad_left=True).pad([encoder.encode(r, for_generation=True) for r in records])
     prompts.pop("labels")
-    prompts["pixel_values"] = encoder.pixel_values([_open(r.images[0]) for r in records])
+    prompts.update(encoder.pixel_inputs([_open(r.images[0]) for r in records]))
     out = vlm.model.generate(**prompts, max_new_tokens=6, do_sample=False, output_logits=True,
                              return_dict_in_generate=True, pad_token_id=encoder.tokenizer.pad_token_id)
     tokens = out.sequences[:, prompts["input_ids"].shape[1] :]  # [N, L]

@@ -61,7 +61,7 @@ def test_two_stage_run_with_lora_merge(tmp_path, shapes_data):
     base = AutoModelForImageTextToText.from_pretrained(meta["base_model"]).eval()
     with_adapter = PeftModel.from_pretrained(base, adapter).eval()
     merged, processor = load_model(run / "stages/1-lora/model", device="cpu")
-    batch = probe_batch(processor, "cpu", seed=3)
+    batch = probe_batch(merged, processor, "cpu", seed=3)
     difference = (logits_of(with_adapter, batch) - logits_of(merged, batch)).abs().max().item()
     assert difference < 1e-4
     assert read_json(run / "stages/1-lora/model/verbovision.json")["merge"]["max_abs_diff"] < 1e-4
@@ -95,7 +95,7 @@ def test_labels_cover_assistant_replies_only(tmp_path, shapes_data):
         reply = processor.tokenizer.decode(labelled, skip_special_tokens=True)
         assert reply.strip() == record.turns[-1].text
         image_positions = [i for i, t in enumerate(example.input_ids) if t == processor.image_token_id]
-        assert len(image_positions) == encoder.tokens_per_image
+        assert len(image_positions) == len(encoder.image_tokens.fixed)
         assert all(example.labels[i] == -100 for i in image_positions)
 
 
@@ -122,7 +122,7 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
 
 @pytest.mark.parametrize("override,message", [
     ("stages.0.lrr=1", "stages.0.lrr: unknown key (did you mean 'lr'?)"),
-    ("stages.0.train.language=half", "stages.0.train.language: 'half' must be frozen, full, lora or last:N"),
+    ("stages.0.train.language=half", "stages.0.train.language: 'half' must be frozen, full, lora, last:N or cross_attention"),
     ("stages.0.batch_size=big", "stages.0.batch_size: expected int"),
     ("stages.3.lr=1", "not an index"),
     ("model.connector.tpye=mlp", "model.connector.tpye: unknown key (did you mean 'type'?)"),

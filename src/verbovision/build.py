@@ -47,7 +47,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .errors import ConfigError
-from .store import MODEL_METADATA, write_json
+from .store import MODEL_METADATA, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
 
@@ -335,7 +335,7 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
+    save_processor(processor, out)
     if metadata is not None:
         write_json(out / MODEL_METADATA, metadata)
     return out
@@ -343,17 +343,6 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
 
 def spec_metadata(spec: ModelSpec) -> dict:
     return {"model_spec": asdict(spec)}
-
-
-def num_image_tokens(processor: LlavaProcessor) -> int:
-    """Image placeholder tokens per image, as the processor inserts them."""
-    crop = getattr(processor.image_processor, "crop_size", None) or processor.image_processor.size
-    height = crop.get("height") or crop.get("shortest_edge")
-    width = crop.get("width") or crop.get("shortest_edge")
-    count = (height // processor.patch_size) * (width // processor.patch_size) + processor.num_additional_image_tokens
-    if processor.vision_feature_select_strategy == "default":
-        count -= 1
-    return count
 
 
 def describe(model: PreTrainedModel) -> str:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError
+from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
@@ -110,33 +111,78 @@ TRUNCATION = ("drop", "truncate")
 """What training does with a record longer than max_length: skip and count it, or cut its text after the images."""
 
 
+class ImageTokens:
+    """The tokens standing for one image in a model's text: the processor's own expansion of its image token.
+
+    Asked of the processor once per image size (once in all when the count does not depend on the size, as for
+    Llava), so the text always holds exactly the tokens the model's features will fill, in every family: Llava's
+    repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s.
+    """
+
+    _PROBE_SIZES = ((40, 30), (640, 480))
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.token = processor.image_token
+        self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
+        self._by_size: dict[tuple[int, int], list[int]] = {}
+        small, large = (self._expand(size) for size in self._PROBE_SIZES)
+        self.fixed = small if small == large else None
+        """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
+
+    def ids(self, image) -> list[int]:
+        if self.fixed is not None:
+            return self.fixed
+        from .images import image_size
+
+        size = image_size(image)
+        if size not in self._by_size:
+            self._by_size[size] = self._expand(size)
+        return self._by_size[size]
+
+    def _expand(self, size: tuple[int, int]) -> list[int]:
+        blank = Image.new("RGB", size)
+        return list(self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)["input_ids"][0])
+
+
 class Encoder:
-    """Turns records into token ids + labels with the model's processor; the same code serves training and inference."""
+    """Turns records into token ids + labels with the model's processor; the same code serves training and inference.
 
-    def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop"):
-        from .build import num_image_tokens
+    Text is rendered with one image token per image (or none, for families that take images outside the text),
+    tokenized, labelled from the character spans of the replies, then each image token is expanded (`ImageTokens`).
+    """
 
-        if template not in ("chat", "plain"):
-            raise DataError(f"template {template!r} unknown; use chat or plain")
+    def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop",
+                 family: Family = IMAGE_TOKEN_FAMILY):
+        if template not in ("chat", "plain", "caption"):
+            raise DataError(f"template {template!r} unknown; use chat, plain or caption")
         if truncation not in TRUNCATION:
             raise DataError(f"truncation {truncation!r} unknown; use {' or '.join(TRUNCATION)}")
         self.truncation = truncation
         self.processor = processor
+        self.family = family
         self.tokenizer = processor.tokenizer
         self.template = template
         self.max_length = max_length
-        self.image_token = processor.image_token
-        self.image_token_id = processor.image_token_id
-        self.tokens_per_image = num_image_tokens(processor)
+        self.image_tokens = ImageTokens(processor) if family.images == IMAGES_IN_TEXT else None
+        self.image_token = self.image_tokens.token if self.image_tokens else None
+        self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
+        self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
+        """Ends every reply in the plain and caption templates (BERT-style tokenizers such as GIT's end with [SEP])."""
+        if template == "chat" and not (getattr(processor, "chat_template", None) or self.tokenizer.chat_template):
+            raise DataError(f"{family.name}: the model has no chat template; use template plain or caption")
 
-    def _expand(self, text: str) -> str:
-        return text.replace(DATA_IMAGE_TOKEN, self.image_token * self.tokens_per_image)
+    def _image_text(self, text: str) -> str:
+        """A turn's text with `<image>` as the model's image token, or without it when images are not in the text."""
+        if self.image_token:
+            return text.replace(DATA_IMAGE_TOKEN, self.image_token)
+        return text.replace(DATA_IMAGE_TOKEN, "").strip()
 
     def render(self, turns: Sequence[Turn], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
         """The text of a conversation and the character spans of its assistant replies (what the loss sees)."""
-        if self.template == "plain":
+        if self.template != "chat":
             return self._render_plain(turns, add_generation_prompt)
-        messages = [{"role": t.role, "content": t.text.replace(DATA_IMAGE_TOKEN, self.image_token)} for t in turns]
+        messages = [{"role": t.role, "content": self._image_text(t.text)} for t in turns]
         spans = []
         for i, turn in enumerate(turns):
             if turn.role == "assistant":
@@ -146,22 +192,17 @@ class Encoder:
         return self._chat(messages, add_generation_prompt), spans
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        """The chat template's text, with each image token expanded to the model's count."""
         if not messages:
             return ""
         if getattr(self.processor, "chat_template", None):
             # A VLM processor's template takes typed content parts (llava-hf's renders images first, for example);
             # the ones VerboVision writes flatten them back into the LM's own template.
             parts = [{"role": m["role"], "content": self._parts(m["content"])} for m in messages]
-            text = self.processor.apply_chat_template(parts, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
-        else:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
-        return text.replace(self.image_token, self.image_token * self.tokens_per_image)
+            return self.processor.apply_chat_template(parts, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _parts(self, text: str) -> list[dict]:
-        pieces = text.split(self.image_token)
+        pieces = text.split(self.image_token) if self.image_token else [text]
         parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
         for piece in pieces[1:]:
             parts.append({"type": "image"})
@@ -170,38 +211,57 @@ class Encoder:
         return parts
 
     def _render_plain(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+        """plain: each prompt turn on its line, then the reply; caption: the last reply alone."""
+        if self.template == "caption":
+            replies = [t for t in turns if t.role == "assistant"][-1:]
+            turns = replies if not add_generation_prompt else []
         text, spans = "", []
         for turn in turns:
             if turn.role == "assistant":
-                reply = turn.text + self.tokenizer.eos_token
+                reply = turn.text + self.end_token
                 spans.append((len(text), len(text) + len(reply)))
                 text += reply
-            else:
-                text += self._expand(turn.text) + "\n"
+            elif line := self._image_text(turn.text):
+                text += line + "\n"
         return text, spans
 
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        labels = [
+        start = list(self.family.text_start)
+        ids = start + enc["input_ids"]
+        labels = [-100] * len(start) + [
             tok if any(s <= a and b <= e for s, e in spans) and b > a else -100
-            for tok, (a, b) in zip(ids, enc["offset_mapping"])
+            for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
         ]
-        expected = self.tokens_per_image * len(record.images)
-        found = sum(1 for i in ids if i == self.image_token_id)
-        if found != expected:
-            raise RecordError(
-                record.source, record.id, IMAGE_TOKENS,
-                f"{found} image tokens after tokenization, expected {expected} "
-                f"({len(record.images)} images x {self.tokens_per_image}); the text may contain the image token itself"
-            )
+        ids, labels = self._expand_images(record, ids, labels)
         if len(ids) > self.max_length:
             ids, labels = self._truncate(record, ids, labels)
         if not for_generation and all(label == -100 for label in labels):
             raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
         return Encoded(record.id, ids, labels, record.images)
+
+    def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        """Each image token replaced by the tokens of its image; families without image tokens take one image."""
+        if self.image_tokens is None:
+            if len(record.images) != 1:
+                raise RecordError(record.source, record.id, IMAGE_TOKENS,
+                                  f"{self.family.name} takes exactly one image per text; the record has "
+                                  f"{len(record.images)}")
+            return ids, labels
+        found = ids.count(self.image_token_id)
+        if found != len(record.images):
+            raise RecordError(record.source, record.id, IMAGE_TOKENS,
+                              f"{found} image tokens in the text for {len(record.images)} images; "
+                              "the text may contain the image token itself")
+        images = iter(record.images)
+        out_ids, out_labels = [], []
+        for tok, label in zip(ids, labels):
+            expansion = self.image_tokens.ids(next(images)) if tok == self.image_token_id else [tok]
+            out_ids.extend(expansion)
+            out_labels.extend([-100] * len(expansion) if tok == self.image_token_id else [label])
+        return out_ids, out_labels
 
     def _truncate(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Cut a too-long example to max_length, text only: image tokens are never cut (the model would then see
@@ -218,8 +278,11 @@ class Encoder:
             raise RecordError(record.source, record.id, TOO_LONG, f"{too_long} and truncating leaves no reply to learn")
         return ids[: self.max_length], kept
 
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    def pixel_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families, plus
+        e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask."""
+        out = self.processor.image_processor(list(images), return_tensors="pt")
+        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -320,9 +383,12 @@ class Collator:
         from .images import processor_side
 
         self.encoder = encoder
-        self.min_side = processor_side(encoder.processor.image_processor) if fast_decode else None
-        """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size."""
+        sized = encoder.image_tokens is not None and encoder.image_tokens.fixed is None
+        self.min_side = processor_side(encoder.processor.image_processor) if fast_decode and not sized else None
+        """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size (not when
+        the image's size sets its token count: a reduced decode would change it)."""
         self.pad_id = encoder.tokenizer.pad_token_id
+        self.token_types = "mm_token_type_ids" in getattr(encoder.processor, "model_input_names", ())
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
@@ -344,7 +410,7 @@ class Collator:
                 skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
         batch = self.pad(kept)
         if images:
-            batch["pixel_values"] = self.encoder.pixel_values(images)  # [n_images, 3, H, W]
+            batch.update(self.encoder.pixel_inputs(images))
         batch["skipped"] = skipped
         return batch
 
@@ -359,7 +425,10 @@ class Collator:
             ids[row, cols] = torch.tensor(example.input_ids)
             labels[row, cols] = torch.tensor(example.labels)
             mask[row, cols] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.token_types:  # Qwen2-VL's rotary positions tell image tokens (1) from text (0)
+            batch["mm_token_type_ids"] = (ids == self.encoder.image_token_id).long()  # [B, T]
+        return batch
 
 
 def iter_batches(examples: Sequence[Encoded], batch_size: int) -> Iterator[list[Encoded]]:

@@ -270,16 +270,18 @@ def record_problem(record: Record, inspect: ImageInspector, encoder: Encoder | N
 
 
 def _encoder(options: CheckOptions) -> Encoder:
-    from transformers import AutoProcessor
+    from transformers import AutoConfig
 
-    from .store import model_metadata
+    from .families import family_of
+    from .store import load_processor, model_metadata
 
     try:
-        processor = AutoProcessor.from_pretrained(options.model)
+        processor = load_processor(options.model)
+        family = family_of(AutoConfig.from_pretrained(options.model))
     except (OSError, ValueError) as e:
         raise VerboError(f"{options.model}: cannot load the model's processor ({e})") from None
     template = options.template or model_metadata(options.model).get("template", "chat")
-    return Encoder(processor, template, options.max_length, truncation="drop")
+    return Encoder(processor, template, options.max_length, truncation="drop", family=family)
 
 
 # ---------------------------------------------------------------------------------------------------- clean

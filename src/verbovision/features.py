@@ -27,6 +27,14 @@ from .store import read_json, write_json
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+CACHED_FAMILIES = ("llava", "cohere2_vision")
+"""Model types whose forward accepts precomputed image features (`mm_encoder_outputs`) with one tensor per image."""
+
+
+def supports_cache(model) -> bool:
+    return model.config.model_type in CACHED_FAMILIES
+
+
 def vlm_core(model):
     """The transformers VLM under any PEFT wrapping (the module holding vision_tower / multi_modal_projector)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -105,14 +107,31 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS, min_side: int 
     """
     if isinstance(source, Image.Image):
         return to_rgb(source)
+    with _opened(source, max_pixels) as image:
+        if min_side:
+            image.draft("RGB", (min_side, min_side))  # a no-op for formats other than JPEG
+        return to_rgb(_decode(image))
+
+
+def image_size(source: ImageSource, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of the image `open_image` gives, from the file's header alone (no pixel is decoded)."""
+    if isinstance(source, Image.Image):
+        return source.size
+    with _opened(source, max_pixels) as image:
+        width, height = image.size
+        quarter_turn = image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)  # EXIF rotations by 90 or 270 degrees
+        return (height, width) if quarter_turn else (width, height)
+
+
+@contextmanager
+def _opened(source: ImageSource, max_pixels: int) -> Iterator[Image.Image]:
+    """The lazily opened image of a file, shard member or bytes; failures become a `DataError` naming the image."""
     name = image_name(source)
     try:
         raw = source if isinstance(source, Path) else io.BytesIO(source.read())
         with Image.open(raw) as image:  # PIL itself refuses images over twice its MAX_IMAGE_PIXELS
             _refuse_huge(image, name, max_pixels)
-            if min_side:
-                image.draft("RGB", (min_side, min_side))  # a no-op for formats other than JPEG
-            return to_rgb(_decode(image))
+            yield image
     except FileNotFoundError:
         raise DataError(f"{name}: image not found") from None
     except Image.DecompressionBombError as e:

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
 from .errors import DataError
+from .families import family_of
 from .store import load_model, model_metadata
 
 CAPTION_PROMPT = "Describe the image briefly."
@@ -113,7 +114,9 @@ class VLM:
 
     def _attach(self, path: str, model, processor, metadata: dict) -> None:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
-        self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30)
+        self.family = family_of(model.config)
+        self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
+                               family=self.family)
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
@@ -187,8 +190,8 @@ class VLM:
         batch.pop("labels")
         images = [load_image(image) for record in records for image in record.images]
         if images:
-            batch["pixel_values"] = self.encoder.pixel_values(images)
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch.update(self.encoder.pixel_inputs(images))
+        batch = self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
         decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         tracker = _ReplyTracker([_Reply(decode, o, self.eos_ids) for o in options], on_text)
         kwargs = options[0].generate_kwargs()
@@ -198,8 +201,9 @@ class VLM:
         if options[0].seed is not None:
             torch.manual_seed(options[0].seed)
         out = self.model.generate(**batch, **kwargs)  # [B, T + new]
+        prompt_length = max(len(e.input_ids) for e in encoded)
         if options[0].beams > 1:
-            for column in out[:, batch["input_ids"].shape[1] :].T.tolist():
+            for column in out[:, prompt_length:].T.tolist():
                 tracker.step(column)
         tracker.close()
         return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)

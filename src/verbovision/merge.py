@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from .errors import VerboError
+from .families import family_of
 from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
 
 DEFAULT_TOLERANCE = 1e-4
@@ -39,13 +41,15 @@ class MergeReport:
         )
 
 
-def probe_batch(processor, device, seed: int = 0) -> dict:
-    """A deterministic image + prompt batch in the model's own input format."""
+def probe_batch(model, processor, device, seed: int = 0) -> dict:
+    """A deterministic image + prompt + reply as the model's forward arguments, encoded as training encodes them."""
     rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    prompt = processor.image_token + "\nDescribe the image."
-    batch = processor(images=[image], text=[prompt], return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    image = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
+    turns = [Turn("user", f"{DATA_IMAGE_TOKEN}\nDescribe the image."), Turn("assistant", "A probe reply.")]
+    family = family_of(model.config)
+    encoder = Encoder(processor, "plain", max_length=1 << 30, family=family)
+    batch = Collator(encoder)([encoder.encode(Record("probe", [image], turns, "merge probe"))])
+    return family.model_inputs({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
 
 
 @torch.no_grad()
@@ -70,7 +74,7 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     from .build import save_model
 
     device = next(peft_model.parameters()).device
-    batch = probe_batch(processor, device)
+    batch = probe_batch(peft_model, processor, device)
     was_training = peft_model.training
     peft_model.eval()
     before = logits_of(peft_model, batch)

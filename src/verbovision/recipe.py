@@ -19,7 +19,8 @@ from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
 from .data import TRUNCATION, Source
 from .errors import ConfigError
 
-TRAINABILITY = ("frozen", "full", "lora")
+TEMPLATES = ("chat", "plain", "caption")
+TRAINABILITY = ("frozen", "full", "lora", "cross_attention")
 # best_metric name -> the corpus score it reads (from verbovision.evaluate.score)
 BEST_METRICS = {"val_loss": "val_loss", "cider": "CIDEr", "bleu": "Bleu_4", "rouge_l": "ROUGE_L", "meteor": "METEOR",
                 "exact_match": "exact_match", "vqa": "vqa", "numeric": "numeric", "choice": "choice"}
@@ -64,9 +65,11 @@ class Stage:
     data: StageData = field(default_factory=StageData)
     """Training and validation sources."""
     template: str = "chat"
-    """chat (the LM's chat template) or plain (prompt then reply, for caption pretraining)."""
+    """chat (the model's chat template), plain (prompt then reply, for caption pretraining) or caption (the reply
+    alone, no prompt: how image captioners such as GIT and ViT-GPT2 are trained)."""
     train: dict[str, str] = field(default_factory=lambda: {"vision": "frozen", "connector": "full", "language": "full"})
-    """Per component (vision, connector, language): frozen, full, lora, or last:N (the last N layers train)."""
+    """Per component (vision, connector, language): frozen, full, lora, last:N (the last N layers train), or
+    cross_attention (an encoder-decoder's decoder cross-attention only)."""
     lora: LoraSpec = field(default_factory=LoraSpec)
     """LoRA settings for the `lora` components."""
     lr: float = 1e-4
@@ -230,8 +233,8 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.type: {stage.type!r} unknown; supported: {', '.join(STAGE_TYPES)}")
     if stage.type == "scst":
         _check_scst(stage, where)
-    if stage.template not in ("chat", "plain"):
-        raise ConfigError(f"{where}.template: {stage.template!r} unknown; use chat or plain")
+    if stage.template not in TEMPLATES:
+        raise ConfigError(f"{where}.template: {stage.template!r} unknown; use {', '.join(TEMPLATES)}")
     if stage.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"{where}.schedule: {stage.schedule!r} unknown; use cosine, linear or constant")
     if stage.truncation not in TRUNCATION:
@@ -242,7 +245,7 @@ def _check_stage(stage: Stage, where: str) -> None:
         if component not in COMPONENTS:
             raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
         if mode not in TRAINABILITY and not (mode.startswith("last:") and mode[5:].isdigit()):
-            raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora or last:N")
+            raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora, last:N or cross_attention")
     if stage.merge and "lora" not in stage.train.values():
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
     if stage.best_metric not in BEST_METRICS:

@@ -209,7 +209,7 @@ class ScstSteps:
         batch.pop("labels")
         flat = [image for record_images in images for image in record_images]
         if flat:
-            pixels = self.encoder.pixel_values(flat)  # [n_images, 3, H, W]
+            pixels = self.encoder.pixel_inputs(flat)["pixel_values"]  # [n_images, 3, H, W]
             first = np.cumsum([0] + [len(i) for i in images])
             rows = [int(first[i]) + j for i, record_images in enumerate(images) for _ in range(repeat)
                     for j in range(len(record_images))]

@@ -100,7 +100,67 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         model = PeftModel.from_pretrained(base, path_str)
     else:
         model = AutoModelForImageTextToText.from_pretrained(path_str, dtype=dtype or torch.float32)
-        processor = AutoProcessor.from_pretrained(path_str)
+        processor = load_processor(path_str)
     model.to(device or default_device())
     model.eval()
     return model, processor
+
+
+def load_processor(path: str | Path):
+    """The model's processor (image processor + tokenizer), also for checkpoints that save the two separately.
+
+    VisionEncoderDecoder checkpoints such as nlpconnect/vit-gpt2-image-captioning have no processor class of their
+    own: their image processor and tokenizer are paired in a stock `VisionTextDualEncoderProcessor`. A tokenizer
+    without a padding token (GPT-2's) pads with its EOS, which the labels mask anyway.
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionTextDualEncoderProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(path))
+    except (ImportError, AttributeError) as e:
+        processor = _images_only_processor(str(path), e)
+    if not hasattr(processor, "tokenizer"):
+        processor = VisionTextDualEncoderProcessor(AutoImageProcessor.from_pretrained(str(path)),
+                                                   AutoTokenizer.from_pretrained(str(path)))
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def _images_only_processor(path: str, error: Exception):
+    """The model's processor class without its video processor, which transformers cannot build without torchvision
+    (Qwen2-VL's, for one). VerboVision handles images only; `save_processor` writes such a processor back whole."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers.models.auto.processing_auto import processor_class_from_name
+    from transformers.utils import cached_file
+
+    config_file = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    name = read_json(config_file, {}).get("processor_class") if config_file else None
+    cls = processor_class_from_name(name) if name else None
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise error
+
+    class ImagesOnly(cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return None if argument_name == "video_processor" and argument is None else \
+                super().check_argument_for_proper_class(argument_name, argument)
+
+    template_file = cached_file(path, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
+    processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
+                           tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+                           chat_template=Path(template_file).read_text(encoding="utf-8") if template_file else None)
+    processor.source_config = Path(config_file)
+    return processor
+
+
+def save_processor(processor, out: str | Path) -> None:
+    """Save a processor; one loaded without its video processor gets its original processor_config.json back, so
+    that it loads whole wherever torchvision is installed."""
+    if getattr(processor, "video_processor", False) is not None:
+        processor.save_pretrained(out)
+        return
+    processor.image_processor.save_pretrained(out)
+    processor.tokenizer.save_pretrained(out)
+    if processor.chat_template:
+        write_atomic(Path(out) / "chat_template.jinja", processor.chat_template)
+    write_atomic(Path(out) / "processor_config.json", processor.source_config.read_bytes())

@@ -39,7 +39,8 @@ from .data import (
     read_records,
     skip_reason,
 )
-from .features import FeatureCache, image_encoder_outputs
+from .families import family_of
+from .features import FeatureCache, image_encoder_outputs, supports_cache
 from .errors import ConfigError
 from .merge import merge_verified
 from .recipe import BEST_METRICS, Recipe, Stage, to_dict
@@ -50,6 +51,7 @@ from .store import (
     load_model,
     read_json,
     replace_dir,
+    save_processor,
     write_atomic,
     write_json,
 )
@@ -169,7 +171,7 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation)
+    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
@@ -262,6 +264,10 @@ def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips:
     # SCST generates, and generation runs the vision tower on pixels: cached features would go unused.
     if not stage.feature_cache or stage.type == "scst" or stage.train.get("vision", "frozen") != "frozen":
         return None
+    if not supports_cache(model):
+        print(f"feature cache: not available for {model.config.model_type} models; vision features are computed "
+              "every step")
+        return None
     cache = FeatureCache(run_dir / "feature_cache", model, processor, stage.feature_cache_dtype)
     failed = cache.ensure([p for examples, _ in sources for e in examples for p in e.images])
     for examples, _ in sources:
@@ -301,7 +307,8 @@ def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
     if "image_features" in batch:
         inputs["mm_encoder_outputs"] = image_encoder_outputs(model, batch["image_features"].to(device))
     labels = batch["labels"].to(device)
-    logits = model(**inputs).logits  # [B, T, V]
+    family = family_of(model.config)
+    logits = family.text_logits(model(**family.model_inputs(inputs)).logits, labels.shape[1])  # [B, T, V]
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
     )
@@ -377,7 +384,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
         return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
     adapter_dir = stage_dir / "adapter"
     model.save_pretrained(adapter_dir)
-    processor.save_pretrained(adapter_dir)
+    save_processor(processor, adapter_dir)
     write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
                                                 "stage": stage.name})
     write_json(adapter_dir / MODEL_METADATA, metadata)

@@ -1,8 +1,5 @@
-"""What trains in a stage: per component frozen / full / lora / last:N, and the optimizer's parameter groups.
-
-Components are named by module prefix so one rule serves every VLM that keeps transformers' usual layout
-(`model.vision_tower`, `model.multi_modal_projector`, `model.language_model`, `lm_head`).
-"""
+"""What trains in a stage: per component frozen / full / lora / last:N / cross_attention, and the optimizer's
+parameter groups. Components are found by module name in every family (see families.Components)."""
 
 from __future__ import annotations
 
@@ -13,71 +10,76 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .errors import ConfigError
+from .families import CROSS_ATTENTION_MODULES, Components
 from .recipe import COMPONENTS, Stage
 
-COMPONENT_PREFIXES = {
-    "vision": ("model.vision_tower",),
-    "connector": ("model.multi_modal_projector",),
-    "language": ("model.language_model", "lm_head"),
-}
-_PEFT_PREFIX = "base_model.model."
-
-
-def component_of(name: str) -> str | None:
-    name = name.removeprefix(_PEFT_PREFIX)
-    for component, prefixes in COMPONENT_PREFIXES.items():
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            return component
-    return None
-
-
-def _check_layout(model: nn.Module) -> None:
-    names = {n for n, _ in model.named_modules()}
-    missing = [p for prefixes in COMPONENT_PREFIXES.values() for p in prefixes if p not in names]
-    if missing:
-        raise ConfigError(f"{type(model).__name__}: per-component training needs modules {missing}, not found")
-
-
-def last_layers(model: nn.Module, component: str, n: int) -> list[str]:
-    """Module names of the last `n` blocks of a component (its longest ModuleList) plus norms after them."""
-    prefix = COMPONENT_PREFIXES[component][0]
-    lists = [(name, m) for name, m in model.named_modules() if name.startswith(prefix) and isinstance(m, nn.ModuleList)]
+def last_layers(model: nn.Module, components: Components, component: str, n: int) -> list[str]:
+    """Module names of the last `n` blocks of a component (its longest ModuleList) plus the norms after them."""
+    modules = components.modules(model, component)  # in registration order: embeddings, blocks, final norm
+    lists = [(name, m) for name, m in modules if isinstance(m, nn.ModuleList)]
     if not lists:
         raise ConfigError(f"{component}: no layer list found for last:{n}")
     list_name, layers = max(lists, key=lambda item: len(item[1]))
     if n > len(layers):
         raise ConfigError(f"{component}: last:{n} but the component has {len(layers)} layers")
     blocks = [f"{list_name}.{i}" for i in range(len(layers) - n, len(layers))]
-    norms = [name for name, m in model.named_modules()
-             if name.startswith(prefix) and not name.startswith(list_name) and "norm" in name.split(".")[-1].lower()
-             and not any(True for _ in m.children())]
+    after = [name for name, _ in modules].index(list_name)
+    norms = [name for name, m in modules[after:]
+             if not name.startswith(list_name + ".") and "norm" in type(m).__name__.lower()]
     return blocks + norms
 
 
-def lora_targets(model: nn.Module, components: list[str], target) -> list[str]:
+def cross_attention(model: nn.Module, components: Components, component: str) -> list[str]:
+    """Module names of a component's cross-attention (and its norms), for `cross_attention` training."""
+    names = [name for name, _ in components.modules(model, component) if name.split(".")[-1] in CROSS_ATTENTION_MODULES]
+    if not names:
+        raise ConfigError(f"{component}: no cross-attention modules (only encoder-decoder models have them)")
+    return names
+
+
+def lora_targets(model: nn.Module, components: Components, trained: list[str], target) -> list[str]:
     """Full names of the linear layers LoRA wraps in the given components (never the output head)."""
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, Conv1D)) or component_of(name) not in components or name == "lm_head":
+        if not isinstance(module, (nn.Linear, Conv1D)) or components.of(name) not in trained:
+            continue
+        if name.split(".")[-1] in _OUTPUT_HEADS:
             continue
         if target == "all-linear" or name.split(".")[-1] in target:
             names.append(name)
     if not names:
-        raise ConfigError(f"lora: no linear layers match target {target!r} in {components}")
+        raise ConfigError(f"lora: no linear layers match target {target!r} in {trained}")
     return names
+
+
+_OUTPUT_HEADS = ("lm_head", "output")
+"""Output projections over the vocabulary: LoRA never wraps them (PEFT's all-linear leaves them out too)."""
+
+
+def _modules_for(model: nn.Module, components: Components, component: str, mode: str) -> list[str]:
+    """The modules a full / last:N / cross_attention mode trains."""
+    if mode == "full":
+        return list(components.prefixes[component])
+    if mode.startswith("last:"):
+        return last_layers(model, components, component, int(mode[5:]))
+    if mode == "cross_attention":
+        return cross_attention(model, components, component)
+    return []
 
 
 def configure_trainable(model: nn.Module, stage: Stage):
     """Freeze and unfreeze per component; wrap with PEFT when a component uses LoRA. Returns (model, uses_lora)."""
-    _check_layout(model)
+    components = Components(model)
     modes = {c: stage.train.get(c, "frozen") for c in COMPONENTS}
+    for component, mode in modes.items():
+        if mode != "frozen" and not components.prefixes[component]:
+            raise ConfigError(f"train.{component}: {mode}, but {type(model).__name__} has no {component} component")
     model.requires_grad_(False)
-    full = [p for c, mode in modes.items() if mode == "full" for p in COMPONENT_PREFIXES[c]]
-    partial = [m for c, mode in modes.items() if mode.startswith("last:") for m in last_layers(model, c, int(mode[5:]))]
+    trained = [m for c, mode in modes.items() for m in _modules_for(model, components, c, mode)]
     lora_components = [c for c, mode in modes.items() if mode == "lora"]
     if not lora_components:
         for name, param in model.named_parameters():
-            if any(name == m or name.startswith(m + ".") for m in full + partial):
+            if any(name == m or name.startswith(m + ".") for m in trained):
                 param.requires_grad_(True)
         _report_nothing_trains(model)
         return model, False
@@ -90,8 +92,8 @@ def configure_trainable(model: nn.Module, stage: Stage):
         r=stage.lora.r,
         lora_alpha=stage.lora.alpha,
         lora_dropout=stage.lora.dropout,
-        target_modules=lora_targets(model, lora_components, stage.lora.target),
-        modules_to_save=(full + partial) or None,
+        target_modules=lora_targets(model, components, lora_components, stage.lora.target),
+        modules_to_save=trained or None,
     )
     model = get_peft_model(model, config)
     _report_nothing_trains(model)
@@ -105,10 +107,11 @@ def _report_nothing_trains(model: nn.Module) -> None:
 
 def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
     """AdamW groups: per component learning rate; no weight decay on biases and norms (1-D tensors)."""
+    components = Components(model)
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            component = component_of(name) or "language"
+            component = components.of(name) or "language"
             groups.setdefault((component, param.ndim >= 2), []).append(param)
     lrs = {"vision": stage.lr_vision, "connector": stage.lr_connector, "language": stage.lr_language}
     return [

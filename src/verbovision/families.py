@@ -1,0 +1,104 @@
+"""What differs between VLM families, in one place: where a model takes its images, what every text starts with, how
+a batch becomes the model's forward arguments, and which modules are its vision / connector / language components.
+
+Three ways of taking images cover the families VerboVision fine-tunes:
+
+| images         | families                                              | the text holds                          |
+|----------------|-------------------------------------------------------|-----------------------------------------|
+| `image-tokens` | Llava, Idefics3/SmolVLM, Qwen2-VL, Cohere2Vision, ... | placeholder tokens the features replace |
+| `prefix`       | GIT                                                   | nothing: features are prepended         |
+| `encoder`      | VisionEncoderDecoder (ViT + GPT-2...)                 | nothing: the decoder cross-attends      |
+
+Components are found by module name, so any family that keeps transformers' usual names works without a table entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+IMAGES_IN_TEXT, PREFIX, ENCODER = "image-tokens", "prefix", "encoder"
+
+COMPONENT_MODULES = {
+    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder"),
+    "connector": ("model.multi_modal_projector", "model.connector", "model.visual.merger", "git.visual_projection",
+                  "enc_to_dec_proj"),
+    "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
+                 "decoder"),
+}
+"""Where each component lives, across families (transformers v5 module names; the longest matching prefix wins, so
+Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower)."""
+
+CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
+"""Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
+
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """The model's config.model_type."""
+    images: str
+    """How the model takes images: IMAGES_IN_TEXT, PREFIX or ENCODER (see the table above)."""
+    text_start: tuple[int, ...] = ()
+    """Token ids every text starts with: GIT's [CLS], an encoder-decoder's decoder start token."""
+
+    def model_inputs(self, batch: dict) -> dict:
+        """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
+        if self.images != ENCODER:
+            return batch
+        renamed = {"input_ids": "decoder_input_ids", "attention_mask": "decoder_attention_mask"}
+        return {renamed.get(k, k): v for k, v in batch.items()}
+
+    def text_logits(self, logits: torch.Tensor, n_text: int) -> torch.Tensor:
+        """The logits of the text positions: GIT's forward returns the image positions' logits first."""
+        return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V]
+
+
+IMAGE_TOKEN_FAMILY = Family("image-text-to-text", IMAGES_IN_TEXT)
+"""Most VLMs: Llava, Idefics3/SmolVLM, Qwen2-VL, Cohere2Vision, PaliGemma, Gemma3..."""
+
+
+def family_of(config) -> Family:
+    """The family of a model config (a transformers PretrainedConfig)."""
+    kind = config.model_type
+    if kind == "git":
+        return Family(kind, PREFIX, (config.bos_token_id,))
+    if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
+        start = config.decoder_start_token_id
+        if start is None:
+            raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
+        return Family(kind, ENCODER, (start,))
+    return Family(kind, IMAGES_IN_TEXT)
+
+
+def strip_peft(name: str) -> str:
+    return name.removeprefix(_PEFT_PREFIX)
+
+
+class Components:
+    """Which of a model's modules make up its vision, connector and language components."""
+
+    def __init__(self, model: nn.Module):
+        names = {strip_peft(n) for n, _ in model.named_modules()}
+        self.prefixes = {c: tuple(p for p in candidates if p in names) for c, candidates in COMPONENT_MODULES.items()}
+        missing = [c for c in ("vision", "language") if not self.prefixes[c]]
+        if missing:
+            top = sorted({n.split(".")[0] for n in names if n})
+            raise ConfigError(f"{type(model).__name__}: cannot find its {' and '.join(missing)} component "
+                              f"(top-level modules: {top}); per-component training needs transformers' usual names")
+        self._by_length = sorted(((p, c) for c, ps in self.prefixes.items() for p in ps), key=lambda x: -len(x[0]))
+
+    def of(self, name: str) -> str | None:
+        """The component a module or parameter name belongs to (None for modules outside all three)."""
+        name = strip_peft(name)
+        return next((c for p, c in self._by_length if name == p or name.startswith(p + ".")), None)
+
+    def modules(self, model: nn.Module, component: str):
+        """(name, module) of every module inside a component."""
+        return [(n, m) for n, m in model.named_modules() if self.of(n) == component]
