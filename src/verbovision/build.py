@@ -43,6 +43,7 @@ from transformers import (
     SwinConfig,
     ViTConfig,
     ViTImageProcessor,
+    VisionEncoderDecoderModel,
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
@@ -130,6 +131,8 @@ _CLS_ENCODERS = {"clip_vision_model", "vit", "dinov2", "dinov3_vit", "deit"}
 def vision_config(spec: VisionSpec):
     if spec.name:
         config = AutoConfig.from_pretrained(spec.name)
+        if config.model_type == "vision-encoder-decoder":  # e.g. the ViT of a trained ViT-GPT2 captioner
+            return config.encoder
         return getattr(config, "vision_config", None) or config
     if spec.arch == "swin":
         return _swin_config(spec)
@@ -283,6 +286,8 @@ def make_processor(spec: ModelSpec, model: PreTrainedModel, image_processor, tok
 
 
 def _load_pretrained_vision(spec: VisionSpec, vcfg) -> PreTrainedModel:
+    if AutoConfig.from_pretrained(spec.name).model_type == "vision-encoder-decoder":
+        return VisionEncoderDecoderModel.from_pretrained(spec.name).encoder
     # Resolving the class from the vision sub-config loads only the encoder out of a full CLIP/SigLIP checkpoint.
     return MODEL_MAPPING[type(vcfg)].from_pretrained(spec.name)
 

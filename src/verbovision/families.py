@@ -52,7 +52,8 @@ class Family:
         """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
         if self.images != ENCODER:
             return batch
-        renamed = {"input_ids": "decoder_input_ids", "attention_mask": "decoder_attention_mask"}
+        renamed = {"input_ids": "decoder_input_ids", "attention_mask": "decoder_attention_mask",
+                   "position_ids": "decoder_position_ids"}
         return {renamed.get(k, k): v for k, v in batch.items()}
 
     def text_logits(self, logits: torch.Tensor, n_text: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .data import Collator, Encoded, SkipLog, load_image, read_records, skip_reason
 from .errors import DataError
+from .families import IMAGES_IN_TEXT
 from .infer import eos_token_ids
 from .metrics import CiderD, bleu, ptb_tokenize
 from .recipe import Recipe, Stage
@@ -131,6 +132,7 @@ class ScstSteps:
     def __init__(self, recipe: Recipe, stage: Stage, setup: StageSetup, device):
         self.stage, self.setup, self.device = stage, setup, device
         self.model, self.encoder = setup.model, setup.collator.encoder
+        self.family = self.encoder.family
         self.prompts = Collator(self.encoder, pad_left=True)  # generation continues the prompts: pad them on the left
         self.pad_id = self.encoder.tokenizer.pad_token_id
         self.eos_ids = eos_token_ids(self.model, setup.processor)
@@ -182,15 +184,22 @@ class ScstSteps:
                        float(sample_rewards.mean()), float(greedy_rewards.mean()))
 
     def loss(self, rollout: Rollout, n_tokens: int) -> torch.Tensor:
-        # Only the reply's logits are needed: the full [N, P+L, V] tensor would not fit for a real vocabulary.
-        keep = rollout.tokens.shape[1] + 1
-        logits = self.model(**rollout.inputs, logits_to_keep=keep).logits  # [B*K, L+1, V]
+        logits = self._reply_logits(self.model, rollout)  # [B*K, L+1, V]
         reference_logits = None
         if self.reference is not None:
             with torch.no_grad():
-                reference_logits = self.reference(**rollout.inputs, logits_to_keep=keep).logits  # [B*K, L+1, V]
+                reference_logits = self._reply_logits(self.reference, rollout)  # [B*K, L+1, V]
         return policy_loss(logits, rollout.tokens, rollout.mask, rollout.advantage, n_tokens,
                            self.stage.scst_entropy, reference_logits, self.stage.scst_kl)
+
+    def _reply_logits(self, model, rollout: Rollout) -> torch.Tensor:
+        """The logits of the last L+1 positions, where the reply is predicted."""
+        keep = rollout.tokens.shape[1] + 1
+        inputs = self.family.model_inputs(rollout.inputs)
+        if self.family.images == IMAGES_IN_TEXT:
+            # Only the reply's logits are needed: the full [N, P+L, V] tensor would not fit for a real vocabulary.
+            return model(**inputs, logits_to_keep=keep).logits  # [B*K, L+1, V]
+        return model(**inputs).logits[:, -keep:]  # GIT and encoder-decoders take no logits_to_keep
 
     def _loaded(self, examples: list[ScstExample], state: TrainState) -> tuple[list[ScstExample], list[list]]:
         """The examples whose images load, with their images; the others are recorded as skipped, as SFT does."""
@@ -219,8 +228,9 @@ class ScstSteps:
     def _generate(self, inputs: dict, **kwargs) -> torch.Tensor:
         """The generated reply tokens [N, L] (the prompt cut off), padded after each row's EOS."""
         # An image token in a reply would ask the loss's forward pass for image features the batch does not have.
-        out = self.model.generate(**inputs, max_new_tokens=self.stage.scst_max_new_tokens, num_beams=1,
-                                  pad_token_id=self.pad_id, suppress_tokens=[self.encoder.image_token_id],
+        suppress = [] if self.encoder.image_token_id is None else [self.encoder.image_token_id]
+        out = self.model.generate(**self.family.model_inputs(inputs), max_new_tokens=self.stage.scst_max_new_tokens,
+                                  num_beams=1, pad_token_id=self.pad_id, suppress_tokens=suppress,
                                   **kwargs)  # [N, P+L]
         return out[:, inputs["input_ids"].shape[1] :]
 
