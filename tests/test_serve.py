@@ -147,6 +147,11 @@ def test_sampling_n_seed_and_stop(client, model_dir, shape_uri):
     assert greedy, "the tiny model should say something"
     stopped = ask(stop=[greedy[0]])
     assert stopped.choices[0].message.content == "" and stopped.choices[0].finish_reason == "stop"
+    # decoding options beyond OpenAI's, as extra body fields (vLLM's names): one beam is greedy
+    assert ask(extra_body={"num_beams": 1, "length_penalty": 2.0}).choices[0].message.content == greedy
+    beams = ask(max_tokens=6, extra_body={"num_beams": 3, "early_stopping": True, "no_repeat_ngram_size": 2,
+                                          "min_tokens": 2})
+    assert beams.usage.completion_tokens >= 2
 
 
 def test_streaming_matches_the_plain_reply(client, model_dir, shape_uri):
@@ -174,6 +179,7 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         (openai.BadRequestError, 400, "context_length_exceeded", dict(messages=text("red " * 400))),
         (openai.BadRequestError, 400, "temperature", dict(messages=ask(shape_uri), temperature=5)),
         (openai.BadRequestError, 400, "max_tokens", dict(messages=ask(shape_uri), max_tokens=100_000)),
+        (openai.BadRequestError, 400, "num_beams", dict(messages=ask(shape_uri), extra_body={"num_beams": 99})),
         (openai.NotFoundError, 404, "model_not_found", dict(messages=ask(shape_uri), model="gpt-4o")),
         (openai.APIStatusError, 413, "request_too_large", dict(messages=text("x" * 1_200_000))),
     ]

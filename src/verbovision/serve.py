@@ -127,6 +127,10 @@ def _param(body: dict, name: str, kind: type, rule: str, ok=lambda value: True, 
     return value
 
 
+MAX_BEAMS = 8
+"""Widest beam search a request may ask for (`num_beams`): each beam costs a full row of the batch."""
+
+
 def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     """Check a chat completion request's parameters against the OpenAI API and this server's limits."""
     from .infer import DecodeOptions
@@ -152,6 +156,14 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
                                   defaults.repetition_penalty),
         seed=_param(body, "seed", int, "an integer", default=defaults.seed),
         stop=_stop_strings(body.get("stop")),
+        # Beyond OpenAI's parameters, with vLLM's names where it has them:
+        beams=_param(body, "num_beams", int, f"an integer in 1..{MAX_BEAMS}", lambda v: 1 <= v <= MAX_BEAMS,
+                     defaults.beams),
+        length_penalty=_param(body, "length_penalty", float, "a number", default=defaults.length_penalty),
+        early_stopping=_param(body, "early_stopping", bool, "true or false", default=defaults.early_stopping),
+        no_repeat_ngram_size=_param(body, "no_repeat_ngram_size", int, "a positive integer", lambda v: v > 0,
+                                    defaults.no_repeat_ngram_size),
+        min_new_tokens=_param(body, "min_tokens", int, "an integer >= 0", lambda v: v >= 0, defaults.min_new_tokens),
     )
     if options.temperature == 0:  # OpenAI's way to ask for greedy decoding
         options = replace(options, temperature=None, top_p=None, top_k=None)
