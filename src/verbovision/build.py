@@ -47,7 +47,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .errors import ConfigError
+from .errors import ConfigError, VerboError
+from .quantize import is_quantized
 from .store import MODEL_METADATA, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
@@ -338,6 +339,8 @@ def _copy_language_model(model: PreTrainedModel, name: str) -> None:
 def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path, metadata: dict | None = None) -> Path:
     """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them."""
     out = Path(out)
+    if is_quantized(model):
+        raise VerboError(f"{out}: a model quantized for inference cannot be saved as a checkpoint; save the float one")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     save_processor(processor, out)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .cli import _decode_args, _decode_options
+from .cli import _decode_args, _decode_options, load_vlm
 from .errors import DataError
 from .predict import subcommand
 
@@ -164,7 +164,5 @@ def add_command(subparsers) -> None:
 
 
 def cmd_chat(args) -> None:
-    from .infer import VLM
-
-    session = ChatSession(VLM(args.model, device=args.device), _decode_options(args), args.image, args.system)
+    session = ChatSession(load_vlm(args), _decode_options(args), args.image, args.system)
     repl(session, sys.stdin, sys.stdout, sys.stderr)

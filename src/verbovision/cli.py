@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from .errors import VerboError
+from .quantize import QUANTIZATION
 
 
 def _quiet_libraries() -> None:
@@ -41,6 +42,16 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="seed for reproducible sampling")
     group.add_argument("--batch-size", type=int, default=16)
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    group.add_argument("--quantize", choices=QUANTIZATION, default="none",
+                       help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
+                            "on a CUDA GPU (pip install bitsandbytes)")
+
+
+def load_vlm(args):
+    """The model a generation command names, on its --device, quantized as asked."""
+    from .infer import VLM
+
+    return VLM(args.model, device=args.device, quantize=args.quantize)
 
 
 def _decode_options(args):
@@ -116,7 +127,8 @@ def cmd_eval(args) -> None:
 
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
-                      args.batch_size, args.format, device=args.device)
+                      args.batch_size, args.format, device=args.device,
+                      quantize=args.quantize)
     _print_scores(result)
     print(f"predictions and report: {out}")
 
@@ -137,18 +149,14 @@ def _print_scores(result) -> None:
 
 
 def cmd_caption(args) -> None:
-    from .infer import VLM
-
-    vlm = VLM(args.model, device=args.device)
+    vlm = load_vlm(args)
     captions = vlm.caption(args.images, prompt=args.prompt, options=_decode_options(args), batch_size=args.batch_size)
     for image, caption in zip(args.images, captions):
         print(f"{image}\t{caption}")
 
 
 def cmd_ask(args) -> None:
-    from .infer import VLM
-
-    print(VLM(args.model, device=args.device).ask(args.image, args.question, _decode_options(args)))
+    print(load_vlm(args).ask(args.image, args.question, _decode_options(args)))
 
 
 # ------------------------------------------------------------------------------------------------ parser

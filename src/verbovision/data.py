@@ -105,6 +105,8 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     images: list
+    segments: list[int] | None = None
+    """For a packed row (`pack_examples`): the lengths of the samples it holds, in order."""
 
 
 TRUNCATION = ("drop", "truncate")
@@ -426,9 +428,55 @@ class Collator:
             labels[row, cols] = torch.tensor(example.labels)
             mask[row, cols] = 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if any(e.segments for e in examples):
+            # Packed rows: positions restart at 0 for every sample, and without an attention mask transformers
+            # reads those restarts as sample boundaries (block-diagonal causal attention). The padding is a sample
+            # of its own, attended by nothing else.
+            del batch["attention_mask"]
+            batch["position_ids"] = torch.stack([segment_positions((e.segments or [len(e.input_ids)])
+                                                                   + [width - len(e.input_ids)]) for e in examples])
         if self.token_types:  # Qwen2-VL's rotary positions tell image tokens (1) from text (0)
             batch["mm_token_type_ids"] = (ids == self.encoder.image_token_id).long()  # [B, T]
         return batch
+
+
+def segment_positions(lengths: Sequence[int]) -> torch.Tensor:
+    """Position ids restarting at 0 for each segment: [3, 2] -> [0, 1, 2, 0, 1]."""
+    return torch.cat([torch.arange(n) for n in lengths])  # [sum(lengths)]
+
+
+def pack_examples(examples: Sequence[Encoded], budget: int) -> list[Encoded]:
+    """Consecutive examples joined into rows of at most `budget` tokens (a longer example gets a row alone).
+
+    Each sample's first label is masked: unpacked, position 0 is never predicted; packed, the previous sample's last
+    token would otherwise be trained to predict it.
+    """
+    rows, current = [], []
+    for example in examples:
+        if current and sum(len(e.input_ids) for e in current) + len(example.input_ids) > budget:
+            rows.append(_join(current))
+            current = []
+        current.append(example)
+    if current:
+        rows.append(_join(current))
+    return rows
+
+
+def _join(examples: list[Encoded]) -> Encoded:
+    return Encoded("+".join(e.record_id for e in examples), [t for e in examples for t in e.input_ids],
+                   [label for e in examples for label in [-100, *e.labels[1:]]], [p for e in examples for p in e.images],
+                   [len(e.input_ids) for e in examples])
+
+
+def length_grouped(examples: Sequence[Encoded], batch_size: int, seed: int, window: int = 64) -> list[Encoded]:
+    """Examples reordered so that each batch holds similar lengths: within windows of `window` batches, sorted by
+    length; then the batches shuffled, so the order of lengths is random (as in transformers' LengthGroupedSampler)."""
+    span = batch_size * window
+    ordered = [e for start in range(0, len(examples), span)
+               for e in sorted(examples[start : start + span], key=lambda e: len(e.input_ids), reverse=True)]
+    batches = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return [e for batch in batches for e in batch]
 
 
 def iter_batches(examples: Sequence[Encoded], batch_size: int) -> Iterator[list[Encoded]]:

@@ -101,8 +101,8 @@ class Generation:
 class VLM:
     """A loaded model + processor that captions, answers and chats, in batches."""
 
-    def __init__(self, path: str | Path, device: str | None = None):
-        model, processor = load_model(path, device=device)
+    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none"):
+        model, processor = load_model(path, device=device, quantize=quantize)
         self._attach(str(path), model, processor, model_metadata(path))
 
     @classmethod

@@ -17,6 +17,7 @@ from PIL import Image
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from .errors import VerboError
 from .families import family_of
+from .quantize import is_quantized
 from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
 
 DEFAULT_TOLERANCE = 1e-4
@@ -57,6 +58,15 @@ def logits_of(model, batch: dict) -> torch.Tensor:
     return model(**batch).logits.float()
 
 
+def refuse_quantized(model) -> None:
+    """Merging into quantized weights would round the adapter's update away (and save a checkpoint whose weights are
+    neither the base's nor base + adapter): merge onto the full-precision base, then quantize the merged model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if is_quantized(base) or getattr(base.config, "quantization_config", None):
+        raise VerboError("refusing to merge onto a quantized base: the adapter's update would be rounded into "
+                         "quantized weights; load the base in full precision, merge, then quantize the merged model")
+
+
 def resolve_adapter(path: str | Path) -> Path:
     """An adapter directory, or the last adapter of a training run."""
     path = Path(path)
@@ -73,6 +83,7 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     """Merge an in-memory PEFT model, save it, and check logits before, after and after reload."""
     from .build import save_model
 
+    refuse_quantized(peft_model)
     device = next(peft_model.parameters()).device
     batch = probe_batch(peft_model, processor, device)
     was_training = peft_model.training
@@ -98,8 +109,6 @@ def merge_adapter(adapter_or_run: str | Path, out: str | Path, tolerance: float 
     adapter = resolve_adapter(adapter_or_run)
     base = adapter_base(adapter)
     peft_model, processor = load_model(adapter)
-    if getattr(peft_model, "is_loaded_in_4bit", False) or getattr(peft_model, "is_loaded_in_8bit", False):
-        raise VerboError("refusing to merge onto a quantized base: load the base in full precision")
     metadata = {**model_metadata(adapter), "base_model": base, "adapter": str(adapter)}
     _, report = merge_verified(peft_model, processor, out, base, str(adapter), metadata, tolerance)
     return report

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import _decode_args, _decode_options
+from .cli import _decode_args, _decode_options, load_vlm
 from .errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
@@ -235,13 +235,11 @@ def add_command(subparsers) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .infer import VLM
-
     config = PredictConfig(Path(args.questions), Path(args.out), args.image_folder and Path(args.image_folder),
                            args.model_id or args.model, args.num_chunks, args.chunk_idx, args.batch_size,
                            _decode_options(args))
     # Checked before the model loads: a wrong chunk index should not cost a model load.
     chunk([], config.num_chunks, config.chunk_idx)
-    summary = predict(VLM(args.model, device=args.device), config)
+    summary = predict(load_vlm(args), config)
     print(summary, file=sys.stderr)
     print(config.out)

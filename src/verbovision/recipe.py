@@ -100,6 +100,11 @@ class Stage:
     """Recompute activations in the backward pass to save memory."""
     feature_cache: bool = True
     """Encode each image once and reuse the vision features when the vision tower is frozen."""
+    packing: int | None = None
+    """Token budget of a packed row: consecutive samples share a row, each with its own positions, attention never
+    crossing samples (batch_size then counts rows). null: one sample per row."""
+    group_by_length: bool = False
+    """Without packing: batch samples of similar length together (less padding); batches still come in random order."""
     feature_cache_dtype: str = "float16"
     """Storage type of cached features: float16, bfloat16 or float32 (exact)."""
     max_length: int = 2048
@@ -160,6 +165,9 @@ class ModelBlock:
     """Connector between them."""
     image_token: str = "<image>"
     """The model's image placeholder token."""
+    quantize: str = "none"
+    """QLoRA: load each stage's base in 4bit or 8bit (bitsandbytes, CUDA); LoRA trains on top and merges go onto
+    the full-precision base."""
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.vision, self.language, self.connector, self.image_token)
@@ -223,6 +231,13 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
     recipe = _build(Recipe, raw, where, "")
     if not recipe.stages:
         raise ConfigError(f"{where}: stages: at least one stage is required")
+    if recipe.model.quantize not in ("none", "4bit", "8bit"):
+        raise ConfigError(f"{where}: model.quantize: {recipe.model.quantize!r}; training loads none, 4bit or 8bit")
+    for i, stage in enumerate(recipe.stages):
+        dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
+        if recipe.model.quantize != "none" and dense:
+            raise ConfigError(f"{where}: stages.{i}.train: {', '.join(dense)} cannot train quantized weights; with "
+                              f"model.quantize: {recipe.model.quantize} use lora or frozen")
     for i, stage in enumerate(recipe.stages):
         _check_stage(stage, f"{where}: stages.{i}")
     return recipe
@@ -248,6 +263,8 @@ def _check_stage(stage: Stage, where: str) -> None:
             raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora, last:N or cross_attention")
     if stage.merge and "lora" not in stage.train.values():
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
+    if stage.packing is not None and (stage.type == "scst" or stage.packing < 1):
+        raise ConfigError(f"{where}.packing: a token budget >= 1, and only for sft stages")
     if stage.best_metric not in BEST_METRICS:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric!r} unknown; use one of {', '.join(BEST_METRICS)}")
     if stage.best_metric != "val_loss" and not stage.data.val:

@@ -71,6 +71,8 @@ class ServeConfig:
     """Also serve the browser demo at /."""
     device: str | None = None
     """cuda, mps or cpu (default: the best available)."""
+    quantize: str = "none"
+    """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes, CUDA)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice, one per core)."""
     log_level: str = "info"
@@ -560,7 +562,7 @@ def serve(config: ServeConfig) -> None:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    app = create_app(VLM(config.model, device=config.device), config)
+    app = create_app(VLM(config.model, device=config.device, quantize=config.quantize), config)
     url = f"http://{config.host}:{config.port}"
     print(f"verbo: serving {config.served_name!r} at {url}/v1 (batches of up to {config.batch_size}, "
           f"waiting {config.max_wait_ms:g} ms)", file=sys.stderr, flush=True)
@@ -629,7 +631,7 @@ def _config(args, web: bool) -> ServeConfig:
         max_body_bytes=int(args.max_body_mb * MB), max_image_bytes=int(args.max_image_mb * MB),
         max_image_pixels=args.max_image_pixels, max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens, max_n=args.max_n, defaults=_decode_options(args),
-        web=web, device=args.device, threads=args.threads, log_level=args.log_level)
+        web=web, device=args.device, quantize=args.quantize, threads=args.threads, log_level=args.log_level)
 
 
 def cmd_serve(args) -> None:

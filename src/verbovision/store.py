@@ -85,24 +85,38 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-    """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor."""
+def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+               quantize: str = "none"):
+    """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
+
+    `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
+    after loading, an adapter being merged first (int8 layers take no adapter).
+    """
+    from .quantize import quantization_config, quantize_dynamic_int8
+
+    extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
     path_str = str(path)
     local = Path(path_str)
     if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
         raise VerboError(f"{path_str}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
     if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
         raise VerboError(f"{path_str}: no such model directory (and not a hub id of the form owner/name)")
+    in_memory = quantize == "int8-dynamic"
     if is_adapter(path_str):
         from peft import PeftModel
 
-        base, processor = load_model(adapter_base(path_str), device, dtype)
+        base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
         model = PeftModel.from_pretrained(base, path_str)
+        if in_memory:
+            model = model.merge_and_unload()
     else:
-        model = AutoModelForImageTextToText.from_pretrained(path_str, dtype=dtype or torch.float32)
+        model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
         processor = load_processor(path_str)
-    model.to(device or default_device())
+    if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
+        model.to(device or ("cpu" if in_memory else default_device()))
     model.eval()
+    if in_memory:
+        quantize_dynamic_int8(model)
     return model, processor
 
 

@@ -36,13 +36,16 @@ from .data import (
     encode_sources,
     epoch_order,
     iter_batches,
+    length_grouped,
+    pack_examples,
     read_records,
     skip_reason,
 )
-from .families import family_of
+from .families import IMAGES_IN_TEXT, family_of
 from .features import FeatureCache, image_encoder_outputs, supports_cache
 from .errors import ConfigError
-from .merge import merge_verified
+from .merge import merge_adapter, merge_verified
+from .quantize import is_quantized
 from .recipe import BEST_METRICS, Recipe, Stage, to_dict
 from .store import (
     ADAPTER_METADATA,
@@ -167,7 +170,11 @@ class StageSetup:
 
 def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
-    model, processor = load_model(base, device=default_device())
+    model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
+    if is_quantized(model):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.gradient_checkpointing)
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -176,10 +183,12 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
     features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
-    per_epoch = len(epoch_order(train_sources, seed=recipe.seed))
+    if stage.packing:
+        check_packing(model)
+    per_epoch = len(epoch_batches(train_sources, stage, seed=recipe.seed * 1000))
     if per_epoch == 0:
         raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
-    steps_per_epoch = math.ceil(per_epoch / (stage.batch_size * stage.grad_accum))
+    steps_per_epoch = math.ceil(per_epoch / stage.grad_accum)
     total_steps = stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), foreach=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
@@ -204,8 +213,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
     model.train()
     while state.step < setup.total_steps and not state.stopped:
-        order = epoch_order(sources, seed=recipe.seed * 1000 + state.epoch)
-        micro_batches = list(iter_batches(order, stage.batch_size))
+        micro_batches = epoch_batches(sources, stage, seed=recipe.seed * 1000 + state.epoch)
         groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
         for group in groups[state.step_in_epoch :]:
             values = step(group, state)
@@ -235,6 +243,23 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     result = finish_stage(model, setup.processor, stage, base, stage_dir, setup.uses_lora, index == len(recipe.stages) - 1)
     result.steps, result.best = state.step, state.best
     return result
+
+
+def epoch_batches(sources: list, stage: Stage, seed: int) -> list[list]:
+    """One epoch's micro-batches: the sources mixed and shuffled, then packed or grouped by length as asked."""
+    order = epoch_order(sources, seed=seed)
+    if stage.packing:
+        order = pack_examples(order, stage.packing)
+    elif stage.group_by_length:
+        order = length_grouped(order, stage.batch_size, seed)
+    return list(iter_batches(order, stage.batch_size))
+
+
+def check_packing(model) -> None:
+    family = family_of(model.config)
+    # Qwen2-VL computes its own 3-D rotary positions from the whole row, so restarted positions would not reach it.
+    if family.images != IMAGES_IN_TEXT or family.name in ("qwen2_vl", "qwen2_5_vl"):
+        raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
 
 
 def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable]:
@@ -308,7 +333,8 @@ def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
         inputs["mm_encoder_outputs"] = image_encoder_outputs(model, batch["image_features"].to(device))
     labels = batch["labels"].to(device)
     family = family_of(model.config)
-    logits = family.text_logits(model(**family.model_inputs(inputs)).logits, labels.shape[1])  # [B, T, V]
+    logits = model(**family.model_inputs(inputs), use_cache=False).logits  # a cache would also hide packing
+    logits = family.text_logits(logits, labels.shape[1])  # [B, T, V]
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
     )
@@ -394,7 +420,10 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
                               "the next stage needs a base, set merge: true")
         return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
     merged_dir = stage_dir / "model"
-    _, report = merge_verified(model, processor, merged_dir, base, str(adapter_dir), metadata)
+    if is_quantized(model.get_base_model()):  # QLoRA: merge onto the full-precision base, read from disk
+        report = merge_adapter(adapter_dir, merged_dir)
+    else:
+        _, report = merge_verified(model, processor, merged_dir, base, str(adapter_dir), metadata)
     print(report.summary())
     return StageResult(stage.name, str(merged_dir), str(adapter_dir), 0, None)
 
