@@ -15,7 +15,7 @@ from verbovision.families import family_of
 from verbovision.infer import VLM, DecodeOptions
 from verbovision.recipe import load_recipe
 from verbovision.store import load_model, read_json
-from verbovision.train import train_and_report, train_recipe
+from verbovision.train import train_and_report
 
 from .tiny_families import make_tiny_git, make_tiny_vision_encoder_decoder
 
@@ -49,7 +49,8 @@ def test_git_pokemon_lora_recipe(tmp_path, shapes_data, tiny_tokenizer_texts):
     steps_per_epoch = info["stages"]["captions"]["steps"] // 2
     saved = sorted(int(p.name.removeprefix("step-")) for p in (stage_dir / "checkpoints").glob("step-*"))
     assert 2 * steps_per_epoch in saved  # a checkpoint at the end of the last epoch (older ones rotated)
-    assert (run / "report.md").exists() and (run / "loss.png").exists()
+    for name in ("report.md", "loss.png", "samples.png"):  # loss curves and validation images with captions
+        assert (run / name).exists(), name
 
     # text-only LoRA: the adapter wraps the language model's query/key/value/dense layers only
     adapter = read_json(stage_dir / "adapter/adapter_config.json")
@@ -78,7 +79,8 @@ def test_vit_gpt2_recipe_with_scst_and_nucleus_sampling(tmp_path, shapes_data, t
         overrides += [f"stages.{i}.max_steps=2", f"stages.{i}.batch_size=2", f"stages.{i}.data.train=[{cleaned}]",
                       f"stages.{i}.data.val=[val/caption_short_en.json]"]
     run = tmp_path / "run"
-    train_recipe(load_recipe(RECIPES / "vit-gpt2.yaml", overrides), run)
+    train_and_report(load_recipe(RECIPES / "vit-gpt2.yaml", overrides), run)
+    assert "scst" in (run / "report.md").read_text()
 
     rows = _metrics(run)
     assert any(r["stage"] == "scst" and "sample_reward" in r and "greedy_reward" in r for r in rows)
@@ -100,7 +102,7 @@ def test_vit_llama_builds_llava_from_a_trained_vision_encoder_decoder(tmp_path, 
                       f"stages.{i}.data.train=[train/caption_short_en.json]",
                       f"stages.{i}.data.val=[val/caption_short_en.json]", f"stages.{i}.lora.r=4"]
     run = tmp_path / "run"
-    train_recipe(load_recipe(RECIPES / "vit-llama.yaml", overrides), run)
+    train_and_report(load_recipe(RECIPES / "vit-llama.yaml", overrides), run)
     llava = AutoModelForImageTextToText.from_pretrained(run / "final")
     assert type(llava).__name__ == "LlavaForConditionalGeneration"
     vit = AutoModelForImageTextToText.from_pretrained(vit_gpt2).encoder

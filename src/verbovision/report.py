@@ -25,6 +25,32 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6) -> list[dict]:
              "reference": r.references[0] if r.references else ""} for r, p in zip(records, replies)]
 
 
+def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
+    """samples.png: each sample image with the model's caption under it (and the reference)."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data import load_image
+
+    fig, axes = plt.subplots(1, len(samples), figsize=(3 * len(samples), 3.8), squeeze=False)
+    for ax, sample in zip(axes[0], samples):
+        ax.imshow(load_image(Path(sample["image"])))
+        ax.axis("off")
+        caption = textwrap.fill(sample["prediction"] or "(empty)", 32)
+        reference = textwrap.fill(f"reference: {sample['reference']}", 32)
+        ax.set_title(caption, fontsize=8, loc="left")
+        ax.text(0, -0.04, reference, transform=ax.transAxes, fontsize=7, va="top", color="grey")
+    fig.tight_layout()
+    path = run_dir / "samples.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = None) -> Path:
     run = read_json(run_dir / "run.json") or {}
     rows = read_metrics(run_dir)
@@ -48,7 +74,9 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         for reason, info in kinds.items():
             lines.append(f"- {stage}: **{reason}**: {info['count']} (e.g. {'; '.join(info['examples'][:3])})")
     if samples:
-        lines += ["", "## Sample outputs", "", "| image | prediction | reference |", "|---|---|---|"]
+        plot_samples(run_dir, samples)
+        lines += ["", "## Sample outputs", "", "![sample captions](samples.png)", "",
+                  "| image | prediction | reference |", "|---|---|---|"]
         lines += [f"| `{Path(s['image']).name}` | {s['prediction']} | {s['reference']} |" for s in samples]
     lines += ["", "## Environment", "", f"- packages: {run.get('packages', {})}", f"- git: {run.get('git_commit')}"]
     path = run_dir / "report.md"
