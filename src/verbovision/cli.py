@@ -112,6 +112,13 @@ def cmd_train(args) -> None:
 
     recipe = load_recipe(args.recipe, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
+        from .distributed import launch
+
+        argv = ["train", args.recipe, *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
+        if launch(args.nproc, argv, args.accelerate_config):
+            raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
+        return
     train_and_report(recipe, out, resume=args.resume)
     print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
 
@@ -169,7 +176,9 @@ EXAMPLES = {
              "--connector pixel_shuffle --act silu --factor 2 --image-token '<|image_pad|>' --out models/geovlm-init",
     "train": "examples:\n  verbo train recipes/quickstart.yaml data_root=data/shapes --out runs/qs\n"
              "  verbo train recipes/geovlm.yaml stages.0.lr=3e-4 stages.1.epochs=2 --out runs/geo\n"
-             "  verbo train recipes/geovlm.yaml --out runs/geo --resume",
+             "  verbo train recipes/geovlm.yaml --out runs/geo --resume\n"
+             "  verbo train recipes/geovlm.yaml --nproc 8 --accelerate-config configs/accelerate/zero2.yaml\n"
+             "  accelerate launch --config_file configs/accelerate/fsdp.yaml -m verbovision train recipes/geovlm.yaml",
     "merge": "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
@@ -229,6 +238,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (GPUs, or CPU processes with gloo); batch_size is per process")
+    p.add_argument("--accelerate-config", help="an Accelerate config (configs/accelerate/: DeepSpeed ZeRO-2/3, FSDP) "
+                                               "to launch the --nproc processes with")
 
     p = command("merge", cmd_merge, "merge a LoRA adapter into its base (read from metadata) and verify the logits")
     p.add_argument("adapter", metavar="ADAPTER_OR_RUN")

@@ -63,14 +63,18 @@ def describe_run(recipe: Recipe) -> dict:
 class MetricsLogger:
     """Appends one JSON line per event to metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, write: bool = True):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / "metrics.jsonl"
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.write = write
+        """False on all but the main training process: one process logs."""
+        self.writer = SummaryWriter(str(run_dir / "tensorboard")) if write else None
         self.start = time.time()
 
     def log(self, stage: str, step: int, **values) -> None:
+        if not self.write:
+            return
         row = {"stage": stage, "step": step, "time": round(time.time() - self.start, 2), **values}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -80,11 +84,14 @@ class MetricsLogger:
 
     def forget_after(self, stage: str, step: int) -> None:
         """Drop the stage's rows after `step`: a resumed run redoes those steps and logs them again."""
+        if not self.write:
+            return
         rows = [r for r in read_metrics(self.path.parent) if r["stage"] != stage or r["step"] <= step]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

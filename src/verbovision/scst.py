@@ -152,9 +152,9 @@ class ScstSteps:
             loss = self.loss(rollout, n_tokens)
             loss.backward()
             total += loss.item()
-        optimizer_step(self.model, self.stage, self.setup.optimizer, self.setup.scheduler)
+        grad_norm = optimizer_step(self.model, self.stage, self.setup.optimizer, self.setup.scheduler)
         n_samples = max(1, sum(len(r.mask) for r in rollouts))
-        return {"loss": total, "sample_reward": _mean([r.sample_reward for r in rollouts]),
+        return {"loss": total, "grad_norm": grad_norm, "sample_reward": _mean([r.sample_reward for r in rollouts]),
                 "greedy_reward": _mean([r.greedy_reward for r in rollouts]),
                 "caption_length": sum(float(r.mask.sum()) for r in rollouts) / n_samples}
 

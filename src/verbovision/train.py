@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -41,6 +42,7 @@ from .data import (
     read_records,
     skip_reason,
 )
+from .distributed import processes
 from .families import IMAGES_IN_TEXT, family_of
 from .features import FeatureCache, image_encoder_outputs, supports_cache
 from .errors import ConfigError
@@ -81,15 +83,18 @@ def seed_everything(seed: int) -> None:
 
 def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
+    procs = processes()
+    if procs.is_main and out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+    procs.wait()
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
-    write_json(out / "run.json", run)
+    if procs.is_main:
+        write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
+        write_json(out / "run.json", run)
     seed_everything(recipe.seed)
-    base = initial_model(recipe, out, run)
-    logger = runinfo.MetricsLogger(out)
+    base = procs.main_first(lambda: initial_model(recipe, out, run))
+    logger = runinfo.MetricsLogger(out, write=procs.is_main)
     results = []
     for index, stage in enumerate(recipe.stages):
         stage_dir = out / "stages" / f"{index}-{stage.name}"
@@ -98,7 +103,9 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
             result = StageResult(**done)
         else:
             result = run_stage(recipe, index, stage, base, stage_dir, logger, run, resume)
-            write_json(stage_dir / "done.json", result.__dict__)
+            if procs.is_main:
+                write_json(stage_dir / "done.json", result.__dict__)
+            procs.wait()
         results.append(result)
         base = result.model_dir
         run.setdefault("stages", {})[stage.name] = {k: v for k, v in result.__dict__.items() if k != "history"}
@@ -107,13 +114,16 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
             rel = str(Path(result.adapter_dir).relative_to(out))
             if rel not in run["adapters"]:
                 run["adapters"].append(rel)
-        write_json(out / "run.json", run)
-    final = out / "final"
-    if final.is_symlink() or final.exists():
-        final.unlink()
-    final.symlink_to(Path(results[-1].model_dir).relative_to(out))
+        if procs.is_main:
+            write_json(out / "run.json", run)
     logger.close()
-    runinfo.plot_losses(out)
+    if procs.is_main:
+        final = out / "final"
+        if final.is_symlink() or final.exists():
+            final.unlink()
+        final.symlink_to(Path(results[-1].model_dir).relative_to(out))
+        runinfo.plot_losses(out)
+    procs.wait()
     return run
 
 
@@ -203,17 +213,24 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
               resume: bool) -> StageResult:
     stage_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed + index)
+    procs = processes()
+    if procs.distributed and stage.type == "scst":
+        raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
     setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
-    model, optimizer, scheduler = setup.model, setup.optimizer, setup.scheduler
-    device = next(model.parameters()).device
+    core, scheduler = setup.model, setup.scheduler  # core: the model itself, whatever wraps it for several processes
+    device = next(core.parameters()).device
     sources, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the stage-start model
     state = TrainState()
-    if resume and state.load(stage_dir / "checkpoints", model, optimizer, scheduler):
+    if resume and state.load(stage_dir / "checkpoints", core, setup.optimizer, scheduler):
         logger.forget_after(stage.name, state.step)  # those steps are about to be redone
-    bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step")
-    model.train()
+    setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
+    optimizer = setup.optimizer
+    bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step",
+               disable=not procs.is_main)
+    core.train()
     while state.step < setup.total_steps and not state.stopped:
-        micro_batches = epoch_batches(sources, stage, seed=recipe.seed * 1000 + state.epoch)
+        micro_batches = epoch_batches(sources, stage, seed=recipe.seed * 1000 + state.epoch,
+                                      batch_size=stage.batch_size * procs.count)
         groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
         for group in groups[state.step_in_epoch :]:
             values = step(group, state)
@@ -227,9 +244,14 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
             end_of_epoch = state.step_in_epoch == len(groups)
             eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
             if setup.val_examples and (eval_now or state.step == setup.total_steps):
-                validate(model, setup.collator, setup.val_examples, setup.val_records, stage, state, stage_dir, logger, device)
+                if procs.is_main:
+                    validate(core, setup.collator, setup.val_examples, setup.val_records, stage, state, stage_dir,
+                             logger, device)
+                state.best, state.bad_evals, state.stopped = procs.share((state.best, state.bad_evals, state.stopped))
             if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
-                state.save(stage_dir / "checkpoints", model, optimizer, scheduler, keep=stage.keep)
+                if procs.is_main:
+                    state.save(stage_dir / "checkpoints", core, optimizer, scheduler, keep=stage.keep)
+                procs.wait()
             if state.step >= setup.total_steps or state.stopped:
                 break
         else:
@@ -237,22 +259,27 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
             state.step_in_epoch = 0
     bar.close()
     if stage.keep_best and (stage_dir / "best.safetensors").exists():
-        load_trainable(model, stage_dir / "best.safetensors")
+        load_trainable(core, stage_dir / "best.safetensors")
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
-    result = finish_stage(model, setup.processor, stage, base, stage_dir, setup.uses_lora, index == len(recipe.stages) - 1)
+    is_last = index == len(recipe.stages) - 1
+    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last) \
+        if procs.is_main else None
+    result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
     return result
 
 
-def epoch_batches(sources: list, stage: Stage, seed: int) -> list[list]:
-    """One epoch's micro-batches: the sources mixed and shuffled, then packed or grouped by length as asked."""
+def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None = None) -> list[list]:
+    """One epoch's micro-batches of `batch_size` (default the stage's; all processes' together when several train):
+    the sources mixed and shuffled, then packed or grouped by length as asked."""
+    batch_size = batch_size or stage.batch_size
     order = epoch_order(sources, seed=seed)
     if stage.packing:
         order = pack_examples(order, stage.packing)
     elif stage.group_by_length:
-        order = length_grouped(order, stage.batch_size, seed)
-    return list(iter_batches(order, stage.batch_size))
+        order = length_grouped(order, batch_size, seed)
+    return list(iter_batches(order, batch_size))
 
 
 def check_packing(model) -> None:
@@ -274,12 +301,16 @@ def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tupl
         steps = ScstSteps(recipe, stage, setup, device)
         return steps.sources, steps
 
+    procs = processes()
+
     def sft_step(group: list, state: TrainState) -> dict:
-        batches = [setup.collator(b) for b in group]
-        for batch in batches:
-            for reason, rid in batch.pop("skipped"):
-                state.record_skip(reason, rid)
-        return {"loss": train_step(setup.model, batches, device, stage, setup.optimizer, setup.scheduler)}
+        shards = [procs.shard(micro_batch, stage.batch_size) for micro_batch in group]
+        batches = [(setup.collator(examples), weight) for examples, weight in shards]
+        skipped = [item for batch, weight in batches for item in batch.pop("skipped") if weight]
+        for reason, rid in procs.gathered(skipped):
+            state.record_skip(reason, rid)
+        return train_step(setup.model, batches, device, stage, setup.optimizer, setup.scheduler,
+                          setup.collator.encoder)
 
     return setup.train_sources, sft_step
 
@@ -288,6 +319,9 @@ def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips:
     """Encode every image once when the vision tower is frozen; examples whose images fail are skipped."""
     # SCST generates, and generation runs the vision tower on pixels: cached features would go unused.
     if not stage.feature_cache or stage.type == "scst" or stage.train.get("vision", "frozen") != "frozen":
+        return None
+    if processes().distributed:  # one cache folder, written by one process: not yet; pixels every step instead
+        print("feature cache: off when several processes train")
         return None
     if not supports_cache(model):
         print(f"feature cache: not available for {model.config.model_type} models; vision features are computed "
@@ -303,27 +337,54 @@ def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips:
     return cache
 
 
-def train_step(model, batches: list[dict], device, stage: Stage, optimizer, scheduler) -> float:
-    """One optimizer step over `grad_accum` micro-batches; the loss is averaged over all their target tokens."""
-    n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+def train_step(model, batches: list[tuple[dict, float]], device, stage: Stage, optimizer, scheduler,
+               encoder: Encoder) -> dict:
+    """One optimizer step over `grad_accum` (micro-batch, loss weight) pairs; the loss is averaged over all their
+    target tokens, in every process. Returns the loss and the gradient norm."""
+    procs = processes()
+    n_targets = procs.total(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
     total = 0.0
-    for batch in batches:
+    for batch, weight in batches:
         if batch["input_ids"].shape[0] == 0:
             continue
-        loss = token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
-        loss.backward()
+        loss = weight * token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
+        if procs.distributed:
+            loss = loss + vision_keepalive(procs.unwrap(model), encoder, batch, device)
+        procs.backward(loss)
         total += loss.item()
-    optimizer_step(model, stage, optimizer, scheduler)
-    return total
+    grad_norm = optimizer_step(model, stage, optimizer, scheduler)
+    return {"loss": procs.total(total), "grad_norm": grad_norm}
 
 
-def optimizer_step(model, stage: Stage, optimizer, scheduler) -> None:
-    """Clip the accumulated gradients, step, advance the schedule, clear the gradients."""
-    if stage.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], stage.max_grad_norm)
+def vision_keepalive(model, encoder: Encoder, batch: dict, device) -> torch.Tensor:
+    """0 x the vision tower's output on a blank image, for a text-only micro-batch: every process then runs the
+    vision path each step, so no collective (DDP's gradient reduction, ZeRO-3's parameter gathering) waits forever
+    on a process that skipped it."""
+    if encoder.family.images != IMAGES_IN_TEXT or "pixel_values" in batch or "image_features" in batch:
+        return torch.zeros((), device=device)
+    blank = encoder.pixel_inputs([Image.new("RGB", (64, 64))])
+    out = model.get_image_features(**{k: v.to(device) for k, v in blank.items()})
+    tensors = [t for value in (out.values() if isinstance(out, dict) else [out]) for t in _tensors(value)]
+    return 0.0 * sum(t.float().sum() for t in tensors)
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def optimizer_step(model, stage: Stage, optimizer, scheduler) -> float:
+    """Clip the accumulated gradients, step, advance the schedule, clear the gradients; returns the gradient norm
+    (before clipping)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm or float("inf"))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    return float(norm)
 
 
 def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
@@ -332,7 +393,7 @@ def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
     if "image_features" in batch:
         inputs["mm_encoder_outputs"] = image_encoder_outputs(model, batch["image_features"].to(device))
     labels = batch["labels"].to(device)
-    family = family_of(model.config)
+    family = family_of(processes().unwrap(model).config)
     logits = model(**family.model_inputs(inputs), use_cache=False).logits  # a cache would also hide packing
     logits = family.text_logits(logits, labels.shape[1])  # [B, T, V]
     return F.cross_entropy(
