@@ -36,8 +36,14 @@ def git_commit() -> str | None:
 
 
 def fingerprint(path: Path) -> str:
-    """sha256 of a data file's bytes (images are covered by the records that name them)."""
+    """sha256 of a data file's bytes (images are covered by the records that name them); for a folder (webdataset
+    shards, an imagefolder, a saved dataset), of its files' names and sizes: reading terabytes of shards to start a
+    run would cost more than it tells."""
     digest = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\n".encode())
+        return "files:" + digest.hexdigest()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)

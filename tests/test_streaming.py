@@ -1,0 +1,93 @@
+"""Training from webdataset shards without holding them in memory, and resuming in the middle of a shard.
+
+The shards are indexed once (text and byte offsets); each image is read from its shard when its batch is built. So
+the training process's peak memory does not grow with the shards' size: 20x more image data here costs next to no
+memory (the 'cap' below), and a run killed mid-shard resumes to the same curve as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from .test_resume import curve, kill_at_step
+from .test_train import stage, tiny_recipe
+
+WORDS = ["red", "green", "blue", "yellow"]
+SHAPES = ["circle", "square", "triangle", "star"]
+IMAGE_SIDE = 384  # a noise PNG of this side is ~440 KB: incompressible, so the shards are as big as they look
+
+
+def write_shards(folder: Path, n: int, per_shard: int = 25, seed: int = 0) -> int:
+    """webdataset shards of noise images (key.png) with captions (key.txt); returns their total size in bytes."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for first in range(0, n, per_shard):
+        with tarfile.open(folder / f"shard-{first // per_shard:04d}.tar", "w") as tar:
+            for i in range(first, min(n, first + per_shard)):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)).save(png, "PNG")
+                caption = f"a {WORDS[i % 4]} {SHAPES[(i // 4) % 4]}".encode()
+                for name, data in ((f"{i:06d}.png", png.getvalue()), (f"{i:06d}.txt", caption)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return sum(p.stat().st_size for p in folder.glob("*.tar"))
+
+
+def shard_recipe(shards: Path, val: Path, **options) -> dict:
+    raw = tiny_recipe(shards.parent, [stage(
+        "wds", data={"train": [{"path": str(shards), "format": "webdataset"}], "val": [str(val)]},
+        train={"vision": "frozen", "connector": "full", "language": "lora"}, lora={"r": 4, "alpha": 8},
+        template="plain", batch_size=4, log_every=1, feature_cache=False, max_steps=None, **options)])
+    raw["model"]["vision"]["image_size"] = 32
+    return raw
+
+
+def peak_rss_mb(recipe: dict, folder: Path) -> float:
+    """Train in a fresh process; its peak resident memory in MB."""
+    path = folder / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    script = ("import resource, sys\nfrom verbovision.cli import main\n"
+              "code = main(['train', sys.argv[1], '--out', sys.argv[2]])\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nraise SystemExit(code)")
+    result = subprocess.run([sys.executable, "-c", script, str(path), str(folder / "run")], capture_output=True,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def test_shards_train_within_a_memory_cap_and_resume_mid_shard(tmp_path, shapes_data):
+    val = shapes_data / "val/caption_short_en.json"
+    small_mb = write_shards(tmp_path / "small/shards", 25) / 2**20
+    big_mb = write_shards(tmp_path / "big/shards", 500) / 2**20
+    assert big_mb > 150
+    baseline = peak_rss_mb(shard_recipe(tmp_path / "small/shards", val, epochs=1), tmp_path / "small")
+    # One epoch over all 500 images: every image is read once, from its shard, as its batch is built.
+    peak = peak_rss_mb(shard_recipe(tmp_path / "big/shards", val, epochs=1), tmp_path / "big")
+    cap = baseline + 40
+    assert peak < cap < baseline + big_mb - small_mb, (peak, baseline, big_mb)
+    assert json.loads((tmp_path / "big/run/run.json").read_text())["stages"]["wds"]["steps"] == 125
+
+    # Killed in the middle of a shard (25 images = 6.25 steps per shard), resumed: the same curve as the run above.
+    raw = shard_recipe(tmp_path / "big/shards", val, epochs=1, save_every=3)
+    path = tmp_path / "resumed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "resumed"
+    command = [sys.executable, "-m", "verbovision", "train", str(path), "--out", str(run)]
+    kill_at_step(command, run, random.Random(os.getpid()).randint(20, 100))
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    expected = [row for row in curve(tmp_path / "big/run") if row[1] is not None]
+    got = [row for row in curve(run) if row[1] is not None]
+    assert [s for s, _, _ in got] == [s for s, _, _ in expected]
+    assert max(abs(a - b) for (_, a, _), (_, b, _) in zip(expected, got)) <= 1e-6
