@@ -34,9 +34,8 @@ MODEL = {"vision": {"arch": "siglip", "hidden_size": 128, "layers": 3, "heads": 
          "connector": {"type": "pixel_shuffle", "act": "silu", "factor": 2}}
 CAPTIONS = {"train": ["train/caption_short_en.json"]}
 FULL = {"images": 3000, "ce_steps": 200, "extra_steps": 250, "batch": 32, "scst_batch": 8, "eval_records": 150,
-        "scst_lr": 2e-4}
-QUICK = {"images": 120, "ce_steps": 20, "extra_steps": 5, "batch": 8, "scst_batch": 4, "eval_records": 20,
-         "scst_lr": 2e-4}
+        "scst_lr": 2e-4, "samples": 5, "baseline": "greedy"}
+QUICK = {**FULL, "images": 120, "ce_steps": 20, "extra_steps": 5, "batch": 8, "scst_batch": 4, "eval_records": 20}
 
 
 def ce_stage(name: str, steps: int, batch: int) -> dict:
@@ -45,9 +44,10 @@ def ce_stage(name: str, steps: int, batch: int) -> dict:
             "train": {"vision": "full", "connector": "full", "language": "full"}}
 
 
-def scst_stage(steps: int, batch: int, lr: float) -> dict:
-    return {"name": "scst", "type": "scst", "template": "plain", "data": CAPTIONS, "max_steps": steps,
-            "batch_size": batch, "lr": lr, "schedule": "constant", "warmup": 0, "log_every": 10, "scst_samples": 5,
+def scst_stage(config: dict) -> dict:
+    return {"name": "scst", "type": "scst", "template": "plain", "data": CAPTIONS, "max_steps": config["extra_steps"],
+            "batch_size": config["scst_batch"], "lr": config["scst_lr"], "schedule": "constant", "warmup": 0,
+            "log_every": 10, "scst_samples": config["samples"], "scst_baseline": config["baseline"],
             "train": {"vision": "frozen", "connector": "full", "language": "full"}}
 
 
@@ -69,8 +69,7 @@ def run_seed(seed: int, data: Path, work: Path, config: dict, records: list) -> 
     ce = train("scst-bench-ce", seed, data, MODEL, [ce_stage("ce", config["ce_steps"], config["batch"])],
                work / f"ce-{seed}")
     start = {"from": str(ce.resolve())}  # both arms continue the same under-trained model
-    scst = train("scst-bench-scst", seed, data, start,
-                 [scst_stage(config["extra_steps"], config["scst_batch"], config["scst_lr"])], work / f"scst-{seed}")
+    scst = train("scst-bench-scst", seed, data, start, [scst_stage(config)], work / f"scst-{seed}")
     more_ce = train("scst-bench-more-ce", seed, data, start,
                     [ce_stage("more-ce", config["extra_steps"], config["batch"])], work / f"more-ce-{seed}")
     return {arm: held_out_cider(model, records) for arm, model in
@@ -85,7 +84,8 @@ def table(results: list[dict[str, float]], config: dict, seeds: list[int]) -> st
              f"shapes data ({config['images']} images, short English captions, one reference each), model "
              f"SigLIP 3x128 @64/8 + pixel shuffle + Qwen2 3x128 from scratch; CE {config['ce_steps']} steps x "
              f"{config['batch']} (lr 6e-4), then {config['extra_steps']} steps of SCST (batch {config['scst_batch']} "
-             f"images x 5 samples, greedy baseline, CIDEr-D reward, lr {config['scst_lr']}, vision frozen) or of CE "
+             f"images x {config['samples']} samples, {config['baseline']} baseline, CIDEr-D reward, lr "
+             f"{config['scst_lr']}, vision frozen) or of CE "
              f"(batch {config['batch']}); held-out CIDEr-D of "
              f"greedy captions on {config['eval_records']} validation images; seeds {seeds}.",
              "", "| model | CIDEr-D mean | std | per seed |", "|---|---:|---:|---|"]
@@ -106,15 +106,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scst-lr", type=float, help=f"SCST learning rate (default {FULL['scst_lr']})")
+    parser.add_argument("--samples", type=int, help=f"samples per image (default {FULL['samples']})")
+    parser.add_argument("--baseline", choices=["greedy", "mean"], help="reward baseline (default greedy)")
+    parser.add_argument("--scst-batch", type=int, help=f"images per SCST step (default {FULL['scst_batch']})")
+    parser.add_argument("--steps", type=int, help=f"SCST (and control) steps (default {FULL['extra_steps']})")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
-    config = QUICK if args.quick else FULL
-    torch.set_num_threads(os.cpu_count() or 1)
+    chosen = {"scst_lr": args.scst_lr, "samples": args.samples, "baseline": args.baseline,
+              "scst_batch": args.scst_batch, "extra_steps": args.steps}
+    config = {**(QUICK if args.quick else FULL), **{k: v for k, v in chosen.items() if v is not None}}
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "shapes"
         synth_shapes(data, n=config["images"], seed=1234, langs=("en",))
         records = read_records(data / "val/caption_short_en.json")[: config["eval_records"]]
         results = [run_seed(seed, data, Path(tmp), config, records) for seed in args.seeds]
-    publish(table(results, config, args.seeds), record=not args.quick)
+    publish(table(results, config, args.seeds), record=not (args.quick or args.no_record))
 
 
 if __name__ == "__main__":

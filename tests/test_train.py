@@ -229,3 +229,14 @@ def test_early_stopping_halts_when_validation_stops_improving(tmp_path, shapes_d
     train_recipe(recipe, tmp_path / "run")
     info = read_json(tmp_path / "run/run.json")["stages"]["s"]
     assert info["steps"] < 40
+
+
+def test_bf16_autocast_and_compile(tmp_path, shapes_data):
+    # aot_eager: dynamo's graph capture and AOT autograd as inductor uses them, without its minutes of kernel builds
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", bf16=True, compile="aot_eager", max_steps=3,
+                                                          log_every=1)]))
+    train_recipe(recipe, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
+    assert (tmp_path / "run/final/model.safetensors").exists()  # parameter names unchanged by compile

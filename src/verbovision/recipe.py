@@ -98,6 +98,11 @@ class Stage:
     """Gradient clipping norm; null disables clipping."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    bf16: bool = False
+    """Compute forward and backward in bfloat16 (autocast); weights and optimizer states stay float32."""
+    compile: str | None = None
+    """torch.compile backend for the model's forward: inductor (generates kernels; the first steps are slow while
+    it compiles, which pays off on long runs) or any other torch.compile backend; null runs eagerly."""
     feature_cache: bool = True
     """Encode each image once and reuse the vision features when the vision tower is frozen."""
     packing: int | None = None

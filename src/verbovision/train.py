@@ -188,6 +188,12 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if stage.bf16 and model.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"stage {stage.name}: bf16: this GPU does not support bfloat16")
+    if stage.compile:
+        # In place: parameter names (checkpoints, adapters) stay as they are. Dynamic shapes: every batch has its
+        # own padded length, which would otherwise recompile.
+        model.compile(backend=stage.compile, dynamic=True)
     encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
     train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
@@ -347,7 +353,8 @@ def train_step(model, batches: list[tuple[dict, float]], device, stage: Stage, o
     for batch, weight in batches:
         if batch["input_ids"].shape[0] == 0:
             continue
-        loss = weight * token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.bf16):
+            loss = weight * token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
         if procs.distributed:
             loss = loss + vision_keepalive(procs.unwrap(model), encoder, batch, device)
         procs.backward(loss)
