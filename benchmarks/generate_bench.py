@@ -24,7 +24,6 @@ One torch thread by default: on a 2-core machine shared with other jobs, 2 threa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
-from results import publish
+from results import held_out_records, publish, quickstart_options
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -90,27 +89,12 @@ def run(caption, paths: list[Path], batch_size: int) -> tuple[float, list[float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="quickstart/run/final", help="a trained model (default: make demo's)")
-    parser.add_argument("--data", default="quickstart/data/shapes", help="the quickstart's synthesized data")
-    parser.add_argument("--n", type=int, default=300, help="held-out images")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per variant")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a small shared machine, torch's threads waiting on "
-                             "each other cost more than they give; 0 = torch's default, one per core)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    parser = quickstart_options(__doc__)
     args = parser.parse_args()
 
-    import torch
-
-    from verbovision.data import read_records
     from verbovision.infer import CAPTION_PROMPT, VLM, DecodeOptions
-    from verbovision.quickstart import TEST_FILE
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    records = [r for r in read_records(Path(args.data) / TEST_FILE) if r.references][: args.n]
+    records = held_out_records(args)
     paths = [r.images[0] for r in records]
     plain = PlainGenerate(args.model, CAPTION_PROMPT, args.max_new_tokens)
     vlm = VLM(args.model, device="cpu")

@@ -14,16 +14,14 @@ slower (0.8 vs 52 captions/s, threads spinning on each other), which would drown
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import platform
 import statistics
 import time
 import warnings
-from pathlib import Path
 
-from results import publish
+from results import held_out_records, publish, quickstart_options
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,29 +47,16 @@ def timed(vlm, records, options, batch_size: int) -> tuple[float, list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="quickstart/run/final", help="a trained model (default: make demo's)")
-    parser.add_argument("--data", default="quickstart/data/shapes", help="the quickstart's synthesized data")
-    parser.add_argument("--n", type=int, default=300, help="held-out images")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per model and batch size")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: on a small shared machine, torch's threads waiting on "
-                             "each other cost more than they give; 0 = torch's default, one per core)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    parser = quickstart_options(__doc__)
     args = parser.parse_args()
 
     import torch
 
-    from verbovision.data import read_records
     from verbovision.evaluate import score
     from verbovision.infer import VLM, DecodeOptions
     from verbovision.quantize import quantize_dynamic_int8
-    from verbovision.quickstart import TEST_FILE
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    records = [r for r in read_records(Path(args.data) / TEST_FILE) if r.references][: args.n]
+    records = held_out_records(args)
     models = {"float32": VLM(args.model, device="cpu"), "int8-dynamic": VLM(args.model, device="cpu")}
     quantize_dynamic_int8(models["int8-dynamic"].model)
     options = DecodeOptions(max_new_tokens=args.max_new_tokens)

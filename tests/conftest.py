@@ -96,3 +96,40 @@ def tiny_lm(tmp_path_factory, tiny_tokenizer_texts):
         return str(out)
 
     return {arch: make(arch) for arch in ("qwen2", "llama", "gpt2")}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, shapes_data) -> Path:
+    """A tiny model trained for a few steps, so that it writes text; trained once per session."""
+    import yaml
+
+    from verbovision.cli import main
+
+    from .test_train import stage, tiny_recipe
+
+    root = tmp_path_factory.mktemp("serving-model")
+    recipe = tiny_recipe(shapes_data, [
+        stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3)])
+    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run/final"
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, shapes_data) -> Path:
+    """A tiny two-stage run whose last stage leaves an unmerged LoRA adapter."""
+    import yaml
+
+    from verbovision.cli import main
+
+    from .test_train import stage, tiny_recipe
+
+    root = tmp_path_factory.mktemp("cli")
+    recipe = tiny_recipe(shapes_data, [
+        stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3),
+        stage("lora", train={"vision": "frozen", "connector": "frozen", "language": "lora"},
+              lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3),
+    ])
+    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run"

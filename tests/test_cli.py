@@ -5,31 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-import yaml
 from PIL import Image
 
 import verbovision
 from verbovision.cli import main
 from verbovision.infer import DecodeOptions
-
-from .test_train import stage, tiny_recipe
-
-
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, shapes_data) -> Path:
-    """A tiny two-stage run whose last stage leaves an unmerged LoRA adapter."""
-    root = tmp_path_factory.mktemp("cli")
-    recipe = tiny_recipe(shapes_data, [
-        stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3),
-        stage("lora", train={"vision": "frozen", "connector": "frozen", "language": "lora"},
-              lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=3),
-    ])
-    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
-    return root / "run"
 
 
 def verbo(*args: str) -> subprocess.CompletedProcess:

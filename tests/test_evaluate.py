@@ -11,7 +11,6 @@ from verbovision.cli import main
 from verbovision.evaluate import load_predictions, score
 
 from .conftest import SHARED
-from .test_cli import lora_run  # noqa: F401 (a tiny trained model)
 
 COCO = SHARED / "reference" / "coco-caption"
 

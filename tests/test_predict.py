@@ -16,7 +16,6 @@ from verbovision.errors import DataError
 from verbovision.infer import VLM, DecodeOptions
 from verbovision.predict import AnswerLog, PredictConfig, predict, read_questions
 
-from .test_serve import model_dir  # noqa: F401 - the shared tiny model
 
 
 def write_questions(path: Path, shapes_data: Path, n: int) -> list[int]:

@@ -23,29 +23,12 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import yaml
 from PIL import Image
 
-from verbovision.cli import main
 from verbovision.serve import ApiError, ServeConfig, _config, _image_bytes, add_command
-
-from .test_train import stage, tiny_recipe
 
 KEY = "test-key"
 QUESTION = "Describe the image briefly."
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, shapes_data) -> Path:
-    """A tiny model trained for a few steps, so that it writes text; trained once per session, whichever module asks."""
-    root = tmp_path_factory.getbasetemp() / "serving-model"
-    if not (root / "run/final").exists():
-        root.mkdir(exist_ok=True)
-        recipe = tiny_recipe(shapes_data, [
-            stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3)])
-        (root / "r.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
-    return root / "run/final"
 
 
 def free_port() -> int:

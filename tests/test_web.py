@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_serve import model_dir, running  # noqa: F401 - the shared tiny model
+from .test_serve import running
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
