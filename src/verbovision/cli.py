@@ -10,7 +10,6 @@ import warnings
 from pathlib import Path
 
 from .errors import VerboError
-from .quantize import QUANTIZATION
 
 
 def _quiet_libraries() -> None:
@@ -42,7 +41,7 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, help="seed for reproducible sampling")
     group.add_argument("--batch-size", type=int, default=16)
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
-    group.add_argument("--quantize", choices=QUANTIZATION, default="none",
+    group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
 
