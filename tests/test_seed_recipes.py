@@ -14,6 +14,7 @@ from verbovision.data import Collator, Encoder, read_records
 from verbovision.families import family_of
 from verbovision.infer import VLM, DecodeOptions
 from verbovision.recipe import load_recipe
+from verbovision.recipe import parse_recipe as load_recipe_dict
 from verbovision.store import load_model, read_json
 from verbovision.train import train_and_report
 
@@ -110,3 +111,18 @@ def test_vit_llama_builds_llava_from_a_trained_vision_encoder_decoder(tmp_path, 
     # the vision tower is the captioner's encoder, unchanged (frozen in both stages)
     for name, value in vit.state_dict().items():
         assert torch.equal(llava.model.vision_tower.state_dict()[name], value), name
+
+
+def test_scst_stage_on_git(tmp_path, shapes_data, tiny_tokenizer_texts):
+    base = make_tiny_git(tmp_path / "git-base", tiny_tokenizer_texts)
+    scst = {"name": "scst", "type": "scst", "template": "caption", "max_steps": 2, "batch_size": 2,
+            "scst_samples": 3, "scst_baseline": "mean", "scst_max_new_tokens": 6, "lr": 1e-3, "log_every": 1,
+            "train": {"vision": "frozen", "connector": "frozen", "language": "lora"}, "lora": {"r": 4, "alpha": 8},
+            "merge": True,
+            "data": {"train": ["train/caption_short_en.json"]}}
+    run = tmp_path / "run"
+    train_and_report(load_recipe_dict({"name": "git-scst", "seed": 0, "data_root": str(shapes_data),
+                                       "model": {"from": str(base)}, "stages": [scst]}), run)
+    rows = [r for r in _metrics(run) if "sample_reward" in r]
+    assert len(rows) == 2 and all(r["caption_length"] > 0 for r in rows)
+    assert read_json(run / "final/verbovision.json")["merge"]["max_abs_diff"] < 1e-4

@@ -42,8 +42,9 @@ def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
         ax.axis("off")
         caption = textwrap.fill(sample["prediction"] or "(empty)", 32)
         reference = textwrap.fill(f"reference: {sample['reference']}", 32)
-        ax.set_title(caption, fontsize=8, loc="left")
-        ax.text(0, -0.04, reference, transform=ax.transAxes, fontsize=7, va="top", color="grey")
+        # parse_math: a "$" in a model's caption is text, not the start of a formula
+        ax.set_title(caption, fontsize=8, loc="left", parse_math=False)
+        ax.text(0, -0.04, reference, transform=ax.transAxes, fontsize=7, va="top", color="grey", parse_math=False)
     fig.tight_layout()
     path = run_dir / "samples.png"
     fig.savefig(path, dpi=100)
