@@ -71,6 +71,17 @@ class Processes:
 
         return gather_object(items)
 
+    def clip_gradients(self, model, max_norm: float) -> float:
+        """Clip the trainable parameters' gradients to `max_norm`; their norm before clipping (NaN where the engine
+        clips by itself, as DeepSpeed does from its config). Sharded engines (FSDP, ZeRO) need Accelerate's
+        clipping: each process holds only part of each gradient."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.distributed:
+            norm = self.accelerator.clip_grad_norm_(params, max_norm)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float("nan") if norm is None else float(norm)
+
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss * self.count)  # DDP averages gradients over processes: undo the mean
 

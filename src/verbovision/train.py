@@ -386,12 +386,11 @@ def _tensors(value) -> list[torch.Tensor]:
 def optimizer_step(model, stage: Stage, optimizer, scheduler) -> float:
     """Clip the accumulated gradients, step, advance the schedule, clear the gradients; returns the gradient norm
     (before clipping)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm or float("inf"))
+    norm = processes().clip_gradients(model, stage.max_grad_norm or float("inf"))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
 
 
 def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
