@@ -78,3 +78,14 @@ def test_help_lists_commands_with_examples():
                     "serve", "web"):
         assert command in result.stdout
     assert "examples:" in verbo("train", "--help").stdout
+
+
+def test_quickstart_path_end_to_end_in_small(tmp_path, capsys):
+    """What `make demo` runs, on 60 images and a few steps: synthesize, train, evaluate, caption, report."""
+    from verbovision.quickstart import quickstart
+
+    values = quickstart(tmp_path, n=60, overrides=["stages.0.max_steps=3", "stages.0.batch_size=8"])
+    assert 0.0 <= values["exact_match"] <= 1.0 and "CIDEr" in values
+    out = capsys.readouterr().out
+    assert "[4/4] captions of test images" in out and "exact match" in out
+    assert (tmp_path / "run/report.md").exists() and (tmp_path / "run/samples.png").exists()
