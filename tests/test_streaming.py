@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +29,24 @@ SHAPES = ["circle", "square", "triangle", "star"]
 IMAGE_SIDE = 384  # a noise PNG of this side is ~440 KB: incompressible, so the shards are as big as they look
 
 
-def write_shards(folder: Path, n: int, per_shard: int = 25, seed: int = 0) -> int:
+def noise_samples(n: int, seed: int = 0) -> Iterator[tuple[bytes, str]]:
+    """(PNG of noise, caption) pairs."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)).save(png, "PNG")
+        yield png.getvalue(), f"a {WORDS[i % 4]} {SHAPES[(i // 4) % 4]}"
+
+
+def write_shards(folder: Path, n: int, per_shard: int = 25) -> int:
     """webdataset shards of noise images (key.png) with captions (key.txt); returns their total size in bytes."""
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
+    samples = noise_samples(n)
     for first in range(0, n, per_shard):
         with tarfile.open(folder / f"shard-{first // per_shard:04d}.tar", "w") as tar:
             for i in range(first, min(n, first + per_shard)):
-                png = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (IMAGE_SIDE, IMAGE_SIDE, 3), dtype=np.uint8)).save(png, "PNG")
-                caption = f"a {WORDS[i % 4]} {SHAPES[(i // 4) % 4]}".encode()
-                for name, data in ((f"{i:06d}.png", png.getvalue()), (f"{i:06d}.txt", caption)):
+                png, caption = next(samples)
+                for name, data in ((f"{i:06d}.png", png), (f"{i:06d}.txt", caption.encode())):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -55,12 +63,17 @@ def shard_recipe(shards: Path, val: Path, **options) -> dict:
 
 
 def peak_rss_mb(recipe: dict, folder: Path) -> float:
-    """Train in a fresh process; its peak resident memory in MB."""
+    """Train in a fresh process; its peak resident memory in MB.
+
+    Read from /proc's VmHWM, the peak of this program alone: getrusage's ru_maxrss would carry over the peak of the
+    parent (pytest) it was forked from, whatever the child itself used.
+    """
     path = folder / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    script = ("import resource, sys\nfrom verbovision.cli import main\n"
+    script = ("import sys\nfrom verbovision.cli import main\n"
               "code = main(['train', sys.argv[1], '--out', sys.argv[2]])\n"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nraise SystemExit(code)")
+              "status = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+              "print(int(status))\nraise SystemExit(code)")
     result = subprocess.run([sys.executable, "-c", script, str(path), str(folder / "run")], capture_output=True,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -91,3 +104,4 @@ def test_shards_train_within_a_memory_cap_and_resume_mid_shard(tmp_path, shapes_
     got = [row for row in curve(run) if row[1] is not None]
     assert [s for s, _, _ in got] == [s for s, _, _ in expected]
     assert max(abs(a - b) for (_, a, _), (_, b, _) in zip(expected, got)) <= 1e-6
+

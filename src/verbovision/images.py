@@ -5,8 +5,9 @@ truncated downloads and files large enough to exhaust memory. `open_image` turns
 image a vision encoder expects (as a person would see it) and refuses the others with a `DataError` naming the file,
 so nothing is silently loaded half-grey.
 
-An image is a file path, an in-memory PIL image, or an image stored inside another file (`TarImage`, a member of a
-webdataset shard read on demand) or carried as encoded bytes (`BytesImage`, from parquet / Hugging Face datasets).
+An image is a file path, an in-memory PIL image, or an image stored inside another file (`FileSlice`, a member of a
+webdataset shard or a cell of an Arrow file, read on demand) or carried as encoded bytes (`BytesImage`, from parquet
+files).
 """
 
 from __future__ import annotations
@@ -34,17 +35,18 @@ _BACKGROUND = (255, 255, 255)
 
 
 @dataclass(frozen=True)
-class TarImage:
-    """An image stored uncompressed inside a tar shard, read on demand (the shard is never unpacked)."""
+class FileSlice:
+    """An image stored uncompressed inside another file, read on demand: a member of a tar shard, a cell of an Arrow
+    file (a Hugging Face dataset saved to disk). The file is never unpacked or loaded whole."""
 
     shard: Path
-    """The .tar file."""
+    """The file holding the image (.tar shard, .arrow file)."""
     member: str
-    """The member's name inside the shard (for messages and file names)."""
+    """The image's name inside it (for messages and file names)."""
     offset: int
-    """Byte offset of the member's data in the shard."""
+    """Byte offset of the image's data in the file."""
     size: int
-    """Size of the member's data in bytes."""
+    """Size of the image's data in bytes."""
 
     def read(self) -> bytes:
         with open(self.shard, "rb") as f:
@@ -71,7 +73,7 @@ class BytesImage:
         return self.name
 
 
-ImageSource = Union[Path, Image.Image, TarImage, BytesImage]
+ImageSource = Union[Path, Image.Image, FileSlice, BytesImage]
 """Anything a record's `images` may hold."""
 
 
@@ -86,7 +88,7 @@ def image_key(source: ImageSource) -> str:
     """An image's identity: the same file (or shard member, or bytes) always gives the same key, others never do."""
     if isinstance(source, Path):
         return str(source.resolve())
-    if isinstance(source, TarImage):
+    if isinstance(source, FileSlice):
         return f"{source.shard.resolve()}@{source.offset}"
     data = source.tobytes() if isinstance(source, Image.Image) else source.read()
     return "sha1:" + hashlib.sha1(data).hexdigest()

@@ -40,7 +40,7 @@ from .data import (
     Turn,
 )
 from .errors import DataError
-from .images import BytesImage, TarImage
+from .images import BytesImage, FileSlice
 
 FORMATS = ("llava", "coco", "pairs", "imagefolder", "webdataset", "hf")
 
@@ -308,7 +308,7 @@ def image_sources(value, base: Path, source: Path, rid: str) -> list:
         return image_sources(value.get("path"), base, source, rid)
     if isinstance(value, (str, Path)):
         return [(base / value).resolve()]
-    return [value]  # already an image (a TarImage, an in-memory PIL image)
+    return [value]  # already an image (a FileSlice, an in-memory PIL image)
 
 
 def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
@@ -461,11 +461,11 @@ def _tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: Path, comp
         return decode_text(tar.extractfile(member).read())
     if compressed:  # offsets in a compressed stream cannot be seeked to later
         return BytesImage(f"{shard}:{member.name}", tar.extractfile(member).read())
-    return TarImage(shard, member.name, member.offset_data, member.size)
+    return FileSlice(shard, member.name, member.offset_data, member.size)
 
 
 def _webdataset_record(key: str, sample: dict, shard: Path, options: ReadOptions) -> Record | RecordError:
-    images = [value for value in sample.values() if isinstance(value, (TarImage, BytesImage))]
+    images = [value for value in sample.values() if isinstance(value, (FileSlice, BytesImage))]
     row: dict = {"__key__": key}
     if "json" in sample:
         try:
@@ -482,7 +482,11 @@ def _webdataset_record(key: str, sample: dict, shard: Path, options: ReadOptions
 
 
 def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
-    """A dataset saved with `datasets.save_to_disk` (one split or a DatasetDict), or parquet file(s)."""
+    """A dataset saved with `datasets.save_to_disk` (one split or a DatasetDict), or parquet file(s).
+
+    Images embedded in a saved dataset's Arrow files are indexed by their byte range in the file and read when
+    needed (`FileSlice`), so a dataset larger than memory trains; parquet pages are compressed, so parquet images are
+    held in memory (save such a dataset with `datasets` first to stream it)."""
     for split, file in _hf_files(path):
         for index, row in enumerate(arrow_rows(file)):
             row_id = f"{split}/{index}" if split else str(index)
@@ -510,13 +514,51 @@ def arrow_rows(path: Path) -> Iterator[dict]:
         raise DataError(f"{path}: reading parquet/Arrow needs pyarrow: pip install datasets") from None
     try:
         if path.suffix.lower() == ".parquet":
-            batches = pq.ParquetFile(path).iter_batches(batch_size=256)
-        else:
-            batches = pa.ipc.open_stream(pa.memory_map(str(path)))
-        for batch in batches:
-            yield from batch.to_pylist()
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                yield from batch.to_pylist()
+            return
+        mapped = pa.memory_map(str(path))
+        whole = mapped.read_buffer()  # the file's bytes, where the batches' buffers point (no copy)
+        mapped.seek(0)
+        for batch in pa.ipc.open_stream(mapped):
+            yield from _rows_with_image_slices(batch, path, whole)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: unreadable {path.suffix[1:]} file ({e})") from None
+
+
+def _rows_with_image_slices(batch, path: Path, whole) -> Iterator[dict]:
+    """A record batch's rows, with each embedded image ({bytes, path} struct) as the byte range it has in the file."""
+    import pyarrow as pa
+
+    images = {name: _image_ranges(batch.column(name), whole) for name, kind in zip(batch.schema.names,
+                                                                                   batch.schema.types)
+              if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0}
+    images = {name: ranges for name, ranges in images.items() if ranges is not None}
+    rest = batch.drop_columns(list(images)) if images else batch
+    for row_index, row in enumerate(rest.to_pylist()):
+        for name, ranges in images.items():
+            span = ranges[row_index]
+            row[name] = None if span is None else FileSlice(path, f"row {row_index} {name}", *span)
+        yield row
+
+
+def _image_ranges(column, whole) -> list | None:
+    """(offset, size) in the file of each row's image bytes (None for a missing one); None when the bytes are not
+    stored as-is in the file (a compressed Arrow file): they are then read into memory like parquet's."""
+    import numpy as np
+    import pyarrow as pa
+
+    data = column.flatten()[column.type.get_field_index("bytes")]  # parent offsets and nulls applied
+    if not (pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)):
+        return None
+    _, offsets, values = data.buffers()
+    start = values.address - whole.address if values is not None else -1
+    if not 0 <= start < whole.size or not 0 <= start + values.size <= whole.size:
+        return None
+    width = np.int64 if pa.types.is_large_binary(data.type) else np.int32
+    bounds = np.frombuffer(offsets, dtype=width)[data.offset : data.offset + len(data) + 1]
+    return [None if not data[i].is_valid else (start + int(bounds[i]), int(bounds[i + 1] - bounds[i]))
+            for i in range(len(data))]
 
 
 READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record | RecordError]]] = {
