@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .families import CROSS_ATTENTION_MODULES, Components
 from .recipe import COMPONENTS, Stage
 
+
 def last_layers(model: nn.Module, components: Components, component: str, n: int) -> list[str]:
     """Module names of the last `n` blocks of a component (its longest ModuleList) plus the norms after them."""
     modules = components.modules(model, component)  # in registration order: embeddings, blocks, final norm
@@ -38,22 +39,19 @@ def cross_attention(model: nn.Module, components: Components, component: str) ->
 
 
 def lora_targets(model: nn.Module, components: Components, trained: list[str], target) -> list[str]:
-    """Full names of the linear layers LoRA wraps in the given components (never the output head)."""
+    """Full names of the linear layers LoRA wraps in the given components; never the output head over the vocabulary
+    (PEFT's all-linear leaves it out too)."""
     names = []
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)) or components.of(name) not in trained:
             continue
-        if name.split(".")[-1] in _OUTPUT_HEADS:
+        if name.split(".")[-1] == "lm_head" or name == "output":  # GIT's head is `output`
             continue
         if target == "all-linear" or name.split(".")[-1] in target:
             names.append(name)
     if not names:
         raise ConfigError(f"lora: no linear layers match target {target!r} in {trained}")
     return names
-
-
-_OUTPUT_HEADS = ("lm_head", "output")
-"""Output projections over the vocabulary: LoRA never wraps them (PEFT's all-linear leaves them out too)."""
 
 
 def _modules_for(model: nn.Module, components: Components, component: str, mode: str) -> list[str]:
