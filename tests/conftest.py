@@ -29,6 +29,16 @@ from transformers import (  # noqa: E402
 from verbovision.synth import synth_geometry, synth_shapes  # noqa: E402
 from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
 
+BLOCK_VERBOVISION = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "verbovision":
+            raise ImportError("verbovision is blocked in this test")
+sys.meta_path.insert(0, Block())
+"""
+"""Preamble of a script run in a fresh interpreter where importing verbovision fails: what it loads must stand alone."""
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                    patch_size=8)

@@ -16,15 +16,12 @@ from verbovision.data import ImageTokens
 from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.errors import ConfigError
 
+from .conftest import BLOCK_VERBOVISION
+
 # Run in a fresh interpreter where importing verbovision is impossible, so the checkpoint must stand on its own.
-LOAD_WITHOUT_VERBOVISION = textwrap.dedent(
+LOAD_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
     """
-    import importlib.abc, json, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "verbovision":
-                raise ImportError("verbovision is blocked in this test")
-    sys.meta_path.insert(0, Block())
+    import json
     try:
         import verbovision
         raise SystemExit("verbovision importable")

@@ -19,6 +19,7 @@ from verbovision.recipe import load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
+from .conftest import BLOCK_VERBOVISION
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -45,14 +46,8 @@ FAMILIES = {
 }
 
 # The merged checkpoint, loaded and run in a fresh interpreter where importing verbovision is impossible.
-MERGED_LOGITS_WITHOUT_VERBOVISION = textwrap.dedent(
+MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
     """
-    import importlib.abc, sys
-    class Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "verbovision":
-                raise ImportError("verbovision is blocked in this test")
-    sys.meta_path.insert(0, Block())
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import is_torchvision_available

@@ -200,7 +200,7 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
     features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     if stage.packing:
-        check_packing(model)
+        check_packing(encoder.family)
     per_epoch = len(epoch_batches(train_sources, stage, seed=recipe.seed * 1000))
     if per_epoch == 0:
         raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
@@ -288,8 +288,7 @@ def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None
     return list(iter_batches(order, batch_size))
 
 
-def check_packing(model) -> None:
-    family = family_of(model.config)
+def check_packing(family) -> None:
     # Qwen2-VL computes its own 3-D rotary positions from the whole row, so restarted positions would not reach it.
     if family.images != IMAGES_IN_TEXT or family.name in ("qwen2_vl", "qwen2_5_vl"):
         raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
