@@ -240,6 +240,29 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
 
 
+def test_arrow_images_are_byte_ranges_across_batches_with_gaps_and_paths(tmp_path):
+    # An Arrow stream file as `save_to_disk` writes it, in record batches of 3: embedded images are indexed by their
+    # byte range in the file (named by their row in the file), a row without an image has none, and a row whose image
+    # is only a path (bytes null) keeps that path, relative to the file's folder.
+    pa = pytest.importorskip("pyarrow")
+    png(tmp_path / "beside.png", colour=(0, 200, 0))
+    blobs = [png_bytes((40 * i, 0, 0)) for i in range(5)]
+    cells = [{"bytes": b, "path": None} for b in blobs] + [None, {"bytes": None, "path": "beside.png"}]
+    table = pa.table({"image": cells, "caption": [f"caption {i}" for i in range(7)]})
+    with pa.ipc.new_stream(tmp_path / "data.arrow", table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=3):
+            writer.write_batch(batch)
+    records = read_records(tmp_path / "data.arrow")
+    assert [r.turns[-1].text for r in records] == [f"caption {i}" for i in range(7)]
+    slices = [r.images[0] for r in records[:5]]
+    assert all(isinstance(s, FileSlice) for s in slices)
+    assert [s.read() for s in slices] == blobs
+    assert str(slices[4]).endswith("data.arrow:row 4 image")  # the file's row 4: the second batch's row 1
+    assert records[5].images == []
+    assert records[6].images == [(tmp_path / "beside.png").resolve()]
+    assert open_image(records[6].images[0]).getpixel((0, 0)) == (0, 200, 0)
+
+
 def test_format_override(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "caption": "hi"}])
     assert kinds(path) == ["ok"]

@@ -88,6 +88,20 @@ def read_records(path: str | Path, format: str | None = None, skips: SkipLog | N
     return list(iter_records(path, options, skips))
 
 
+def source_path(source: Source, data_root: Path) -> Path:
+    """A recipe source's file or folder: relative paths start at data_root; a streamed dataset that is not there is a
+    hub id."""
+    path = Path(source.path) if Path(source.path).is_absolute() else Path(data_root) / source.path
+    return Path(source.path) if source.format == "hf-stream" and not path.exists() else path
+
+
+def source_records(source: Source, data_root: Path, skips: SkipLog | None = None) -> Iterator[Record]:
+    """The records of a recipe source; with `skips`, bad records are counted there and left out."""
+    from .readers import ReadOptions, iter_records
+
+    return iter_records(source_path(source, data_root), ReadOptions(format=source.format, split=source.split), skips)
+
+
 def load_image(path, min_side: int | None = None) -> Image.Image:
     """Open an image (file, in-memory, shard member or bytes) as RGB; a clear error names the file when it cannot.
     `min_side`: JPEGs may be decoded at a reduced scale that keeps both sides at least this long (see images.py)."""
@@ -299,7 +313,10 @@ class Source:
     weight: float = 1.0
     """Fraction of the file's records drawn per epoch (2.0 = each record twice, 0.5 = a random half)."""
     format: str | None = None
-    """Data format (llava, coco, pairs, imagefolder, webdataset, hf); null detects it from the path."""
+    """Data format (llava, coco, pairs, imagefolder, webdataset, hf, hf-stream); null detects it from the path
+    (hf-stream, a Hugging Face dataset streamed as it trains, is never detected: `path` may be a hub id)."""
+    split: str | None = None
+    """Split of a Hugging Face dataset (hf-stream); default train."""
 
 
 class SkipLog:
@@ -352,10 +369,8 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
     """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged."""
     encoded_sources = []
     for source in sources:
-        path = Path(source.path)
-        path = path if path.is_absolute() else data_root / path
         encoded = []
-        for record in read_records(path, source.format, skips):
+        for record in source_records(source, data_root, skips):
             try:
                 encoded.append(encoder.encode(record))
             except DataError as e:

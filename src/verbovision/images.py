@@ -138,7 +138,9 @@ def _opened(source: ImageSource, max_pixels: int) -> Iterator[Image.Image]:
         raise DataError(f"{name}: image not found") from None
     except Image.DecompressionBombError as e:
         raise DataError(f"{name}: unreadable image (decompression bomb refused: {e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:  # PIL's message names a BytesIO object, not the image
+        raise DataError(f"{name}: unreadable image (not in an image format PIL knows)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{name}: unreadable image ({e})") from None
 
 

@@ -8,6 +8,8 @@ Formats:
     imagefolder  Hugging Face imagefolder: images + metadata.jsonl/.csv (`file_name` column), at the root or per split
     webdataset   .tar shards (or a folder of them), streamed: members grouped by key, an image + .txt/.caption/.json
     hf           a Hugging Face dataset saved with `save_to_disk`, or parquet file(s); images as {bytes, path}
+    hf-stream    any dataset `datasets.load_dataset` streams (a hub id, a local folder), read as training goes
+                 (streams.py); never detected, always named
 
 Every row-shaped format goes through one row reader: a row with `conversations` is a LLaVA record, any other row a
 caption/answer pair. A problem with one record is yielded as a `RecordError` (a check counts it, training skips it);
@@ -41,8 +43,9 @@ from .data import (
 )
 from .errors import DataError
 from .images import BytesImage, FileSlice
+from .streams import read_stream
 
-FORMATS = ("llava", "coco", "pairs", "imagefolder", "webdataset", "hf")
+FORMATS = ("llava", "coco", "pairs", "imagefolder", "webdataset", "hf", "hf-stream")
 
 IMAGE_COLUMNS = ("image", "images", "image_path", "file_name", "file_names", "filename", "img", "path", "jpg", "png",
                  "jpeg", "webp")
@@ -79,6 +82,8 @@ class ReadOptions:
     """Folder relative image paths start from (default: the data file's folder; COCO: guessed near the file)."""
     prompt: str = "Describe the image briefly."
     """User turn of caption records (rows without a question)."""
+    split: str | None = None
+    """Split of a Hugging Face dataset read with `hf-stream` (default train)."""
 
 
 # ---------------------------------------------------------------------------------------------------- entry points
@@ -99,7 +104,7 @@ def scan(path: str | Path, options: ReadOptions | None = None) -> Iterator[Recor
     """Every record of a data path in file order, each a valid `Record` or the `RecordError` saying why it is not."""
     options = options or ReadOptions()
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and options.format != "hf-stream":  # a stream may be a hub dataset id
         raise DataError(f"{path}: data file not found")
     fmt = options.format or detect_format(path)
     if fmt not in READERS:
@@ -517,48 +522,64 @@ def arrow_rows(path: Path) -> Iterator[dict]:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
                 yield from batch.to_pylist()
             return
+        # Mapped, not read: a batch's buffers point into the mapping and only the pages read become resident. The
+        # image bytes are never read here (not even copied into a scalar: that alone once made every image page of
+        # the file resident, as much memory as the file during indexing); only their offsets are.
         mapped = pa.memory_map(str(path))
-        whole = mapped.read_buffer()  # the file's bytes, where the batches' buffers point (no copy)
+        whole = mapped.read_buffer()  # the file's bytes, where the batches' buffers point (no copy, nothing read)
         mapped.seek(0)
+        first = 0
         for batch in pa.ipc.open_stream(mapped):
-            yield from _rows_with_image_slices(batch, path, whole)
+            yield from _rows_with_image_slices(batch, path, whole, first)
+            first += batch.num_rows
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: unreadable {path.suffix[1:]} file ({e})") from None
 
 
-def _rows_with_image_slices(batch, path: Path, whole) -> Iterator[dict]:
-    """A record batch's rows, with each embedded image ({bytes, path} struct) as the byte range it has in the file."""
+def _rows_with_image_slices(batch, path: Path, whole, first: int) -> Iterator[dict]:
+    """A record batch's rows, with each embedded image ({bytes, path} struct) as the byte range it has in the file
+    (a row without bytes keeps its {path}); `first` is the file's row number of the batch's first row."""
     import pyarrow as pa
 
-    images = {name: _image_ranges(batch.column(name), whole) for name, kind in zip(batch.schema.names,
-                                                                                   batch.schema.types)
+    images = {name: _image_cells(batch.column(name), whole) for name, kind in zip(batch.schema.names,
+                                                                                  batch.schema.types)
               if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0}
-    images = {name: ranges for name, ranges in images.items() if ranges is not None}
+    images = {name: cells for name, cells in images.items() if cells is not None}
     rest = batch.drop_columns(list(images)) if images else batch
     for row_index, row in enumerate(rest.to_pylist()):
-        for name, ranges in images.items():
-            span = ranges[row_index]
-            row[name] = None if span is None else FileSlice(path, f"row {row_index} {name}", *span)
+        for name, cells in images.items():
+            cell = cells[row_index]
+            row[name] = FileSlice(path, f"row {first + row_index} {name}", *cell) if isinstance(cell, tuple) else cell
         yield row
 
 
-def _image_ranges(column, whole) -> list | None:
-    """(offset, size) in the file of each row's image bytes (None for a missing one); None when the bytes are not
-    stored as-is in the file (a compressed Arrow file): they are then read into memory like parquet's."""
+def _image_cells(column, whole) -> list | None:
+    """Each row's image: the (offset, size) of its bytes in the file, else its {path} (None when it has neither).
+    None for the whole column when the bytes are not stored as-is in the file (a compressed Arrow file): they are
+    then read into memory like parquet's.
+
+    Only offsets, the validity bitmap and (for rows without bytes) paths are read: never the image bytes."""
     import numpy as np
     import pyarrow as pa
 
-    data = column.flatten()[column.type.get_field_index("bytes")]  # parent offsets and nulls applied
+    fields = column.flatten()  # parent offsets and nulls applied
+    data = fields[column.type.get_field_index("bytes")]
     if not (pa.types.is_binary(data.type) or pa.types.is_large_binary(data.type)):
         return None
-    _, offsets, values = data.buffers()
+    validity, offsets, values = data.buffers()
     start = values.address - whole.address if values is not None else -1
     if not 0 <= start < whole.size or not 0 <= start + values.size <= whole.size:
         return None
     width = np.int64 if pa.types.is_large_binary(data.type) else np.int32
     bounds = np.frombuffer(offsets, dtype=width)[data.offset : data.offset + len(data) + 1]
-    return [None if not data[i].is_valid else (start + int(bounds[i]), int(bounds[i + 1] - bounds[i]))
-            for i in range(len(data))]
+    has_bytes = bounds[1:] > bounds[:-1]
+    if validity is not None and data.null_count:  # the bitmap itself (Array.is_valid() would load pyarrow.compute)
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+        has_bytes &= bits[data.offset : data.offset + len(data)].astype(bool)
+    path_field = column.type.get_field_index("path")
+    paths = fields[path_field].to_pylist() if path_field >= 0 and not has_bytes.all() else [None] * len(data)
+    return [(start + int(lo), int(hi - lo)) if ok else ({"path": name} if name else None)
+            for lo, hi, ok, name in zip(bounds[:-1], bounds[1:], has_bytes, paths)]
 
 
 READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record | RecordError]]] = {
@@ -568,4 +589,5 @@ READERS: dict[str, Callable[[Path, ReadOptions], Iterator[Record | RecordError]]
     "imagefolder": read_imagefolder,
     "webdataset": read_webdataset,
     "hf": read_hf,
+    "hf-stream": read_stream,
 }

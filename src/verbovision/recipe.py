@@ -112,6 +112,11 @@ class Stage:
     """Without packing: batch samples of similar length together (less padding); batches still come in random order."""
     feature_cache_dtype: str = "float16"
     """Storage type of cached features: float16, bfloat16 or float32 (exact)."""
+    stream_buffer: int = 1000
+    """Rows held for shuffling streamed training sources (hf-stream): memory holds this many rows, images included."""
+    stream_shards: int = 1
+    """Shards of a streamed source read at once to fill the shuffle buffer (datasets' max_buffer_input_shards):
+    more mix better, and each holds its current parquet row group in memory."""
     max_length: int = 2048
     """Longest tokenized example; what happens to longer ones is `truncation`."""
     truncation: str = "drop"
@@ -276,9 +281,24 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric} needs data.val records to generate on")
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
-    for name in ("batch_size", "grad_accum", "keep"):
+    _check_streams(stage, where)
+    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
+
+
+def _check_streams(stage: Stage, where: str) -> None:
+    streamed = [source.format == "hf-stream" for source in stage.data.train]
+    if not any(streamed):
+        return
+    if not all(streamed):
+        raise ConfigError(f"{where}.data.train: streamed (hf-stream) and indexed sources cannot be mixed in one stage")
+    # Both reorder a whole epoch, which a stream never holds.
+    for name in ("packing", "group_by_length"):
+        if getattr(stage, name):
+            raise ConfigError(f"{where}.{name}: not available with streamed (hf-stream) training sources")
+    if stage.type == "scst":
+        raise ConfigError(f"{where}: scst stages need indexed training sources, not hf-stream")
 
 
 def _check_scst(stage: Stage, where: str) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
-from .data import read_records
+from .data import SkipLog, source_records
 from .recipe import Recipe
 from .runinfo import read_metrics
 from .store import read_json, write_atomic
@@ -16,7 +17,7 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6) -> list[dict]:
 
     stage = recipe.stages[-1]
     sources = stage.data.val or stage.data.train
-    records = [r for r in read_records(Path(recipe.data_root) / sources[0].path) if r.images][:n]
+    records = list(islice((r for r in source_records(sources[0], Path(recipe.data_root), SkipLog()) if r.images), n))
     if not records:
         return []
     vlm = VLM(model_dir)

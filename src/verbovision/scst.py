@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Collator, Encoded, SkipLog, load_image, read_records, skip_reason
+from .data import Collator, Encoded, SkipLog, load_image, skip_reason, source_records
 from .errors import DataError
 from .families import IMAGES_IN_TEXT
 from .infer import eos_token_ids
 from .metrics import CiderD, bleu, ptb_tokenize
 from .recipe import Recipe, Stage
-from .train import StageSetup, TrainState, optimizer_step, resolve_data
+from .train import StageSetup, TrainState, optimizer_step
 
 
 @dataclass
@@ -249,7 +250,7 @@ def scst_sources(recipe: Recipe, stage: Stage, encoder) -> list[tuple[list[ScstE
     sources = []
     for source in stage.data.train:
         examples, references = [], []
-        for record in read_records(resolve_data(recipe, source.path), source.format, SkipLog()):
+        for record in source_records(source, Path(recipe.data_root), SkipLog()):
             if not record.references:
                 continue
             try:

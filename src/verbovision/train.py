@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ from .data import (
     iter_batches,
     length_grouped,
     pack_examples,
-    read_records,
+    source_records,
     skip_reason,
 )
 from .distributed import processes
@@ -60,6 +61,7 @@ from .store import (
     write_atomic,
     write_json,
 )
+from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
 from .trainable import configure_trainable, param_groups
 
@@ -150,14 +152,9 @@ def training_texts(recipe: Recipe):
     yield "user assistant system\n"
     for stage in recipe.stages:
         for source in stage.data.train + stage.data.val:
-            for record in read_records(resolve_data(recipe, source.path), source.format, SkipLog()):
+            for record in source_records(source, Path(recipe.data_root), SkipLog()):
                 for turn in record.turns:
                     yield turn.text
-
-
-def resolve_data(recipe: Recipe, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else Path(recipe.data_root) / p
 
 
 @dataclass
@@ -196,16 +193,17 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         model.compile(backend=stage.compile, dynamic=True)
     encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
-    train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
-    features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
+    if any(is_stream(source) for source in stage.data.train):  # read as it trains: no cache, no epoch up front
+        train_sources = StreamMix(stage.data.train, encoder, Path(recipe.data_root), stage.stream_buffer,
+                                  stage.stream_shards, recipe.seed)
+        features = None
+    else:
+        train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
+        features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     if stage.packing:
         check_packing(encoder.family)
-    per_epoch = len(epoch_batches(train_sources, stage, seed=recipe.seed * 1000))
-    if per_epoch == 0:
-        raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
-    steps_per_epoch = math.ceil(per_epoch / stage.grad_accum)
-    total_steps = stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
+    steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), foreach=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
@@ -213,6 +211,24 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     return StageSetup(model, processor, uses_lora, Collator(encoder, features=features), train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
                       scheduler, steps_per_epoch, total_steps, skips)
+
+
+def stage_length(sources, stage: Stage, seed: int, skips: SkipLog) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all. A stream that does not say its length trains `max_steps`, and its
+    "epoch" (for the default checkpoint interval) is then the whole stage."""
+    batch_size = stage.batch_size * processes().count
+    if isinstance(sources, StreamMix):
+        rows = sources.rows_per_epoch()
+        if rows is None and not stage.max_steps:
+            raise ConfigError(f"stage {stage.name}: the streamed training data does not say how many rows it has; "
+                              "set max_steps")
+        per_epoch = math.ceil(rows / batch_size) if rows is not None else stage.max_steps * stage.grad_accum
+    else:
+        per_epoch = len(epoch_batches(sources, stage, seed=seed * 1000, batch_size=batch_size))
+    if per_epoch == 0:
+        raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
+    steps_per_epoch = math.ceil(per_epoch / stage.grad_accum)
+    return steps_per_epoch, stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
 
 
 def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger, run: dict,
@@ -235,10 +251,11 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
                disable=not procs.is_main)
     core.train()
     while state.step < setup.total_steps and not state.stopped:
-        micro_batches = epoch_batches(sources, stage, seed=recipe.seed * 1000 + state.epoch,
-                                      batch_size=stage.batch_size * procs.count)
-        groups = [micro_batches[i : i + stage.grad_accum] for i in range(0, len(micro_batches), stage.grad_accum)]
-        for group in groups[state.step_in_epoch :]:
+        groups = 0
+        for group, stream_skips, end_of_epoch in epoch_groups(sources, stage, recipe.seed, state, procs.count):
+            groups += 1
+            for reason, record_id in stream_skips:
+                state.record_skip(reason, record_id)
             values = step(group, state)
             state.step += 1
             state.step_in_epoch += 1
@@ -247,20 +264,22 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
             if state.step % stage.log_every == 0 or state.step == setup.total_steps:
                 logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
                            lr=scheduler.get_last_lr()[0])
-            end_of_epoch = state.step_in_epoch == len(groups)
             eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
             if setup.val_examples and (eval_now or state.step == setup.total_steps):
-                if procs.is_main:
+                if procs.is_main or procs.sharded:  # sharded: every process runs the model, the main one logs
                     validate(core, setup.collator, setup.val_examples, setup.val_records, stage, state, stage_dir,
                              logger, device)
                 state.best, state.bad_evals, state.stopped = procs.share((state.best, state.bad_evals, state.stopped))
             if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
-                if procs.is_main:
+                if procs.is_main or procs.sharded:  # sharded: every process sends its parts, the main one writes
                     state.save(stage_dir / "checkpoints", core, optimizer, scheduler, keep=stage.keep)
                 procs.wait()
             if state.step >= setup.total_steps or state.stopped:
                 break
         else:
+            if not groups and not state.step_in_epoch:
+                raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
+                                f"({SkipLog.from_dict(state.skipped).as_dict()})")
             state.epoch += 1
             state.step_in_epoch = 0
     bar.close()
@@ -270,10 +289,48 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
     is_last = index == len(recipe.stages) - 1
     result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last) \
-        if procs.is_main else None
+        if procs.is_main or procs.sharded else None
     result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
     return result
+
+
+def epoch_groups(sources, stage: Stage, seed: int, state: TrainState,
+                 processes: int) -> Iterator[tuple[list, list, bool]]:
+    """The rest of the current epoch, from `state.step_in_epoch` on: (group of `grad_accum` global micro-batches,
+    records a stream skipped while building it, whether it ends the epoch)."""
+    batch_size = stage.batch_size * processes
+    if isinstance(sources, StreamMix):
+        groups = stream_groups(sources.examples(state.epoch), batch_size, stage.grad_accum)
+    else:
+        micro_batches = epoch_batches(sources, stage, seed=seed * 1000 + state.epoch, batch_size=batch_size)
+        groups = ((micro_batches[i : i + stage.grad_accum], []) for i in range(0, len(micro_batches),
+                                                                                stage.grad_accum))
+    groups = islice(groups, state.step_in_epoch, None)  # resuming: a stream replays what it had (text only)
+    current = next(groups, None)
+    for following in groups:
+        yield *current, False
+        current = following
+    if current is not None:
+        yield *current, True
+
+
+def stream_groups(items: Iterator, batch_size: int, grad_accum: int) -> Iterator[tuple[list, list]]:
+    """Groups of `grad_accum` micro-batches of streamed examples, each with the skips met while filling it (the
+    stream's last ones go with its last group)."""
+    group, batch, skipped = [], [], []
+    for example, skip in items:
+        if skip:
+            skipped.append(skip)
+            continue
+        batch.append(example)
+        if len(batch) == batch_size:
+            group, batch = group + [batch], []
+        if len(group) == grad_accum:
+            yield group, skipped
+            group, skipped = [], []
+    if batch or group:
+        yield group + ([batch] if batch else []), skipped
 
 
 def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None = None) -> list[list]:
@@ -459,13 +516,22 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
     if stage.best_metric == "val_loss":
         return []
     records = [r for source in stage.data.val
-               for r in read_records(resolve_data(recipe, source.path), source.format, SkipLog()) if r.references]
+               for r in source_records(source, Path(recipe.data_root), SkipLog()) if r.references]
     return records[: stage.best_metric_records]
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
-                 is_last: bool) -> StageResult:
-    """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge)."""
+                 is_last: bool) -> StageResult | None:
+    """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
+    Sharded parameters (FSDP): every process calls it and sends its parts to the main process, which saves a whole
+    copy (the base, set up as the stage trains it, on the CPU); the others return None."""
+    procs = processes()
+    if procs.sharded:
+        state = procs.full_state(model)
+        if not procs.is_main:
+            return None
+        model, _ = configure_trainable(load_model(base, device="cpu")[0], stage)
+        model.load_state_dict(state)
     model.eval()
     if stage.gradient_checkpointing:
         model.activation_checkpointing_disable()
@@ -495,21 +561,21 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable parameters as whole CPU tensors (sharded: every process calls it, the main process gets them)."""
+    return processes().full_state(model, trainable_only=True)
 
 
 def save_trainable(model, path: Path) -> None:
+    state = trainable_state(model)
+    if not processes().is_main:
+        return
     tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state(model), str(tmp))
+    save_file(state, str(tmp))
     tmp.replace(path)
 
 
 def load_trainable(model, path: Path) -> None:
-    state = load_file(str(path))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
+    processes().load_state(model, load_file(str(path)))
 
 
 @dataclass
@@ -531,14 +597,19 @@ class TrainState:
         self.skipped = log.as_dict()
 
     def save(self, folder: Path, model, optimizer, scheduler, keep: int = 2) -> None:
-        """Write checkpoints/step-N via a temporary name (a kill mid-write leaves the previous ones intact)."""
+        """Write checkpoints/step-N via a temporary name (a kill mid-write leaves the previous ones intact).
+        Sharded parameters: every process calls it; the main process writes."""
+        procs = processes()
+        trainable, optimizer_state = trainable_state(model), procs.optimizer_state(model, optimizer)
+        if not procs.is_main:
+            return
         final = folder / f"step-{self.step:08d}"
         tmp = folder / f".{final.name}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        save_file(trainable, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
         write_json(tmp / "state.json", self.__dict__)
         replace_dir(tmp, final)
@@ -554,7 +625,7 @@ class TrainState:
         self.__dict__.update(read_json(latest / "state.json"))
         load_trainable(model, latest / "trainable.safetensors")
         extra = torch.load(latest / "optimizer.pt", weights_only=False)
-        optimizer.load_state_dict(extra["optimizer"])
+        processes().load_optimizer_state(model, optimizer, extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
         return True

@@ -1,0 +1,125 @@
+"""Hugging Face streaming datasets (`format: hf-stream`): trained as they are read, resumed in the middle of an epoch,
+the same on two processes as on one, and within a memory cap whatever their size.
+
+The streams here are local parquet shards opened with `datasets.load_dataset(..., streaming=True)`, the path a hub
+dataset id takes too (without the network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from verbovision.cli import main
+from verbovision.data import read_records
+from verbovision.errors import ConfigError
+from verbovision.recipe import parse_recipe
+from verbovision.train import train_recipe
+
+from .test_resume import curve, kill_at_step
+from .test_streaming import noise_samples, peak_rss_mb
+from .test_train import stage, tiny_recipe
+
+datasets = pytest.importorskip("datasets")
+
+
+def write_parquet_shards(folder: Path, rows: list[dict], per_shard: int) -> float:
+    """`rows` ({image: bytes, caption}) as parquet shards of `per_shard` rows (one row group each); size in MB."""
+    folder.mkdir(parents=True)
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    for first in range(0, len(rows), per_shard):
+        part = rows[first : first + per_shard]
+        table = datasets.Dataset.from_dict({"image": [{"bytes": r["image"], "path": None} for r in part],
+                                            "caption": [r["caption"] for r in part]}, features=features)
+        table.to_parquet(str(folder / f"part-{first // per_shard:04d}.parquet"), batch_size=per_shard)
+    return sum(p.stat().st_size for p in folder.glob("*.parquet")) / 2**20
+
+
+def shapes_rows(shapes_data: Path) -> list[dict]:
+    """The shapes training split as rows, plus one row without a caption and one whose image is not an image."""
+    rows = [{"image": Path(r.images[0]).read_bytes(), "caption": r.turns[-1].text}
+            for r in read_records(shapes_data / "train/caption_short_en.json")]
+    rows[3]["caption"] = ""
+    rows[7]["image"] = b"not an image"
+    return rows
+
+
+def stream_recipe(data_root: Path, stream: Path, **options) -> dict:
+    settings = {"train": {"vision": "frozen", "connector": "full", "language": "lora"}, "template": "plain",
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.2}, "log_every": 1, "stream_buffer": 8, "max_steps": 14}
+    return tiny_recipe(data_root, [stage(
+        "stream", data={"train": [{"path": str(stream), "format": "hf-stream"}], "val": ["val/caption_short_en.json"]},
+        **{**settings, **options})])
+
+
+def run_json(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def test_stream_trains_counts_bad_rows_and_resumes_mid_epoch(tmp_path, shapes_data):
+    rows = shapes_rows(shapes_data)
+    write_parquet_shards(tmp_path / "stream", rows, per_shard=7)
+    raw = stream_recipe(shapes_data, tmp_path / "stream", save_every=2, eval_every=5)
+    reference = tmp_path / "reference"
+    train_recipe(parse_recipe(raw), reference)
+    per_epoch = (len(rows) - 2) // 4  # the row without a caption never batches; the bad image drops at collation
+    assert 14 > per_epoch  # the run crosses into a second epoch, which the stream reshuffles
+    skipped = run_json(reference)["skipped"]["stream"]
+    assert set(skipped) == {"empty answer", "unreadable image"}, skipped
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "resumed"
+    command = [sys.executable, "-m", "verbovision", "train", str(path), "--out", str(run)]
+    kill_at_step(command, run, random.Random(os.getpid()).randint(3, 11))
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+    expected, got = curve(reference), curve(run)
+    assert [s for s, _, _ in got] == [s for s, _, _ in expected]
+    assert max(abs(a - b) for (_, a, _), (_, b, _) in zip(expected, got) if a is not None) <= 1e-6
+    assert run_json(run)["skipped"]["stream"] == skipped  # counted once each time read, replays not counted again
+    resumed, uninterrupted = load_file(str(run / "final/adapter_model.safetensors")), \
+        load_file(str(reference / "final/adapter_model.safetensors"))
+    assert max((resumed[k] - uninterrupted[k]).abs().max().item() for k in resumed) <= 1e-6
+
+
+def test_two_processes_on_a_stream_equal_one(tmp_path, shapes_data):
+    write_parquet_shards(tmp_path / "stream", shapes_rows(shapes_data), per_shard=8)
+    raw = stream_recipe(shapes_data, tmp_path / "stream", max_steps=4, batch_size=4,
+                        train={"vision": "full", "connector": "full", "language": "full"})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", str(path), "stages.0.batch_size=2", "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    one = load_file(str(tmp_path / "one/final/model.safetensors"))
+    two = load_file(str(tmp_path / "two/final/model.safetensors"))
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+    assert [r[1] for r in curve(tmp_path / "one")] == pytest.approx([r[1] for r in curve(tmp_path / "two")], abs=1e-5)
+
+
+def test_a_large_stream_trains_within_a_memory_cap(tmp_path, shapes_data):
+    rows = lambda n: [{"image": png, "caption": text} for png, text in noise_samples(n)]  # noqa: E731
+    small_mb = write_parquet_shards(tmp_path / "small/stream", rows(25), per_shard=25)
+    big_mb = write_parquet_shards(tmp_path / "big/stream", rows(500), per_shard=25)
+    assert big_mb > 150
+    recipe = lambda folder: stream_recipe(shapes_data, folder, max_steps=125, batch_size=4)  # noqa: E731
+    baseline = peak_rss_mb(recipe(tmp_path / "small/stream"), tmp_path / "small")
+    peak = peak_rss_mb(recipe(tmp_path / "big/stream"), tmp_path / "big")  # 125 steps x 4: every image once
+    cap = baseline + 40
+    assert peak < cap < baseline + big_mb - small_mb, (peak, baseline, big_mb)
+
+
+def test_streams_refuse_what_needs_a_whole_epoch(tmp_path, shapes_data):
+    raw = stream_recipe(shapes_data, tmp_path / "stream", packing=64)
+    with pytest.raises(ConfigError, match="packing: not available with streamed"):
+        parse_recipe(raw)
+    write_parquet_shards(tmp_path / "stream", shapes_rows(shapes_data), per_shard=8)
+    with pytest.raises(ConfigError, match="set max_steps"):
+        train_recipe(parse_recipe(stream_recipe(shapes_data, tmp_path / "stream", max_steps=None)), tmp_path / "run")
