@@ -75,6 +75,7 @@ def test_stream_trains_counts_bad_rows_and_resumes_mid_epoch(tmp_path, shapes_da
     skipped = run_json(reference)["skipped"]["stream"]
     assert set(skipped) == {"empty answer", "unreadable image"}, skipped
 
+    raw["stages"][0]["data_workers"] = 2  # and its images read by 2 DataLoader workers: the same run again
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))
     run = tmp_path / "resumed"

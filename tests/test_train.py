@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from verbovision.data import Encoder, read_records
@@ -113,11 +114,21 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     broken.write_bytes(b"not a png")
     records[1]["image"] = "../images/missing.png"
     (data / "train/caption_short_en.json").write_text(json.dumps(records))
-    recipe = parse_recipe(tiny_recipe(data, [stage("s", epochs=1, max_steps=None, batch_size=8)]))
-    train_recipe(recipe, tmp_path / "run")
+    raw = tiny_recipe(data, [stage("s", epochs=2, max_steps=None, batch_size=8, log_every=1)])
+    train_recipe(parse_recipe(raw), tmp_path / "run")
     skipped = read_json(tmp_path / "run/run.json")["skipped"]["s"]
     assert skipped["unreadable image"]["count"] >= 1 and records[0]["id"] in skipped["unreadable image"]["examples"][0]
     assert skipped["image not found"]["count"] >= 1
+
+    # Images read by 3 DataLoader workers instead (more workers than some epochs have steps left): the same run.
+    raw["stages"][0]["data_workers"] = 3
+    train_recipe(parse_recipe(raw), tmp_path / "workers")
+    assert read_json(tmp_path / "workers/run.json")["skipped"]["s"] == skipped
+    losses = lambda run: [(r["step"], r.get("loss"), r.get("val_loss"))  # noqa: E731
+                          for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+    assert losses("workers") == losses("run") and len(losses("run")) >= 8
+    weights = [load_file(str(tmp_path / run / "final/model.safetensors")) for run in ("run", "workers")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 @pytest.mark.parametrize("override,message", [

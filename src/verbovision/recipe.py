@@ -112,6 +112,9 @@ class Stage:
     """Without packing: batch samples of similar length together (less padding); batches still come in random order."""
     feature_cache_dtype: str = "float16"
     """Storage type of cached features: float16, bfloat16 or float32 (exact)."""
+    data_workers: int = 0
+    """DataLoader worker processes that read and process the next batches' images while the model trains (the
+    batches and their order are the same as without); 0 does it in the training process."""
     stream_buffer: int = 1000
     """Rows held for shuffling streamed training sources (hf-stream): memory holds this many rows, images included."""
     stream_shards: int = 1
@@ -282,6 +285,8 @@ def _check_stage(stage: Stage, where: str) -> None:
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
     _check_streams(stage, where)
+    if stage.data_workers < 0:
+        raise ConfigError(f"{where}.data_workers: must be >= 0")
     for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")

@@ -101,7 +101,9 @@ class StreamMix:
                                                   seed=self.seed, stopping_strategy="all_exhausted")
         stream = stream.shuffle(seed=self.seed, buffer_size=self.buffer, max_buffer_input_shards=self.shards)
         stream.set_epoch(epoch)
-        return stream
+        # Rows one at a time through `iter`: iterating the dataset itself inside a DataLoader worker would give that
+        # worker only its share of the shards, and every worker must see the whole epoch (see train.PreparedGroups).
+        return ({name: values[0] for name, values in batch.items()} for batch in stream.iter(batch_size=1))
 
     def _record(self, row: dict, which: int, default_id: str):
         from .readers import row_record, validate

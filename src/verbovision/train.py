@@ -16,6 +16,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
     core, scheduler = setup.model, setup.scheduler  # core: the model itself, whatever wraps it for several processes
     device = next(core.parameters()).device
-    sources, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the stage-start model
+    sources, prepare, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the start model
     state = TrainState()
     if resume and state.load(stage_dir / "checkpoints", core, setup.optimizer, scheduler):
         logger.forget_after(stage.name, state.step)  # those steps are about to be redone
@@ -252,11 +253,12 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     core.train()
     while state.step < setup.total_steps and not state.stopped:
         groups = 0
-        for group, stream_skips, end_of_epoch in epoch_groups(sources, stage, recipe.seed, state, procs.count):
+        epoch = partial(epoch_groups, sources, stage, recipe.seed, state.epoch, state.step_in_epoch, procs.count)
+        for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, prepare, stage.data_workers):
             groups += 1
             for reason, record_id in stream_skips:
                 state.record_skip(reason, record_id)
-            values = step(group, state)
+            values = step(prepared, state)
             state.step += 1
             state.step_in_epoch += 1
             bar.update(1)
@@ -295,18 +297,44 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     return result
 
 
-def epoch_groups(sources, stage: Stage, seed: int, state: TrainState,
+def prepared_groups(epoch: Callable[[], Iterator], prepare: Callable, workers: int) -> Iterator:
+    """`epoch()`'s groups with each group prepared (a process's micro-batches collated: images read and processed),
+    in this process or, with `workers`, ahead of time in DataLoader worker processes."""
+    if not workers:
+        return ((prepare(group), skips, end) for group, skips, end in epoch())
+    # A generator of its own: seeding the workers from the global one would shift the training's dropout masks.
+    loader = torch.utils.data.DataLoader(PreparedGroups(epoch, prepare), batch_size=None, num_workers=workers,
+                                         generator=torch.Generator())
+    return iter(loader)
+
+
+class PreparedGroups(torch.utils.data.IterableDataset):
+    """An epoch's groups prepared by DataLoader workers: of W workers, worker w prepares groups w, w + W, ...; the
+    DataLoader takes one from each worker in turn, so they arrive in the epoch's order, the same as without workers.
+    Each worker walks the whole epoch (a stream is read by every worker), preparing only its share."""
+
+    def __init__(self, epoch: Callable[[], Iterator], prepare: Callable):
+        self.epoch, self.prepare = epoch, prepare
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        for index, (group, skips, end) in enumerate(self.epoch()):
+            if index % worker.num_workers == worker.id:
+                yield self.prepare(group), skips, end
+
+
+def epoch_groups(sources, stage: Stage, seed: int, epoch: int, start: int,
                  processes: int) -> Iterator[tuple[list, list, bool]]:
-    """The rest of the current epoch, from `state.step_in_epoch` on: (group of `grad_accum` global micro-batches,
-    records a stream skipped while building it, whether it ends the epoch)."""
+    """Epoch `epoch` from its group `start` on (a resumed run): (group of `grad_accum` global micro-batches, records
+    a stream skipped while building it, whether it ends the epoch)."""
     batch_size = stage.batch_size * processes
     if isinstance(sources, StreamMix):
-        groups = stream_groups(sources.examples(state.epoch), batch_size, stage.grad_accum)
+        groups = stream_groups(sources.examples(epoch), batch_size, stage.grad_accum)
     else:
-        micro_batches = epoch_batches(sources, stage, seed=seed * 1000 + state.epoch, batch_size=batch_size)
+        micro_batches = epoch_batches(sources, stage, seed=seed * 1000 + epoch, batch_size=batch_size)
         groups = ((micro_batches[i : i + stage.grad_accum], []) for i in range(0, len(micro_batches),
                                                                                 stage.grad_accum))
-    groups = islice(groups, state.step_in_epoch, None)  # resuming: a stream replays what it had (text only)
+    groups = islice(groups, start, None)  # a stream replays what it had read (text only, no image decoded)
     current = next(groups, None)
     for following in groups:
         yield *current, False
@@ -351,30 +379,32 @@ def check_packing(family) -> None:
         raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
 
 
-def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable]:
-    """The stage's training examples (as (examples, weight) per source) and its optimizer step.
+def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable, Callable]:
+    """The stage's training examples (as (examples, weight) per source), how a group of `grad_accum` global
+    micro-batches of them is prepared for this process (possibly in a data worker), and the optimizer step.
 
-    The step takes one group of `grad_accum` micro-batches of those examples and the TrainState (for skips), and
-    returns what to log, `loss` included.
+    The step takes one prepared group and the TrainState (for skips), and returns what to log, `loss` included.
     """
     if stage.type == "scst":
         from .scst import ScstSteps
 
         steps = ScstSteps(recipe, stage, setup, device)
-        return steps.sources, steps
+        return steps.sources, lambda group: group, steps
 
     procs = processes()
 
-    def sft_step(group: list, state: TrainState) -> dict:
+    def collated(group: list) -> list[tuple[dict, float]]:
         shards = [procs.shard(micro_batch, stage.batch_size) for micro_batch in group]
-        batches = [(setup.collator(examples), weight) for examples, weight in shards]
+        return [(setup.collator(examples), weight) for examples, weight in shards]
+
+    def sft_step(batches: list[tuple[dict, float]], state: TrainState) -> dict:
         skipped = [item for batch, weight in batches for item in batch.pop("skipped") if weight]
         for reason, rid in procs.gathered(skipped):
             state.record_skip(reason, rid)
         return train_step(setup.model, batches, device, stage, setup.optimizer, setup.scheduler,
                           setup.collator.encoder)
 
-    return setup.train_sources, sft_step
+    return setup.train_sources, collated, sft_step
 
 
 def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips: SkipLog) -> FeatureCache | None:
