@@ -19,6 +19,7 @@ from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import apply_override, load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
+from verbovision.trainable import enable_checkpointing
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 
@@ -84,6 +85,32 @@ def test_frozen_components_do_not_change(tmp_path, shapes_data):
     assert not any(n.startswith("model.vision_tower") for n in changed)
     assert not any(n.startswith("model.language_model.layers.0.") for n in changed)
     assert not any("embed_tokens" in n for n in changed)
+
+
+def test_gradient_checkpointing_per_component(tmp_path, shapes_data):
+    raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "full", "connector": "full", "language": "full"},
+                                          max_steps=2, log_every=1)])
+    train_recipe(parse_recipe(raw), tmp_path / "plain")
+    raw["stages"][0]["gradient_checkpointing"] = ["language"]
+    train_recipe(parse_recipe(raw), tmp_path / "checkpointed")
+    rows = lambda run: [r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text()  # noqa: E731
+                                                .splitlines()) if "loss" in r]
+    assert rows("checkpointed") == pytest.approx(rows("plain"), abs=1e-6)  # recomputing changes nothing
+
+    # Which layers recompute: inside a checkpointed layer, modules start twice in a training step, elsewhere once
+    # (a pre-hook: the recomputation stops inside the last module, once it has every tensor the backward needs).
+    model, processor = load_model(str(tmp_path / "plain/init"), device="cpu")
+    enable_checkpointing(model, ["language"])
+    model.train()
+    calls = {"vision": 0, "language": 0}
+    model.model.vision_tower.encoder.layers[0].mlp.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("vision", calls["vision"] + 1))
+    model.model.language_model.layers[0].mlp.register_forward_pre_hook(
+        lambda *_: calls.__setitem__("language", calls["language"] + 1))
+    model(**probe_batch(model, processor, "cpu")).logits.sum().backward()
+    assert calls == {"vision": 1, "language": 2}
+    with pytest.raises(ConfigError, match="gradient_checkpointing: true, false or a list of"):
+        parse_recipe({**raw, "stages": [{**raw["stages"][0], "gradient_checkpointing": ["decoder"]}]})
 
 
 def test_labels_cover_assistant_replies_only(tmp_path, shapes_data):

@@ -96,8 +96,9 @@ class Stage:
     """Micro-batches per optimizer step."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping norm; null disables clipping."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
+    gradient_checkpointing: bool | list[str] = False
+    """Recompute activations in the backward pass to save memory: true for every layer, or the components whose
+    layers it applies to (vision, connector, language)."""
     bf16: bool = False
     """Compute forward and backward in bfloat16 (autocast); weights and optimizer states stay float32."""
     compile: str | None = None
@@ -274,6 +275,8 @@ def _check_stage(stage: Stage, where: str) -> None:
             raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
         if mode not in TRAINABILITY and not (mode.startswith("last:") and mode[5:].isdigit()):
             raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora, last:N or cross_attention")
+    if isinstance(stage.gradient_checkpointing, list) and set(stage.gradient_checkpointing) - set(COMPONENTS):
+        raise ConfigError(f"{where}.gradient_checkpointing: true, false or a list of {', '.join(COMPONENTS)}")
     if stage.merge and "lora" not in stage.train.values():
         raise ConfigError(f"{where}.merge: true needs a component trained with lora")
     if stage.packing is not None and (stage.type == "scst" or stage.packing < 1):

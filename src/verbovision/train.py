@@ -64,7 +64,7 @@ from .store import (
 )
 from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
-from .trainable import configure_trainable, param_groups
+from .trainable import configure_trainable, enable_checkpointing, param_groups
 
 
 @dataclass
@@ -182,10 +182,10 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     if is_quantized(model):
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=stage.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(stage.gradient_checkpointing))
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model, stage.gradient_checkpointing)
     if stage.bf16 and model.device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"stage {stage.name}: bf16: this GPU does not support bfloat16")
     if stage.compile:

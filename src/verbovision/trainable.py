@@ -7,6 +7,7 @@ import warnings
 
 import torch
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.pytorch_utils import Conv1D
 
 from .errors import ConfigError
@@ -117,3 +118,16 @@ def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
          "name": f"{component}{'' if decay else '.no_decay'}"}
         for (component, decay), params in groups.items()
     ]
+
+
+def enable_checkpointing(model: nn.Module, which: bool | list[str]) -> None:
+    """Activation checkpointing (recompute in the backward pass what the forward pass would keep) on every layer
+    (True), or on the layers of the listed components only: the long-sequence language model, say, and not the
+    vision tower whose activations are small or frozen."""
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if which is True:
+        return
+    components = Components(model)
+    for name, module in model.named_modules():
+        if isinstance(module, GradientCheckpointingLayer) and components.of(name) not in which:
+            module.gradient_checkpointing = False
