@@ -49,6 +49,16 @@ def test_python_api_batches_like_one_by_one(lora_run, shapes_data):
     assert sampled[0] == sampled[1]
 
 
+def test_compiled_generation_gives_the_same_captions(lora_run, shapes_data, capsys):
+    images = [str(p) for p in sorted((shapes_data / "images").glob("*.png"))[:4]]
+    model = str(lora_run / "stages/0-full/model")
+    outputs = []
+    for flags in ([], ["--compile"]):  # static KV cache + torch.compile (inductor)
+        assert main(["caption", model, *images, "--max-new-tokens", "8", "--batch-size", "4", *flags]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == 4
+
+
 def test_synth_command(tmp_path, capsys):
     assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo"), "--n", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 5

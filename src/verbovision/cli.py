@@ -44,13 +44,16 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
+    group.add_argument("--compile", action="store_true",
+                       help="static KV cache + torch.compile for generation: identical outputs, faster once each "
+                            "batch shape has compiled (seconds); best with a fixed --batch-size")
 
 
 def load_vlm(args):
     """The model a generation command names, on its --device, quantized as asked."""
     from .infer import VLM
 
-    return VLM(args.model, device=args.device, quantize=args.quantize)
+    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile)
 
 
 def _decode_options(args):
@@ -134,7 +137,7 @@ def cmd_eval(args) -> None:
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
                       args.batch_size, args.format, device=args.device,
-                      quantize=args.quantize)
+                      quantize=args.quantize, compiled=args.compile)
     _print_scores(result)
     print(f"predictions and report: {out}")
 

@@ -85,7 +85,7 @@ def _is_item_mean(per_item: dict, corpus: float) -> bool:
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
              options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
-             device: str | None = None, quantize: str = "none") -> EvalResult:
+             device: str | None = None, quantize: str = "none", compiled: bool = False) -> EvalResult:
     """Generate on every record of `data`, score, and write the evaluation folder."""
     from .infer import VLM
 
@@ -93,7 +93,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
-    vlm = VLM(model, device=device, quantize=quantize)
+    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled)
     replies = vlm.generate_records(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
              "prediction": reply, "references": r.references} for r, reply in zip(records, replies)]

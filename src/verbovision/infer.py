@@ -101,8 +101,10 @@ class Generation:
 class VLM:
     """A loaded model + processor that captions, answers and chats, in batches."""
 
-    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none"):
+    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False):
         model, processor = load_model(path, device=device, quantize=quantize)
+        if compiled:
+            compile_generation(model)
         self._attach(str(path), model, processor, model_metadata(path))
 
     @classmethod
@@ -208,6 +210,17 @@ class VLM:
         tracker.close()
         return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
                 for reply, e in zip(tracker.replies, encoded)]
+
+
+def compile_generation(model) -> None:
+    """Generate with a static KV cache and a torch.compile'd forward (transformers does it by itself on GPUs only).
+    Each new batch shape compiles first (seconds); identical outputs. On the CPU at the quickstart model's size:
+    1.1-1.2x captions/s (benchmarks/generate_bench.py)."""
+    from transformers import CompileConfig
+
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = CompileConfig(fullgraph=False)
+    model.generation_config.compile_config._compile_all_devices = True  # the documented switch for CPUs
 
 
 def eos_token_ids(model, processor) -> frozenset[int]:
