@@ -51,6 +51,23 @@ def kill_at_step(cmd: list[str], run, step: int) -> None:
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
 
 
+def killed_and_resumed(raw: dict, run, steps: tuple[int, int]) -> None:
+    """Train `raw` into `run` in a subprocess, SIGKILL it at a random step in `steps`, then resume it to the end."""
+    path = run.with_name(run.name + ".yaml")
+    path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "verbovision", "train", str(path), "--out", str(run)]
+    kill_at_step(command, run, random.Random(os.getpid()).randint(*steps))
+    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
+
+
+def assert_same_losses(reference, run, tolerance: float = 1e-6) -> None:
+    """The training losses logged by two runs: the same steps, the same values within `tolerance`."""
+    expected = [row for row in curve(reference) if row[1] is not None]
+    got = [row for row in curve(run) if row[1] is not None]
+    assert [s for s, _, _ in got] == [s for s, _, _ in expected]
+    assert max(abs(a - b) for (_, a, _), (_, b, _) in zip(expected, got)) <= tolerance
+
+
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):
     raw = resumable_recipe(shapes_data)
     reference = tmp_path / "reference"
