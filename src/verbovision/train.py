@@ -472,8 +472,7 @@ def _tensors(value) -> list[torch.Tensor]:
 def optimizer_step(model, stage: Stage, optimizer, scheduler) -> float:
     """Clip the accumulated gradients, step, advance the schedule, clear the gradients; returns the gradient norm
     (before clipping)."""
-    norm = processes().clip_gradients(model, stage.max_grad_norm or float("inf"))
-    optimizer.step()
+    norm = processes().step(model, optimizer, stage.max_grad_norm or float("inf"))  # clips, then steps
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return norm
@@ -553,15 +552,17 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
                  is_last: bool) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
-    Sharded parameters (FSDP): every process calls it and sends its parts to the main process, which saves a whole
+    Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
     procs = processes()
     if procs.sharded:
-        state = procs.full_state(model)
+        # DeepSpeed keeps frozen parameters only in its compute dtype (bf16 on GPUs): those come from the base.
+        state = procs.full_state(model, trainable_only=procs.deepspeed)
         if not procs.is_main:
             return None
         model, _ = configure_trainable(load_model(base, device="cpu")[0], stage)
-        model.load_state_dict(state)
+        if model.load_state_dict(state, strict=not procs.deepspeed).unexpected_keys:
+            raise KeyError("the gathered state does not fit the stage's model")
     model.eval()
     if stage.gradient_checkpointing:
         model.activation_checkpointing_disable()
