@@ -396,8 +396,10 @@ def epoch_order(sources: list[tuple[list[Encoded], float]], seed: int, shuffle: 
 class Collator:
     """Pads a list of encoded examples into a batch and loads their images; unreadable images skip the example."""
 
-    def __init__(self, encoder: Encoder, pad_left: bool = False, features=None, fast_decode: bool = False):
+    def __init__(self, encoder: Encoder, pad_left: bool = False, features=None, fast_decode: bool = False,
+                 cache_pixels: bool = False):
         from .images import processor_side
+        from .pixelcache import PixelCache
 
         self.encoder = encoder
         sized = encoder.image_tokens is not None and encoder.image_tokens.fixed is None
@@ -409,6 +411,9 @@ class Collator:
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
+        self.pixel_cache = PixelCache() if cache_pixels and features is None else None
+        """With cache_pixels (training: every epoch sees the same images), each image file's processed pixels are
+        kept in memory (see pixelcache.py); off by itself for processors that give more than pixel values."""
 
     def __call__(self, examples: Sequence[Encoded]) -> dict:
         if self.features is not None:
@@ -418,16 +423,43 @@ class Collator:
                 batch["image_features"] = self.features.get(paths)  # [n_images, n_patches, D_vision]
             batch["skipped"] = []
             return batch
+        if self.pixel_cache is not None:
+            batch = self._from_pixel_cache(examples)
+            if batch is not None:
+                return batch
+            self.pixel_cache = None
         kept, images, skipped = [], [], []
         for example in examples:
             try:
-                images.extend(load_image(p, self.min_side) for p in example.images)
+                images.extend([load_image(p, self.min_side) for p in example.images])  # all or none of its images
                 kept.append(example)
             except DataError as e:
                 skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
         batch = self.pad(kept)
         if images:
             batch.update(self.encoder.pixel_inputs(images))
+        batch["skipped"] = skipped
+        return batch
+
+    def _from_pixel_cache(self, examples: Sequence[Encoded]) -> dict | None:
+        """The batch with pixel values from the cache; None when the processor's inputs cannot be cached."""
+        kept, rows, skipped = [], [], []
+        for example in examples:
+            try:
+                found = [self.pixel_cache.get(p, lambda p: load_image(p, self.min_side), self.encoder.pixel_inputs)
+                         for p in example.images]
+            except DataError as e:
+                skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
+                continue
+            if any(row is None for row in found):
+                return None
+            kept.append(example)
+            rows.extend(found)
+        if len({row.shape for row in rows}) > 1:
+            return None  # images of different sizes: only the processor knows how it batches them
+        batch = self.pad(kept)
+        if rows:
+            batch["pixel_values"] = torch.cat(rows)  # [n_images, C, H, W]
         batch["skipped"] = skipped
         return batch
 

@@ -113,6 +113,9 @@ class Stage:
     """Without packing: batch samples of similar length together (less padding); batches still come in random order."""
     feature_cache_dtype: str = "float16"
     """Storage type of cached features: float16, bfloat16 or float32 (exact)."""
+    cache_pixels: bool = False
+    """Keep each image file's processed pixels in memory (up to 1 GiB) once read: later epochs skip decoding and
+    preprocessing. For small datasets trained for many epochs (the quickstart); not kept across data_workers' epochs."""
     data_workers: int = 0
     """DataLoader worker processes that read and process the next batches' images while the model trains (the
     batches and their order are the same as without); 0 does it in the training process."""

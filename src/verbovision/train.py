@@ -205,11 +205,12 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     if stage.packing:
         check_packing(encoder.family)
     steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
-    optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), foreach=True)
+    optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    return StageSetup(model, processor, uses_lora, Collator(encoder, features=features), train_sources,
+    collator = Collator(encoder, features=features, cache_pixels=stage.cache_pixels)
+    return StageSetup(model, processor, uses_lora, collator, train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
                       scheduler, steps_per_epoch, total_steps, skips)
 
