@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from .errors import VerboError
 
@@ -110,6 +109,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         if in_memory:
             model = model.merge_and_unload()
     else:
+        from transformers import AutoModelForImageTextToText
+
         model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
         processor = load_processor(path_str)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
@@ -127,7 +128,7 @@ def load_processor(path: str | Path):
     own: their image processor and tokenizer are paired in a stock `VisionTextDualEncoderProcessor`. A tokenizer
     without a padding token (GPT-2's) pads with its EOS, which the labels mask anyway.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionTextDualEncoderProcessor
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, VisionTextDualEncoderProcessor
 
     try:
         processor = AutoProcessor.from_pretrained(str(path))
