@@ -424,44 +424,37 @@ class Collator:
             batch["skipped"] = []
             return batch
         if self.pixel_cache is not None:
-            batch = self._from_pixel_cache(examples)
-            if batch is not None:
+            kept, rows, skipped = self._readable(examples, self._cached_pixels)
+            # Images of different sizes: only the processor knows how it batches them.
+            if all(row is not None for row in rows) and len({row.shape for row in rows}) <= 1:
+                batch = self.pad(kept)
+                if rows:
+                    batch["pixel_values"] = torch.cat(rows)  # [n_images, C, H, W]
+                batch["skipped"] = skipped
                 return batch
-            self.pixel_cache = None
-        kept, images, skipped = [], [], []
-        for example in examples:
-            try:
-                images.extend([load_image(p, self.min_side) for p in example.images])  # all or none of its images
-                kept.append(example)
-            except DataError as e:
-                skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
+            self.pixel_cache = None  # the processor's inputs cannot be cached
+        kept, images, skipped = self._readable(examples, lambda p: load_image(p, self.min_side))
         batch = self.pad(kept)
         if images:
             batch.update(self.encoder.pixel_inputs(images))
         batch["skipped"] = skipped
         return batch
 
-    def _from_pixel_cache(self, examples: Sequence[Encoded]) -> dict | None:
-        """The batch with pixel values from the cache; None when the processor's inputs cannot be cached."""
-        kept, rows, skipped = [], [], []
+    @staticmethod
+    def _readable(examples: Sequence[Encoded], read) -> tuple[list, list, list]:
+        """The examples whose images all `read`, those images in order, and (skip reason, record) of the others."""
+        kept, images, skipped = [], [], []
         for example in examples:
             try:
-                found = [self.pixel_cache.get(p, lambda p: load_image(p, self.min_side), self.encoder.pixel_inputs)
-                         for p in example.images]
+                images.extend([read(p) for p in example.images])  # all or none of its images
+                kept.append(example)
             except DataError as e:
                 skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
-                continue
-            if any(row is None for row in found):
-                return None
-            kept.append(example)
-            rows.extend(found)
-        if len({row.shape for row in rows}) > 1:
-            return None  # images of different sizes: only the processor knows how it batches them
-        batch = self.pad(kept)
-        if rows:
-            batch["pixel_values"] = torch.cat(rows)  # [n_images, C, H, W]
-        batch["skipped"] = skipped
-        return batch
+        return kept, images, skipped
+
+    def _cached_pixels(self, path) -> torch.Tensor | None:
+        """pixel_values [1, C, H, W] of one image from the pixel cache; None when the processor gives more."""
+        return self.pixel_cache.get(path, lambda p: load_image(p, self.min_side), self.encoder.pixel_inputs)
 
     def pad(self, examples: Sequence[Encoded]) -> dict:
         width = max((len(e.input_ids) for e in examples), default=0)

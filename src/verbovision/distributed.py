@@ -108,9 +108,9 @@ class Processes:
     def full_state(self, model, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         """The model's state (or its trainable parameters) as whole CPU tensors, by parameter name. Sharded: every
         process must call it; the main process gets the tensors, the others an empty dict."""
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         if self.deepspeed:
             return _deepspeed_full_state(model, trainable_only, self.is_main)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         if not self.sharded:
             state = model.state_dict() if not trainable_only else dict(model.named_parameters())
             return {n: t.detach().cpu().contiguous() for n, t in state.items() if not trainable_only or n in trainable}
@@ -188,27 +188,18 @@ class Processes:
 
         return gather_object(items)
 
-    def clip_gradients(self, model, max_norm: float) -> float:
-        """Clip the trainable parameters' gradients to `max_norm`; their norm before clipping (NaN where the engine
-        clips by itself, as DeepSpeed does from its config). Sharded engines (FSDP, ZeRO) need Accelerate's
-        clipping: each process holds only part of each gradient."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        if self.distributed:
-            norm = self.accelerator.clip_grad_norm_(params, max_norm)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if norm is None:
-            return float("nan")
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP2: a DTensor
-
     def step(self, model, optimizer, max_norm: float) -> float:
         """Clip the accumulated gradients to `max_norm` and step the optimizer; returns the gradient norm before
         clipping. DeepSpeed: the engine reduces, clips and steps at once (its `step()` is the accumulation
         boundary: `managed_gradient_accumulation: false`), clipping to this stage's `max_norm`."""
         if not self.deepspeed:
-            norm = self.clip_gradients(model, max_norm)
+            # Sharded gradients (FSDP) need Accelerate's clipping: each process holds only part of each gradient.
+            params = [p for p in model.parameters() if p.requires_grad]
+            clip = self.accelerator.clip_grad_norm_ if self.distributed else torch.nn.utils.clip_grad_norm_
+            norm = clip(params, max_norm)
             optimizer.step()
-            return norm
+            return float("nan") if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor")
+                                                            else norm)  # FSDP2: a DTensor
         zero = model.optimizer
         zero.clip_grad = float(max_norm) if 0 < max_norm < float("inf") else 0.0  # 0: DeepSpeed does not clip
         model.step()
