@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
 from .errors import DataError
-from .families import family_of
+from .families import IMAGES_IN_TEXT, family_of
 from .store import load_model, model_metadata
 
 CAPTION_PROMPT = "Describe the image briefly."
@@ -196,6 +197,28 @@ class VLM:
         batch = self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
         decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         tracker = _ReplyTracker([_Reply(decode, o, self.eos_ids) for o in options], on_text)
+        if self._leaves_at_eos(options[0], batch):
+            greedy_leaving_at_eos(self.model, batch, tracker)
+        else:
+            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded))
+        tracker.close()
+        return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
+                for reply, e in zip(tracker.replies, encoded)]
+
+    def _leaves_at_eos(self, options: DecodeOptions, batch: dict) -> bool:
+        """Whether `greedy_leaving_at_eos` gives what `generate` would: plain greedy decoding (no logits processor
+        from the options or the model's generation config, dynamic cache) of a model taking its images as tokens in
+        the text and positions from the attention mask (not Qwen2-VL's 3-D positions, nor Gemma3's token types)."""
+        plain = (options.beams == 1 and not options.sampling and options.repetition_penalty is None
+                 and options.no_repeat_ngram_size is None and options.min_new_tokens is None)
+        config = set(self.model.generation_config.to_diff_dict()) <= _INERT_GENERATION_SETTINGS
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT adapters
+        last_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        return (plain and config and last_logits and self.family.images == IMAGES_IN_TEXT
+                and set(batch) <= _POSITIONAL_INPUTS)
+
+    def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: _ReplyTracker,
+                                    prompt_length: int) -> None:
         kwargs = options[0].generate_kwargs()
         kwargs["max_new_tokens"] = max(o.max_new_tokens for o in options)
         if options[0].beams == 1:  # beam search reorders its rows every step: its replies are followed once done
@@ -203,13 +226,9 @@ class VLM:
         if options[0].seed is not None:
             torch.manual_seed(options[0].seed)
         out = self.model.generate(**batch, **kwargs)  # [B, T + new]
-        prompt_length = max(len(e.input_ids) for e in encoded)
         if options[0].beams > 1:
             for column in out[:, prompt_length:].T.tolist():
                 tracker.step(column)
-        tracker.close()
-        return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
-                for reply, e in zip(tracker.replies, encoded)]
 
 
 def compile_generation(model) -> None:
@@ -221,6 +240,40 @@ def compile_generation(model) -> None:
     model.generation_config.cache_implementation = "static"
     model.generation_config.compile_config = CompileConfig(fullgraph=False)
     model.generation_config.compile_config._compile_all_devices = True  # the documented switch for CPUs
+
+
+_INERT_GENERATION_SETTINGS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+                                        "transformers_version", "_from_model_config", "max_length", "do_sample",
+                                        "temperature", "top_p", "top_k", "use_cache", "output_attentions",
+                                        "output_hidden_states"})
+"""Generation-config settings that change nothing in greedy decoding with an explicit max_new_tokens."""
+
+_POSITIONAL_INPUTS = frozenset({"input_ids", "attention_mask", "pixel_values"})
+"""Forward inputs of a batch whose decoding steps need nothing but the next token, the mask and 1-D positions."""
+
+
+def greedy_leaving_at_eos(model, inputs: dict, tracker: _ReplyTracker) -> None:
+    """Greedy decoding in which each row leaves the batch, KV cache included, as soon as its reply is done, so later
+    steps compute only the rows still going. The tokens are `generate`'s: same positions (from the attention mask),
+    same cache, logits of the last position only; `tracker` ends each reply (EOS, stop string, its own limit)."""
+    mask = inputs["attention_mask"]  # [B, T]
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [B, T]; left padding sits at 0, as in generate
+    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    rows = torch.arange(mask.shape[0])  # [b] the batch rows still going
+    step_inputs = {**inputs, "position_ids": positions}
+    while True:
+        logits = model(**step_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
+        tokens = logits[:, -1].argmax(-1)  # [b]
+        going = ~torch.tensor(tracker.step(tokens.tolist(), rows.tolist()), dtype=torch.bool)  # [b]
+        if not going.any():
+            return
+        if not going.all():
+            keep = going.nonzero().squeeze(1).to(mask.device)
+            cache.batch_select_indices(keep)
+            rows, tokens, mask, positions = rows[going], tokens[keep], mask[keep], positions[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)  # [b, T + 1]
+        positions = positions[:, -1:] + 1  # [b, 1]
+        step_inputs = {"input_ids": tokens[:, None], "attention_mask": mask, "position_ids": positions}
 
 
 def eos_token_ids(model, processor) -> frozenset[int]:
@@ -287,12 +340,14 @@ class _ReplyTracker(StoppingCriteria):
         self.on_text = on_text
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        self.step(input_ids[:, -1].tolist())
-        return torch.tensor([r.finish_reason is not None for r in self.replies], device=input_ids.device)
+        return torch.tensor(self.step(input_ids[:, -1].tolist()), device=input_ids.device)
 
-    def step(self, tokens: list[int]) -> None:
-        for row, (reply, token) in enumerate(zip(self.replies, tokens)):
-            self._emit(row, reply.add(token))
+    def step(self, tokens: list[int], rows: Sequence[int] | None = None) -> list[bool]:
+        """Give each row (all, or `rows`) its next token; returns whether each of these replies is done."""
+        rows = range(len(self.replies)) if rows is None else rows
+        for row, token in zip(rows, tokens):
+            self._emit(row, self.replies[row].add(token))
+        return [self.replies[row].finish_reason is not None for row in rows]
 
     def close(self) -> None:
         for row, reply in enumerate(self.replies):

@@ -1,0 +1,78 @@
+"""Greedy decoding in which rows leave the batch at their end: `generate`'s replies, fewer rows computed."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+
+from verbovision.infer import VLM, DecodeOptions, prompt_record
+
+QUESTIONS = ("Describe the image briefly.", "What is in the picture? Answer in a few words, please.", "Colors?")
+
+
+@pytest.fixture(scope="module")
+def vlm(model_dir) -> VLM:
+    return VLM(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def records(shapes_data) -> list:
+    """Prompts of different lengths (left padding differs per row) about different images."""
+    images = sorted((shapes_data / "images").glob("*.png"))[:6]
+    return [prompt_record(image, QUESTIONS[i % 3]) for i, image in enumerate(images)]
+
+
+@contextmanager
+def decode_rows(vlm: VLM):
+    """Yields a list of how many rows each forward of the language model that decodes one token per row ran."""
+    rows: list[int] = []
+
+    def count(module, args, kwargs):
+        embeds = kwargs["inputs_embeds"]  # [b, T, D]
+        if embeds.shape[1] == 1:
+            rows.append(embeds.shape[0])
+
+    hook = vlm.model.model.language_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        hook.remove()
+
+
+def with_generate(vlm: VLM, monkeypatch, *args):
+    """The same call through transformers' `generate` (the path every non-greedy option takes)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(vlm, "_leaves_at_eos", lambda *_: False)
+        return vlm.generate_details(*args)
+
+
+def test_rows_leave_at_their_end_with_generates_replies(vlm, records, monkeypatch):
+    limits = [DecodeOptions(max_new_tokens=n) for n in (2, 9, 4, 12, 1, 7)]
+    with decode_rows(vlm) as rows:
+        ours = vlm.generate_details(records, limits, batch_size=6)
+    assert ours == with_generate(vlm, monkeypatch, records, limits, 6)
+    # each row ran one decoding step per token after the first (which the prompt's forward gives), then left
+    assert sum(rows) == sum(g.completion_tokens - 1 for g in ours)
+    assert rows == sorted(rows, reverse=True) and rows[0] < len(records) and len(set(rows)) > 2
+
+
+def test_replies_ending_at_eos_and_stop_strings_match_generate(vlm, records, monkeypatch):
+    options = DecodeOptions(max_new_tokens=24)
+    ours = vlm.generate_details(records, options, batch_size=4)
+    assert ours == with_generate(vlm, monkeypatch, records, options, 4)
+    assert all(g.text for g in ours)
+    stop = ours[0].text.split()[-1]  # a word the first reply ends with: stopped there, a row leaves early
+    stopped = DecodeOptions(max_new_tokens=24, stop=(stop,))
+    assert vlm.generate_details(records, stopped, 4) == with_generate(vlm, monkeypatch, records, stopped, 4)
+
+
+def test_other_decoding_options_go_through_generate(vlm, records):
+    for options in (DecodeOptions(max_new_tokens=4, repetition_penalty=1.3), DecodeOptions(max_new_tokens=4, beams=2),
+                    DecodeOptions(max_new_tokens=4, temperature=0.7, seed=1)):
+        assert not vlm._leaves_at_eos(options, {"input_ids": None})
+        with decode_rows(vlm) as rows:
+            vlm.generate_details(records[:2], options)
+    assert vlm._leaves_at_eos(DecodeOptions(), {"input_ids": None, "attention_mask": None, "pixel_values": None})
+    assert not vlm._leaves_at_eos(DecodeOptions(), {"input_ids": None, "image_grid_thw": None})  # Qwen2-VL positions
+    assert rows and set(rows) <= {2, 4}  # generate keeps every row (beams: 2 per record) until all are done
