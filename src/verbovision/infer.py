@@ -2,7 +2,9 @@
 
 Prompts are encoded by the same `Encoder` that training used (template and image-token expansion included), so a
 model sees at inference exactly the layout it learned. Batches are left-padded; each row of a batch is followed while
-it is generated (`_Reply`): it ends at its own EOS, stop string or token limit, and its text can be streamed.
+it is generated (`_Reply`): it ends at its own EOS, stop string or token limit, and its text can be streamed. Greedy
+decoding runs VerboVision's own loop, where an ended row leaves the batch with its KV cache; beams, sampling and
+logits processors run transformers' `generate`.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ class VLM:
             batch.update(self.encoder.pixel_inputs(images))
         batch = self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
         decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        tracker = _ReplyTracker([_Reply(decode, o, self.eos_ids) for o in options], on_text)
+        tracker = _ReplyTracker([_Reply(decode, o, self.eos_ids, on_text is not None) for o in options], on_text)
         if self._leaves_at_eos(options[0], batch):
             greedy_leaving_at_eos(self.model, batch, tracker)
         else:
@@ -286,11 +288,14 @@ def eos_token_ids(model, processor) -> frozenset[int]:
 class _Reply:
     """One row of a batch as it is generated: its tokens, its text so far, and how much of that was handed out."""
 
-    def __init__(self, decode: Callable[[list[int]], str], options: DecodeOptions, eos_ids: frozenset[int]):
+    def __init__(self, decode: Callable[[list[int]], str], options: DecodeOptions, eos_ids: frozenset[int],
+                 streamed: bool = False):
         self.decode = decode
         self.limit = options.max_new_tokens
         self.stops = options.stop
         self.eos_ids = eos_ids
+        self.watched = streamed or bool(options.stop)
+        """Decoded at every token (its text streams, or may hit a stop string); otherwise once, at its end."""
         self.ids: list[int] = []
         self.text = ""
         self.sent = 0
@@ -304,7 +309,9 @@ class _Reply:
         self.ids.append(token)
         if token in self.eos_ids:
             self.finish_reason = "stop"
-        else:
+            if not self.watched:
+                self.text = self.decode(self.ids[:-1])
+        elif self.watched or len(self.ids) >= self.limit:
             self.text, hit = cut_at_stop(self.decode(self.ids), self.stops)
             if hit:
                 self.finish_reason = "stop"
@@ -315,6 +322,7 @@ class _Reply:
     def close(self) -> str:
         """Generation is over: whatever was held back is final."""
         if self.finish_reason is None:
+            self.text = self.text if self.watched else self.decode(self.ids)
             self.finish_reason = "length"
         return self._release()
 
