@@ -2,8 +2,9 @@
 
 Same model weights, same data, same machine, one run. Each variant runs in its own subprocess so its peak RSS is
 its own. Stage 1: frozen encoder + frozen LM, the connector trains. Stage 2: LoRA on the LM, connector trains.
+Both at float32 and with bf16 autocast (ours: `bf16: true`; Trainer: `bf16=True`), each against the same precision.
 Also reports model FLOP utilisation: FLOPs of one step (torch's flop counter) / step time, divided by the peak
-matmul FLOP/s measured here at float32.
+matmul FLOP/s measured here at the same dtype.
 
     python benchmarks/train_bench.py            # prints a table, appends it to benchmarks/RESULTS.md
     python benchmarks/train_bench.py --quick    # fewer steps, a smaller model (smoke test)
@@ -15,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,13 +39,15 @@ STAGES = {
     "stage2": {"vision": "frozen", "connector": "full", "language": "lora"},
     "full": {"vision": "full", "connector": "full", "language": "full"},
     "lora-gc": {"vision": "frozen", "connector": "full", "language": "lora"},
-    "stage2-bf16": {"vision": "frozen", "connector": "full", "language": "lora"},
     "stage2-compile": {"vision": "frozen", "connector": "full", "language": "lora"},
 }
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory. Not getrusage's ru_maxrss: Linux carries it over exec, so a child would
+    report at least its parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def measured_matmul_peak(dtype=torch.float32, n: int = 1024, repeats: int = 20) -> float:
@@ -58,15 +60,15 @@ def measured_matmul_peak(dtype=torch.float32, n: int = 1024, repeats: int = 20) 
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-OPTIONS = {"lora-gc": {"gradient_checkpointing": True}, "stage2-bf16": {"bf16": True},
-           "stage2-compile": {"compile": "inductor"}}
+OPTIONS = {"lora-gc": {"gradient_checkpointing": True}, "stage2-compile": {"compile": "inductor"}}
 """Stage options of the variants of our loop that have any."""
 
 
-def stage_dict(stage: str, steps: int, batch: int, data: Path) -> dict:
+def stage_dict(stage: str, steps: int, batch: int, bf16: bool = False) -> dict:
     return {"name": stage, "data": {"train": ["train/caption_short_en.json"]}, "train": STAGES[stage],
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_steps": steps, "batch_size": batch, "lr": 1e-4,
-            "log_every": 1, "template": "chat", "keep_best": False, "feature_cache": True, **OPTIONS.get(stage, {})}
+            "log_every": 1, "template": "chat", "keep_best": False, "feature_cache": True, "bf16": bf16,
+            **OPTIONS.get(stage, {})}
 
 
 def prepare(work: Path, model_block: dict, n_images: int) -> tuple[Path, Path]:
@@ -78,20 +80,20 @@ def prepare(work: Path, model_block: dict, n_images: int) -> tuple[Path, Path]:
     data = work / "data"
     synth_shapes(data, n=n_images, seed=0, langs=("en",))
     raw = {"name": "bench", "data_root": str(data), "model": model_block,
-           "stages": [stage_dict("stage1", 1, 1, data)]}
+           "stages": [stage_dict("stage1", 1, 1)]}
     init = work / "init-run"
     init.mkdir()
     return data, Path(initial_model(parse_recipe(raw), init, {}))
 
 
-def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int) -> dict:
+def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int, bf16: bool) -> dict:
     from verbovision.recipe import parse_recipe
     from verbovision.runinfo import read_metrics
     from verbovision.train import train_recipe
 
     raw = {"name": "ours", "data_root": str(data), "model": {"from": str(init)},
-           "stages": [stage_dict(stage, warmup + steps, batch, data)]}
-    run = work / f"ours-{stage}"
+           "stages": [stage_dict(stage, warmup + steps, batch, bf16)]}
+    run = work / f"ours-{stage}-{bf16}"
     start = time.perf_counter()
     train_recipe(parse_recipe(raw), run)
     total = time.perf_counter() - start
@@ -99,7 +101,8 @@ def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: 
     return {"samples_per_s": steps * batch / (times[-1] - times[warmup - 1]), "wall_s": total}
 
 
-def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int) -> dict:
+def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int,
+                bf16: bool) -> dict:
     """The plain path: a Dataset that loads, preprocesses and tokenizes per item; Trainer; pixel values each step."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -135,10 +138,10 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
-    args = TrainingArguments(output_dir=str(work / f"trainer-{stage}"), per_device_train_batch_size=batch,
+    args = TrainingArguments(output_dir=str(work / f"trainer-{stage}-{bf16}"), per_device_train_batch_size=batch,
                              max_steps=warmup + steps, learning_rate=1e-4, report_to=[], save_strategy="no",
                              logging_strategy="no", dataloader_num_workers=0, remove_unused_columns=False,
-                             use_cpu=True, gradient_checkpointing=stage == "lora-gc")
+                             use_cpu=True, gradient_checkpointing=stage == "lora-gc", bf16=bf16)
     trainer = Trainer(model=model, args=args, train_dataset=Items(), data_collator=collate,
                       callbacks=[Stamp()])
     start = time.perf_counter()
@@ -176,15 +179,15 @@ def step_flops(init: Path, data: Path, stage: str, batch: int) -> float:
 def child(args) -> None:
     work, data, init = Path(args.work), Path(args.data), Path(args.init)
     runner = run_ours if args.impl == "ours" else run_trainer
-    result = runner(work, data, init, args.stage, args.steps, args.batch, args.warmup)
+    result = runner(work, data, init, args.stage, args.steps, args.batch, args.warmup, args.bf16)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
 
-def spawn(args, impl: str, stage: str, work: Path, data: Path, init: Path) -> dict:
+def spawn(args, impl: str, stage: str, work: Path, data: Path, init: Path, bf16: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child", "--impl", impl, "--stage", stage, "--work", str(work),
            "--data", str(data), "--init", str(init), "--steps", str(args.steps), "--batch", str(args.batch),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), *(["--bf16"] if bf16 else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT ")))
 
@@ -196,6 +199,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     for name in ("impl", "stage", "work", "data", "init"):
         parser.add_argument(f"--{name}")
     args = parser.parse_args()
@@ -207,36 +211,40 @@ def main() -> None:
         work = Path(tmp)
         data, init = prepare(work, QUICK if args.quick else SMALL, n_images=max(64, (args.steps + args.warmup) *
                                                                                  args.batch * 2))
-        peak = measured_matmul_peak()
-        variants = {stage: spawn(args, "ours", stage, work, data, init)["samples_per_s"]
-                    for stage in ("stage2-bf16", "stage2-compile")}
+        peaks = {bf16: measured_matmul_peak(torch.bfloat16 if bf16 else torch.float32) for bf16 in (False, True)}
         rows = []
         for stage in ("stage1", "stage2"):
-            ours, base = (spawn(args, impl, stage, work, data, init) for impl in ("ours", "trainer"))
             flops = step_flops(init, data, stage, args.batch)
-            mfu = flops * ours["samples_per_s"] / args.batch / peak
-            rows.append((stage, ours, base, mfu))
+            for bf16 in (False, True):
+                ours, base = (spawn(args, impl, stage, work, data, init, bf16) for impl in ("ours", "trainer"))
+                mfu = flops * ours["samples_per_s"] / args.batch / peaks[bf16]
+                rows.append((stage, bf16, ours, base, mfu))
+        compiled = spawn(args, "ours", "stage2-compile", work, data, init)["samples_per_s"]
         memory = {stage: spawn(args, "ours", stage, work, data, init)["peak_rss_mb"] for stage in ("full", "lora-gc")}
-    report(args, rows, memory, peak, variants)
+    report(args, rows, memory, peaks, compiled)
 
 
-def report(args, rows, memory, peak, variants) -> None:
+def report(args, rows, memory, peaks, compiled) -> None:
     config = "quick" if args.quick else "small (SigLIP 6x384 @224/16 + Qwen2 6x512, mlp connector)"
     lines = [f"### train_bench — {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}", "",
-             f"config: {config}; batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; float32; "
-             f"measured matmul peak {peak / 1e9:.1f} GFLOP/s", "",
-             "| stage | ours samples/s | Trainer samples/s | ratio | MFU (ours) | peak RSS ours / Trainer (MB) |",
-             "|---|---|---|---|---|---|"]
-    for stage, ours, base, mfu in rows:
-        lines.append(f"| {stage} | {ours['samples_per_s']:.2f} | {base['samples_per_s']:.2f} | "
-                     f"{ours['samples_per_s'] / base['samples_per_s']:.2f}x | {mfu:.2f} | "
-                     f"{ours['peak_rss_mb']:.0f} / {base['peak_rss_mb']:.0f} |")
-    lines += ["", "peak RSS of our loop: " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
-              + f", stage2 (LoRA) {rows[1][1]['peak_rss_mb']:.0f} MB", "",
-              "stage2 options (our loop): " + ", ".join(
-                  f"{name.removeprefix('stage2-')} {value:.2f} samples/s ({value / rows[1][1]['samples_per_s']:.2f}x "
-                  "float32 eager)" for name, value in variants.items()), ""]
+             f"config: {config}; batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; "
+             f"measured matmul peak {peaks[False] / 1e9:.1f} GFLOP/s float32, {peaks[True] / 1e9:.1f} bfloat16; "
+             "each precision against the Trainer at the same precision", "",
+             "| stage | precision | ours samples/s | Trainer samples/s | ratio | MFU (ours) | peak RSS ours / Trainer (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for stage, bf16, ours, base, mfu in rows:
+        lines.append(f"| {stage} | {'bf16 autocast' if bf16 else 'float32'} | {ours['samples_per_s']:.2f} | "
+                     f"{base['samples_per_s']:.2f} | {ours['samples_per_s'] / base['samples_per_s']:.2f}x | "
+                     f"{mfu:.2f} | {ours['peak_rss_mb']:.0f} / {base['peak_rss_mb']:.0f} |")
+    ours = {(stage, bf16): result for stage, bf16, result, _, _ in rows}
+    trainer = {stage: base["samples_per_s"] for stage, bf16, _, base, _ in rows if not bf16}
+    lines += ["", "ours with bf16 autocast vs the float32 Trainer: " + ", ".join(
+                  f"{stage} {ours[stage, True]['samples_per_s'] / trainer[stage]:.2f}x" for stage in trainer),
+              "peak RSS of our loop (float32): " + ", ".join(f"{k} {v:.0f} MB" for k, v in memory.items())
+              + f", stage2 (LoRA) {ours['stage2', False]['peak_rss_mb']:.0f} MB",
+              f"stage2 with `compile: inductor` (our loop, float32): {compiled:.2f} samples/s "
+              f"({compiled / ours['stage2', False]['samples_per_s']:.2f}x eager)", ""]
     publish("\n".join(lines), record=not args.quick)
 
 
