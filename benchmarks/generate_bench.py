@@ -7,7 +7,8 @@ Captions the first --n held-out images of the quickstart data (test/caption_shor
   LLaVA's eval loader (the image token, a newline, the question, in the model's template: plain text or its chat
   template), one image per `model.generate` call;
 - `generate, batch 16`: the same, 16 images per call, left-padded;
-- `VLM, batch 1` / `VLM, batch 16`: `VLM(model).caption(images, batch_size=...)`;
+- `VLM, batch 1` / `VLM, batch 16`: `VLM(model).caption(images, batch_size=...)` (greedy: VerboVision's own
+  decoding loop, in which a caption that ends leaves the batch with its KV cache);
 - `VLM compiled, batch 1` / `batch 16`: the same with `VLM(model, compiled=True)` (`--compile`: static KV cache and a
   torch.compile'd forward; every batch shape is compiled during the warm-up, not timed).
 
