@@ -125,6 +125,7 @@ class VLM:
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
+        self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str = CAPTION_PROMPT, options: DecodeOptions | None = None,
                 batch_size: int = 16) -> list[str]:
@@ -209,15 +210,11 @@ class VLM:
 
     def _leaves_at_eos(self, options: DecodeOptions, batch: dict) -> bool:
         """Whether `greedy_leaving_at_eos` gives what `generate` would: plain greedy decoding (no logits processor
-        from the options or the model's generation config, dynamic cache) of a model taking its images as tokens in
-        the text and positions from the attention mask (not Qwen2-VL's 3-D positions, nor Gemma3's token types)."""
+        from the options), a model that fits the loop, and a batch whose positions come from the attention mask (not
+        Qwen2-VL's 3-D positions, nor Gemma3's token types)."""
         plain = (options.beams == 1 and not options.sampling and options.repetition_penalty is None
                  and options.no_repeat_ngram_size is None and options.min_new_tokens is None)
-        config = set(self.model.generation_config.to_diff_dict()) <= _INERT_GENERATION_SETTINGS
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # PEFT adapters
-        last_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-        return (plain and config and last_logits and self.family.images == IMAGES_IN_TEXT
-                and set(batch) <= _POSITIONAL_INPUTS)
+        return plain and self.greedy_loop_fits and set(batch) <= _POSITIONAL_INPUTS
 
     def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: _ReplyTracker,
                                     prompt_length: int) -> None:
@@ -252,6 +249,15 @@ _INERT_GENERATION_SETTINGS = frozenset({"bos_token_id", "eos_token_id", "pad_tok
 
 _POSITIONAL_INPUTS = frozenset({"input_ids", "attention_mask", "pixel_values"})
 """Forward inputs of a batch whose decoding steps need nothing but the next token, the mask and 1-D positions."""
+
+
+def greedy_loop_fits(model, family) -> bool:
+    """Whether `greedy_leaving_at_eos` decodes this model as `generate` does: no logits processor or static cache
+    from its generation config, images as tokens in the text, logits computable for the last position only."""
+    config = set(model.generation_config.to_diff_dict()) <= _INERT_GENERATION_SETTINGS
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT adapters
+    last_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return config and last_logits and family.images == IMAGES_IN_TEXT
 
 
 def greedy_leaving_at_eos(model, inputs: dict, tracker: _ReplyTracker) -> None:
