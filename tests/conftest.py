@@ -12,6 +12,11 @@ import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing in the tests downloads: a hub id that reaches the hub fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+# Equality tests compare float32 paths; on GPUs TF32 matmuls and convolutions would round them apart. The variable
+# reaches the subprocesses the tests start (verbo commands) as well as this one.
+os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
 
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
@@ -21,11 +26,11 @@ from transformers import (  # noqa: E402
     GPT2Config,
     LlamaConfig,
     Qwen2Config,
-    SiglipImageProcessor,
     SiglipVisionConfig,
     ViTConfig,
 )
 
+from verbovision.build import image_processor  # noqa: E402
 from verbovision.synth import synth_geometry, synth_shapes  # noqa: E402
 from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
 
@@ -87,7 +92,7 @@ def tiny_vision(tmp_path_factory):
         out = tmp_path_factory.mktemp(f"vision-{arch}")
         torch.manual_seed(0)
         AutoModel.from_config(VISION_CONFIGS[arch]()).save_pretrained(out)
-        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+        image_processor("Siglip", size={"height": 32, "width": 32}).save_pretrained(out)
         return str(out)
 
     return {arch: make(arch) for arch in VISION_CONFIGS}

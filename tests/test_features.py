@@ -8,10 +8,13 @@ import shutil
 import pytest
 import torch
 
-from verbovision.features import FeatureCache, cache_key
+from verbovision.data import Collator, Encoder, read_records
+from verbovision.errors import ConfigError
+from verbovision.families import family_of
+from verbovision.features import FeatureCache, cache_key, embeds_with_features
 from verbovision.recipe import parse_recipe
 from verbovision.store import load_model
-from verbovision.train import train_recipe
+from verbovision.train import token_loss, train_recipe
 
 from .test_train import stage, tiny_recipe
 
@@ -81,3 +84,50 @@ def test_unreadable_images_are_reported_not_cached(tmp_path, shapes_data):
 def _tiny_model(tmp_path, shapes_data):
     train_recipe(parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1)])), tmp_path / "m")
     return tmp_path / "m/final"
+
+
+def _batches(tmp_path, shapes_data):
+    """The same four examples batched from pixels and from cached features, with the model."""
+    model, processor = load_model(_tiny_model(tmp_path, shapes_data), device="cpu")
+    encoder = Encoder(processor, "plain", family=family_of(model.config))
+    examples = [encoder.encode(r) for r in list(read_records(shapes_data / "train/caption_short_en.json"))[:4]]
+    cache = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")
+    assert cache.ensure([p for e in examples for p in e.images]) == {}
+    pixels, features = Collator(encoder)(examples), Collator(encoder, features=cache)(examples)
+    for batch in (pixels, features):
+        batch.pop("skipped")
+    return model, pixels, features
+
+
+def test_cached_features_reach_the_model(tmp_path, shapes_data):
+    """Cached features give the loss the pixels give, and the images matter to it: were the features dropped on the
+    way (a transformers release that swallows an unknown keyword), the loss would be the text-only one."""
+    model, pixels, features = _batches(tmp_path, shapes_data)
+    assert "pixel_values" not in features and "image_features" in features
+    with torch.no_grad():
+        from_pixels, from_features = token_loss(model, pixels, "cpu"), token_loss(model, features, "cpu")
+        text_only = token_loss(model, {k: v for k, v in pixels.items() if k != "pixel_values"}, "cpu")
+        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu")
+    assert abs(from_features.item() - from_pixels.item()) < 1e-5
+    assert abs(text_only.item() - from_features.item()) > 1e-4, "a dropped feature input would give this loss"
+    assert abs(shuffled.item() - from_features.item()) > 1e-4, "other images, other loss: the features are used"
+
+
+def test_feature_path_computes_in_the_connectors_float_dtype(tmp_path, shapes_data):
+    """Under bitsandbytes the connector's first parameter can be a packed uint8 weight; the features must still be
+    cast to its floating-point compute dtype (casting them to uint8 crashed QLoRA on pixel-shuffle models)."""
+    model, _, features = _batches(tmp_path, shapes_data)
+    with torch.no_grad():
+        expected = embeds_with_features(model, features["input_ids"], features["image_features"])
+        projector = model.model.multi_modal_projector
+        packed = torch.nn.Parameter(torch.zeros(4, dtype=torch.uint8), requires_grad=False)
+        projector._parameters = {"packed": packed, **projector._parameters}  # first, as a packed weight would be
+        assert next(projector.parameters()).dtype == torch.uint8
+        got = embeds_with_features(model, features["input_ids"], features["image_features"])
+    assert torch.equal(got, expected)
+
+
+def test_inputs_a_forward_does_not_name_are_refused(tmp_path, shapes_data):
+    model, pixels, _ = _batches(tmp_path, shapes_data)
+    with pytest.raises(ConfigError, match=r"does not take cached_image_features; it would ignore them"):
+        token_loss(model, {**pixels, "cached_image_features": torch.zeros(1)}, "cpu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import warnings
 
 import pytest
@@ -77,9 +79,11 @@ def test_int8_dynamic_refuses_half_precision(tiny):
         quantize_dynamic_int8(model.to(torch.bfloat16))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine 4bit/8bit may legitimately work")
 @pytest.mark.parametrize("mode", ["4bit", "8bit"])
-def test_bitsandbytes_modes_refused_on_cpu(mode):
+def test_bitsandbytes_modes_need_cuda_and_bitsandbytes(mode):
+    if bitsandbytes_runs():
+        assert quantization_config(mode)["quantization_config"].quant_method == "bitsandbytes"
+        return
     with pytest.raises(VerboError, match="needs a CUDA GPU and bitsandbytes; on CPU use int8-dynamic"):
         quantization_config(mode)
 
@@ -115,20 +119,51 @@ def test_cli_generation_commands_take_quantize(tmp_path, tiny, shapes_data, caps
     assert main(["caption", str(tmp_path / "model"), str(image), "--quantize", "int8-dynamic",
                  "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith(str(image))
-    assert main(["caption", str(tmp_path / "model"), str(image), "--quantize", "4bit"]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
+    if not bitsandbytes_runs():
+        assert main(["caption", str(tmp_path / "model"), str(image), "--quantize", "4bit"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+    else:
+        assert main(["caption", str(tmp_path / "model"), str(image), "--quantize", "4bit", "--max-new-tokens", "3"]) == 0
+        assert capsys.readouterr().out.startswith(str(image))
 
 
-def test_qlora_recipes_load_4bit_and_refuse_dense_training(shapes_data, tmp_path):
+def bitsandbytes_runs() -> bool:
+    try:
+        quantization_config("4bit")
+    except VerboError:
+        return False
+    return True
+
+
+def test_qlora_refuses_dense_training_of_quantized_weights(shapes_data):
     from verbovision.recipe import parse_recipe
-    from verbovision.train import train_recipe
 
     from .test_train import stage, tiny_recipe
 
-    raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "lora", "language": "lora"})])
-    raw["model"] = {"from": "some/vlm", "quantize": "4bit"}
-    with pytest.raises(VerboError, match="needs a CUDA GPU"):  # on this CPU machine; on CUDA it loads NF4
-        train_recipe(parse_recipe(raw), tmp_path / "run")
-    raw["stages"][0]["train"]["connector"] = "full"
+    raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "full", "language": "lora"})])
+    raw["model"]["quantize"] = "4bit"
     with pytest.raises(ConfigError, match="connector cannot train quantized weights"):
         parse_recipe(raw)
+
+
+def test_qlora_pixel_shuffle_stage(shapes_data, tmp_path):
+    """QLoRA on the geovlm architecture (pixel-shuffle connector) with cached vision features: trains and merges on a
+    CUDA machine with bitsandbytes; refused with the reason anywhere else."""
+    from verbovision.recipe import parse_recipe
+    from verbovision.train import train_recipe
+
+    from .test_train import TINY_SCRATCH, stage, tiny_recipe
+
+    raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "lora", "language": "lora"},
+                                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=2, merge=True)])
+    raw["model"] = {**TINY_SCRATCH, "connector": {"type": "pixel_shuffle", "factor": 2, "act": "silu"},
+                    "quantize": "4bit"}
+    if not bitsandbytes_runs():
+        with pytest.raises(VerboError, match="needs a CUDA GPU"):
+            train_recipe(parse_recipe(raw), tmp_path / "run")
+        return
+    train_recipe(parse_recipe(raw), tmp_path / "run")
+    assert list((tmp_path / "run/feature_cache").iterdir()), "the frozen tower's features were cached and used"
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert (tmp_path / "run/final/config.json").exists()

@@ -27,7 +27,6 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
-    CLIPImageProcessor,
     CLIPVisionConfig,
     Cohere2VisionConfig,
     GPT2Config,
@@ -38,11 +37,9 @@ from transformers import (
     PreTrainedTokenizerBase,
     ProcessorMixin,
     Qwen2Config,
-    SiglipImageProcessor,
     SiglipVisionConfig,
     SwinConfig,
     ViTConfig,
-    ViTImageProcessor,
     VisionEncoderDecoderModel,
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -254,9 +251,19 @@ def image_processor_for(spec: VisionSpec, vcfg):
         return AutoImageProcessor.from_pretrained(spec.name)
     size = _size(vcfg.image_size)
     if spec.arch == "clip":
-        return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    cls = SiglipImageProcessor if spec.arch == "siglip" else ViTImageProcessor
-    return cls(size={"height": size, "width": size})
+        return image_processor("CLIP", size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return image_processor("Siglip" if spec.arch == "siglip" else "ViT", size={"height": size, "width": size})
+
+
+def image_processor(name: str, **settings):
+    """transformers' `{name}ImageProcessor`, or its PIL twin where the default one needs torchvision and torchvision
+    is missing (transformers releases whose default backend cannot run on torch alone)."""
+    import transformers
+
+    try:
+        return getattr(transformers, f"{name}ImageProcessor")(**settings)
+    except ImportError:
+        return getattr(transformers, f"{name}ImageProcessorPil")(**settings)
 
 
 def image_tokens_of(model: PreTrainedModel, image_size: int) -> int:
@@ -264,7 +271,8 @@ def image_tokens_of(model: PreTrainedModel, image_size: int) -> int:
     pixels = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
         features = model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
-    return features[0].shape[0]  # a list of [N, D] (Llava) or a [1, N, D] tensor (Cohere2Vision)
+    # A list of [N, D] (Llava) or a [1, N, D] tensor (Cohere2Vision; [1, h, w, D] in older transformers)
+    return features[0].shape[:-1].numel()
 
 
 def make_processor(spec: ModelSpec, model: PreTrainedModel, image_processor, tokenizer) -> LlavaProcessor:

@@ -14,7 +14,9 @@ Components are found by module name, so any family that keeps transformers' usua
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
@@ -76,6 +78,27 @@ def family_of(config) -> Family:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,))
     return Family(kind, IMAGES_IN_TEXT)
+
+
+@cache
+def forward_parameters(model_class: type) -> frozenset[str]:
+    """The inputs a model class's forward names; anything else lands in its **kwargs, where it may go unread."""
+    parameters = inspect.signature(model_class.forward).parameters.values()
+    return frozenset(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def check_consumed(model: nn.Module, inputs: dict) -> None:
+    """Refuse forward inputs the model (under any PEFT wrapping) does not name: transformers forwards take **kwargs,
+    so an input a release does not know (a newer keyword, a position or token-type tensor) would be dropped silently
+    and the model trained or scored without it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    unknown = sorted(set(inputs) - forward_parameters(type(base)))
+    if unknown:
+        import transformers
+
+        raise ConfigError(f"{type(base).__name__}.forward in transformers {transformers.__version__} does not take "
+                          f"{', '.join(unknown)}; it would ignore them. Upgrade transformers (pip install -U "
+                          "transformers) or report this model type to VerboVision")
 
 
 def strip_peft(name: str) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .data import load_image
 from .errors import DataError
@@ -28,7 +27,8 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 
 CACHED_FAMILIES = ("llava", "cohere2_vision")
-"""Model types whose forward accepts precomputed image features (`mm_encoder_outputs`) with one tensor per image."""
+"""Model types whose image features are the connector's output on one vision-tower hidden state, placed at the image
+tokens in order: features computed once can stand in for the pixels."""
 
 
 def supports_cache(model) -> bool:
@@ -59,13 +59,22 @@ def connector_inputs(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return features
 
 
-def image_encoder_outputs(model, features: torch.Tensor) -> dict:
-    """Run the connector on cached features, in the form the VLM's forward accepts instead of pixel values."""
+def embeds_with_features(model, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """The input embeddings with the image tokens replaced, in order, by the connector's output for cached features:
+    what the VLM's forward computes from pixel values, given to it as `inputs_embeds`. Every transformers 5 release
+    takes `inputs_embeds`; the forward's own keyword for precomputed features is newer, and a release without it
+    swallows it unread (the images would silently never reach the model)."""
     projector = vlm_core(model).multi_modal_projector
-    embeds = projector(features.to(next(projector.parameters()).dtype))  # [n_images, n_tokens, D_lm]
-    # Llava's forward concatenates a list of per-image features; Cohere2Vision's takes the stacked tensor.
-    pooled = list(embeds) if model.config.model_type == "llava" else embeds
-    return {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+    # The projector's compute dtype: under bitsandbytes its first parameter may be a packed uint8 weight.
+    dtype = next(p.dtype for p in projector.parameters() if p.is_floating_point())
+    embeds = model.get_input_embeddings()(input_ids)  # [B, T, D_lm]
+    image_embeds = projector(features.to(dtype))  # [n_images, n_tokens, D_lm] (older Cohere2Vision: [n, h, w, D_lm])
+    image_embeds = image_embeds.reshape(-1, embeds.shape[-1])
+    placeholders = input_ids == model.config.image_token_id  # [B, T]
+    if int(placeholders.sum()) != image_embeds.shape[0]:
+        raise DataError(f"{int(placeholders.sum())} image tokens in the batch's text but the cached features of its "
+                        f"images give {image_embeds.shape[0]}")
+    return embeds.masked_scatter(placeholders[..., None], image_embeds.to(embeds.dtype))
 
 
 def cache_key(model, processor, dtype: str) -> str:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from .errors import VerboError
-from .families import family_of
+from .families import check_consumed, family_of
 from .quantize import is_quantized
 from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
 
@@ -50,7 +50,9 @@ def probe_batch(model, processor, device, seed: int = 0) -> dict:
     family = family_of(model.config)
     encoder = Encoder(processor, "plain", max_length=1 << 30, family=family)
     batch = Collator(encoder)([encoder.encode(Record("probe", [image], turns, "merge probe"))])
-    return family.model_inputs({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
+    inputs = family.model_inputs({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
+    check_consumed(model, inputs)
+    return inputs
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .data import Collator, Encoded, SkipLog, load_image, skip_reason, source_records
 from .errors import DataError
-from .families import IMAGES_IN_TEXT
+from .families import IMAGES_IN_TEXT, check_consumed
 from .infer import eos_token_ids
 from .metrics import CiderD, bleu, ptb_tokenize
 from .recipe import Recipe, Stage
@@ -197,6 +197,7 @@ class ScstSteps:
         """The logits of the last L+1 positions, where the reply is predicted."""
         keep = rollout.tokens.shape[1] + 1
         inputs = self.family.model_inputs(rollout.inputs)
+        check_consumed(model, inputs)
         if self.family.images == IMAGES_IN_TEXT:
             # Only the reply's logits are needed: the full [N, P+L, V] tensor would not fit for a real vocabulary.
             return model(**inputs, logits_to_keep=keep).logits  # [B*K, L+1, V]

@@ -45,8 +45,8 @@ from .data import (
     skip_reason,
 )
 from .distributed import processes
-from .families import IMAGES_IN_TEXT, family_of
-from .features import FeatureCache, image_encoder_outputs, supports_cache
+from .families import IMAGES_IN_TEXT, check_consumed, family_of
+from .features import FeatureCache, embeds_with_features, supports_cache
 from .errors import ConfigError
 from .merge import merge_adapter, merge_verified
 from .quantize import is_quantized
@@ -64,7 +64,7 @@ from .store import (
 )
 from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
-from .trainable import configure_trainable, enable_checkpointing, param_groups
+from .trainable import configure_trainable, disable_checkpointing, enable_checkpointing, param_groups
 
 
 @dataclass
@@ -483,10 +483,13 @@ def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Ten
     """Next-token cross-entropy on the labelled positions (assistant replies)."""
     inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_features")}
     if "image_features" in batch:
-        inputs["mm_encoder_outputs"] = image_encoder_outputs(model, batch["image_features"].to(device))
+        inputs["inputs_embeds"] = embeds_with_features(model, inputs.pop("input_ids"), batch["image_features"].to(device))
     labels = batch["labels"].to(device)
-    family = family_of(processes().unwrap(model).config)
-    logits = model(**family.model_inputs(inputs), use_cache=False).logits  # a cache would also hide packing
+    core = processes().unwrap(model)
+    family = family_of(core.config)
+    inputs = family.model_inputs(inputs)
+    check_consumed(core, inputs)
+    logits = model(**inputs, use_cache=False).logits  # a cache would also hide packing
     logits = family.text_logits(logits, labels.shape[1])  # [B, T, V]
     return F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
@@ -566,7 +569,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
             raise KeyError("the gathered state does not fit the stage's model")
     model.eval()
     if stage.gradient_checkpointing:
-        model.activation_checkpointing_disable()
+        disable_checkpointing(model)
     metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
                 "base_model": base}
     if not uses_lora:

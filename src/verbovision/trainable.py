@@ -124,10 +124,21 @@ def enable_checkpointing(model: nn.Module, which: bool | list[str]) -> None:
     """Activation checkpointing (recompute in the backward pass what the forward pass would keep) on every layer
     (True), or on the layers of the listed components only: the long-sequence language model, say, and not the
     vision tower whose activations are small or frozen."""
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if which is True:
         return
     components = Components(model)
     for name, module in model.named_modules():
         if isinstance(module, GradientCheckpointingLayer) and components.of(name) not in which:
             module.gradient_checkpointing = False
+
+
+def disable_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:  # transformers releases before the rename
+        model.gradient_checkpointing_disable()
