@@ -28,8 +28,9 @@ def test_eval_prints_every_metric_and_writes_the_folder(lora_run, shapes_data, t
     assert "CIDEr" in report["ci95"] and "Bleu_4" not in report["ci95"]  # corpus BLEU is not a per-item mean
     assert (out / "metrics.png").stat().st_size > 0 and "metrics.png" in (out / "report.md").read_text()
     # our predictions file scores again with no model and gives the same numbers
-    predictions, references = load_predictions(out / "predictions.jsonl")
-    assert score(predictions, references, ["cider"]).values["CIDEr"] == pytest.approx(report["metrics"]["CIDEr"])
+    inputs = load_predictions(out / "predictions.jsonl")
+    assert score(inputs.predictions, inputs.references, ["cider"]).values["CIDEr"] == pytest.approx(
+        report["metrics"]["CIDEr"])
 
 
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")
@@ -45,14 +46,163 @@ def test_score_reproduces_the_official_coco_demo(capsys):
         assert float(printed[name].split()[0]) == pytest.approx(expected[name], abs=1e-6), name
 
 
-def test_score_llava_answers_with_questions(tmp_path, capsys):
+# --- official VQAv2 and TextVQA files ---------------------------------------------------------------------------
+# Expected values derived by hand from vqaEval.py's rules (see tests/test_metrics.py for the rules one by one).
+
+VQA_META = {"info": {"description": "test"}, "license": {"name": "test"}, "data_subtype": "val2014",
+            "data_type": "mscoco"}
+
+
+def _annotation(qid: int, answers: list[str], answer_type: str, question_type: str) -> dict:
+    return {"question_id": qid, "image_id": 100 + qid, "question_type": question_type, "answer_type": answer_type,
+            "multiple_choice_answer": answers[0],
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(answers, 1)]}
+
+
+@pytest.fixture
+def vqa_files(tmp_path) -> dict[str, Path]:
+    """VQAv2 questions, annotations and results files, shaped as the official ones."""
+    annotations = [_annotation(1, ["4"] * 10, "number", "how many"),
+                   _annotation(2, ["Giraffe"] * 10, "other", "what is"),
+                   _annotation(3, ["2"] * 3 + ["3"] * 7, "number", "how many"),
+                   _annotation(4, ["yes"] * 9 + ["no"], "yes/no", "is the")]
+    questions = [{"image_id": 100 + a["question_id"], "question": "?", "question_id": a["question_id"]}
+                 for a in annotations]
+    results = [{"question_id": 4, "answer": "Yes"}, {"question_id": 2, "answer": "giraffe"},
+               {"question_id": 3, "answer": "two"}, {"question_id": 1, "answer": "four."}]
+    files = {"annotations": tmp_path / "v2_mscoco_val2014_annotations.json",
+             "questions": tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json",
+             "results": tmp_path / "vqa_results.json"}
+    files["annotations"].write_text(json.dumps({**VQA_META, "annotations": annotations}))
+    files["questions"].write_text(json.dumps({**VQA_META, "task_type": "Open-Ended", "questions": questions}))
+    files["results"].write_text(json.dumps(results))
+    return files
+
+
+def _printed(capsys) -> dict[str, str]:
+    return dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines())
+
+
+def test_score_reads_official_vqav2_files(vqa_files, tmp_path, capsys):
+    assert main(["score", str(vqa_files["results"]), "--refs", str(vqa_files["annotations"]), "--metrics", "vqa",
+                 "--out", str(tmp_path / "report")]) == 0
+    printed = _printed(capsys)
+    # q1 "four." vs ten "4" and q2 "giraffe" vs ten "Giraffe": the answers agree, raw strings differ: 0.
+    # q3 "two" -> "2": 3 of 10 match: (3 x 2/3 + 7 x 1) / 10 = 0.9. q4 "Yes" -> "yes": 9 match: 1.0.
+    # Summed in the annotations' order: (0 + 0 + 0.9 + 1.0) / 4 = 0.475; vqaEval.py: round(100 * 1.9 / 4, 2).
+    assert printed["records"] == "4"
+    assert printed["vqa"].split()[0] == "0.475"
+    assert printed["vqa (vqaEval.py %)"] == "47.5"
+    assert printed["vqa[answer_type=number]"] == "0.45" and printed["vqa[answer_type=number] (vqaEval.py %)"] == "45.0"
+    assert printed["vqa[answer_type=other]"] == "0.0" and printed["vqa[answer_type=yes/no]"] == "1.0"
+    assert printed["vqa[question_type=how many]"] == "0.45" and printed["vqa[question_type=is the]"] == "1.0"
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["metrics"]["vqa"] == 0.475 and report["details"]["vqa (vqaEval.py %)"] == 47.5
+    rows = [json.loads(line) for line in (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == [1, 2, 3, 4]  # vqaEval.py's order, not the results file's
+
+
+def test_score_a_subset_of_the_annotations(vqa_files, capsys):
+    vqa_files["results"].write_text(json.dumps([{"question_id": 3, "answer": "two"}]))
+    assert main(["score", str(vqa_files["results"]), "--refs", str(vqa_files["annotations"]), "--metrics",
+                 "vqa"]) == 0
+    printed = _printed(capsys)
+    assert printed["records"] == "1" and printed["vqa"].split()[0] == "0.9" and printed["vqa (vqaEval.py %)"] == "90.0"
+
+
+def test_score_textvqa_data_with_llava_answers(tmp_path, capsys):
+    data = {"dataset_name": "textvqa", "dataset_type": "val", "dataset_version": "0.5.1", "data": [
+        {"question_id": 10, "question": "what brand?", "image_id": "a1", "answers": ["Nokia"] * 10},
+        {"question_id": 11, "question": "what drink?", "image_id": "a2", "answers": ["coca cola"] * 2 + ["coke"] * 8}]}
+    refs = tmp_path / "TextVQA_0.5.1_val.json"
+    refs.write_text(json.dumps(data))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": q, "prompt": "?", "text": t, "answer_id": "x",
+                                           "model_id": "m", "metadata": {}}) + "\n"
+                               for q, t in [(11, "COCA COLA."), (10, "nokia")]))
+    assert main(["score", str(answers), "--refs", str(refs), "--metrics", "textvqa,vqa"]) == 0
+    printed = _printed(capsys)
+    # textvqa lowercases first: "nokia" matches all 10: 1.0; "coca cola" 2 of 10: (1/3 + 1/3 + 8 x 2/3) / 10 = 0.6.
+    # vqa compares raw strings when the answers agree: "nokia" vs ten "Nokia" is 0.
+    assert printed["textvqa"].split()[0] == "0.8" and printed["vqa"].split()[0] == "0.3"
+
+
+def test_score_llava_answers_with_answer_records(tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("\n".join(json.dumps({"question_id": i, "text": t}) for i, t in enumerate(["Two", "yes."])))
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("\n".join(json.dumps({"question_id": i, "answer": a}) for i, a in enumerate(["2", "no"])))
+    questions.write_text("\n".join(json.dumps({"question_id": i, "answers": a, "text": "a question"})
+                                   for i, a in enumerate([["2"] * 10, [{"answer": "no"}] * 9 + [{"answer": "yes"}]])))
     assert main(["score", str(answers), "--refs", str(questions), "--metrics", "vqa,exact_match"]) == 0
-    printed = capsys.readouterr().out
-    assert "vqa: 0.500000" in printed and "exact_match: 0.000000" in printed
+    printed = _printed(capsys)
+    # "Two" vs ten "2": the answers agree, raw strings differ: 0. "yes." -> "yes" matches the last of 10 answers:
+    # leaving out one of the first 9 leaves 1 match (1/3), leaving out the last none: 9 x 1/3 / 10 = 0.3. Mean 0.15.
+    assert printed["vqa"].split()[0] == "0.15" and printed["exact_match"].split()[0] == "0.5"
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+ONE_ANSWER = [{"question_id": 1, "answer": "4"}]
+
+
+@pytest.mark.parametrize("predictions, refs, metrics, message", [
+    (ONE_ANSWER, "questions", "vqa", "a VQAv2 questions file holds no answers"),
+    (ONE_ANSWER, [{"question_id": 1, "text": "How many?"}], "vqa",
+     "record 1 (question_id 1): no 'answer' or 'answers'"),
+    (ONE_ANSWER, [{"question_id": 1, "answer": "4"}], "vqa", "has 1 reference answer(s)"),
+    ([{"question_id": 1, "answer": "4"}, {"question_id": 2}], "annotations", "vqa",
+     "record 2: expected 'answer' (a string), found none"),
+    ([{"question_id": 1, "answer": 4}], "annotations", "vqa", "record 1: expected 'answer' (a string), found 4"),
+    ([{"question_id": 99, "answer": "4"}], "annotations", "vqa", "record 1: question_id 99 has no answers in"),
+    ([{"question_id": "1", "answer": "4"}], "annotations", "vqa", "(it has 1: ids must have the same JSON type)"),
+    (ONE_ANSWER + ONE_ANSWER, "annotations", "vqa", "record 2: question_id 1 has more than one answer"),
+    ("not json", "annotations", "vqa", ":1: invalid JSON"),
+    ('"a string"', "annotations", "vqa", "expected a list of predictions, found str"),
+    ([], "annotations", "vqa", "expected a list of predictions, found nothing"),
+    ([{"image": "x"}], "annotations", "vqa", "record 1: unrecognised predictions format"),
+    (ONE_ANSWER, {"annotations": [{"question_id": 1, "answer_type": "number", "question_type": "how many"}]},
+     "vqa", "annotation 1 (question_id 1): expected 'answers'"),
+    (ONE_ANSWER, {"annotations": [{"question_id": 1, "answers": [], "answer_type": "n", "question_type": "h"}]},
+     "vqa", "expected a non-empty list of reference strings, found []"),
+    (ONE_ANSWER, {"annotations": [{"question_id": 1, "answers": [{"answer": "4", "answer_id": 1}] * 2,
+                                   "answer_type": "number", "question_type": "how many"}]},
+     "vqa", "answers 1 and 2 differ only in their text"),
+    (ONE_ANSWER, {"annotations": [{"question_id": 1, "answers": [{"answer": "4", "answer_id": i} for i in (1, 2)],
+                                   "question_type": "how many"}]}, "vqa", "expected 'answer_type' (a string)"),
+    (ONE_ANSWER, {"annotations": [{"image_id": 1, "caption": "a dog"}]}, "vqa", "COCO caption annotations score"),
+    (ONE_ANSWER, {"data": [{"question_id": 1, "question": "?", "image_id": "a"}]}, "textvqa",
+     "TextVQA's test split has none"),
+    (ONE_ANSWER, {"something": 1}, "vqa", "unrecognised references format"),
+    ([{"id": "a", "prediction": "x", "references": []}], None, "exact_match",
+     "expected a non-empty list of reference strings"),
+    ([{"id": "a", "prediction": "x", "references": ["x"]}] * 2, None, "exact_match", "record 2: id 'a' appears twice"),
+    (ONE_ANSWER, {"annotations": [_annotation(1, ["4"] * 10, "number", "how many")] * 2}, "vqa",
+     "annotation 2 (question_id 1): question_id 1 appears twice"),
+    ([{"image_id": 1, "caption": "a dog"}], {"images": [{"id": 2}], "annotations": [
+        {"image_id": 1, "id": 1, "caption": "a dog"}, {"image_id": 2, "id": 2, "caption": "a cat"}]}, "bleu",
+     "image_id [1] not in its 'images' list"),
+])
+def test_score_input_errors_are_one_line(vqa_files, tmp_path, capsys, predictions, refs, metrics, message):
+    path = _write(tmp_path / "predictions.json", predictions)
+    refs_path = vqa_files[refs] if isinstance(refs, str) else refs and _write(tmp_path / "refs.json", refs)
+    argv = ["score", str(path), "--metrics", metrics] + (["--refs", str(refs_path)] if refs_path else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verbo: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err
+    assert str(path) in err or str(refs_path) in err  # the file at fault is named
+
+
+def test_score_unreadable_files(tmp_path, capsys):
+    binary = tmp_path / "results.json"
+    binary.write_bytes(b"\xff\xfe[]")
+    for argv in (["score", str(binary)], ["score", str(tmp_path)], ["score", str(tmp_path / "missing.json")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(argv[1]) in err
 
 
 def test_score_errors_name_the_file(tmp_path):

@@ -236,27 +236,90 @@ def test_ptb_tokenize_matches_java_on_real_captions():
 
 
 # --- VQA ------------------------------------------------------------------------------------------------------
+# Expected values derived by hand from vqaEval.py (GT-Vision-Lab/VQA), which is Python 2 code.
 
 @pytest.mark.parametrize("answer, normalized", [
     ("Two", "2"), ("a dog", "dog"), ("The Dog.", "dog"), ("dont", "don't"), ("yes.", "yes"), ("Yes!", "yes"),
     ("t-shirt", "t shirt"), ("1,000", "1000"), ("3.5", "3.5"), ("  ten  apples ", "10 apples"), ("none", "0"),
+    ("\tred\ncar ", "red car"),
+    ("10 - 12", "10 12"),  # " -" is in the text: "-" is deleted, not made a space
+    ("red,blue", "red blue"), ("red, blue", "red blue"),
+    ("3,4", "34"), ("1,000 (approx)", "1000 approx"),  # a digit-comma-digit anywhere deletes every punctuation mark
+    ("5.", "5"), ("1.5.", "1.5"),  # a period not followed by a digit goes
+    ("." * 40, "." * 8),  # re.UNICODE passed as sub()'s count: 32 periods at most
+    ("Im", "im"), ("somebody'd", "somebodyd"),  # contractions are looked up after lowercasing; odd entries kept
+    ("\u0663.\u0665", "\u0663\u0665"),  # Python 2's "\d" is 0-9: a period before an Arabic-Indic digit goes
+    ("\u0130STANBUL", "istanbul"), ("\u039f\u0394\u039f\u03a3", "\u03bf\u03b4\u03bf\u03c3"),  # Python 2's lower()
+    ("\u13a0", "\u13a0"),  # Unicode 5.2 (Python 2.7) gave Cherokee no lowercase
+    ("ca\u180ebin", "ca bin"),  # U+180E was whitespace in Unicode 5.2
 ])
 def test_normalize_vqa_answer(answer, normalized):
     assert M.normalize_vqa_answer(answer) == normalized
 
 
-def test_vqa_accuracy_leave_one_out():
-    others = ["cat", "cow", "red", "blue", "left", "right", "up", "down"]
-    # 2 of 10 answers match. Leaving out one of the 2 leaves 1 match: min(1/3, 1) = 1/3; leaving out one of the
-    # other 8 leaves 2 matches: 2/3. Mean: (2 * 1/3 + 8 * 2/3) / 10 = 18/30 = 0.6.
-    assert M.vqa_accuracy("Two", ["2", "two", *others]) == 0.6
-    # 3 matches: (3 * 2/3 + 7 * 1) / 10 = 0.9; 4 or more always leave 3: 1.0; none: 0.0
-    assert M.vqa_accuracy("2", ["2", "2", "2", *others[:7]]) == 0.9
-    assert M.vqa_accuracy("2", ["2"] * 4 + others[:6]) == 1.0
-    assert M.vqa_accuracy("2", others + ["3", "4"]) == 0.0
-    # one reference: plain (normalised) equality
-    assert M.vqa_accuracy("A dog.", "dog") == 1.0
-    assert M.vqa_accuracy("a cat", ["dog"]) == 0.0
+OTHERS = ["cat", "cow", "red", "blue", "left", "right", "up", "down"]
+
+
+def test_vqa_accuracy_compares_raw_strings_when_the_human_answers_agree():
+    # vqaEval.py normalises only when the 10 answers are not all identical; otherwise it compares the prediction,
+    # tabs and newlines made spaces and stripped, with the raw answer.
+    assert M.vqa_accuracy("four.", ["4"] * 10) == 0.0
+    assert M.vqa_accuracy("giraffe", ["Giraffe"] * 10) == 0.0
+    assert M.vqa_accuracy(" Giraffe\n", ["Giraffe"] * 10) == 1.0
+    assert M.vqa_accuracy("4", ["4 "] * 10) == 1.0  # the answers are stripped before the set is taken
+    # one answer differing makes them normalise: "four." -> "4" matches 9 of 10, and any 9 leave at least 3
+    assert M.vqa_accuracy("four.", ["4"] * 9 + ["5"]) == 1.0
+
+
+def test_vqa_accuracy_leave_one_out_in_annotator_order():
+    # 2 of 10 answers match. Leaving out one of the 2 leaves 1 match: 1/3; leaving out one of the other 8 leaves
+    # 2 matches: 2/3. vqaEval.py sums these floats in annotator order, then divides by 10:
+    assert M.vqa_accuracy("Two", ["2", "two", *OTHERS]) == 0.6  # 1/3 + 1/3 + 8 x 2/3
+    assert M.vqa_accuracy("Two", [*OTHERS, "2", "two"]) == 0.5999999999999999  # 8 x 2/3 + 1/3 + 1/3
+    # 3 matches: 3 x 2/3 + 7 x 1 = 9 -> 0.9; 4 or more always leave 3: 1.0; none: 0.0
+    assert M.vqa_accuracy("2", ["2", "2", "2", *OTHERS[:7]]) == 0.9
+    assert M.vqa_accuracy("2", ["2"] * 4 + OTHERS[:6]) == 1.0
+    assert M.vqa_accuracy("2", OTHERS + ["3", "4"]) == 0.0
+    # "dont" -> "don't" for the prediction; the answers keep theirs (the apostrophe is not in the punctuation list)
+    assert M.vqa_accuracy("dont", ["don't"] * 3 + OTHERS[:7]) == 0.9
+
+
+def test_vqa_accuracy_with_one_answer_is_always_zero():
+    # leaving out the only annotator leaves nothing to match
+    assert M.vqa_accuracy("dog", ["dog"]) == 0.0
+    assert M.vqa_accuracy("dog", "dog") == 0.0
+
+
+def test_textvqa_accuracy_always_normalises():
+    assert M.normalize_textvqa_answer("Nokia's Phone, 1,000?") == "nokia 's phone 1000"
+    assert M.textvqa_accuracy("giraffe", ["Giraffe"] * 10) == 1.0  # lowercased first, unlike vqa
+    assert M.textvqa_accuracy("COCA COLA.", ["coca cola"] * 2 + ["coke"] * 8) == 0.6  # 1/3 + 1/3 + 8 x 2/3
+
+
+def test_score_vqa_breakdowns_and_official_percentages():
+    answers = {"q1": ["2"] * 3 + ["3"] * 7, "q2": ["yes"] * 10, "q3": ["red"] * 5 + ["blue"] * 5}
+    predictions = {"q3": "Blue", "q1": "two", "q2": "no"}
+    types = {"answer_type": {"q1": "number", "q2": "yes/no", "q3": "other"},
+             "question_type": {"q1": "how many", "q2": "is the", "q3": "how many"}}
+    scores = M.score_vqa(predictions, answers, "vqa", types)
+    assert list(scores.per_item) == ["q1", "q2", "q3"]  # vqaEval.py's order: the annotations'
+    assert scores.per_item == {"q1": 0.9, "q2": 0.0, "q3": 1.0}
+    assert scores.mean == 0.6333333333333333  # (0.9 + 0.0 + 1.0) / 3
+    assert scores.by_type == {"answer_type": {"number": 0.9, "other": 1.0, "yes/no": 0.0},
+                              "question_type": {"how many": 0.95, "is the": 0.0}}
+    # round(100 * sum / count, 2): 100 * 1.9 / 3 = 63.333333333333336 -> 63.33
+    assert scores.official == {"overall": 63.33, "answer_type": {"number": 90.0, "other": 100.0, "yes/no": 0.0},
+                               "question_type": {"how many": 95.0, "is the": 0.0}}
+    with pytest.raises(ValueError, match="no answer_type"):
+        M.score_vqa(predictions, answers, "vqa", {"answer_type": {"q1": "number"}})
+
+
+def test_vqa_official_percentages_round_half_away_from_zero():
+    # 1 right of 160: 100 * 1 / 160 = 0.625 exactly. vqaEval.py runs on Python 2, whose round() gives 0.63
+    # (Python 3's round() would give 0.62).
+    answers = {i: ["4"] * 10 for i in range(160)}
+    scores = M.score_vqa({i: "4" if i == 0 else "5" for i in range(160)}, answers)
+    assert scores.mean == 0.00625 and scores.official == {"overall": 0.63}
 
 
 def test_exact_numeric_and_choice_matching():
@@ -292,9 +355,12 @@ def test_choice_extraction_on_real_gllava_outputs():
 
 def test_score_vqa_kinds_and_errors():
     predictions = {"q1": "Two dogs", "q2": "yes"}
-    answers = {"q1": ["2 dogs"] * 4, "q2": "no"}  # leaving out any of the 4 still leaves 3 matches
-    assert M.score_vqa(predictions, answers).per_item == {"q1": 1.0, "q2": 0.0}
-    assert M.score_vqa(predictions, answers, kind="exact").mean == 0.0
+    answers = {"q1": ["2 dogs"] * 4, "q2": ["no", "yes"]}
+    # q1: the 4 answers agree, so "Two dogs" is compared raw and scores 0; q2: leaving out "no" leaves 1 match,
+    # leaving out "yes" none: (1/3 + 0) / 2
+    assert M.score_vqa(predictions, answers).per_item == {"q1": 0.0, "q2": 0.16666666666666666}
+    assert M.score_vqa(predictions, answers, kind="textvqa").per_item == {"q1": 1.0, "q2": 0.16666666666666666}
+    assert M.score_vqa(predictions, answers, kind="exact").mean == 0.5
     assert M.score_vqa({"q": "it is 2"}, {"q": "2.0"}, kind="numeric").mean == 1.0
     with pytest.raises(ValueError, match="unknown VQA metric"):
         M.score_vqa(predictions, answers, kind="bleu")

@@ -149,12 +149,17 @@ def cmd_score(args) -> None:
 
 
 def _print_scores(result) -> None:
+    """Every value at full precision (the float's repr), then its breakdowns and official renderings."""
+    rows = [("records", str(len(result.predictions)))] if result.predictions else []
     for name, value in result.values.items():
         low, high = result.intervals.get(name, (None, None))
-        interval = f"  (95% CI {low:.4f}-{high:.4f})" if low is not None else ""
-        print(f"{name:>12}: {value:.6f}{interval}")
-    for name, reason in result.skipped.items():
-        print(f"{name:>12}: skipped: {reason}")
+        interval = f"  (95% CI {low!r} - {high!r})" if low is not None else ""
+        rows.append((name, f"{float(value)!r}{interval}"))
+    rows += [(name, repr(float(value))) for name, value in result.details.items()]
+    rows += [(name, f"skipped: {reason}") for name, reason in result.skipped.items()]
+    width = max(12, *(len(name) for name, _ in rows))
+    for name, text in rows:
+        print(f"{name:>{width}}: {text}")
 
 
 def cmd_caption(args) -> None:
@@ -189,7 +194,15 @@ EXAMPLES = {
             "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava",
     "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
              "  verbo score captions_val2014_fakecap_results.json --refs captions_val2014.json\n"
-             "  verbo score answers.jsonl --refs questions_with_answers.jsonl --metrics vqa,exact_match",
+             "  verbo score vqa_results.json --refs v2_mscoco_val2014_annotations.json --metrics vqa\n"
+             "  verbo score answers.jsonl --refs TextVQA_0.5.1_val.json --metrics textvqa\n"
+             "  verbo score answers.jsonl --refs questions_with_answers.jsonl --metrics vqa,exact_match\n\n"
+             "vqa is VQAv2 accuracy exactly as the official vqaEval.py computes it (it normalises the answers only\n"
+             "when the 10 human answers are not all identical), per question, overall, and per answer and question\n"
+             "type when the references give them; values print at full precision, as fractions, and as vqaEval.py's\n"
+             "percentages rounded to 2 decimals ('vqaEval.py %'). textvqa is TextVQA accuracy as m4c's evaluator\n"
+             "computes it (always normalised). A results file may cover part of the references; 'records' says\n"
+             "how many items were scored.",
     "ask": "examples:\n  verbo ask runs/qs/final img.png \"How many shapes are there?\"",
 }
 
@@ -250,8 +263,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
 
-    metric_help = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, numeric, choice, wer, "
-                   "cer")
+    metric_help = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, textvqa, numeric, "
+                   "choice, wer, cer")
     p = command("eval", cmd_eval, "generate on a dataset and score it: every metric with a bootstrap interval")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--data", required=True, help="data file or folder (any supported format)")
@@ -262,8 +275,11 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("score", cmd_score, "score a predictions file against references, no model needed")
     p.add_argument("predictions", metavar="PREDICTIONS",
-                   help="our predictions.jsonl, LLaVA answers JSONL, or COCO results JSON")
-    p.add_argument("--refs", help="LLaVA questions/answers JSONL, or COCO caption annotations JSON")
+                   help="our predictions.jsonl, LLaVA answers JSONL (question_id, text), VQAv2 results JSON "
+                        "([{question_id, answer}]), or COCO caption results JSON ([{image_id, caption}])")
+    p.add_argument("--refs", help="VQAv2 annotations JSON (v2_mscoco_*_annotations.json; the questions file is not "
+                                  "needed), TextVQA JSON ({data: [...]}), JSON/JSONL with question_id and "
+                                  "answers/answer, or COCO caption annotations JSON")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=metric_help)
     p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
 

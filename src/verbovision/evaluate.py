@@ -3,7 +3,8 @@
 `verbo eval` generates a reply per record, scores it against the record's references, and writes
 `predictions.jsonl`, `report.json`, `report.md` and `metrics.png`, each metric with a bootstrap confidence interval
 over items, plus the validation loss and perplexity of the references. `verbo score` does the scoring alone on our
-predictions JSONL, LLaVA's answer JSONL (+ a questions/answers file) or COCO results (+ COCO annotations).
+predictions JSONL, on LLaVA answers JSONL or VQAv2 results (+ VQAv2 annotations, TextVQA data or records with
+answers), or on COCO caption results (+ COCO annotations).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from .errors import DataError
 from .store import write_atomic, write_json
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider", "spice")
-ANSWER_METRICS = {"exact_match": "exact", "vqa": "vqa", "numeric": "numeric", "choice": "choice"}
+ANSWER_METRICS = {"exact_match": "exact", "vqa": "vqa", "textvqa": "textvqa", "numeric": "numeric",
+                  "choice": "choice"}
+# Accuracies that compare a prediction with the other annotators' answers: one answer would score every prediction 0.
+HUMAN_ANSWER_METRICS = ("vqa", "textvqa")
 ERROR_RATES = {"wer": m.wer, "cer": m.cer}
 ALL_METRICS = (*CAPTION_METRICS, *ANSWER_METRICS, *ERROR_RATES)
 DEFAULT_METRICS = ("bleu", "meteor", "rouge_l", "cider", "exact_match")
@@ -36,6 +40,9 @@ class EvalResult:
     """One row per record: id, image, prompt, prediction, references."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Metrics that could not be computed, with the reason."""
+    details: dict[str, float] = field(default_factory=dict)
+    """Breakdowns of the values (per answer and question type) and the renderings official scripts publish
+    (vqaEval.py's percentages, rounded as it rounds them)."""
 
     def summary(self) -> dict:
         return {**self.values, "records": len(self.predictions),
@@ -51,8 +58,11 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], names: Sequence[str],
-          ci: bool = True) -> EvalResult:
-    """Every requested metric, corpus-level, with bootstrap intervals over items."""
+          ci: bool = True, types: Mapping[str, Mapping] | None = None) -> EvalResult:
+    """Every requested metric, corpus-level, with bootstrap intervals over items.
+
+    `types` (type name -> id -> type, e.g. VQAv2's answer_type and question_type) break the answer metrics down.
+    """
     result = EvalResult({})
     per_item: dict[str, dict] = {}
     captions = [n for n in names if n in CAPTION_METRICS]
@@ -64,8 +74,11 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
             per_item[metric] = {k: v[metric] for k, v in scores.per_image.items()}
     for name in names:
         if name in ANSWER_METRICS:
-            answers = m.score_vqa(predictions, references, kind=ANSWER_METRICS[name])
+            if name in HUMAN_ANSWER_METRICS:
+                _check_human_answers(references, name)
+            answers = m.score_vqa(predictions, references, kind=ANSWER_METRICS[name], types=types)
             result.values[name], per_item[name] = answers.mean, answers.per_item
+            result.details.update(_answer_details(name, answers))
         elif name in ERROR_RATES:
             rate = ERROR_RATES[name](predictions, references)
             result.values[name], per_item[name] = rate.corpus, rate.per_item
@@ -74,6 +87,29 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
         # get no interval rather than one that need not contain the reported value.
         result.intervals = {k: m.bootstrap_ci(v) for k, v in per_item.items() if v and _is_item_mean(v, result.values[k])}
     return result
+
+
+def _check_human_answers(references: Mapping, name: str) -> None:
+    for key, answers in references.items():
+        count = 1 if isinstance(answers, str) else len(answers)
+        if count < 2:
+            raise DataError(f"{name}: item {key!r} has {count} reference answer(s); VQA accuracy credits a prediction "
+                            "by the other annotators' answers (10 per question in VQAv2), so with one every "
+                            "prediction scores 0; use exact_match for single-answer data")
+
+
+def _answer_details(name: str, scores: m.VqaScores) -> dict[str, float]:
+    """Per type means, and for vqa, vqaEval.py's rounded percentages, e.g. `vqa[answer_type=number]`,
+    `vqa (vqaEval.py %)`."""
+    official = scores.official
+    details = {f"{name} (vqaEval.py %)": official["overall"]} if official else {}
+    for type_name, means in scores.by_type.items():
+        for kind, value in means.items():
+            label = f"{name}[{type_name}={kind}]"
+            details[label] = value
+            if official:
+                details[f"{label} (vqaEval.py %)"] = official[type_name][kind]
+    return details
 
 
 def _is_item_mean(per_item: dict, corpus: float) -> bool:
@@ -122,7 +158,8 @@ def write_eval_folder(out: Path, result: EvalResult, about: dict) -> None:
         write_atomic(out / "predictions.jsonl",
                      "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.predictions))
     write_json(out / "report.json", {**about, "metrics": result.values, "ci95": result.intervals,
-                                     "records": len(result.predictions), "skipped": result.skipped})
+                                     "records": len(result.predictions), "skipped": result.skipped,
+                                     "details": result.details})
     plot_metrics(result, out / "metrics.png")
     write_atomic(out / "report.md", markdown(result, about))
 
@@ -134,7 +171,8 @@ def markdown(result: EvalResult, about: dict) -> str:
     for name, value in result.values.items():
         low, high = result.intervals.get(name, (None, None))
         interval = f"[{low:.4f}, {high:.4f}]" if low is not None else "-"
-        lines.append(f"| {name} | {value:.4f} | {interval} |")
+        lines.append(f"| {name} | {float(value)!r} | {interval} |")
+    lines += [f"| {name} | {float(value)!r} | - |" for name, value in result.details.items()]
     lines += [f"- {k} skipped: {v}" for k, v in result.skipped.items()]
     lines += ["", "![metrics](metrics.png)", ""]
     if result.predictions:
@@ -168,11 +206,35 @@ def plot_metrics(result: EvalResult, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ verbo score
 
+PREDICTION_FORMATS = {
+    "ours": "our predictions JSONL (id, prediction, references)",
+    "llava": "LLaVA answers JSONL (question_id, text)",
+    "vqa_results": "VQAv2 results JSON ([{question_id, answer}])",
+    "coco": "COCO caption results JSON ([{image_id, caption}])",
+}
+REFERENCE_FORMATS = ("VQAv2 annotations JSON ({annotations: [{question_id, question_type, answer_type, answers: "
+                     "[{answer, answer_id}]}]}), TextVQA JSON ({data: [{question_id, answers: [10 strings]}]}), "
+                     "JSON/JSONL records with question_id and answers (strings) or answer, or COCO caption "
+                     "annotations JSON ({annotations: [{image_id, caption}]})")
+
+
+@dataclass
+class ScoreInputs:
+    """What `verbo score` scores, by id, in the order the official scorers take the items."""
+
+    predictions: dict
+    references: dict
+    types: dict[str, dict] = field(default_factory=dict)
+    """Type name ("answer_type", "question_type") -> id -> type, where the references give them."""
+
 
 def _read_json_or_jsonl(path: Path) -> list | dict:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON or JSONL") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -186,60 +248,244 @@ def _read_json_or_jsonl(path: Path) -> list | dict:
         return rows
 
 
-def load_predictions(path: str | Path, refs: str | Path | None = None) -> tuple[dict, dict]:
-    """(predictions, references) by id from one of the supported predictions formats."""
+def _objects(data, path: Path, what: str) -> list[dict]:
+    """`data` as a non-empty list of JSON objects (one object counts as a list of one)."""
+    rows = [data] if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows:
+        raise DataError(f"{path}: expected {what}, found {'nothing' if rows in ([], {}) else type(rows).__name__}")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: record {i}: expected a JSON object, found {type(row).__name__}")
+    return rows
+
+
+def _field(row: dict, key: str, types: type | tuple[type, ...], where: str, expected: str):
+    """row[key], or a DataError saying what `where` should hold."""
+    value = row.get(key)
+    if not isinstance(value, types) or isinstance(value, bool):
+        found = "none" if key not in row else json.dumps(value, ensure_ascii=False)[:40]
+        raise DataError(f"{where}: expected {key!r} ({expected}), found {found}")
+    return value
+
+
+def _question_id(row: dict, where: str):
+    return _field(row, "question_id", (int, str), where, "an integer or a string")
+
+
+def load_predictions(path: str | Path, refs: str | Path | None = None) -> ScoreInputs:
+    """Predictions and their references from one of PREDICTION_FORMATS (+ one of REFERENCE_FORMATS)."""
     path = Path(path)
-    data = _read_json_or_jsonl(path)
-    if isinstance(data, dict):
-        data = [data]
-    first = data[0] if data else {}
-    if "prediction" in first and refs is None:  # our predictions.jsonl carries its references
-        return {r["id"]: r["prediction"] for r in data}, {r["id"]: list(r["references"]) for r in data}
+    rows = _objects(_read_json_or_jsonl(path), path, "a list of predictions")
+    kind = _prediction_format(rows[0], path)
+    if kind == "ours":
+        if refs is not None:
+            raise DataError(f"{path}: our predictions carry their references; drop --refs")
+        return _ours(rows, path)
     if refs is None:
-        raise DataError(f"{path}: these predictions carry no references; pass --refs")
-    ref_data = _read_json_or_jsonl(Path(refs))
-    if "caption" in first and "image_id" in first:
-        return _coco(data, ref_data, path, Path(refs))
-    if "question_id" in first:
-        return _llava_answers(data, ref_data, path, Path(refs))
-    raise DataError(f"{path}: unrecognised predictions format (expected our JSONL with id/prediction/references, "
-                    "LLaVA answers with question_id/text, or COCO results with image_id/caption)")
+        raise DataError(f"{path}: {PREDICTION_FORMATS[kind]} carry no references; pass --refs")
+    refs = Path(refs)
+    ref_data = _read_json_or_jsonl(refs)
+    if kind == "coco":
+        return _coco(rows, ref_data, path, refs)
+    return _answers(rows, "answer" if kind == "vqa_results" else "text", _answer_references(ref_data, refs),
+                    path, refs)
 
 
-def _coco(results: list, annotations, path: Path, refs: Path) -> tuple[dict, dict]:
-    if not isinstance(annotations, dict) or "annotations" not in annotations:
+def _prediction_format(first: dict, path: Path) -> str:
+    if "prediction" in first:
+        return "ours"
+    if "image_id" in first and "caption" in first:
+        return "coco"
+    if "question_id" in first and ("answer" in first or "text" in first):
+        return "vqa_results" if "answer" in first else "llava"
+    raise DataError(f"{path}: record 1: unrecognised predictions format; expected "
+                    + ", ".join(PREDICTION_FORMATS.values()))
+
+
+def _ours(rows: list[dict], path: Path) -> ScoreInputs:
+    predictions, references = {}, {}
+    for i, row in enumerate(rows, 1):
+        where = f"{path}: record {i}"
+        key = _field(row, "id", (int, str), where, "an integer or a string")
+        if key in predictions:
+            raise DataError(f"{where}: id {key!r} appears twice")
+        predictions[key] = _field(row, "prediction", str, where, "a string")
+        references[key] = _strings(_field(row, "references", list, where, "a list of strings"), where)
+    return ScoreInputs(predictions, references)
+
+
+def _strings(values: list, where: str) -> list[str]:
+    if not values or not all(isinstance(v, str) for v in values):
+        raise DataError(f"{where}: expected a non-empty list of reference strings, found "
+                        f"{json.dumps(values, ensure_ascii=False)[:60]}")
+    return values
+
+
+def _coco(results: list[dict], annotations, path: Path, refs: Path) -> ScoreInputs:
+    if not isinstance(annotations, dict) or not isinstance(annotations.get("annotations"), list):
         raise DataError(f"{refs}: expected COCO caption annotations with an 'annotations' list")
     references: dict = {}
-    for ann in annotations["annotations"]:
-        references.setdefault(ann["image_id"], []).append(ann["caption"])
+    for i, ann in enumerate(_objects(annotations["annotations"], refs, "caption annotations"), 1):
+        where = f"{refs}: annotation {i}"
+        image_id = _field(ann, "image_id", (int, str), where, "an integer or a string")
+        references.setdefault(image_id, []).append(_field(ann, "caption", str, where, "a string"))
     captions: dict = {}
-    for row in results:
-        if row["image_id"] not in references:
-            raise DataError(f"{path}: image_id {row['image_id']} has no references in {refs}")
-        if row["image_id"] in captions:
-            raise DataError(f"{path}: image_id {row['image_id']} has more than one caption; COCO scores one")
-        captions[row["image_id"]] = row["caption"]
-    # COCOEvalCap scores images in the order of the annotation file's image list.
-    order = [img["id"] for img in annotations.get("images", []) if img["id"] in captions] or list(captions)
-    return {k: captions[k] for k in order}, {k: references[k] for k in order}
+    for i, row in enumerate(results, 1):
+        where = f"{path}: record {i}"
+        image_id = _field(row, "image_id", (int, str), where, "an integer or a string")
+        caption = _field(row, "caption", str, where, "a string")
+        if image_id not in references:
+            raise DataError(f"{where}: image_id {image_id!r} has no references in {refs}")
+        if image_id in captions:
+            raise DataError(f"{where}: image_id {image_id!r} has more than one caption; COCO scores one")
+        captions[image_id] = caption
+    order = _coco_order(annotations, captions, refs)
+    return ScoreInputs({k: captions[k] for k in order}, {k: references[k] for k in order})
 
 
-def _llava_answers(answers: list, questions: list, path: Path, refs: Path) -> tuple[dict, dict]:
-    references = {}
-    for q in questions:
-        value = q.get("answers", q.get("answer", q.get("text")))
-        references[q["question_id"]] = value if isinstance(value, list) else [value]
-    missing = [a["question_id"] for a in answers if a["question_id"] not in references]
-    if missing:
-        raise DataError(f"{path}: question_id {missing[:5]} not in {refs}")
-    predictions = {a["question_id"]: a["text"] for a in answers}
-    return predictions, {k: references[k] for k in predictions}
+def _coco_order(annotations: dict, captions: dict, refs: Path) -> list:
+    """COCOEvalCap scores images in the order of the annotation file's image list (when it has one)."""
+    images = annotations.get("images")
+    if not isinstance(images, list) or not images:
+        return list(captions)
+    ids = [img.get("id") if isinstance(img, dict) else None for img in images]
+    listed = {i for i in ids if isinstance(i, (int, str))}
+    unlisted = [k for k in captions if k not in listed][:5]
+    if unlisted:
+        raise DataError(f"{refs}: image_id {unlisted} not in its 'images' list (COCOEvalCap refuses such results)")
+    return [i for i in ids if isinstance(i, (int, str)) and i in captions]
+
+
+@dataclass
+class _AnswerKey:
+    answers: dict
+    """question_id -> the human answers, in the references file's order."""
+    types: dict[str, dict] = field(default_factory=dict)
+
+
+def _answer_references(data, refs: Path) -> _AnswerKey:
+    if isinstance(data, dict) and "annotations" in data:
+        return _vqa_annotations(data["annotations"], refs)
+    if isinstance(data, dict) and "questions" in data:
+        raise DataError(f"{refs}: a VQAv2 questions file holds no answers; pass the annotations file "
+                        "(e.g. v2_mscoco_val2014_annotations.json) as --refs")
+    if isinstance(data, dict) and "data" in data:
+        return _textvqa(data["data"], refs)
+    if isinstance(data, list):
+        return _answer_records(data, refs)
+    raise DataError(f"{refs}: unrecognised references format; expected {REFERENCE_FORMATS}")
+
+
+def _vqa_annotations(annotations, refs: Path) -> _AnswerKey:
+    rows = _objects(annotations, refs, "a non-empty 'annotations' list")
+    if "caption" in rows[0]:
+        raise DataError(f"{refs}: COCO caption annotations score COCO caption results (image_id, caption), "
+                        "not answers")
+    key = _AnswerKey({}, {"answer_type": {}, "question_type": {}})
+    for i, ann in enumerate(rows, 1):
+        where = f"{refs}: annotation {i}"
+        qid = _question_id(ann, where)
+        where += f" (question_id {qid!r})"
+        records = _field(ann, "answers", list, where, "a list of {answer, answer_id} objects")
+        answers = [_answer_text(record, f"{where}: answer {j}") for j, record in enumerate(records, 1)]
+        _add(key.answers, qid, _strings(answers, where), where)
+        _check_distinct_annotators(records, where)
+        for name in key.types:  # vqaEval.py reads both for every question
+            key.types[name][qid] = _field(ann, name, str, where, "a string")
+    return key
+
+
+def _answer_text(record, where: str) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an {{answer, answer_id}} object, found {json.dumps(record)[:40]}")
+    return _field(record, "answer", str, where, "a string")
+
+
+def _check_distinct_annotators(records: list[dict], where: str) -> None:
+    """vqaEval.py leaves an annotator out by removing every answer record equal to theirs, so records that could
+    become equal (the same but for the answer text, e.g. no answer_id) would leave out several annotators at once."""
+    seen: dict[str, int] = {}
+    for j, record in enumerate(records, 1):
+        rest = json.dumps({k: v for k, v in record.items() if k != "answer"}, sort_keys=True)
+        if rest in seen:
+            raise DataError(f"{where}: answers {seen[rest]} and {j} differ only in their text; vqaEval.py tells "
+                            "annotators apart by their whole answer record: give each answer its own answer_id")
+        seen[rest] = j
+
+
+def _textvqa(data, refs: Path) -> _AnswerKey:
+    key = _AnswerKey({})
+    for i, row in enumerate(_objects(data, refs, "a non-empty 'data' list"), 1):
+        where = f"{refs}: data record {i}"
+        qid = _question_id(row, where)
+        where += f" (question_id {qid!r})"
+        answers = row.get("answers")
+        if not isinstance(answers, list) or not answers:
+            found = "none" if answers is None else json.dumps(answers)[:40]
+            raise DataError(f"{where}: expected 'answers' (the human answers, as strings), found {found} "
+                            "(TextVQA's test split has none)")
+        _add(key.answers, qid, _strings(answers, where), where)
+    return key
+
+
+def _answer_records(data: list, refs: Path) -> _AnswerKey:
+    """JSON/JSONL records with question_id and `answers` (strings or {answer} objects) or `answer`."""
+    key = _AnswerKey({})
+    for i, row in enumerate(_objects(data, refs, "records with question_id and answers"), 1):
+        where = f"{refs}: record {i}"
+        qid = _question_id(row, where)
+        where += f" (question_id {qid!r})"
+        if "answers" in row:
+            values = row["answers"] if isinstance(row["answers"], list) else None
+            answers = [v.get("answer") if isinstance(v, dict) else v for v in values or []]
+            _add(key.answers, qid, _strings(answers, f"{where}: 'answers'"), where)
+        elif "answer" in row:
+            _add(key.answers, qid, [_field(row, "answer", str, where, "a string")], where)
+        else:
+            raise DataError(f"{where}: no 'answer' or 'answers' to score against (a questions file without "
+                            "answers?)")
+    return key
+
+
+def _add(answers: dict, qid, value: list[str], where: str) -> None:
+    if qid in answers:
+        raise DataError(f"{where}: question_id {qid!r} appears twice")
+    answers[qid] = value
+
+
+def _answers(rows: list[dict], text_key: str, key: _AnswerKey, path: Path, refs: Path) -> ScoreInputs:
+    predictions: dict = {}
+    for i, row in enumerate(rows, 1):
+        where = f"{path}: record {i}"
+        qid = _question_id(row, where)
+        text = _field(row, text_key, str, where, "a string")
+        if qid in predictions:
+            raise DataError(f"{where}: question_id {qid!r} has more than one answer")
+        if qid not in key.answers:
+            hint = _id_type_hint(qid, key.answers)
+            raise DataError(f"{where}: question_id {qid!r} has no answers in {refs}{hint}")
+        predictions[qid] = text
+    # vqaEval.py takes the questions in the annotation file's order; a results file may cover a subset of them.
+    order = [qid for qid in key.answers if qid in predictions]
+    return ScoreInputs(predictions, {qid: key.answers[qid] for qid in order},
+                       {name: {qid: types[qid] for qid in order} for name, types in key.types.items()})
+
+
+def _id_type_hint(qid, known: dict) -> str:
+    other = str(qid) if isinstance(qid, int) else int(qid) if qid.isascii() and qid.isdigit() else None
+    return f" (it has {other!r}: ids must have the same JSON type)" if other is not None and other in known else ""
 
 
 def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
                out: str | Path | None = None) -> EvalResult:
-    predictions, references = load_predictions(path, refs)
-    result = score(predictions, references, names)
+    """Score a predictions file; the result lists each scored item, in the order it was scored."""
+    inputs = load_predictions(path, refs)
+    try:
+        result = score(inputs.predictions, inputs.references, names, types=inputs.types)
+    except DataError as e:  # the references do not suit a metric
+        raise DataError(f"{refs or path}: {e}") from None
+    result.predictions = [{"id": k, "prediction": inputs.predictions[k], "references": v}
+                          for k, v in inputs.references.items()]
     if out:
         write_eval_folder(Path(out), result, {"predictions": str(path), "references": str(refs or path)})
     return result
