@@ -134,3 +134,21 @@ def test_from_scratch_sizes(arch, tiny_tokenizer_texts):
     with torch.no_grad():
         out = model.generate(**_probe(processor), max_new_tokens=2, do_sample=False)
     assert out.shape[0] == 1
+
+
+def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch):
+    """transformers 5.17 (our floor) cannot build image processors without torchvision: the user is told what to
+    install, not shown transformers' notice."""
+    import transformers
+
+    from verbovision.errors import VerboError
+    from verbovision.store import load_processor
+
+    def needs_torchvision(*args, **kwargs):
+        raise ImportError("\nAutoImageProcessor requires the Torchvision library but it was not found in your "
+                          "environment. Check out the instructions on the\ninstallation page")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", needs_torchvision)
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
+    with pytest.raises(VerboError, match=r"loads image processors only where torchvision is installed.*>=5\.18"):
+        load_processor(tiny_vision["siglip"])

@@ -5,7 +5,10 @@ as one process on the same global batch, with text-only and image records mixed 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,16 @@ from .test_train import tiny_recipe
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+def verbo_train(*args: str) -> int:
+    """`verbo train ARGS`. On a CUDA machine with fewer than two GPUs (one per process), in a fresh process that sees
+    no GPU: the several-process runs then train on CPU processes (gloo) as in CI, and so do the one-process runs
+    they are compared with."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() >= 2:
+        return main(["train", *args])
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "verbovision", "train", *args], env=env).returncode
 
 
 def _recipe(tmp_path: Path, shapes_data: Path, lora_stage: bool = False) -> Path:
@@ -62,8 +75,8 @@ def _assert_same_curves(one: Path, two: Path, tolerance: float) -> None:
 def test_two_processes_equal_one_on_the_same_global_batch(tmp_path, shapes_data):
     assert read_records(shapes_data / "train/caption_short_en.json")
     recipe = _recipe(tmp_path, shapes_data)
-    assert main(["train", str(recipe), "--out", str(tmp_path / "one")]) == 0
-    assert main(["train", str(recipe), "stages.0.batch_size=2", "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    assert verbo_train(str(recipe), "--out", str(tmp_path / "one")) == 0
+    assert verbo_train(str(recipe), "stages.0.batch_size=2", "--nproc", "2", "--out", str(tmp_path / "two")) == 0
 
     one = load_file(str(tmp_path / "one/final/model.safetensors"))
     two = load_file(str(tmp_path / "two/final/model.safetensors"))
@@ -82,9 +95,9 @@ def _sharded_run_equals_one(tmp_path: Path, shapes_data: Path, config: str, over
     one process does; a run resumed from one of its checkpoints ends where the uninterrupted one did."""
     recipe = _recipe(tmp_path, shapes_data, lora_stage=True)
     sharded = ["--nproc", "2", "--accelerate-config", str(CONFIGS / f"{config}.yaml")]
-    assert main(["train", str(recipe), *overrides, "--out", str(tmp_path / "one")]) == 0
+    assert verbo_train(str(recipe), *overrides, "--out", str(tmp_path / "one")) == 0
     halves = [*overrides, "stages.0.batch_size=2", "stages.1.batch_size=2"]
-    assert main(["train", str(recipe), *halves, *sharded, "--out", str(tmp_path / "two")]) == 0
+    assert verbo_train(str(recipe), *halves, *sharded, "--out", str(tmp_path / "two")) == 0
 
     # The optimizer state was gathered by parameter name (the sharded path), not saved by one process.
     lora = tmp_path / "two/stages/1-lora"
@@ -110,7 +123,7 @@ def _sharded_run_equals_one(tmp_path: Path, shapes_data: Path, config: str, over
     for leftover in ("done.json", "checkpoints/step-00000003", "adapter", "model"):
         (shutil.rmtree if (resumed / "stages/1-lora" / leftover).is_dir() else Path.unlink)(
             resumed / "stages/1-lora" / leftover)
-    assert main(["train", str(recipe), *halves, *sharded, "--out", str(resumed), "--resume"]) == 0
+    assert verbo_train(str(recipe), *halves, *sharded, "--out", str(resumed), "--resume") == 0
     for stage_model in ("model/model.safetensors", "adapter/adapter_model.safetensors"):
         two, again = (load_file(str(run / "stages/1-lora" / stage_model)) for run in (tmp_path / "two", resumed))
         assert _max_difference(two, again) < 1e-6, stage_model

@@ -14,12 +14,12 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from verbovision.cli import main
 from verbovision.data import read_records
 from verbovision.errors import ConfigError
 from verbovision.recipe import parse_recipe
 from verbovision.train import train_recipe
 
+from .test_distributed import verbo_train
 from .test_resume import assert_same_losses, curve, killed_and_resumed
 from .test_streaming import assert_memory_flat, noise_samples
 from .test_train import stage, tiny_recipe
@@ -87,8 +87,8 @@ def test_two_processes_on_a_stream_equal_one(tmp_path, shapes_data):
                         train={"vision": "full", "connector": "full", "language": "full"})
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(path), "--out", str(tmp_path / "one")]) == 0
-    assert main(["train", str(path), "stages.0.batch_size=2", "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    assert verbo_train(str(path), "--out", str(tmp_path / "one")) == 0
+    assert verbo_train(str(path), "stages.0.batch_size=2", "--nproc", "2", "--out", str(tmp_path / "two")) == 0
     one = load_file(str(tmp_path / "one/final/model.safetensors"))
     two = load_file(str(tmp_path / "two/final/model.safetensors"))
     assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5

@@ -46,7 +46,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .errors import ConfigError, VerboError
 from .quantize import is_quantized
-from .store import MODEL_METADATA, save_processor, write_json
+from .store import MODEL_METADATA, explained_import_error, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
 
@@ -248,7 +248,10 @@ def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
 
 def image_processor_for(spec: VisionSpec, vcfg):
     if spec.name:
-        return AutoImageProcessor.from_pretrained(spec.name)
+        try:
+            return AutoImageProcessor.from_pretrained(spec.name)
+        except ImportError as e:
+            raise explained_import_error(e) from None
     size = _size(vcfg.image_size)
     if spec.arch == "clip":
         return image_processor("CLIP", size={"shortest_edge": size}, crop_size={"height": size, "width": size})

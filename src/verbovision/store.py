@@ -133,13 +133,27 @@ def load_processor(path: str | Path):
     try:
         processor = AutoProcessor.from_pretrained(str(path))
     except (ImportError, AttributeError) as e:
-        processor = _images_only_processor(str(path), e)
+        try:
+            processor = _images_only_processor(str(path), e)
+        except ImportError as final:
+            raise explained_import_error(final) from None
     if not hasattr(processor, "tokenizer"):
         processor = VisionTextDualEncoderProcessor(AutoImageProcessor.from_pretrained(str(path)),
                                                    AutoTokenizer.from_pretrained(str(path)))
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor
+
+
+def explained_import_error(error: ImportError) -> Exception:
+    """transformers 5.17 builds no image processor without torchvision (later releases fall back to PIL): say what to
+    install instead of transformers' multi-line notice."""
+    if "Torchvision library" not in str(error):
+        return error
+    import transformers
+
+    return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "
+                      "installed: pip install the torchvision release paired with your torch, or transformers>=5.18")
 
 
 def _images_only_processor(path: str, error: Exception):
