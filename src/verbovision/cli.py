@@ -25,7 +25,7 @@ def _quiet_libraries() -> None:
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding (greedy by default)")
-    group.add_argument("--max-new-tokens", type=int, default=64,
+    group.add_argument("--max-new-tokens", type=int, default=256,
                        help="longest reply in tokens (default: %(default)s); replies cut there are counted as "
                             "truncated")
     group.add_argument("--beams", type=int, default=1, help="beam search width")

@@ -37,8 +37,9 @@ TextCallback = Callable[[int, str], None]
 class DecodeOptions:
     """How to pick tokens: greedy by default; beams or sampling on request."""
 
-    max_new_tokens: int = 64
-    """Longest reply in tokens; a reply cut there ends with finish_reason "length"."""
+    max_new_tokens: int = 256
+    """Longest reply in tokens; a reply cut there ends with finish_reason "length". Long enough for the shipped
+    recipes' replies: step-by-step geometry answers (Geo170K, `verbo data synth geometry`) end with "Answer: X"."""
     beams: int = 1
     """Beam search width (1 = no beam search)."""
     temperature: float | None = None
