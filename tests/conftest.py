@@ -148,3 +148,20 @@ def lora_run(tmp_path_factory, shapes_data) -> Path:
     (root / "r.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
     return root / "run"
+
+
+SAMPLED = {"temperature": 1.0, "seed": 0}
+"""Seeded sampling: the tiny models' greedy replies never reach EOS, sampled ones do, after different lengths."""
+
+
+def limit_cutting_some(generations) -> tuple[int, list[bool]]:
+    """A max_new_tokens that cuts some of these replies but not all, and which ones it cuts.
+
+    `generations` come from a longer limit; a reply of L tokens (its EOS included) that ended by itself ends the same
+    under a limit K >= L and is cut under K < L (the same seed gives the same tokens up to the limit)."""
+    ended = sorted(g.completion_tokens for g in generations if g.finish_reason == "stop")
+    assert ended, "no reply ended by itself: nothing to tell cut replies from whole ones"
+    limit = ended[0]
+    cut = [g.finish_reason == "length" or g.completion_tokens > limit for g in generations]
+    assert 0 < sum(cut) < len(cut), f"replies of {[g.completion_tokens for g in generations]} tokens"
+    return limit, cut

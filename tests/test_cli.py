@@ -9,8 +9,13 @@ import sys
 from PIL import Image
 
 import verbovision
-from verbovision.cli import main
-from verbovision.infer import DecodeOptions
+from verbovision.cli import main, make_parser
+from verbovision.evaluate import CUT_MARK
+from verbovision.infer import VLM, DecodeOptions, prompt_record
+from verbovision.recipe import load_recipe
+from verbovision.report import sample_captions, write_report
+
+from .conftest import SAMPLED, limit_cutting_some
 
 
 def verbo(*args: str) -> subprocess.CompletedProcess:
@@ -20,6 +25,20 @@ def verbo(*args: str) -> subprocess.CompletedProcess:
 def test_train_writes_report(lora_run):
     report = (lora_run / "report.md").read_text()
     assert "## Sample outputs" in report and "loss.png" in report and "Skipped records" in report
+
+
+def test_report_samples_say_which_replies_were_cut(lora_run, tmp_path):
+    recipe = load_recipe(lora_run / "config.yaml")
+    samples = sample_captions(lora_run / "final", recipe, options=DecodeOptions(64, **SAMPLED))
+    records = [prompt_record(s["image"], s["prompt"]) for s in samples]
+    limit, cut = limit_cutting_some(VLM(lora_run / "final").generate_details(records, DecodeOptions(64, **SAMPLED)))
+
+    samples = sample_captions(lora_run / "final", recipe, options=DecodeOptions(limit, **SAMPLED))
+    assert [s["finish_reason"] for s in samples] == ["length" if c else "stop" for c in cut]
+    report = write_report(tmp_path, samples).read_text()
+    assert f"truncated: {sum(cut)} of {len(cut)} replies hit max_new_tokens={limit}" in report
+    rows = [line for line in report.splitlines() if line.startswith("| `")]
+    assert [CUT_MARK in row for row in rows] == cut
 
 
 def test_merge_command_reads_base_from_metadata(lora_run, tmp_path, capsys):
@@ -33,8 +52,13 @@ def test_merge_command_reads_base_from_metadata(lora_run, tmp_path, capsys):
 def test_caption_and_ask(lora_run, shapes_data, capsys):
     images = sorted((shapes_data / "images").glob("*.png"))[:3]
     assert main(["caption", str(lora_run / "final"), *map(str, images), "--max-new-tokens", "8"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(p) for p in images]
+    replies = VLM(lora_run / "final").generate_details([prompt_record(p, "Describe the image briefly.") for p in images],
+                                                       DecodeOptions(8))
+    cut = sum(g.finish_reason == "length" for g in replies)
+    assert (f"truncated: {cut} of 3 replies hit max_new_tokens=8" in printed.err) == (cut > 0)
     assert main(["ask", str(lora_run / "final"), str(images[0]), "How many shapes are there?", "--beams", "2"]) == 0
     assert capsys.readouterr().out.strip() != ""
 
@@ -80,6 +104,12 @@ def test_unreadable_image_error_names_the_file(lora_run, tmp_path):
     result = verbo("caption", str(lora_run / "final"), str(bad))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"verbo: error: {bad}: unreadable image")
+
+
+def test_max_new_tokens_flag_defaults_to_decode_options():
+    args = make_parser().parse_args(["ask", "model", "image.png", "question"])
+    assert args.max_new_tokens == DecodeOptions().max_new_tokens
+    assert f"(default: {DecodeOptions().max_new_tokens})" in " ".join(verbo("ask", "--help").stdout.split())
 
 
 def test_help_lists_commands_with_examples():

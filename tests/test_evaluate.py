@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import main
-from verbovision.evaluate import load_predictions, score
+from verbovision.data import read_records
+from verbovision.evaluate import CUT_MARK, load_predictions, score
+from verbovision.infer import VLM, DecodeOptions
 
-from .conftest import SHARED
+from .conftest import SAMPLED, SHARED, limit_cutting_some
 
 COCO = SHARED / "reference" / "coco-caption"
 
@@ -31,6 +33,25 @@ def test_eval_prints_every_metric_and_writes_the_folder(lora_run, shapes_data, t
     inputs = load_predictions(out / "predictions.jsonl")
     assert score(inputs.predictions, inputs.references, ["cider"]).values["CIDEr"] == pytest.approx(
         report["metrics"]["CIDEr"])
+
+
+def test_eval_counts_the_replies_cut_at_max_new_tokens(lora_run, shapes_data, tmp_path, capsys):  # noqa: F811
+    data = shapes_data / "test/caption_short_en.json"
+    records = [r for r in read_records(data) if r.references]
+    whole = VLM(lora_run / "final", device="cpu").generate_details(records, DecodeOptions(64, **SAMPLED))
+    limit, cut = limit_cutting_some(whole)
+
+    out = tmp_path / "eval"
+    assert main(["eval", str(lora_run / "final"), "--data", str(data), "--metrics", "exact_match", "--out", str(out),
+                 "--max-new-tokens", str(limit), "--temperature", "1.0", "--seed", "0"]) == 0
+    line = f"truncated: {sum(cut)} of {len(records)} replies hit max_new_tokens={limit}"
+    assert line in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["truncation"] == {"max_new_tokens": limit, "replies": len(records), "truncated": sum(cut)}
+    rows = [json.loads(row) for row in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["finish_reason"] for row in rows] == ["length" if c else "stop" for c in cut]
+    markdown = (out / "report.md").read_text()
+    assert line in markdown and markdown.count(CUT_MARK) == 1 + sum(cut)  # the explanation, then each cut reply
 
 
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")

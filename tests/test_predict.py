@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from verbovision.errors import DataError
-from verbovision.infer import VLM, DecodeOptions
+from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.predict import AnswerLog, PredictConfig, predict, read_questions
 
+from .conftest import SAMPLED, limit_cutting_some
 
 
 def write_questions(path: Path, shapes_data: Path, n: int) -> list[int]:
@@ -67,9 +68,24 @@ def test_killed_run_resumes_with_every_question_answered_once(model_dir, shapes_
     answers = answer_lines(out)
     assert Counter(a["question_id"] for a in answers) == Counter(ids)
     assert len({a["answer_id"] for a in answers}) == len(ids)
+    this_run = [a["finish_reason"] for a in answers[written:]]
+    assert f"truncated: {this_run.count('length')} of {len(this_run)} replies hit max_new_tokens=8" in second.stderr
     row = answers[-1]
-    assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+    assert set(row) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata", "finish_reason"}
     assert row["model_id"] == str(model_dir) and row["metadata"]["max_new_tokens"] == 8
+
+
+def test_answers_say_which_replies_were_cut_at_max_new_tokens(vlm, shapes_data, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    write_questions(questions, shapes_data, 10)
+    records = [prompt_record(q.image, q.text) for q in read_questions(questions, shapes_data)]
+    limit, cut = limit_cutting_some(vlm.generate_details(records, DecodeOptions(64, **SAMPLED)))
+
+    out = tmp_path / "answers.jsonl"
+    summary = predict(vlm, PredictConfig(questions, out, shapes_data, options=DecodeOptions(limit, **SAMPLED)))
+    assert [a["finish_reason"] for a in answer_lines(out)] == ["length" if c else "stop" for c in cut]
+    assert (summary.truncation.truncated, summary.truncation.replies) == (sum(cut), len(cut))
+    assert f"truncated: {sum(cut)} of {len(cut)} replies hit max_new_tokens={limit}" in str(summary)
 
 
 def test_chunks_split_the_questions(vlm, shapes_data, tmp_path):

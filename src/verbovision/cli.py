@@ -25,7 +25,9 @@ def _quiet_libraries() -> None:
 
 def _decode_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding (greedy by default)")
-    group.add_argument("--max-new-tokens", type=int, default=64)
+    group.add_argument("--max-new-tokens", type=int, default=256,
+                       help="longest reply in tokens (default: %(default)s); replies cut there are counted as "
+                            "truncated")
     group.add_argument("--beams", type=int, default=1, help="beam search width")
     group.add_argument("--temperature", type=float, help="sampling temperature (turns sampling on)")
     group.add_argument("--top-p", type=float, help="nucleus sampling mass (turns sampling on)")
@@ -139,6 +141,7 @@ def cmd_eval(args) -> None:
                       args.batch_size, args.format, device=args.device,
                       quantize=args.quantize, compiled=args.compile)
     _print_scores(result)
+    print(result.truncation)
     print(f"predictions and report: {out}")
 
 
@@ -163,14 +166,25 @@ def _print_scores(result) -> None:
 
 
 def cmd_caption(args) -> None:
-    vlm = load_vlm(args)
-    captions = vlm.caption(args.images, prompt=args.prompt, options=_decode_options(args), batch_size=args.batch_size)
-    for image, caption in zip(args.images, captions):
+    for image, caption in zip(args.images, _replies(args, args.images, args.prompt)):
         print(f"{image}\t{caption}")
 
 
 def cmd_ask(args) -> None:
-    print(load_vlm(args).ask(args.image, args.question, _decode_options(args)))
+    print(_replies(args, [args.image], args.question)[0])
+
+
+def _replies(args, images: list[str], prompt: str) -> list[str]:
+    """The model's reply to `prompt` about each image; says on stderr how many hit the token limit, if any did."""
+    from .infer import Truncation, prompt_record
+
+    options = _decode_options(args)
+    generations = load_vlm(args).generate_details([prompt_record(image, prompt) for image in images], options,
+                                                  args.batch_size)
+    truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)
+    if truncation.truncated:
+        print(f"{truncation} (raise --max-new-tokens for whole replies)", file=sys.stderr)
+    return [g.text for g in generations]
 
 
 # ------------------------------------------------------------------------------------------------ parser

@@ -2,9 +2,9 @@
 
 `verbo eval` generates a reply per record, scores it against the record's references, and writes
 `predictions.jsonl`, `report.json`, `report.md` and `metrics.png`, each metric with a bootstrap confidence interval
-over items, plus the validation loss and perplexity of the references. `verbo score` does the scoring alone on our
-predictions JSONL, on LLaVA answers JSONL or VQAv2 results (+ VQAv2 annotations, TextVQA data or records with
-answers), or on COCO caption results (+ COCO annotations).
+over items, the loss and perplexity of the references, and how many replies hit the token limit. `verbo score` does
+the scoring alone on our predictions JSONL, on LLaVA answers JSONL or VQAv2 results (+ VQAv2 annotations, TextVQA
+data or records with answers), or on COCO caption results (+ COCO annotations).
 """
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import metrics as m
 from .data import read_records
 from .errors import DataError
 from .store import write_atomic, write_json
+
+if TYPE_CHECKING:  # infer loads transformers: imported inside the functions that use it
+    from .infer import Truncation
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider", "spice")
 ANSWER_METRICS = {"exact_match": "exact", "vqa": "vqa", "textvqa": "textvqa", "numeric": "numeric",
@@ -37,15 +41,19 @@ class EvalResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     """95% bootstrap confidence interval of each metric's per-item mean."""
     predictions: list[dict] = field(default_factory=list)
-    """One row per record: id, image, prompt, prediction, references."""
+    """One row per record: id, image, prompt, prediction, finish_reason ("length": cut at max_new_tokens),
+    references."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Metrics that could not be computed, with the reason."""
     details: dict[str, float] = field(default_factory=dict)
     """Breakdowns of the values (per answer and question type) and the renderings official scripts publish
     (vqaEval.py's percentages, rounded as it rounds them)."""
+    truncation: Truncation | None = None
+    """How many generated replies were cut at max_new_tokens (None when scoring a file: nothing was generated)."""
 
     def summary(self) -> dict:
-        return {**self.values, "records": len(self.predictions),
+        truncated = {} if self.truncation is None else {"truncated replies": self.truncation.truncated}
+        return {**self.values, "records": len(self.predictions), **truncated,
                 **{f"{k} (skipped)": v for k, v in self.skipped.items()}}
 
 
@@ -123,19 +131,22 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
              options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
              device: str | None = None, quantize: str = "none", compiled: bool = False) -> EvalResult:
     """Generate on every record of `data`, score, and write the evaluation folder."""
-    from .infer import VLM
+    from .infer import VLM, DecodeOptions, Truncation
 
     out = Path(out)
+    options = options or DecodeOptions()
     records = [r for r in read_records(data, format=data_format) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
     vlm = VLM(model, device=device, quantize=quantize, compiled=compiled)
-    replies = vlm.generate_records(records, options, batch_size)
+    generations = vlm.generate_details(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
-             "prediction": reply, "references": r.references} for r, reply in zip(records, replies)]
+             "prediction": g.text, "finish_reason": g.finish_reason, "references": r.references}
+            for r, g in zip(records, generations)]
     result = score({row["id"]: row["prediction"] for row in rows}, {row["id"]: row["references"] for row in rows},
                    metrics)
     result.predictions = rows
+    result.truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)
     if with_loss:
         loss = reference_loss(vlm, records, batch_size)
         result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
@@ -157,11 +168,22 @@ def write_eval_folder(out: Path, result: EvalResult, about: dict) -> None:
     if result.predictions:
         write_atomic(out / "predictions.jsonl",
                      "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.predictions))
+    truncation = {} if result.truncation is None else {"truncation": asdict(result.truncation)}
     write_json(out / "report.json", {**about, "metrics": result.values, "ci95": result.intervals,
-                                     "records": len(result.predictions), "skipped": result.skipped,
+                                     "records": len(result.predictions), **truncation, "skipped": result.skipped,
                                      "details": result.details})
     plot_metrics(result, out / "metrics.png")
     write_atomic(out / "report.md", markdown(result, about))
+
+
+CUT_MARK = "[cut at max_new_tokens]"
+"""Shown after a reply in a report's tables when it was cut at the token limit."""
+
+
+def marked_prediction(row: dict) -> str:
+    """A row's prediction for a report table, marked when generation cut it at the token limit."""
+    cut = row.get("finish_reason") == "length"
+    return f"{row['prediction']} {CUT_MARK}" if cut else row["prediction"]
 
 
 def markdown(result: EvalResult, about: dict) -> str:
@@ -174,10 +196,13 @@ def markdown(result: EvalResult, about: dict) -> str:
         lines.append(f"| {name} | {float(value)!r} | {interval} |")
     lines += [f"| {name} | {float(value)!r} | - |" for name, value in result.details.items()]
     lines += [f"- {k} skipped: {v}" for k, v in result.skipped.items()]
+    if result.truncation is not None:
+        lines += ["", f"{result.truncation}: their finish_reason is \"length\" in predictions.jsonl, and they end "
+                      f"with {CUT_MARK} below"]
     lines += ["", "![metrics](metrics.png)", ""]
     if result.predictions:
         lines += ["## Examples", "", "| id | prediction | reference |", "|---|---|---|"]
-        lines += [f"| {r['id']} | {r['prediction']} | {r['references'][0] if r['references'] else ''} |"
+        lines += [f"| {r['id']} | {marked_prediction(r)} | {r['references'][0] if r['references'] else ''} |"
                   for r in result.predictions[:10]]
     return "\n".join(lines) + "\n"
 

@@ -14,7 +14,7 @@ import binascii
 import inspect
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +37,9 @@ TextCallback = Callable[[int, str], None]
 class DecodeOptions:
     """How to pick tokens: greedy by default; beams or sampling on request."""
 
-    max_new_tokens: int = 64
-    """Longest reply in tokens."""
+    max_new_tokens: int = 256
+    """Longest reply in tokens; a reply cut there ends with finish_reason "length". Long enough for the shipped
+    recipes' replies: step-by-step geometry answers (Geo170K, `verbo data synth geometry`) end with "Answer: X"."""
     beams: int = 1
     """Beam search width (1 = no beam search)."""
     temperature: float | None = None
@@ -99,6 +100,25 @@ class Generation:
     """Tokens generated, the final EOS or stop string included."""
     finish_reason: str
     """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)."""
+
+
+@dataclass
+class Truncation:
+    """How many replies of a set were cut at max_new_tokens (finish_reason "length"): a cut reply may lack its end
+    (the "Answer: X" a score reads), so every command that generates many says how many there were."""
+
+    max_new_tokens: int
+    replies: int = 0
+    truncated: int = 0
+
+    def add(self, finish_reasons: Iterable[str]) -> Truncation:
+        for reason in finish_reasons:
+            self.replies += 1
+            self.truncated += reason == "length"
+        return self
+
+    def __str__(self) -> str:
+        return f"truncated: {self.truncated} of {self.replies} replies hit max_new_tokens={self.max_new_tokens}"
 
 
 class VLM:

@@ -1,7 +1,8 @@
 """`verbo predict`: answer a LLaVA questions JSONL into an answers JSONL, in batches, resumably.
 
 Questions come in LLaVA's model_vqa format (`question_id`, `image`, `text` per line); answers go out in its answer
-format (`question_id`, `prompt`, `text`, `answer_id`, `model_id`, `metadata`). Each batch's answers are appended with
+format (`question_id`, `prompt`, `text`, `answer_id`, `model_id`, `metadata`) plus `finish_reason` ("length" where the
+reply was cut at max_new_tokens, "stop" where it ended by itself). Each batch's answers are appended with
 one write, flushed and fsynced, so a kill loses at most the batch being generated; on restart a torn last line is cut
 off and every question already answered is skipped, so no question is answered twice or lost.
 """
@@ -22,7 +23,7 @@ from .cli import _decode_args, _decode_options, load_vlm
 from .errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
-    from .infer import VLM, DecodeOptions
+    from .infer import VLM, DecodeOptions, Generation, Truncation
 
 
 @dataclass
@@ -65,11 +66,15 @@ class PredictSummary:
     """Answered by this run."""
     skipped: dict[str, str] = field(default_factory=dict)
     """question_id -> why it could not be answered (an unreadable image); a re-run tries them again."""
+    truncation: Truncation | None = None
+    """How many of this run's answers were cut at max_new_tokens."""
 
     def __str__(self) -> str:
         lines = [f"{self.answered} answered, {self.already} already answered, {len(self.skipped)} skipped "
                  f"(of {self.total} questions)"]
         lines += [f"  skipped {qid}: {reason}" for qid, reason in self.skipped.items()]
+        if self.truncation is not None:
+            lines.append(f"{self.truncation} (finish_reason \"length\" in the answers)")
         return "\n".join(lines)
 
 
@@ -154,21 +159,23 @@ class AnswerLog:
 
 def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
     """Answer the questions of config's chunk that `config.out` does not answer yet."""
-    from .infer import DecodeOptions
+    from .infer import DecodeOptions, Truncation
 
     options = config.options or DecodeOptions()
     questions = chunk(read_questions(config.questions, config.image_folder), config.num_chunks, config.chunk_idx)
     log = AnswerLog(config.out)
     done = log.answered_ids()
     todo = [q for q in questions if q.id not in done]
-    summary = PredictSummary(len(questions), len(questions) - len(todo), 0)
+    summary = PredictSummary(len(questions), len(questions) - len(todo), 0,
+                             truncation=Truncation(options.max_new_tokens))
     bar = _progress(total=len(questions), initial=summary.already)
     for start in range(0, len(todo), config.batch_size):
         group = todo[start : start + config.batch_size]
         batch, records = _readable(group, summary.skipped)
-        replies = vlm.generate_records(records, options, batch_size=config.batch_size)
-        log.append([answer_row(q, reply, config.model_id, options) for q, reply in zip(batch, replies)])
+        generations = vlm.generate_details(records, options, batch_size=config.batch_size)
+        log.append([answer_row(q, g, config.model_id, options) for q, g in zip(batch, generations)])
         summary.answered += len(batch)
+        summary.truncation.add(g.finish_reason for g in generations)
         bar.update(len(group))
     bar.close()
     return summary
@@ -191,9 +198,9 @@ def _readable(questions: list[Question], skipped: dict[str, str]) -> tuple[list[
     return kept, records
 
 
-def answer_row(question: Question, reply: str, model_id: str, options: DecodeOptions) -> dict:
-    return {"question_id": question.id, "prompt": question.text, "text": reply, "answer_id": str(uuid.uuid4()),
-            "model_id": model_id, "metadata": asdict(options)}
+def answer_row(question: Question, reply: Generation, model_id: str, options: DecodeOptions) -> dict:
+    return {"question_id": question.id, "prompt": question.text, "text": reply.text, "answer_id": str(uuid.uuid4()),
+            "model_id": model_id, "metadata": asdict(options), "finish_reason": reply.finish_reason}
 
 
 def _progress(total: int, initial: int):

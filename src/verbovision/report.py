@@ -4,26 +4,34 @@ from __future__ import annotations
 
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .data import SkipLog, source_records
+from .evaluate import CUT_MARK, marked_prediction
 from .recipe import Recipe
 from .runinfo import read_metrics
 from .store import read_json, write_atomic
 
+if TYPE_CHECKING:  # infer loads transformers: imported inside the functions that use it
+    from .infer import DecodeOptions
 
-def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6) -> list[dict]:
-    """Generate replies for the first few validation (else training) records of the last stage."""
-    from .infer import VLM
 
+def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: DecodeOptions | None = None) -> list[dict]:
+    """Generate replies for the first few validation (else training) records of the last stage; each sample says
+    whether its reply was cut at max_new_tokens (`finish_reason` "length")."""
+    from .infer import VLM, DecodeOptions, prompt_record
+
+    options = options or DecodeOptions()
     stage = recipe.stages[-1]
     sources = stage.data.val or stage.data.train
     records = list(islice((r for r in source_records(sources[0], Path(recipe.data_root), SkipLog()) if r.images), n))
     if not records:
         return []
     vlm = VLM(model_dir)
-    replies = vlm.generate([(r.images[0], r.prompt_turns[-1].text) for r in records])
-    return [{"image": str(r.images[0]), "prompt": r.prompt_turns[-1].text, "prediction": p,
-             "reference": r.references[0] if r.references else ""} for r, p in zip(records, replies)]
+    generations = vlm.generate_details([prompt_record(r.images[0], r.prompt_turns[-1].text) for r in records], options)
+    return [{"image": str(r.images[0]), "prompt": r.prompt_turns[-1].text, "prediction": g.text,
+             "reference": r.references[0] if r.references else "", "finish_reason": g.finish_reason,
+             "max_new_tokens": options.max_new_tokens} for r, g in zip(records, generations)]
 
 
 def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
@@ -41,8 +49,11 @@ def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
     for ax, sample in zip(axes[0], samples):
         ax.imshow(load_image(Path(sample["image"])))
         ax.axis("off")
-        caption = textwrap.fill(sample["prediction"] or "(empty)", 32)
-        reference = textwrap.fill(f"reference: {sample['reference']}", 32)
+        # Long replies (step-by-step answers, or an untrained model's run to the token limit) are shortened here,
+        # where they would push the image out of the figure; report.md's table has them whole.
+        caption = textwrap.fill(sample["prediction"] or "(empty)", 32, max_lines=6, placeholder=" ...")
+        caption += f"\n{CUT_MARK}" if sample["finish_reason"] == "length" else ""
+        reference = textwrap.fill(f"reference: {sample['reference']}", 32, max_lines=4, placeholder=" ...")
         # parse_math: a "$" in a model's caption is text, not the start of a formula
         ax.set_title(caption, fontsize=8, loc="left", parse_math=False)
         ax.text(0, -0.04, reference, transform=ax.transAxes, fontsize=7, va="top", color="grey", parse_math=False)
@@ -51,6 +62,13 @@ def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _sample_truncation(samples: list[dict]) -> str:
+    from .infer import Truncation
+
+    truncation = Truncation(samples[0]["max_new_tokens"]).add(s["finish_reason"] for s in samples)
+    return f"{truncation}; a cut reply ends with {CUT_MARK}."
 
 
 def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = None) -> Path:
@@ -77,9 +95,9 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
             lines.append(f"- {stage}: **{reason}**: {info['count']} (e.g. {'; '.join(info['examples'][:3])})")
     if samples:
         plot_samples(run_dir, samples)
-        lines += ["", "## Sample outputs", "", "![sample captions](samples.png)", "",
+        lines += ["", "## Sample outputs", "", "![sample captions](samples.png)", "", _sample_truncation(samples), "",
                   "| image | prediction | reference |", "|---|---|---|"]
-        lines += [f"| `{Path(s['image']).name}` | {s['prediction']} | {s['reference']} |" for s in samples]
+        lines += [f"| `{Path(s['image']).name}` | {marked_prediction(s)} | {s['reference']} |" for s in samples]
     lines += ["", "## Environment", "", f"- packages: {run.get('packages', {})}", f"- git: {run.get('git_commit')}"]
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")

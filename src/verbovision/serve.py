@@ -66,7 +66,7 @@ class ServeConfig:
     max_n: int = 8
     """Most choices (n) per request."""
     defaults: DecodeOptions | None = None
-    """Decoding options for what a request leaves out (None: greedy, 64 new tokens)."""
+    """Decoding options for what a request leaves out (None: `DecodeOptions()`, greedy)."""
     web: bool = False
     """Also serve the browser demo at /."""
     device: str | None = None
