@@ -164,7 +164,10 @@ def test_csv_and_tsv_with_configured_columns(tmp_path):
     (cap,) = read_records(tmp_path / "d.tsv", options=ReadOptions(columns=Columns("picture", "description"),
                                                                    prompt="Legende:"))
     assert [t.text for t in cap.turns] == ["<image>\nLegende:", "a red square"]
-    assert kinds(tmp_path / "d.tsv", columns=Columns("picture", "caption")) == [BAD_CONVERSATION]
+    # A named column the file lacks: one error for the file, listing its columns (not one problem per record).
+    with pytest.raises(DataError, match=r"d.tsv: no caption/answer column 'caption' \(columns: description, picture\); "
+                                        "name it with --text-column"):
+        kinds(tmp_path / "d.tsv", columns=Columns("picture", "caption"))
 
 
 def test_coco_annotations_with_image_folder(tmp_path):

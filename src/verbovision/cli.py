@@ -134,12 +134,13 @@ def cmd_merge(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from .datatools import read_options
     from .evaluate import evaluate, parse_metrics
 
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
-                      args.batch_size, args.format, device=args.device,
-                      quantize=args.quantize, compiled=args.compile)
+                      args.batch_size, device=args.device, quantize=args.quantize, compiled=args.compile,
+                      read=read_options(args))
     _print_scores(result)
     print(result.truncation)
     print(f"predictions and report: {out}")
@@ -205,7 +206,8 @@ EXAMPLES = {
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
     "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json\n"
-            "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava",
+            "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
+            "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014",
     "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
              "  verbo score captions_val2014_fakecap_results.json --refs captions_val2014.json\n"
              "  verbo score vqa_results.json --refs v2_mscoco_val2014_annotations.json --metrics vqa\n"
@@ -248,7 +250,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
-    from .datatools import add_data_commands
+    from .datatools import add_data_commands, add_reading_options
 
     add_data_commands(data)
 
@@ -282,7 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("eval", cmd_eval, "generate on a dataset and score it: every metric with a bootstrap interval")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--data", required=True, help="data file or folder (any supported format)")
-    p.add_argument("--format", help="data format (default: detected)")
+    add_reading_options(p)
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=metric_help)
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
     _decode_args(p)

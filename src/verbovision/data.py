@@ -95,11 +95,24 @@ def source_path(source: Source, data_root: Path) -> Path:
     return Path(source.path) if source.format == "hf-stream" and not path.exists() else path
 
 
+def source_options(source: Source, data_root: Path):
+    """How to read a recipe source (readers.ReadOptions): what the `verbo data` commands' reading flags say, from the
+    source's keys; a relative image_root starts at data_root, like the source's path. Image files are checked to exist
+    as records are indexed, so a source whose images are elsewhere fails before the first step."""
+    from .readers import Columns, ReadOptions
+
+    root = Path(data_root) / source.image_root if source.image_root else None  # an absolute image_root stays as is
+    columns = Columns(source.image_column, source.text_column, source.question_column)
+    prompt = {"prompt": source.prompt} if source.prompt is not None else {}
+    return ReadOptions(format=source.format, columns=columns, image_root=root, split=source.split,
+                       check_image_files=True, **prompt)
+
+
 def source_records(source: Source, data_root: Path, skips: SkipLog | None = None) -> Iterator[Record]:
     """The records of a recipe source; with `skips`, bad records are counted there and left out."""
-    from .readers import ReadOptions, iter_records
+    from .readers import iter_records
 
-    return iter_records(source_path(source, data_root), ReadOptions(format=source.format, split=source.split), skips)
+    return iter_records(source_path(source, data_root), source_options(source, data_root), skips)
 
 
 def load_image(path, min_side: int | None = None) -> Image.Image:
@@ -317,6 +330,21 @@ class Source:
     (hf-stream, a Hugging Face dataset streamed as it trains, is never detected: `path` may be a hub id)."""
     split: str | None = None
     """Split of a Hugging Face dataset (hf-stream); default train."""
+    image_root: str | None = None
+    """Folder relative image paths start from (relative to data_root); default: the data file's folder, and for COCO
+    annotations a guess near the file (images/, the split folder its name mentions). `--image-root` of `verbo data`."""
+    image_column: str | None = None
+    """Column of flat rows (CSV/JSON/JSONL pairs, imagefolder metadata, parquet) holding the image; default: the
+    first of the common names present (image, image_path, file_name, path...: readers.IMAGE_COLUMNS).
+    `--image-column` of `verbo data`."""
+    text_column: str | None = None
+    """Column of flat rows holding the caption or answer; default: the first of the common names present (caption,
+    text, answer...: readers.TEXT_COLUMNS). `--text-column` of `verbo data`."""
+    question_column: str | None = None
+    """Column of flat rows holding the question; default: question, instruction, prompt or query (a row without one
+    is a caption record). `--question-column` of `verbo data`."""
+    prompt: str | None = None
+    """User turn of caption records (rows without a question); default: "Describe the image briefly."."""
 
 
 class SkipLog:
@@ -353,6 +381,39 @@ class SkipLog:
     def __len__(self) -> int:
         return sum(self.counts.values())
 
+    def describe(self, reasons: int = 3) -> str:
+        """One line: how many were skipped, the commonest reasons with counts, and the first example of the first."""
+        if not self.counts:
+            return "nothing skipped: the data holds no records"
+        top = self.counts.most_common(reasons)
+        more = ", ..." if len(self.counts) > reasons else ""
+        kinds = ", ".join(f"{reason} x{n}" for reason, n in top)
+        return f"{len(self)} skipped: {kinds}{more}; e.g. {self.examples[top[0][0]][0]}"
+
+
+_SKIP_HINTS = {MISSING_IMAGE: "relative image paths start at the data file's folder (COCO: a guess near it); "
+                              "if the images are elsewhere, say where with image_root (--image-root)"}
+
+
+def require_usable(usable: int, skips: SkipLog, what: str, context: str | None = None) -> None:
+    """Nothing trains, evaluates or converts on no data: zero usable records is an error saying why, e.g.
+    `stage s: 0 usable training records in data.json (120 skipped: image not found x120; e.g. ...)`
+    (`what`: "training records in data.json", `context`: "stage s")."""
+    if usable:
+        return
+    top = skips.counts.most_common(1)
+    hint = _SKIP_HINTS.get(top[0][0]) if top else None
+    prefix = f"{context}: " if context else ""
+    raise DataError(f"{prefix}0 usable {what} ({skips.describe()})" + (f"; {hint}" if hint else ""))
+
+
+def report_skips(usable: int, skips: SkipLog, what: str, context: str | None = None) -> None:
+    """Print how many records were skipped and why, before anything runs (a warning when most of them were)."""
+    if skips:
+        warning = "warning: " if len(skips) > usable else ""
+        prefix = f"{context}: " if context else ""
+        print(f"{warning}{prefix}{usable} usable {what} ({skips.describe()})")
+
 
 def skip_reason(error: DataError) -> str:
     """A short category for a data error (a problem kind when known), used to count skips by kind."""
@@ -365,16 +426,27 @@ def skip_reason(error: DataError) -> str:
     return "invalid record"
 
 
-def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path, skips: SkipLog) -> list[tuple[list[Encoded], float]]:
-    """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged."""
+def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path, skips: SkipLog,
+                   what: str = "records", context: str | None = None) -> list[tuple[list[Encoded], float]]:
+    """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged.
+
+    A source with no usable record is an error, and one with skipped records prints how many and why, before any
+    step (`what`: "training records", `context`: "stage s"; see `require_usable`)."""
+    from .distributed import processes
+
     encoded_sources = []
     for source in sources:
-        encoded = []
-        for record in source_records(source, data_root, skips):
+        encoded, source_skips = [], SkipLog()
+        for record in source_records(source, data_root, source_skips):
             try:
                 encoded.append(encoder.encode(record))
             except DataError as e:
-                skips.add(skip_reason(e), f"{record.id}: {e}")
+                source_skips.add(skip_reason(e), f"{record.id}: {e}")
+        where = f"{what} in {source_path(source, data_root)}"
+        require_usable(len(encoded), source_skips, where, context)
+        if processes().is_main:
+            report_skips(len(encoded), source_skips, where, context)
+        skips.merge(source_skips)
         encoded_sources.append((encoded, source.weight))
     return encoded_sources
 

@@ -32,6 +32,7 @@ from .data import (
     RecordError,
     SkipLog,
     Turn,
+    require_usable,
     skip_reason,
 )
 from .errors import DataError, VerboError
@@ -395,7 +396,7 @@ def clean_data(path: str | Path, out: str | Path, read: ReadOptions | None = Non
     out = Path(out)
     options = options or CleanOptions()
     cleaner = Cleaner(options)
-    kept, removed, counts = [], [], Counter()
+    kept, removed, counts, log = [], [], Counter(), SkipLog()
     for item in scan(path, read):
         if isinstance(item, RecordError):
             verdict = (item.kind, str(item))
@@ -404,11 +405,13 @@ def clean_data(path: str | Path, out: str | Path, read: ReadOptions | None = Non
             verdict = cleaner.reason(item)
         if verdict:
             reason, detail = verdict
+            rid = item.record_id if isinstance(item, RecordError) else item.id
             counts[reason] += 1
-            removed.append({"id": item.record_id if isinstance(item, RecordError) else item.id, "reason": reason,
-                            "detail": detail})
+            log.add(reason, f"{rid}: {detail}")
+            removed.append({"id": rid, "reason": reason, "detail": detail})
         else:
             kept.append(item)
+    require_usable(len(kept), log, f"records in {path}")
     out.mkdir(parents=True, exist_ok=True)
     write_llava(kept, out / "data.json", ImagePlacer(out, out / "images", "link" if options.link else "copy"))
     write_atomic(out / "removed.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in removed))
@@ -499,6 +502,7 @@ def convert_data(path: str | Path, out_file: str | Path, read: ReadOptions | Non
     out_file = Path(out_file)
     skips = SkipLog()
     records = list(iter_records(path, read, skips))
+    require_usable(len(records), skips, f"records in {path}")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     place = ImagePlacer(out_file.parent, out_file.parent / f"{out_file.stem}_images")
     write_llava(records, out_file, place)
@@ -514,6 +518,7 @@ def split_data(path: str | Path, out: str | Path, ratios: list[float], seed: int
     out = Path(out)
     skips = SkipLog()
     records = list(iter_records(path, read, skips))
+    require_usable(len(records), skips, f"records in {path}")
     groups = image_groups(records)
     random.Random(seed).shuffle(groups)
     targets = [r / sum(ratios) * len(records) for r in ratios]
@@ -562,6 +567,7 @@ def cmd_check(args) -> None:
                            template=args.template)
     report = check_data(args.data, read_options(args), options)
     print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
+    require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too
     if len(report.problems) and not args.allow:
         raise DataError(f"{args.data}: {len(report.problems)} of {report.records} records have problems "
                         "(pass --allow to accept them; training skips and counts them)")
@@ -600,11 +606,16 @@ def _print_skips(skips: SkipLog) -> None:
 def read_options(args) -> ReadOptions:
     columns = Columns(image=args.image_column, text=args.text_column, question=args.question_column)
     root = Path(args.image_root) if args.image_root else None
-    return ReadOptions(format=args.format, columns=columns, image_root=root, prompt=args.prompt)
+    return ReadOptions(format=args.format, columns=columns, image_root=root, prompt=args.prompt, check_image_files=True)
 
 
 def _reading_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", metavar="DATA", help="data file or folder (format detected; see --format)")
+    add_reading_options(parser)
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """The flags saying how to read a data path (`read_options` turns them into ReadOptions)."""
     group = parser.add_argument_group("reading")
     group.add_argument("--format", choices=FORMATS,
                        help="llava (JSON/JSONL conversations), coco (caption annotations), pairs (JSONL/CSV/TSV "
@@ -612,7 +623,8 @@ def _reading_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-column", help="column with the image path (default: image, file_name, ...)")
     group.add_argument("--text-column", help="column with the caption or answer (default: caption, text, ...)")
     group.add_argument("--question-column", help="column with the question (default: question, instruction, ...)")
-    group.add_argument("--image-root", help="folder relative image paths start from (default: the data file's)")
+    group.add_argument("--image-root", help="folder relative image paths start from (default: the data file's; "
+                                            "COCO: a guess near it)")
     group.add_argument("--prompt", default=ReadOptions.prompt, help="user turn of caption records "
                                                                     "(default: %(default)r)")
 
@@ -646,7 +658,8 @@ def add_data_commands(subparsers) -> None:
     p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
     p.add_argument("--max-length", type=int, default=CheckOptions.max_length, help="with --model: longest record")
     p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
-    p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found")
+    p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
+                                                         "is usable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = command("clean", cmd_clean, "drop corrupt/tiny/duplicate images and bad captions; log each removal")

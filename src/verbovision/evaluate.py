@@ -129,13 +129,14 @@ def _is_item_mean(per_item: dict, corpus: float) -> bool:
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
              options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
-             device: str | None = None, quantize: str = "none", compiled: bool = False) -> EvalResult:
-    """Generate on every record of `data`, score, and write the evaluation folder."""
+             device: str | None = None, quantize: str = "none", compiled: bool = False, read=None) -> EvalResult:
+    """Generate on every record of `data` (read with `read`, readers.ReadOptions), score, and write the evaluation
+    folder."""
     from .infer import VLM, DecodeOptions, Truncation
 
     out = Path(out)
     options = options or DecodeOptions()
-    records = [r for r in read_records(data, format=data_format) if r.references]
+    records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
     vlm = VLM(model, device=device, quantize=quantize, compiled=compiled)

@@ -84,6 +84,10 @@ class ReadOptions:
     """User turn of caption records (rows without a question)."""
     split: str | None = None
     """Split of a Hugging Face dataset read with `hf-stream` (default train)."""
+    check_image_files: bool = False
+    """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
+    nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
+    its paths say fails before anything runs; off, a data file reads without its images (to inspect it)."""
 
 
 # ---------------------------------------------------------------------------------------------------- entry points
@@ -110,7 +114,7 @@ def scan(path: str | Path, options: ReadOptions | None = None) -> Iterator[Recor
     if fmt not in READERS:
         raise DataError(f"{path}: format {fmt!r} unknown; use one of {', '.join(FORMATS)}")
     for item in READERS[fmt](path, replace(options, format=fmt)):
-        yield item if isinstance(item, RecordError) else validate(item)
+        yield item if isinstance(item, RecordError) else validate(item, options.check_image_files)
 
 
 def detect_format(path: Path) -> str:
@@ -150,8 +154,9 @@ def _detect_folder(path: Path) -> str:
                     "shards (webdataset), dataset_dict.json/state.json or .parquet (Hugging Face); pass a data file")
 
 
-def validate(record: Record) -> Record | RecordError:
-    """The record itself when it can be trained on, else the first problem found."""
+def validate(record: Record, check_image_files: bool = False) -> Record | RecordError:
+    """The record itself when it can be trained on, else the first problem found (with `check_image_files`, a
+    missing image file is one)."""
 
     def problem(kind: str, detail: str) -> RecordError:
         return RecordError(record.source, record.id, kind, detail)
@@ -171,6 +176,10 @@ def validate(record: Record) -> Record | RecordError:
         return problem(IMAGE_TOKENS, f"{placeholders} {DATA_IMAGE_TOKEN} placeholders but {len(record.images)} images")
     if any(t.role == "assistant" and not t.text.strip() for t in record.turns):
         return problem(EMPTY_ANSWER, "an assistant reply is empty")
+    if check_image_files:
+        missing = next((image for image in record.images if isinstance(image, Path) and not image.exists()), None)
+        if missing is not None:
+            return problem(MISSING_IMAGE, f"{missing}: image not found")
     return record
 
 
@@ -245,6 +254,54 @@ def file_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
 
 
 # ---------------------------------------------------------------------------------------------------- rows
+
+
+Rows = Iterator[tuple[str, dict | RecordError]]
+"""(default id, row) of a file, as `file_rows` reads them."""
+
+
+def with_columns(rows: Rows, path: Path, columns: Columns, is_image: Callable[[str], bool] = IMAGE_COLUMNS.__contains__
+                 ) -> Rows:
+    """The rows of `path`, a file of caption/answer pairs, once the file is known to have an image column and a
+    caption/answer column (the common names, or those named in `columns`, which also names the question column).
+
+    A file lacking one is a `DataError` listing the columns it has, raised before its first record: one message
+    instead of the same problem on every record. The first pair row settles it when it has them all; otherwise
+    (JSON rows need not share their keys) the columns of all the file's rows decide. Conversation rows are LLaVA
+    records, which need no columns."""
+    checked = False
+    for default_id, row in rows:
+        if not checked and isinstance(row, dict) and "conversations" not in row:
+            checked = True
+            if _missing_columns(set(row), columns, is_image):
+                _require_columns(path, columns, is_image)
+        yield default_id, row
+
+
+def _require_columns(path: Path, columns: Columns, is_image: Callable[[str], bool]) -> None:
+    present = {key for _, row in file_rows(path) if isinstance(row, dict) and "conversations" not in row
+               for key in row}
+    missing = _missing_columns(present, columns, is_image)
+    if not missing:
+        return
+    fields = [field_name for field_name, _ in missing]
+    raise DataError(f"{path}: {' and '.join(what for _, what in missing)} (columns: {', '.join(sorted(present))}); "
+                    f"name {'it' if len(fields) == 1 else 'them'} with {' and '.join(f'--{f}-column' for f in fields)}"
+                    f" (a recipe source's {' and '.join(f'{f}_column' for f in fields)})")
+
+
+def _missing_columns(present: set[str], columns: Columns, is_image: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """(Columns field, what is missing) for the image, caption/answer and (when named) question columns."""
+    found = {"image": any(map(is_image, present)), "text": any(name in TEXT_COLUMNS for name in present),
+             "question": True}
+    missing = []
+    for field_name, what in (("image", "image"), ("text", "caption/answer"), ("question", "question")):
+        named = getattr(columns, field_name)
+        if named is not None and named not in present:
+            missing.append((field_name, f"no {what} column {named!r}"))
+        elif named is None and not found[field_name]:
+            missing.append((field_name, f"no {what} column"))
+    return missing
 
 
 def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, base: Path) -> Record | RecordError:
@@ -341,7 +398,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
 def read_rows(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """llava and pairs: a JSON list, JSONL, CSV/TSV or parquet file of rows."""
     base = options.image_root or path.parent
-    for default_id, row in file_rows(path):
+    rows = file_rows(path)
+    if options.format == "pairs":
+        rows = with_columns(rows, path, options.columns)
+    for default_id, row in rows:
         if isinstance(row, RecordError):
             yield row
         elif options.format == "llava" and "conversations" not in row:
@@ -406,7 +466,7 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
     """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
     for metadata in _metadata_files(path):
         folder = metadata.parent
-        for default_id, row in file_rows(metadata):
+        for default_id, row in with_columns(file_rows(metadata), metadata, options.columns, _is_file_name_column):
             if isinstance(row, RecordError):
                 yield row
                 continue
@@ -426,8 +486,12 @@ def _metadata_files(path: Path) -> list[Path]:
 
 
 def _file_name_column(row: dict) -> str | None:
+    return next((k for k in row if _is_file_name_column(k)), None)
+
+
+def _is_file_name_column(name: str) -> bool:
     # The imagefolder convention: file_name, <name>_file_name, or file_names for a list.
-    return next((k for k in row if k in ("file_name", "file_names") or k.endswith("_file_name")), None)
+    return name in ("file_name", "file_names") or name.endswith("_file_name")
 
 
 def read_webdataset(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
@@ -493,8 +557,8 @@ def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     needed (`FileSlice`), so a dataset larger than memory trains; parquet pages are compressed, so parquet images are
     held in memory (save such a dataset with `datasets` first to stream it)."""
     for split, file in _hf_files(path):
-        for index, row in enumerate(arrow_rows(file)):
-            row_id = f"{split}/{index}" if split else str(index)
+        rows = ((f"{split}/{index}" if split else str(index), row) for index, row in enumerate(arrow_rows(file)))
+        for row_id, row in with_columns(rows, file, options.columns):
             yield row_record(row, row_id, file, options, options.image_root or file.parent)
 
 

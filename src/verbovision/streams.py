@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from .data import Encoded, Encoder, RecordError, Source, skip_reason, source_path
+from .data import Encoded, Encoder, RecordError, Source, skip_reason, source_options, source_path
 from .errors import DataError
 
 STREAM_FORMAT = "hf-stream"
@@ -64,10 +64,8 @@ class StreamMix:
     """A stage's streaming training sources, mixed by weight (`datasets.interleave_datasets`), shuffled per epoch."""
 
     def __init__(self, sources: list[Source], encoder: Encoder, data_root: Path, buffer: int, shards: int, seed: int):
-        from .readers import ReadOptions
-
         self.paths = [source_path(source, data_root) for source in sources]
-        self.options = [ReadOptions(format=STREAM_FORMAT, split=source.split) for source in sources]
+        self.options = [source_options(source, data_root) for source in sources]
         self.streams = [open_stream(path, source.split) for path, source in zip(self.paths, sources)]
         self.weights = [source.weight for source in sources]
         self.encoder, self.buffer, self.shards, self.seed = encoder, buffer, shards, seed
@@ -110,7 +108,7 @@ class StreamMix:
 
         path, options = self.paths[which], self.options[which]
         record = row_record(row, default_id, path, options, options.image_root or _base(path))
-        record = record if isinstance(record, RecordError) else validate(record)
+        record = record if isinstance(record, RecordError) else validate(record, options.check_image_files)
         if isinstance(record, RecordError):
             raise record
         return record

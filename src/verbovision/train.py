@@ -41,8 +41,10 @@ from .data import (
     iter_batches,
     length_grouped,
     pack_examples,
-    source_records,
+    require_usable,
     skip_reason,
+    source_path,
+    source_records,
 )
 from .distributed import processes
 from .families import IMAGES_IN_TEXT, check_consumed, family_of
@@ -149,13 +151,20 @@ def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
 
 
 def training_texts(recipe: Recipe):
-    """Every turn of every training source, plus the chat template's role names, for training a tokenizer."""
+    """Every turn of every training source, plus the chat template's role names, for training a tokenizer. A source
+    with no usable record is an error here already (as it is when its stage starts): a tokenizer trained without its
+    text would be kept in init/ by --resume."""
     yield "user assistant system\n"
+    root = Path(recipe.data_root)
     for stage in recipe.stages:
-        for source in stage.data.train + stage.data.val:
-            for record in source_records(source, Path(recipe.data_root), SkipLog()):
-                for turn in record.turns:
-                    yield turn.text
+        for what, sources in (("training records", stage.data.train), ("validation records", stage.data.val)):
+            for source in sources:
+                skips, usable = SkipLog(), 0
+                for record in source_records(source, root, skips):
+                    usable += 1
+                    for turn in record.turns:
+                        yield turn.text
+                require_usable(usable, skips, f"{what} in {source_path(source, root)}", f"stage {stage.name}")
 
 
 @dataclass
@@ -194,13 +203,15 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         model.compile(backend=stage.compile, dynamic=True)
     encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
-    val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips)
+    val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips, "validation records",
+                                 f"stage {stage.name}")
     if any(is_stream(source) for source in stage.data.train):  # read as it trains: no cache, no epoch up front
         train_sources = StreamMix(stage.data.train, encoder, Path(recipe.data_root), stage.stream_buffer,
                                   stage.stream_shards, recipe.seed)
         features = None
     else:
-        train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips)
+        train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips, "training records",
+                                       f"stage {stage.name}")
         features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     if stage.packing:
         check_packing(encoder.family)
@@ -228,7 +239,7 @@ def stage_length(sources, stage: Stage, seed: int, skips: SkipLog) -> tuple[int,
     else:
         per_epoch = len(epoch_batches(sources, stage, seed=seed * 1000, batch_size=batch_size))
     if per_epoch == 0:
-        raise DataError(f"stage {stage.name}: no usable training records ({skips.as_dict()})")
+        raise DataError(f"stage {stage.name}: no usable training records ({skips.describe()})")
     steps_per_epoch = math.ceil(per_epoch / stage.grad_accum)
     return steps_per_epoch, stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
 
