@@ -239,3 +239,20 @@ def test_eval_checks_its_data_before_loading_a_model(coco_apart, photos, tmp_pat
     error = capsys.readouterr().err
     assert "no caption/answer column (columns: description, image); name it with --text-column" in error
     assert not (tmp_path / "eval").exists()
+
+
+def test_images_that_exist_but_do_not_decode_stop_the_stage_not_train_it(coco_apart, tmp_path):
+    """Files that exist pass the cheap check before training; a trained vision tower reads them only as batches are
+    built. Steps whose every example was skipped update nothing, and an epoch of them is an error: the run never
+    reports "trained" at loss 0 on no data."""
+    for image in (coco_apart / "photos").iterdir():
+        image.write_bytes(b"not a png")
+    train = {"vision": "full", "connector": "full", "language": "full"}
+    recipe = parse_recipe(coco_recipe(coco_apart, {"path": "annotations/captions_train.json", "image_root": "photos"},
+                                      train=train, max_steps=None, epochs=2))
+    with pytest.raises(DataError, match=r"stage s: an epoch of the training data gave no usable example "
+                                        r"\(12 skipped: unreadable image x12"):
+        train_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run/final").exists()
+    metrics = tmp_path / "run/metrics.jsonl"
+    assert not metrics.exists() or "loss" not in metrics.read_text(), "no step logged a loss"

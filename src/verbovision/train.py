@@ -264,18 +264,19 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
                disable=not procs.is_main)
     core.train()
     while state.step < setup.total_steps and not state.stopped:
-        groups = 0
+        trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
         epoch = partial(epoch_groups, sources, stage, recipe.seed, state.epoch, state.step_in_epoch, procs.count)
         for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, prepare, stage.data_workers):
-            groups += 1
             for reason, record_id in stream_skips:
                 state.record_skip(reason, record_id)
-            values = step(prepared, state)
+            values = step(prepared, state)  # empty when every example of the step was skipped
+            trained += bool(values)
             state.step += 1
             state.step_in_epoch += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{values['loss']:.4f}")
-            if state.step % stage.log_every == 0 or state.step == setup.total_steps:
+            if values:
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if values and (state.step % stage.log_every == 0 or state.step == setup.total_steps):
                 logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
                            lr=scheduler.get_last_lr()[0])
             eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
@@ -291,9 +292,9 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
             if state.step >= setup.total_steps or state.stopped:
                 break
         else:
-            if not groups and not state.step_in_epoch:
+            if not trained:
                 raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
-                                f"({SkipLog.from_dict(state.skipped).as_dict()})")
+                                f"({SkipLog.from_dict(state.skipped).describe()})")
             state.epoch += 1
             state.step_in_epoch = 0
     bar.close()
@@ -444,9 +445,13 @@ def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips:
 def train_step(model, batches: list[tuple[dict, float]], device, stage: Stage, optimizer, scheduler,
                encoder: Encoder) -> dict:
     """One optimizer step over `grad_accum` (micro-batch, loss weight) pairs; the loss is averaged over all their
-    target tokens, in every process. Returns the loss and the gradient norm."""
+    target tokens, in every process. Returns the loss and the gradient norm; nothing when the step has no target
+    (every example skipped), in which case no process updates the weights (AdamW would still decay them)."""
     procs = processes()
     n_targets = procs.total(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
+    if not n_targets:
+        scheduler.step()  # the schedule stays in step with the step count
+        return {}
     total = 0.0
     for batch, weight in batches:
         if batch["input_ids"].shape[0] == 0:
