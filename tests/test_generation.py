@@ -61,8 +61,9 @@ def test_replies_ending_at_eos_and_stop_strings_match_generate(vlm, records, mon
     options = DecodeOptions(max_new_tokens=24)
     ours = vlm.generate_details(records, options, batch_size=4)
     assert ours == with_generate(vlm, monkeypatch, records, options, 4)
-    assert all(g.text for g in ours)
-    stop = ours[0].text.split()[-1]  # a word the first reply ends with: stopped there, a row leaves early
+    # A word a reply ends with: stopped there, a row leaves early. (Which replies are empty, the tiny model's EOS
+    # first, depends on the machine's arithmetic: the model is trained for a few steps only.)
+    stop = next(g.text for g in ours if g.text.strip()).split()[-1]
     stopped = DecodeOptions(max_new_tokens=24, stop=(stop,))
     assert vlm.generate_details(records, stopped, 4) == with_generate(vlm, monkeypatch, records, stopped, 4)
 

@@ -92,7 +92,10 @@ def check_consumed(model: nn.Module, inputs: dict) -> None:
     so an input a release does not know (a newer keyword, a position or token-type tensor) would be dropped silently
     and the model trained or scored without it."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    unknown = sorted(set(inputs) - forward_parameters(type(base)))
+    named = forward_parameters(type(base))
+    # An encoder-decoder's forward passes its decoder_* keywords on to the decoder's forward.
+    decoder = forward_parameters(type(base.decoder)) if hasattr(base, "decoder") else frozenset()
+    unknown = sorted(k for k in inputs if k not in named and k.removeprefix("decoder_") not in decoder)
     if unknown:
         import transformers
 
