@@ -4,6 +4,7 @@ templates; requests to a plain-template model give one prompt whatever the order
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import textwrap
 
 import pytest
 from PIL import Image
-from transformers import AutoProcessor
+from transformers import AutoProcessor, AutoTokenizer
 
 from verbovision.build import LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.data import CHAT_TEMPLATE_NAME, Encoder, Record, Turn
@@ -117,6 +118,11 @@ def test_a_layout_model_keeps_its_own_chat_template_for_later_chat_stages(tiny_b
     # a chat stage after it saves the model's own template as the default again
     again = save_model(model, saved, root / f"{template}-then-chat", {"template": "chat"})
     assert AutoProcessor.from_pretrained(again).chat_template == processor.chat_template
+    # a processor without a template of its own leaves its tokenizer's
+    bare = copy.copy(processor)
+    bare.chat_template = None
+    kept = save_model(model, bare, root / f"{template}-tokenizer-only", {"template": "chat"})
+    assert AutoTokenizer.from_pretrained(kept).chat_template == processor.tokenizer.chat_template
 
 
 def test_plain_prompts_put_images_first_and_give_image_only_turns_the_trained_prompt(tiny_built):

@@ -242,8 +242,9 @@ def with_trained_template(processor, family: Family, metadata: dict):
         named.update({"default": layout.layout_template(), CHAT_TEMPLATE_NAME: own})
     named = {name: template for name, template in named.items() if template}  # others (tool use...) stay
     saved = copy.copy(processor)
+    saved.chat_template = named if set(named) - {"default"} else named.get("default")
     saved.tokenizer = copy.copy(processor.tokenizer)  # it saves its templates too, into the same files
-    saved.chat_template = saved.tokenizer.chat_template = named if set(named) - {"default"} else named.get("default")
+    saved.tokenizer.chat_template = saved.chat_template or own_chat_template(processor.tokenizer.chat_template)
     return saved
 
 
