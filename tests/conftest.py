@@ -114,20 +114,40 @@ def tiny_lm(tmp_path_factory, tiny_tokenizer_texts):
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, shapes_data) -> Path:
-    """A tiny model trained for a few steps, so that it writes text; trained once per session."""
+def trained_model(tmp_path_factory, shapes_data):
+    """template -> a tiny model trained with that template for a few steps on the short captions (prompt "Describe
+    the image briefly."), so that it writes text; each trained once per session."""
     import yaml
 
     from verbovision.cli import main
 
     from .test_train import stage, tiny_recipe
 
-    root = tmp_path_factory.mktemp("serving-model")
-    recipe = tiny_recipe(shapes_data, [
-        stage("full", train={"vision": "full", "connector": "full", "language": "full"}, max_steps=30, lr=3e-3)])
-    (root / "r.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
-    return root / "run/final"
+    models = {}
+
+    def train(template: str) -> Path:
+        if template not in models:
+            root = tmp_path_factory.mktemp(f"{template}-model")
+            trains = {"vision": "full", "connector": "full", "language": "full"}
+            recipe = tiny_recipe(shapes_data, [stage("full", template=template, train=trains, max_steps=30, lr=3e-3)])
+            (root / "r.yaml").write_text(yaml.safe_dump(recipe))
+            assert main(["train", str(root / "r.yaml"), "--out", str(root / "run")]) == 0
+            models[template] = root / "run/final"
+        return models[template]
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def model_dir(trained_model) -> Path:
+    """A tiny chat-template model that writes text (see trained_model)."""
+    return trained_model("chat")
+
+
+@pytest.fixture(scope="session")
+def plain_model_dir(trained_model) -> Path:
+    """A tiny plain-template model that writes text, as the quickstart's is trained (see trained_model)."""
+    return trained_model("plain")
 
 
 @pytest.fixture(scope="session")

@@ -210,6 +210,25 @@ def test_32_concurrent_clients_are_batched_and_all_answered(server, model_dir, s
     assert after["batches"] - before["batches"] < 96
 
 
+def test_a_plain_model_replies_alike_whatever_the_order_of_the_request_parts(plain_model_dir, shapes_data):
+    """The request is rendered in the layout the model was trained on (image, then prompt); an image-only request is
+    asked the prompt the model was trained on: every form gets `verbo caption`'s reply."""
+    from verbovision.infer import VLM, DecodeOptions
+
+    images = sorted((shapes_data / "images").glob("*.png"))[:3]
+    captions = VLM(plain_model_dir, device="cpu").caption(images, options=DecodeOptions(max_new_tokens=24))
+    assert any(captions), "the tiny model should say something"
+    with running("serve", plain_model_dir, "--max-new-tokens", "24") as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
+        for path, caption in zip(images, captions):
+            image = {"type": "image_url", "image_url": {"url": data_uri(Image.open(path))}}
+            prompt = {"type": "text", "text": QUESTION}
+            for content in ([prompt, image], [image, prompt], [image]):
+                reply = client.chat.completions.create(model=str(plain_model_dir),
+                                                       messages=[{"role": "user", "content": content}])
+                assert reply.choices[0].message.content == caption, (path.name, content)
+
+
 def test_remote_images_are_fetched_only_when_allowed(shapes_data):
     handler = partial(SimpleHTTPRequestHandler, directory=str(shapes_data / "images"))
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as http:

@@ -44,7 +44,9 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from .data import with_trained_template
 from .errors import ConfigError, VerboError
+from .families import family_of
 from .quantize import is_quantized
 from .store import MODEL_METADATA, explained_import_error, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
@@ -348,12 +350,15 @@ def _copy_language_model(model: PreTrainedModel, name: str) -> None:
 
 
 def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path, metadata: dict | None = None) -> Path:
-    """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them."""
+    """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them. With a `template`
+    in the metadata, the saved chat template renders the layout the model was trained on (`with_trained_template`)."""
     out = Path(out)
     if is_quantized(model):
         raise VerboError(f"{out}: a model quantized for inference cannot be saved as a checkpoint; save the float one")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    if metadata and "template" in metadata:
+        processor = with_trained_template(processor, family_of(model.config), metadata)
     save_processor(processor, out)
     if metadata is not None:
         write_json(out / MODEL_METADATA, metadata)

@@ -8,6 +8,7 @@ processor uses, and masks everything but the assistant replies in the labels.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 from collections import Counter
@@ -20,6 +21,7 @@ from PIL import Image
 
 from .errors import DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
+from .tokenizer import with_image_parts
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
@@ -174,6 +176,91 @@ class ImageTokens:
         return list(self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)["input_ids"][0])
 
 
+CHAT_TEMPLATE_NAME = "chat"
+"""The name under which a plain- or caption-template model's processor keeps the model's own chat template; its
+default template renders the layout the model was trained on (`Encoder.layout_template`)."""
+
+LAYOUT_MARK = "{#- VerboVision layout"
+"""How a layout template starts, so that it is never taken for a model's own chat template."""
+
+_LAYOUT_SUMMARY = {
+    "plain": "each prompt turn on its line (its images first, one per line, then its text), each reply followed by "
+             "the end token",
+    "caption": "the images, then the reply alone",
+}
+
+_LAYOUT_JINJA = {
+    "plain": r"""{%- set end = __END__ -%}
+{%- set prompt = __PROMPT__ -%}
+{{- __BOS__ -}}
+{%- for message in messages -%}
+{%- if message['role'] == 'assistant' -%}
+{{- message['content'] + end -}}
+{%- else -%}
+{%- set images = message['content'].count(__IMAGE__) -%}
+{%- set line = message['content'] -%}
+{%- if images -%}
+{%- set words = (line.replace(__IMAGE__, '') | trim) or prompt -%}
+{%- set line = ([__IMAGE__] * images + ([words] if words else [])) | join('\n') -%}
+{%- endif -%}
+{%- if line -%}
+{{- line + '\n' -}}
+{%- endif -%}
+{%- endif -%}
+{%- endfor -%}
+""",
+    "caption": r"""{%- set end = __END__ -%}
+{{- __BOS__ -}}
+{%- set total = namespace(images=0, reply=none) -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'assistant' -%}
+{%- set total.reply = message['content'] -%}
+{%- else -%}
+{%- set total.images = total.images + message['content'].count(__IMAGE__) -%}
+{%- endif -%}
+{%- endfor -%}
+{{- __IMAGE__ * total.images -}}
+{%- if not add_generation_prompt and total.reply is not none -%}
+{{- total.reply + end -}}
+{%- endif -%}
+""",
+}
+"""`Encoder.render` of the plain and caption templates in Jinja, on string contents (typed parts are flattened first,
+see `with_image_parts`); __NAME__ are the values `layout_template` writes in."""
+
+
+def own_chat_template(templates: str | dict | None) -> str | None:
+    """A model's own chat template among a processor's or tokenizer's templates (None when it has none): the one
+    named `chat` beside a layout template, never a layout template itself."""
+    if isinstance(templates, dict):
+        templates = templates.get(CHAT_TEMPLATE_NAME) or templates.get("default")
+    return None if not templates or templates.startswith(LAYOUT_MARK) else templates
+
+
+def with_trained_template(processor, family: Family, metadata: dict):
+    """A copy of the processor to save with a model trained in the template `metadata` names. For plain and caption
+    its default chat template is the layout the model was trained on (with the trained prompt of `metadata`), and
+    the model's own is kept under the name `chat` for later chat stages; for chat, the model's own is the default.
+    Families whose images are not in the text (GIT, encoder-decoders) keep their own: their texts start with tokens
+    that their processors add, which a chat template cannot express."""
+    current = getattr(processor, "chat_template", None)
+    named = dict(current) if isinstance(current, dict) else {"default": current}
+    own = own_chat_template(current)
+    if metadata.get("template", "chat") == "chat" or family.images != IMAGES_IN_TEXT:
+        named.update({"default": own, CHAT_TEMPLATE_NAME: None})
+    else:
+        if own is None and (text_only := own_chat_template(processor.tokenizer.chat_template)):
+            own = with_image_parts(text_only, processor.image_token)  # the processor's template takes typed parts
+        layout = Encoder(processor, metadata["template"], family=family, prompt=metadata.get("prompt"))
+        named.update({"default": layout.layout_template(), CHAT_TEMPLATE_NAME: own})
+    named = {name: template for name, template in named.items() if template}  # others (tool use...) stay
+    saved = copy.copy(processor)
+    saved.chat_template = named if set(named) - {"default"} else named.get("default")
+    saved.tokenizer = copy.copy(processor.tokenizer)  # it saves its templates too, into the same files
+    saved.tokenizer.chat_template = saved.chat_template or own_chat_template(processor.tokenizer.chat_template)
+    return saved
+
+
 class Encoder:
     """Turns records into token ids + labels with the model's processor; the same code serves training and inference.
 
@@ -182,7 +269,7 @@ class Encoder:
     """
 
     def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop",
-                 family: Family = IMAGE_TOKEN_FAMILY):
+                 family: Family = IMAGE_TOKEN_FAMILY, prompt: str | None = None):
         if template not in ("chat", "plain", "caption"):
             raise DataError(f"template {template!r} unknown; use chat, plain or caption")
         if truncation not in TRUNCATION:
@@ -198,8 +285,34 @@ class Encoder:
         self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
         self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
         """Ends every reply in the plain and caption templates (BERT-style tokenizers such as GIT's end with [SEP])."""
-        if template == "chat" and not (getattr(processor, "chat_template", None) or self.tokenizer.chat_template):
+        self.prompt = prompt
+        """plain: the text of a prompt turn that has images and no text (at inference, the prompt the model was
+        trained on; None leaves such a turn without text)."""
+        self.bos_token = self._added_bos() if not family.text_start else None
+        """The BOS a text starts with unless it starts with it already: the tokenizer's, where it starts texts with
+        one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way."""
+        self.prompts: Counter[str] = Counter()
+        """The prompts of the image turns encoded for training (text beside the images), for `trained_prompt`."""
+        self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
+        self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
+        if template == "chat" and not (self.processor_template or self.tokenizer_template):
             raise DataError(f"{family.name}: the model has no chat template; use template plain or caption")
+
+    def _added_bos(self) -> str | None:
+        bos = self.tokenizer.bos_token_id
+        added = bos is not None and self.tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+        return self.tokenizer.bos_token if added else None
+
+    def _text_start(self, text: str) -> list[int]:
+        """Token ids before a text's own: the family's start (GIT's [CLS], a decoder's start token), or the BOS."""
+        if self.bos_token and not text.startswith(self.bos_token):
+            return [self.tokenizer.bos_token_id]
+        return list(self.family.text_start)
+
+    @property
+    def trained_prompt(self) -> str | None:
+        """The prompt seen most often beside an image in the records encoded for training (None if none was)."""
+        return self.prompts.most_common(1)[0][0] if self.prompts else None
 
     def _image_text(self, text: str) -> str:
         """A turn's text with `<image>` as the model's image token, or without it when images are not in the text."""
@@ -223,12 +336,14 @@ class Encoder:
     def _chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if not messages:
             return ""
-        if getattr(self.processor, "chat_template", None):
+        if self.processor_template:
             # A VLM processor's template takes typed content parts (llava-hf's renders images first, for example);
             # the ones VerboVision writes flatten them back into the LM's own template.
             parts = [{"role": m["role"], "content": self._parts(m["content"])} for m in messages]
-            return self.processor.apply_chat_template(parts, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            return self.processor.apply_chat_template(parts, chat_template=self.processor_template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.tokenizer_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
 
     def _parts(self, text: str) -> list[dict]:
         pieces = text.split(self.image_token) if self.image_token else [text]
@@ -240,25 +355,52 @@ class Encoder:
         return parts
 
     def _render_plain(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
-        """plain: each prompt turn on its line, then the reply; caption: the last reply alone."""
-        if self.template == "caption":
-            replies = [t for t in turns if t.role == "assistant"][-1:]
-            turns = replies if not add_generation_prompt else []
+        """plain: each prompt turn on its line, then the reply; caption: the images, then the last reply alone.
+        `layout_template` renders the same in Jinja: change both together."""
         text, spans = "", []
+        if self.template == "caption":
+            images = sum(t.text.count(DATA_IMAGE_TOKEN) for t in turns if t.role != "assistant")
+            text = (self.image_token or "") * images
+            turns = [] if add_generation_prompt else [t for t in turns if t.role == "assistant"][-1:]
         for turn in turns:
             if turn.role == "assistant":
                 reply = turn.text + self.end_token
                 spans.append((len(text), len(text) + len(reply)))
                 text += reply
-            elif line := self._image_text(turn.text):
+            elif line := self._prompt_line(turn.text):
                 text += line + "\n"
         return text, spans
+
+    def _prompt_line(self, text: str) -> str:
+        """plain: a prompt turn's line. A turn with images has them first, one per line, then its text (`prompt`
+        when it has none), whatever their order in the data or the request: the model learns one layout."""
+        images = text.count(DATA_IMAGE_TOKEN)
+        if not images:
+            return self._image_text(text)
+        words = text.replace(DATA_IMAGE_TOKEN, "").strip() or self.prompt
+        return "\n".join(([self.image_token] * images if self.image_token else []) + ([words] if words else []))
+
+    def layout_template(self) -> str:
+        """The plain or caption layout as a chat template (Jinja), for families whose images are in the text:
+        `apply_chat_template` renders from a conversation (string contents, or typed parts as transformers writes
+        them) what `render` does from its record, BOS included, so that plain transformers prompts the model exactly
+        as it was trained. `prompt` is written into it."""
+        if self.template == "chat" or self.image_token is None:
+            raise ValueError(f"{self.family.name}, template {self.template}: layout templates are for plain and "
+                             "caption, with images in the text")
+        values = {"BOS": self.bos_token or "", "IMAGE": self.image_token, "END": self.end_token,
+                  "PROMPT": self.prompt or ""}
+        body = _LAYOUT_JINJA[self.template]
+        for name, value in values.items():
+            body = body.replace(f"__{name}__", repr(value))  # a Python literal is a Jinja literal
+        summary = f"{LAYOUT_MARK} {self.template}: {_LAYOUT_SUMMARY[self.template]} -#}}\n"
+        return summary + with_image_parts(body, self.image_token)
 
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        start = list(self.family.text_start)
+        start = self._text_start(text)
         ids = start + enc["input_ids"]
         labels = [-100] * len(start) + [
             tok if any(s <= a and b <= e for s, e in spans) and b > a else -100
@@ -269,6 +411,9 @@ class Encoder:
             ids, labels = self._truncate(record, ids, labels)
         if not for_generation and all(label == -100 for label in labels):
             raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
+        if not for_generation:
+            self.prompts.update(t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
+                                if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
         return Encoded(record.id, ids, labels, record.images)
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:

@@ -26,8 +26,10 @@ from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
 from .errors import DataError
 from .families import IMAGES_IN_TEXT, family_of
 from .store import load_model, model_metadata
+from .tokenizer import join_parts
 
 CAPTION_PROMPT = "Describe the image briefly."
+"""What `caption` asks a model whose metadata names no trained prompt."""
 
 TextCallback = Callable[[int, str], None]
 """Called with (index of the reply, new text) as replies grow."""
@@ -140,15 +142,20 @@ class VLM:
     def _attach(self, path: str, model, processor, metadata: dict) -> None:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.family = family_of(model.config)
+        self.caption_prompt = metadata.get("prompt", CAPTION_PROMPT)
+        """What `caption` asks by default: the prompt a plain-template model was trained on, else CAPTION_PROMPT.
+        A plain-template model also gets it for a request with images and no text."""
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
-                               family=self.family)
+                               family=self.family, prompt=self.caption_prompt)
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
         self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
 
-    def caption(self, images: Sequence, prompt: str = CAPTION_PROMPT, options: DecodeOptions | None = None,
+    def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
                 batch_size: int = 16) -> list[str]:
+        """Captions of the images, asked `prompt` (default: `caption_prompt`)."""
+        prompt = self.caption_prompt if prompt is None else prompt
         return self.generate([(image, prompt) for image in images], options, batch_size)
 
     def ask(self, image, question: str, options: DecodeOptions | None = None) -> str:
@@ -417,7 +424,8 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
 
     Each message has a `role` (system, user, assistant) and a `content`: a string, or a list of parts
     `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` or
-    `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines, each image where its part is.
+    `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines (where neither side has one
+    already), each image where its part is, as the chat templates of the models VerboVision builds join them.
     `open_part` turns an image part into a record image (default: `image_of_part`).
     """
     open_part = open_part or image_of_part
@@ -440,7 +448,7 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
                 texts.append(DATA_IMAGE_TOKEN)
             else:
                 raise DataError(f"messages[{i}].content[{j}]: part type must be text, image_url or image, not {kind!r}")
-        turns.append(Turn(role, "\n".join(texts)))
+        turns.append(Turn(role, join_parts(texts)))
     return Record("chat", images, [*turns, Turn("assistant", "")], "messages")
 
 

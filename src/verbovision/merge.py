@@ -94,7 +94,7 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     merged = peft_model.merge_and_unload()
     diff = (logits_of(merged, batch) - before).abs().max().item()
     report_fields = dict(base_model=base_model, adapter=adapter, output=str(out), tolerance=tolerance)
-    save_model(merged, processor, out)
+    save_model(merged, processor, out, metadata)
     reloaded, _ = load_model(out, device=device)
     diff_reloaded = (logits_of(reloaded, batch) - before).abs().max().item()
     del reloaded

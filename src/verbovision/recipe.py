@@ -65,8 +65,8 @@ class Stage:
     data: StageData = field(default_factory=StageData)
     """Training and validation sources."""
     template: str = "chat"
-    """chat (the model's chat template), plain (prompt then reply, for caption pretraining) or caption (the reply
-    alone, no prompt: how image captioners such as GIT and ViT-GPT2 are trained)."""
+    """chat (the model's chat template), plain (image and prompt, then reply, for caption pretraining) or caption
+    (the image, then the reply alone, no prompt: how image captioners such as GIT and ViT-GPT2 are trained)."""
     train: dict[str, str] = field(default_factory=lambda: {"vision": "frozen", "connector": "full", "language": "full"})
     """Per component (vision, connector, language): frozen, full, lora, last:N (the last N layers train), or
     cross_attention (an encoder-decoder's decoder cross-attention only)."""

@@ -524,7 +524,7 @@ def create_app(vlm: VLM, config: ServeConfig):
         await asyncio.to_thread(api.batcher.close)
 
     async def page(request):
-        return HTMLResponse(web_page())
+        return HTMLResponse(web_page(vlm.caption_prompt))
 
     async def api_error(request, error: ApiError):
         return JSONResponse(error.body(), status_code=error.status)
@@ -545,14 +545,12 @@ def create_app(vlm: VLM, config: ServeConfig):
     return app
 
 
-def web_page() -> str:
-    """The demo page, asking for captions with the same prompt as `verbo caption`."""
+def web_page(caption_prompt: str) -> str:
+    """The demo page, asking for captions with the same prompt as `verbo caption` (`VLM.caption_prompt`)."""
     from importlib.resources import files
 
-    from .infer import CAPTION_PROMPT
-
     page = files("verbovision").joinpath("web/index.html").read_text(encoding="utf-8")
-    return page.replace("{{CAPTION_PROMPT}}", json.dumps(CAPTION_PROMPT))
+    return page.replace("{{CAPTION_PROMPT}}", json.dumps(caption_prompt).replace("</", "<\\/"))  # inside <script>
 
 
 def serve(config: ServeConfig) -> None:

@@ -1,8 +1,9 @@
 """Reading and writing models, adapters and run files: atomically, with metadata beside each model.
 
 A model directory is a standard transformers checkpoint plus `verbovision.json` (how it was trained: the prompt
-template, the base it came from). An adapter directory is a PEFT adapter plus `verbovision_adapter.json` naming its
-base model, so merging never guesses the base from folder names.
+template and, for `plain`, the prompt its images came with most often; the base it came from). An adapter directory
+is a PEFT adapter plus `verbovision_adapter.json` naming its base model, so merging never guesses the base from
+folder names.
 """
 
 from __future__ import annotations
@@ -174,12 +175,34 @@ def _images_only_processor(path: str, error: Exception):
             return None if argument_name == "video_processor" and argument is None else \
                 super().check_argument_for_proper_class(argument_name, argument)
 
-    template_file = cached_file(path, "chat_template.jinja", _raise_exceptions_for_missing_entries=False)
     processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
                            tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
-                           chat_template=Path(template_file).read_text(encoding="utf-8") if template_file else None)
+                           chat_template=_read_chat_templates(path))
     processor.source_config = Path(config_file)
     return processor
+
+
+CHAT_TEMPLATE_FILE, CHAT_TEMPLATES_DIR = "chat_template.jinja", "additional_chat_templates"
+"""Where transformers keeps a processor's default chat template and its named ones."""
+
+
+def _read_chat_templates(path: str) -> str | dict | None:
+    """The chat templates saved with a model: the default one (a string), or, where a local model also has named
+    ones, all of them by name, as transformers reads them."""
+    from transformers.utils import cached_file
+
+    default = cached_file(path, CHAT_TEMPLATE_FILE, _raise_exceptions_for_missing_entries=False)
+    named = {file.stem: file.read_text(encoding="utf-8")
+             for file in sorted((Path(path) / CHAT_TEMPLATES_DIR).glob("*.jinja"))}
+    if default:
+        named["default"] = Path(default).read_text(encoding="utf-8")
+    return named if set(named) - {"default"} else named.get("default")
+
+
+def _write_chat_templates(templates: str | dict, out: Path) -> None:
+    for name, template in (templates if isinstance(templates, dict) else {"default": templates}).items():
+        write_atomic(out / CHAT_TEMPLATE_FILE if name == "default" else out / CHAT_TEMPLATES_DIR / f"{name}.jinja",
+                     template)
 
 
 def save_processor(processor, out: str | Path) -> None:
@@ -191,5 +214,5 @@ def save_processor(processor, out: str | Path) -> None:
     processor.image_processor.save_pretrained(out)
     processor.tokenizer.save_pretrained(out)
     if processor.chat_template:
-        write_atomic(Path(out) / "chat_template.jinja", processor.chat_template)
+        _write_chat_templates(processor.chat_template, Path(out))
     write_atomic(Path(out) / "processor_config.json", processor.source_config.read_bytes())

@@ -24,15 +24,20 @@ CHATML_TEMPLATE = (
 
 # Prepended to a text LM's chat template for the processor: content given as typed parts
 # ([{"type": "image"}, {"type": "text", "text": ...}]) is flattened into the string form the LM template expects,
-# with the image token where each image goes.
+# with the image token where each image goes, parts joined as `join_parts` joins them.
 _FLATTEN_PARTS = (
     "{%- set flat = namespace(messages=[]) -%}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}{%- set flat.messages = flat.messages + [message] -%}"
     "{%- else -%}{%- set text = namespace(value='') -%}"
     "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{%- set text.value = text.value + '[IMAGE]' -%}"
-    "{%- elif part['type'] == 'text' -%}{%- set text.value = text.value + part['text'] -%}{%- endif -%}"
+    "{%- set piece = '[IMAGE]' if part['type'] in ['image', 'image_url'] else (part['text'] or '') "
+    "if part['type'] == 'text' else none -%}"
+    "{%- if piece is not none -%}"
+    "{%- if text.value and not text.value.endswith('\\n') and not piece.startswith('\\n') -%}"
+    "{%- set text.value = text.value + '\\n' -%}{%- endif -%}"
+    "{%- set text.value = text.value + piece -%}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- set flat.messages = flat.messages + [{'role': message['role'], 'content': text.value}] -%}"
     "{%- endif -%}{%- endfor -%}"
@@ -43,6 +48,17 @@ _FLATTEN_PARTS = (
 def with_image_parts(template: str, image_token: str) -> str:
     """A chat template that also accepts typed content parts, rendering image parts as `image_token`."""
     return _FLATTEN_PARTS.replace("[IMAGE]", image_token) + template
+
+
+def join_parts(pieces: Iterable[str]) -> str:
+    """A message's content parts as one text (an image part's piece is its image token): joined by newlines, except
+    where one side of a boundary already has one, as `with_image_parts` templates join them."""
+    text = ""
+    for piece in pieces:
+        if text and not text.endswith("\n") and not piece.startswith("\n"):
+            text += "\n"
+        text += piece
+    return text
 
 
 def train_bpe_tokenizer(texts: Iterable[str], image_token: str, vocab_size: int = 1024) -> PreTrainedTokenizerFast:

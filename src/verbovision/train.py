@@ -45,6 +45,7 @@ from .data import (
     skip_reason,
     source_path,
     source_records,
+    with_trained_template,
 )
 from .distributed import processes
 from .families import IMAGES_IN_TEXT, check_consumed, family_of
@@ -303,8 +304,8 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
     is_last = index == len(recipe.stages) - 1
-    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last) \
-        if procs.is_main or procs.sharded else None
+    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last,
+                          setup.collator.encoder.trained_prompt) if procs.is_main or procs.sharded else None
     result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
     return result
@@ -570,8 +571,9 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
-                 is_last: bool) -> StageResult | None:
+                 is_last: bool, prompt: str | None = None) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
+    `prompt`: the one the stage's images came with most often, which a plain-template model is asked by default.
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
     procs = processes()
@@ -588,12 +590,16 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
         disable_checkpointing(model)
     metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
                 "base_model": base}
+    if stage.template != "plain":
+        metadata.pop("prompt", None)
+    elif prompt is not None:
+        metadata["prompt"] = prompt
     if not uses_lora:
         save_model(model, processor, stage_dir / "model", metadata)
         return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
     adapter_dir = stage_dir / "adapter"
     model.save_pretrained(adapter_dir)
-    save_processor(processor, adapter_dir)
+    save_processor(with_trained_template(processor, family_of(model.config), metadata), adapter_dir)
     write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
                                                 "stage": stage.name})
     write_json(adapter_dir / MODEL_METADATA, metadata)
