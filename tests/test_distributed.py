@@ -105,9 +105,11 @@ def _sharded_run_equals_one(tmp_path: Path, shapes_data: Path, config: str, over
     assert checkpoint["state"] and all(isinstance(p, str) for group in checkpoint["param_groups"]
                                        for p in group["params"])
 
-    # float32 on both sides, summed in other orders (padding, sharded reductions). Measured with FSDP: 1.5e-6 on the
-    # full model, 1.7e-5 on a LoRA B matrix (as with DDP: Adam magnifies rounding in near-zero gradients).
-    tolerance = 5e-5
+    # float32 on both sides, summed in other orders (padding, sharded reductions). Adam divides each gradient by its
+    # running RMS, so where gradients sit near rounding level (a LoRA B matrix starts at zero) rounding becomes a
+    # fraction of one step (lr 1e-3): the bound leaves room for other builds' kernels and stays far below what
+    # training moves (checked below).
+    tolerance = 3e-4
     for stage_model in ("0-mixed/model/model.safetensors", "1-lora/model/model.safetensors",
                         "1-lora/adapter/adapter_model.safetensors"):
         one, two = (load_file(str(tmp_path / run / "stages" / stage_model)) for run in ("one", "two"))

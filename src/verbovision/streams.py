@@ -36,6 +36,9 @@ def open_stream(path: str | Path, split: str | None):
         import datasets
     except ImportError:
         raise DataError(f"{path}: streaming a Hugging Face dataset needs datasets: pip install datasets") from None
+    if int(datasets.__version__.split(".")[0]) < 5:  # the shuffle buffer reads stream_shards shards at once
+        raise DataError(f"{path}: streaming needs datasets>=5 (installed: {datasets.__version__}): "
+                        "pip install -U datasets")
     local, split = Path(path), split or "train"
     try:
         if (local / "state.json").exists() or (local / "dataset_dict.json").exists():
