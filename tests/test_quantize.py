@@ -141,7 +141,7 @@ def test_qlora_refuses_dense_training_of_quantized_weights(shapes_data):
     from .test_train import stage, tiny_recipe
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "full", "language": "lora"})])
-    raw["model"]["quantize"] = "4bit"
+    raw["model"] = {**raw["model"], "quantize": "4bit"}  # a copy: the tiny model block is shared by every test
     with pytest.raises(ConfigError, match="connector cannot train quantized weights"):
         parse_recipe(raw)
 
@@ -155,7 +155,8 @@ def test_qlora_pixel_shuffle_stage(shapes_data, tmp_path):
     from .test_train import TINY_SCRATCH, stage, tiny_recipe
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "lora", "language": "lora"},
-                                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=2, merge=True)])
+                                          lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=2, log_every=1,
+                                          merge=True)])
     raw["model"] = {**TINY_SCRATCH, "connector": {"type": "pixel_shuffle", "factor": 2, "act": "silu"},
                     "quantize": "4bit"}
     if not bitsandbytes_runs():

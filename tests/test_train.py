@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -31,7 +32,7 @@ TINY_SCRATCH = {
 
 
 def tiny_recipe(data: Path, stages: list[dict]) -> dict:
-    return {"name": "tiny", "seed": 0, "data_root": str(data), "model": TINY_SCRATCH, "stages": stages}
+    return {"name": "tiny", "seed": 0, "data_root": str(data), "model": copy.deepcopy(TINY_SCRATCH), "stages": stages}
 
 
 def stage(name: str, **kw) -> dict:

@@ -175,13 +175,15 @@ def cmd_ask(args) -> None:
     print(_replies(args, [args.image], args.question)[0])
 
 
-def _replies(args, images: list[str], prompt: str) -> list[str]:
-    """The model's reply to `prompt` about each image; says on stderr how many hit the token limit, if any did."""
+def _replies(args, images: list[str], prompt: str | None) -> list[str]:
+    """The model's reply to `prompt` (None: the model's caption prompt) about each image; says on stderr how many
+    hit the token limit, if any did."""
     from .infer import Truncation, prompt_record
 
     options = _decode_options(args)
-    generations = load_vlm(args).generate_details([prompt_record(image, prompt) for image in images], options,
-                                                  args.batch_size)
+    vlm = load_vlm(args)
+    prompt = vlm.caption_prompt if prompt is None else prompt
+    generations = vlm.generate_details([prompt_record(image, prompt) for image in images], options, args.batch_size)
     truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)
     if truncation.truncated:
         print(f"{truncation} (raise --max-new-tokens for whole replies)", file=sys.stderr)

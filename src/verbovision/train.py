@@ -667,7 +667,7 @@ class TrainState:
         tmp.mkdir(parents=True)
         save_file(trainable, str(tmp / "trainable.safetensors"))
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+                    "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()}, tmp / "optimizer.pt")
         write_json(tmp / "state.json", self.__dict__)
         replace_dir(tmp, final)
         for old in sorted(folder.glob("step-*"))[:-keep]:
@@ -685,6 +685,8 @@ class TrainState:
         processes().load_optimizer_state(model, optimizer, extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         torch.set_rng_state(extra["rng"])
+        if extra.get("cuda_rng"):  # dropout on a GPU draws from its own generator
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
         return True
 
 
