@@ -450,8 +450,7 @@ def train_step(model, batches: list[tuple[dict, float]], device, stage: Stage, o
     (every example skipped), in which case no process updates the weights (AdamW would still decay them)."""
     procs = processes()
     n_targets = procs.total(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
-    if not n_targets:
-        scheduler.step()  # the schedule stays in step with the step count
+    if not n_targets:  # as the Trainer does when it skips an optimizer step, the schedule waits too
         return {}
     total = 0.0
     for batch, weight in batches:
