@@ -77,3 +77,18 @@ def test_other_decoding_options_go_through_generate(vlm, records):
     assert vlm._leaves_at_eos(DecodeOptions(), {"input_ids": None, "attention_mask": None, "pixel_values": None})
     assert not vlm._leaves_at_eos(DecodeOptions(), {"input_ids": None, "image_grid_thw": None})  # Qwen2-VL positions
     assert rows and set(rows) <= {2, 4}  # generate keeps every row (beams: 2 per record) until all are done
+
+
+def test_the_own_loop_runs_only_where_the_forward_names_every_input_it_passes(vlm):
+    """A transformers release whose forward does not name the KV-cache input (or positions) would take it in
+    **kwargs, possibly unread: such a model decodes with `generate` instead."""
+    from verbovision.infer import greedy_loop_fits
+
+    class CacheUnnamed:
+        generation_config = vlm.model.generation_config
+
+        def forward(self, input_ids=None, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
+            raise AssertionError("never called")
+
+    assert greedy_loop_fits(vlm.model, vlm.family)
+    assert not greedy_loop_fits(CacheUnnamed(), vlm.family)

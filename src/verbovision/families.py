@@ -87,6 +87,11 @@ def forward_parameters(model_class: type) -> frozenset[str]:
     return frozenset(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
+def named_inputs(model: nn.Module) -> frozenset[str]:
+    """The inputs the forward of a model, under any PEFT wrapping, names."""
+    return forward_parameters(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
+
+
 def check_consumed(model: nn.Module, inputs: dict) -> None:
     """Refuse forward inputs the model (under any PEFT wrapping) does not name: transformers forwards take **kwargs,
     so an input a release does not know (a newer keyword, a position or token-type tensor) would be dropped silently

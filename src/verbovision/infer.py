@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import inspect
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,7 +23,7 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
 from .errors import DataError
-from .families import IMAGES_IN_TEXT, family_of
+from .families import IMAGES_IN_TEXT, family_of, named_inputs
 from .store import load_model, model_metadata
 from .tokenizer import join_parts
 
@@ -282,9 +281,15 @@ def greedy_loop_fits(model, family) -> bool:
     """Whether `greedy_leaving_at_eos` decodes this model as `generate` does: no logits processor or static cache
     from its generation config, images as tokens in the text, logits computable for the last position only."""
     config = set(model.generation_config.to_diff_dict()) <= _INERT_GENERATION_SETTINGS
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT adapters
-    last_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-    return config and last_logits and family.images == IMAGES_IN_TEXT
+    named = named_inputs(model)
+    # Every input the loop passes must be one the forward names: in **kwargs it could go unread.
+    steps = {"position_ids", "logits_to_keep"} <= named and _cache_keyword(named) in named
+    return config and steps and family.images == IMAGES_IN_TEXT
+
+
+def _cache_keyword(named: frozenset[str]) -> str:
+    """The forward's KV-cache input: `cache` in newer transformers releases, `past_key_values` before."""
+    return "cache" if "cache" in named else "past_key_values"
 
 
 def greedy_leaving_at_eos(model, inputs: dict, tracker: _ReplyTracker) -> None:
@@ -296,8 +301,9 @@ def greedy_leaving_at_eos(model, inputs: dict, tracker: _ReplyTracker) -> None:
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
     rows = torch.arange(mask.shape[0])  # [b] the batch rows still going
     step_inputs = {**inputs, "position_ids": positions}
+    cache_keyword = _cache_keyword(named_inputs(model))
     while True:
-        logits = model(**step_inputs, past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
+        logits = model(**step_inputs, **{cache_keyword: cache}, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
         tokens = logits[:, -1].argmax(-1)  # [b]
         going = ~torch.tensor(tracker.step(tokens.tolist(), rows.tolist()), dtype=torch.bool)  # [b]
         if not going.any():
