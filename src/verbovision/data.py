@@ -160,6 +160,9 @@ class ImageTokens:
         small, large = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = small if small == large else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
+        self.token_types = self._token_types()
+        """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
+        and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image); None if none."""
 
     def ids(self, image) -> list[int]:
         if self.fixed is not None:
@@ -172,8 +175,25 @@ class ImageTokens:
         return self._by_size[size]
 
     def _expand(self, size: tuple[int, int]) -> list[int]:
+        return list(self._processed(size)["input_ids"][0])
+
+    def _processed(self, size: tuple[int, int]) -> dict:
         blank = Image.new("RGB", size)
-        return list(self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)["input_ids"][0])
+        return self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)
+
+    def _token_types(self) -> tuple[str, frozenset[int]] | None:
+        """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
+        `token_type_ids` is asked which tokens of an image it marks 1: Gemma 3's, the soft tokens inside its
+        `<start_of_image>` expansion; PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
+        names = getattr(self.processor, "model_input_names", ())
+        if "mm_token_type_ids" in names:
+            return "mm_token_type_ids", frozenset([self.token_id])
+        if "token_type_ids" not in names:
+            return None
+        out = self._processed(self._PROBE_SIZES[0])
+        types = out.get("token_type_ids")
+        marked = frozenset(i for i, t in zip(out["input_ids"][0], types[0]) if t == 1) if types is not None else None
+        return ("token_type_ids", marked) if marked else None
 
 
 CHAT_TEMPLATE_NAME = "chat"
@@ -624,7 +644,7 @@ class Collator:
         """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size (not when
         the image's size sets its token count: a reduced decode would change it)."""
         self.pad_id = encoder.tokenizer.pad_token_id
-        self.token_types = "mm_token_type_ids" in getattr(encoder.processor, "model_input_names", ())
+        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else None
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
@@ -692,8 +712,9 @@ class Collator:
             del batch["attention_mask"]
             batch["position_ids"] = torch.stack([segment_positions((e.segments or [len(e.input_ids)])
                                                                    + [width - len(e.input_ids)]) for e in examples])
-        if self.token_types:  # Qwen2-VL's rotary positions tell image tokens (1) from text (0)
-            batch["mm_token_type_ids"] = (ids == self.encoder.image_token_id).long()  # [B, T]
+        if self.token_types:  # image tokens (1) and text (0), for Qwen2-VL's rotary positions or Gemma 3's attention
+            name, marked = self.token_types
+            batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]
         return batch
 
 
