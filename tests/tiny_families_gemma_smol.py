@@ -9,7 +9,8 @@ Quirks worth knowing (transformers 5.x):
 - Gemma 3: the text's image token is `<start_of_image>` (the processor's `image_token`, `image_token_id` and the chat
   template's image part); the processor replaces each with `\\n\\n<start_of_image>` + `image_seq_length` x
   `<image_soft_token>` + `<end_of_image>\\n\\n`, and the model's `image_token_id` is `<image_soft_token>`'s, not the
-  processor's. Here 32x32 images -> 4x4 SigLIP patches, average-pooled to `mm_tokens_per_image` = 4 soft tokens. The
+  processor's. Here 32x32 images -> 4x4 SigLIP patches, average-pooled to `mm_tokens_per_image` = 4 soft tokens; their
+  projection is random here (transformers initialises it to zeros: a fresh model would not see its images). The
   image processor also returns `num_crops` (pan-and-scan bookkeeping, 0 here), which the processor drops from its
   output; the processor returns `token_type_ids` (1 on the soft tokens, its `mm_token_type_ids` renamed), which the
   model takes for bidirectional attention within each image (causal without them). The chat template (with BOS)
@@ -19,11 +20,13 @@ Quirks worth knowing (transformers 5.x):
   a text `T` with images into `<image>` x (images x `image_seq_length`) + `<bos>` + `T` + `\\n` (it adds the
   `<image>` tokens itself when `T` has none, with a warning) and tokenizes it with `add_bos_token` off (it sets
   that on the tokenizer). With `suffix=S` it tokenizes `S + <eos>` as the text pair: `token_type_ids` are 0 on the
-  prefix (images, BOS, prompt, newline) and 1 on the suffix, and it returns `labels` = input_ids with the prefix at
-  -100. The model takes `token_type_ids` for its prefix-LM mask (bidirectional over the prefix, causal over the
-  suffix; `generate` marks new tokens 1) and counts positions from 1 (forward without position_ids: 1..T;
-  `generate` adds 1 to its own). The processor also adds 1,152 `<locNNNN>` / `<segNNN>` tokens to the tokenizer.
-  Here 32x32 images -> `image_seq_length` = 16 tokens (kept on the image processor, as on the Hub).
+  prefix (images, BOS, prompt, newline) and 1 on the suffix; it always returns `labels` too (input_ids with the
+  prefix at -100: all -100 without a suffix). The model takes `token_type_ids` for its prefix-LM mask
+  (bidirectional over the prefix, causal over the suffix; `generate` marks new tokens 1). Without them its mask is
+  causal only where the batch has padding: its Gemma config sets `use_bidirectional_attention`, so an unpadded
+  batch attends both ways over the whole text, replies included. Positions count from 1 (a rotary shift: no
+  effect). The processor also adds 1,152 `<locNNNN>` / `<segNNN>` tokens to the tokenizer. Here 32x32 images ->
+  `image_seq_length` = 16 tokens (kept on the image processor, as on the Hub).
 - SmolVLM: the Idefics3 layout (see tests/tiny_families.py: `<fake_token_around_image><row_R_col_C>` + 4 x `<image>`
   per 32x32 crop, then the global image; `pixel_values` (B, crops, 3, 32, 32) and `pixel_attention_mask`), with
   longest edge 64: a square image is 2x2 crops + global (20 `<image>`), 64x30 is 1x2 + global (12). `SmolVLMProcessor`
@@ -170,6 +173,9 @@ def make_tiny_gemma3(out: Path, texts: list[str]) -> Path:
                           image_token_index=token("<image_soft_token>"))
     torch.manual_seed(0)
     model = Gemma3ForConditionalGeneration(config)
+    # Gemma 3 initialises its projection to zeros: the images would not reach a fresh model at all
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    torch.nn.init.normal_(projection, std=projection.shape[0] ** -0.5)
     image_processor = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
     processor = Gemma3Processor(image_processor, tokenizer, chat_template=GEMMA3_TEMPLATE,
                                 image_seq_length=config.mm_tokens_per_image)
