@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from verbovision.data import Collator, Encoder, Record, Turn
+from verbovision.data import Collator, Encoder, Record, Turn, read_records
 from verbovision.families import family_of
+from verbovision.features import FeatureCache, supports_cache
 from verbovision.store import load_model
+from verbovision.train import token_loss
 
 from .tiny_families_gemma_smol import make_tiny_gemma3
 
@@ -25,7 +27,8 @@ def test_gemma3_batches_mark_the_image_soft_tokens_as_its_processor_does(tmp_pat
     record = Record("r", [image], [Turn("user", "<image>\nDescribe the image briefly."),
                                    Turn("assistant", "a red square")], "test")
     batch = Collator(encoder).pad([encoder.encode(record)])
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]},
+    question = [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]
+    messages = [{"role": "user", "content": question},
                 {"role": "assistant", "content": [{"type": "text", "text": "a red square"}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
     expected = processor(text=[text], images=[[image]], add_special_tokens=False)
@@ -37,3 +40,24 @@ def test_gemma3_batches_mark_the_image_soft_tokens_as_its_processor_does(tmp_pat
     with torch.no_grad():
         loss = model(**{k: v for k, v in batch.items() if k != "labels"}, pixel_values=pixels, labels=batch["labels"])
     assert torch.isfinite(loss.loss)
+
+
+def test_gemma3_cached_features_give_the_pixels_loss(tmp_path, shapes_data, tiny_tokenizer_texts):
+    """Gemma 3's connector takes the SigLIP tower's last hidden state, so its frozen-vision stages use the feature
+    cache: the same loss as from pixels (token types included), and the images matter to it."""
+    model, processor = load_model(make_tiny_gemma3(tmp_path / "gemma3", tiny_tokenizer_texts), device="cpu")
+    assert supports_cache(model)
+    encoder = Encoder(processor, "chat", family=family_of(model.config))
+    examples = [encoder.encode(r) for r in list(read_records(shapes_data / "train/caption_short_en.json"))[:4]]
+    cache = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")
+    assert cache.ensure([p for e in examples for p in e.images]) == {}
+    pixels, features = Collator(encoder)(examples), Collator(encoder, features=cache)(examples)
+    pixels.pop("num_crops", None)  # pan-and-scan bookkeeping, which the processor drops from the model's inputs
+    for batch in (pixels, features):
+        batch.pop("skipped")
+    assert "token_type_ids" in features and "pixel_values" not in features
+    with torch.no_grad():
+        from_pixels, from_features = token_loss(model, pixels, "cpu"), token_loss(model, features, "cpu")
+        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu")
+    assert abs(from_features.item() - from_pixels.item()) < 1e-5
+    assert abs(shuffled.item() - from_features.item()) > 1e-4

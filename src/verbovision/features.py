@@ -26,7 +26,7 @@ from .store import read_json, write_json
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-CACHED_FAMILIES = ("llava", "cohere2_vision")
+CACHED_FAMILIES = ("llava", "cohere2_vision", "gemma3")
 """Model types whose image features are the connector's output on one vision-tower hidden state, placed at the image
 tokens in order: features computed once can stand in for the pixels."""
 
