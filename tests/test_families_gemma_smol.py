@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
+from transformers.models.smolvlm import processing_smolvlm
 
+from verbovision.cli import main
 from verbovision.data import Collator, Encoder, Record, Turn, read_records
 from verbovision.families import family_of
 from verbovision.features import FeatureCache, supports_cache
 from verbovision.store import load_model
 from verbovision.train import token_loss
 
-from .tiny_families_gemma_smol import make_tiny_gemma3
+from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_smolvlm
 
 
 def _marked(ids: list[int], types: list[int]) -> list[int]:
@@ -61,3 +63,15 @@ def test_gemma3_cached_features_give_the_pixels_loss(tmp_path, shapes_data, tiny
         shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu")
     assert abs(from_features.item() - from_pixels.item()) < 1e-5
     assert abs(shuffled.item() - from_features.item()) > 1e-4
+
+
+def test_smolvlm_without_num2words_says_what_to_install(tmp_path, tiny_tokenizer_texts, monkeypatch, capsys):
+    """SmolVLMProcessor refuses to be built without the num2words package, images or not: one line naming it."""
+    monkeypatch.setattr(processing_smolvlm, "num2words", None)  # as where the package is not installed
+    base = make_tiny_smolvlm(tmp_path / "smolvlm", tiny_tokenizer_texts)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (40, 30)).save(image)
+    capsys.readouterr()
+    assert main(["caption", str(base), str(image), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.endswith("not installed: pip install num2words"), error
