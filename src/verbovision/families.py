@@ -68,7 +68,9 @@ SUPPORT: dict[str, Support] = {
     "cohere2_vision": Support(caches_features=True),
     "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "gemma3": Support(processor_only=("num_crops",), caches_features=True),
+    "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
+                      packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
+                                      "attend to each other in its sliding-window layers"),
     "internvl": Support(processor_only=("num_patches",)),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
