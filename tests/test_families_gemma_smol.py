@@ -13,7 +13,7 @@ from verbovision.features import FeatureCache, supports_cache
 from verbovision.store import load_model
 from verbovision.train import token_loss
 
-from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_smolvlm
+from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 
 
 def _marked(ids: list[int], types: list[int]) -> list[int]:
@@ -75,3 +75,29 @@ def test_smolvlm_without_num2words_says_what_to_install(tmp_path, tiny_tokenizer
     assert main(["caption", str(base), str(image), "--device", "cpu"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.endswith("not installed: pip install num2words"), error
+
+
+def test_paligemma_attends_its_prompt_both_ways_and_its_reply_causally(tmp_path, tiny_tokenizer_texts):
+    """PaliGemma's prefix-LM: batches mark the prompt 0 and the reply 1 in token_type_ids, as its processor does for
+    a prefix and a suffix. Without them a batch with no padding would attend both ways over the reply as well."""
+    model, processor = load_model(make_tiny_paligemma(tmp_path / "paligemma", tiny_tokenizer_texts), device="cpu")
+    encoder = Encoder(processor, "plain", family=family_of(model.config))
+    record = Record("r", [Image.new("RGB", (40, 30), (200, 30, 30))],
+                    [Turn("user", "<image>\ncaption en"), Turn("assistant", "a red square")], "test")
+    batch = Collator(encoder)([encoder.encode(record)])
+    batch.pop("skipped")
+    labels = batch.pop("labels")[0].tolist()
+    first = next(i for i, label in enumerate(labels) if label != -100)
+    assert batch["token_type_ids"][0].tolist() == [0] * first + [1] * (len(labels) - first)
+
+    def logits(position: int | None = None) -> torch.Tensor:
+        """The logits, with the token at `position` changed."""
+        ids = batch["input_ids"].clone()
+        if position is not None:
+            ids[0, position] = processor.tokenizer.convert_tokens_to_ids("a")
+        with torch.no_grad():
+            return model(**{**batch, "input_ids": ids}).logits[0]
+
+    unchanged = logits()
+    assert torch.equal(logits(-1)[:-1], unchanged[:-1])  # the last reply token reaches no earlier position
+    assert not torch.allclose(logits(first - 2)[first - 3], unchanged[first - 3])  # a later prompt token does

@@ -32,7 +32,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
-from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_smolvlm
+from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -64,6 +64,7 @@ MATRIX = {
     "vision-encoder-decoder": Case(make_tiny_vision_encoder_decoder, "caption",
                                    {"vision": "frozen", "language": "lora"}, images=ENCODER),
     "gemma3": Case(make_tiny_gemma3, "chat", FROZEN_VISION),
+    "paligemma": Case(make_tiny_paligemma, "plain", FROZEN_VISION),
     "smolvlm": Case(make_tiny_smolvlm, "chat", {"vision": "lora", "connector": "full", "language": "lora"},
                     requires="num2words"),
 }

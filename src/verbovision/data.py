@@ -712,6 +712,8 @@ class Collator:
             del batch["attention_mask"]
             batch["position_ids"] = torch.stack([segment_positions((e.segments or [len(e.input_ids)])
                                                                    + [width - len(e.input_ids)]) for e in examples])
+        if self.encoder.family.support.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
+            batch["token_type_ids"] = (labels != -100).long().cummax(dim=1).values  # [B, T]
         if self.token_types:  # image tokens (1) and text (0), for Qwen2-VL's rotary positions or Gemma 3's attention
             name, marked = self.token_types
             batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]
