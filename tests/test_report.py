@@ -5,6 +5,7 @@ The figures are checked for their structure (panels, axes, texts), not their pix
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from PIL import Image
 
@@ -94,3 +95,13 @@ def test_metrics_png_puts_each_metric_on_an_axis_of_its_range():
     assert axes["Bleu_4"].get_ylim() == (0.0, 1.0) == axes["exact_match"].get_ylim()
     assert 10.2 < axes["CIDEr"].get_ylim()[1] < 12 and 1.3 < axes["wer"].get_ylim()[1] < 2
     assert metrics_figure(EvalResult({"val_loss": 0.3})) is None
+
+
+def test_readme_names_what_a_run_folder_holds(lora_run):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listing = readme.split("## A run folder\n")[1].split("`report.md`.")[0] + "`report.md`"
+    names = [name for name in re.findall(r"`([^`]+)`", listing) if not name.startswith("-")]
+    assert "checkpoints/" in names and len(names) >= 12
+    for name in names:
+        pattern = name.rstrip("/").replace("<i>-<name>", "*")
+        assert any(lora_run.glob(pattern)) or any(lora_run.rglob(pattern)), f"README names {name}; the run has none"
