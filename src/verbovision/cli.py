@@ -104,7 +104,7 @@ def cmd_data_synth(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model
+    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model, spec_record
     from .errors import ConfigError
 
     if not args.language:
@@ -117,9 +117,7 @@ def cmd_build(args) -> None:
         image_token=args.image_token,
     )
     model, processor = build_vlm(spec)
-    from dataclasses import asdict
-
-    save_model(model, processor, args.out, {"model_spec": asdict(spec), "template": "chat"})
+    save_model(model, processor, args.out, {"model_spec": spec_record(spec), "template": "chat"})
     print(f"{describe(model)} saved to {args.out}")
 
 

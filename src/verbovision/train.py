@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runinfo
-from .build import build_vlm, save_model
+from .build import build_vlm, save_model, spec_record
 from .data import (
     Collator,
     DataError,
@@ -145,7 +145,7 @@ def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
     if not spec.language.name:
         tokenizer = train_bpe_tokenizer(training_texts(recipe), spec.image_token, spec.language.vocab_size)
     model, processor = build_vlm(spec, tokenizer)
-    metadata = {"model_spec": to_dict(recipe.model), "template": recipe.stages[0].template}
+    metadata = {"model_spec": spec_record(spec), "template": recipe.stages[0].template}
     save_model(model, processor, init, metadata)
     run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
     return str(init)
