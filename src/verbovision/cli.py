@@ -316,8 +316,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--prompt", help="what to ask (default: the prompt a plain-template model was trained on, else "
-                                    "'Describe the image briefly.')")
+    p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
+                                    "language, else 'Describe the image briefly.')")
     _decode_args(p)
 
     p = command("ask", cmd_ask, "answer a question about an image")

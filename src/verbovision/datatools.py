@@ -32,6 +32,7 @@ from .data import (
     RecordError,
     SkipLog,
     Turn,
+    is_question,
     require_usable,
     skip_reason,
 )
@@ -326,11 +327,6 @@ class CleanReport:
         lines = [f"{self.out / 'data.json'}: kept {self.kept} of {total} records"]
         lines += [f"  removed {n:>7}  {reason}" for reason, n in self.removed.most_common()]
         return "\n".join(lines + [f"every removal, with its reason: {self.out / 'removed.jsonl'}"])
-
-
-def is_question(prompt: str) -> bool:
-    """A user turn that asks a question (has a question mark), whose reply is an answer rather than a caption."""
-    return "?" in prompt or "\uff1f" in prompt  # ASCII or full-width (Chinese/Japanese) question mark
 
 
 def exchanges(record: Record) -> Iterator[tuple[str, str]]:
