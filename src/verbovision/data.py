@@ -67,6 +67,11 @@ INVALID_JSON = "invalid JSON"
 """The kinds of record problems above: checks and training count them by these names."""
 
 
+def is_question(prompt: str) -> bool:
+    """A user turn that asks a question (has a question mark), whose reply is an answer rather than a caption."""
+    return "?" in prompt or "\uff1f" in prompt  # ASCII or full-width (Chinese/Japanese) question mark
+
+
 class RecordError(DataError):
     """One record cannot be used (the rest of its file can); `kind` is one of the problem kinds above."""
 
@@ -312,7 +317,8 @@ class Encoder:
         """The BOS a text starts with unless it starts with it already: the tokenizer's, where it starts texts with
         one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way."""
         self.prompts: Counter[str] = Counter()
-        """The prompts of the image turns encoded for training (text beside the images), for `trained_prompt`."""
+        """The caption prompts of the image turns encoded for training (text beside the images that asks no
+        question), for `trained_prompt`."""
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
@@ -332,7 +338,8 @@ class Encoder:
 
     @property
     def trained_prompt(self) -> str | None:
-        """The prompt seen most often beside an image in the records encoded for training (None if none was)."""
+        """The caption prompt seen most often beside an image in the records encoded for training, in the data's
+        language (None if none was); what `verbo caption` asks the trained model."""
         return self.prompts.most_common(1)[0][0] if self.prompts else None
 
     def _image_text(self, text: str) -> str:
@@ -433,8 +440,9 @@ class Encoder:
         if not for_generation and all(label == -100 for label in labels):
             raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
         if not for_generation:
-            self.prompts.update(t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
-                                if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            prompts = (t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
+                       if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            self.prompts.update(p for p in prompts if not is_question(p))
         return Encoded(record.id, ids, labels, record.images)
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
