@@ -362,13 +362,17 @@ def make_tiny_deepseek_vl_hybrid(out: Path, texts: list[str]) -> Path:
     """DeepseekVLHybridForConditionalGeneration (deepseek-community/deepseek-vl-7b-chat layout): a SAM branch at 64x64
     beside SigLIP at 32x32, both reduced to SigLIP's 4x4 grid."""
     tokenizer = _deepseek_tokenizer(texts)
+    # SAM's default initializer_range (1e-10) would leave a random branch's features all but zero.
     high_res = SamVisionConfig(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2,
-                               mlp_dim=64, image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1])
+                               mlp_dim=64, image_size=64, patch_size=8, window_size=4, global_attn_indexes=[1],
+                               initializer_range=0.02)
     config = DeepseekVLHybridConfig(text_config=_deepseek_text_config(tokenizer),
                                     vision_config=SiglipVisionConfig(**TINY_VISION), high_res_vision_config=high_res,
                                     image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
     torch.manual_seed(0)
     model = DeepseekVLHybridForConditionalGeneration(config)
+    with torch.no_grad():  # initialized to 0, which would cut the global-attention branch off (trained: non-zero)
+        model.model.high_res_vision_alpha.fill_(0.5)
     image_processor = DeepseekVLHybridImageProcessorPil(**SQUARE_32, high_res_size={"height": 64, "width": 64})
     processor = DeepseekVLHybridProcessor(image_processor, tokenizer, chat_template=DEEPSEEK_VL_TEMPLATE,
                                           num_image_tokens=SIGLIP_TOKENS)
