@@ -215,7 +215,7 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
                                        f"stage {stage.name}")
         features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     if stage.packing:
-        check_packing(model, encoder.family)
+        encoder.family.check_packing()
     steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
@@ -385,14 +385,6 @@ def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None
     elif stage.group_by_length:
         order = length_grouped(order, batch_size, seed)
     return list(iter_batches(order, batch_size))
-
-
-def check_packing(model, family) -> None:
-    # Qwen2-VL and its kin (Qwen2.5-VL, Qwen3-VL, GLM-4V...) compute their own 3-D rotary positions from the whole
-    # row (`get_rope_index`), so restarted positions would not reach them: each sample would train on other positions
-    # than it has alone.
-    if family.images != IMAGES_IN_TEXT or any(hasattr(m, "get_rope_index") for m in model.modules()):
-        raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
 
 
 def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable, Callable]:
