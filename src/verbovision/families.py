@@ -68,6 +68,7 @@ SUPPORT: dict[str, Support] = {
     "cohere2_vision": Support(caches_features=True),
     "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",)),
     "internvl": Support(processor_only=("num_patches",)),
 }
