@@ -21,6 +21,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
+from .tiny_families_qwen_like import make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -37,6 +38,10 @@ FAMILIES = {
             ["query", "key", "value", "dense"]),
     "vision-encoder-decoder": (make_tiny_vision_encoder_decoder, "caption", {"vision": "frozen", "language": "lora"},
                                "all-linear"),
+    "qwen3_vl": (make_tiny_qwen3_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                 "all-linear"),
+    "deepseek_vl_hybrid": (make_tiny_deepseek_vl_hybrid, "chat",
+                           {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
 }
 
 def _stage(family: str, **overrides) -> dict:
@@ -101,6 +106,16 @@ COMPONENT_OPTIONS = {
                  ["model.visual.blocks.1"], ["model.visual.blocks.1"]),
     "git": ({"vision": "frozen", "connector": "full", "language": "last:1"},
             ["git.visual_projection", "git.encoder.layer.1"], ["git.visual_projection", "git.encoder.layer.1"]),
+    # the DeepStack mergers are projectors too
+    "qwen3_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                 ["model.visual.merger", "model.visual.deepstack_merger_list"],
+                 ["model.visual.merger", "model.visual.deepstack_merger_list"]),
+    # the high-resolution SAM branch is vision too (SigLIP's pooling head is unused: it stays as it was)
+    "deepseek_vl_hybrid": ({"vision": "full", "connector": "frozen", "language": "frozen"},
+                           ["model.vision_model.encoder", "model.high_res_vision_model", "model.high_res_vision_neck",
+                            "model.high_res_vision_proj"],
+                           ["model.vision_model", "model.high_res_vision_model", "model.high_res_vision_neck",
+                            "model.high_res_vision_proj"]),
 }
 
 

@@ -26,14 +26,19 @@ from .errors import ConfigError
 IMAGES_IN_TEXT, PREFIX, ENCODER = "image-tokens", "prefix", "encoder"
 
 COMPONENT_MODULES = {
-    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder"),
+    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder",
+               # DeepSeek-VL-Hybrid's high-resolution branch: SAM tower, its global-attention neck, convolutions down
+               # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
+               # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
+               "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
-                  "git.visual_projection", "enc_to_dec_proj"),
+                  "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder"),
 }
 """Where each component lives, across families (transformers v5 module names; the longest matching prefix wins, so
-Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower)."""
+Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are Qwen3-VL's
+DeepStack mergers, which project intermediate vision layers into the first LM layers)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -72,6 +77,7 @@ SUPPORT: dict[str, Support] = {
     "cohere2_vision": Support(caches_features=True),
     "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
