@@ -26,14 +26,16 @@ from .errors import ConfigError
 IMAGES_IN_TEXT, PREFIX, ENCODER = "image-tokens", "prefix", "encoder"
 
 COMPONENT_MODULES = {
-    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder"),
+    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder",
+               "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.visual.merger", "git.visual_projection",
-                  "enc_to_dec_proj"),
+                  "enc_to_dec_proj", "query_tokens", "qformer", "language_projection"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
-                 "decoder"),
+                 "decoder", "language_model"),
 }
-"""Where each component lives, across families (transformers v5 module names; the longest matching prefix wins, so
-Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower)."""
+"""Where each component lives, across families (transformers v5 module or parameter names; the longest matching
+prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower). BLIP-2's
+connector is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -117,7 +119,7 @@ class Components:
     """Which of a model's modules make up its vision, connector and language components."""
 
     def __init__(self, model: nn.Module):
-        names = {strip_peft(n) for n, _ in model.named_modules()}
+        names = {strip_peft(n) for named in (model.named_modules(), model.named_parameters()) for n, _ in named}
         self.prefixes = {c: tuple(p for p in candidates if p in names) for c, candidates in COMPONENT_MODULES.items()}
         missing = [c for c in ("vision", "language") if not self.prefixes[c]]
         if missing:

@@ -389,7 +389,9 @@ def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None
 
 def check_packing(family) -> None:
     # Qwen2-VL computes its own 3-D rotary positions from the whole row, so restarted positions would not reach it.
-    if family.images != IMAGES_IN_TEXT or family.name in ("qwen2_vl", "qwen2_5_vl"):
+    # BLIP-2's forward turns a missing attention mask into ones, which hides the sample boundaries from transformers:
+    # every sample would attend to the ones before it in its row.
+    if family.images != IMAGES_IN_TEXT or family.name in ("qwen2_vl", "qwen2_5_vl", "blip-2"):
         raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
 
 

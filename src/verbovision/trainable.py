@@ -85,6 +85,11 @@ def configure_trainable(model: nn.Module, stage: Stage):
     if "vision" in lora_components:
         warnings.warn("LoRA on the vision tower: serving engines such as vLLM apply LoRA to the language model only; "
                       "merge the adapter before serving there.", stacklevel=2)
+    bare = [name for name, _ in model.named_parameters() if name in trained]
+    if bare:
+        warnings.warn(f"LoRA stage: {', '.join(bare)} stay frozen: they are parameters outside any module, and PEFT "
+                      "adapters save whole modules only; train them in a stage without LoRA.", stacklevel=2)
+        trained = [m for m in trained if m not in bare]
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
