@@ -1,5 +1,6 @@
 """VerboVision on the families of tests/tiny_families_encoder_grounding.py: BLIP-2 trains, merges and prompts as its
-own processor does; packing is refused (its samples would attend to each other)."""
+own processor does (packing refused: its samples would attend to each other); Florence-2, InstructBLIP and Kosmos-2
+are refused as they load, with the reason."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def test_blip2_connector_is_its_qformer_queries_and_projection(tmp_path, shapes_
              "train": {"vision": "frozen", "connector": "full", "language": "frozen"}}
     changed = _changed(base, _run(tmp_path, shapes_data, base, stage))
     _assert_changed_exactly(changed, BLIP2_CONNECTOR, BLIP2_CONNECTOR)
+
+
+REFUSED = {
+    "florence2": "whose encoder reads the prompt with the image.s tokens",
+    "instructblip": "requires qformer_input_ids",
+    "kosmos-2": "Kosmos2Processor has no image token",
+}
+
+
+@pytest.mark.parametrize("family", REFUSED)
+def test_unsupported_family_is_refused_as_it_loads(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    base = BUILDERS[family](tmp_path / "base", tiny_tokenizer_texts)
+    with pytest.raises(ConfigError, match=f"{family} models are not supported: .*{REFUSED[family]}"):
+        VLM(base, device="cpu")
+    stage = {"name": "lora", "template": "plain", "data": CAPTIONS, "max_steps": 1, "batch_size": 2,
+             "train": {"vision": "frozen", "connector": "full", "language": "lora"},
+             "lora": {**LORA, "target": "all-linear"}}
+    with pytest.raises(ConfigError, match=f"{family} models are not supported"):
+        _run(tmp_path, shapes_data, base, stage)
 
 
 def test_blip2_packing_is_refused_since_its_samples_would_see_each_other(tmp_path, shapes_data, tiny_tokenizer_texts):

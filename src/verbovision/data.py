@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
 from .tokenizer import with_image_parts
 
@@ -153,7 +153,12 @@ class ImageTokens:
 
     _PROBE_SIZES = ((40, 30), (640, 480))
 
-    def __init__(self, processor):
+    def __init__(self, processor, family: Family = IMAGE_TOKEN_FAMILY):
+        # Kosmos-2's processor marks where the features go in a mask of its own (image_embeds_position_mask), over
+        # ordinary vocabulary ids that nothing else tells from text.
+        if getattr(processor, "image_token", None) is None:
+            raise ConfigError(f"{family.name} models are not supported: {type(processor).__name__} has no image "
+                              "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
         self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
         self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
@@ -296,7 +301,7 @@ class Encoder:
         self.tokenizer = processor.tokenizer
         self.template = template
         self.max_length = max_length
-        self.image_tokens = ImageTokens(processor) if family.images == IMAGES_IN_TEXT else None
+        self.image_tokens = ImageTokens(processor, family) if family.images == IMAGES_IN_TEXT else None
         in_text = self.image_tokens is not None and not self.image_tokens.written_first
         self.image_token = self.image_tokens.token if in_text else None
         """The image token of the rendered text (None where the text holds none)."""

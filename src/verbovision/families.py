@@ -75,6 +75,10 @@ def family_of(config) -> Family:
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,))
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
+        if getattr(config.get_text_config(), "is_encoder_decoder", False):  # Florence-2 (BART), BLIP-2 with Flan-T5
+            raise ConfigError(f"{kind} models are not supported: their language model is an encoder-decoder whose "
+                              "encoder reads the prompt with the image's tokens; VerboVision's encoder-decoders take the "
+                              "image alone in the encoder and the whole text in the decoder")
         start = config.decoder_start_token_id
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
@@ -87,6 +91,19 @@ def forward_parameters(model_class: type) -> frozenset[str]:
     """The inputs a model class's forward names; anything else lands in its **kwargs, where it may go unread."""
     parameters = inspect.signature(model_class.forward).parameters.values()
     return frozenset(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def check_required_inputs(model: nn.Module, processor) -> None:
+    """Refuse a model whose forward requires an input that VerboVision never gives it: it passes the tokenizer's ids
+    and the image processor's tensors, not InstructBLIP's `qformer_input_ids` (the prompt again, through the
+    Q-Former's own tokenizer)."""
+    parameters = list(inspect.signature(type(model).forward).parameters.values())[1:]  # after self
+    required = {p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    given = {"input_ids", "attention_mask", *processor.image_processor.model_input_names}
+    if missing := sorted(required - given):
+        raise ConfigError(f"{model.config.model_type} models are not supported: {type(model).__name__}.forward "
+                          f"requires {', '.join(missing)}, which VerboVision does not give it (only the tokenizer's "
+                          "ids and the image processor's tensors)")
 
 
 def named_inputs(model: nn.Module) -> frozenset[str]:
