@@ -32,6 +32,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
+from .tiny_families_encoder_grounding import make_tiny_blip_2
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -60,6 +61,7 @@ MATRIX = {
                 ["query", "key", "value", "dense"], PREFIX),
     "vision-encoder-decoder": Case(make_tiny_vision_encoder_decoder, "caption",
                                    {"vision": "frozen", "language": "lora"}, images=ENCODER),
+    "blip-2": Case(make_tiny_blip_2, "caption", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
