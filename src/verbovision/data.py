@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
 from .tokenizer import with_image_parts
 
@@ -152,16 +152,25 @@ class ImageTokens:
 
     Asked of the processor once per image size (once in all when the count does not depend on the size, as for
     Llava), so the text always holds exactly the tokens the model's features will fill, in every family: Llava's
-    repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s.
+    repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s,
+    BLIP-2's query tokens (which its processor writes in front of every text, whatever the text holds).
     """
 
     _PROBE_SIZES = ((40, 30), (640, 480))
 
-    def __init__(self, processor):
+    def __init__(self, processor, family: Family = IMAGE_TOKEN_FAMILY):
+        # Kosmos-2's processor marks where the features go in a mask of its own (image_embeds_position_mask), over
+        # ordinary vocabulary ids that nothing else tells from text.
+        if getattr(processor, "image_token", None) is None:
+            raise ConfigError(f"{family.name} models are not supported: {type(processor).__name__} has no image "
+                              "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
-        self.token = processor.image_token
+        self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
         self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
         self._by_size: dict[tuple[int, int], list[int]] = {}
+        self.written_first = self._writes_images_first()
+        """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
+        image token in the text would stay there, one token more than the model has features for."""
         small, large = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = small if small == large else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
@@ -182,9 +191,16 @@ class ImageTokens:
     def _expand(self, size: tuple[int, int]) -> list[int]:
         return list(self._processed(size)["input_ids"][0])
 
-    def _processed(self, size: tuple[int, int]) -> dict:
-        blank = Image.new("RGB", size)
-        return self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)
+    def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
+        """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
+        text = ("" if self.written_first else self.token) if text is None else text
+        return self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
+
+    def _writes_images_first(self) -> bool:
+        try:
+            return self.token_id in self._processed(self._PROBE_SIZES[0], text="")["input_ids"][0]
+        except ValueError:  # processors that expand the image token refuse an image whose token the text lacks
+            return False
 
     def _token_types(self) -> tuple[str, frozenset[int]] | None:
         """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
@@ -266,17 +282,19 @@ def with_trained_template(processor, family: Family, metadata: dict):
     """A copy of the processor to save with a model trained in the template `metadata` names. For plain and caption
     its default chat template is the layout the model was trained on (with the trained prompt of `metadata`), and
     the model's own is kept under the name `chat` for later chat stages; for chat, the model's own is the default.
-    Families whose images are not in the text (GIT, encoder-decoders) keep their own: their texts start with tokens
-    that their processors add, which a chat template cannot express."""
+    Families whose images are not in the text (GIT, encoder-decoders, BLIP-2) keep their own: their texts start with
+    tokens that their processors add, which a chat template cannot express."""
     current = getattr(processor, "chat_template", None)
     named = dict(current) if isinstance(current, dict) else {"default": current}
     own = own_chat_template(current)
-    if metadata.get("template", "chat") == "chat" or family.images != IMAGES_IN_TEXT:
+    template = metadata.get("template", "chat")
+    layout = (Encoder(processor, template, family=family, prompt=metadata.get("prompt"))
+              if template != "chat" and family.images == IMAGES_IN_TEXT else None)
+    if layout is None or layout.image_token is None:
         named.update({"default": own, CHAT_TEMPLATE_NAME: None})
     else:
         if own is None and (text_only := own_chat_template(processor.tokenizer.chat_template)):
-            own = with_image_parts(text_only, processor.image_token)  # the processor's template takes typed parts
-        layout = Encoder(processor, metadata["template"], family=family, prompt=metadata.get("prompt"))
+            own = with_image_parts(text_only, layout.image_token)  # the processor's template takes typed parts
         named.update({"default": layout.layout_template(), CHAT_TEMPLATE_NAME: own})
     named = {name: template for name, template in named.items() if template}  # others (tool use...) stay
     saved = copy.copy(processor)
@@ -291,6 +309,8 @@ class Encoder:
 
     Text is rendered with one image token per image (or none, for families that take images outside the text),
     tokenized, labelled from the character spans of the replies, then each image token is expanded (`ImageTokens`).
+    Where the processor writes the image tokens in front of the text itself (BLIP-2), the text holds none and the
+    image's tokens come first, before the BOS, as that processor puts them.
     """
 
     def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop",
@@ -305,8 +325,10 @@ class Encoder:
         self.tokenizer = processor.tokenizer
         self.template = template
         self.max_length = max_length
-        self.image_tokens = ImageTokens(processor) if family.images == IMAGES_IN_TEXT else None
-        self.image_token = self.image_tokens.token if self.image_tokens else None
+        self.image_tokens = ImageTokens(processor, family) if family.images == IMAGES_IN_TEXT else None
+        in_text = self.image_tokens is not None and not self.image_tokens.written_first
+        self.image_token = self.image_tokens.token if in_text else None
+        """The image token of the rendered text (None where the text holds none)."""
         self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
         self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
         """Ends every reply in the plain and caption templates (BERT-style tokenizers such as GIT's end with [SEP])."""
@@ -446,13 +468,15 @@ class Encoder:
         return Encoded(record.id, ids, labels, record.images)
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-        """Each image token replaced by the tokens of its image; families without image tokens take one image."""
-        if self.image_tokens is None:
+        """Each image token replaced by the tokens of its image; families without image tokens in the text take one
+        image, whose tokens (if any) come first."""
+        if self.image_token is None:
             if len(record.images) != 1:
                 raise RecordError(record.source, record.id, IMAGE_TOKENS,
                                   f"{self.family.name} takes exactly one image per text; the record has "
                                   f"{len(record.images)}")
-            return ids, labels
+            first = self.image_tokens.ids(record.images[0]) if self.image_tokens else []
+            return first + ids, [-100] * len(first) + labels
         found = ids.count(self.image_token_id)
         if found != len(record.images):
             raise RecordError(record.source, record.id, IMAGE_TOKENS,

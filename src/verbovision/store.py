@@ -94,6 +94,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
     after loading, an adapter being merged first (int8 layers take no adapter).
     """
+    from .families import check_required_inputs
     from .quantize import quantization_config, quantize_dynamic_int8
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
@@ -116,6 +117,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
         model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
         processor = load_processor(path_str)
+        check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
         model.to(device or ("cpu" if in_memory else default_device()))
     model.eval()

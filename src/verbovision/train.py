@@ -189,6 +189,8 @@ class StageSetup:
 def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
     model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
+    # First: it refuses the families whose texts VerboVision cannot write, before anything is set up for them.
+    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     if is_quantized(model):
         from peft import prepare_model_for_kbit_training
 
@@ -202,7 +204,6 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         # In place: parameter names (checkpoints, adapters) stay as they are. Dynamic shapes: every batch has its
         # own padded length, which would otherwise recompile.
         model.compile(backend=stage.compile, dynamic=True)
-    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips, "validation records",
                                  f"stage {stage.name}")
