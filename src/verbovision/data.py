@@ -381,7 +381,27 @@ class Encoder:
                 start = len(self._chat(messages[:i], add_generation_prompt=True))
                 end = len(self._chat(messages[: i + 1]))
                 spans.append((start, end))
-        return self._chat(messages, add_generation_prompt), spans
+        text = self._chat(messages, add_generation_prompt)
+        return (text, spans) if add_generation_prompt else self._with_ended_replies(text, spans)
+
+    def _with_ended_replies(self, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+        """A training text whose every reply ends in a special token: templates that write none after a reply
+        (llava-hf's; DeepSeek-VL's after the last one) get the EOS there, inside the reply's span, as LLaVA's own
+        training appends `</s>`, so that the model learns to stop. Prompts for generation stay as the template
+        writes them."""
+        ends = {self.tokenizer.eos_token, *self.tokenizer.all_special_tokens,
+                *(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)} - {None, ""}
+        shift, ended = 0, []
+        for start, end in spans:
+            start, end = start + shift, end + shift
+            reply = text[start:end]
+            if not any(token in reply for token in ends):
+                cut = start + len(reply.rstrip())
+                text = text[:cut] + self.end_token + text[cut:]
+                end += len(self.end_token)
+                shift += len(self.end_token)
+            ended.append((start, end))
+        return text, ended
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if not messages:
