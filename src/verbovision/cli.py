@@ -111,15 +111,18 @@ def cmd_build(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .recipe import load_recipe
+    from .recipe import load_recipe, recipe_file
     from .train import train_and_report
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    path = recipe_file(args.recipe)
+    if path != Path(args.recipe):
+        print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
+    recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from .distributed import launch
 
-        argv = ["train", args.recipe, *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
+        argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
         if launch(args.nproc, argv, args.accelerate_config):
             raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
         return
@@ -267,7 +270,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = command("train", cmd_train, "run a recipe's training stages")
-    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, or the name of a shipped recipe (quickstart, "
+                                                     "geovlm...: the files of recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")

@@ -1,0 +1,117 @@
+"""A new user's mistakes, each through the CLI: one `verbo: error:` line naming the input and what to do, exit 2,
+at once (no hub retries, no traceback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
+
+from .test_serve import free_port
+from .test_train import stage, tiny_recipe
+
+HUB_ID = "someone/tiny-vlm"
+"""A hub id no test may download: it is in no cache but the one a test makes."""
+
+
+def run_verbo(*args: str, cwd: Path | None = None, **env: str | None) -> subprocess.CompletedProcess:
+    """`verbo ARGS` in a fresh process, with environment variables set (or removed, where None)."""
+    environ = {**os.environ, **env}
+    environ = {k: v for k, v in environ.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "verbovision", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=environ)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failed command printed (the test fails if it printed anything else on stderr)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("verbo: error: "), result.stderr
+    return lines[0].removeprefix("verbo: error: ")
+
+
+def unreachable_hub(tmp_path: Path) -> dict:
+    """An environment whose hub is a closed port on this machine and whose hub cache is empty (or a test's own)."""
+    return {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory, tiny_vision, tiny_lm) -> Path:
+    out = tmp_path_factory.mktemp("vlm")
+    spec = ModelSpec(VisionSpec(name=tiny_vision["siglip"]), LanguageSpec(name=tiny_lm["qwen2"]), ConnectorSpec(),
+                     image_token="<|image_pad|>")
+    save_model(*build_vlm(spec), out, {"template": "chat"})
+    return out
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "img.png")
+    return tmp_path / "img.png"
+
+
+def test_hub_id_while_the_hub_is_unreachable(tmp_path, image):
+    env = unreachable_hub(tmp_path)
+    message = error_line(run_verbo("caption", HUB_ID, str(image), **env))
+    assert message.startswith(f"model {HUB_ID}: no such directory, and the model hub cannot be reached "
+                              f"({env['HF_ENDPOINT']}: ")
+    assert message.endswith("check the connection (HF_ENDPOINT, proxy), or give a model directory")
+
+
+def test_hub_id_offline_and_not_cached(tmp_path, image):
+    message = error_line(run_verbo("caption", HUB_ID, str(image), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")))
+    assert message == (f"model {HUB_ID}: no such directory, and not in the hub cache while HF_HUB_OFFLINE is set "
+                       "(unset it to download the model, or give a model directory)")
+
+
+def test_cached_hub_model_loads_from_the_cache_when_the_hub_is_unreachable(tmp_path, tiny_vlm, image):
+    env = unreachable_hub(tmp_path)
+    repo = Path(env["HF_HOME"]) / "hub" / f"models--{HUB_ID.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(tiny_vlm, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    result = run_verbo("caption", HUB_ID, str(image), "--max-new-tokens", "2", **env)
+    assert result.returncode == 0, result.stderr
+    assert f"the model hub cannot be reached ({env['HF_ENDPOINT']}: " in result.stderr
+    assert f"loading {HUB_ID} from the cache" in result.stderr
+    assert result.stdout.startswith(f"{image}\t")
+
+
+def test_mistyped_directories_in_build_and_recipe(tmp_path, tiny_vision, shapes_data):
+    message = error_line(run_verbo("build", "--vision", tiny_vision["siglip"], "--language", "/typo/lm", "--out",
+                                   str(tmp_path / "model")))
+    assert message == "language model /typo/lm: no such directory (and not a hub id of the form owner/name)"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
+    message = error_line(run_verbo("train", str(tmp_path / "r.yaml"), "model.vision.name=/typo/encoder", "--out",
+                                   str(tmp_path / "run")))
+    assert message == "vision encoder /typo/encoder: no such directory (and not a hub id of the form owner/name)"
+
+
+def test_language_model_or_encoder_given_as_model(tiny_lm, tiny_vision, image):
+    lm, encoder = tiny_lm["qwen2"], tiny_vision["siglip"]
+    assert error_line(run_verbo("caption", lm, str(image))) == (
+        f"{lm}: a language model (qwen2), not an image-text model; compose it with a vision encoder first: "
+        f"verbo build --vision ENCODER --language {lm} --out DIR")
+    assert error_line(run_verbo("ask", encoder, str(image), "What is it?")) == (
+        f"{encoder}: a vision encoder (siglip_vision_model), not an image-text model; compose it with a language "
+        f"model first: verbo build --vision {encoder} --language LM --out DIR")
+
+
+def test_recipe_name_that_is_also_a_folder_trains_the_shipped_recipe(tmp_path):
+    (tmp_path / "quickstart").mkdir()  # what `verbo quickstart` leaves in the folder it runs in
+    result = run_verbo("train", "quickstart", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    note, error = result.stderr.strip().splitlines()
+    assert note.startswith("verbo: training the shipped recipe ") and note.endswith("quickstart.yaml")
+    # The shipped recipe was read: its data_root (data/shapes) is not in this folder.
+    assert error == "verbo: error: data/shapes/train/caption_short_en.json: data file not found"
+    assert error_line(run_verbo("train", str(tmp_path / "quickstart"))) == (
+        f"{tmp_path / 'quickstart'}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
