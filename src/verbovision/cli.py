@@ -210,7 +210,7 @@ EXAMPLES = {
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
-    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json\n"
+    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
             "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
             "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014",
     "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
