@@ -14,6 +14,8 @@ import yaml
 from PIL import Image
 
 from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
+from verbovision.errors import DataError
+from verbovision.recipe import parse_recipe
 
 from .test_serve import free_port
 from .test_train import stage, tiny_recipe
@@ -115,3 +117,32 @@ def test_recipe_name_that_is_also_a_folder_trains_the_shipped_recipe(tmp_path):
     assert error == "verbo: error: data/shapes/train/caption_short_en.json: data file not found"
     assert error_line(run_verbo("train", str(tmp_path / "quickstart"))) == (
         f"{tmp_path / 'quickstart'}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
+
+
+def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    for out in (tmp_path / "new-run", tmp_path / "empty-run"):
+        if out.name == "empty-run":
+            out.mkdir()
+        failed = run_verbo("train", str(tmp_path / "r.yaml"), "model.language.name=/typo/lm", "--out", str(out))
+        assert error_line(failed).startswith("language model /typo/lm: no such directory")
+        assert not out.exists() if out.name == "new-run" else not any(out.iterdir())
+    rerun = run_verbo("train", str(tmp_path / "r.yaml"), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "final/config.json").exists()
+
+
+def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
+    from verbovision import train
+
+    def second_stage_fails(recipe, stage, base, run_dir):
+        if stage.name == "t":
+            raise DataError("stage t cannot start")
+        return prepare_stage(recipe, stage, base, run_dir)
+
+    prepare_stage = train.prepare_stage
+    monkeypatch.setattr(train, "prepare_stage", second_stage_fails)
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1), stage("t", max_steps=1)]))
+    with pytest.raises(DataError, match="stage t cannot start"):
+        train.train_recipe(recipe, tmp_path / "run")
+    assert (tmp_path / "run/stages/0-s/done.json").exists() and (tmp_path / "run/config.yaml").exists()
