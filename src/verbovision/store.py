@@ -13,6 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -106,7 +109,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from peft import PeftModel
 
         base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
-        model = PeftModel.from_pretrained(base, path_str)
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(base, path_str)
         if in_memory:
             model = model.merge_and_unload()
     else:
@@ -127,6 +131,15 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around wrapping a model in PEFT, which asks it `is_gradient_checkpointing`: transformers releases that renamed
+    it `is_activation_checkpointing` answer with a FutureWarning each time, about PEFT's code, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def not_a_model(folder: Path) -> str:
