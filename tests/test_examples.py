@@ -147,6 +147,9 @@ def workspace(tmp_path_factory, plain_model_dir, shapes_data) -> Path:
     images = sorted((shapes_data / "images").glob("*.png"))
     for name, image in zip(("a.png", "b.png", "img.png", "img1.png", "img2.png", "photo.png"), images):
         shutil.copy(image, root / name)
+    (root / "photos").mkdir()
+    for image in images[:3]:
+        shutil.copy(image, root / "photos" / image.name)
     (root / "data").mkdir()
     (root / "data/shapes").symlink_to(shapes_data)
     return root
@@ -170,6 +173,10 @@ def run_help_example(line: str, cwd: Path) -> str:
 def test_help_examples_that_fit_a_cpu_run_as_written(workspace):
     captions = run_help_example("verbo caption runs/qs/final img1.png img2.png", workspace)
     assert [row.split("\t")[0] for row in captions.splitlines()] == ["img1.png", "img2.png"]
+    folder = run_help_example("verbo caption runs/qs/final photos/                # every image in the folder, by name",
+                              workspace)
+    assert [row.split("\t")[0] for row in folder.splitlines()] == sorted(f"photos/{p.name}"
+                                                                      for p in (workspace / "photos").iterdir())
     sampled = run_help_example("verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0", workspace)
     assert sampled.startswith("img.png\t")
     assert run_help_example('verbo ask runs/qs/final img.png "How many shapes are there?"', workspace).strip()

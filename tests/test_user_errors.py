@@ -3,8 +3,10 @@ at once (no hub retries, no traceback)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ import yaml
 from PIL import Image
 
 from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
+from verbovision.cli import main
 from verbovision.errors import DataError
 from verbovision.recipe import parse_recipe
 
@@ -146,3 +149,48 @@ def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monk
     with pytest.raises(DataError, match="stage t cannot start"):
         train.train_recipe(recipe, tmp_path / "run")
     assert (tmp_path / "run/stages/0-s/done.json").exists() and (tmp_path / "run/config.yaml").exists()
+
+
+def test_run_folder_given_as_model_names_its_final(tmp_path, image):
+    run = tmp_path / "run"
+    (run / "stages/0-s/model").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    assert error_line(run_verbo("caption", str(run), str(image))) == (
+        f"{run}: a run folder whose training has not finished (no final model): continue it with "
+        f"`verbo train ... --out {run} --resume`, or give a stage's model (stages/*/model)")
+    (run / "final").symlink_to("stages/0-s/model")
+    (run / "final/config.json").write_text("{}")
+    assert error_line(run_verbo("caption", str(run), str(image))) == (
+        f"{run}: a run folder, not a model; its trained model is {run / 'final'}")
+
+
+def test_caption_folder_without_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert error_line(run_verbo("caption", "any/model", str(tmp_path))) == (
+        f"{tmp_path}: a folder without images (.jpg .jpeg .png .webp .bmp .gif .tif .tiff)")
+
+
+def test_coco_file_whose_images_are_elsewhere_asks_for_image_root(tmp_path, image, capsys):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "photos").mkdir()
+    image = image.rename(tmp_path / "photos" / image.name)  # not beside the annotations, nor a folder guessed
+    coco = tmp_path / "annotations/captions_val2014.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": image.name}],
+                                "annotations": [{"image_id": 1, "caption": "a red square"}]}))
+    message = error_line(run_verbo("eval", "any/model", "--data", str(coco)))
+    assert message.startswith(f"{coco}: record '1': {tmp_path / 'annotations' / image.name}: image not found; ")
+    assert message.endswith("if the images are elsewhere, say where with image_root (--image-root)")
+    assert main(["data", "check", str(coco), "--image-root", str(tmp_path / "photos")]) == 0  # as the hint says
+    assert "1 records, 1 usable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_written_follow_the_umask(shapes_data, tmp_path, umask):
+    out = tmp_path / "llava.json"
+    previous = os.umask(umask)
+    try:
+        assert main(["data", "convert", str(shapes_data / "val/caption_short_en.json"), "--to", "llava",
+                     "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -170,7 +170,10 @@ def _print_scores(result) -> None:
 
 
 def cmd_caption(args) -> None:
-    for image, caption in zip(args.images, _replies(args, args.images, args.prompt)):
+    from .readers import image_files
+
+    images = image_files(args.images)
+    for image, caption in zip(images, _replies(args, images, args.prompt)):
         print(f"{image}\t{caption}")
 
 
@@ -209,6 +212,7 @@ EXAMPLES = {
     "merge": "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
+               "  verbo caption runs/qs/final photos/                # every image in the folder, by name\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
     "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
             "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
@@ -307,7 +311,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders whose images are all captioned")
     p.add_argument("--prompt", help="what to ask (default: the prompt a plain-template model was trained on, else "
                                     "'Describe the image briefly.')")
     _decode_args(p)

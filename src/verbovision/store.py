@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import sys
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +30,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file so that readers see either the old or the new content, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
+    # Created as open() creates files, read-write for all less the umask (mkstemp's would stay private: 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
