@@ -48,7 +48,7 @@ from .data import with_trained_template
 from .errors import ConfigError, VerboError
 from .families import family_of
 from .quantize import is_quantized
-from .store import MODEL_METADATA, explained_import_error, save_processor, write_json
+from .store import MODEL_METADATA, check_model_source, explained_import_error, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
 
@@ -308,6 +308,9 @@ def _load_pretrained_vision(spec: VisionSpec, vcfg) -> PreTrainedModel:
 
 def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build the VLM and its processor. `tokenizer` is required when the LM is built from scratch."""
+    for name, what in ((spec.vision.name, "vision encoder"), (spec.language.name, "language model")):
+        if name:
+            check_model_source(name, what)
     if spec.language.name:
         tokenizer = prepare_pretrained_tokenizer(spec.language.name, spec.image_token)
     elif tokenizer is None:

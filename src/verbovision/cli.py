@@ -126,15 +126,18 @@ def cmd_build(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .recipe import load_recipe
+    from .recipe import load_recipe, recipe_file
     from .train import train_and_report
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    path = recipe_file(args.recipe)
+    if path != Path(args.recipe):
+        print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
+    recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from .distributed import launch
 
-        argv = ["train", args.recipe, *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
+        argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
         if launch(args.nproc, argv, args.accelerate_config):
             raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
         return
@@ -182,7 +185,10 @@ def _print_scores(result) -> None:
 
 
 def cmd_caption(args) -> None:
-    for image, caption in zip(args.images, _replies(args, args.images, args.prompt)):
+    from .readers import image_files
+
+    images = image_files(args.images)
+    for image, caption in zip(images, _replies(args, images, args.prompt)):
         print(f"{image}\t{caption}")
 
 
@@ -221,8 +227,9 @@ EXAMPLES = {
     "merge": "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
+               "  verbo caption runs/qs/final photos/                # every image in the folder, by name\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
-    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json\n"
+    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
             "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
             "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014",
     "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
@@ -283,7 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = command("train", cmd_train, "run a recipe's training stages")
-    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, or the name of a shipped recipe (quickstart, "
+                                                     "geovlm...: the files of recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
@@ -319,7 +327,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders whose images are all captioned")
     p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
                                     "language, else 'Describe the image briefly.')")
     _decode_args(p)

@@ -608,8 +608,9 @@ class SkipLog:
         return f"{len(self)} skipped: {kinds}{more}; e.g. {self.examples[top[0][0]][0]}"
 
 
-_SKIP_HINTS = {MISSING_IMAGE: "relative image paths start at the data file's folder (COCO: a guess near it); "
-                              "if the images are elsewhere, say where with image_root (--image-root)"}
+SKIP_HINTS = {MISSING_IMAGE: "relative image paths start at the data file's folder (COCO: a guess near it); "
+                             "if the images are elsewhere, say where with image_root (--image-root)"}
+"""What to do about a kind of unusable record, where one fix usually serves them all."""
 
 
 def require_usable(usable: int, skips: SkipLog, what: str, context: str | None = None) -> None:
@@ -619,7 +620,7 @@ def require_usable(usable: int, skips: SkipLog, what: str, context: str | None =
     if usable:
         return
     top = skips.counts.most_common(1)
-    hint = _SKIP_HINTS.get(top[0][0]) if top else None
+    hint = SKIP_HINTS.get(top[0][0]) if top else None
     prefix = f"{context}: " if context else ""
     raise DataError(f"{prefix}0 usable {what} ({skips.describe()})" + (f"; {hint}" if hint else ""))
 

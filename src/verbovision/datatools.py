@@ -280,8 +280,9 @@ def _encoder(options: CheckOptions) -> Encoder:
     from transformers import AutoConfig
 
     from .families import family_of
-    from .store import load_processor, model_metadata
+    from .store import check_model_source, load_processor, model_metadata
 
+    check_model_source(options.model)
     try:
         processor = load_processor(options.model)
         family = family_of(AutoConfig.from_pretrained(options.model))

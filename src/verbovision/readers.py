@@ -37,6 +37,7 @@ from .data import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    SKIP_HINTS,
     Record,
     RecordError,
     SkipLog,
@@ -99,7 +100,8 @@ def iter_records(path: str | Path, options: ReadOptions | None = None, skips: Sk
     for item in scan(path, options):
         if isinstance(item, RecordError):
             if skips is None:
-                raise item
+                hint = SKIP_HINTS.get(item.kind)
+                raise DataError(f"{item}; {hint}") if hint else item
             skips.add(item.kind, f"{item.record_id}: {item}")
         else:
             yield item
@@ -116,6 +118,20 @@ def scan(path: str | Path, options: ReadOptions | None = None) -> Iterator[Recor
         raise DataError(f"{path}: format {fmt!r} unknown; use one of {', '.join(FORMATS)}")
     for item in READERS[fmt](path, replace(options, format=fmt)):
         yield item if isinstance(item, RecordError) else validate(item, options.check_image_files)
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """Image arguments with each folder among them replaced by its image files (IMAGE_SUFFIXES), in name order."""
+    files = []
+    for given in paths:
+        if not Path(given).is_dir():
+            files.append(given)
+            continue
+        inside = sorted(str(f) for f in Path(given).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not inside:
+            raise DataError(f"{given}: a folder without images ({' '.join(IMAGE_SUFFIXES)})")
+        files += inside
+    return files
 
 
 def detect_format(path: Path) -> str:

@@ -88,7 +88,37 @@ def seed_everything(seed: int) -> None:
 
 
 def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
+    """Run the recipe's stages into the run folder `out`. A run that fails before its first step (a mistyped path, a
+    stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
+    corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
     out = Path(out)
+    absent = not out.exists()
+    fresh = absent or not any(out.iterdir())
+    try:
+        return run_recipe(recipe, out, resume)
+    except Exception:
+        if fresh and processes().is_main and not took_a_step(out):
+            remove_failed_start(out, absent)
+        raise
+
+
+def took_a_step(out: Path) -> bool:
+    """Whether a run has logged, checkpointed or finished anything of a stage."""
+    stages = out / "stages"
+    return ((out / "metrics.jsonl").exists() or any(stages.glob("*/checkpoints/*"))
+            or any(stages.glob("*/done.json")))
+
+
+def remove_failed_start(out: Path, absent: bool) -> None:
+    """Remove what a run that never took a step wrote: the folder, or (where it was there, empty) what is in it."""
+    for path in [out] if absent else list(out.iterdir()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
     procs = processes()
     if procs.is_main and out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")

@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from .errors import ConfigError
 from .families import CROSS_ATTENTION_MODULES, Components
 from .recipe import COMPONENTS, Stage
+from .store import peft_wrapping
 
 
 def last_layers(model: nn.Module, components: Components, component: str, n: int) -> list[str]:
@@ -99,7 +100,8 @@ def configure_trainable(model: nn.Module, stage: Stage):
         target_modules=lora_targets(model, components, lora_components, stage.lora.target),
         modules_to_save=_callable_modules(model, trained) or None,
     )
-    model = get_peft_model(model, config)
+    with peft_wrapping():
+        model = get_peft_model(model, config)
     _report_nothing_trains(model)
     return model, True
 
