@@ -150,15 +150,17 @@ class ImageTokens:
     repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s.
     """
 
-    _PROBE_SIZES = ((40, 30), (640, 480))
+    _PROBE_SIZES = ((40, 30), (640, 480), (30, 40), (64, 64))
+    """(width, height): a small and a large landscape image (counts that follow the size, as Qwen2-VL's), a portrait
+    and a square one (counts that follow the aspect ratio, as LLaVA-NeXT's anyres tiles and Idefics3's crops)."""
 
     def __init__(self, processor):
         self.processor = processor
         self.token = processor.image_token
         self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
         self._by_size: dict[tuple[int, int], list[int]] = {}
-        small, large = (self._expand(size) for size in self._PROBE_SIZES)
-        self.fixed = small if small == large else None
+        first, *others = (self._expand(size) for size in self._PROBE_SIZES)
+        self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
 
     def ids(self, image) -> list[int]:
