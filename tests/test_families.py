@@ -1,25 +1,19 @@
 """Fine-tuning existing VLMs through `model: {from: ...}`, one tiny random model per family (tests/tiny_families.py):
-LoRA-train, merge, reload the merged checkpoint where VerboVision cannot be imported, and compare logits; and per
-component freezing, asserting exactly which parameters a step changed."""
+per component freezing, asserting exactly which parameters a step changed, and the llava-vqa-lora recipe. LoRA +
+merge of every family is the family matrix (tests/test_family_matrix.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
 
 from verbovision.infer import VLM, prompt_record
-from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import BLOCK_VERBOVISION
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -45,22 +39,6 @@ FAMILIES = {
                                "all-linear"),
 }
 
-# The merged checkpoint, loaded and run in a fresh interpreter where importing verbovision is impossible.
-MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
-    """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from transformers.utils import is_torchvision_available
-    model_dir, batch_file, out_file, needs_torchvision = sys.argv[1:5]
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    if is_torchvision_available() or needs_torchvision == "no":
-        AutoProcessor.from_pretrained(model_dir)
-    with torch.no_grad():
-        torch.save(model(**torch.load(batch_file)).logits, out_file)
-    """
-)
-
-
 def _stage(family: str, **overrides) -> dict:
     _, template, train, target = FAMILIES[family]
     stage = {"name": "lora", "template": template, "data": CAPTIONS, "train": train, "lora": {**LORA, "target": target},
@@ -74,31 +52,6 @@ def _run(tmp_path: Path, shapes_data: Path, base: Path, stage: dict) -> Path:
               "stages": [stage]}
     train_recipe(parse_recipe(recipe), run)
     return run
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_lora_merge_equals_base_plus_adapter_without_verbovision(family, tmp_path, shapes_data, tiny_tokenizer_texts):
-    base = FAMILIES[family][0](tmp_path / "base", tiny_tokenizer_texts)
-    run = _run(tmp_path, shapes_data, base, _stage(family))
-    merge = read_json(run / "final/verbovision.json")["merge"]
-    assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
-
-    base_model, processor = load_model(base, device="cpu")
-    with_adapter = PeftModel.from_pretrained(base_model, run / "stages/0-lora/adapter").eval()
-    batch = probe_batch(with_adapter, processor, "cpu", seed=5)
-    expected = logits_of(with_adapter, batch)
-    torch.save(batch, tmp_path / "batch.pt")
-    needs_torchvision = "yes" if family == "qwen2_vl" else "no"  # its processor holds a video processor
-    subprocess.run([sys.executable, "-c", MERGED_LOGITS_WITHOUT_VERBOVISION, str(run / "final"),
-                    str(tmp_path / "batch.pt"), str(tmp_path / "merged.pt"), needs_torchvision], check=True)
-    merged = torch.load(tmp_path / "merged.pt").float()
-    assert (merged - expected).abs().max().item() < 1e-4
-    untouched, _ = load_model(base, device="cpu")
-    assert (logits_of(untouched, batch) - merged).abs().max().item() > 1e-6  # the adapter did change the model
-
-    vlm = VLM(run / "final", device="cpu")
-    image = sorted((shapes_data / "images").glob("*.png"))[0]
-    assert all(isinstance(c, str) for c in vlm.caption([image, image], batch_size=2))
 
 
 def _changed(base: Path, run: Path) -> set[str]:

@@ -46,6 +46,10 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
+    group.add_argument("--template", choices=["chat", "plain", "caption"],
+                       help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
+                            "else its chat template; else the family's own prompt format): chat, plain (images, "
+                            "then the prompt on its line) or caption (images only)")
     group.add_argument("--compile", action="store_true",
                        help="static KV cache + torch.compile for generation: identical outputs, faster once each "
                             "batch shape has compiled (seconds); best with a fixed --batch-size")
@@ -55,7 +59,7 @@ def load_vlm(args):
     """The model a generation command names, on its --device, quantized as asked."""
     from .infer import VLM
 
-    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile)
+    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template)
 
 
 def _decode_options(args):
@@ -140,7 +144,7 @@ def cmd_eval(args) -> None:
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
                       args.batch_size, device=args.device, quantize=args.quantize, compiled=args.compile,
-                      read=read_options(args))
+                      template=args.template, read=read_options(args))
     _print_scores(result)
     print(result.truncation)
     print(f"predictions and report: {out}")

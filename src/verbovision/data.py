@@ -298,7 +298,8 @@ class Encoder:
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
-            raise DataError(f"{family.name}: the model has no chat template; use template plain or caption")
+            raise DataError(f"{family.name}: the model has no chat template; use template plain or caption (a stage's "
+                            "`template:` in a recipe, --template for verbo caption, ask, eval, predict, chat and serve)")
 
     def _added_bos(self) -> str | None:
         bos = self.tokenizer.bos_token_id
@@ -457,8 +458,7 @@ class Encoder:
     def pixel_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families, plus
         e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask."""
-        out = self.processor.image_processor(list(images), return_tensors="pt")
-        return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
 
 
 # ---------------------------------------------------------------------------------------------------- datasets

@@ -129,7 +129,8 @@ def _is_item_mean(per_item: dict, corpus: float) -> bool:
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
              options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
-             device: str | None = None, quantize: str = "none", compiled: bool = False, read=None) -> EvalResult:
+             device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
+             template: str | None = None) -> EvalResult:
     """Generate on every record of `data` (read with `read`, readers.ReadOptions), score, and write the evaluation
     folder."""
     from .infer import VLM, DecodeOptions, Truncation
@@ -139,7 +140,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
-    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled)
+    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled, template=template)
     generations = vlm.generate_details(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
              "prediction": g.text, "finish_reason": g.finish_reason, "references": r.references}

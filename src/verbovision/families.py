@@ -27,8 +27,8 @@ IMAGES_IN_TEXT, PREFIX, ENCODER = "image-tokens", "prefix", "encoder"
 
 COMPONENT_MODULES = {
     "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder"),
-    "connector": ("model.multi_modal_projector", "model.connector", "model.visual.merger", "git.visual_projection",
-                  "enc_to_dec_proj"),
+    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
+                  "git.visual_projection", "enc_to_dec_proj"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder"),
 }
@@ -42,6 +42,41 @@ _PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
+class Support:
+    """What VerboVision knows about one model type beyond how it takes images (the `SUPPORT` table)."""
+
+    processor_only: tuple[str, ...] = ()
+    """Image-processor outputs that only the processor reads, to expand its image token (Gemma3's crop counts,
+    InternVL's tile counts): never passed to the model, whose forward does not take them."""
+    caches_features: bool = False
+    """The image features are the connector's output on one vision-tower hidden state, placed at the image tokens in
+    order: features computed once (the feature cache) can stand in for the pixels."""
+    packs: bool = True
+    """Packing several examples into one row works: positions restart per example and reach the model."""
+    packing_refusal: str = ""
+    """Why packing does not work, where it does not."""
+    prompt: str | None = None
+    """What `caption` asks by default, where the family has its own convention (PaliGemma's task prefixes)."""
+    refused: str | None = None
+    """Why VerboVision cannot work with the model type (refused when a model of the type is loaded)."""
+
+
+_OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
+
+SUPPORT: dict[str, Support] = {
+    "llava": Support(caches_features=True),
+    "cohere2_vision": Support(caches_features=True),
+    "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "gemma3": Support(processor_only=("num_crops",)),
+    "internvl": Support(processor_only=("num_patches",)),
+}
+"""Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
+gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
+are tried."""
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     """The model's config.model_type."""
@@ -49,6 +84,7 @@ class Family:
     """How the model takes images: IMAGES_IN_TEXT, PREFIX or ENCODER (see the table above)."""
     text_start: tuple[int, ...] = ()
     """Token ids every text starts with: GIT's [CLS], an encoder-decoder's decoder start token."""
+    support: Support = Support()
 
     def model_inputs(self, batch: dict) -> dict:
         """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
@@ -62,22 +98,39 @@ class Family:
         """The logits of the text positions: GIT's forward returns the image positions' logits first."""
         return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V]
 
+    def pixel_inputs(self, processed: dict) -> dict[str, torch.Tensor]:
+        """The model's inputs among an image processor's outputs."""
+        return {k: v for k, v in processed.items()
+                if isinstance(v, torch.Tensor) and k not in self.support.processor_only}
+
+    def check_packing(self) -> None:
+        if self.images != IMAGES_IN_TEXT:
+            raise ConfigError(f"packing: not supported for {self.name} models (images outside the text); use "
+                              "group_by_length instead")
+        if not self.support.packs:
+            raise ConfigError(f"packing: not supported for {self.name} models: {self.support.packing_refusal}; "
+                              "use group_by_length instead")
+
 
 IMAGE_TOKEN_FAMILY = Family("image-text-to-text", IMAGES_IN_TEXT)
 """Most VLMs: Llava, Idefics3/SmolVLM, Qwen2-VL, Cohere2Vision, PaliGemma, Gemma3..."""
 
 
 def family_of(config) -> Family:
-    """The family of a model config (a transformers PretrainedConfig)."""
+    """The family of a model config (a transformers PretrainedConfig); a model type VerboVision cannot work with is
+    refused with the reason."""
     kind = config.model_type
+    support = SUPPORT.get(kind, Support())
+    if support.refused:
+        raise ConfigError(f"{kind} models are not supported: {support.refused}")
     if kind == "git":
-        return Family(kind, PREFIX, (config.bos_token_id,))
+        return Family(kind, PREFIX, (config.bos_token_id,), support)
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
         start = config.decoder_start_token_id
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
-        return Family(kind, ENCODER, (start,))
-    return Family(kind, IMAGES_IN_TEXT)
+        return Family(kind, ENCODER, (start,), support)
+    return Family(kind, IMAGES_IN_TEXT, support=support)
 
 
 @cache

@@ -20,19 +20,15 @@ from safetensors.torch import save_file
 
 from .data import load_image
 from .errors import DataError
+from .families import family_of
 from .images import image_key
 from .store import read_json, write_json
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-CACHED_FAMILIES = ("llava", "cohere2_vision")
-"""Model types whose image features are the connector's output on one vision-tower hidden state, placed at the image
-tokens in order: features computed once can stand in for the pixels."""
-
-
 def supports_cache(model) -> bool:
-    return model.config.model_type in CACHED_FAMILIES
+    return family_of(model.config).support.caches_features
 
 
 def vlm_core(model):

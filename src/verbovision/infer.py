@@ -125,11 +125,15 @@ class Truncation:
 class VLM:
     """A loaded model + processor that captions, answers and chats, in batches."""
 
-    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False):
+    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False,
+                 template: str | None = None):
+        """`template` (chat, plain, caption) lays prompts out otherwise than the model was trained to (its
+        verbovision.json), e.g. for a model with no chat template; default: the model's own."""
         model, processor = load_model(path, device=device, quantize=quantize)
         if compiled:
             compile_generation(model)
-        self._attach(str(path), model, processor, model_metadata(path))
+        metadata = model_metadata(path)
+        self._attach(str(path), model, processor, {**metadata, "template": template} if template else metadata)
 
     @classmethod
     def from_loaded(cls, model, processor, template: str = "chat", name: str = "in-memory") -> VLM:

@@ -75,6 +75,8 @@ class ServeConfig:
     """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes, CUDA)."""
     compiled: bool = False
     """Static KV cache + torch.compile for generation (each new batch shape compiles first)."""
+    template: str | None = None
+    """How prompts are laid out (chat, plain, caption); default: the model's own (see `infer.VLM`)."""
     threads: int | None = None
     """torch CPU threads (default: torch's choice, one per core)."""
     log_level: str = "info"
@@ -562,8 +564,8 @@ def serve(config: ServeConfig) -> None:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled),
-                     config)
+    app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
+                         template=config.template), config)
     url = f"http://{config.host}:{config.port}"
     print(f"verbo: serving {config.served_name!r} at {url}/v1 (batches of up to {config.batch_size}, "
           f"waiting {config.max_wait_ms:g} ms)", file=sys.stderr, flush=True)
@@ -632,7 +634,7 @@ def _config(args, web: bool) -> ServeConfig:
         max_body_bytes=int(args.max_body_mb * MB), max_image_bytes=int(args.max_image_mb * MB),
         max_image_pixels=args.max_image_pixels, max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens, max_n=args.max_n, defaults=_decode_options(args),
-        web=web, device=args.device, quantize=args.quantize, compiled=args.compile, threads=args.threads,
+        web=web, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template, threads=args.threads,
         log_level=args.log_level)
 
 

@@ -8,6 +8,7 @@ folder names.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -159,14 +160,16 @@ def explained_import_error(error: ImportError) -> Exception:
 
 def _images_only_processor(path: str, error: Exception):
     """The model's processor class without its video processor, which transformers cannot build without torchvision
-    (Qwen2-VL's, for one). VerboVision handles images only; `save_processor` writes such a processor back whole."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's). Every other setting saved in processor_config.json is kept (the image
+    token counts and feature strategies the processor expands images with); VerboVision handles images only, and
+    `save_processor` writes such a processor back whole."""
+    from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
     from transformers.models.auto.processing_auto import processor_class_from_name
     from transformers.utils import cached_file
 
     config_file = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
-    name = read_json(config_file, {}).get("processor_class") if config_file else None
-    cls = processor_class_from_name(name) if name else None
+    saved = read_json(config_file, {}) if config_file else {}
+    cls = processor_class_from_name(saved["processor_class"]) if saved.get("processor_class") else None
     if cls is None or "video_processor" not in cls.get_attributes():
         raise error
 
@@ -175,9 +178,16 @@ def _images_only_processor(path: str, error: Exception):
             return None if argument_name == "video_processor" and argument is None else \
                 super().check_argument_for_proper_class(argument_name, argument)
 
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # The family's own override may read the video processor's defaults (SmolVLM's num_frames); images
+            # need none of them.
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
+    init = inspect.signature(cls.__init__).parameters
+    settings = {k: v for k, v in saved.items() if k in init and k not in cls.get_attributes() and k != "chat_template"}
     processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
                            tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
-                           chat_template=_read_chat_templates(path))
+                           chat_template=_read_chat_templates(path), **settings)
     processor.source_config = Path(config_file)
     return processor
 

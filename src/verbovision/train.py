@@ -215,7 +215,7 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
                                        f"stage {stage.name}")
         features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
     if stage.packing:
-        check_packing(encoder.family)
+        encoder.family.check_packing()
     steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
@@ -385,12 +385,6 @@ def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None
     elif stage.group_by_length:
         order = length_grouped(order, batch_size, seed)
     return list(iter_batches(order, batch_size))
-
-
-def check_packing(family) -> None:
-    # Qwen2-VL computes its own 3-D rotary positions from the whole row, so restarted positions would not reach it.
-    if family.images != IMAGES_IN_TEXT or family.name in ("qwen2_vl", "qwen2_5_vl"):
-        raise ConfigError(f"packing: not supported for {family.name} models; use group_by_length instead")
 
 
 def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable, Callable]:

@@ -1,0 +1,154 @@
+"""The family matrix: every model type of the README's support table, as a tiny random checkpoint of the real
+architecture (tests/tiny_families*.py), goes through what a user does with it — `verbo caption`, `verbo eval` on four
+records, a three-step LoRA stage with the merge verified, the merged checkpoint reloaded where VerboVision cannot be
+imported and giving the logits of base + adapter — and the README's table says exactly what the matrix runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+from verbovision.cli import main
+from verbovision.families import ENCODER, IMAGES_IN_TEXT, PREFIX, SUPPORT, Support
+from verbovision.merge import logits_of, probe_batch
+from verbovision.recipe import parse_recipe
+from verbovision.store import load_model, read_json
+from verbovision.train import train_recipe
+
+from .conftest import BLOCK_VERBOVISION
+from .tiny_families import (
+    make_tiny_git,
+    make_tiny_idefics3,
+    make_tiny_llava,
+    make_tiny_qwen2_vl,
+    make_tiny_vision_encoder_decoder,
+)
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
+FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "lora"}
+
+
+@dataclass(frozen=True)
+class Case:
+    build: object
+    """make_tiny_<family>(out, texts) -> Path."""
+    template: str
+    """The stage's template, and --template for caption and eval where the model has no chat template."""
+    train: dict
+    """What the LoRA stage trains (vision / connector / language)."""
+    target: str | list[str] = "all-linear"
+    """LoRA target modules."""
+    images: str = IMAGES_IN_TEXT
+    """How the family takes images (verbovision.families)."""
+
+
+MATRIX = {
+    "llava": Case(make_tiny_llava, "chat", FROZEN_VISION),
+    "idefics3": Case(make_tiny_idefics3, "chat", {"vision": "lora", "connector": "full", "language": "lora"}),
+    "qwen2_vl": Case(make_tiny_qwen2_vl, "chat", FROZEN_VISION),
+    "git": Case(make_tiny_git, "caption", {"vision": "frozen", "connector": "frozen", "language": "lora"},
+                ["query", "key", "value", "dense"], PREFIX),
+    "vision-encoder-decoder": Case(make_tiny_vision_encoder_decoder, "caption",
+                                   {"vision": "frozen", "language": "lora"}, images=ENCODER),
+}
+"""model_type: how the matrix runs it."""
+
+MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    model_dir, batch_file, out_file = sys.argv[1:4]
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    try:
+        AutoProcessor.from_pretrained(model_dir)
+    except ImportError as e:  # a processor holding a video processor needs torchvision
+        assert "torchvision" in str(e).lower(), e
+    with torch.no_grad():
+        torch.save(model(**torch.load(batch_file)).logits, out_file)
+    """
+)
+
+
+def installed(model_type: str) -> bool:
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def template_flags(case: Case) -> list[str]:
+    return [] if case.template == "chat" else ["--template", case.template]
+
+
+@pytest.fixture(scope="module")
+def four_records(shapes_data, tmp_path_factory) -> Path:
+    """Four caption records of the shapes data, with absolute image paths."""
+    records = json.loads((shapes_data / "test/caption_short_en.json").read_text())[:4]
+    for record in records:
+        record["image"] = str(shapes_data / "test" / record["image"])
+    out = tmp_path_factory.mktemp("four") / "four.json"
+    out.write_text(json.dumps(records))
+    return out
+
+
+@pytest.mark.parametrize("model_type", MATRIX)
+def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_texts, capsys):
+    if not installed(model_type):
+        import transformers
+
+        pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
+    case = MATRIX[model_type]
+    base = case.build(tmp_path / "base", tiny_tokenizer_texts)
+    image = json.loads(four_records.read_text())[0]["image"]
+    short = ["--device", "cpu", "--max-new-tokens", "6", *template_flags(case)]
+
+    assert main(["caption", str(base), image, image, *short]) == 0
+    assert main(["eval", str(base), "--data", str(four_records), "--metrics", "bleu,exact_match", "--out",
+                 str(tmp_path / "eval"), *short]) == 0
+    report = read_json(tmp_path / "eval/report.json")
+    assert report["records"] == 4 and "exact_match" in report["metrics"]
+
+    stage = {"name": "lora", "template": case.template, "train": case.train, "lora": {**LORA, "target": case.target},
+             "data": {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]},
+             "max_steps": 3, "batch_size": 2, "lr": 1e-2, "merge": True}
+    run = tmp_path / "run"
+    train_recipe(parse_recipe({"name": model_type, "seed": 0, "data_root": str(shapes_data),
+                               "model": {"from": str(base)}, "stages": [stage]}), run)
+    merge = read_json(run / "final/verbovision.json")["merge"]
+    assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
+
+    base_model, processor = load_model(base, device="cpu")
+    with_adapter = PeftModel.from_pretrained(base_model, run / "stages/0-lora/adapter").eval()
+    batch = probe_batch(with_adapter, processor, "cpu", seed=5)
+    torch.save(batch, tmp_path / "batch.pt")
+    subprocess.run([sys.executable, "-c", MERGED_LOGITS_WITHOUT_VERBOVISION, str(run / "final"),
+                    str(tmp_path / "batch.pt"), str(tmp_path / "merged.pt")], check=True)
+    merged = torch.load(tmp_path / "merged.pt").float()
+    assert (merged - logits_of(with_adapter, batch)).abs().max().item() < 1e-4
+    assert (merged - logits_of(load_model(base, device="cpu")[0], batch)).abs().max().item() > 1e-6
+
+    capsys.readouterr()
+    assert main(["caption", str(run / "final"), image, "--device", "cpu", "--max-new-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def support_row(model_type: str) -> list[str]:
+    """What the README's support table says of a model type: template, feature cache, packing."""
+    case, support = MATRIX[model_type], SUPPORT.get(model_type, Support())
+    return [model_type, case.template, "yes" if support.caches_features else "no",
+            "yes" if case.images == IMAGES_IN_TEXT and support.packs else "no"]
+
+
+def test_readme_support_table_is_the_matrix():
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("<!-- support table -->"):text.index("<!-- end support table -->")]
+    rows = [[cell.strip(" `") for cell in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| `")]
+    assert [row[:4] for row in rows] == [support_row(model_type) for model_type in MATRIX]
