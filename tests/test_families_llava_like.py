@@ -6,9 +6,10 @@ import pytest
 from PIL import Image
 
 from verbovision.data import ImageTokens
+from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.store import load_processor
 
-from .tiny_families_llava_like import make_tiny_llava_next
+from .tiny_families_llava_like import make_tiny_aya_vision, make_tiny_llava_next
 
 
 @pytest.mark.parametrize("size", [(64, 64), (64, 40), (40, 64), (40, 30)])
@@ -20,3 +21,17 @@ def test_image_tokens_follow_the_aspect_ratio(size, tmp_path, tiny_tokenizer_tex
     tokens = ImageTokens(processor)
     assert tokens.fixed is None
     assert tokens.ids(image) == list(expansion)
+
+
+def test_an_image_placeholder_that_is_no_token(tmp_path, tiny_tokenizer_texts):
+    """Aya Vision's `<image>` is a string its processor replaces, not a token: the text is tokenized around it and
+    the image gets the processor's expansion (<|START_OF_IMG|> ... <|IMG_PATCH|> ... <|END_OF_IMG|>)."""
+    vlm = VLM(make_tiny_aya_vision(tmp_path / "aya", tiny_tokenizer_texts), device="cpu")
+    processor = vlm.processor
+    assert "<image>" not in processor.tokenizer.get_vocab()
+    image = Image.new("RGB", (64, 64), "red")
+    ids = vlm.encoder.encode(prompt_record(image, "Describe the image briefly."), for_generation=True).input_ids
+    expansion = processor(text=["<image>"], images=[[image]], add_special_tokens=False)["input_ids"][0]
+    starts = [i for i in range(len(ids)) if ids[i:i + len(expansion)] == expansion]
+    assert len(starts) == 1 and ids.count(vlm.model.config.image_token_id) == expansion.count(processor.image_token_id)
+    assert isinstance(vlm.caption([image], options=DecodeOptions(max_new_tokens=3))[0], str)

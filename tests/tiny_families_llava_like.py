@@ -43,6 +43,9 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
     AyaVisionConfig,
     AyaVisionForConditionalGeneration,
     AyaVisionProcessor,
@@ -72,7 +75,7 @@ from verbovision.tokenizer import train_bpe_tokenizer
 from .tiny_families import TINY_LM, TINY_VISION, _save
 
 __all__ = ["BUILDERS", "make_tiny_aya_vision", "make_tiny_internvl", "make_tiny_llava_next",
-           "make_tiny_llava_onevision"]
+           "make_tiny_llava_onevision", "plain_processor"]
 
 TILE = 32
 """Vision input side: every family here sees 32x32 images or tiles, in 8x8 patches."""
@@ -310,3 +313,30 @@ BUILDERS = {
     "internvl": make_tiny_internvl,
 }
 """Builder per config.model_type."""
+
+
+def _images_only_processor(path: Path):
+    """The saved processor without its video processor, which needs torchvision: the class named in
+    processor_config.json, built from the saved image processor, tokenizer, settings and chat template."""
+    import transformers
+
+    config = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))
+    settings = {k: v for k, v in config.items() if k not in ("image_processor", "video_processor", "processor_class")}
+
+    class ImagesOnly(getattr(transformers, config["processor_class"])):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    return ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
+                      tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
+                      chat_template=(path / "chat_template.jinja").read_text(encoding="utf-8"), **settings)
+
+
+def plain_processor(path: Path):
+    """The saved processor as plain transformers loads it: whole, or without torchvision images only."""
+    config = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))
+    if "video_processor" in config and not is_torchvision_available():
+        return _images_only_processor(path)
+    return AutoProcessor.from_pretrained(path)

@@ -157,7 +157,15 @@ class ImageTokens:
     def __init__(self, processor):
         self.processor = processor
         self.token = processor.image_token
-        self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
+        self.in_vocab = self.token in processor.tokenizer.get_vocab()
+        """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
+        self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
+                         else getattr(processor, "image_token_id", None))
+        """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
+        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`)."""
+        if self.token_id is None:
+            raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
+                            "tokenizer, and the processor names no image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
         first, *others = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = first if all(other == first for other in others) else None
@@ -402,12 +410,11 @@ class Encoder:
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        tokens, offsets = self._tokenize(text)
         start = self._text_start(text)
-        ids = start + enc["input_ids"]
+        ids = start + tokens
         labels = [-100] * len(start) + [
-            tok if any(s <= a and b <= e for s, e in spans) and b > a else -100
-            for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+            tok if any(s <= a and b <= e for s, e in spans) and b > a else -100 for tok, (a, b) in zip(tokens, offsets)
         ]
         ids, labels = self._expand_images(record, ids, labels)
         if len(ids) > self.max_length:
@@ -418,6 +425,25 @@ class Encoder:
             self.prompts.update(t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
                                 if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
         return Encoded(record.id, ids, labels, record.images)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of a text and their character spans in it; an image placeholder that is not a token becomes
+        `image_token_id` (the text around it tokenized piece by piece, as the processor's expansion, which starts and
+        ends with special tokens, cuts it)."""
+        if self.image_tokens is None or self.image_tokens.in_vocab:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return enc["input_ids"], enc["offset_mapping"]
+        ids, offsets, at = [], [], 0
+        for i, piece in enumerate(text.split(self.image_token)):
+            if i:
+                ids.append(self.image_token_id)
+                offsets.append((at, at + len(self.image_token)))
+                at += len(self.image_token)
+            enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(enc["input_ids"])
+            offsets.extend((at + a, at + b) for a, b in enc["offset_mapping"])
+            at += len(piece)
+        return ids, offsets
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Each image token replaced by the tokens of its image; families without image tokens take one image."""

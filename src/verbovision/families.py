@@ -70,6 +70,7 @@ SUPPORT: dict[str, Support] = {
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",)),
     "internvl": Support(processor_only=("num_patches",)),
+    "aya_vision": Support(processor_only=("num_patches",)),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
