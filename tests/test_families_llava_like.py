@@ -9,7 +9,7 @@ from verbovision.data import ImageTokens
 from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.store import load_processor
 
-from .tiny_families_llava_like import make_tiny_aya_vision, make_tiny_llava_next
+from .tiny_families_llava_like import BUILDERS, make_tiny_aya_vision, make_tiny_llava_next, plain_processor
 
 
 @pytest.mark.parametrize("size", [(64, 64), (64, 40), (40, 64), (40, 30)])
@@ -35,3 +35,18 @@ def test_an_image_placeholder_that_is_no_token(tmp_path, tiny_tokenizer_texts):
     starts = [i for i in range(len(ids)) if ids[i:i + len(expansion)] == expansion]
     assert len(starts) == 1 and ids.count(vlm.model.config.image_token_id) == expansion.count(processor.image_token_id)
     assert isinstance(vlm.caption([image], options=DecodeOptions(max_new_tokens=3))[0], str)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "aya_vision"])
+def test_prompts_are_those_of_plain_transformers(family, tmp_path, tiny_tokenizer_texts):
+    """A caption request encodes to the ids the processor's own chat template gives for [image, text]: the newline
+    that joins an image to its text in records is no second separator after the template's own."""
+    path = BUILDERS[family](tmp_path / family, tiny_tokenizer_texts)
+    vlm = VLM(path, device="cpu")
+    image = Image.new("RGB", (64, 64), "red")
+    ids = vlm.encoder.encode(prompt_record(image, "Describe the image briefly."), for_generation=True).input_ids
+    messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                             {"type": "text", "text": "Describe the image briefly."}]}]
+    plain = plain_processor(path).apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=True)
+    assert ids == plain["input_ids"][0]

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .errors import DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
-from .tokenizer import with_image_parts
+from .tokenizer import flattens_parts, with_image_parts
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
@@ -357,10 +357,19 @@ class Encoder:
                                                   add_generation_prompt=add_generation_prompt)
 
     def _parts(self, text: str) -> list[dict]:
+        """A turn's text as typed content parts. A template VerboVision wrote (`with_image_parts`) joins them back as
+        records join them; any other (llava-hf's, Aya Vision's...) writes its own separator after an image, so the
+        newline that joins an image to its text in a record (LLaVA data, `messages_record`) is left out: the model
+        sees the prompt plain transformers gives it."""
+        glue = "" if flattens_parts(self.processor_template) else "\n"
         pieces = text.split(self.image_token) if self.image_token else [text]
-        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
-        for piece in pieces[1:]:
-            parts.append({"type": "image"})
+        parts = []
+        for i, piece in enumerate(pieces):
+            if i:
+                parts.append({"type": "image"})
+                piece = piece.removeprefix(glue)
+            if i < len(pieces) - 1:
+                piece = piece.removesuffix(glue)
             if piece:
                 parts.append({"type": "text", "text": piece})
         return parts
