@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from verbovision.data import ImageTokens
@@ -37,7 +38,7 @@ def test_an_image_placeholder_that_is_no_token(tmp_path, tiny_tokenizer_texts):
     assert isinstance(vlm.caption([image], options=DecodeOptions(max_new_tokens=3))[0], str)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "aya_vision"])
+@pytest.mark.parametrize("family", ["llava_next", "llava_onevision", "aya_vision", "internvl"])
 def test_prompts_are_those_of_plain_transformers(family, tmp_path, tiny_tokenizer_texts):
     """A caption request encodes to the ids the processor's own chat template gives for [image, text]: the newline
     that joins an image to its text in records is no second separator after the template's own."""
@@ -50,3 +51,21 @@ def test_prompts_are_those_of_plain_transformers(family, tmp_path, tiny_tokenize
     plain = plain_processor(path).apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=True)
     assert ids == plain["input_ids"][0]
+
+
+@pytest.mark.parametrize("family", BUILDERS)
+def test_pixels_match_the_image_tokens(family, tmp_path, tiny_tokenizer_texts):
+    """The pixels of a batch are what the processor gives the image tokens of its texts: InternVL tiles images only
+    where its processor asks it (`crop_to_patches`, off in its image processor's own settings)."""
+    vlm = VLM(BUILDERS[family](tmp_path / family, tiny_tokenizer_texts), device="cpu")
+    images = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 40), "blue")]
+    records = [prompt_record(image, "Describe the image briefly.") for image in images]
+    batch = vlm.collator.pad([vlm.encoder.encode(record, for_generation=True) for record in records])
+    pixels = vlm.encoder.pixel_inputs(images)
+    texts = [vlm.processor.image_token] * len(images)
+    expected = vlm.processor(text=texts, images=[[image] for image in images], padding=True,
+                                return_tensors="pt")
+    assert set(pixels) <= set(expected) and all(pixels[k].equal(expected[k]) for k in pixels)
+    batch.pop("labels")
+    with torch.no_grad():  # the model checks that its image features fill exactly its image tokens
+        assert vlm.model(**vlm.family.model_inputs({**batch, **pixels})).logits.shape[:2] == batch["input_ids"].shape

@@ -491,9 +491,17 @@ class Encoder:
         return ids[: self.max_length], kept
 
     def pixel_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families, plus
-        e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask."""
-        return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families ([tiles
+        of all images, 3, H, W] for InternVL), plus e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask.
+        Where images are tokens in the text, the processor itself processes them, each image the only one of its
+        text as `ImageTokens` expands it: image settings the processor applies over its image processor's own
+        (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
+        if self.image_tokens is None:
+            return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        processed = self.processor(text=[self.image_token] * len(images), images=[[image] for image in images],
+                                   padding=True, return_tensors="pt")  # texts of different images differ in length
+        names = set(self.processor.image_processor.model_input_names)
+        return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
