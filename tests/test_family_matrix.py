@@ -32,6 +32,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
+from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -50,6 +51,8 @@ class Case:
     """LoRA target modules."""
     images: str = IMAGES_IN_TEXT
     """How the family takes images (verbovision.families)."""
+    requires: str | None = None
+    """A package its processor class needs beyond VerboVision's dependencies (skipped where it is missing)."""
 
 
 MATRIX = {
@@ -60,6 +63,10 @@ MATRIX = {
                 ["query", "key", "value", "dense"], PREFIX),
     "vision-encoder-decoder": Case(make_tiny_vision_encoder_decoder, "caption",
                                    {"vision": "frozen", "language": "lora"}, images=ENCODER),
+    "gemma3": Case(make_tiny_gemma3, "chat", FROZEN_VISION),
+    "paligemma": Case(make_tiny_paligemma, "plain", FROZEN_VISION),
+    "smolvlm": Case(make_tiny_smolvlm, "chat", {"vision": "lora", "connector": "full", "language": "lora"},
+                    requires="num2words"),
 }
 """model_type: how the matrix runs it."""
 
@@ -105,6 +112,8 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
 
         pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
     case = MATRIX[model_type]
+    if case.requires:
+        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
     base = case.build(tmp_path / "base", tiny_tokenizer_texts)
     image = json.loads(four_records.read_text())[0]["image"]
     short = ["--device", "cpu", "--max-new-tokens", "6", *template_flags(case)]

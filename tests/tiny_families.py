@@ -56,6 +56,7 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
+    PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -142,21 +143,38 @@ def make_tiny_llava(out: Path, texts: list[str]) -> Path:
 # --------------------------------------------------------------------------------------------------- Idefics3
 
 
-def make_tiny_idefics3(out: Path, texts: list[str]) -> Path:
-    """Idefics3ForConditionalGeneration (SmolVLM layout) with image splitting on: the token count follows the image."""
+def idefics3_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A BPE with the Idefics3/SmolVLM specials (`<image>`, `<fake_token_around_image>`, `<global-img>`,
+    `<row_R_col_C>`, `<end_of_utterance>`) and SmolVLM's bos / eos / pad; no chat template (the processor has it)."""
     tokenizer = train_bpe_tokenizer(list(texts) + ["User: Assistant: Describe."], "<image>", vocab_size=300)
     tokenizer.add_tokens(["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]
                          + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)], special_tokens=True)
     tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", "<end_of_utterance>", "<|im_end|>"
-    tokenizer.chat_template = None  # the processor carries the template, as on SmolVLM
-    vision = Idefics3VisionConfig(**TINY_VISION)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def special_ids(tokenizer) -> dict:
+    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def idefics3_config(config_class, vision_config_class, tokenizer):
+    """A config of the Idefics3 layout (Idefics3, SmolVLM): tiny vision tower, pixel shuffle by 2, Llama LM with the
+    tokenizer's special ids; and the image tokens per 32x32 crop (4)."""
+    vision = vision_config_class(**TINY_VISION)
     scale_factor = 2
-    image_seq_len = (vision.image_size // vision.patch_size) ** 2 // scale_factor**2  # 4 tokens per 32x32 crop
-    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
-    config = Idefics3Config(vision_config=vision, text_config=LlamaConfig(**TINY_LM, vocab_size=len(tokenizer), **ids),
-                            scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                            pad_token_id=tokenizer.pad_token_id)
+    image_seq_len = (vision.image_size // vision.patch_size) ** 2 // scale_factor**2
+    text = LlamaConfig(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    return config_class(vision_config=vision, text_config=text, scale_factor=scale_factor,
+                        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                        pad_token_id=tokenizer.pad_token_id), image_seq_len
+
+
+def make_tiny_idefics3(out: Path, texts: list[str]) -> Path:
+    """Idefics3ForConditionalGeneration (SmolVLM layout) with image splitting on: the token count follows the image."""
+    tokenizer = idefics3_tokenizer(texts)
+    config, image_seq_len = idefics3_config(Idefics3Config, Idefics3VisionConfig, tokenizer)
     torch.manual_seed(0)
     model = Idefics3ForConditionalGeneration(config)
     # Longest edge resized to 96, then cut into 32x32 crops: the grid (up to 3x3) follows the aspect ratio.
@@ -164,7 +182,7 @@ def make_tiny_idefics3(out: Path, texts: list[str]) -> Path:
                                                 max_image_size={"longest_edge": 32})
     processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=image_seq_len,
                                   chat_template=IDEFICS3_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**ids))
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- Qwen2-VL
@@ -215,15 +233,23 @@ def make_tiny_qwen2_vl(out: Path, texts: list[str]) -> Path:
 def _save_qwen2_vl_processor(out: Path, image_processor, tokenizer) -> None:
     """What `Qwen2VLProcessor(...).save_pretrained(out)` writes, for machines without torchvision (which
     `Qwen2VLVideoProcessor`, and so `Qwen2VLProcessor`, need)."""
-    tokenizer._set_processor_class("Qwen2VLProcessor")
-    tokenizer.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(QWEN2_VL_TEMPLATE, encoding="utf-8")
     video = {  # Qwen2VLVideoProcessor's own defaults fill in the rest when it is loaded
         "video_processor_type": "Qwen2VLVideoProcessor", **QWEN2_VL_VISION,
         "size": {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]},
     }
-    config = {"image_processor": image_processor.to_dict(), "video_processor": video,
-              "processor_class": "Qwen2VLProcessor"}
+    save_processor_files(out, "Qwen2VLProcessor", image_processor, tokenizer, QWEN2_VL_TEMPLATE, video)
+
+
+def save_processor_files(out: Path, processor_class: str, image_processor, tokenizer, chat_template: str,
+                         video: dict, **settings) -> None:
+    """The files `processor_class(...).save_pretrained(out)` writes for a processor holding a video processor, written
+    without building it (video processors need torchvision): `video` lists the video processor's non-default
+    settings, `settings` the processor's own (SmolVLM's image_seq_len...)."""
+    tokenizer._set_processor_class(processor_class)
+    tokenizer.save_pretrained(out)
+    (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    config = {"image_processor": image_processor.to_dict(), "video_processor": video, **settings,
+              "processor_class": processor_class}
     (out / "processor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -365,8 +365,22 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
     return out
 
 
-def spec_metadata(spec: ModelSpec) -> dict:
-    return {"model_spec": asdict(spec)}
+_CONNECTOR_FIELDS = {"linear": ("type",), "mlp": ("type", "act"),
+                     "pixel_shuffle": ("type", "act", "factor", "hidden_size")}
+"""The ConnectorSpec fields each connector type uses."""
+
+
+def spec_record(spec: ModelSpec) -> dict:
+    """What a model's verbovision.json records of its composition, only what is true of the model: a pretrained
+    component by its name (the encoder with the layer that feeds the connector), a from-scratch one by its sizes, the
+    connector by the fields its type uses; never the from-scratch defaults of a pretrained component."""
+    vision, language = asdict(spec.vision), asdict(spec.language)
+    if spec.vision.name:
+        vision = {"name": spec.vision.name, "feature_layer": spec.vision.feature_layer}
+    if spec.language.name:
+        language = {"name": spec.language.name}
+    connector = {key: getattr(spec.connector, key) for key in _CONNECTOR_FIELDS.get(spec.connector.type, ("type",))}
+    return {"vision": vision, "language": language, "connector": connector, "image_token": spec.image_token}
 
 
 def describe(model: PreTrainedModel) -> str:

@@ -12,6 +12,19 @@ from pathlib import Path
 from .errors import VerboError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown: appended as "(default: X)" unless the help
+    already says it (in words, or where showing it would print a secret from the environment) or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS
+        if no_default or "default" in help or not (action.option_strings or action.nargs in ("?", "*")):
+            return help
+        return f"{help} (default: %(default)s)"
+
+
 def _quiet_libraries() -> None:
     # transformers announces every image processor that falls back to PIL without torchvision; users need none of it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -41,7 +54,7 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                        help="beam search: stop as soon as --beams candidates are finished")
     group.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
     group.add_argument("--seed", type=int, help="seed for reproducible sampling")
-    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--batch-size", type=int, default=16, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
@@ -95,7 +108,7 @@ def cmd_data_synth(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model
+    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model, spec_record
     from .errors import ConfigError
 
     if not args.language:
@@ -108,9 +121,7 @@ def cmd_build(args) -> None:
         image_token=args.image_token,
     )
     model, processor = build_vlm(spec)
-    from dataclasses import asdict
-
-    save_model(model, processor, args.out, {"model_spec": asdict(spec), "template": "chat"})
+    save_model(model, processor, args.out, {"model_spec": spec_record(spec), "template": "chat"})
     print(f"{describe(model)} saved to {args.out}")
 
 
@@ -233,13 +244,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verbo",
         description="Build, train, fine-tune, evaluate and serve vision-language models.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, func, help, epilog_key=None, parent=sub):
         p = parent.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(epilog_key or name),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -254,7 +265,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["shapes", "geometry"])
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
     p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
     from .datatools import add_data_commands, add_reading_options
 
@@ -263,11 +274,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("build", cmd_build, "compose a pretrained vision encoder + connector + LM into a standard checkpoint")
     p.add_argument("--vision", required=True, help="hub id or directory of a vision encoder (SigLIP, CLIP, ViT...)")
     p.add_argument("--language", required=True, help="hub id or directory of a causal LM")
-    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"])
-    p.add_argument("--act", default="gelu", choices=["gelu", "silu"])
+    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"],
+                   help="how image features become LM embeddings")
+    p.add_argument("--act", default="gelu", choices=["gelu", "silu"], help="the connector's activation")
     p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
     p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
-    p.add_argument("--image-token", default="<image>")
+    p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
     p.add_argument("--out", required=True)
 
     p = command("train", cmd_train, "run a recipe's training stages")
@@ -308,8 +320,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--prompt", help="what to ask (default: the prompt a plain-template model was trained on, else "
-                                    "'Describe the image briefly.')")
+    p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
+                                    "language, else 'Describe the image briefly.')")
     _decode_args(p)
 
     p = command("ask", cmd_ask, "answer a question about an image")

@@ -67,6 +67,11 @@ INVALID_JSON = "invalid JSON"
 """The kinds of record problems above: checks and training count them by these names."""
 
 
+def is_question(prompt: str) -> bool:
+    """A user turn that asks a question (has a question mark), whose reply is an answer rather than a caption."""
+    return "?" in prompt or "\uff1f" in prompt  # ASCII or full-width (Chinese/Japanese) question mark
+
+
 class RecordError(DataError):
     """One record cannot be used (the rest of its file can); `kind` is one of the problem kinds above."""
 
@@ -170,6 +175,9 @@ class ImageTokens:
         first, *others = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
+        self.token_types = self._token_types()
+        """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
+        and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image); None if none."""
 
     def ids(self, image) -> list[int]:
         if self.fixed is not None:
@@ -182,8 +190,25 @@ class ImageTokens:
         return self._by_size[size]
 
     def _expand(self, size: tuple[int, int]) -> list[int]:
+        return list(self._processed(size)["input_ids"][0])
+
+    def _processed(self, size: tuple[int, int]) -> dict:
         blank = Image.new("RGB", size)
-        return list(self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)["input_ids"][0])
+        return self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)
+
+    def _token_types(self) -> tuple[str, frozenset[int]] | None:
+        """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
+        `token_type_ids` is asked which tokens of an image it marks 1: Gemma 3's, the soft tokens inside its
+        `<start_of_image>` expansion; PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
+        names = getattr(self.processor, "model_input_names", ())
+        if "mm_token_type_ids" in names:
+            return "mm_token_type_ids", frozenset([self.token_id])
+        if "token_type_ids" not in names:
+            return None
+        out = self._processed(self._PROBE_SIZES[0])
+        types = out.get("token_type_ids")
+        marked = frozenset(i for i, t in zip(out["input_ids"][0], types[0]) if t == 1) if types is not None else None
+        return ("token_type_ids", marked) if marked else None
 
 
 CHAT_TEMPLATE_NAME = "chat"
@@ -302,7 +327,8 @@ class Encoder:
         """The BOS a text starts with unless it starts with it already: the tokenizer's, where it starts texts with
         one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way."""
         self.prompts: Counter[str] = Counter()
-        """The prompts of the image turns encoded for training (text beside the images), for `trained_prompt`."""
+        """The caption prompts of the image turns encoded for training (text beside the images that asks no
+        question), for `trained_prompt`."""
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
@@ -322,7 +348,8 @@ class Encoder:
 
     @property
     def trained_prompt(self) -> str | None:
-        """The prompt seen most often beside an image in the records encoded for training (None if none was)."""
+        """The caption prompt seen most often beside an image in the records encoded for training, in the data's
+        language (None if none was); what `verbo caption` asks the trained model."""
         return self.prompts.most_common(1)[0][0] if self.prompts else None
 
     def _image_text(self, text: str) -> str:
@@ -431,8 +458,9 @@ class Encoder:
         if not for_generation and all(label == -100 for label in labels):
             raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
         if not for_generation:
-            self.prompts.update(t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
-                                if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            prompts = (t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
+                       if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            self.prompts.update(p for p in prompts if not is_question(p))
         return Encoded(record.id, ids, labels, record.images)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -669,7 +697,7 @@ class Collator:
         """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size (not when
         the image's size sets its token count: a reduced decode would change it)."""
         self.pad_id = encoder.tokenizer.pad_token_id
-        self.token_types = "mm_token_type_ids" in getattr(encoder.processor, "model_input_names", ())
+        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else None
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
@@ -737,8 +765,11 @@ class Collator:
             del batch["attention_mask"]
             batch["position_ids"] = torch.stack([segment_positions((e.segments or [len(e.input_ids)])
                                                                    + [width - len(e.input_ids)]) for e in examples])
-        if self.token_types:  # Qwen2-VL's rotary positions tell image tokens (1) from text (0)
-            batch["mm_token_type_ids"] = (ids == self.encoder.image_token_id).long()  # [B, T]
+        if self.encoder.family.support.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
+            batch["token_type_ids"] = (labels != -100).long().cummax(dim=1).values  # [B, T]
+        if self.token_types:  # image tokens (1) and text (0), for Qwen2-VL's rotary positions or Gemma 3's attention
+            name, marked = self.token_types
+            batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]
         return batch
 
 

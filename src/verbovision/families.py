@@ -55,6 +55,10 @@ class Support:
     """Packing several examples into one row works: positions restart per example and reach the model."""
     packing_refusal: str = ""
     """Why packing does not work, where it does not."""
+    prefix_lm: bool = False
+    """The model takes `token_type_ids` for a prefix-LM mask: 0 on the prompt (attended both ways), 1 from the first
+    reply token on (causal). PaliGemma's; without them its Gemma config's bidirectional attention also reaches the
+    replies of any batch without padding."""
     prompt: str | None = None
     """What `caption` asks by default, where the family has its own convention (PaliGemma's task prefixes)."""
     refused: str | None = None
@@ -68,8 +72,13 @@ SUPPORT: dict[str, Support] = {
     "cohere2_vision": Support(caches_features=True),
     "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "gemma3": Support(processor_only=("num_crops",)),
+    "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
+                      packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
+                                      "attend to each other in its sliding-window layers"),
     "internvl": Support(processor_only=("num_patches",)),
+    "paligemma": Support(prefix_lm=True, packs=False,
+                         packing_refusal="its prompts are attended both ways (token_type_ids 0), across the packed "
+                                         "examples' boundaries"),
     "aya_vision": Support(processor_only=("num_patches",)),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads

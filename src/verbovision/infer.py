@@ -146,8 +146,8 @@ class VLM:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.family = family_of(model.config)
         self.caption_prompt = metadata.get("prompt", CAPTION_PROMPT)
-        """What `caption` asks by default: the prompt a plain-template model was trained on, else CAPTION_PROMPT.
-        A plain-template model also gets it for a request with images and no text."""
+        """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
+        else CAPTION_PROMPT. A plain-template model also gets it for a request with images and no text."""
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
                                family=self.family, prompt=self.caption_prompt)
         self.collator = Collator(self.encoder, pad_left=True)

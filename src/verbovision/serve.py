@@ -608,7 +608,7 @@ def add_command(subparsers) -> None:
 def _serve_args(p) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--model-name", help="model id clients send (default: MODEL)")
     p.add_argument("--api-key", default=os.environ.get("VERBO_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 requests (default: $VERBO_API_KEY)")
@@ -623,7 +623,8 @@ def _serve_args(p) -> None:
     limits.add_argument("--max-n", type=int, default=8, help="most choices per request")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; fewer can be faster when "
                                                 "other programs share the CPU)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log detail")
     _decode_args(p)
 
 

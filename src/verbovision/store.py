@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -138,7 +139,7 @@ def load_processor(path: str | Path):
         try:
             processor = _images_only_processor(str(path), e)
         except ImportError as final:
-            raise explained_import_error(final) from None
+            raise explained_import_error(final, str(path)) from None
     if not hasattr(processor, "tokenizer"):
         processor = VisionTextDualEncoderProcessor(AutoImageProcessor.from_pretrained(str(path)),
                                                    AutoTokenizer.from_pretrained(str(path)))
@@ -147,11 +148,16 @@ def load_processor(path: str | Path):
     return processor
 
 
-def explained_import_error(error: ImportError) -> Exception:
-    """transformers 5.17 builds no image processor without torchvision (later releases fall back to PIL): say what to
-    install instead of transformers' multi-line notice."""
+def explained_import_error(error: ImportError, path: str = "the model") -> Exception:
+    """What to install, in one line, where a processor cannot be built without a package: torchvision for any image
+    processor in transformers 5.17 (later releases fall back to PIL), or a package its class needs (SmolVLM's
+    num2words), which transformers names with `pip install <package>`."""
     if "Torchvision library" not in str(error):
-        return error
+        package = re.search(r"pip install ([A-Za-z0-9_.\-]+)", str(error))
+        if package is None:
+            return error
+        name = package.group(1).rstrip(".")
+        return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
     return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "

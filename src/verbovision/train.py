@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runinfo
-from .build import build_vlm, save_model
+from .build import build_vlm, save_model, spec_record
 from .data import (
     Collator,
     DataError,
@@ -145,7 +145,7 @@ def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
     if not spec.language.name:
         tokenizer = train_bpe_tokenizer(training_texts(recipe), spec.image_token, spec.language.vocab_size)
     model, processor = build_vlm(spec, tokenizer)
-    metadata = {"model_spec": to_dict(recipe.model), "template": recipe.stages[0].template}
+    metadata = {"model_spec": spec_record(spec), "template": recipe.stages[0].template}
     save_model(model, processor, init, metadata)
     run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
     return str(init)
@@ -566,7 +566,8 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
                  is_last: bool, prompt: str | None = None) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
-    `prompt`: the one the stage's images came with most often, which a plain-template model is asked by default.
+    `prompt`: the caption prompt the stage's images came with most often, in the data's language, which `verbo
+    caption` asks by default (the base's stays where the stage had none; a caption-template model has none).
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
     procs = processes()
@@ -583,7 +584,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
         disable_checkpointing(model)
     metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
                 "base_model": base}
-    if stage.template != "plain":
+    if stage.template == "caption":
         metadata.pop("prompt", None)
     elif prompt is not None:
         metadata["prompt"] = prompt
