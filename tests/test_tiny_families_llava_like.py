@@ -37,7 +37,8 @@ def test_tiny_family_in_plain_transformers(family, tmp_path, tiny_tokenizer_text
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     assert model.config.model_type == family
     processor = plain_processor(path)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image briefly."}]}]
+    question = {"type": "text", "text": "Describe the image briefly."}
+    messages = [{"role": "user", "content": [{"type": "image"}, question]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=prompt, images=[_image()], return_tensors="pt")
 

@@ -72,7 +72,7 @@ from transformers.utils import is_torchvision_available
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .tiny_families import TINY_LM, TINY_VISION, _save
+from .tiny_families import TINY_LM, TINY_VISION, _save, save_processor_files, special_ids
 
 __all__ = ["BUILDERS", "make_tiny_aya_vision", "make_tiny_internvl", "make_tiny_llava_next",
            "make_tiny_llava_onevision", "plain_processor"]
@@ -137,7 +137,8 @@ AYA_VISION_TOKENS = ["<BOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>", "<|END_O
                      "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>",
                      "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL"]
 
-# OpenGVLab/InternVL3-*-hf's chat template, as transformers' models/internvl/convert_internvl_weights_to_hf.py writes it.
+# OpenGVLab/InternVL3-*-hf's chat template, as transformers' models/internvl/convert_internvl_weights_to_hf.py
+# writes it.
 INTERNVL_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -172,36 +173,16 @@ def _tokenizer(texts: list[str], image_token: str, specials: list[str], bos: str
     return tokenizer
 
 
-def _ids(tokenizer) -> dict:
-    return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-
-
-def _save_without_video_processor(out: Path, model, generation: GenerationConfig, processor_class: str,
-                                  image_processor, tokenizer, chat_template: str, settings: dict,
-                                  video: dict) -> Path:
-    """What `<processor_class>(...).save_pretrained(out)` writes, for machines without torchvision (which the
-    processor's video processor, and so the processor, need): `settings` are the processor's own saved arguments,
-    `video` the video processor's non-default settings (its class defaults fill in the rest when it is loaded)."""
-    out = Path(out)
-    model.generation_config = generation
-    model.save_pretrained(out)
-    tokenizer._set_processor_class(processor_class)
-    tokenizer.save_pretrained(out)
-    (out / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
-    config = {"image_processor": image_processor.to_dict(), "video_processor": video, **settings,
-              "processor_class": processor_class}
-    (out / "processor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out
-
-
 def _save_with_video_processor(out: Path, model, generation: GenerationConfig, processor_class: str,
                                image_processor, tokenizer, chat_template: str, settings: dict, video: dict) -> Path:
     """Save a processor that holds a video processor: built and saved whole where torchvision is installed, else
-    written file by file (`_save_without_video_processor`)."""
+    written file by file (`save_processor_files`)."""
     if not is_torchvision_available():
-        return _save_without_video_processor(out, model, generation, processor_class, image_processor, tokenizer,
-                                             chat_template, settings, video)
+        out = Path(out)
+        model.generation_config = generation
+        model.save_pretrained(out)
+        save_processor_files(out, processor_class, image_processor, tokenizer, chat_template, video, **settings)
+        return out
     import transformers
 
     video = dict(video)
@@ -220,18 +201,18 @@ def make_tiny_llava_next(out: Path, texts: list[str]) -> Path:
     tokenizer = _tokenizer(list(texts) + ["[INST] [/INST]"], "<image>", ["<s>", "</s>"], bos="<s>", eos="</s>")
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**TINY_VISION),
-        text_config=MistralConfig(**TINY_LM, vocab_size=len(tokenizer), **_ids(tokenizer)),
+        text_config=MistralConfig(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
         vision_feature_select_strategy="default", image_grid_pinpoints=GRID_PINPOINTS,
         image_seq_length=(TILE // TINY_VISION["patch_size"]) ** 2)
     torch.manual_seed(0)
     model = LlavaNextForConditionalGeneration(config)
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE},
-                                                 image_grid_pinpoints=GRID_PINPOINTS)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": TILE}, image_grid_pinpoints=GRID_PINPOINTS,
+                                                 crop_size={"height": TILE, "width": TILE})
     processor = LlavaNextProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"],
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_NEXT_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**_ids(tokenizer)))
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # -------------------------------------------------------------------------------------------- LLaVA-OneVision
@@ -244,7 +225,7 @@ def make_tiny_llava_onevision(out: Path, texts: list[str]) -> Path:
     num_image_tokens = (TILE // TINY_VISION["patch_size"]) ** 2
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(**TINY_VISION, vision_use_head=False),
-        text_config=Qwen2Config(**TINY_LM, vocab_size=len(tokenizer), **_ids(tokenizer)),
+        text_config=Qwen2Config(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_layer=-1,
         vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", image_grid_pinpoints=GRID_PINPOINTS)
@@ -255,8 +236,9 @@ def make_tiny_llava_onevision(out: Path, texts: list[str]) -> Path:
     settings = dict(num_image_tokens=num_image_tokens, vision_feature_select_strategy="full",
                     vision_aspect_ratio="anyres_max_9", image_token="<image>", video_token="<video>")
     video = {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": TILE, "width": TILE}}
-    return _save_with_video_processor(out, model, GenerationConfig(**_ids(tokenizer)), "LlavaOnevisionProcessor",
-                                      image_processor, tokenizer, LLAVA_ONEVISION_TEMPLATE, settings, video)
+    generation = GenerationConfig(**special_ids(tokenizer))
+    return _save_with_video_processor(out, model, generation, "LlavaOnevisionProcessor", image_processor, tokenizer,
+                                      LLAVA_ONEVISION_TEMPLATE, settings, video)
 
 
 # ------------------------------------------------------------------------------------------------- Aya Vision
@@ -270,7 +252,7 @@ def make_tiny_aya_vision(out: Path, texts: list[str]) -> Path:
     downsample = 2
     config = AyaVisionConfig(
         vision_config=SiglipVisionConfig(**TINY_VISION, vision_use_head=False),
-        text_config=Cohere2Config(**TINY_LM, vocab_size=len(tokenizer), **_ids(tokenizer)),
+        text_config=Cohere2Config(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"), downsample_factor=downsample,
         vision_feature_layer=-1, vision_feature_select_strategy="full")
     torch.manual_seed(0)
@@ -279,7 +261,7 @@ def make_tiny_aya_vision(out: Path, texts: list[str]) -> Path:
                                                min_patches=1, max_patches=4, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = AyaVisionProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"], img_size=TILE,
                                    downsample_factor=downsample, chat_template=AYA_VISION_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**_ids(tokenizer)))
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- InternVL
@@ -294,14 +276,14 @@ def make_tiny_internvl(out: Path, texts: list[str]) -> Path:
     patch = TINY_VISION["patch_size"]
     vision = InternVLVisionConfig(**{**TINY_VISION, "image_size": [TILE, TILE], "patch_size": [patch, patch]})
     config = InternVLConfig(vision_config=vision,
-                            text_config=Qwen2Config(**TINY_LM, vocab_size=len(tokenizer), **_ids(tokenizer)),
+                            text_config=Qwen2Config(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)),
                             image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
                             image_seq_length=(TILE // patch) ** 2 // 4)
     torch.manual_seed(0)
     model = InternVLForConditionalGeneration(config)
     image_processor = GotOcr2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4, **IMAGENET)
     video = {"video_processor_type": "InternVLVideoProcessor", "size": {"height": TILE, "width": TILE}, **IMAGENET}
-    return _save_with_video_processor(out, model, GenerationConfig(**_ids(tokenizer)), "InternVLProcessor",
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "InternVLProcessor",
                                       image_processor, tokenizer, INTERNVL_TEMPLATE,
                                       {"image_seq_length": config.image_seq_length}, video)
 
