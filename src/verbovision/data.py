@@ -21,7 +21,7 @@ from PIL import Image
 
 from .errors import ConfigError, DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
-from .tokenizer import with_image_parts
+from .tokenizer import flattens_parts, with_image_parts
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
@@ -156,7 +156,9 @@ class ImageTokens:
     BLIP-2's query tokens (which its processor writes in front of every text, whatever the text holds).
     """
 
-    _PROBE_SIZES = ((40, 30), (640, 480))
+    _PROBE_SIZES = ((40, 30), (640, 480), (30, 40), (64, 64))
+    """(width, height): a small and a large landscape image (counts that follow the size, as Qwen2-VL's), a portrait
+    and a square one (counts that follow the aspect ratio, as LLaVA-NeXT's anyres tiles and Idefics3's crops)."""
 
     def __init__(self, processor, family: Family = IMAGE_TOKEN_FAMILY):
         # Kosmos-2's processor marks where the features go in a mask of its own (image_embeds_position_mask), over
@@ -166,13 +168,21 @@ class ImageTokens:
                               "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
         self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
-        self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
+        self.in_vocab = self.token in processor.tokenizer.get_vocab()
+        """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
+        self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
+                         else getattr(processor, "image_token_id", None))
+        """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
+        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`)."""
+        if self.token_id is None:
+            raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
+                            "tokenizer, and the processor names no image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
-        small, large = (self._expand(size) for size in self._PROBE_SIZES)
-        self.fixed = small if small == large else None
+        first, *others = (self._expand(size) for size in self._PROBE_SIZES)
+        self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
         self.token_types = self._token_types()
         """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
@@ -416,10 +426,19 @@ class Encoder:
                                                   add_generation_prompt=add_generation_prompt)
 
     def _parts(self, text: str) -> list[dict]:
+        """A turn's text as typed content parts. A template VerboVision wrote (`with_image_parts`) joins them back as
+        records join them; any other (llava-hf's, Aya Vision's...) writes its own separator after an image, so the
+        newline that joins an image to its text in a record (LLaVA data, `messages_record`) is left out: the model
+        sees the prompt plain transformers gives it."""
+        glue = "" if flattens_parts(self.processor_template) else "\n"
         pieces = text.split(self.image_token) if self.image_token else [text]
-        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
-        for piece in pieces[1:]:
-            parts.append({"type": "image"})
+        parts = []
+        for i, piece in enumerate(pieces):
+            if i:
+                parts.append({"type": "image"})
+                piece = piece.removeprefix(glue)
+            if i < len(pieces) - 1:
+                piece = piece.removesuffix(glue)
             if piece:
                 parts.append({"type": "text", "text": piece})
         return parts
@@ -469,12 +488,11 @@ class Encoder:
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        tokens, offsets = self._tokenize(text)
         start = self._text_start(text)
-        ids = start + enc["input_ids"]
+        ids = start + tokens
         labels = [-100] * len(start) + [
-            tok if any(s <= a and b <= e for s, e in spans) and b > a else -100
-            for tok, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+            tok if any(s <= a and b <= e for s, e in spans) and b > a else -100 for tok, (a, b) in zip(tokens, offsets)
         ]
         ids, labels = self._expand_images(record, ids, labels)
         if len(ids) > self.max_length:
@@ -486,6 +504,25 @@ class Encoder:
                        if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
             self.prompts.update(p for p in prompts if not is_question(p))
         return Encoded(record.id, ids, labels, record.images)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of a text and their character spans in it; an image placeholder that is not a token becomes
+        `image_token_id` (the text around it tokenized piece by piece, as the processor's expansion, which starts and
+        ends with special tokens, cuts it)."""
+        if self.image_tokens is None or self.image_tokens.in_vocab:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return enc["input_ids"], enc["offset_mapping"]
+        ids, offsets, at = [], [], 0
+        for i, piece in enumerate(text.split(self.image_token)):
+            if i:
+                ids.append(self.image_token_id)
+                offsets.append((at, at + len(self.image_token)))
+                at += len(self.image_token)
+            enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(enc["input_ids"])
+            offsets.extend((at + a, at + b) for a, b in enc["offset_mapping"])
+            at += len(piece)
+        return ids, offsets
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Each image token replaced by the tokens of its image; families without image tokens in the text take one
@@ -526,9 +563,17 @@ class Encoder:
         return ids[: self.max_length], kept
 
     def pixel_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families, plus
-        e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask."""
-        return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families ([tiles
+        of all images, 3, H, W] for InternVL), plus e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask.
+        Where images are tokens in the text, the processor itself processes them, each image the only one of its
+        text as `ImageTokens` expands it: image settings the processor applies over its image processor's own
+        (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
+        if self.image_tokens is None:
+            return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        processed = self.processor(text=[self.image_tokens.token] * len(images), images=[[image] for image in images],
+                                   padding=True, return_tensors="pt")  # texts of different images differ in length
+        names = set(self.processor.image_processor.model_input_names)
+        return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
