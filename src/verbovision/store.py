@@ -262,8 +262,13 @@ def explained_import_error(error: ImportError, path: str = "the model") -> Excep
         return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
-    return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "
-                      "installed: pip install the torchvision release paired with your torch, or transformers>=5.18")
+    if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 18):
+        return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "
+                          "installed: pip install the torchvision release paired with your torch, or "
+                          "transformers>=5.18")
+    # Later releases still need it for some processor classes (Mistral3's PixtralProcessor, at import)
+    return VerboError(f"{path}: its processor needs torchvision in transformers {transformers.__version__}: pip install "
+                      "the torchvision release paired with your torch")
 
 
 def _images_only_processor(path: str, error: Exception):
