@@ -85,6 +85,15 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_model_location(path: str) -> None:
+    """A model directory, an adapter directory, or what can be a hub id: anything else is an error naming it."""
+    local = Path(path)
+    if local.exists() and not (local / "config.json").exists() and not is_adapter(path):
+        raise VerboError(f"{path}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise VerboError(f"{path}: no such model directory (and not a hub id of the form owner/name)")
+
+
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                quantize: str = "none"):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
@@ -96,11 +105,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
     path_str = str(path)
-    local = Path(path_str)
-    if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
-        raise VerboError(f"{path_str}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
-    if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
-        raise VerboError(f"{path_str}: no such model directory (and not a hub id of the form owner/name)")
+    check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
     if is_adapter(path_str):
         from peft import PeftModel

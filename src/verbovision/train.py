@@ -52,6 +52,7 @@ from .families import IMAGES_IN_TEXT, check_consumed, family_of
 from .features import FeatureCache, embeds_with_features, supports_cache
 from .errors import ConfigError
 from .merge import merge_adapter, merge_verified
+from .preflight import check_data_files, check_stages
 from .quantize import is_quantized
 from .recipe import BEST_METRICS, Recipe, Stage, to_dict
 from .store import (
@@ -89,6 +90,7 @@ def seed_everything(seed: int) -> None:
 
 def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
     out = Path(out)
+    check_data_files(recipe)
     procs = processes()
     if procs.is_main and out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
@@ -100,6 +102,7 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
         write_json(out / "run.json", run)
     seed_everything(recipe.seed)
     base = procs.main_first(lambda: initial_model(recipe, out, run))
+    check_stages(recipe, base)
     logger = runinfo.MetricsLogger(out, write=procs.is_main)
     results = []
     for index, stage in enumerate(recipe.stages):
@@ -303,8 +306,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
         load_trainable(core, stage_dir / "best.safetensors")
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
-    is_last = index == len(recipe.stages) - 1
-    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last,
+    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora,
                           setup.collator.encoder.trained_prompt) if procs.is_main or procs.sharded else None
     result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
@@ -570,7 +572,7 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
-                 is_last: bool, prompt: str | None = None) -> StageResult | None:
+                 prompt: str | None = None) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
     `prompt`: the one the stage's images came with most often, which a plain-template model is asked by default.
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
@@ -602,10 +604,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
     write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
                                                 "stage": stage.name})
     write_json(adapter_dir / MODEL_METADATA, metadata)
-    if not stage.merge:
-        if not is_last:
-            raise ConfigError(f"stage {stage.name}: merge: false on a LoRA stage that another stage follows; "
-                              "the next stage needs a base, set merge: true")
+    if not stage.merge:  # the last stage (parse_recipe sees to it): its adapter is the run's final model
         return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
     merged_dir = stage_dir / "model"
     if is_quantized(model.get_base_model()):  # QLoRA: merge onto the full-precision base, read from disk
