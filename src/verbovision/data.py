@@ -690,11 +690,13 @@ def skip_reason(error: DataError) -> str:
 
 
 def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path, skips: SkipLog,
-                   what: str = "records", context: str | None = None) -> list[tuple[list[Encoded], float]]:
+                   what: str = "records", context: str | None = None,
+                   tally: list[dict] | None = None) -> list[tuple[list[Encoded], float]]:
     """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged.
 
     A source with no usable record is an error, and one with skipped records prints how many and why, before any
-    step (`what`: "training records", `context`: "stage s"; see `require_usable`)."""
+    step (`what`: "training records", `context`: "stage s"; see `require_usable`). `tally` gets each source's
+    `{source, usable, skipped}` counts."""
     from .distributed import processes
 
     encoded_sources = []
@@ -711,6 +713,8 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
             report_skips(len(encoded), source_skips, where, context)
         skips.merge(source_skips)
         encoded_sources.append((encoded, source.weight))
+        if tally is not None:
+            tally.append({"source": source.path, "usable": len(encoded), "skipped": len(source_skips)})
     return encoded_sources
 
 

@@ -93,6 +93,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_model_location(path: str) -> None:
+    """A model directory, an adapter directory, or a model the hub can give: anything else is an error naming it."""
+    local = Path(path)
+    if local.exists() and not (local / "config.json").exists() and not is_adapter(path):
+        raise VerboError(not_a_model(local))
+    check_model_source(path)
+
+
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                quantize: str = "none"):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
@@ -105,10 +113,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
     path_str = str(path)
-    local = Path(path_str)
-    if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
-        raise VerboError(not_a_model(local))
-    check_model_source(path_str)
+    check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
     if is_adapter(path_str):
         from peft import PeftModel
