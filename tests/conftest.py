@@ -44,6 +44,16 @@ sys.meta_path.insert(0, Block())
 """
 """Preamble of a script run in a fresh interpreter where importing verbovision fails: what it loads must stand alone."""
 
+def needs_model_type(model_type: str) -> None:
+    """Skip, saying why, where the installed transformers has no such image-text model type (a family newer than the
+    declared floor)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
+
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
                    patch_size=8)

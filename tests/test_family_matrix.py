@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from verbovision.cli import main
 from verbovision.families import ENCODER, IMAGES_IN_TEXT, PREFIX, SUPPORT, Support
@@ -24,7 +23,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import BLOCK_VERBOVISION
+from .conftest import BLOCK_VERBOVISION, needs_model_type
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -110,10 +109,6 @@ MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
 )
 
 
-def installed(model_type: str) -> bool:
-    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-
 def template_flags(case: Case) -> list[str]:
     return [] if case.template == "chat" else ["--template", case.template]
 
@@ -131,10 +126,7 @@ def four_records(shapes_data, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("model_type", MATRIX)
 def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_texts, capsys):
-    if not installed(model_type):
-        import transformers
-
-        pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
+    needs_model_type(model_type)
     case = MATRIX[model_type]
     if case.requires:
         pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")

@@ -16,6 +16,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
+from .conftest import needs_model_type
 from .test_train import stage, tiny_recipe
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
@@ -37,6 +38,7 @@ PACKED_FAMILIES = {"llava": make_tiny_llava, "deepseek_vl": make_tiny_deepseek_v
 
 @pytest.mark.parametrize("family", PACKED_FAMILIES)
 def test_packed_losses_equal_unpacked(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    needs_model_type(family)
     base = PACKED_FAMILIES[family](tmp_path / family, tiny_tokenizer_texts)
     model, processor = load_model(base, device="cpu")
     encoder = Encoder(processor, "chat", family=family_of(model.config))

@@ -49,8 +49,6 @@ from transformers import (
     DeepseekVLProcessor,
     GenerationConfig,
     LlamaConfig,
-    LlavaOnevision15Config,
-    LlavaOnevision15ForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -292,6 +290,9 @@ def make_tiny_qwen3_vl(out: Path, texts: list[str]) -> Path:
 def make_tiny_llava_onevision1_5(out: Path, texts: list[str]) -> Path:
     """LlavaOnevision15ForConditionalGeneration (Deep-VLM/LLaVA-OneVision-1.5-*-Instruct-hf layout): RICE-ViT tower,
     Qwen3 LM."""
+    # Imported here: transformers 5.17 (the floor) has no LLaVA-OneVision-1.5, and the other builders stand alone.
+    from transformers import LlavaOnevision15Config, LlavaOnevision15ForConditionalGeneration
+
     tokenizer = qwen_tokenizer(texts)
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
