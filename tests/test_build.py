@@ -152,3 +152,22 @@ def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch):
     monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
     with pytest.raises(VerboError, match=r"loads image processors only where torchvision is installed.*>=5\.18"):
         load_processor(tiny_vision["siglip"])
+
+
+def test_verbovision_json_records_only_what_is_true_of_the_model(tmp_path, tiny_vision, tiny_lm, lora_run, capsys):
+    from verbovision.cli import main
+
+    from .test_train import TINY_SCRATCH
+
+    # Pretrained components: their names, not the from-scratch sizes the specs default to.
+    assert main(["build", "--vision", tiny_vision["siglip"], "--language", tiny_lm["qwen2"], "--out",
+                 str(tmp_path / "built")]) == 0
+    spec = json.loads((tmp_path / "built/verbovision.json").read_text())["model_spec"]
+    assert spec == {"vision": {"name": tiny_vision["siglip"], "feature_layer": -1},
+                    "language": {"name": tiny_lm["qwen2"]}, "connector": {"type": "mlp", "act": "gelu"},
+                    "image_token": "<image>"}
+    # From scratch (a run's init/): the sizes it was built with; the connector without pixel shuffle's fields.
+    spec = json.loads((lora_run / "init/verbovision.json").read_text())["model_spec"]
+    assert {k: spec["vision"][k] for k in TINY_SCRATCH["vision"]} == TINY_SCRATCH["vision"]
+    assert {k: spec["language"][k] for k in TINY_SCRATCH["language"]} == TINY_SCRATCH["language"]
+    assert spec["connector"] == TINY_SCRATCH["connector"] and "quantize" not in spec and "from" not in spec

@@ -112,6 +112,32 @@ def test_max_new_tokens_flag_defaults_to_decode_options():
     assert f"(default: {DecodeOptions().max_new_tokens})" in " ".join(verbo("ask", "--help").stdout.split())
 
 
+def subcommand_parsers(parser=None):
+    """Every leaf `verbo` subcommand parser (`data clean`, `serve`, ...)."""
+    import argparse
+
+    parser = parser or make_parser()
+    children = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not children:
+        yield parser
+    for action in children:
+        for child in action.choices.values():
+            yield from subcommand_parsers(child)
+
+
+def test_every_default_is_shown_in_help():
+    parsers = list(subcommand_parsers())
+    assert len(parsers) >= 17
+    for parser in parsers:
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, [], "==SUPPRESS=="):
+                shown = parser._get_formatter()._expand_help(action) if action.help else ""
+                assert "default" in shown, f"{parser.prog} {action.option_strings[0]}: default not in --help"
+    clean = " ".join(verbo("data", "clean", "--help").stdout.split())
+    assert "shortest caption, in words (answers to questions only need one) (default: 3)" in clean
+    assert "smallest image side, px (default: 32)" in " ".join(verbo("data", "check", "--help").stdout.split())
+
+
 def test_help_lists_commands_with_examples():
     result = verbo("--help")
     for command in ("quickstart", "data", "build", "train", "merge", "eval", "score", "caption", "ask", "predict", "chat",

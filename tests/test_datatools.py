@@ -64,24 +64,27 @@ def dirty(tmp_path) -> tuple[Path, dict[str, str]]:
         photo(i).save(images / f"ok{i}.png")
     photo(0).save(images / "copy-of-ok0.bmp")  # same pixels, another file and format
     photo(1).resize((80, 60)).save(images / "near-ok1.jpg", quality=80)  # resized, recompressed
-    photo(9, (12, 10)).save(images / "tiny.png")
+    photo(9, (30, 24)).save(images / "tiny.png")  # under the one minimum side that check and clean share
     (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     photo(7).save(images / "whole.jpg")
     (images / "cut.jpg").write_bytes((images / "whole.jpg").read_bytes()[:400])
     rows = [
         record("keep-0", "images/ok0.png", "a  photo\u00a0of  colours "),
-        record("keep-1", "images/ok1.png", "cafe\u0301 colours"),  # decomposed é, normalised to NFC
+        record("keep-1", "images/ok1.png", "cafe\u0301 colours, softly"),  # decomposed é, normalised to NFC
         record("keep-1-again", "images/ok1.png", "another question about the same image", "What is it?"),
         record("keep-2", "images/ok2.png", "Um gato preto no sofá"),
-        record("keep-text", None, "Hello there."),
+        record("keep-yes", "images/ok2.png", "yes", "Is there a cat?"),  # an answer, not a caption: one word is fine
+        record("keep-text", None, "Hello there, friend."),
         record("dup", "images/copy-of-ok0.bmp", "the same photo"),
         record("near", "images/near-ok1.jpg", "the same photo, smaller"),
-        record("tiny", "images/tiny.png", "too small"),
-        record("corrupt", "images/corrupt.png", "broken"),
-        record("cut", "images/cut.jpg", "truncated"),
+        record("tiny", "images/tiny.png", "a very small picture"),
+        record("corrupt", "images/corrupt.png", "a broken file"),
+        record("cut", "images/cut.jpg", "a truncated file"),
         record("missing", "images/nope.png", "missing"),
         record("empty", "images/ok3.png", "   "),
-        record("long", "images/ok4.png", " ".join(["word"] * 50)),
+        record("one-word", "images/ok3.png", "photo"),
+        record("dots", "images/ok3.png", "...", "What colour is it?"),
+        record("long", "images/ok4.png", " ".join(["word"] * 200)),
         record("russian", "images/ok5.png", "Чёрная кошка спит на диване"),
         {"id": "mismatch", "image": "images/ok5.png",
          "conversations": [{"from": "human", "value": "<image><image>"}, {"from": "gpt", "value": "x"}]},
@@ -89,32 +92,41 @@ def dirty(tmp_path) -> tuple[Path, dict[str, str]]:
     path = tmp_path / "raw" / "data.json"
     path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     expected = {"dup": "duplicate image", "near": "near-duplicate image", "tiny": TOO_SMALL, "corrupt": UNREADABLE_IMAGE,
-                "cut": UNREADABLE_IMAGE, "missing": MISSING_IMAGE, "empty": EMPTY_ANSWER, "long": "caption too long",
-                "russian": "language", "mismatch": IMAGE_TOKENS}
+                "cut": UNREADABLE_IMAGE, "missing": MISSING_IMAGE, "empty": EMPTY_ANSWER, "one-word": "caption too short",
+                "dots": "answer without words", "long": "caption too long", "russian": "language",
+                "mismatch": IMAGE_TOKENS}
     return path, expected
 
 
 def test_clean_removes_exactly_the_bad_records_with_reasons(dirty, tmp_path, capsys):
+    """With the default limits: a one-word or a 200-word caption goes, a one-word answer to a question stays."""
     path, expected = dirty
     out = tmp_path / "clean"
-    verbo_data("clean", path, "--out", out, "--max-words", "20", "--langs", "en,pt", "--min-size", "16")
+    verbo_data("clean", path, "--out", out, "--langs", "en,pt")
     removed = [json.loads(line) for line in (out / "removed.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["id"]: r["reason"] for r in removed} == expected
     assert "record 'keep-0'" in next(r["detail"] for r in removed if r["id"] == "dup")
     kept = read_records(out / "data.json")
-    assert [r.id for r in kept] == ["keep-0", "keep-1", "keep-1-again", "keep-2", "keep-text"]
-    assert kept[0].turns[-1].text == "a photo of colours" and kept[1].turns[-1].text == "caf\u00e9 colours"
+    assert [r.id for r in kept] == ["keep-0", "keep-1", "keep-1-again", "keep-2", "keep-yes", "keep-text"]
+    assert kept[0].turns[-1].text == "a photo of colours" and kept[1].turns[-1].text == "caf\u00e9 colours, softly"
     assert all(p.parent == (out / "images").resolve() and p.exists() for r in kept for p in r.images)
     assert len(list((out / "images").iterdir())) == 3  # ok1.png once, though two records use it
-    assert "kept 5 of 15 records" in capsys.readouterr().out
+    assert "kept 6 of 18 records" in capsys.readouterr().out
+
+
+def test_clean_word_limits_are_flags(dirty, tmp_path):
+    path, expected = dirty
+    verbo_data("clean", path, "--out", tmp_path / "clean", "--min-words", "1", "--max-words", "400")
+    removed = {json.loads(line)["id"] for line in (tmp_path / "clean/removed.jsonl").read_text().splitlines()}
+    assert removed == set(expected) - {"one-word", "long", "russian"}
 
 
 def test_check_counts_problems_by_kind_and_exits_non_zero(dirty, capsys):
     path, _ = dirty
-    with pytest.raises(DataError, match="6 of 15 records have problems"):
+    with pytest.raises(DataError, match="6 of 18 records have problems"):
         verbo_data("check", path)
     out = capsys.readouterr().out
-    assert "15 records, 9 usable, 6 with problems" in out
+    assert "18 records, 12 usable, 6 with problems" in out
     verbo_data("check", path, "--allow", "--json")
     report = json.loads(capsys.readouterr().out)
     problems = {kind: info["examples"] for kind, info in report["problems"].items()}

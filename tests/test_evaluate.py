@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -240,3 +245,32 @@ def test_results_json_shape(tmp_path):
     refs.write_text(json.dumps({"images": [{"id": 1}], "annotations": [{"image_id": 1, "id": 1, "caption": "a"}]}))
     with pytest.raises(Exception, match="more than one caption"):
         load_predictions(path, refs)
+
+
+# --- METEOR: the official Java program where Java is, a one-line reason where it is not ----------------------
+
+
+def _verbo_score(predictions: Path, env: dict) -> dict[str, str]:
+    result = subprocess.run([sys.executable, "-m", "verbovision", "score", str(predictions), "--metrics",
+                             "bleu,meteor"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines())
+
+
+def test_meteor_runs_where_java_is_and_says_why_not_where_it_is_not(tmp_path):
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    dependencies = re.search(r"^dependencies = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
+    assert '"pycocoevalcap==1.2"' in dependencies  # the README's install has it, not only the dev extras
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": p, "references": [r, "a photo"]}) + "\n"
+                                   for i, (p, r) in enumerate([("a red circle on the left", "a red circle on the left"),
+                                                               ("two blue squares", "two blue squares")])))
+    printed = _verbo_score(predictions, os.environ.copy())
+    if shutil.which("java"):
+        assert "meteor" not in printed and float(printed["METEOR"].split()[0]) > 0.9  # the predictions equal a reference
+    else:
+        assert printed["meteor"].startswith("skipped: java not found") and "METEOR" not in printed
+    no_java = _verbo_score(predictions, {**os.environ, "PATH": str(tmp_path)})  # a PATH without java
+    assert no_java["meteor"] == ("skipped: java not found: METEOR runs the official Java program; install a Java "
+                                 "runtime (e.g. OpenJDK: apt install default-jre) to compute it")
+    assert "METEOR" not in no_java and float(no_java["Bleu_4"].split()[0]) > 0.9

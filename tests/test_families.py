@@ -21,6 +21,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
+from .tiny_families_qwen_like import make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -37,6 +38,10 @@ FAMILIES = {
             ["query", "key", "value", "dense"]),
     "vision-encoder-decoder": (make_tiny_vision_encoder_decoder, "caption", {"vision": "frozen", "language": "lora"},
                                "all-linear"),
+    "qwen3_vl": (make_tiny_qwen3_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                 "all-linear"),
+    "deepseek_vl_hybrid": (make_tiny_deepseek_vl_hybrid, "chat",
+                           {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
 }
 
 def _stage(family: str, **overrides) -> dict:
@@ -101,6 +106,16 @@ COMPONENT_OPTIONS = {
                  ["model.visual.blocks.1"], ["model.visual.blocks.1"]),
     "git": ({"vision": "frozen", "connector": "full", "language": "last:1"},
             ["git.visual_projection", "git.encoder.layer.1"], ["git.visual_projection", "git.encoder.layer.1"]),
+    # the DeepStack mergers are projectors too
+    "qwen3_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                 ["model.visual.merger", "model.visual.deepstack_merger_list"],
+                 ["model.visual.merger", "model.visual.deepstack_merger_list"]),
+    # the high-resolution SAM branch is vision too (SigLIP's pooling head is unused: it stays as it was)
+    "deepseek_vl_hybrid": ({"vision": "full", "connector": "frozen", "language": "frozen"},
+                           ["model.vision_model.encoder", "model.high_res_vision_model", "model.high_res_vision_neck",
+                            "model.high_res_vision_proj"],
+                           ["model.vision_model", "model.high_res_vision_model", "model.high_res_vision_neck",
+                            "model.high_res_vision_proj"]),
 }
 
 
@@ -128,3 +143,25 @@ def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokeniz
     image = sorted((shapes_data / "images").glob("*.png"))[0]
     assert isinstance(vlm.ask(image, "How many shapes are there?"), str)
 
+
+
+@pytest.mark.parametrize("build", [make_tiny_llava, make_tiny_qwen2_vl], ids=["llava", "qwen2_vl"])
+def test_every_trained_reply_ends_in_a_special_token(build, tmp_path, shapes_data, tiny_tokenizer_texts):
+    """llava-hf's template writes no EOS after a reply: training adds it (or the model never learns to stop);
+    Qwen2-VL's writes <|im_end|>, which ends the reply already."""
+    from verbovision.data import Encoder, Record, Turn
+    from verbovision.families import family_of
+
+    model, processor = load_model(build(tmp_path / "base", tiny_tokenizer_texts), device="cpu")
+    encoder = Encoder(processor, family=family_of(model.config))
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    turns = [Turn("user", "<image>\nWhat is it?"), Turn("assistant", "a red square"),
+             Turn("user", "And?"), Turn("assistant", "a blue circle")]
+    encoded = encoder.encode(Record("r", [image], turns, "mem"))
+    tokenizer = processor.tokenizer
+    replies = tokenizer.decode([t for t in encoded.labels if t != -100])
+    ends = {"llava": tokenizer.eos_token, "qwen2_vl": "<|im_end|>"}[model.config.model_type]
+    assert replies.count(ends) == 2 and replies.rstrip().endswith(ends)
+    prompt = encoder.encode(Record("r", [image], turns, "mem"), for_generation=True)  # up to the last reply
+    if model.config.model_type == "llava":  # prompts as the template writes them: no EOS after the earlier reply
+        assert tokenizer.eos_token not in tokenizer.decode(prompt.input_ids)

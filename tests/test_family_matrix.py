@@ -33,6 +33,14 @@ from .tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
+from .tiny_families_encoder_grounding import make_tiny_blip_2
+from .tiny_families_qwen_like import (
+    make_tiny_deepseek_vl,
+    make_tiny_deepseek_vl_hybrid,
+    make_tiny_llava_onevision1_5,
+    make_tiny_qwen2_5_vl,
+    make_tiny_qwen3_vl,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -68,6 +76,12 @@ MATRIX = {
     "paligemma": Case(make_tiny_paligemma, "prefix", FROZEN_VISION),
     "smolvlm": Case(make_tiny_smolvlm, "chat", {"vision": "lora", "connector": "full", "language": "lora"},
                     requires="num2words"),
+    "blip-2": Case(make_tiny_blip_2, "caption", FROZEN_VISION),
+    "qwen2_5_vl": Case(make_tiny_qwen2_5_vl, "chat", FROZEN_VISION),
+    "qwen3_vl": Case(make_tiny_qwen3_vl, "chat", FROZEN_VISION),
+    "llava_onevision1_5": Case(make_tiny_llava_onevision1_5, "chat", FROZEN_VISION),
+    "deepseek_vl": Case(make_tiny_deepseek_vl, "chat", FROZEN_VISION),
+    "deepseek_vl_hybrid": Case(make_tiny_deepseek_vl_hybrid, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
@@ -136,7 +150,7 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
                                "model": {"from": str(base)}, "stages": [stage]}), run)
     final = read_json(run / "final/verbovision.json")
     assert final["template"] == case.template
-    assert ("prompt" in final) == (case.template in ("plain", "prefix"))  # what `verbo caption` then asks
+    assert ("prompt" in final) == (case.template != "caption")  # what `verbo caption` then asks
     merge = final["merge"]
     assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
 

@@ -18,6 +18,7 @@ from verbovision.train import train_recipe
 
 from .test_train import stage, tiny_recipe
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
+from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
 
 
 def _token_losses(model, batch) -> torch.Tensor:
@@ -30,8 +31,13 @@ def _token_losses(model, batch) -> torch.Tensor:
     return losses * (labels != -100)
 
 
-def test_packed_losses_equal_unpacked(tmp_path, shapes_data, tiny_tokenizer_texts):
-    base = make_tiny_llava(tmp_path / "llava", tiny_tokenizer_texts)
+PACKED_FAMILIES = {"llava": make_tiny_llava, "deepseek_vl": make_tiny_deepseek_vl,
+                   "llava_onevision1_5": make_tiny_llava_onevision1_5}  # 1-D positions: BOS per sample, CLS per image
+
+
+@pytest.mark.parametrize("family", PACKED_FAMILIES)
+def test_packed_losses_equal_unpacked(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    base = PACKED_FAMILIES[family](tmp_path / family, tiny_tokenizer_texts)
     model, processor = load_model(base, device="cpu")
     encoder = Encoder(processor, "chat", family=family_of(model.config))
     records = read_records(shapes_data / "train/vqa_en.json")[:3] + read_records(
@@ -78,9 +84,11 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
             assert packed_steps < steps  # several samples per row: fewer steps for the same epoch
 
 
-def test_packing_is_refused_where_positions_are_the_models_own(tmp_path, shapes_data, tiny_tokenizer_texts):
-    base = make_tiny_qwen2_vl(tmp_path / "qwen2-vl", tiny_tokenizer_texts)
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_packing_is_refused_where_positions_are_the_models_own(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    build = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl}[family]
+    base = build(tmp_path / family, tiny_tokenizer_texts)
     recipe = {"name": "q", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
               "stages": [stage("s", packing=400)]}
-    with pytest.raises(ConfigError, match="packing: not supported for qwen2_vl"):
+    with pytest.raises(ConfigError, match=f"packing: not supported for {family}"):
         train_recipe(parse_recipe(recipe), tmp_path / "run")

@@ -433,3 +433,25 @@ def test_fast_decode_keeps_at_least_the_model_side(tmp_path):
     assert open_image(path, min_side=100).size == (160, 120)  # 1/4 scale; 1/8 would be under 100 px
     assert open_image(path, min_side=300).size == (640, 480)  # 1/2 would be 240 px high
     assert open_image(_saved(Image.new("RGB", (640, 480)), tmp_path / "big.png"), min_side=100).size == (640, 480)
+
+
+def test_records_without_ids_are_numbered_from_0_in_every_format(tmp_path, capsys):
+    from verbovision.cli import main
+
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "caption": f"a red square number {i}"} for i in range(3)]
+    rows[2]["image"] = "missing.png"
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    write_jsonl(tmp_path / "d.jsonl", [rows[0], "", rows[1], "{not json", rows[2]])  # a blank line is no record
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        csv.DictWriter(f, ["image", "caption"]).writeheader()
+        csv.DictWriter(f, ["image", "caption"]).writerows(rows)
+    for name, ids in (("d.json", ["0", "1"]), ("d.csv", ["0", "1"]), ("d.jsonl", ["0", "1"])):
+        skips = SkipLog()
+        records = read_records(tmp_path / name, skips=skips, options=ReadOptions(check_image_files=True))
+        assert [r.id for r in records] == ids, name
+        assert skips.as_dict()[MISSING_IMAGE]["examples"][0].startswith(f"{len(ids) + (name == 'd.jsonl')}: "), name
+    items = list(scan(tmp_path / "d.jsonl"))
+    assert items[2].record_id == "2" and "line 4 column 2: invalid JSON" in str(items[2])  # its line, for an editor
+    assert main(["data", "check", str(tmp_path / "d.csv"), "--allow"]) == 0
+    assert "e.g. 2" in capsys.readouterr().out

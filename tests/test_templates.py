@@ -195,8 +195,8 @@ def test_plain_transformers_reproduces_verbo_replies(template, trained_model, sh
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
 
     vlm = VLM(model_dir, device="cpu")
-    assert vlm.caption_prompt == PROMPT  # what the model was trained on (plain: from its metadata)
-    assert model_metadata(model_dir).get("prompt") == (PROMPT if template == "plain" else None)
+    assert vlm.caption_prompt == PROMPT  # what the model was trained on (chat, plain: from its metadata)
+    assert model_metadata(model_dir).get("prompt") == (None if template == "caption" else PROMPT)
     options = DecodeOptions(max_new_tokens=MAX_NEW_TOKENS)
     records = [messages_record([user(*[{"type": "image", "image": image} if p == "IMAGE" else text(p)
                                        for p in content])]) for image, content in requests]

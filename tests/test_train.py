@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText
 
 from verbovision.data import Encoder, read_records
 from verbovision.errors import ConfigError, DataError
+from verbovision.infer import VLM
 from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import apply_override, load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
@@ -230,6 +231,9 @@ def test_verbovision_pt_recipe_end_to_end(tmp_path, shapes_data, tiny_vision, ti
     assert read_json(run / "stages/1-detailed/adapter/verbovision_adapter.json")["base_model"].endswith(
         "stages/0-pretrain/model")
     assert (run / "final/model.safetensors").exists()
+    # `verbo caption` asks the model in the language it was trained in
+    assert read_json(run / "final/verbovision.json")["prompt"] == "Descreva a imagem brevemente."
+    assert VLM(run / "final", device="cpu").caption_prompt == "Descreva a imagem brevemente."
 
 
 def test_geovlm_recipe_end_to_end(tmp_path, geometry_data, tiny_vision, tiny_lm):

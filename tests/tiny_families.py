@@ -193,20 +193,33 @@ QWEN2_VL_VISION = dict(patch_size=8, temporal_patch_size=2, merge_size=2)
 QWEN2_VL_PIXELS = dict(min_pixels=32 * 32, max_pixels=64 * 64)
 
 
-def make_tiny_qwen2_vl(out: Path, texts: list[str]) -> Path:
-    """Qwen2VLForConditionalGeneration with a dynamic-resolution image processor (4..16 image tokens)."""
+def qwen_tokenizer(texts: list[str]):
+    """A byte-level BPE with Qwen2-VL's special tokens: <|image_pad|> (also `.image_token`), <|vision_start|>,
+    <|vision_end|>, <|video_pad|>, ChatML turns; EOS <|im_end|> and pad <|endoftext|>, as on Qwen2-VL-*-Instruct. It
+    has no chat template: the processor carries it."""
     tokenizer = train_bpe_tokenizer(list(texts) + ["system user assistant You are a helpful assistant."],
                                     "<|image_pad|>", vocab_size=300)
     tokenizer.add_tokens(["<|vision_start|>", "<|vision_end|>", "<|video_pad|>"], special_tokens=True)
-    tokenizer.eos_token = "<|im_end|>"  # pad stays <|endoftext|>, as on Qwen2-VL-*-Instruct
-    tokenizer.chat_template = None  # the processor carries the template
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def mrope_text_config(vocab_size: int, ids: dict, **rope) -> dict:
+    """The tiny text config of the Qwen-VL families, with M-RoPE (`rope`: more rope parameters)."""
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    # M-RoPE: (temporal, height, width) sections of the head_dim/2 rotary frequencies ([16, 24, 24] at 128)
+    sections = [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
+    return dict(TINY_LM, vocab_size=vocab_size, bos_token_id=None, **ids,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections, **rope})
+
+
+def make_tiny_qwen2_vl(out: Path, texts: list[str]) -> Path:
+    """Qwen2VLForConditionalGeneration with a dynamic-resolution image processor (4..16 image tokens)."""
+    tokenizer = qwen_tokenizer(texts)
     token = tokenizer.convert_tokens_to_ids
     ids = dict(eos_token_id=token("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
-    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
-    text = dict(TINY_LM, vocab_size=len(tokenizer), bos_token_id=None, **ids,
-                # M-RoPE: (temporal, height, width) sections of the head_dim/2 rotary frequencies ([16, 24, 24] at 128)
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                 "mrope_section": [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]})
+    text = mrope_text_config(len(tokenizer), ids)
     vision = dict(depth=2, embed_dim=32, hidden_size=TINY_LM["hidden_size"], num_heads=2, mlp_ratio=2,
                   patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
                   spatial_merge_size=QWEN2_VL_VISION["merge_size"])
@@ -216,28 +229,35 @@ def make_tiny_qwen2_vl(out: Path, texts: list[str]) -> Path:
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
-    generation = GenerationConfig(**ids)
-    if is_torchvision_available():
-        from transformers import Qwen2VLProcessor, Qwen2VLVideoProcessor
+    video = {  # Qwen2VLVideoProcessor's own defaults fill in the rest
+        "video_processor_type": "Qwen2VLVideoProcessor", **QWEN2_VL_VISION,
+        "size": {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]},
+    }
+    return save_with_video_processor(out, model, GenerationConfig(**ids), "Qwen2VLProcessor", image_processor,
+                                     tokenizer, QWEN2_VL_TEMPLATE, video)
 
-        video_processor = Qwen2VLVideoProcessor(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
-        processor = Qwen2VLProcessor(image_processor, tokenizer, video_processor, chat_template=QWEN2_VL_TEMPLATE)
+
+def save_with_video_processor(out: Path, model, generation: GenerationConfig, processor_class: str, image_processor,
+                              tokenizer, chat_template: str, video: dict) -> Path:
+    """Save a model and a processor class that holds a video processor (`video`: its type and non-default settings).
+
+    Every video processor needs torchvision. Without it the processor can be neither built nor loaded, so this
+    writes the files `processor_class(...).save_pretrained(out)` would write: byte-identical except that the
+    `video_processor` entry of processor_config.json lists only `video` (the class's defaults fill in the rest).
+    """
+    import transformers
+
+    if is_torchvision_available():
+        settings = {k: v for k, v in video.items() if k != "video_processor_type"}
+        video_processor = getattr(transformers, video["video_processor_type"])(**settings)
+        processor = getattr(transformers, processor_class)(image_processor, tokenizer, video_processor,
+                                                           chat_template=chat_template)
         return _save(out, model, processor, generation)
     out = Path(out)
     model.generation_config = generation
     model.save_pretrained(out)
-    _save_qwen2_vl_processor(out, image_processor, tokenizer)
+    save_processor_files(out, processor_class, image_processor, tokenizer, chat_template, video)
     return out
-
-
-def _save_qwen2_vl_processor(out: Path, image_processor, tokenizer) -> None:
-    """What `Qwen2VLProcessor(...).save_pretrained(out)` writes, for machines without torchvision (which
-    `Qwen2VLVideoProcessor`, and so `Qwen2VLProcessor`, need)."""
-    video = {  # Qwen2VLVideoProcessor's own defaults fill in the rest when it is loaded
-        "video_processor_type": "Qwen2VLVideoProcessor", **QWEN2_VL_VISION,
-        "size": {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]},
-    }
-    save_processor_files(out, "Qwen2VLProcessor", image_processor, tokenizer, QWEN2_VL_TEMPLATE, video)
 
 
 def save_processor_files(out: Path, processor_class: str, image_processor, tokenizer, chat_template: str,

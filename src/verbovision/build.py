@@ -48,7 +48,7 @@ from .data import with_trained_template
 from .errors import ConfigError, VerboError
 from .families import family_of
 from .quantize import is_quantized
-from .store import MODEL_METADATA, explained_import_error, save_processor, write_json
+from .store import MODEL_METADATA, check_model_source, explained_import_error, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 
 
@@ -308,6 +308,9 @@ def _load_pretrained_vision(spec: VisionSpec, vcfg) -> PreTrainedModel:
 
 def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[PreTrainedModel, ProcessorMixin]:
     """Build the VLM and its processor. `tokenizer` is required when the LM is built from scratch."""
+    for name, what in ((spec.vision.name, "vision encoder"), (spec.language.name, "language model")):
+        if name:
+            check_model_source(name, what)
     if spec.language.name:
         tokenizer = prepare_pretrained_tokenizer(spec.language.name, spec.image_token)
     elif tokenizer is None:
@@ -365,8 +368,22 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
     return out
 
 
-def spec_metadata(spec: ModelSpec) -> dict:
-    return {"model_spec": asdict(spec)}
+_CONNECTOR_FIELDS = {"linear": ("type",), "mlp": ("type", "act"),
+                     "pixel_shuffle": ("type", "act", "factor", "hidden_size")}
+"""The ConnectorSpec fields each connector type uses."""
+
+
+def spec_record(spec: ModelSpec) -> dict:
+    """What a model's verbovision.json records of its composition, only what is true of the model: a pretrained
+    component by its name (the encoder with the layer that feeds the connector), a from-scratch one by its sizes, the
+    connector by the fields its type uses; never the from-scratch defaults of a pretrained component."""
+    vision, language = asdict(spec.vision), asdict(spec.language)
+    if spec.vision.name:
+        vision = {"name": spec.vision.name, "feature_layer": spec.vision.feature_layer}
+    if spec.language.name:
+        language = {"name": spec.language.name}
+    connector = {key: getattr(spec.connector, key) for key in _CONNECTOR_FIELDS.get(spec.connector.type, ("type",))}
+    return {"vision": vision, "language": language, "connector": connector, "image_token": spec.image_token}
 
 
 def describe(model: PreTrainedModel) -> str:

@@ -12,6 +12,19 @@ from pathlib import Path
 from .errors import VerboError
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown: appended as "(default: X)" unless the help
+    already says it (in words, or where showing it would print a secret from the environment) or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS
+        if no_default or "default" in help or not (action.option_strings or action.nargs in ("?", "*")):
+            return help
+        return f"{help} (default: %(default)s)"
+
+
 def _quiet_libraries() -> None:
     # transformers announces every image processor that falls back to PIL without torchvision; users need none of it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -41,7 +54,7 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
                        help="beam search: stop as soon as --beams candidates are finished")
     group.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
     group.add_argument("--seed", type=int, help="seed for reproducible sampling")
-    group.add_argument("--batch-size", type=int, default=16)
+    group.add_argument("--batch-size", type=int, default=16, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
@@ -96,7 +109,7 @@ def cmd_data_synth(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model
+    from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model, spec_record
     from .errors import ConfigError
 
     if not args.language:
@@ -109,22 +122,23 @@ def cmd_build(args) -> None:
         image_token=args.image_token,
     )
     model, processor = build_vlm(spec)
-    from dataclasses import asdict
-
-    save_model(model, processor, args.out, {"model_spec": asdict(spec), "template": "chat"})
+    save_model(model, processor, args.out, {"model_spec": spec_record(spec), "template": "chat"})
     print(f"{describe(model)} saved to {args.out}")
 
 
 def cmd_train(args) -> None:
-    from .recipe import load_recipe
+    from .recipe import load_recipe, recipe_file
     from .train import train_and_report
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    path = recipe_file(args.recipe)
+    if path != Path(args.recipe):
+        print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
+    recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from .distributed import launch
 
-        argv = ["train", args.recipe, *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
+        argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
         if launch(args.nproc, argv, args.accelerate_config):
             raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
         return
@@ -172,7 +186,10 @@ def _print_scores(result) -> None:
 
 
 def cmd_caption(args) -> None:
-    for image, caption in zip(args.images, _replies(args, args.images, args.prompt)):
+    from .readers import image_files
+
+    images = image_files(args.images)
+    for image, caption in zip(images, _replies(args, images, args.prompt)):
         print(f"{image}\t{caption}")
 
 
@@ -211,8 +228,9 @@ EXAMPLES = {
     "merge": "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
              "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter",
     "caption": "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
+               "  verbo caption runs/qs/final photos/                # every image in the folder, by name\n"
                "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0",
-    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json\n"
+    "eval": "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
             "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
             "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014",
     "score": "examples:\n  verbo score eval/qs/predictions.jsonl --metrics cider,bleu\n"
@@ -234,13 +252,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="verbo",
         description="Build, train, fine-tune, evaluate and serve vision-language models.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, func, help, epilog_key=None, parent=sub):
         p = parent.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(epilog_key or name),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -255,7 +273,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["shapes", "geometry"])
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
     p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
     from .datatools import add_data_commands, add_reading_options
 
@@ -264,15 +282,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("build", cmd_build, "compose a pretrained vision encoder + connector + LM into a standard checkpoint")
     p.add_argument("--vision", required=True, help="hub id or directory of a vision encoder (SigLIP, CLIP, ViT...)")
     p.add_argument("--language", required=True, help="hub id or directory of a causal LM")
-    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"])
-    p.add_argument("--act", default="gelu", choices=["gelu", "silu"])
+    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"],
+                   help="how image features become LM embeddings")
+    p.add_argument("--act", default="gelu", choices=["gelu", "silu"], help="the connector's activation")
     p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
     p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
-    p.add_argument("--image-token", default="<image>")
+    p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
     p.add_argument("--out", required=True)
 
     p = command("train", cmd_train, "run a recipe's training stages")
-    p.add_argument("recipe", help="recipe YAML")
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, or the name of a shipped recipe (quickstart, "
+                                                     "geovlm...: the files of recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
@@ -308,9 +328,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("caption", cmd_caption, "caption images")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--prompt", help="what to ask (default: the prompt a plain- or prefix-template model was trained "
-                                    "on, else its family's (PaliGemma: 'caption en'), else 'Describe the image "
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders whose images are all captioned")
+    p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
+                                    "language, else its family's (PaliGemma: 'caption en'), else 'Describe the image "
                                     "briefly.')")
     _decode_args(p)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
 from .tokenizer import with_image_parts
 
@@ -65,6 +65,11 @@ EMPTY_ANSWER = "empty answer"
 NOT_UTF8 = "non-UTF-8"
 INVALID_JSON = "invalid JSON"
 """The kinds of record problems above: checks and training count them by these names."""
+
+
+def is_question(prompt: str) -> bool:
+    """A user turn that asks a question (has a question mark), whose reply is an answer rather than a caption."""
+    return "?" in prompt or "\uff1f" in prompt  # ASCII or full-width (Chinese/Japanese) question mark
 
 
 class RecordError(DataError):
@@ -150,16 +155,25 @@ class ImageTokens:
 
     Asked of the processor once per image size (once in all when the count does not depend on the size, as for
     Llava), so the text always holds exactly the tokens the model's features will fill, in every family: Llava's
-    repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s.
+    repeated `<image>`, Idefics3's tiled `<row_1_col_1>...<global-img>`, Qwen2-VL's size-dependent `<|image_pad|>`s,
+    BLIP-2's query tokens (which its processor writes in front of every text, whatever the text holds).
     """
 
     _PROBE_SIZES = ((40, 30), (640, 480))
 
-    def __init__(self, processor):
+    def __init__(self, processor, family: Family = IMAGE_TOKEN_FAMILY):
+        # Kosmos-2's processor marks where the features go in a mask of its own (image_embeds_position_mask), over
+        # ordinary vocabulary ids that nothing else tells from text.
+        if getattr(processor, "image_token", None) is None:
+            raise ConfigError(f"{family.name} models are not supported: {type(processor).__name__} has no image "
+                              "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
-        self.token = processor.image_token
+        self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
         self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
         self._by_size: dict[tuple[int, int], list[int]] = {}
+        self.written_first = self._writes_images_first()
+        """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
+        image token in the text would stay there, one token more than the model has features for."""
         self._around = self._laid_out_around()
         small, large = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = small if small == large else None
@@ -193,9 +207,20 @@ class ImageTokens:
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
 
-    def _processed(self, size: tuple[int, int]) -> dict:
-        blank = Image.new("RGB", size)
-        return self.processor(text=[self.token], images=[[blank]], add_special_tokens=False)
+    def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
+        """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
+        text = ("" if self.written_first else self.token) if text is None else text
+        return self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
+
+    def _writes_images_first(self) -> bool:
+        """Whether the processor writes image tokens in front of a text that holds its own, which then stays too
+        (BLIP-2's); PaliGemma's writes them only where the text holds none, and expands the text's own instead."""
+        size = self._PROBE_SIZES[0]
+        try:
+            without = self._processed(size, text="")["input_ids"][0].count(self.token_id)
+        except ValueError:  # processors that expand the image token refuse an image whose token the text lacks
+            return False
+        return 0 < without < self._processed(size, text=self.token)["input_ids"][0].count(self.token_id)
 
     def _token_types(self) -> tuple[str, frozenset[int]] | None:
         """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
@@ -278,17 +303,19 @@ def with_trained_template(processor, family: Family, metadata: dict):
     its default chat template is the layout the model was trained on (with the trained prompt of `metadata`), and
     the model's own is kept under the name `chat` for later chat stages; for chat, the model's own is the default,
     and so for prefix: PaliGemma's processor lays out that text itself. Families whose images are not in the text
-    (GIT, encoder-decoders) keep their own: their texts start with tokens that their processors add, which a chat
-    template cannot express."""
+    (GIT, encoder-decoders, BLIP-2) keep their own: their texts start with tokens that their processors add, which a
+    chat template cannot express."""
     current = getattr(processor, "chat_template", None)
     named = dict(current) if isinstance(current, dict) else {"default": current}
     own = own_chat_template(current)
-    if metadata.get("template", "chat") not in _LAYOUT_JINJA or family.images != IMAGES_IN_TEXT:
+    template = metadata.get("template", "chat")
+    layout = (Encoder(processor, template, family=family, prompt=metadata.get("prompt"))
+              if template in _LAYOUT_JINJA and family.images == IMAGES_IN_TEXT else None)
+    if layout is None or layout.image_token is None:
         named.update({"default": own, CHAT_TEMPLATE_NAME: None})
     else:
         if own is None and (text_only := own_chat_template(processor.tokenizer.chat_template)):
-            own = with_image_parts(text_only, processor.image_token)  # the processor's template takes typed parts
-        layout = Encoder(processor, metadata["template"], family=family, prompt=metadata.get("prompt"))
+            own = with_image_parts(text_only, layout.image_token)  # the processor's template takes typed parts
         named.update({"default": layout.layout_template(), CHAT_TEMPLATE_NAME: own})
     named = {name: template for name, template in named.items() if template}  # others (tool use...) stay
     saved = copy.copy(processor)
@@ -303,6 +330,8 @@ class Encoder:
 
     Text is rendered with one image token per image (or none, for families that take images outside the text),
     tokenized, labelled from the character spans of the replies, then each image token is expanded (`ImageTokens`).
+    Where the processor writes the image tokens in front of the text itself (BLIP-2), the text holds none and the
+    image's tokens come first, before the BOS, as that processor puts them.
     """
 
     def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop",
@@ -315,6 +344,11 @@ class Encoder:
         self.processor = processor
         self.family = family
         self.tokenizer = processor.tokenizer
+        self.image_tokens = ImageTokens(processor, family) if family.images == IMAGES_IN_TEXT else None
+        in_text = self.image_tokens is not None and not self.image_tokens.written_first
+        self.image_token = self.image_tokens.token if in_text else None
+        """The image token of the rendered text (None where the text holds none)."""
+        self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
@@ -327,9 +361,6 @@ class Encoder:
         """The layout in use: `chat` becomes the family's own layout (PaliGemma's `prefix`) for a model without a
         chat template."""
         self.max_length = max_length
-        self.image_tokens = ImageTokens(processor) if family.images == IMAGES_IN_TEXT else None
-        self.image_token = self.image_tokens.token if self.image_tokens else None
-        self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
         self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
         """Ends every reply in VerboVision's layouts (BERT-style tokenizers such as GIT's end with [SEP])."""
         self.prompt = prompt
@@ -340,7 +371,8 @@ class Encoder:
         one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way.
         The prefix layout writes its BOS after the images instead."""
         self.prompts: Counter[str] = Counter()
-        """The prompts of the image turns encoded for training (text beside the images), for `trained_prompt`."""
+        """The caption prompts of the image turns encoded for training (text beside the images that asks no
+        question), for `trained_prompt`."""
 
     def _added_bos(self) -> str | None:
         bos = self.tokenizer.bos_token_id
@@ -355,7 +387,8 @@ class Encoder:
 
     @property
     def trained_prompt(self) -> str | None:
-        """The prompt seen most often beside an image in the records encoded for training (None if none was)."""
+        """The caption prompt seen most often beside an image in the records encoded for training, in the data's
+        language (None if none was); what `verbo caption` asks the trained model."""
         return self.prompts.most_common(1)[0][0] if self.prompts else None
 
     def _image_text(self, text: str) -> str:
@@ -375,7 +408,27 @@ class Encoder:
                 start = len(self._chat(messages[:i], add_generation_prompt=True))
                 end = len(self._chat(messages[: i + 1]))
                 spans.append((start, end))
-        return self._chat(messages, add_generation_prompt), spans
+        text = self._chat(messages, add_generation_prompt)
+        return (text, spans) if add_generation_prompt else self._with_ended_replies(text, spans)
+
+    def _with_ended_replies(self, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+        """A training text whose every reply ends in a special token: templates that write none after a reply
+        (llava-hf's; DeepSeek-VL's after the last one) get the EOS there, inside the reply's span, as LLaVA's own
+        training appends `</s>`, so that the model learns to stop. Prompts for generation stay as the template
+        writes them."""
+        ends = {self.tokenizer.eos_token, *self.tokenizer.all_special_tokens,
+                *(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)} - {None, ""}
+        shift, ended = 0, []
+        for start, end in spans:
+            start, end = start + shift, end + shift
+            reply = text[start:end]
+            if not any(token in reply for token in ends):
+                cut = start + len(reply.rstrip())
+                text = text[:cut] + self.end_token + text[cut:]
+                end += len(self.end_token)
+                shift += len(self.end_token)
+            ended.append((start, end))
+        return text, ended
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         if not messages:
@@ -460,8 +513,9 @@ class Encoder:
         if not for_generation and all(label == -100 for label in labels):
             raise RecordError(record.source, record.id, EMPTY_ANSWER, "empty assistant reply, nothing to learn")
         if not for_generation:
-            self.prompts.update(t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
-                                if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            prompts = (t.text.replace(DATA_IMAGE_TOKEN, "").strip() for t in turns
+                       if t.role == "user" and DATA_IMAGE_TOKEN in t.text)
+            self.prompts.update(p for p in prompts if not is_question(p))
         return Encoded(record.id, ids, labels, record.images)
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -476,13 +530,15 @@ class Encoder:
         return tokens, offsets
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
-        """Each image token replaced by the tokens of its image; families without image tokens take one image."""
-        if self.image_tokens is None:
+        """Each image token replaced by the tokens of its image; families without image tokens in the text take one
+        image, whose tokens (if any) come first."""
+        if self.image_token is None:
             if len(record.images) != 1:
                 raise RecordError(record.source, record.id, IMAGE_TOKENS,
                                   f"{self.family.name} takes exactly one image per text; the record has "
                                   f"{len(record.images)}")
-            return ids, labels
+            first = self.image_tokens.ids(record.images[0]) if self.image_tokens else []
+            return first + ids, [-100] * len(first) + labels
         found = ids.count(self.image_token_id)
         if found != len(record.images):
             raise RecordError(record.source, record.id, IMAGE_TOKENS,
@@ -594,8 +650,9 @@ class SkipLog:
         return f"{len(self)} skipped: {kinds}{more}; e.g. {self.examples[top[0][0]][0]}"
 
 
-_SKIP_HINTS = {MISSING_IMAGE: "relative image paths start at the data file's folder (COCO: a guess near it); "
-                              "if the images are elsewhere, say where with image_root (--image-root)"}
+SKIP_HINTS = {MISSING_IMAGE: "relative image paths start at the data file's folder (COCO: a guess near it); "
+                             "if the images are elsewhere, say where with image_root (--image-root)"}
+"""What to do about a kind of unusable record, where one fix usually serves them all."""
 
 
 def require_usable(usable: int, skips: SkipLog, what: str, context: str | None = None) -> None:
@@ -605,7 +662,7 @@ def require_usable(usable: int, skips: SkipLog, what: str, context: str | None =
     if usable:
         return
     top = skips.counts.most_common(1)
-    hint = _SKIP_HINTS.get(top[0][0]) if top else None
+    hint = SKIP_HINTS.get(top[0][0]) if top else None
     prefix = f"{context}: " if context else ""
     raise DataError(f"{prefix}0 usable {what} ({skips.describe()})" + (f"; {hint}" if hint else ""))
 

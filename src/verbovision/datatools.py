@@ -32,11 +32,13 @@ from .data import (
     RecordError,
     SkipLog,
     Turn,
+    is_question,
     require_usable,
     skip_reason,
 )
 from .errors import DataError, VerboError
 from .images import ImageSource, image_key, image_name, open_image, read_image_bytes
+from .cli import HelpFormatter
 from .readers import FORMATS, Columns, ReadOptions, iter_records, scan
 from .store import write_atomic, write_json
 
@@ -198,12 +200,16 @@ def guess_language(text: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- check
 
+MIN_IMAGE_SIDE = 32
+"""Images shorter than this many pixels on a side are `image too small` to `check` and removed by `clean`: an icon or
+thumbnail, not a picture an encoder learns from."""
+
 
 @dataclass
 class CheckOptions:
     """What `verbo data check` looks for."""
 
-    min_size: int = 16
+    min_size: int = MIN_IMAGE_SIDE
     """An image shorter than this many pixels on a side is `image too small`."""
     model: str | None = None
     """Model directory or hub id: also tokenize each record and flag those over max_length."""
@@ -274,8 +280,9 @@ def _encoder(options: CheckOptions) -> Encoder:
     from transformers import AutoConfig
 
     from .families import family_of
-    from .store import load_processor, model_metadata
+    from .store import check_model_source, load_processor, model_metadata
 
+    check_model_source(options.model)
     try:
         processor = load_processor(options.model)
         family = family_of(AutoConfig.from_pretrained(options.model))
@@ -292,12 +299,13 @@ def _encoder(options: CheckOptions) -> Encoder:
 class CleanOptions:
     """What `verbo data clean` removes."""
 
-    min_size: int = 32
+    min_size: int = MIN_IMAGE_SIDE
     """Images shorter than this many pixels on a side are removed."""
-    min_words: int = 1
-    """Replies with fewer words are removed (a Chinese/Japanese character counts as a word)."""
-    max_words: int = 300
-    """Replies with more words are removed."""
+    min_words: int = 3
+    """Captions with fewer words are removed ("dog", "a dog"; a Chinese/Japanese character counts as a word).
+    A caption is a reply to a prompt that asks no question (see is_question); answers ("yes", "4") only need a word."""
+    max_words: int = 150
+    """Captions with more words are removed: run-on or scraped text (detailed descriptions rarely pass 150 words)."""
     near_duplicates: int = 4
     """Largest difference (bits of 64) between the dHashes of near-duplicate images; -1 keeps near-duplicates.
     Exact duplicates (the same pixels in another file) are always removed."""
@@ -322,6 +330,16 @@ class CleanReport:
         return "\n".join(lines + [f"every removal, with its reason: {self.out / 'removed.jsonl'}"])
 
 
+def exchanges(record: Record) -> Iterator[tuple[str, str]]:
+    """(user turn, assistant reply) for each reply of a record; system turns are not prompts."""
+    prompt = ""
+    for turn in record.turns:
+        if turn.role == "user":
+            prompt = turn.text
+        elif turn.role == "assistant":
+            yield prompt, turn.text
+
+
 def word_count(text: str) -> int:
     """Words and numbers; in Chinese/Japanese, which have no spaces, each character counts as a word."""
     cjk_runs = re.findall(r"[\u3040-\u9fff]+", text)
@@ -344,12 +362,16 @@ class Cleaner:
         return self._text_reason(record) or self._image_reason(record)
 
     def _text_reason(self, record: Record) -> tuple[str, str] | None:
-        replies = [t.text for t in record.turns if t.role == "assistant"]
-        for reply in replies:
+        replies = []
+        for prompt, reply in exchanges(record):
+            replies.append(reply)
             words = word_count(reply)
-            if words < self.options.min_words:
+            if is_question(prompt):
+                if not words:
+                    return "answer without words", repr(reply)
+            elif words < self.options.min_words:
                 return "caption too short", f"{words} words < {self.options.min_words}: {reply!r}"
-            if words > self.options.max_words:
+            elif words > self.options.max_words:
                 return "caption too long", f"{words} words > {self.options.max_words}"
         if self.options.langs:
             language = guess_language(" ".join(replies))
@@ -635,7 +657,13 @@ EXAMPLES = {
              "  verbo data check annotations/captions_val2014.json --image-root val2014 --model runs/qs/final\n"
              "  verbo data check shards/ --allow --json > report.json",
     "clean": "examples:\n  verbo data clean data/raw.json --out data/clean\n"
-             "  verbo data clean pokemon/ --out data/clean --min-size 64 --max-words 60 --langs pt --link",
+             "  verbo data clean pokemon/ --out data/clean --min-size 64 --max-words 60 --langs pt --link\n"
+             "  verbo data clean detailed.json --out data/clean --max-words 400   # long descriptions are the point\n\n"
+             "removed: unreadable, missing or too small images (--min-size), exact duplicate images (the same\n"
+             "pixels) and near-duplicates (--near-duplicates), captions shorter than --min-words or longer than\n"
+             "--max-words, answers without a word, replies in other languages (--langs). A caption is a reply to a\n"
+             "prompt that asks no question (no '?': 'Describe the image.'); a reply to a question is an answer,\n"
+             "where 'yes' or '4' is fine. Every removal is in removed.jsonl with its reason.",
     "split": "examples:\n  verbo data split data/clean/data.json --out data/splits\n"
              "  verbo data split data.json --ratios 0.9,0.1 --names train,val --seed 1 --out data/splits",
     "convert": "examples:\n  verbo data convert annotations/captions_train2014.json --to llava --out data/coco.json\n"
@@ -648,7 +676,7 @@ def add_data_commands(subparsers) -> None:
 
     def command(name, func, help):
         p = subparsers.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         _reading_args(p)
         return p
@@ -665,8 +693,10 @@ def add_data_commands(subparsers) -> None:
     p = command("clean", cmd_clean, "drop corrupt/tiny/duplicate images and bad captions; log each removal")
     p.add_argument("--out", required=True, help="output folder: data.json, images/, removed.jsonl")
     p.add_argument("--min-size", type=int, default=CleanOptions.min_size, help="smallest image side, px")
-    p.add_argument("--min-words", type=int, default=CleanOptions.min_words, help="shortest reply, in words")
-    p.add_argument("--max-words", type=int, default=CleanOptions.max_words, help="longest reply, in words")
+    p.add_argument("--min-words", type=int, default=CleanOptions.min_words,
+                   help="shortest caption, in words (answers to questions only need one)")
+    p.add_argument("--max-words", type=int, default=CleanOptions.max_words,
+                   help="longest caption, in words (answers to questions are not limited)")
     p.add_argument("--near-duplicates", type=int, default=CleanOptions.near_duplicates, metavar="BITS",
                    help="dHash distance (of 64 bits) that makes images near-duplicates; -1 keeps them")
     p.add_argument("--langs", help="keep replies in these languages only, e.g. pt or en,pt (heuristic guess)")
@@ -676,7 +706,7 @@ def add_data_commands(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder: one LLaVA JSON per split")
     p.add_argument("--ratios", default="0.8,0.1,0.1", help="split sizes (default: %(default)s)")
     p.add_argument("--names", help="split names (default: train,val,test)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same split")
 
     p = command("convert", cmd_convert, "convert a dataset to LLaVA JSON")
     p.add_argument("--to", choices=["llava"], default="llava", help="output format")

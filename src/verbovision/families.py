@@ -26,14 +26,22 @@ from .errors import ConfigError
 IMAGES_IN_TEXT, PREFIX, ENCODER = "image-tokens", "prefix", "encoder"
 
 COMPONENT_MODULES = {
-    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder"),
+    "vision": ("model.vision_tower", "model.vision_model", "model.visual", "git.image_encoder", "encoder",
+               # DeepSeek-VL-Hybrid's high-resolution branch: SAM tower, its global-attention neck, convolutions down
+               # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
+               # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
+               "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
+               "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
-                  "git.visual_projection", "enc_to_dec_proj"),
+                  "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
+                  "query_tokens", "qformer", "language_projection"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
-                 "decoder"),
+                 "decoder", "language_model"),
 }
-"""Where each component lives, across families (transformers v5 module names; the longest matching prefix wins, so
-Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower)."""
+"""Where each component lives, across families (transformers v5 module or parameter names; the longest matching
+prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
+Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
+is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -75,6 +83,7 @@ SUPPORT: dict[str, Support] = {
     "cohere2_vision": Support(caches_features=True),
     "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
@@ -82,6 +91,8 @@ SUPPORT: dict[str, Support] = {
     "paligemma": Support(prefix_lm=True, layout="prefix", prompt="caption en", packs=False,
                          packing_refusal="its prompts are attended both ways (token_type_ids 0), across the packed "
                                          "examples' boundaries"),
+    "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
+                      "the examples' boundaries: each would attend to the ones before it in its row"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
@@ -138,6 +149,10 @@ def family_of(config) -> Family:
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,), support)
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
+        if getattr(config.get_text_config(), "is_encoder_decoder", False):  # Florence-2 (BART), BLIP-2 with Flan-T5
+            raise ConfigError(f"{kind} models are not supported: their language model is an encoder-decoder whose "
+                              "encoder reads the prompt with the image's tokens; VerboVision's encoder-decoders take the "
+                              "image alone in the encoder and the whole text in the decoder")
         start = config.decoder_start_token_id
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
@@ -150,6 +165,19 @@ def forward_parameters(model_class: type) -> frozenset[str]:
     """The inputs a model class's forward names; anything else lands in its **kwargs, where it may go unread."""
     parameters = inspect.signature(model_class.forward).parameters.values()
     return frozenset(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def check_required_inputs(model: nn.Module, processor) -> None:
+    """Refuse a model whose forward requires an input that VerboVision never gives it: it passes the tokenizer's ids
+    and the image processor's tensors, not InstructBLIP's `qformer_input_ids` (the prompt again, through the
+    Q-Former's own tokenizer)."""
+    parameters = list(inspect.signature(type(model).forward).parameters.values())[1:]  # after self
+    required = {p.name for p in parameters if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    given = {"input_ids", "attention_mask", *processor.image_processor.model_input_names}
+    if missing := sorted(required - given):
+        raise ConfigError(f"{model.config.model_type} models are not supported: {type(model).__name__}.forward "
+                          f"requires {', '.join(missing)}, which VerboVision does not give it (only the tokenizer's "
+                          "ids and the image processor's tensors)")
 
 
 def named_inputs(model: nn.Module) -> frozenset[str]:
@@ -182,7 +210,7 @@ class Components:
     """Which of a model's modules make up its vision, connector and language components."""
 
     def __init__(self, model: nn.Module):
-        names = {strip_peft(n) for n, _ in model.named_modules()}
+        names = {strip_peft(n) for named in (model.named_modules(), model.named_parameters()) for n, _ in named}
         self.prefixes = {c: tuple(p for p in candidates if p in names) for c, candidates in COMPONENT_MODULES.items()}
         missing = [c for c in ("vision", "language") if not self.prefixes[c]]
         if missing:

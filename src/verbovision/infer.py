@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -84,6 +85,22 @@ class DecodeOptions:
         return kwargs
 
 
+def decode_options(options: DecodeOptions | None = None, **changes) -> DecodeOptions:
+    """`options` (default: greedy `DecodeOptions()`) with the fields named by keyword changed, as the Python API takes
+    them: `vlm.caption(images, max_new_tokens=8, beams=3)`. `stop` may be one string or several."""
+    options = options or DecodeOptions()
+    known = [f.name for f in fields(DecodeOptions)]
+    for name in changes:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"unknown decoding option {name!r}; {hint}the options are {', '.join(known)}")
+    if "stop" in changes:
+        stop = changes["stop"]
+        changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return replace(options, **changes)
+
+
 _OPTIONAL_GENERATE_KWARGS = ("temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
                              "no_repeat_ngram_size", "min_new_tokens")
 """DecodeOptions fields passed to `generate` only when set, so that unset ones keep the model's generation config."""
@@ -146,9 +163,9 @@ class VLM:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.family = family_of(model.config)
         self.caption_prompt = metadata.get("prompt") or self.family.support.prompt or CAPTION_PROMPT
-        """What `caption` asks by default: the prompt a plain- or prefix-template model was trained on, else its
-        family's convention (PaliGemma's "caption en"), else CAPTION_PROMPT. A plain- or prefix-template model also
-        gets it for a request with images and no text."""
+        """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
+        else its family's convention (PaliGemma's "caption en"), else CAPTION_PROMPT. A plain- or prefix-template
+        model also gets it for a request with images and no text."""
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
                                family=self.family, prompt=self.caption_prompt)
         self.collator = Collator(self.encoder, pad_left=True)
@@ -157,21 +174,26 @@ class VLM:
         self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
-                batch_size: int = 16) -> list[str]:
-        """Captions of the images, asked `prompt` (default: `caption_prompt`)."""
+                batch_size: int = 16, **decoding) -> list[str]:
+        """Captions of the images, asked `prompt` (default: `caption_prompt`).
+
+        Decoding is greedy unless `options` or keyword arguments named as `DecodeOptions`' fields say otherwise
+        (`max_new_tokens=8, beams=3`; `top_p=0.9, temperature=0.7, seed=0`); the same holds for every method here.
+        """
         prompt = self.caption_prompt if prompt is None else prompt
-        return self.generate([(image, prompt) for image in images], options, batch_size)
+        return self.generate([(image, prompt) for image in images], options, batch_size, **decoding)
 
-    def ask(self, image, question: str, options: DecodeOptions | None = None) -> str:
-        return self.generate([(image, question)], options)[0]
+    def ask(self, image, question: str, options: DecodeOptions | None = None, **decoding) -> str:
+        return self.generate([(image, question)], options, **decoding)[0]
 
-    def chat(self, messages: Sequence[dict], options: DecodeOptions | None = None) -> str:
+    def chat(self, messages: Sequence[dict], options: DecodeOptions | None = None, **decoding) -> str:
         """The next assistant reply to OpenAI-style messages (see `messages_record` for the content parts)."""
-        return self.generate_records([messages_record(messages)], options)[0]
+        return self.generate_records([messages_record(messages)], decode_options(options, **decoding))[0]
 
-    def stream(self, messages: Sequence[dict], options: DecodeOptions | None = None) -> Iterator[str]:
+    def stream(self, messages: Sequence[dict], options: DecodeOptions | None = None, **decoding) -> Iterator[str]:
         """Like `chat`, but yields the reply in pieces as it is generated; the pieces add up to `chat`'s reply."""
         record = messages_record(messages)
+        options = decode_options(options, **decoding)
         pieces: queue.Queue = queue.Queue()
 
         def run() -> None:
@@ -187,9 +209,11 @@ class VLM:
                 raise piece
             yield piece
 
-    def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = 16) -> list[str]:
+    def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = 16,
+                 **decoding) -> list[str]:
         """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
-        return self.generate_records([prompt_record(image, prompt) for image, prompt in items], options, batch_size)
+        return self.generate_records([prompt_record(image, prompt) for image, prompt in items],
+                                     decode_options(options, **decoding), batch_size)
 
     def generate_records(self, records: Sequence[Record], options: DecodeOptions | None = None,
                          batch_size: int = 16) -> list[str]:

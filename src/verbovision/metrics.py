@@ -967,7 +967,7 @@ def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tu
     try:
         score, scores = scorer.compute_score(*_coco_inputs(hypotheses, references))
     except Exception as exc:  # a dead JVM shows up as a ValueError on its empty output
-        raise MetricUnavailable(f"METEOR failed: {type(exc).__name__}: {exc}") from exc
+        raise _failed("METEOR", exc) from exc
     finally:
         scorer.meteor_p.kill()
         scorer.meteor_p.wait()
@@ -983,21 +983,28 @@ def spice(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tup
     try:
         score, scores = scorer.compute_score(*_coco_inputs(hypotheses, references))
     except Exception as exc:
-        raise MetricUnavailable(f"SPICE failed: {type(exc).__name__}: {exc}") from exc
+        raise _failed("SPICE", exc) from exc
     return float(score), [float(s["All"]["f"]) for s in scores]  # in sorted id order, i.e. input order
 
 
 def _java_scorer(name: str, module: str, cls: str) -> object:
     if shutil.which("java") is None:
-        raise MetricUnavailable(f"{name} skipped: java not found")
+        raise MetricUnavailable(f"java not found: {name} runs the official Java program; install a Java runtime "
+                                "(e.g. OpenJDK: apt install default-jre) to compute it")
     try:
         scorer_class = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
-        raise MetricUnavailable(f"{name} skipped: pycocoevalcap not importable ({exc})") from exc
+        raise MetricUnavailable(f"pycocoevalcap, which runs {name}, is not importable ({exc}); reinstall "
+                                "verbovision (it depends on pycocoevalcap)") from exc
     try:
         return scorer_class()
     except Exception as exc:  # SPICE fetches CoreNLP here, which fails offline
-        raise MetricUnavailable(f"{name} failed: {type(exc).__name__}: {exc}") from exc
+        raise _failed(name, exc) from exc
+
+
+def _failed(name: str, exc: Exception) -> MetricUnavailable:
+    """The reason a Java scorer failed, on one line (a JVM's messages run over several)."""
+    return MetricUnavailable(" ".join(f"{name} failed: {type(exc).__name__}: {exc}".split()))
 
 
 def _coco_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[dict, dict]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import _decode_args, _decode_options, load_vlm
+from .cli import HelpFormatter, _decode_args, _decode_options, load_vlm
 from .errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
@@ -222,7 +222,7 @@ Re-running the same command after an interruption answers only the questions not
 def subcommand(subparsers, name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
     """A `verbo` subcommand parser in cli.py's style: help as description, examples as epilog."""
     parser = subparsers.add_parser(name, help=help, description=help, epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
     parser.set_defaults(func=func)
     return parser
 

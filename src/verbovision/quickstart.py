@@ -7,11 +7,10 @@ short English captions, caption a few test images, and write the run's report.
 from __future__ import annotations
 
 import time
-from importlib import resources
 from pathlib import Path
 
 from .evaluate import evaluate
-from .recipe import load_recipe
+from .recipe import load_recipe, shipped_recipe
 from .synth import synth_shapes
 from .report import sample_captions, write_report
 from .train import train_recipe
@@ -21,17 +20,13 @@ IMAGES = 12000
 """Synthetic images: more distinct images teach the from-scratch encoder shapes faster than more epochs."""
 
 
-def quickstart_recipe() -> Path:
-    return Path(str(resources.files("verbovision") / "recipes" / "quickstart.yaml"))
-
-
 def quickstart(out: Path, n: int = IMAGES, overrides: list[str] = ()) -> dict:
     start = time.time()
     data = out / "data" / "shapes"
     if not (data / "dataset_info.json").exists():
         print(f"[1/4] synthesizing {n} shapes images -> {data}")
         synth_shapes(data, n=n, seed=0, langs=("en",))
-    recipe = load_recipe(quickstart_recipe(), [f"data_root={data}", *overrides])
+    recipe = load_recipe(shipped_recipe("quickstart"), [f"data_root={data}", *overrides])
     run = out / "run"
     print(f"[2/4] training {recipe.name} from scratch -> {run}")
     train_recipe(recipe, run, resume=(run / "run.json").exists())

@@ -14,7 +14,8 @@ Formats:
 Every row-shaped format goes through one row reader: a row with `conversations` is a LLaVA record, any other row a
 caption/answer pair. A problem with one record is yielded as a `RecordError` (a check counts it, training skips it);
 a problem with the whole input (not found, invalid JSON, unknown format) raises `DataError`. Text is decoded as
-UTF-8; bytes that are not UTF-8 make their record a `non-UTF-8` problem, not the whole file.
+UTF-8; bytes that are not UTF-8 make their record a `non-UTF-8` problem, not the whole file. A record without an id
+(`id`, `question_id`, `image_id`, `__key__`) is named by its 0-based position in its file, in every format.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .data import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    SKIP_HINTS,
     Record,
     RecordError,
     SkipLog,
@@ -98,7 +100,8 @@ def iter_records(path: str | Path, options: ReadOptions | None = None, skips: Sk
     for item in scan(path, options):
         if isinstance(item, RecordError):
             if skips is None:
-                raise item
+                hint = SKIP_HINTS.get(item.kind)
+                raise DataError(f"{item}; {hint}") if hint else item
             skips.add(item.kind, f"{item.record_id}: {item}")
         else:
             yield item
@@ -115,6 +118,20 @@ def scan(path: str | Path, options: ReadOptions | None = None) -> Iterator[Recor
         raise DataError(f"{path}: format {fmt!r} unknown; use one of {', '.join(FORMATS)}")
     for item in READERS[fmt](path, replace(options, format=fmt)):
         yield item if isinstance(item, RecordError) else validate(item, options.check_image_files)
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """Image arguments with each folder among them replaced by its image files (IMAGE_SUFFIXES), in name order."""
+    files = []
+    for given in paths:
+        if not Path(given).is_dir():
+            files.append(given)
+            continue
+        inside = sorted(str(f) for f in Path(given).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        if not inside:
+            raise DataError(f"{given}: a folder without images ({' '.join(IMAGE_SUFFIXES)})")
+        files += inside
+    return files
 
 
 def detect_format(path: Path) -> str:
@@ -210,23 +227,23 @@ def _trailing_comma_hint(error: json.JSONDecodeError) -> str:
     return ""
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | RecordError]]:
-    """(line number, row) for each non-empty line; a line that is not a JSON object is a RecordError."""
+def _jsonl_rows(path: Path) -> Rows:
+    """(default id, row) for each non-empty line, the id counting those lines from 0 (see file_rows); a line that is
+    not a JSON object is a RecordError whose message gives its line number."""
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            line = decode_text(raw).strip()
-            if not line:
-                continue
+        lines = ((line_no, decode_text(raw).strip()) for line_no, raw in enumerate(f, 1))
+        for index, (line_no, line) in enumerate((n, line) for n, line in lines if line):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                yield line_no, RecordError(path, f"line {line_no}", INVALID_JSON,
-                                           f"line {line_no} column {e.colno}: invalid JSON: {e.msg}")
+                yield str(index), RecordError(path, str(index), INVALID_JSON,
+                                              f"line {line_no} column {e.colno}: invalid JSON: {e.msg}")
                 continue
             if not isinstance(row, dict):
-                yield line_no, RecordError(path, f"line {line_no}", INVALID_JSON, "a line must hold a JSON object")
+                yield str(index), RecordError(path, str(index), INVALID_JSON,
+                                              f"line {line_no}: a line must hold a JSON object")
                 continue
-            yield line_no, row
+            yield str(index), row
 
 
 def _csv_rows(path: Path) -> Iterator[dict]:
@@ -235,11 +252,14 @@ def _csv_rows(path: Path) -> Iterator[dict]:
     yield from csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
 
 
-def file_rows(path: Path) -> Iterator[tuple[str, dict | RecordError]]:
-    """(default id, row) of a JSON list, JSONL, CSV/TSV or parquet/arrow file."""
+def file_rows(path: Path) -> Rows:
+    """(default id, row) of a JSON list, JSONL, CSV/TSV or parquet/arrow file. A row without an id column is named by
+    its 0-based position among the file's records, in every format: the item of a JSON list, the non-empty line of a
+    JSONL file, the data row of a CSV (after its header) or of a parquet file (`rows[i]`, `jq '.[i]'`, pandas'
+    `iloc[i]`)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        yield from ((str(n), row) for n, row in _jsonl_rows(path))
+        yield from _jsonl_rows(path)
     elif suffix in (".csv", ".tsv"):
         yield from ((str(i), row) for i, row in enumerate(_csv_rows(path)))
     elif suffix in (".parquet", ".arrow"):

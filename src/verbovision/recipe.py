@@ -207,10 +207,30 @@ class Recipe:
     """Training stages, run in order; each starts from the previous stage's result."""
 
 
+def shipped_recipe(name: str) -> Path | None:
+    """The recipe VerboVision ships under `name` (quickstart, geovlm...; with or without .yaml), if there is one."""
+    from importlib import resources
+
+    path = Path(str(resources.files("verbovision") / "recipes" / f"{name.removesuffix('.yaml')}.yaml"))
+    return path if path.is_file() else None
+
+
+def recipe_file(given: str | Path) -> Path:
+    """The recipe file `verbo train RECIPE` means: a YAML file, else the shipped recipe of that bare name (a folder
+    named like a recipe, such as the quickstart's output folder, does not hide it)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    shipped = shipped_recipe(path.name) if path.parent == Path(".") else None
+    if shipped:
+        return shipped
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
+    raise ConfigError(f"{path}: recipe not found")
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: recipe not found")
+    path = recipe_file(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .data import SkipLog, source_records
-from .evaluate import CUT_MARK, marked_prediction
+from .evaluate import CUT_MARK, marked_prediction, table_cell
 from .recipe import Recipe
 from .runinfo import read_metrics
 from .store import read_json, write_atomic
@@ -34,34 +34,55 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: Decode
              "max_new_tokens": options.max_new_tokens} for r, g in zip(records, generations)]
 
 
-def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
-    """samples.png: each sample image with the model's caption under it (and the reference)."""
+SAMPLE_TEXT_WIDTH = 72
+"""Characters per line of the texts beside each image in samples.png."""
+
+
+def wrapped(text: str, width: int = SAMPLE_TEXT_WIDTH) -> str:
+    """Text wrapped at `width`, its own line breaks kept (step-by-step answers), nothing cut."""
     import textwrap
 
-    import matplotlib
+    return "\n".join(textwrap.fill(line, width) if line.strip() else "" for line in text.splitlines()) or "(empty)"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
+    """samples.png (see samples_figure)."""
+    path = run_dir / "samples.png"
+    samples_figure(samples).savefig(path, dpi=100)
+    return path
+
+
+def samples_figure(samples: list[dict]):
+    """A row per sample: its image beside the prompt, the model's reply and the reference, each wrapped whole
+    (however long: report.md's table has them too), so the row grows with its text."""
+    from matplotlib.figure import Figure
 
     from .data import load_image
 
-    fig, axes = plt.subplots(1, len(samples), figsize=(3 * len(samples), 3.8), squeeze=False)
-    for ax, sample in zip(axes[0], samples):
-        ax.imshow(load_image(Path(sample["image"])))
-        ax.axis("off")
-        # Long replies (step-by-step answers, or an untrained model's run to the token limit) are shortened here,
-        # where they would push the image out of the figure; report.md's table has them whole.
-        caption = textwrap.fill(sample["prediction"] or "(empty)", 32, max_lines=6, placeholder=" ...")
-        caption += f"\n{CUT_MARK}" if sample["finish_reason"] == "length" else ""
-        reference = textwrap.fill(f"reference: {sample['reference']}", 32, max_lines=4, placeholder=" ...")
-        # parse_math: a "$" in a model's caption is text, not the start of a formula
-        ax.set_title(caption, fontsize=8, loc="left", parse_math=False)
-        ax.text(0, -0.04, reference, transform=ax.transAxes, fontsize=7, va="top", color="grey", parse_math=False)
+    texts = [(wrapped(f"prompt: {s['prompt']}"),
+              wrapped(s["prediction"]) + (f"\n{CUT_MARK}" if s["finish_reason"] == "length" else ""),
+              wrapped(f"reference: {s['reference']}")) for s in samples]
+    line_inch, image_inch = 9 * 1.3 / 72, 1.8  # 9 pt text at matplotlib's line spacing; every image the same size
+    heights = [max(image_inch + 0.2, 0.4 + line_inch * sum(t.count("\n") + 1 for t in parts)) for parts in texts]
+    fig = Figure(figsize=(9, sum(heights)))
+    grid = fig.add_gridspec(len(samples), 2, width_ratios=[1, 2.4], height_ratios=heights)
+    for row, (sample, (prompt, reply, reference)) in enumerate(zip(samples, texts)):
+        image_cell = grid[row, 0].subgridspec(2, 1, height_ratios=[image_inch, heights[row] - image_inch])
+        image_ax, text_ax = fig.add_subplot(image_cell[0]), fig.add_subplot(grid[row, 1])
+        image_ax.imshow(load_image(Path(sample["image"])))
+        image_ax.set_anchor("N")
+        image_ax.set_xticks([])  # no ticks, but the frame: a white background still shows where the image ends
+        image_ax.set_yticks([])
+        text_ax.axis("off")
+        # each text starts below the one before it (xycoords: the previous text's box); parse_math: a "$" in a
+        # caption is text, not the start of a formula
+        above = text_ax.text(0, 1, prompt, va="top", fontsize=8, color="grey", parse_math=False,
+                             transform=text_ax.transAxes, family="monospace")
+        for text, style in ((reply, {"fontsize": 9}), (reference, {"fontsize": 8, "color": "dimgrey"})):
+            above = text_ax.annotate(text, xy=(0, 0), xycoords=above, xytext=(0, -5), textcoords="offset points",
+                                     va="top", parse_math=False, family="monospace", **style)
     fig.tight_layout()
-    path = run_dir / "samples.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _sample_truncation(samples: list[dict]) -> str:
@@ -77,7 +98,8 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
     lines = [f"# Run report: {run.get('recipe', run_dir.name)}", ""]
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in evaluation.items()]
+        lines += [f"| {table_cell(k)} | {v:.4f} |" if isinstance(v, float) else f"| {table_cell(k)} | {table_cell(v)} |"
+                  for k, v in evaluation.items()]
         lines.append("")
     lines += ["## Stages", "", "| stage | steps | last train loss | best validation value | output |",
               "|---|---|---|---|---|"]
@@ -85,7 +107,8 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         losses = [r["loss"] for r in rows if r["stage"] == name and "loss" in r]
         last = f"{losses[-1]:.4f}" if losses else "-"
         best = f"{info['best']:.4f}" if info.get("best") is not None else "-"
-        lines.append(f"| {name} | {info.get('steps', '-')} | {last} | {best} | `{Path(info['model_dir']).name}` |")
+        lines.append(f"| {table_cell(name)} | {info.get('steps', '-')} | {last} | {best} | "
+                     f"`{table_cell(Path(info['model_dir']).name)}` |")
     lines += ["", "![loss curves](loss.png)", "", "## Skipped records", ""]
     skipped = {stage: kinds for stage, kinds in run.get("skipped", {}).items() if kinds}
     if not skipped:
@@ -97,7 +120,8 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         plot_samples(run_dir, samples)
         lines += ["", "## Sample outputs", "", "![sample captions](samples.png)", "", _sample_truncation(samples), "",
                   "| image | prediction | reference |", "|---|---|---|"]
-        lines += [f"| `{Path(s['image']).name}` | {marked_prediction(s)} | {s['reference']} |" for s in samples]
+        lines += [f"| `{table_cell(Path(s['image']).name)}` | {table_cell(marked_prediction(s))} | "
+                  f"{table_cell(s['reference'])} |" for s in samples]
     lines += ["", "## Environment", "", f"- packages: {run.get('packages', {})}", f"- git: {run.get('git_commit')}"]
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ import json
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -107,29 +108,90 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One plot of a stage's curves in loss.png."""
+
+    title: str
+    keys: tuple[str, ...]
+    """metrics.jsonl values drawn in it, one line each."""
+    log: bool = False
+    """A log axis, where every value drawn is positive (cross-entropy falls over decades; a policy loss crosses 0)."""
+
+
+def stage_panels(rows: list[dict]) -> list[Panel]:
+    """The panels of one stage's metrics.jsonl rows: its losses, an SCST stage's rewards and caption lengths, and its
+    validation metric (best_metric), each on an axis of its own range; panels with nothing logged are left out."""
+    keys = {key for row in rows for key in row}
+    if "sample_reward" in keys:  # an SCST stage: the loss is a policy gradient's, of either sign
+        panels = [Panel("policy-gradient loss", ("loss",)),
+                  Panel("reward of training captions", ("sample_reward", "greedy_reward")),
+                  Panel("sampled caption length (tokens)", ("caption_length",)),
+                  Panel("validation loss (references)", ("val_loss",), log=True)]
+    else:
+        panels = [Panel("loss", ("loss", "val_loss"), log=True)]
+    metrics = tuple(sorted(k for k in keys if k.startswith("val_") and k != "val_loss"))
+    panels.append(Panel("validation metric", metrics))
+    return [panel for panel in panels if keys & set(panel.keys)]
+
+
 def plot_losses(run_dir: Path) -> Path | None:
-    """loss.png: training and validation loss per stage."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """loss.png (see loss_figure); None when nothing was logged."""
     rows = read_metrics(run_dir)
-    stages = list(dict.fromkeys(r["stage"] for r in rows))
-    if not stages:
+    if not rows:
         return None
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
-        for key, style in (("loss", "-"), ("val_loss", "o-")):
-            points = [(r["step"], r[key]) for r in rows if r["stage"] == stage and key in r]
-            if points:
-                ax.plot(*zip(*points), style, label=key, markersize=3)
-        ax.set_title(stage)
-        ax.set_xlabel("optimizer step")
-        ax.set_yscale("log")
-        ax.legend()
-    fig.tight_layout()
     path = run_dir / "loss.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    loss_figure(rows).savefig(path, dpi=100)
     return path
+
+
+def loss_figure(rows: list[dict]):
+    """A row of panels per stage of metrics.jsonl `rows`, a panel per kind of curve (stage_panels)."""
+    from matplotlib.figure import Figure
+
+    stages = {stage: [r for r in rows if r["stage"] == stage] for stage in dict.fromkeys(r["stage"] for r in rows)}
+    panels = {stage: stage_panels(stage_rows) for stage, stage_rows in stages.items()}
+    columns = max(map(len, panels.values()))
+    fig = Figure(figsize=(4.5 * columns, 3.2 * len(stages)))
+    axes = fig.subplots(len(stages), columns, squeeze=False)
+    for ax_row, (stage, stage_rows) in zip(axes, stages.items()):
+        for ax, panel in zip(ax_row, panels[stage]):
+            _plot_panel(ax, panel, stage_rows)
+            ax.set_title(f"{stage}: {panel.title}", fontsize=10)
+        for ax in ax_row[len(panels[stage]):]:
+            ax.remove()
+    fig.tight_layout()
+    return fig
+
+
+def _plain_log_formatter():
+    """Labels the ticks a log axis labels by default, as plain numbers: 0.6, not 6 x 10^-1."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(labelOnlyBase=False)
+
+
+def _plot_panel(ax, panel: Panel, rows: list[dict]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    values = []
+    for key in panel.keys:
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        if points:
+            # markers where points are few: a curve logged once is a dot, not an invisible line
+            ax.plot(*zip(*points), marker="o" if len(points) <= 30 else None, markersize=3, label=key)
+            values += [value for _, value in points]
+    if panel.log and values and min(values) > 0:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain_log_formatter())
+        ax.yaxis.set_minor_formatter(_plain_log_formatter())
+    elif min(values, default=0) < 0 < max(values, default=0):
+        ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_xlim(left=0)  # from the stage's start, which also keeps a stage logged once on whole steps
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.legend(fontsize=8)

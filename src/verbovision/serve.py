@@ -40,7 +40,7 @@ class ServeConfig:
     model: str
     """MODEL as given: a model directory, run, adapter or hub id."""
     model_name: str = ""
-    """The model id clients send and /v1/models lists (default: `model`)."""
+    """The model id clients send and /v1/models lists (default: `model`); GENERIC_NAME is accepted too."""
     host: str = "127.0.0.1"
     """Address to bind; the default keeps the server private to this machine."""
     port: int = 8000
@@ -85,6 +85,14 @@ class ServeConfig:
     @property
     def served_name(self) -> str:
         return self.model_name or self.model
+
+    def serves(self, model: str) -> bool:
+        """Whether a request for `model` is for this server: its served name, or GENERIC_NAME."""
+        return model in (self.served_name, GENERIC_NAME)
+
+
+GENERIC_NAME = "verbo"
+"""The model id every server also answers to, so that a client written for one `verbo serve` works with any."""
 
 
 class ApiError(Exception):
@@ -416,9 +424,9 @@ class Api:
 
         self._authorize(request)
         chat = parse_chat_request(await self._json_body(request), self.config)
-        if chat.model != self.config.served_name:
+        if not self.config.serves(chat.model):
             raise ApiError(404, f"model {chat.model!r} is not served here; this server serves "
-                           f"{self.config.served_name!r}", "model", "model_not_found")
+                           f"{self.config.served_name!r} (or ask for {GENERIC_NAME!r})", "model", "model_not_found")
         record = await run_in_threadpool(prepare_record, self.vlm, chat, self.config)
         job = Job([record] * chat.n, [chat.options] * chat.n, asyncio.get_running_loop(), asyncio.Queue(), chat.stream)
         self.batcher.submit(job)
@@ -608,8 +616,9 @@ def add_command(subparsers) -> None:
 def _serve_args(p) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model-name", help="model id clients send (default: MODEL)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--model-name", help=f"model id clients send (default: MODEL); {GENERIC_NAME!r} is always "
+                                        "accepted too")
     p.add_argument("--api-key", default=os.environ.get("VERBO_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 requests (default: $VERBO_API_KEY)")
     p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data: URIs only)")
@@ -623,7 +632,8 @@ def _serve_args(p) -> None:
     limits.add_argument("--max-n", type=int, default=8, help="most choices per request")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; fewer can be faster when "
                                                 "other programs share the CPU)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log detail")
     _decode_args(p)
 
 

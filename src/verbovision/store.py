@@ -13,7 +13,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,7 +32,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file so that readers see either the old or the new content, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
+    # Created as open() creates files, read-write for all less the umask (mkstemp's would stay private: 0600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
@@ -94,34 +100,130 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
     after loading, an adapter being merged first (int8 layers take no adapter).
     """
+    from .families import check_required_inputs
     from .quantize import quantization_config, quantize_dynamic_int8
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
     path_str = str(path)
     local = Path(path_str)
     if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
-        raise VerboError(f"{path_str}: not a model directory (no config.json) nor an adapter (no adapter_config.json)")
-    if not local.exists() and (path_str.startswith((".", "/", "~")) or path_str.count("/") > 1):
-        raise VerboError(f"{path_str}: no such model directory (and not a hub id of the form owner/name)")
+        raise VerboError(not_a_model(local))
+    check_model_source(path_str)
     in_memory = quantize == "int8-dynamic"
     if is_adapter(path_str):
         from peft import PeftModel
 
         base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
-        model = PeftModel.from_pretrained(base, path_str)
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(base, path_str)
         if in_memory:
             model = model.merge_and_unload()
     else:
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
-        processor = load_processor(path_str)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
+            processor = load_processor(path_str)
+        except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
+            if "Unrecognized configuration class" not in str(e):
+                raise
+            raise VerboError(not_image_text(path_str)) from None
+        except OSError as e:  # a file missing from a model directory or hub repository: its first line names it
+            raise VerboError(f"{path_str}: cannot load the model: {str(e).splitlines()[0]}") from None
+        check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
         model.to(device or ("cpu" if in_memory else default_device()))
     model.eval()
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around wrapping a model in PEFT, which asks it `is_gradient_checkpointing`: transformers releases that renamed
+    it `is_activation_checkpointing` answer with a FutureWarning each time, about PEFT's code, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def not_a_model(folder: Path) -> str:
+    """Why a folder without config.json is no model, and which model it holds where it is a run folder."""
+    if not (folder / "run.json").exists():
+        return f"{folder}: not a model directory (no config.json) nor an adapter (no adapter_config.json)"
+    if (folder / "final" / "config.json").exists():
+        return f"{folder}: a run folder, not a model; its trained model is {folder / 'final'}"
+    return (f"{folder}: a run folder whose training has not finished (no final model): continue it with "
+            f"`verbo train ... --out {folder} --resume`, or give a stage's model (stages/*/model)")
+
+
+def not_image_text(path: str) -> str:
+    """Why a model transformers cannot load as an image-text model is not one, and what to do with it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_MAPPING_NAMES
+
+    kind = AutoConfig.from_pretrained(path).model_type
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return (f"{path}: a language model ({kind}), not an image-text model; compose it with a vision encoder "
+                f"first: verbo build --vision ENCODER --language {path} --out DIR")
+    if kind in MODEL_FOR_IMAGE_MAPPING_NAMES or kind.endswith("_vision_model"):
+        return (f"{path}: a vision encoder ({kind}), not an image-text model; compose it with a language model "
+                f"first: verbo build --vision {path} --language LM --out DIR")
+    return f"{path}: a {kind} model, not an image-text model (AutoModelForImageTextToText does not load it)"
+
+
+def check_model_source(name: str, what: str = "model") -> None:
+    """Fail at once, in one line, where `name` (a `what`: model, vision encoder...) is neither a local path nor a
+    model the hub can give: a mistyped path, an id missing from the cache while HF_HUB_OFFLINE is set, an id the hub
+    does not know, or any id while the hub cannot be reached (transformers would retry every file for minutes). A
+    cached model loads from the cache when the hub cannot be reached: the process goes offline."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(name).expanduser().exists():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise VerboError(f"{what} {name}: no such directory (and not a hub id of the form owner/name)") from None
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise VerboError(f"{what} {name}: no such directory, and not in the hub cache while HF_HUB_OFFLINE is set "
+                             "(unset it to download the model, or give a model directory)")
+        return
+    unreachable = _hub_unreachable(name, what)
+    if unreachable and cached:
+        print(f"verbo: the model hub cannot be reached ({unreachable}); loading {name} from the cache",
+              file=sys.stderr)
+        constants.HF_HUB_OFFLINE = True  # every later file of every model comes from the cache, without retries
+    elif unreachable:
+        raise VerboError(f"{what} {name}: no such directory, and the model hub cannot be reached ({unreachable}): "
+                         "check the connection (HF_ENDPOINT, proxy), or give a model directory")
+
+
+def _hub_unreachable(name: str, what: str) -> str | None:
+    """Why the hub cannot be asked about model `name` (None: it answered); raises where it answered that it has no
+    such model."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=HUB_TIMEOUT_S)
+    except RepositoryNotFoundError:
+        raise VerboError(f"{what} {name}: no such directory, nor a model on the hub (a private or gated model needs "
+                         "`hf auth login`)") from None
+    except HfHubHTTPError as e:  # the hub answered, with something else than the model (rate limit, outage...)
+        raise VerboError(f"{what} {name}: the model hub answered {e.response.status_code}; try again later, or give "
+                         "a model directory") from None
+    except Exception as e:  # noqa: BLE001 - any failure to get an answer (DNS, refused, timeout, proxy) means unreachable
+        return f"{constants.ENDPOINT}: {e}"
+    return None
+
+
+HUB_TIMEOUT_S = 10
+"""How long the one question to the hub about a model id may take before the hub counts as unreachable."""
 
 
 def load_processor(path: str | Path):

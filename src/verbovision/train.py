@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runinfo
-from .build import build_vlm, save_model
+from .build import build_vlm, save_model, spec_record
 from .data import (
     Collator,
     DataError,
@@ -88,7 +88,37 @@ def seed_everything(seed: int) -> None:
 
 
 def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
+    """Run the recipe's stages into the run folder `out`. A run that fails before its first step (a mistyped path, a
+    stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
+    corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
     out = Path(out)
+    absent = not out.exists()
+    fresh = absent or not any(out.iterdir())
+    try:
+        return run_recipe(recipe, out, resume)
+    except Exception:
+        if fresh and processes().is_main and not took_a_step(out):
+            remove_failed_start(out, absent)
+        raise
+
+
+def took_a_step(out: Path) -> bool:
+    """Whether a run has logged, checkpointed or finished anything of a stage."""
+    stages = out / "stages"
+    return ((out / "metrics.jsonl").exists() or any(stages.glob("*/checkpoints/*"))
+            or any(stages.glob("*/done.json")))
+
+
+def remove_failed_start(out: Path, absent: bool) -> None:
+    """Remove what a run that never took a step wrote: the folder, or (where it was there, empty) what is in it."""
+    for path in [out] if absent else list(out.iterdir()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
     procs = processes()
     if procs.is_main and out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
@@ -145,7 +175,7 @@ def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
     if not spec.language.name:
         tokenizer = train_bpe_tokenizer(training_texts(recipe), spec.image_token, spec.language.vocab_size)
     model, processor = build_vlm(spec, tokenizer)
-    metadata = {"model_spec": to_dict(recipe.model), "template": recipe.stages[0].template}
+    metadata = {"model_spec": spec_record(spec), "template": recipe.stages[0].template}
     save_model(model, processor, init, metadata)
     run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
     return str(init)
@@ -189,6 +219,8 @@ class StageSetup:
 def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
     model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
+    # First: it refuses the families whose texts VerboVision cannot write, before anything is set up for them.
+    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     if is_quantized(model):
         from peft import prepare_model_for_kbit_training
 
@@ -202,7 +234,6 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         # In place: parameter names (checkpoints, adapters) stay as they are. Dynamic shapes: every batch has its
         # own padded length, which would otherwise recompile.
         model.compile(backend=stage.compile, dynamic=True)
-    encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     skips = SkipLog()
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips, "validation records",
                                  f"stage {stage.name}")
@@ -566,8 +597,9 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
                  is_last: bool, encoder: Encoder) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
-    `encoder`: the stage's, whose layout the model was trained in and whose trained prompt (the one the stage's
-    images came with most often) a plain- or prefix-template model is asked by default.
+    `encoder`: the stage's, whose layout the model was trained in and whose trained prompt (the caption prompt the
+    stage's images came with most often, in the data's language) `verbo caption` asks by default (the base's stays
+    where the stage had none; a caption-template model has none).
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
     procs = processes()
@@ -584,7 +616,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
         disable_checkpointing(model)
     metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": encoder.template, "stage": stage.name,
                 "base_model": base}
-    if encoder.template not in ("plain", "prefix"):
+    if encoder.template == "caption":
         metadata.pop("prompt", None)
     elif encoder.trained_prompt is not None:
         metadata["prompt"] = encoder.trained_prompt

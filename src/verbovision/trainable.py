@@ -13,6 +13,7 @@ from transformers.pytorch_utils import Conv1D
 from .errors import ConfigError
 from .families import CROSS_ATTENTION_MODULES, Components
 from .recipe import COMPONENTS, Stage
+from .store import peft_wrapping
 
 
 def last_layers(model: nn.Module, components: Components, component: str, n: int) -> list[str]:
@@ -85,6 +86,11 @@ def configure_trainable(model: nn.Module, stage: Stage):
     if "vision" in lora_components:
         warnings.warn("LoRA on the vision tower: serving engines such as vLLM apply LoRA to the language model only; "
                       "merge the adapter before serving there.", stacklevel=2)
+    bare = [name for name, _ in model.named_parameters() if name in trained]
+    if bare:
+        warnings.warn(f"LoRA stage: {', '.join(bare)} stay frozen: they are parameters outside any module, and PEFT "
+                      "adapters save whole modules only; train them in a stage without LoRA.", stacklevel=2)
+        trained = [m for m in trained if m not in bare]
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -92,11 +98,25 @@ def configure_trainable(model: nn.Module, stage: Stage):
         lora_alpha=stage.lora.alpha,
         lora_dropout=stage.lora.dropout,
         target_modules=lora_targets(model, components, lora_components, stage.lora.target),
-        modules_to_save=trained or None,
+        modules_to_save=_callable_modules(model, trained) or None,
     )
-    model = get_peft_model(model, config)
+    with peft_wrapping():
+        model = get_peft_model(model, config)
     _report_nothing_trains(model)
     return model, True
+
+
+def _callable_modules(model: nn.Module, names: list[str]) -> list[str]:
+    """Module names for PEFT's modules_to_save, which copies modules that have a forward: a container (Qwen3-VL's
+    ModuleList of DeepStack mergers) stands for its children."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        if isinstance(modules[name], (nn.ModuleList, nn.ModuleDict)):
+            out += _callable_modules(model, [f"{name}.{child}" for child, _ in modules[name].named_children()])
+        else:
+            out.append(name)
+    return out
 
 
 def _report_nothing_trains(model: nn.Module) -> None:

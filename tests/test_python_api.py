@@ -1,0 +1,58 @@
+"""`verbovision.load(...)`: decoding options as keyword arguments, and nothing printed but the replies."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import verbovision
+from verbovision.cli import make_parser
+from verbovision.infer import DecodeOptions
+
+from .test_examples import subcommands
+
+
+@pytest.fixture(scope="module")
+def model(plain_model_dir):
+    return verbovision.load(str(plain_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def images(shapes_data) -> list[str]:
+    return [str(p) for p in sorted((shapes_data / "images").glob("*.png"))[:3]]
+
+
+def test_keywords_are_decode_options_fields(model, images):
+    as_options = model.caption(images, options=DecodeOptions(max_new_tokens=8, beams=3))
+    assert model.caption(images, max_new_tokens=8, beams=3) == as_options
+    assert model.caption(images, options=DecodeOptions(beams=3), max_new_tokens=8) == as_options  # keywords change it
+    sampled = dict(top_p=0.9, temperature=1.5, seed=7, max_new_tokens=8)
+    assert model.caption(images, **sampled) == model.caption(images, options=DecodeOptions(**sampled))
+    question = "How many shapes are there?"
+    assert model.ask(images[0], question, max_new_tokens=3) == model.ask(images[0], question, DecodeOptions(3))
+    messages = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": "Hi"}]}]
+    assert model.chat(messages, max_new_tokens=4) == "".join(model.stream(messages, max_new_tokens=4))
+    assert model.chat(messages, max_new_tokens=4) == model.chat(messages, DecodeOptions(max_new_tokens=4))
+    # one stop string or several
+    assert model.ask(images[0], question, stop="e") == model.ask(images[0], question, stop=["e"])
+    with pytest.raises(TypeError, match="unknown decoding option 'max_tokens'; did you mean 'max_new_tokens'"):
+        model.caption(images, max_tokens=8)
+
+
+def test_every_decoding_flag_is_a_keyword_of_the_same_name():
+    """The README tells Python users to spell the options as the flags, with underscores."""
+    caption = dict(subcommands(make_parser()))[("caption",)]
+    group = next(g for g in caption._action_groups if g.title.startswith("decoding"))
+    flags = {a.dest for a in group._group_actions} - {"batch_size", "device", "quantize", "compile"}
+    assert flags == {f.name for f in DecodeOptions.__dataclass_fields__.values()}
+
+
+def test_generations_print_no_future_warnings(lora_run, images):
+    """A LLaVA-architecture model with a LoRA adapter (what llava-vqa-lora trains), loaded and decoded every way."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        adapter = verbovision.load(str(lora_run / "final"), device="cpu")
+        assert type(adapter.model.get_base_model()).__name__ == "LlavaForConditionalGeneration"
+        for options in ({}, {"beams": 2}, {"temperature": 1.0, "seed": 0}, {"repetition_penalty": 1.2}):
+            adapter.caption(images, max_new_tokens=4, **options)

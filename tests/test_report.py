@@ -1,0 +1,107 @@
+"""What a person reads after a run or an evaluation: report.md tables, samples.png, loss.png and metrics.png.
+
+The figures are checked for their structure (panels, axes, texts), not their pixels."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from verbovision.evaluate import EvalResult, markdown, metrics_figure
+from verbovision.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
+from verbovision.runinfo import loss_figure
+
+LONG_REPLY = " ".join(f"Step {i}: the angle is {20 * i} degrees because the base angles are equal." for i in range(12))
+
+
+def sample(image, prediction: str, reference: str, finish_reason: str = "stop") -> dict:
+    return {"image": str(image), "prompt": "<image>\nWhat is the angle?", "prediction": prediction,
+            "reference": reference, "finish_reason": finish_reason, "max_new_tokens": 64}
+
+
+def cells(row: str) -> list[str]:
+    """A Markdown table row's cells: split at the pipes that are not escaped."""
+    return re.split(r"(?<!\\)\|", row.strip())[1:-1]
+
+
+def assert_tables_whole(text: str) -> list[str]:
+    """Every table row has its header's number of cells; returns the rows."""
+    rows, width = [], None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        width = width or len(cells(line))
+        assert len(cells(line)) == width, line
+        rows.append(line)
+    return rows
+
+
+def test_report_tables_escape_line_breaks_and_pipes(tmp_path):
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    samples = [sample(tmp_path / "a.png", "a <image> | b\\", "line one | x\r\nline two\n\nline four")]
+    rows = assert_tables_whole(write_report(tmp_path, samples, {"meteor (skipped)": "java | not found"}).read_text())
+    assert "| `a.png` | a &lt;image> \\| b\\\\ | line one \\| x<br>line two<br><br>line four |" in rows
+    assert "| meteor (skipped) | java \\| not found |" in rows
+
+    result = EvalResult({"CIDEr": 1.5}, predictions=[
+        {"id": "7|8", "prediction": "two\nlines", "finish_reason": "length", "references": ["a | b"]}])
+    rows = assert_tables_whole(markdown(result, {"model": "m"}))
+    assert "| 7\\|8 | two<br>lines [cut at max_new_tokens] | a \\| b |" in rows
+
+
+def test_samples_png_wraps_long_replies_whole(tmp_path):
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    short = samples_figure([sample(tmp_path / "a.png", "a red square", "a red square")])
+    long = samples_figure([sample(tmp_path / "a.png", LONG_REPLY, "Step 1.\nStep 2.\nAnswer: C", "length"),
+                           sample(tmp_path / "a.png", "a red square", "a red square")])
+    texts = [t.get_text() for ax in long.axes for t in ax.texts]
+    reply = next(t for t in texts if t.startswith("Step 0"))
+    assert " ".join(reply.split()) == LONG_REPLY + " [cut at max_new_tokens]"  # every word there, nothing cut
+    assert max(map(len, reply.splitlines())) <= SAMPLE_TEXT_WIDTH < len(LONG_REPLY)
+    assert "reference: Step 1.\nStep 2.\nAnswer: C" in texts  # its own line breaks kept
+    assert long.get_figheight() > 2 * short.get_figheight()  # the long reply's row grew to hold it
+
+
+def test_loss_png_gives_scst_its_rewards_and_a_linear_loss_axis():
+    rows = [{"stage": "xent", "step": s, "loss": 5.0 / s} for s in range(1, 5)]
+    rows += [{"stage": "xent", "step": 4, "val_loss": 1.5}]
+    rows += [{"stage": "scst", "step": s, "loss": (-1) ** s * 0.1, "sample_reward": 0.5 + s / 10,
+              "greedy_reward": 0.6, "caption_length": 9.0 - s} for s in range(1, 5)]
+    rows += [{"stage": "scst", "step": 4, "val_loss": 2.0, "val_cider": 0.8}]
+    fig = loss_figure(rows)
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert list(axes) == ["xent: loss", "scst: policy-gradient loss", "scst: reward of training captions",
+                          "scst: sampled caption length (tokens)", "scst: validation loss (references)",
+                          "scst: validation metric"]
+    assert axes["xent: loss"].get_yscale() == "log"
+    policy = axes["scst: policy-gradient loss"]
+    assert policy.get_yscale() == "linear" and min(policy.lines[0].get_ydata()) == -0.1
+    labels = {title: [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+              for title, ax in axes.items()}
+    assert labels["scst: reward of training captions"] == ["sample_reward", "greedy_reward"]
+    assert labels["scst: sampled caption length (tokens)"] == ["caption_length"]
+    assert labels["scst: validation metric"] == ["val_cider"]
+
+
+def test_metrics_png_puts_each_metric_on_an_axis_of_its_range():
+    result = EvalResult({"Bleu_4": 0.95, "CIDEr": 9.9, "wer": 1.3, "exact_match": 0.97, "val_loss": 0.3},
+                        intervals={"CIDEr": (9.7, 10.2)})
+    fig = metrics_figure(result)
+    axes = {ax.get_title().split("\n")[0]: ax for ax in fig.axes}
+    assert list(axes) == ["Bleu_4", "CIDEr", "wer", "exact_match"]  # a panel each; the loss is not a score
+    assert axes["Bleu_4"].get_ylim() == (0.0, 1.0) == axes["exact_match"].get_ylim()
+    assert 10.2 < axes["CIDEr"].get_ylim()[1] < 12 and 1.3 < axes["wer"].get_ylim()[1] < 2
+    assert metrics_figure(EvalResult({"val_loss": 0.3})) is None
+
+
+def test_readme_names_what_a_run_folder_holds(lora_run):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listing = readme.split("## A run folder\n")[1].split("`report.md`.")[0] + "`report.md`"
+    names = [name for name in re.findall(r"`([^`]+)`", listing) if not name.startswith("-")]
+    assert "checkpoints/" in names and len(names) >= 12
+    for name in names:
+        pattern = name.rstrip("/").replace("<i>-<name>", "*")
+        assert any(lora_run.glob(pattern)) or any(lora_run.rglob(pattern)), f"README names {name}; the run has none"

@@ -1,0 +1,196 @@
+"""A new user's mistakes, each through the CLI: one `verbo: error:` line naming the input and what to do, exit 2,
+at once (no hub retries, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
+from verbovision.cli import main
+from verbovision.errors import DataError
+from verbovision.recipe import parse_recipe
+
+from .test_serve import free_port
+from .test_train import stage, tiny_recipe
+
+HUB_ID = "someone/tiny-vlm"
+"""A hub id no test may download: it is in no cache but the one a test makes."""
+
+
+def run_verbo(*args: str, cwd: Path | None = None, **env: str | None) -> subprocess.CompletedProcess:
+    """`verbo ARGS` in a fresh process, with environment variables set (or removed, where None)."""
+    environ = {**os.environ, **env}
+    environ = {k: v for k, v in environ.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", "verbovision", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=environ)
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failed command printed (the test fails if it printed anything else on stderr)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("verbo: error: "), result.stderr
+    return lines[0].removeprefix("verbo: error: ")
+
+
+def unreachable_hub(tmp_path: Path) -> dict:
+    """An environment whose hub is a closed port on this machine and whose hub cache is empty (or a test's own)."""
+    return {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory, tiny_vision, tiny_lm) -> Path:
+    out = tmp_path_factory.mktemp("vlm")
+    spec = ModelSpec(VisionSpec(name=tiny_vision["siglip"]), LanguageSpec(name=tiny_lm["qwen2"]), ConnectorSpec(),
+                     image_token="<|image_pad|>")
+    save_model(*build_vlm(spec), out, {"template": "chat"})
+    return out
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "img.png")
+    return tmp_path / "img.png"
+
+
+def test_hub_id_while_the_hub_is_unreachable(tmp_path, image):
+    env = unreachable_hub(tmp_path)
+    message = error_line(run_verbo("caption", HUB_ID, str(image), **env))
+    assert message.startswith(f"model {HUB_ID}: no such directory, and the model hub cannot be reached "
+                              f"({env['HF_ENDPOINT']}: ")
+    assert message.endswith("check the connection (HF_ENDPOINT, proxy), or give a model directory")
+
+
+def test_hub_id_offline_and_not_cached(tmp_path, image):
+    message = error_line(run_verbo("caption", HUB_ID, str(image), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")))
+    assert message == (f"model {HUB_ID}: no such directory, and not in the hub cache while HF_HUB_OFFLINE is set "
+                       "(unset it to download the model, or give a model directory)")
+
+
+def test_cached_hub_model_loads_from_the_cache_when_the_hub_is_unreachable(tmp_path, tiny_vlm, image):
+    env = unreachable_hub(tmp_path)
+    repo = Path(env["HF_HOME"]) / "hub" / f"models--{HUB_ID.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(tiny_vlm, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    result = run_verbo("caption", HUB_ID, str(image), "--max-new-tokens", "2", **env)
+    assert result.returncode == 0, result.stderr
+    assert f"the model hub cannot be reached ({env['HF_ENDPOINT']}: " in result.stderr
+    assert f"loading {HUB_ID} from the cache" in result.stderr
+    assert result.stdout.startswith(f"{image}\t")
+
+
+def test_mistyped_directories_in_build_and_recipe(tmp_path, tiny_vision, shapes_data):
+    message = error_line(run_verbo("build", "--vision", tiny_vision["siglip"], "--language", "/typo/lm", "--out",
+                                   str(tmp_path / "model")))
+    assert message == "language model /typo/lm: no such directory (and not a hub id of the form owner/name)"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
+    message = error_line(run_verbo("train", str(tmp_path / "r.yaml"), "model.vision.name=/typo/encoder", "--out",
+                                   str(tmp_path / "run")))
+    assert message == "vision encoder /typo/encoder: no such directory (and not a hub id of the form owner/name)"
+
+
+def test_language_model_or_encoder_given_as_model(tiny_lm, tiny_vision, image):
+    lm, encoder = tiny_lm["qwen2"], tiny_vision["siglip"]
+    assert error_line(run_verbo("caption", lm, str(image))) == (
+        f"{lm}: a language model (qwen2), not an image-text model; compose it with a vision encoder first: "
+        f"verbo build --vision ENCODER --language {lm} --out DIR")
+    assert error_line(run_verbo("ask", encoder, str(image), "What is it?")) == (
+        f"{encoder}: a vision encoder (siglip_vision_model), not an image-text model; compose it with a language "
+        f"model first: verbo build --vision {encoder} --language LM --out DIR")
+
+
+def test_recipe_name_that_is_also_a_folder_trains_the_shipped_recipe(tmp_path):
+    (tmp_path / "quickstart").mkdir()  # what `verbo quickstart` leaves in the folder it runs in
+    result = run_verbo("train", "quickstart", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    note, error = result.stderr.strip().splitlines()
+    assert note.startswith("verbo: training the shipped recipe ") and note.endswith("quickstart.yaml")
+    # The shipped recipe was read: its data_root (data/shapes) is not in this folder.
+    assert error == "verbo: error: data/shapes/train/caption_short_en.json: data file not found"
+    assert error_line(run_verbo("train", str(tmp_path / "quickstart"))) == (
+        f"{tmp_path / 'quickstart'}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
+
+
+def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    for out in (tmp_path / "new-run", tmp_path / "empty-run"):
+        if out.name == "empty-run":
+            out.mkdir()
+        failed = run_verbo("train", str(tmp_path / "r.yaml"), "model.language.name=/typo/lm", "--out", str(out))
+        assert error_line(failed).startswith("language model /typo/lm: no such directory")
+        assert not out.exists() if out.name == "new-run" else not any(out.iterdir())
+    rerun = run_verbo("train", str(tmp_path / "r.yaml"), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "final/config.json").exists()
+
+
+def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
+    from verbovision import train
+
+    def second_stage_fails(recipe, stage, base, run_dir):
+        if stage.name == "t":
+            raise DataError("stage t cannot start")
+        return prepare_stage(recipe, stage, base, run_dir)
+
+    prepare_stage = train.prepare_stage
+    monkeypatch.setattr(train, "prepare_stage", second_stage_fails)
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1), stage("t", max_steps=1)]))
+    with pytest.raises(DataError, match="stage t cannot start"):
+        train.train_recipe(recipe, tmp_path / "run")
+    assert (tmp_path / "run/stages/0-s/done.json").exists() and (tmp_path / "run/config.yaml").exists()
+
+
+def test_run_folder_given_as_model_names_its_final(tmp_path, image):
+    run = tmp_path / "run"
+    (run / "stages/0-s/model").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    assert error_line(run_verbo("caption", str(run), str(image))) == (
+        f"{run}: a run folder whose training has not finished (no final model): continue it with "
+        f"`verbo train ... --out {run} --resume`, or give a stage's model (stages/*/model)")
+    (run / "final").symlink_to("stages/0-s/model")
+    (run / "final/config.json").write_text("{}")
+    assert error_line(run_verbo("caption", str(run), str(image))) == (
+        f"{run}: a run folder, not a model; its trained model is {run / 'final'}")
+
+
+def test_caption_folder_without_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert error_line(run_verbo("caption", "any/model", str(tmp_path))) == (
+        f"{tmp_path}: a folder without images (.jpg .jpeg .png .webp .bmp .gif .tif .tiff)")
+
+
+def test_coco_file_whose_images_are_elsewhere_asks_for_image_root(tmp_path, image, capsys):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "photos").mkdir()
+    image = image.rename(tmp_path / "photos" / image.name)  # not beside the annotations, nor a folder guessed
+    coco = tmp_path / "annotations/captions_val2014.json"
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": image.name}],
+                                "annotations": [{"image_id": 1, "caption": "a red square"}]}))
+    message = error_line(run_verbo("eval", "any/model", "--data", str(coco)))
+    assert message.startswith(f"{coco}: record '1': {tmp_path / 'annotations' / image.name}: image not found; ")
+    assert message.endswith("if the images are elsewhere, say where with image_root (--image-root)")
+    assert main(["data", "check", str(coco), "--image-root", str(tmp_path / "photos")]) == 0  # as the hint says
+    assert "1 records, 1 usable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_files_written_follow_the_umask(shapes_data, tmp_path, umask):
+    out = tmp_path / "llava.json"
+    previous = os.umask(umask)
+    try:
+        assert main(["data", "convert", str(shapes_data / "val/caption_short_en.json"), "--to", "llava",
+                     "--out", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
