@@ -31,7 +31,7 @@ from transformers import (  # noqa: E402
 )
 
 from verbovision.build import image_processor  # noqa: E402
-from verbovision.synth import synth_geometry, synth_shapes  # noqa: E402
+from verbovision.synth import synth_shapes  # noqa: E402
 from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
 
 BLOCK_VERBOVISION = """
@@ -67,13 +67,6 @@ def _lm_config(arch: str, vocab: int):
 def shapes_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     synth_shapes(out, n=40, seed=0, langs=("en", "pt"))
-    return out
-
-
-@pytest.fixture(scope="session")
-def geometry_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("geometry")
-    synth_geometry(out, n=20, seed=0)
     return out
 
 

@@ -136,9 +136,13 @@ def test_from_scratch_sizes(arch, tiny_tokenizer_texts):
     assert out.shape[0] == 1
 
 
-def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch):
-    """transformers 5.17 (our floor) cannot build image processors without torchvision: the user is told what to
-    install, not shown transformers' notice."""
+@pytest.mark.parametrize("version, said", [
+    ("5.17.0", r"loads image processors only where torchvision is installed.*>=5\.18"),
+    ("5.25.0", r"its processor needs torchvision in transformers 5\.25\.0: pip install the torchvision release"),
+])
+def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch, version, said):
+    """transformers 5.17 (our floor) cannot build image processors without torchvision, later ones some processor
+    classes (Mistral3's): the user is told what to install, not shown transformers' notice."""
     import transformers
 
     from verbovision.errors import VerboError
@@ -150,7 +154,8 @@ def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", needs_torchvision)
     monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
-    with pytest.raises(VerboError, match=r"loads image processors only where torchvision is installed.*>=5\.18"):
+    monkeypatch.setattr(transformers, "__version__", version)
+    with pytest.raises(VerboError, match=said):
         load_processor(tiny_vision["siglip"])
 
 

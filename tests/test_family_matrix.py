@@ -34,6 +34,12 @@ from .tiny_families import (
 )
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_encoder_grounding import make_tiny_blip_2
+from .tiny_families_llava_like import (
+    make_tiny_aya_vision,
+    make_tiny_internvl,
+    make_tiny_llava_next,
+    make_tiny_llava_onevision,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -82,6 +88,10 @@ MATRIX = {
     "llava_onevision1_5": Case(make_tiny_llava_onevision1_5, "chat", FROZEN_VISION),
     "deepseek_vl": Case(make_tiny_deepseek_vl, "chat", FROZEN_VISION),
     "deepseek_vl_hybrid": Case(make_tiny_deepseek_vl_hybrid, "chat", FROZEN_VISION),
+    "llava_next": Case(make_tiny_llava_next, "chat", FROZEN_VISION),
+    "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
+    "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
+    "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

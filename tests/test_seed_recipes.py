@@ -1,13 +1,17 @@
-"""The seed recipes that fine-tune existing models, run end to end on tiny random stand-ins of the same architectures:
-git-pokemon-lora (GIT), vit-gpt2 (ViT + GPT-2 encoder-decoder, then SCST) and vit-llama (the trained ViT + Llama)."""
+"""The seed recipes run end to end on tiny random stand-ins of the same architectures: every one through the README's
+offline commands as written (synthetic data of its shape, hub ids swapped for local directories), and those that
+fine-tune existing models in detail: git-pokemon-lora (GIT), vit-gpt2 (ViT + GPT-2 encoder-decoder, then SCST) and
+vit-llama (the trained ViT + Llama)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
+import pytest
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from verbovision.cli import main
 from verbovision.data import Collator, Encoder, read_records
@@ -16,11 +20,137 @@ from verbovision.infer import VLM, DecodeOptions
 from verbovision.recipe import load_recipe
 from verbovision.recipe import parse_recipe as load_recipe_dict
 from verbovision.store import load_model, read_json
+from verbovision.tokenizer import train_bpe_tokenizer
 from verbovision.train import train_and_report
 
-from .tiny_families import make_tiny_git, make_tiny_vision_encoder_decoder
+from .conftest import TINY_LM
+from .tiny_families import make_tiny_git, make_tiny_llava, make_tiny_vision_encoder_decoder
 
-RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "src" / "verbovision" / "recipes"
+
+
+def readme_seed_commands() -> dict[str, list[list[str]]]:
+    """The README's offline commands for the seed recipes: recipe -> its `verbo` commands, each as its arguments."""
+    section = (ROOT / "README.md").read_text().split("## Trying the seed recipes offline", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = {}
+    for group in block.strip().split("\n\n"):
+        comment, *lines = group.splitlines()
+        name = comment.removeprefix("# ").split(":")[0].split(",")[0]
+        joined = " ".join(line.removesuffix("\\").strip() for line in lines)
+        commands[name] = [shlex.split(command)[1:] for command in joined.split("&&")]
+    return commands
+
+
+def _tiny_lm(out: Path, config_class, layers: int, texts: list[str]) -> Path:
+    tokenizer = train_bpe_tokenizer(texts, "<|image_pad|>", vocab_size=300)
+    torch.manual_seed(0)
+    config = config_class(**{**TINY_LM, "num_hidden_layers": layers}, vocab_size=len(tokenizer))
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stand_ins(tmp_path_factory, tiny_vision, tiny_tokenizer_texts) -> Path:
+    """models/<the README's directory names>: tiny random models of the same architectures (Qwen2.5 with 8 layers,
+    as geovlm's last:8 needs, the GPT-2 decoder with the 4 that vit-gpt2's last:4 does)."""
+    models = tmp_path_factory.mktemp("models")
+    (models / "siglip-base-patch16-224").symlink_to(tiny_vision["siglip"])
+    _tiny_lm(models / "Qwen2.5-0.5B-Instruct", Qwen2Config, 8, tiny_tokenizer_texts)
+    _tiny_lm(models / "Tucano-630m", LlamaConfig, 2, tiny_tokenizer_texts)
+    _tiny_lm(models / "Llama-3.2-1B-Instruct", LlamaConfig, 2, tiny_tokenizer_texts)
+    make_tiny_llava(models / "llava-1.5-7b-hf", tiny_tokenizer_texts)
+    make_tiny_git(models / "git-base", tiny_tokenizer_texts)
+    make_tiny_vision_encoder_decoder(models / "vit-gpt2-image-captioning", tiny_tokenizer_texts, decoder_layers=4)
+    return models
+
+
+def in_a_checkout(folder: Path, models: Path, monkeypatch) -> None:
+    """Work in `folder` as in the repository's, with recipes/ and the README's models/ there."""
+    (folder / "recipes").symlink_to(RECIPES)
+    (folder / "models").symlink_to(models)
+    monkeypatch.chdir(folder)
+
+
+def run_readme_commands(recipe: str) -> int:
+    """A recipe's README commands, on 40 images and 2 steps of 2 examples a stage (a generation metric on 2
+    validation records); the exit code of `verbo train`, the last."""
+    *preparations, train = readme_seed_commands()[recipe]
+    for args in preparations:
+        assert main(args + ["--n", "40"] if args[:2] == ["data", "synth"] else args) == 0, args
+    short = [f"stages.{i}.{key}={value}" for i in range(len(load_recipe(train[1]).stages))
+             for key, value in (("max_steps", 2), ("batch_size", 2), ("grad_accum", 1), ("best_metric_records", 2))]
+    return main(train + short)
+
+
+def test_the_readme_shows_an_offline_command_for_every_seed_recipe():
+    seeds = {p.stem for p in RECIPES.glob("*.yaml")} - {"quickstart"}
+    assert set(readme_seed_commands()) == seeds
+    for name, commands in readme_seed_commands().items():
+        assert commands[-1][:2] == ["train", f"recipes/{name}.yaml"]
+        assert all(not arg.startswith(("model.", "data_root")) or "=models/" in arg for arg in commands[-1][2:])
+
+
+@pytest.mark.parametrize("recipe", ["geovlm", "verbovision-pt", "llava-vqa-lora", "git-pokemon-lora"])
+def test_readme_offline_command(tmp_path, monkeypatch, stand_ins, recipe):
+    in_a_checkout(tmp_path, stand_ins, monkeypatch)
+    assert run_readme_commands(recipe) == 0
+    run = tmp_path / "runs" / recipe
+    info = read_json(run / "run.json")
+    for name, summary in info["summary"].items():  # every stage validates on data of its own
+        assert summary["sources"]["validation"], name
+    assert "## Run summary" in (run / "report.md").read_text()
+    if recipe == "geovlm":
+        final = AutoModelForImageTextToText.from_pretrained(run / "final")
+        assert type(final).__name__ == "Cohere2VisionForConditionalGeneration"
+        assert final.config.image_token_id == load_model(run / "final", "cpu")[1].tokenizer.convert_tokens_to_ids(
+            "<|image_pad|>")
+        # last:8 of 8 layers trains them all and the norm after them, not the embeddings or the output head
+        layers = sum(p.numel() for name, p in final.named_parameters()
+                     if name.startswith(("model.language_model.layers.", "model.language_model.norm.")))
+        language = info["summary"]["sft"]["parameters"]["language"]
+        assert language["trainable"] == layers < language["total"]
+    if recipe == "verbovision-pt":
+        assert info["adapters"] == ["stages/0-pretrain/adapter", "stages/1-detailed/adapter"]
+        for stage_dir in ("0-pretrain", "1-detailed"):
+            assert read_json(run / f"stages/{stage_dir}/model/verbovision.json")["merge"]["max_abs_diff"] < 1e-4
+        # stage 2 started from stage 1's merged model
+        assert read_json(run / "stages/1-detailed/adapter/verbovision_adapter.json")["base_model"].endswith(
+            "stages/0-pretrain/model")
+        # `verbo caption` asks the model in the language it was trained in
+        assert read_json(run / "final/verbovision.json")["prompt"] == "Descreva a imagem brevemente."
+    if recipe == "llava-vqa-lora":
+        assert type(AutoModelForImageTextToText.from_pretrained(run / "final")).__name__ == \
+            "LlavaForConditionalGeneration"
+    if recipe == "git-pokemon-lora":
+        assert (run / "final/adapter_config.json").exists()  # merge: false, the adapter is the result
+
+
+def test_readme_offline_commands_vit_gpt2_then_vit_llama(tmp_path, monkeypatch, stand_ins):
+    in_a_checkout(tmp_path, stand_ins, monkeypatch)
+    assert run_readme_commands("vit-gpt2") == 0
+    assert type(AutoModelForImageTextToText.from_pretrained("runs/vit-gpt2/final")).__name__ == \
+        "VisionEncoderDecoderModel"
+    assert run_readme_commands("vit-llama") == 0
+    assert type(AutoModelForImageTextToText.from_pretrained("runs/vit-llama/final")).__name__ == \
+        "LlavaForConditionalGeneration"
+
+
+def test_geovlm_last_8_on_a_2_layer_language_model_fails_before_stage_0(tmp_path, monkeypatch, stand_ins, tiny_lm,
+                                                                        capsys):
+    models = tmp_path / "models-2-layers"
+    models.mkdir()
+    (models / "siglip-base-patch16-224").symlink_to(stand_ins / "siglip-base-patch16-224")
+    (models / "Qwen2.5-0.5B-Instruct").symlink_to(tiny_lm["qwen2"])
+    in_a_checkout(tmp_path, models, monkeypatch)
+    capsys.readouterr()
+    assert run_readme_commands("geovlm") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("verbo: error: stages.1 (sft): train.language: last:8, but the "
+                                                    "language component has 2 layers; use last:1 to last:2 or full")
+    assert not (tmp_path / "runs/geovlm/stages").exists()
 
 
 def _metrics(run: Path) -> list[dict]:

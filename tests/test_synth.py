@@ -166,7 +166,7 @@ def test_english_does_not_depend_on_other_languages(tmp_path):
 @pytest.mark.parametrize("generate, expected", [
     (synth_shapes, {"caption_short_en", "caption_detailed_en", "vqa_en",
                     "caption_short_pt", "caption_detailed_pt", "vqa_pt"}),
-    (synth_geometry, {"geoqa_en"}),
+    (synth_geometry, {"caption_en", "geoqa_en"}),
 ])
 def test_layout_and_dataset_info(tmp_path, generate, expected):
     summary = generate(tmp_path, n=N, seed=0)
@@ -426,6 +426,19 @@ def test_geometry_answers(geometry):
         assert set(scene["angle_labels"]) == set(angles) - {x}
         asked[x] += 1
     assert len(asked) == 3
+
+
+def test_geometry_captions_name_the_marked_angles(geometry):
+    scenes = _scene_by_image(geometry)
+    captions = [r for rs in _records(geometry, "caption_en").values() for r in rs]
+    assert len(captions) == N
+    for record in captions:
+        scene = scenes[record["image"]]
+        marked = [v for v in "ABC" if v != scene["asked"]]
+        assert _question(record) == "Describe the figure."
+        assert _reply(record) == (f"Triangle ABC, with angle {marked[0]} marked {scene['angles'][marked[0]]}° and "
+                                  f"angle {marked[1]} marked {scene['angles'][marked[1]]}°; angle {scene['asked']} "
+                                  "is not marked.")
 
 
 def test_geometry_figure_has_ink_at_vertices_and_labels(geometry):

@@ -16,7 +16,6 @@ from transformers import AutoModelForImageTextToText
 
 from verbovision.data import Encoder, read_records
 from verbovision.errors import ConfigError, DataError
-from verbovision.infer import VLM
 from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import apply_override, load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
@@ -206,47 +205,6 @@ def test_every_recipe_parses():
     assert {"quickstart", "verbovision-pt", "vit-gpt2", "llava-vqa-lora", "git-pokemon-lora", "geovlm"} <= set(names)
     for name in names:
         load_recipe(RECIPES / f"{name}.yaml")
-
-
-def _stand_in_overrides(recipe_path: Path, tiny_vision, tiny_lm, data: dict[str, str]) -> list[str]:
-    overrides = [f"model.vision.name={tiny_vision['siglip']}", f"model.language.name={tiny_lm['qwen2']}",
-                 "model.vision.feature_layer=-1"]
-    for i, _ in enumerate(load_recipe(recipe_path).stages):
-        overrides += [f"stages.{i}.max_steps=2", f"stages.{i}.grad_accum=2", f"stages.{i}.data.train=[{data['train']}]",
-                      f"stages.{i}.data.val=[{data['val']}]"]
-    return overrides
-
-
-def test_verbovision_pt_recipe_end_to_end(tmp_path, shapes_data, tiny_vision, tiny_lm):
-    path = RECIPES / "verbovision-pt.yaml"
-    overrides = [f"data_root={shapes_data}"] + _stand_in_overrides(
-        path, tiny_vision, tiny_lm, {"train": "train/caption_short_pt.json", "val": "val/caption_detailed_pt.json"})
-    run = tmp_path / "run"
-    train_recipe(load_recipe(path, overrides), run)
-    info = read_json(run / "run.json")
-    assert info["adapters"] == ["stages/0-pretrain/adapter", "stages/1-detailed/adapter"]
-    for stage_dir in ("0-pretrain", "1-detailed"):
-        assert read_json(run / f"stages/{stage_dir}/model/verbovision.json")["merge"]["max_abs_diff"] < 1e-4
-    # stage 2 started from stage 1's merged model
-    assert read_json(run / "stages/1-detailed/adapter/verbovision_adapter.json")["base_model"].endswith(
-        "stages/0-pretrain/model")
-    assert (run / "final/model.safetensors").exists()
-    # `verbo caption` asks the model in the language it was trained in
-    assert read_json(run / "final/verbovision.json")["prompt"] == "Descreva a imagem brevemente."
-    assert VLM(run / "final", device="cpu").caption_prompt == "Descreva a imagem brevemente."
-
-
-def test_geovlm_recipe_end_to_end(tmp_path, geometry_data, tiny_vision, tiny_lm):
-    path = RECIPES / "geovlm.yaml"
-    overrides = [f"data_root={geometry_data}"] + _stand_in_overrides(
-        path, tiny_vision, tiny_lm, {"train": "train/geoqa_en.json", "val": "val/geoqa_en.json"})
-    overrides.append("stages.1.train.language=last:1")
-    run = tmp_path / "run"
-    train_recipe(load_recipe(path, overrides), run)
-    final = AutoModelForImageTextToText.from_pretrained(run / "final")
-    assert type(final).__name__ == "Cohere2VisionForConditionalGeneration"
-    assert final.config.image_token_id == load_model(run / "final", "cpu")[1].tokenizer.convert_tokens_to_ids(
-        "<|image_pad|>")
 
 
 def test_best_checkpoint_by_generation_metric(tmp_path, shapes_data):

@@ -326,13 +326,13 @@ def _gpt2_tokenizer(texts: list[str], vocab_size: int = 300) -> GPT2Tokenizer:
     return GPT2Tokenizer(vocab=trained["vocab"], merges=merges)
 
 
-def make_tiny_vision_encoder_decoder(out: Path, texts: list[str]) -> Path:
+def make_tiny_vision_encoder_decoder(out: Path, texts: list[str], decoder_layers: int = 2) -> Path:
     """VisionEncoderDecoderModel: ViT encoder + GPT-2 decoder with cross-attention (nlpconnect/vit-gpt2 layout)."""
     tokenizer = _gpt2_tokenizer(list(texts))
     eos = tokenizer.eos_token_id  # == bos == unk; GPT-2 has no pad, so pad is eos too (as in nlpconnect/vit-gpt2)
     encoder = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                         image_size=32, patch_size=8)
-    decoder = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=512, vocab_size=len(tokenizer),
+    decoder = GPT2Config(n_embd=32, n_layer=decoder_layers, n_head=2, n_positions=512, vocab_size=len(tokenizer),
                          add_cross_attention=True, is_decoder=True, bos_token_id=eos, eos_token_id=eos,
                          pad_token_id=eos, decoder_start_token_id=eos)
     config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from .errors import ConfigError, DataError
 from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
-from .tokenizer import with_image_parts
+from .tokenizer import flattens_parts, with_image_parts
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
@@ -159,7 +159,9 @@ class ImageTokens:
     BLIP-2's query tokens (which its processor writes in front of every text, whatever the text holds).
     """
 
-    _PROBE_SIZES = ((40, 30), (640, 480))
+    _PROBE_SIZES = ((40, 30), (640, 480), (30, 40), (64, 64))
+    """(width, height): a small and a large landscape image (counts that follow the size, as Qwen2-VL's), a portrait
+    and a square one (counts that follow the aspect ratio, as LLaVA-NeXT's anyres tiles and Idefics3's crops)."""
 
     def __init__(self, processor, family: Family = IMAGE_TOKEN_FAMILY):
         # Kosmos-2's processor marks where the features go in a mask of its own (image_embeds_position_mask), over
@@ -169,14 +171,22 @@ class ImageTokens:
                               "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
         self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
-        self.token_id = processor.tokenizer.convert_tokens_to_ids(self.token)
+        self.in_vocab = self.token in processor.tokenizer.get_vocab()
+        """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
+        self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
+                         else getattr(processor, "image_token_id", None))
+        """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
+        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`)."""
+        if self.token_id is None:
+            raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
+                            "tokenizer, and the processor names no image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
         self._around = self._laid_out_around()
-        small, large = (self._expand(size) for size in self._PROBE_SIZES)
-        self.fixed = small if small == large else None
+        first, *others = (self._expand(size) for size in self._PROBE_SIZES)
+        self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
         self.token_types = self._token_types()
         """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
@@ -443,10 +453,19 @@ class Encoder:
                                                   add_generation_prompt=add_generation_prompt)
 
     def _parts(self, text: str) -> list[dict]:
+        """A turn's text as typed content parts. A template VerboVision wrote (`with_image_parts`) joins them back as
+        records join them; any other (llava-hf's, Aya Vision's...) writes its own separator after an image, so the
+        newline that joins an image to its text in a record (LLaVA data, `messages_record`) is left out: the model
+        sees the prompt plain transformers gives it."""
+        glue = "" if flattens_parts(self.processor_template) else "\n"
         pieces = text.split(self.image_token) if self.image_token else [text]
-        parts = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
-        for piece in pieces[1:]:
-            parts.append({"type": "image"})
+        parts = []
+        for i, piece in enumerate(pieces):
+            if i:
+                parts.append({"type": "image"})
+                piece = piece.removeprefix(glue)
+            if i < len(pieces) - 1:
+                piece = piece.removesuffix(glue)
             if piece:
                 parts.append({"type": "text", "text": piece})
         return parts
@@ -524,10 +543,29 @@ class Encoder:
         cuts = [0] + [start for start, _ in spans if self.template == "prefix"] + [len(text)]
         tokens, offsets = [], []
         for a, b in zip(cuts, cuts[1:]):
-            enc = self.tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
-            tokens += enc["input_ids"]
-            offsets += [(start + a, end + a) for start, end in enc["offset_mapping"]]
+            piece_tokens, piece_offsets = self._tokenize_piece(text[a:b])
+            tokens += piece_tokens
+            offsets += [(start + a, end + a) for start, end in piece_offsets]
         return tokens, offsets
+
+    def _tokenize_piece(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of a text and their character spans in it; an image placeholder that is not a token becomes
+        `image_token_id` (the text around it tokenized piece by piece, as the processor's expansion, which starts and
+        ends with special tokens, cuts it)."""
+        if self.image_tokens is None or self.image_tokens.in_vocab:
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            return enc["input_ids"], enc["offset_mapping"]
+        ids, offsets, at = [], [], 0
+        for i, piece in enumerate(text.split(self.image_token)):
+            if i:
+                ids.append(self.image_token_id)
+                offsets.append((at, at + len(self.image_token)))
+                at += len(self.image_token)
+            enc = self.tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+            ids.extend(enc["input_ids"])
+            offsets.extend((at + a, at + b) for a, b in enc["offset_mapping"])
+            at += len(piece)
+        return ids, offsets
 
     def _expand_images(self, record: Record, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
         """Each image token replaced by the tokens of its image; families without image tokens in the text take one
@@ -568,9 +606,17 @@ class Encoder:
         return ids[: self.max_length], kept
 
     def pixel_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families, plus
-        e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask."""
-        return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        """The image processor's tensors for these images: pixel_values [n_images, 3, H, W] for most families ([tiles
+        of all images, 3, H, W] for InternVL), plus e.g. Qwen2-VL's image_grid_thw or Idefics3's pixel_attention_mask.
+        Where images are tokens in the text, the processor itself processes them, each image the only one of its
+        text as `ImageTokens` expands it: image settings the processor applies over its image processor's own
+        (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
+        if self.image_tokens is None:
+            return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
+        processed = self.processor(text=[self.image_tokens.token] * len(images), images=[[image] for image in images],
+                                   padding=True, return_tensors="pt")  # texts of different images differ in length
+        names = set(self.processor.image_processor.model_input_names)
+        return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
@@ -687,11 +733,13 @@ def skip_reason(error: DataError) -> str:
 
 
 def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path, skips: SkipLog,
-                   what: str = "records", context: str | None = None) -> list[tuple[list[Encoded], float]]:
+                   what: str = "records", context: str | None = None,
+                   tally: list[dict] | None = None) -> list[tuple[list[Encoded], float]]:
     """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged.
 
     A source with no usable record is an error, and one with skipped records prints how many and why, before any
-    step (`what`: "training records", `context`: "stage s"; see `require_usable`)."""
+    step (`what`: "training records", `context`: "stage s"; see `require_usable`). `tally` gets each source's
+    `{source, usable, skipped}` counts."""
     from .distributed import processes
 
     encoded_sources = []
@@ -708,6 +756,8 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
             report_skips(len(encoded), source_skips, where, context)
         skips.merge(source_skips)
         encoded_sources.append((encoded, source.weight))
+        if tally is not None:
+            tally.append({"source": source.path, "usable": len(encoded), "skipped": len(source_skips)})
     return encoded_sources
 
 

@@ -34,14 +34,16 @@ COMPONENT_MODULES = {
                "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
-                  "query_tokens", "qformer", "language_projection"),
+                  "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
 """Where each component lives, across families (transformers v5 module or parameter names; the longest matching
 prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
-is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`."""
+is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
+LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
+as in their own training."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -93,6 +95,7 @@ SUPPORT: dict[str, Support] = {
                                          "examples' boundaries"),
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
+    "aya_vision": Support(processor_only=("num_patches",)),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types

@@ -204,9 +204,9 @@ def answer_row(question: Question, reply: Generation, model_id: str, options: De
 
 
 def _progress(total: int, initial: int):
-    from tqdm.auto import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, initial=initial, unit="question", desc="predict", file=sys.stderr, dynamic_ncols=True)
+    return progress(total, initial, desc="predict", unit="question")
 
 
 # ------------------------------------------------------------------------------------------------ command line

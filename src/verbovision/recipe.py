@@ -278,6 +278,9 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
                               f"model.quantize: {recipe.model.quantize} use lora or frozen")
     for i, stage in enumerate(recipe.stages):
         _check_stage(stage, f"{where}: stages.{i}")
+        if "lora" in stage.train.values() and not stage.merge and i < len(recipe.stages) - 1:
+            raise ConfigError(f"{where}: stages.{i}.merge: false on a LoRA stage that another stage follows; the "
+                              "next stage needs a base, set merge: true")
     return recipe
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from .data import SkipLog, source_records
 from .evaluate import CUT_MARK, marked_prediction, table_cell
 from .recipe import Recipe
-from .runinfo import read_metrics
+from .runinfo import read_metrics, summary_lines
 from .store import read_json, write_atomic
 
 if TYPE_CHECKING:  # infer loads transformers: imported inside the functions that use it
@@ -92,6 +92,17 @@ def _sample_truncation(samples: list[dict]) -> str:
     return f"{truncation}; a cut reply ends with {CUT_MARK}."
 
 
+def run_summary(run: dict) -> list[str]:
+    """What each stage was about to do when it started (run.json's `summary`), as report.md lines."""
+    if not run.get("summary"):
+        return []
+    lines = ["## Run summary", ""]
+    for index, summary in enumerate(run["summary"].values()):
+        header, *details = summary_lines(index, summary)
+        lines += [f"**{header}**", "", *(f"- {line.strip()}" for line in details), ""]
+    return lines
+
+
 def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = None) -> Path:
     run = read_json(run_dir / "run.json") or {}
     rows = read_metrics(run_dir)
@@ -101,6 +112,7 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         lines += [f"| {table_cell(k)} | {v:.4f} |" if isinstance(v, float) else f"| {table_cell(k)} | {table_cell(v)} |"
                   for k, v in evaluation.items()]
         lines.append("")
+    lines += run_summary(run)
     lines += ["## Stages", "", "| stage | steps | last train loss | best validation value | output |",
               "|---|---|---|---|---|"]
     for name, info in run.get("stages", {}).items():

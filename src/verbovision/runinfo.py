@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from .recipe import Recipe
+from .recipe import Recipe, Stage
 from .store import write_atomic
 
 PACKAGES = ("verbovision", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "pillow")
@@ -65,6 +65,81 @@ def describe_run(recipe: Recipe) -> dict:
         "data_fingerprints": {p: fingerprint(root / p if not Path(p).is_absolute() else Path(p))
                               for p in sorted(data_files) if (root / p).exists() or Path(p).exists()},
     }
+
+
+def stage_summary(stage: Stage, sources: dict[str, list[dict]], model, steps_per_epoch: int, total_steps: int,
+                  processes: int, quantize: str = "none") -> dict:
+    """What a stage is about to do, before its first step: the records of each source it can use and skips, the
+    parameters that train per component, its length, its effective batch, precision and device."""
+    import torch
+
+    device = next(model.parameters()).device
+    weights = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()}
+    return {
+        "name": stage.name,
+        "type": stage.type,
+        "template": stage.template,
+        "sources": sources,
+        "parameters": component_parameters(model),
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "epochs": None if stage.max_steps else stage.epochs,
+        "batch": {"batch_size": stage.batch_size, "grad_accum": stage.grad_accum, "processes": processes,
+                  "effective": stage.batch_size * stage.grad_accum * processes},
+        "precision": {"weights": "/".join(sorted(weights)), "autocast": "bfloat16" if stage.bf16 else None,
+                      "quantize": None if quantize == "none" else quantize},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+    }
+
+
+def component_parameters(model) -> dict[str, dict[str, int]]:
+    """Parameters per component (vision, connector, language; `other` for any outside them): trainable and in all.
+    A LoRA adapter's parameters count in the component they wrap."""
+    from .families import Components
+
+    components = Components(model)
+    counts: dict[str, dict[str, int]] = {}
+    for name, param in model.named_parameters():
+        count = counts.setdefault(components.of(name) or "other", {"trainable": 0, "total": 0})
+        count["total"] += param.numel()
+        count["trainable"] += param.numel() if param.requires_grad else 0
+    return counts
+
+
+def summary_lines(index: int, summary: dict) -> list[str]:
+    """The stage summary as lines to read: printed when the stage starts and listed in report.md."""
+    lines = []
+    for role, rows in summary["sources"].items():
+        for row in rows:
+            counts = ("streamed: counted as it trains" if row.get("streamed")
+                      else f"{row['usable']} usable, {row['skipped']} skipped")
+            lines.append(f"{role} data {row['source']}: {counts}")
+    parameters = summary["parameters"]
+    trainable = sum(c["trainable"] for c in parameters.values())
+    total = sum(c["total"] for c in parameters.values())
+    per_component = ", ".join(f"{name} {_count(c['trainable'])} of {_count(c['total'])}"
+                              for name, c in parameters.items())
+    lines.append(f"trainable parameters: {per_component}; {_count(trainable)} of {_count(total)} in all "
+                 f"({100 * trainable / max(1, total):.2f}%)")
+    length = f"{summary['epochs']:g} epochs" if summary["epochs"] is not None else "max_steps"
+    batch = summary["batch"]
+    lines.append(f"steps: {summary['steps_per_epoch']} per epoch, {summary['total_steps']} in all ({length}); "
+                 f"effective batch {batch['effective']} = batch_size {batch['batch_size']} x grad_accum "
+                 f"{batch['grad_accum']} x {batch['processes']} process{'es' if batch['processes'] > 1 else ''}")
+    precision = summary["precision"]
+    described = f"{precision['weights']} weights" + (f" ({precision['quantize']} base)" if precision["quantize"] else "")
+    described += f", {precision['autocast']} autocast" if precision["autocast"] else ""
+    lines.append(f"precision: {described}; device: {summary['device']}")
+    header = f"stage {index} {summary['name']} ({summary['type']}, template {summary['template']}):"
+    return [header] + [f"  {line}" for line in lines]
+
+
+def _count(n: int) -> str:
+    """A parameter count to read at a glance: 1.18M, 92.9k, 0."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
 
 
 class MetricsLogger:

@@ -93,6 +93,14 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def check_model_location(path: str) -> None:
+    """A model directory, an adapter directory, or a model the hub can give: anything else is an error naming it."""
+    local = Path(path)
+    if local.exists() and not (local / "config.json").exists() and not is_adapter(path):
+        raise VerboError(not_a_model(local))
+    check_model_source(path)
+
+
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                quantize: str = "none"):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
@@ -105,10 +113,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
     path_str = str(path)
-    local = Path(path_str)
-    if local.exists() and not (local / "config.json").exists() and not is_adapter(path_str):
-        raise VerboError(not_a_model(local))
-    check_model_source(path_str)
+    check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
     if is_adapter(path_str):
         from peft import PeftModel
@@ -262,8 +267,13 @@ def explained_import_error(error: ImportError, path: str = "the model") -> Excep
         return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
-    return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "
-                      "installed: pip install the torchvision release paired with your torch, or transformers>=5.18")
+    if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 18):
+        return VerboError(f"transformers {transformers.__version__} loads image processors only where torchvision is "
+                          "installed: pip install the torchvision release paired with your torch, or "
+                          "transformers>=5.18")
+    # Later releases still need it for some processor classes (Mistral3's PixtralProcessor, at import)
+    return VerboError(f"{path}: its processor needs torchvision in transformers {transformers.__version__}: pip install "
+                      "the torchvision release paired with your torch")
 
 
 def _images_only_processor(path: str, error: Exception):

@@ -8,7 +8,8 @@ Two generators write an ``images/`` folder, one LLaVA JSON list per split, task 
   and detailed captions and single-turn VQA in English and Portuguese. The scenes are kept
   deliberately clean so that a tiny model trained from scratch on a CPU learns them in minutes.
 * :func:`synth_geometry` - a triangle ABC with two of its angles labelled; the question asks for
-  one angle and the answer reasons to a number (Geo170K style).
+  one angle and the answer reasons to a number (Geo170K style), and a caption names what the
+  figure shows (image-text pairs for aligning a connector, as LLaVA-CC3M-Pretrain does).
 
 Everything derives from ``seed``. Each image has its own RNG seeded from (generator, seed, index),
 so the same seed gives byte-identical files, the English records do not change when Portuguese is
@@ -428,6 +429,7 @@ _GEO_ANGLE_SIZE = 0.085
 _GEO_LETTER_OFFSET = 0.07  # from the vertex to the centre of its letter
 _GEO_LABEL_PAD = 0.015  # free space between an angle label and the sides or the other label
 _GEO_LABEL_STEP = 0.005  # resolution of the search along the bisector
+_GEO_CAPTION_PROMPT = "Describe the figure."
 _GEO_QUESTIONS = (
     "As shown in the figure, find the measure of angle {x}.",
     "In triangle ABC shown in the figure, what is the measure of angle {x}?",
@@ -622,6 +624,12 @@ def _geometry_record(index: int, image: str, tri: _Triangle) -> Record:
     return _record(f"geometry-{index:06d}-geoqa-en", image, question, answer, answer_key=str(ax))
 
 
+def _geometry_caption(index: int, image: str, tri: _Triangle) -> Record:
+    marked = " and ".join(f"angle {v} marked {tri.angles[v]}°" for v in VERTICES if v != tri.asked)
+    reply = f"Triangle ABC, with {marked}; angle {tri.asked} is not marked."
+    return _record(f"geometry-{index:06d}-caption-en", image, _GEO_CAPTION_PROMPT, reply)
+
+
 def synth_geometry(
     out: str | Path,
     n: int = 1000,
@@ -631,13 +639,13 @@ def synth_geometry(
 ) -> dict:
     """Write a triangle-angle reasoning dataset to ``out`` and return its summary.
 
-    Files: ``images/NNNNNN.png``, ``scenes.jsonl``, ``{split}/geoqa_en.json`` and
-    ``dataset_info.json``. Each record carries the final number in an extra ``"answer"`` key.
+    Files: ``images/NNNNNN.png``, ``scenes.jsonl``, ``{split}/geoqa_en.json``, ``{split}/caption_en.json``
+    and ``dataset_info.json``. Each geoqa record carries the final number in an extra ``"answer"`` key.
     """
     root = _prepare_dir(out)
     split_of = _assign_splits(n, splits, random.Random(f"geometry-splits:{seed}"))
     style = _GeometryStyle.create(image_size)
-    records = _empty_tables(["geoqa_en"])
+    records = _empty_tables(["caption_en", "geoqa_en"])
     scenes = []
     for index in range(n):
         tri = _sample_triangle(random.Random(f"geometry:{seed}:{index}"), style)
@@ -649,6 +657,7 @@ def synth_geometry(
             "angle_labels": {v: list(p) for v, p in tri.labels.items()},
         })
         records[split]["geoqa_en"].append(_geometry_record(index, image, tri))
+        records[split]["caption_en"].append(_geometry_caption(index, image, tri))
     return _write_dataset(root, "geometry", seed, n, image_size, splits, scenes, records)
 
 

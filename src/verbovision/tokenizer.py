@@ -50,6 +50,11 @@ def with_image_parts(template: str, image_token: str) -> str:
     return _FLATTEN_PARTS.replace("[IMAGE]", image_token) + template
 
 
+def flattens_parts(template: str) -> bool:
+    """Whether a chat template is one `with_image_parts` wrote."""
+    return template.startswith(_FLATTEN_PARTS.split("[IMAGE]")[0])
+
+
 def join_parts(pieces: Iterable[str]) -> str:
     """A message's content parts as one text (an image part's piece is its image token): joined by newlines, except
     where one side of a boundary already has one, as `with_image_parts` templates join them."""

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runinfo
@@ -52,6 +51,8 @@ from .families import IMAGES_IN_TEXT, check_consumed, family_of
 from .features import FeatureCache, embeds_with_features, supports_cache
 from .errors import ConfigError
 from .merge import merge_adapter, merge_verified
+from .preflight import check_data_files, check_stages
+from .progress import progress
 from .quantize import is_quantized
 from .recipe import BEST_METRICS, Recipe, Stage, to_dict
 from .store import (
@@ -92,6 +93,7 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
     stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
     corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
     out = Path(out)
+    check_data_files(recipe)
     absent = not out.exists()
     fresh = absent or not any(out.iterdir())
     try:
@@ -130,6 +132,7 @@ def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
         write_json(out / "run.json", run)
     seed_everything(recipe.seed)
     base = procs.main_first(lambda: initial_model(recipe, out, run))
+    check_stages(recipe, base)
     logger = runinfo.MetricsLogger(out, write=procs.is_main)
     results = []
     for index, stage in enumerate(recipe.stages):
@@ -214,6 +217,8 @@ class StageSetup:
     steps_per_epoch: int
     total_steps: int
     skips: SkipLog
+    summary: dict
+    """What the stage is about to do (runinfo.stage_summary), printed and kept in run.json before its first step."""
 
 
 def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
@@ -235,19 +240,24 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         # own padded length, which would otherwise recompile.
         model.compile(backend=stage.compile, dynamic=True)
     skips = SkipLog()
+    val_tally, train_tally = [], []
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips, "validation records",
-                                 f"stage {stage.name}")
+                                 f"stage {stage.name}", val_tally)
     if any(is_stream(source) for source in stage.data.train):  # read as it trains: no cache, no epoch up front
         train_sources = StreamMix(stage.data.train, encoder, Path(recipe.data_root), stage.stream_buffer,
                                   stage.stream_shards, recipe.seed)
         features = None
+        train_tally = [{"source": source.path, "streamed": True} for source in stage.data.train]
     else:
         train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips, "training records",
-                                       f"stage {stage.name}")
+                                       f"stage {stage.name}", train_tally)
         features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
+        recount(train_tally + val_tally, train_sources + val_sources)
     if stage.packing:
         encoder.family.check_packing()
     steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
+    summary = runinfo.stage_summary(stage, {"train": train_tally, "validation": val_tally}, model, steps_per_epoch,
+                                    total_steps, processes().count, recipe.model.quantize)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
@@ -255,7 +265,14 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     collator = Collator(encoder, features=features, cache_pixels=stage.cache_pixels)
     return StageSetup(model, processor, uses_lora, collator, train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
-                      scheduler, steps_per_epoch, total_steps, skips)
+                      scheduler, steps_per_epoch, total_steps, skips, summary)
+
+
+def recount(tally: list[dict], sources: list) -> None:
+    """Each source's counts after the feature cache, which skips the examples whose images it could not encode."""
+    for row, (examples, _) in zip(tally, sources):
+        row["skipped"] += row["usable"] - len(examples)
+        row["usable"] = len(examples)
 
 
 def stage_length(sources, stage: Stage, seed: int, skips: SkipLog) -> tuple[int, int]:
@@ -284,6 +301,10 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     if procs.distributed and stage.type == "scst":
         raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
     setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
+    if procs.is_main:
+        print("\n".join(runinfo.summary_lines(index, setup.summary)), flush=True)
+        run.setdefault("summary", {})[stage.name] = setup.summary
+        write_json(stage_dir.parents[1] / "run.json", run)
     core, scheduler = setup.model, setup.scheduler  # core: the model itself, whatever wraps it for several processes
     device = next(core.parameters()).device
     sources, prepare, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the start model
@@ -292,8 +313,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
         logger.forget_after(stage.name, state.step)  # those steps are about to be redone
     setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
     optimizer = setup.optimizer
-    bar = tqdm(total=setup.total_steps, initial=state.step, desc=f"stage {index} {stage.name}", unit="step",
-               disable=not procs.is_main)
+    bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main)
     core.train()
     while state.step < setup.total_steps and not state.stopped:
         trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
@@ -305,9 +325,9 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
             trained += bool(values)
             state.step += 1
             state.step_in_epoch += 1
-            bar.update(1)
             if values:
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
+            bar.update(1)
             if values and (state.step % stage.log_every == 0 or state.step == setup.total_steps):
                 logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
                            lr=scheduler.get_last_lr()[0])
@@ -334,8 +354,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
         load_trainable(core, stage_dir / "best.safetensors")
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
-    is_last = index == len(recipe.stages) - 1
-    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora, is_last,
+    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora,
                           setup.collator.encoder) if procs.is_main or procs.sharded else None
     result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
@@ -595,7 +614,7 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
-                 is_last: bool, encoder: Encoder) -> StageResult | None:
+                 encoder: Encoder) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
     `encoder`: the stage's, whose layout the model was trained in and whose trained prompt (the caption prompt the
     stage's images came with most often, in the data's language) `verbo caption` asks by default (the base's stays
@@ -629,10 +648,7 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
     write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
                                                 "stage": stage.name})
     write_json(adapter_dir / MODEL_METADATA, metadata)
-    if not stage.merge:
-        if not is_last:
-            raise ConfigError(f"stage {stage.name}: merge: false on a LoRA stage that another stage follows; "
-                              "the next stage needs a base, set merge: true")
+    if not stage.merge:  # the last stage (parse_recipe sees to it): its adapter is the run's final model
         return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
     merged_dir = stage_dir / "model"
     if is_quantized(model.get_base_model()):  # QLoRA: merge onto the full-precision base, read from disk

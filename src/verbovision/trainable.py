@@ -21,10 +21,12 @@ def last_layers(model: nn.Module, components: Components, component: str, n: int
     modules = components.modules(model, component)  # in registration order: embeddings, blocks, final norm
     lists = [(name, m) for name, m in modules if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ConfigError(f"{component}: no layer list found for last:{n}")
+        raise ConfigError(f"train.{component}: last:{n}, but the {component} component has no list of layers; "
+                          "use full, frozen or lora")
     list_name, layers = max(lists, key=lambda item: len(item[1]))
     if n > len(layers):
-        raise ConfigError(f"{component}: last:{n} but the component has {len(layers)} layers")
+        raise ConfigError(f"train.{component}: last:{n}, but the {component} component has {len(layers)} layers; "
+                          f"use last:1 to last:{len(layers)} or full")
     blocks = [f"{list_name}.{i}" for i in range(len(layers) - n, len(layers))]
     after = [name for name, _ in modules].index(list_name)
     norms = [name for name, m in modules[after:]
@@ -36,7 +38,8 @@ def cross_attention(model: nn.Module, components: Components, component: str) ->
     """Module names of a component's cross-attention (and its norms), for `cross_attention` training."""
     names = [name for name, _ in components.modules(model, component) if name.split(".")[-1] in CROSS_ATTENTION_MODULES]
     if not names:
-        raise ConfigError(f"{component}: no cross-attention modules (only encoder-decoder models have them)")
+        raise ConfigError(f"train.{component}: cross_attention, but the {component} component has no "
+                          "cross-attention modules (only encoder-decoder models have them)")
     return names
 
 
@@ -67,23 +70,37 @@ def _modules_for(model: nn.Module, components: Components, component: str, mode:
     return []
 
 
-def configure_trainable(model: nn.Module, stage: Stage):
-    """Freeze and unfreeze per component; wrap with PEFT when a component uses LoRA. Returns (model, uses_lora)."""
+def trained_modules(model: nn.Module, stage: Stage) -> tuple[list[str], list[str]]:
+    """What a stage trains on a model: the modules it trains whole (full / last:N / cross_attention) and the linear
+    layers LoRA wraps. Changes nothing, so every stage of a recipe can be checked before the first trains; a mode
+    the model cannot take is an error naming the component."""
     components = Components(model)
     modes = {c: stage.train.get(c, "frozen") for c in COMPONENTS}
     for component, mode in modes.items():
         if mode != "frozen" and not components.prefixes[component]:
             raise ConfigError(f"train.{component}: {mode}, but {type(model).__name__} has no {component} component")
-    model.requires_grad_(False)
     trained = [m for c, mode in modes.items() for m in _modules_for(model, components, c, mode)]
     lora_components = [c for c, mode in modes.items() if mode == "lora"]
-    if not lora_components:
+    targets = lora_targets(model, components, lora_components, stage.lora.target) if lora_components else []
+    if not targets and not any(_in(name, trained) for name, _ in model.named_parameters()):
+        raise ConfigError("train: every component is frozen: nothing would train")
+    return trained, targets
+
+
+def _in(name: str, modules: list[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def configure_trainable(model: nn.Module, stage: Stage):
+    """Freeze and unfreeze per component; wrap with PEFT when a component uses LoRA. Returns (model, uses_lora)."""
+    trained, targets = trained_modules(model, stage)
+    model.requires_grad_(False)
+    if not targets:
         for name, param in model.named_parameters():
-            if any(name == m or name.startswith(m + ".") for m in trained):
+            if _in(name, trained):
                 param.requires_grad_(True)
-        _report_nothing_trains(model)
         return model, False
-    if "vision" in lora_components:
+    if stage.train.get("vision") == "lora":
         warnings.warn("LoRA on the vision tower: serving engines such as vLLM apply LoRA to the language model only; "
                       "merge the adapter before serving there.", stacklevel=2)
     bare = [name for name, _ in model.named_parameters() if name in trained]
@@ -97,13 +114,11 @@ def configure_trainable(model: nn.Module, stage: Stage):
         r=stage.lora.r,
         lora_alpha=stage.lora.alpha,
         lora_dropout=stage.lora.dropout,
-        target_modules=lora_targets(model, components, lora_components, stage.lora.target),
+        target_modules=targets,
         modules_to_save=_callable_modules(model, trained) or None,
     )
     with peft_wrapping():
-        model = get_peft_model(model, config)
-    _report_nothing_trains(model)
-    return model, True
+        return get_peft_model(model, config), True
 
 
 def _callable_modules(model: nn.Module, names: list[str]) -> list[str]:
@@ -117,11 +132,6 @@ def _callable_modules(model: nn.Module, names: list[str]) -> list[str]:
         else:
             out.append(name)
     return out
-
-
-def _report_nothing_trains(model: nn.Module) -> None:
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError("every component is frozen: nothing would train")
 
 
 def param_groups(model: nn.Module, stage: Stage) -> list[dict]:
