@@ -7,9 +7,10 @@ from PIL import Image
 from transformers.models.smolvlm import processing_smolvlm
 
 from verbovision.cli import main
-from verbovision.data import Collator, Encoder, Record, Turn, read_records
+from verbovision.data import Collator, Encoder, Record, Turn, read_records, with_trained_template
 from verbovision.families import family_of
 from verbovision.features import FeatureCache, supports_cache
+from verbovision.infer import prompt_record
 from verbovision.store import load_model
 from verbovision.train import token_loss
 
@@ -83,7 +84,7 @@ def test_paligemma_attends_its_prompt_both_ways_and_its_reply_causally(tmp_path,
     model, processor = load_model(make_tiny_paligemma(tmp_path / "paligemma", tiny_tokenizer_texts), device="cpu")
     encoder = Encoder(processor, "plain", family=family_of(model.config))
     record = Record("r", [Image.new("RGB", (40, 30), (200, 30, 30))],
-                    [Turn("user", "<image>\ncaption en"), Turn("assistant", "a red square")], "test")
+                    [Turn("user", "<image>\nDescribe the image briefly."), Turn("assistant", "a red square")], "test")
     batch = Collator(encoder)([encoder.encode(record)])
     batch.pop("skipped")
     labels = batch.pop("labels")[0].tolist()
@@ -101,3 +102,45 @@ def test_paligemma_attends_its_prompt_both_ways_and_its_reply_causally(tmp_path,
     unchanged = logits()
     assert torch.equal(logits(-1)[:-1], unchanged[:-1])  # the last reply token reaches no earlier position
     assert not torch.allclose(logits(first - 2)[first - 3], unchanged[first - 3])  # a later prompt token does
+
+
+def test_paligemma_is_prompted_and_trained_as_its_processor_lays_it_out(tmp_path, tiny_tokenizer_texts, capsys):
+    """A PaliGemma needs no --template: its texts are laid out as PaliGemmaProcessor lays them out (the images, BOS,
+    the prompt and a newline; the reply and EOS as the suffix), so a training example is the processor's with
+    `suffix=`, and `verbo caption` asks "caption en" and replies what a greedy `generate` on the processor's inputs
+    gives."""
+    base = make_tiny_paligemma(tmp_path / "paligemma", tiny_tokenizer_texts)
+    model, processor = load_model(base, device="cpu")
+    encoder = Encoder(processor, family=family_of(model.config))
+    assert encoder.template == "prefix"
+    # Saved after training, it keeps having no chat template: its processor lays out the prompt itself.
+    assert with_trained_template(processor, encoder.family, {"template": "prefix"}).chat_template is None
+    images = [Image.new("RGB", (40, 30), (200, 30, 30)), Image.new("RGB", (30, 40), (30, 30, 200))]
+    # The tiny tokenizer has a token "\nanswer": the reply is tokenized apart from the prompt, as a suffix is.
+    reply = "answer: a red square"
+    record = Record("r", images, [Turn("user", "<image>caption en<image>"), Turn("assistant", reply)], "test")
+    batch = Collator(encoder)([encoder.encode(record)])
+    expected = processor(text="caption en", images=[images], suffix=reply, return_tensors="pt")
+    assert expected["input_ids"][0].tolist().count(processor.tokenizer.bos_token_id) == 1
+    for key in ("input_ids", "labels", "token_type_ids", "pixel_values"):
+        assert torch.equal(batch[key], expected[key]), key
+
+    # Larger language weights than the builder's: its greedy replies would repeat the prompt's last newline.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, weight in model.model.language_model.named_parameters():
+            if weight.dim() == 2 and "embed" not in name:
+                weight.normal_(std=0.3)
+    model.save_pretrained(base)
+    image = tmp_path / "red.png"
+    images[0].save(image)
+    capsys.readouterr()
+    assert main(["caption", str(base), str(image), "--device", "cpu", "--max-new-tokens", "6"]) == 0
+    caption = capsys.readouterr().out.rstrip("\n").split("\t")[1]
+    inputs = processor(text="caption en", images=Image.open(image), return_tensors="pt")
+    inputs.pop("labels")
+    prompt = encoder.encode(prompt_record(image, "caption en"), for_generation=True)
+    assert prompt.input_ids == inputs["input_ids"][0].tolist()
+    with torch.no_grad():
+        reply = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+    assert caption == processor.tokenizer.decode(reply, skip_special_tokens=True) != ""

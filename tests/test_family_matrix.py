@@ -57,7 +57,8 @@ class Case:
     build: object
     """make_tiny_<family>(out, texts) -> Path."""
     template: str
-    """The stage's template, and --template for caption and eval where the model has no chat template."""
+    """The stage's template, and --template for caption and eval, where it is not the model's default: chat, or the
+    family's own layout for a model without a chat template (`Support.layout`)."""
     train: dict
     """What the LoRA stage trains (vision / connector / language)."""
     target: str | list[str] = "all-linear"
@@ -77,7 +78,7 @@ MATRIX = {
     "vision-encoder-decoder": Case(make_tiny_vision_encoder_decoder, "caption",
                                    {"vision": "frozen", "language": "lora"}, images=ENCODER),
     "gemma3": Case(make_tiny_gemma3, "chat", FROZEN_VISION),
-    "paligemma": Case(make_tiny_paligemma, "plain", FROZEN_VISION),
+    "paligemma": Case(make_tiny_paligemma, "prefix", FROZEN_VISION),
     "smolvlm": Case(make_tiny_smolvlm, "chat", {"vision": "lora", "connector": "full", "language": "lora"},
                     requires="num2words"),
     "blip-2": Case(make_tiny_blip_2, "caption", FROZEN_VISION),
@@ -109,8 +110,10 @@ MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
 )
 
 
-def template_flags(case: Case) -> list[str]:
-    return [] if case.template == "chat" else ["--template", case.template]
+def chosen_template(model_type: str) -> dict[str, str]:
+    """The template the matrix names for a model type: none where it is the default."""
+    template = MATRIX[model_type].template
+    return {} if template in ("chat", SUPPORT.get(model_type, Support()).layout) else {"template": template}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,8 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
         pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
     base = case.build(tmp_path / "base", tiny_tokenizer_texts)
     image = json.loads(four_records.read_text())[0]["image"]
-    short = ["--device", "cpu", "--max-new-tokens", "6", *template_flags(case)]
+    template = chosen_template(model_type)
+    short = ["--device", "cpu", "--max-new-tokens", "6", *(f"--{k}={v}" for k, v in template.items())]
 
     assert main(["caption", str(base), image, image, *short]) == 0
     assert main(["eval", str(base), "--data", str(four_records), "--metrics", "bleu,exact_match", "--out",
@@ -140,13 +144,16 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
     report = read_json(tmp_path / "eval/report.json")
     assert report["records"] == 4 and "exact_match" in report["metrics"]
 
-    stage = {"name": "lora", "template": case.template, "train": case.train, "lora": {**LORA, "target": case.target},
+    stage = {"name": "lora", **template, "train": case.train, "lora": {**LORA, "target": case.target},
              "data": {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]},
              "max_steps": 3, "batch_size": 2, "lr": 1e-2, "merge": True}
     run = tmp_path / "run"
     train_recipe(parse_recipe({"name": model_type, "seed": 0, "data_root": str(shapes_data),
                                "model": {"from": str(base)}, "stages": [stage]}), run)
-    merge = read_json(run / "final/verbovision.json")["merge"]
+    final = read_json(run / "final/verbovision.json")
+    assert final["template"] == case.template
+    assert ("prompt" in final) == (case.template != "caption")  # what `verbo caption` then asks
+    merge = final["merge"]
     assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
 
     base_model, processor = load_model(base, device="cpu")

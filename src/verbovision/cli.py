@@ -59,10 +59,11 @@ def _decode_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
-    group.add_argument("--template", choices=["chat", "plain", "caption"],
+    group.add_argument("--template", choices=["chat", "plain", "caption", "prefix"],
                        help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
                             "else its chat template; else the family's own prompt format): chat, plain (images, "
-                            "then the prompt on its line) or caption (images only)")
+                            "then the prompt on its line), caption (images only) or prefix (PaliGemma's: images, "
+                            "BOS, the prompt and a newline)")
     group.add_argument("--compile", action="store_true",
                        help="static KV cache + torch.compile for generation: identical outputs, faster once each "
                             "batch shape has compiled (seconds); best with a fixed --batch-size")
@@ -329,7 +330,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders whose images are all captioned")
     p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
-                                    "language, else 'Describe the image briefly.')")
+                                    "language, else its family's (PaliGemma: 'caption en'), else 'Describe the image "
+                                    "briefly.')")
     _decode_args(p)
 
     p = command("ask", cmd_ask, "answer a question about an image")

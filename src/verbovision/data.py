@@ -146,6 +146,9 @@ class Encoded:
 TRUNCATION = ("drop", "truncate")
 """What training does with a record longer than max_length: skip and count it, or cut its text after the images."""
 
+TEMPLATES = ("chat", "plain", "caption", "prefix")
+"""How `Encoder` lays out a conversation: the model's chat template, or one of VerboVision's layouts."""
+
 
 class ImageTokens:
     """The tokens standing for one image in a model's text: the processor's own expansion of its image token.
@@ -181,6 +184,7 @@ class ImageTokens:
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
+        self._around = self._laid_out_around()
         first, *others = (self._expand(size) for size in self._PROBE_SIZES)
         self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
@@ -199,7 +203,19 @@ class ImageTokens:
         return self._by_size[size]
 
     def _expand(self, size: tuple[int, int]) -> list[int]:
-        return list(self._processed(size)["input_ids"][0])
+        before, after = self._around
+        ids = list(self._processed(size)["input_ids"][0])
+        return ids[before : len(ids) - after]
+
+    def _laid_out_around(self) -> tuple[int, int]:
+        """How many tokens the processor's own text layout writes before and after a lone image token: they belong
+        to its prompt format, not to the image (PaliGemma's processor writes BOS after the images and a newline
+        after the text; the `prefix` template writes them)."""
+        blank = Image.new("RGB", self._PROBE_SIZES[0])
+        laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.token])[1][0]
+        before, _, after = laid_out.partition(self.token)
+        return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+                     for text in (before, after))
 
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
@@ -207,10 +223,14 @@ class ImageTokens:
         return self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
 
     def _writes_images_first(self) -> bool:
+        """Whether the processor writes image tokens in front of a text that holds its own, which then stays too
+        (BLIP-2's); PaliGemma's writes them only where the text holds none, and expands the text's own instead."""
+        size = self._PROBE_SIZES[0]
         try:
-            return self.token_id in self._processed(self._PROBE_SIZES[0], text="")["input_ids"][0]
+            without = self._processed(size, text="")["input_ids"][0].count(self.token_id)
         except ValueError:  # processors that expand the image token refuse an image whose token the text lacks
             return False
+        return 0 < without < self._processed(size, text=self.token)["input_ids"][0].count(self.token_id)
 
     def _token_types(self) -> tuple[str, frozenset[int]] | None:
         """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
@@ -291,15 +311,16 @@ def own_chat_template(templates: str | dict | None) -> str | None:
 def with_trained_template(processor, family: Family, metadata: dict):
     """A copy of the processor to save with a model trained in the template `metadata` names. For plain and caption
     its default chat template is the layout the model was trained on (with the trained prompt of `metadata`), and
-    the model's own is kept under the name `chat` for later chat stages; for chat, the model's own is the default.
-    Families whose images are not in the text (GIT, encoder-decoders, BLIP-2) keep their own: their texts start with
-    tokens that their processors add, which a chat template cannot express."""
+    the model's own is kept under the name `chat` for later chat stages; for chat, the model's own is the default,
+    and so for prefix: PaliGemma's processor lays out that text itself. Families whose images are not in the text
+    (GIT, encoder-decoders, BLIP-2) keep their own: their texts start with tokens that their processors add, which a
+    chat template cannot express."""
     current = getattr(processor, "chat_template", None)
     named = dict(current) if isinstance(current, dict) else {"default": current}
     own = own_chat_template(current)
     template = metadata.get("template", "chat")
     layout = (Encoder(processor, template, family=family, prompt=metadata.get("prompt"))
-              if template != "chat" and family.images == IMAGES_IN_TEXT else None)
+              if template in _LAYOUT_JINJA and family.images == IMAGES_IN_TEXT else None)
     if layout is None or layout.image_token is None:
         named.update({"default": own, CHAT_TEMPLATE_NAME: None})
     else:
@@ -325,37 +346,43 @@ class Encoder:
 
     def __init__(self, processor, template: str = "chat", max_length: int = 2048, truncation: str = "drop",
                  family: Family = IMAGE_TOKEN_FAMILY, prompt: str | None = None):
-        if template not in ("chat", "plain", "caption"):
-            raise DataError(f"template {template!r} unknown; use chat, plain or caption")
+        if template not in TEMPLATES:
+            raise DataError(f"template {template!r} unknown; use {', '.join(TEMPLATES)}")
         if truncation not in TRUNCATION:
             raise DataError(f"truncation {truncation!r} unknown; use {' or '.join(TRUNCATION)}")
         self.truncation = truncation
         self.processor = processor
         self.family = family
         self.tokenizer = processor.tokenizer
-        self.template = template
-        self.max_length = max_length
         self.image_tokens = ImageTokens(processor, family) if family.images == IMAGES_IN_TEXT else None
         in_text = self.image_tokens is not None and not self.image_tokens.written_first
         self.image_token = self.image_tokens.token if in_text else None
         """The image token of the rendered text (None where the text holds none)."""
         self.image_token_id = self.image_tokens.token_id if self.image_tokens else None
-        self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
-        """Ends every reply in the plain and caption templates (BERT-style tokenizers such as GIT's end with [SEP])."""
-        self.prompt = prompt
-        """plain: the text of a prompt turn that has images and no text (at inference, the prompt the model was
-        trained on; None leaves such a turn without text)."""
-        self.bos_token = self._added_bos() if not family.text_start else None
-        """The BOS a text starts with unless it starts with it already: the tokenizer's, where it starts texts with
-        one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way."""
-        self.prompts: Counter[str] = Counter()
-        """The caption prompts of the image turns encoded for training (text beside the images that asks no
-        question), for `trained_prompt`."""
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
-            raise DataError(f"{family.name}: the model has no chat template; use template plain or caption (a stage's "
-                            "`template:` in a recipe, --template for verbo caption, ask, eval, predict, chat and serve)")
+            if not family.support.layout:
+                raise DataError(f"{family.name}: the model has no chat template; use template plain or caption (a "
+                                "stage's `template:` in a recipe, --template for verbo caption, ask, eval, predict, "
+                                "chat and serve)")
+            template = family.support.layout
+        self.template = template
+        """The layout in use: `chat` becomes the family's own layout (PaliGemma's `prefix`) for a model without a
+        chat template."""
+        self.max_length = max_length
+        self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
+        """Ends every reply in VerboVision's layouts (BERT-style tokenizers such as GIT's end with [SEP])."""
+        self.prompt = prompt
+        """plain and prefix: the text of a prompt turn that has images and no text (at inference, the prompt the model
+        was trained on; None leaves such a turn without text)."""
+        self.bos_token = self._added_bos() if not family.text_start and template != "prefix" else None
+        """The BOS a text starts with unless it starts with it already: the tokenizer's, where it starts texts with
+        one (Llama, Gemma, as the LM saw in pretraining); transformers' `apply_chat_template` adds it the same way.
+        The prefix layout writes its BOS after the images instead."""
+        self.prompts: Counter[str] = Counter()
+        """The caption prompts of the image turns encoded for training (text beside the images that asks no
+        question), for `trained_prompt`."""
 
     def _added_bos(self) -> str | None:
         bos = self.tokenizer.bos_token_id
@@ -383,7 +410,7 @@ class Encoder:
     def render(self, turns: Sequence[Turn], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
         """The text of a conversation and the character spans of its assistant replies (what the loss sees)."""
         if self.template != "chat":
-            return self._render_plain(turns, add_generation_prompt)
+            return self._render_layout(turns, add_generation_prompt)
         messages = [{"role": t.role, "content": self._image_text(t.text)} for t in turns]
         spans = []
         for i, turn in enumerate(turns):
@@ -443,13 +470,18 @@ class Encoder:
                 parts.append({"type": "text", "text": piece})
         return parts
 
-    def _render_plain(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
-        """plain: each prompt turn on its line, then the reply; caption: the images, then the last reply alone.
-        `layout_template` renders the same in Jinja: change both together."""
+    def _render_layout(self, turns: Sequence[Turn], add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
+        """plain: each prompt turn on its line, then the reply; caption: the images, then the last reply alone;
+        prefix: the images, BOS, the last prompt turn's text and a newline, then the last reply (PaliGemma's processor
+        with `text=` that text and `suffix=` that reply). `layout_template` renders plain and caption in Jinja: change
+        both together."""
         text, spans = "", []
-        if self.template == "caption":
-            images = sum(t.text.count(DATA_IMAGE_TOKEN) for t in turns if t.role != "assistant")
-            text = (self.image_token or "") * images
+        if self.template != "plain":
+            prompts = [t.text for t in turns if t.role != "assistant"]
+            text = (self.image_token or "") * sum(t.count(DATA_IMAGE_TOKEN) for t in prompts)
+            if self.template == "prefix":
+                words = prompts[-1].replace(DATA_IMAGE_TOKEN, "").strip() if prompts else ""
+                text += (self.tokenizer.bos_token or "") + (words or self.prompt or "") + "\n"
             turns = [] if add_generation_prompt else [t for t in turns if t.role == "assistant"][-1:]
         for turn in turns:
             if turn.role == "assistant":
@@ -474,7 +506,7 @@ class Encoder:
         `apply_chat_template` renders from a conversation (string contents, or typed parts as transformers writes
         them) what `render` does from its record, BOS included, so that plain transformers prompts the model exactly
         as it was trained. `prompt` is written into it."""
-        if self.template == "chat" or self.image_token is None:
+        if self.template not in _LAYOUT_JINJA or self.image_token is None:
             raise ValueError(f"{self.family.name}, template {self.template}: layout templates are for plain and "
                              "caption, with images in the text")
         values = {"BOS": self.bos_token or "", "IMAGE": self.image_token, "END": self.end_token,
@@ -488,7 +520,7 @@ class Encoder:
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
-        tokens, offsets = self._tokenize(text)
+        tokens, offsets = self._tokenize(text, spans)
         start = self._text_start(text)
         ids = start + tokens
         labels = [-100] * len(start) + [
@@ -505,7 +537,18 @@ class Encoder:
             self.prompts.update(p for p in prompts if not is_question(p))
         return Encoded(record.id, ids, labels, record.images)
 
-    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids of a rendered text and their character offsets. The prefix layout's prompt and reply are
+        tokenized apart, as PaliGemma's processor tokenizes its text and suffix: no token spans the two."""
+        cuts = [0] + [start for start, _ in spans if self.template == "prefix"] + [len(text)]
+        tokens, offsets = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            piece_tokens, piece_offsets = self._tokenize_piece(text[a:b])
+            tokens += piece_tokens
+            offsets += [(start + a, end + a) for start, end in piece_offsets]
+        return tokens, offsets
+
+    def _tokenize_piece(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids of a text and their character spans in it; an image placeholder that is not a token becomes
         `image_token_id` (the text around it tokenized piece by piece, as the processor's expansion, which starts and
         ends with special tokens, cuts it)."""

@@ -69,6 +69,9 @@ class Support:
     """The model takes `token_type_ids` for a prefix-LM mask: 0 on the prompt (attended both ways), 1 from the first
     reply token on (causal). PaliGemma's; without them its Gemma config's bidirectional attention also reaches the
     replies of any batch without padding."""
+    layout: str | None = None
+    """The family's own prompt layout (an `Encoder` template), used in place of `chat` by a model that has no chat
+    template: PaliGemma's `prefix`, as its processor lays out a text and a suffix."""
     prompt: str | None = None
     """What `caption` asks by default, where the family has its own convention (PaliGemma's task prefixes)."""
     refused: str | None = None
@@ -87,7 +90,7 @@ SUPPORT: dict[str, Support] = {
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
     "internvl": Support(processor_only=("num_patches",)),
-    "paligemma": Support(prefix_lm=True, packs=False,
+    "paligemma": Support(prefix_lm=True, layout="prefix", prompt="caption en", packs=False,
                          packing_refusal="its prompts are attended both ways (token_type_ids 0), across the packed "
                                          "examples' boundaries"),
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "

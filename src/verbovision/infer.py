@@ -162,9 +162,10 @@ class VLM:
     def _attach(self, path: str, model, processor, metadata: dict) -> None:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.family = family_of(model.config)
-        self.caption_prompt = metadata.get("prompt", CAPTION_PROMPT)
+        self.caption_prompt = metadata.get("prompt") or self.family.support.prompt or CAPTION_PROMPT
         """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
-        else CAPTION_PROMPT. A plain-template model also gets it for a request with images and no text."""
+        else its family's convention (PaliGemma's "caption en"), else CAPTION_PROMPT. A plain- or prefix-template
+        model also gets it for a request with images and no text."""
         self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
                                family=self.family, prompt=self.caption_prompt)
         self.collator = Collator(self.encoder, pad_left=True)

@@ -16,10 +16,9 @@ from typing import Any
 import yaml
 
 from .build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
-from .data import TRUNCATION, Source
+from .data import TEMPLATES, TRUNCATION, Source
 from .errors import ConfigError
 
-TEMPLATES = ("chat", "plain", "caption")
 TRAINABILITY = ("frozen", "full", "lora", "cross_attention")
 # best_metric name -> the corpus score it reads (from verbovision.evaluate.score)
 BEST_METRICS = {"val_loss": "val_loss", "cider": "CIDEr", "bleu": "Bleu_4", "rouge_l": "ROUGE_L", "meteor": "METEOR",
@@ -65,8 +64,10 @@ class Stage:
     data: StageData = field(default_factory=StageData)
     """Training and validation sources."""
     template: str = "chat"
-    """chat (the model's chat template), plain (image and prompt, then reply, for caption pretraining) or caption
-    (the image, then the reply alone, no prompt: how image captioners such as GIT and ViT-GPT2 are trained)."""
+    """chat (the model's chat template; a model without one, of a family with its own layout, gets that layout),
+    plain (image and prompt, then reply, for caption pretraining), caption (the image, then the reply alone, no
+    prompt: how image captioners such as GIT and ViT-GPT2 are trained) or prefix (PaliGemma's: the images, BOS, the
+    prompt and a newline, then the reply)."""
     train: dict[str, str] = field(default_factory=lambda: {"vision": "frozen", "connector": "full", "language": "full"})
     """Per component (vision, connector, language): frozen, full, lora, last:N (the last N layers train), or
     cross_attention (an encoder-decoder's decoder cross-attention only)."""

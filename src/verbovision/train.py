@@ -355,7 +355,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
     result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora,
-                          setup.collator.encoder.trained_prompt) if procs.is_main or procs.sharded else None
+                          setup.collator.encoder) if procs.is_main or procs.sharded else None
     result = procs.share(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
     return result
@@ -614,10 +614,11 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
 
 
 def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
-                 prompt: str | None = None) -> StageResult | None:
+                 encoder: Encoder) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
-    `prompt`: the caption prompt the stage's images came with most often, in the data's language, which `verbo
-    caption` asks by default (the base's stays where the stage had none; a caption-template model has none).
+    `encoder`: the stage's, whose layout the model was trained in and whose trained prompt (the caption prompt the
+    stage's images came with most often, in the data's language) `verbo caption` asks by default (the base's stays
+    where the stage had none; a caption-template model has none).
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
     procs = processes()
@@ -632,12 +633,12 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
     model.eval()
     if stage.gradient_checkpointing:
         disable_checkpointing(model)
-    metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": stage.template, "stage": stage.name,
+    metadata = {**(read_json(Path(base) / MODEL_METADATA) or {}), "template": encoder.template, "stage": stage.name,
                 "base_model": base}
-    if stage.template == "caption":
+    if encoder.template == "caption":
         metadata.pop("prompt", None)
-    elif prompt is not None:
-        metadata["prompt"] = prompt
+    elif encoder.trained_prompt is not None:
+        metadata["prompt"] = encoder.trained_prompt
     if not uses_lora:
         save_model(model, processor, stage_dir / "model", metadata)
         return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
