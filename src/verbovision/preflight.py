@@ -45,8 +45,9 @@ def check_stages(recipe: Recipe, base: str) -> None:
     family = family_of(model.config)
     for index, stage in enumerate(recipe.stages):
         try:
-            trained_modules(model, stage)
+            # The encoder first: it refuses a family VerboVision cannot feed, the reason users need before any other
             Encoder(processor, stage.template, stage.max_length, stage.truncation, family)
+            trained_modules(model, stage)
         except VerboError as e:
             raise ConfigError(f"stages.{index} ({stage.name}): {e}") from None
 
