@@ -160,6 +160,9 @@ def make_tiny_instructblip(out: Path, texts: list[str]) -> Path:
 # --------------------------------------------------------------------------------------------------- Kosmos-2
 
 ASCII = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()-"
+KOSMOS2_IMAGE_TOKENS = 64
+"""The processor call's default num_image_tokens (not saved with it; a class attribute only after transformers 5.17),
+which config.latent_query_num must equal."""
 
 
 def _xlm_roberta_tokenizer(texts: list[str], vocab_size: int = 300) -> XLMRobertaTokenizer:
@@ -183,7 +186,7 @@ def make_tiny_kosmos_2(out: Path, texts: list[str]) -> Path:
     text = dict(vocab_size=len(tokenizer), embed_dim=32, layers=2, ffn_dim=64, attention_heads=2,
                 max_position_embeddings=512, **ids)
     config = Kosmos2Config(text_config=text, vision_config=dict(TINY_VISION),
-                           latent_query_num=Kosmos2Processor.num_image_tokens)
+                           latent_query_num=KOSMOS2_IMAGE_TOKENS)
     torch.manual_seed(0)
     model = Kosmos2ForConditionalGeneration(config)
     return _save(out, model, processor, GenerationConfig(**ids))
