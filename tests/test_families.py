@@ -21,7 +21,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
-from .tiny_families_qwen_like import make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
+from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -40,9 +40,12 @@ FAMILIES = {
                                "all-linear"),
     "qwen3_vl": (make_tiny_qwen3_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
                  "all-linear"),
+    "deepseek_vl": (make_tiny_deepseek_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                    "all-linear"),
     "deepseek_vl_hybrid": (make_tiny_deepseek_vl_hybrid, "chat",
                            {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
 }
+
 
 def _stage(family: str, **overrides) -> dict:
     _, template, train, target = FAMILIES[family]
@@ -110,6 +113,9 @@ COMPONENT_OPTIONS = {
     "qwen3_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"},
                  ["model.visual.merger", "model.visual.deepstack_merger_list"],
                  ["model.visual.merger", "model.visual.deepstack_merger_list"]),
+    # DeepSeek-VL's projector is its aligner (a LoRA stage trains it whole too: the family matrix)
+    "deepseek_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"}, ["model.aligner"],
+                    ["model.aligner"]),
     # the high-resolution SAM branch is vision too (SigLIP's pooling head is unused: it stays as it was)
     "deepseek_vl_hybrid": ({"vision": "full", "connector": "frozen", "language": "frozen"},
                            ["model.vision_model.encoder", "model.high_res_vision_model", "model.high_res_vision_neck",
