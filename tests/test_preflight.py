@@ -60,3 +60,12 @@ def test_a_chat_template_stage_on_a_model_without_one(tmp_path, shapes_data, tin
     code, err = _train(tmp_path, recipe, capsys)
     assert code == 2 and "stages.1 (b): git: the model has no chat template; use template plain or caption" in err
     assert not (tmp_path / "run/stages").exists()
+
+
+def test_a_meteor_best_metric_without_java_fails_before_anything_is_built(tmp_path, shapes_data, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-java"))  # verbo runs in this process: only `java` is looked up
+    second = stage("b", best_metric="meteor", eval_every=1)
+    code, err = _train(tmp_path, tiny_recipe(shapes_data, [FIRST, second]), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "stages.1 (b): best_metric meteor runs the official Java program and java is not found" in err
+    assert not (tmp_path / "run").exists()

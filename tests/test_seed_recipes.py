@@ -119,8 +119,8 @@ def test_readme_offline_command(tmp_path, monkeypatch, stand_ins, recipe):
         # stage 2 started from stage 1's merged model
         assert read_json(run / "stages/1-detailed/adapter/verbovision_adapter.json")["base_model"].endswith(
             "stages/0-pretrain/model")
-        # `verbo caption` asks the model in the language it was trained in
-        assert read_json(run / "final/verbovision.json")["prompt"] == "Descreva a imagem brevemente."
+        # `verbo caption` asks the model in the language (and for the detail) its last stage was trained on
+        assert read_json(run / "final/verbovision.json")["prompt"] == "Descreva a imagem em detalhes."
     if recipe == "llava-vqa-lora":
         assert type(AutoModelForImageTextToText.from_pretrained(run / "final")).__name__ == \
             "LlavaForConditionalGeneration"

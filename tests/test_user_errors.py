@@ -117,7 +117,7 @@ def test_recipe_name_that_is_also_a_folder_trains_the_shipped_recipe(tmp_path):
     note, error = result.stderr.strip().splitlines()
     assert note.startswith("verbo: training the shipped recipe ") and note.endswith("quickstart.yaml")
     # The shipped recipe was read: its data_root (data/shapes) is not in this folder.
-    assert error == "verbo: error: data/shapes/train/caption_short_en.json: data file not found"
+    assert error == "verbo: error: stages.0 (caption): data/shapes/train/caption_short_en.json: data file not found"
     assert error_line(run_verbo("train", str(tmp_path / "quickstart"))) == (
         f"{tmp_path / 'quickstart'}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
 

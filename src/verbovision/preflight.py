@@ -8,6 +8,7 @@ LoRA adapter merged back in. So one weightless copy of the starting model (on th
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -20,11 +21,19 @@ from .store import adapter_base, check_model_location, is_adapter, load_processo
 from .streams import is_stream
 from .trainable import trained_modules
 
+JAVA_METRICS = ("meteor",)
+"""best_metric values computed by a Java program (pycocoevalcap's METEOR)."""
+
 
 def check_data_files(recipe: Recipe) -> None:
-    """Every stage's data files (and image folders) exist; streamed sources are opened when their stage starts."""
+    """Every stage's data files (and image folders) exist; streamed sources are opened when their stage starts. A
+    best_metric that runs a Java program (METEOR) has Java to run it."""
     root = Path(recipe.data_root)
     for index, stage in enumerate(recipe.stages):
+        if stage.best_metric in JAVA_METRICS and shutil.which("java") is None:
+            raise ConfigError(f"stages.{index} ({stage.name}): best_metric {stage.best_metric} runs the official Java "
+                              "program and java is not found: install a Java runtime (e.g. apt install default-jre) "
+                              "or choose another best_metric")
         for source in stage.data.train + stage.data.val:
             if is_stream(source):
                 continue
