@@ -220,7 +220,9 @@ class ImageTokens:
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
         text = ("" if self.written_first else self.token) if text is None else text
-        return self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
+        out = self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
+        # Lists of ints whatever the processor returns (DeepSeek-VL's returns tensors in transformers 5.17)
+        return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def _writes_images_first(self) -> bool:
         """Whether the processor writes image tokens in front of a text that holds its own, which then stays too
