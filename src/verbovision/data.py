@@ -374,6 +374,9 @@ class Encoder:
         chat template."""
         self.max_length = max_length
         self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
+        added = (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)
+        self.special_tokens = {self.tokenizer.eos_token, *self.tokenizer.all_special_tokens, *added} - {None, ""}
+        """The tokenizer's special tokens: a reply holding none of them has no end (`_with_ended_replies`)."""
         """Ends every reply in VerboVision's layouts (BERT-style tokenizers such as GIT's end with [SEP])."""
         self.prompt = prompt
         """plain and prefix: the text of a prompt turn that has images and no text (at inference, the prompt the model
@@ -428,13 +431,11 @@ class Encoder:
         (llava-hf's; DeepSeek-VL's after the last one) get the EOS there, inside the reply's span, as LLaVA's own
         training appends `</s>`, so that the model learns to stop. Prompts for generation stay as the template
         writes them."""
-        ends = {self.tokenizer.eos_token, *self.tokenizer.all_special_tokens,
-                *(t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)} - {None, ""}
         shift, ended = 0, []
         for start, end in spans:
             start, end = start + shift, end + shift
             reply = text[start:end]
-            if not any(token in reply for token in ends):
+            if not any(token in reply for token in self.special_tokens):
                 cut = start + len(reply.rstrip())
                 text = text[:cut] + self.end_token + text[cut:]
                 end += len(self.end_token)

@@ -48,7 +48,7 @@ class LogProgress:
                 f"{_clock(elapsed)} elapsed{left}, {rate:.2f} {self.unit}/s{postfix}")
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the last line was printed when `total` was reached (tqdm's interface)."""
 
 
 def _clock(seconds: float) -> str:
