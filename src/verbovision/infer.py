@@ -144,7 +144,7 @@ class VLM:
 
     def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False,
                  template: str | None = None):
-        """`template` (chat, plain, caption) lays prompts out otherwise than the model was trained to (its
+        """`template` (chat, plain, caption, prefix) lays prompts out otherwise than the model was trained to (its
         verbovision.json), e.g. for a model with no chat template; default: the model's own."""
         model, processor = load_model(path, device=device, quantize=quantize)
         if compiled:
