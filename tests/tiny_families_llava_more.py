@@ -1,0 +1,148 @@
+"""Tiny random checkpoints of more LLaVA-derived families, built offline: VipLLaVA, LLaVA-NeXT-Video, Video-LLaVA.
+Same contract as tests/tiny_families.py: `make_tiny_<family>(out, texts)` saves a random float32 model and its real
+processor class to `out`, laid out like the family's Hub checkpoints, with the family's chat template.
+
+Quirks worth knowing (transformers 5.x):
+- VipLLaVA: `LlavaProcessor` and a CLIP tower, as LLaVA-1.5; the projector concatenates several vision layers
+  (`vision_feature_layers`, CLS dropped from each) behind a LayerNorm. Its Hub prompt is `###Human: <image>\n...
+  ###Assistant:`.
+- LLaVA-NeXT-Video: LLaVA-NeXT's anyres images (`LlavaNextImageProcessor`: `pixel_values` (B, 1 + tiles, 3, 32, 32) and
+  `image_sizes`, 36 tokens for a square image here) plus videos; `LlavaNextVideoProcessor` holds a video processor
+  (torchvision), so without torchvision the builder writes the files save_pretrained would write.
+- Video-LLaVA: two CLIP towers of one config, `model.image_tower` and `model.video_tower`, one projector; the image
+  processor (`VideoLlavaImageProcessor`, PIL only) resizes and crops to 32x32: 16 tokens per image (CLS dropped).
+  `VideoLlavaProcessor` holds a video processor: saved as for LLaVA-NeXT-Video.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaNextImageProcessorPil,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaProcessor,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
+    VideoLlavaImageProcessor,
+    VipLlavaConfig,
+    VipLlavaForConditionalGeneration,
+)
+
+from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
+from .tiny_families_llava_like import GRID_PINPOINTS, TILE, _save_with_video_processor, _tokenizer
+
+__all__ = ["BUILDERS", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
+
+PATCHES = (TILE // TINY_VISION["patch_size"]) ** 2
+"""Patch tokens of one 32x32 image (CLS not counted)."""
+CLIP_SQUARE = dict(size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE})
+
+# llava-hf/vip-llava-7b-hf's prompt, as transformers' VipLlava docs render its chat template
+# ("###Human: <image>\nWhat's shown in this image?###Assistant: This image shows a red stop sign.###Human: ...").
+VIPLLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'][0]['text'] }}"
+    "{% else %}{{ '###Human: ' if message['role'] == 'user' else '###Assistant: ' }}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '###Assistant:' }}{% endif %}"
+)
+
+# The Vicuna layout of llava-hf/LLaVA-NeXT-Video-7B-hf and LanguageBind/Video-LLaVA-7B-hf ("USER: <video>\n...
+# ASSISTANT:", as transformers' docstrings prompt them): LLaVA-1.5's template with videos after the images.
+VICUNA_VIDEO_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def llama_tokenizer(texts: list[str], prompt_words: str, specials: list[str] = ()):
+    """A BPE with Llama's <s> / </s> (every text starts with <s>), `<image>` and the family's `specials`."""
+    return _tokenizer(list(texts) + [prompt_words], "<image>", ["<s>", "</s>", *specials], bos="<s>", eos="</s>")
+
+
+def tiny_llama(tokenizer) -> LlamaConfig:
+    return LlamaConfig(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer))
+
+
+def token_ids(tokenizer, **tokens: str) -> dict[str, int]:
+    """Config keyword -> the id of a token."""
+    return {key: tokenizer.convert_tokens_to_ids(token) for key, token in tokens.items()}
+
+
+# --------------------------------------------------------------------------------------------------- VipLLaVA
+
+
+def make_tiny_vipllava(out: Path, texts: list[str]) -> Path:
+    """VipLlavaForConditionalGeneration in llava-hf/vip-llava-7b-hf's layout: CLIP tower (several layers, CLS
+    dropped), Llama LM, `LlavaProcessor` (16 image tokens)."""
+    tokenizer = llama_tokenizer(texts, "###Human: ###Assistant:")
+    # vip-llava-7b takes layers (-2, -5, -8, -11, 6) of 25 hidden states; here 3 of the 3
+    config = VipLlavaConfig(vision_config=CLIPVisionConfig(**TINY_VISION), text_config=tiny_llama(tokenizer),
+                            vision_feature_layers=[-2, 0, 1], image_seq_length=PATCHES,
+                            **token_ids(tokenizer, image_token_id="<image>"))
+    torch.manual_seed(0)
+    model = VipLlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(CLIPImageProcessorPil(**CLIP_SQUARE), tokenizer, patch_size=TINY_VISION["patch_size"],
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=VIPLLAVA_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
+# ------------------------------------------------------------------------------------------- LLaVA-NeXT-Video
+
+
+def make_tiny_llava_next_video(out: Path, texts: list[str]) -> Path:
+    """LlavaNextVideoForConditionalGeneration in llava-hf/LLaVA-NeXT-Video-7B-hf's layout: CLIP tower (penultimate
+    layer, CLS dropped), Llama LM, anyres image tiles (36 tokens for a square image)."""
+    tokenizer = llama_tokenizer(texts, "USER: ASSISTANT:", ["<video>"])
+    config = LlavaNextVideoConfig(
+        vision_config=CLIPVisionConfig(**TINY_VISION), text_config=tiny_llama(tokenizer), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_grid_pinpoints=GRID_PINPOINTS, image_seq_length=PATCHES,
+        video_seq_length=PATCHES // 4, **token_ids(tokenizer, image_token_id="<image>", video_token_id="<video>"))
+    torch.manual_seed(0)
+    model = LlavaNextVideoForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(**CLIP_SQUARE, image_grid_pinpoints=GRID_PINPOINTS)
+    settings = dict(patch_size=TINY_VISION["patch_size"], vision_feature_select_strategy="default",
+                    num_additional_image_tokens=1, image_token="<image>", video_token="<video>")
+    video = {"video_processor_type": "LlavaNextVideoVideoProcessor", **CLIP_SQUARE}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "LlavaNextVideoProcessor",
+                                      image_processor, tokenizer, VICUNA_VIDEO_TEMPLATE, settings, video)
+
+
+# ------------------------------------------------------------------------------------------------ Video-LLaVA
+
+
+def make_tiny_video_llava(out: Path, texts: list[str]) -> Path:
+    """VideoLlavaForConditionalGeneration in LanguageBind/Video-LLaVA-7B-hf's layout: image and video CLIP towers
+    (penultimate layer, CLS dropped), Llama LM (16 image tokens)."""
+    tokenizer = llama_tokenizer(texts, "USER: ASSISTANT:", ["<video>"])
+    config = VideoLlavaConfig(
+        vision_config=CLIPVisionConfig(**TINY_VISION), text_config=tiny_llama(tokenizer), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", image_seq_length=PATCHES, video_seq_length=8 * (PATCHES + 1),
+        **token_ids(tokenizer, image_token_id="<image>", video_token_id="<video>"))
+    torch.manual_seed(0)
+    model = VideoLlavaForConditionalGeneration(config)
+    settings = dict(patch_size=TINY_VISION["patch_size"], vision_feature_select_strategy="default",
+                    num_additional_image_tokens=1, image_token="<image>", video_token="<video>")
+    video = {"video_processor_type": "VideoLlavaVideoProcessor", **CLIP_SQUARE}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "VideoLlavaProcessor",
+                                      VideoLlavaImageProcessor(**CLIP_SQUARE), tokenizer, VICUNA_VIDEO_TEMPLATE,
+                                      settings, video)
+
+
+BUILDERS = {
+    "vipllava": make_tiny_vipllava,
+    "llava_next_video": make_tiny_llava_next_video,
+    "video_llava": make_tiny_video_llava,
+}
+"""Builder per config.model_type."""
