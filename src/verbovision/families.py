@@ -31,7 +31,9 @@ COMPONENT_MODULES = {
                # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
-               "vision_model"),
+               "vision_model",
+               # Video-LLaVA's two towers of one config: images go through the image tower only
+               "model.image_tower", "model.video_tower"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
