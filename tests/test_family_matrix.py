@@ -39,6 +39,7 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
+from .tiny_families_llava_more import make_tiny_llava_next_video, make_tiny_video_llava, make_tiny_vipllava
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -91,6 +92,9 @@ MATRIX = {
     "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
     "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
+    "vipllava": Case(make_tiny_vipllava, "chat", FROZEN_VISION),
+    "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
+    "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
