@@ -20,6 +20,7 @@ FAMILIES = {
     "vipllava": 16,
     "llava_next_video": 36,
     "video_llava": 16,
+    "granite4_vision": 10,
 }
 
 

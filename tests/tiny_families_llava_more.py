@@ -23,11 +23,16 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     GenerationConfig,
+    Granite4VisionConfig,
+    Granite4VisionForConditionalGeneration,
+    Granite4VisionProcessor,
+    Granite4VisionTextConfig,
     LlamaConfig,
     LlavaNextImageProcessorPil,
     LlavaNextVideoConfig,
     LlavaNextVideoForConditionalGeneration,
     LlavaProcessor,
+    SiglipVisionConfig,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
     VideoLlavaImageProcessor,
@@ -38,7 +43,7 @@ from transformers import (
 from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
 from .tiny_families_llava_like import GRID_PINPOINTS, TILE, _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
+__all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
 
 PATCHES = (TILE // TINY_VISION["patch_size"]) ** 2
 """Patch tokens of one 32x32 image (CLS not counted)."""
@@ -140,9 +145,56 @@ def make_tiny_video_llava(out: Path, texts: list[str]) -> Path:
                                       settings, video)
 
 
+# ----------------------------------------------------------------------------------------------- Granite 4 Vision
+
+# The Granite 4 role layout (<|start_of_role|>ROLE<|end_of_role|>TEXT<|end_of_text|>) of ibm-granite's Granite 4
+# chat templates, images first in a user turn, as llava-next-style processors expect; the Hub template's system
+# preamble and tool handling are left out.
+GRANITE4_TEMPLATE = (
+    "{% for message in messages %}{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|end_of_text|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
+)
+GRANITE4_QFORMER = dict(num_hidden_layers=1, cross_attention_frequency=1, intermediate_size=64,
+                        max_position_embeddings=64, use_qformer_text_input=False)
+"""One Q-Former layer per projector, as the config's own default (a dict given replaces the default whole)."""
+GRANITE4_TOKENS = ["<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>"]
+
+
+def make_tiny_granite4_vision(out: Path, texts: list[str]) -> Path:
+    """Granite4VisionForConditionalGeneration in ibm-granite/granite-vision-4.1-4b's layout: SigLIP tower, window
+    Q-Former projectors (4x4 patch windows into 2x2 tokens) injecting two vision depths and four spatial groups into
+    six LM layers (DeepStack), Granite LM, anyres tiles."""
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS, eos="<|end_of_text|>",
+                           pad="<|end_of_text|>")
+    # The Q-Former gets vision_hidden // 64 heads: the tower needs 64 channels for one
+    vision = SiglipVisionConfig(**{**TINY_VISION, "hidden_size": 64}, vision_use_head=False)
+    text = Granite4VisionTextConfig(**{**TINY_LM, "num_hidden_layers": 6}, vocab_size=len(tokenizer),
+                                    **special_ids(tokenizer))
+    side = TILE // TINY_VISION["patch_size"]
+    config = Granite4VisionConfig(
+        vision_config=vision, text_config=text, qformer_config=GRANITE4_QFORMER,
+        vision_feature_select_strategy="full", image_grid_pinpoints=GRID_PINPOINTS, downsample_rate=f"2/{side}",
+        deepstack_layer_map=[[1, 0], [2, 1]], spatial_vision_layer=-1, spatial_target_layers=[2, 3, 4, 5],
+        image_seq_length=4, **token_ids(tokenizer, image_token_id="<image>"))
+    torch.manual_seed(0)
+    model = Granite4VisionForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(size={"height": TILE, "width": TILE},
+                                                 image_grid_pinpoints=GRID_PINPOINTS, do_center_crop=False,
+                                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = Granite4VisionProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"],
+                                        vision_feature_select_strategy="full", downsample_rate=f"2/{side}",
+                                        chat_template=GRANITE4_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "vipllava": make_tiny_vipllava,
     "llava_next_video": make_tiny_llava_next_video,
     "video_llava": make_tiny_video_llava,
+    "granite4_vision": make_tiny_granite4_vision,
 }
 """Builder per config.model_type."""
