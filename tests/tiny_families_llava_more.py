@@ -182,9 +182,10 @@ def make_tiny_granite4_vision(out: Path, texts: list[str]) -> Path:
         image_seq_length=4, **token_ids(tokenizer, image_token_id="<image>"))
     torch.manual_seed(0)
     model = Granite4VisionForConditionalGeneration(config)
-    image_processor = LlavaNextImageProcessorPil(size={"height": TILE, "width": TILE},
-                                                 image_grid_pinpoints=GRID_PINPOINTS, do_center_crop=False,
-                                                 image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    # crop_size is also the tile side the anyres grid is cut into (its class default is 224)
+    square = {"height": TILE, "width": TILE}
+    image_processor = LlavaNextImageProcessorPil(size=square, crop_size=square, image_grid_pinpoints=GRID_PINPOINTS,
+                                                 do_center_crop=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = Granite4VisionProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"],
                                         vision_feature_select_strategy="full", downsample_rate=f"2/{side}",
                                         chat_template=GRANITE4_TEMPLATE)
