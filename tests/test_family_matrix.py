@@ -39,7 +39,12 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
-from .tiny_families_llava_more import make_tiny_llava_next_video, make_tiny_video_llava, make_tiny_vipllava
+from .tiny_families_llava_more import (
+    make_tiny_granite4_vision,
+    make_tiny_llava_next_video,
+    make_tiny_video_llava,
+    make_tiny_vipllava,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -95,6 +100,7 @@ MATRIX = {
     "vipllava": Case(make_tiny_vipllava, "chat", FROZEN_VISION),
     "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
     "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
+    "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
