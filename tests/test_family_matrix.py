@@ -41,6 +41,7 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_llava_more import (
     make_tiny_granite4_vision,
+    make_tiny_idefics2,
     make_tiny_llava_next_video,
     make_tiny_video_llava,
     make_tiny_vipllava,
@@ -101,6 +102,7 @@ MATRIX = {
     "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
     "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
     "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
+    "idefics2": Case(make_tiny_idefics2, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

@@ -21,6 +21,7 @@ FAMILIES = {
     "llava_next_video": 36,
     "video_llava": 16,
     "granite4_vision": 10,
+    "idefics2": 8,
 }
 
 

@@ -1,4 +1,5 @@
-"""Tiny random checkpoints of more LLaVA-derived families, built offline: VipLLaVA, LLaVA-NeXT-Video, Video-LLaVA.
+"""Tiny random checkpoints of more LLaVA-derived families, built offline: VipLLaVA, LLaVA-NeXT-Video, Video-LLaVA,
+Granite 4 Vision, Idefics2.
 Same contract as tests/tiny_families.py: `make_tiny_<family>(out, texts)` saves a random float32 model and its real
 processor class to `out`, laid out like the family's Hub checkpoints, with the family's chat template.
 
@@ -12,6 +13,17 @@ Quirks worth knowing (transformers 5.x):
 - Video-LLaVA: two CLIP towers of one config, `model.image_tower` and `model.video_tower`, one projector; the image
   processor (`VideoLlavaImageProcessor`, PIL only) resizes and crops to 32x32: 16 tokens per image (CLS dropped).
   `VideoLlavaProcessor` holds a video processor: saved as for LLaVA-NeXT-Video.
+- Granite 4 Vision: LLaVA-NeXT's anyres tiling, but each tile's 4x4 patches become 2x2 tokens through window Q-Former
+  projectors (`downsample_rate` "2/4"), and the image features are not one tensor: each layerwise projector (one per
+  `deepstack_layer_map` vision depth) and each of the four spatial projectors (a 2x2 corner of every patch block)
+  adds its output at the image tokens of its own LM layer; the image-token embeddings themselves are zeroed. Features
+  for one LM layer overwrite each other, so the tiny LM has six layers for its six injection points. The Q-Former gets
+  `vision hidden // 64` heads: the tiny tower has 64 channels. The image processor cuts the anyres grid into tiles
+  of `crop_size` (class default 224), so crop_size must be the tile side. 10 image tokens for a square image here.
+- Idefics2: images keep their aspect ratio (shortest edge 32, longest 64 here), padded to the batch's largest with
+  `pixel_attention_mask`; a perceiver resampler reads the patches into `image_seq_len` latents (8 here), wrapped in
+  `<fake_token_around_image>`. The processor finds `<image>` and the boundary token as tokenizer attributes
+  (`image_token`, `image_boundary_token`) and adds `<end_of_utterance>` itself; the tokenizer adds `<s>`.
 """
 
 from __future__ import annotations
@@ -27,11 +39,16 @@ from transformers import (
     Granite4VisionForConditionalGeneration,
     Granite4VisionProcessor,
     Granite4VisionTextConfig,
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics2ImageProcessorPil,
+    Idefics2Processor,
     LlamaConfig,
     LlavaNextImageProcessorPil,
     LlavaNextVideoConfig,
     LlavaNextVideoForConditionalGeneration,
     LlavaProcessor,
+    MistralConfig,
     SiglipVisionConfig,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
@@ -43,7 +60,7 @@ from transformers import (
 from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
 from .tiny_families_llava_like import GRID_PINPOINTS, TILE, _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
+__all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_idefics2", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
 
 PATCHES = (TILE // TINY_VISION["patch_size"]) ** 2
 """Patch tokens of one 32x32 image (CLS not counted)."""
@@ -192,10 +209,46 @@ def make_tiny_granite4_vision(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# ------------------------------------------------------------------------------------------------------ Idefics2
+
+# HuggingFaceM4/idefics2-8b's chat template (its tokenizer_config.json): "User:<image>...<end_of_utterance>\n".
+IDEFICS2_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+IDEFICS2_LATENTS = 8
+"""The perceiver's latents: image tokens per image (64 on idefics2-8b)."""
+
+
+def make_tiny_idefics2(out: Path, texts: list[str]) -> Path:
+    """Idefics2ForConditionalGeneration in HuggingFaceM4/idefics2-8b's layout: SigLIP-like tower at native aspect
+    ratio (up to 64x64 here), perceiver resampler to 8 latents, Mistral LM, no image splitting."""
+    # The processor finds its image tokens as tokenizer attributes (image_token, image_boundary_token)
+    tokenizer = _tokenizer(list(texts) + ["User: Assistant:"], "<image>",
+                           ["<s>", "</s>", "<fake_token_around_image>", "<end_of_utterance>"], bos="<s>",
+                           eos="<end_of_utterance>", named={"image_boundary_token": "<fake_token_around_image>"})
+    vision = {**TINY_VISION, "image_size": 2 * TILE}  # position embeddings for the largest image, 8x8 patches
+    perceiver = dict(hidden_size=TINY_LM["hidden_size"], rms_norm_eps=1e-6, resampler_n_latents=IDEFICS2_LATENTS,
+                     resampler_depth=1, resampler_n_heads=2, resampler_head_dim=16, num_key_value_heads=1)
+    config = Idefics2Config(vision_config=vision, perceiver_config=perceiver, text_config=MistralConfig(
+        **TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)), **token_ids(tokenizer, image_token_id="<image>"))
+    torch.manual_seed(0)
+    model = Idefics2ForConditionalGeneration(config)
+    image_processor = Idefics2ImageProcessorPil(size={"shortest_edge": TILE, "longest_edge": 2 * TILE},
+                                                do_image_splitting=False)
+    processor = Idefics2Processor(image_processor, tokenizer, image_seq_len=IDEFICS2_LATENTS,
+                                  chat_template=IDEFICS2_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "vipllava": make_tiny_vipllava,
     "llava_next_video": make_tiny_llava_next_video,
     "video_llava": make_tiny_video_llava,
     "granite4_vision": make_tiny_granite4_vision,
+    "idefics2": make_tiny_idefics2,
 }
 """Builder per config.model_type."""
