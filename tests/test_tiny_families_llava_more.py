@@ -22,6 +22,7 @@ FAMILIES = {
     "video_llava": 16,
     "granite4_vision": 10,
     "idefics2": 8,
+    "granite_docling": 4,
 }
 
 

@@ -36,6 +36,10 @@ from transformers import (
     CLIPVisionConfig,
     GenerationConfig,
     Granite4VisionConfig,
+    GraniteDoclingConfig,
+    GraniteDoclingForConditionalGeneration,
+    GraniteDoclingImageProcessorPil,
+    GraniteDoclingProcessor,
     Granite4VisionForConditionalGeneration,
     Granite4VisionProcessor,
     Granite4VisionTextConfig,
@@ -60,7 +64,7 @@ from transformers import (
 from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
 from .tiny_families_llava_like import GRID_PINPOINTS, TILE, _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_idefics2", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
+__all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_granite_docling", "make_tiny_idefics2", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
 
 PATCHES = (TILE // TINY_VISION["patch_size"]) ** 2
 """Patch tokens of one 32x32 image (CLS not counted)."""
@@ -164,17 +168,22 @@ def make_tiny_video_llava(out: Path, texts: list[str]) -> Path:
 
 # ----------------------------------------------------------------------------------------------- Granite 4 Vision
 
-# The Granite 4 role layout (<|start_of_role|>ROLE<|end_of_role|>TEXT<|end_of_text|>) of ibm-granite's Granite 4
-# chat templates, images first in a user turn, as llava-next-style processors expect; the Hub template's system
-# preamble and tool handling are left out.
-GRANITE4_TEMPLATE = (
-    "{% for message in messages %}{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+
+
+def granite_template(parts: str) -> str:
+    """The Granite role layout (<|start_of_role|>ROLE<|end_of_role|>TEXT<|end_of_text|>) of ibm-granite's chat
+    templates, a turn's typed `parts` rendered by the given Jinja; the Hub templates' system preamble, tool and
+    `controls` handling are left out."""
+    return ("{% for message in messages %}{{ '<|start_of_role|>' + message['role'] + '<|end_of_role|>' }}"
+            "{% if message['content'] is string %}{{ message['content'] }}{% else %}" + parts + "{% endif %}"
+            "{{ '<|end_of_text|>\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}")
+
+
+# Granite Vision: images first, each on its own line, as llava-next-style processors expect
+GRANITE4_TEMPLATE = granite_template(
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
-    "{% endif %}{{ '<|end_of_text|>\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_of_role|>assistant<|end_of_role|>' }}{% endif %}"
-)
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}")
 GRANITE4_QFORMER = dict(num_hidden_layers=1, cross_attention_frequency=1, intermediate_size=64,
                         max_position_embeddings=64, use_qformer_text_input=False)
 """One Q-Former layer per projector, as the config's own default (a dict given replaces the default whole)."""
@@ -244,11 +253,43 @@ def make_tiny_idefics2(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# ------------------------------------------------------------------------------------------- Granite-Docling
+
+# ibm-granite/granite-docling-258M: the parts in their order, "<image>" in place
+GRANITE_DOCLING_TEMPLATE = granite_template(
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
+    "{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}")
+DOCLING_TILE = 2 * TILE
+"""Granite-Docling's tile side: 8x8 patches, pixel-shuffled by its scale factor 4 into 2x2 = 4 tokens per tile."""
+
+
+def make_tiny_granite_docling(out: Path, texts: list[str]) -> Path:
+    """GraniteDoclingForConditionalGeneration in ibm-granite/granite-docling-258M's layout: SigLIP-like tower whose
+    connector (pixel shuffle, projection, a DeepStack merger for vision layer 0) lives inside it, Granite LM, Idefics3's
+    prompt layout (rows x columns of tiles + a thumbnail)."""
+    tiles = ["<fake_token_around_image>", "<global-img>"] + [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS + tiles,
+                           eos="<|end_of_text|>", pad="<|end_of_text|>")
+    vision = dict(TINY_VISION, image_size=DOCLING_TILE, out_hidden_size=TINY_LM["hidden_size"], scale_factor=4,
+                  deepstack_visual_indexes=[0])
+    text = dict(TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    config = GraniteDoclingConfig(vision_config=vision, text_config=text, pad_token_id=tokenizer.pad_token_id,
+                                  **token_ids(tokenizer, image_token_id="<image>"))
+    torch.manual_seed(0)
+    model = GraniteDoclingForConditionalGeneration(config)
+    image_processor = GraniteDoclingImageProcessorPil(size={"height": DOCLING_TILE, "width": DOCLING_TILE},
+                                                      max_patches=4)
+    processor = GraniteDoclingProcessor(image_processor, tokenizer, image_seq_len=model.model.image_seq_len,
+                                        chat_template=GRANITE_DOCLING_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "vipllava": make_tiny_vipllava,
     "llava_next_video": make_tiny_llava_next_video,
     "video_llava": make_tiny_video_llava,
     "granite4_vision": make_tiny_granite4_vision,
     "idefics2": make_tiny_idefics2,
+    "granite_docling": make_tiny_granite_docling,
 }
 """Builder per config.model_type."""
