@@ -37,7 +37,7 @@ COMPONENT_MODULES = {
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline",
-                  "model.layerwise_projectors", "model.spatial_projectors"),
+                  "model.layerwise_projectors", "model.spatial_projectors", "model.vision_model.connector"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
@@ -47,7 +47,8 @@ Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the 
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
 as in their own training. Granite 4 Vision's window Q-Former projectors, one per vision depth it injects into an LM
-layer and one per spatial group (DeepStack), are its connector."""
+layer and one per spatial group (DeepStack), are its connector; Granite-Docling's connector sits inside its vision
+model (`model.vision_model.connector`)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
