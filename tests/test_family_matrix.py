@@ -41,6 +41,7 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_llava_more import (
     make_tiny_granite4_vision,
+    make_tiny_granite_docling,
     make_tiny_idefics2,
     make_tiny_llava_next_video,
     make_tiny_video_llava,
@@ -103,6 +104,7 @@ MATRIX = {
     "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
     "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
     "idefics2": Case(make_tiny_idefics2, "chat", FROZEN_VISION),
+    "granite_docling": Case(make_tiny_granite_docling, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

@@ -1,5 +1,5 @@
 """Tiny random checkpoints of more LLaVA-derived families, built offline: VipLLaVA, LLaVA-NeXT-Video, Video-LLaVA,
-Granite 4 Vision, Idefics2.
+Granite 4 Vision, Idefics2, Granite-Docling.
 Same contract as tests/tiny_families.py: `make_tiny_<family>(out, texts)` saves a random float32 model and its real
 processor class to `out`, laid out like the family's Hub checkpoints, with the family's chat template.
 
@@ -24,6 +24,13 @@ Quirks worth knowing (transformers 5.x):
   `pixel_attention_mask`; a perceiver resampler reads the patches into `image_seq_len` latents (8 here), wrapped in
   `<fake_token_around_image>`. The processor finds `<image>` and the boundary token as tokenizer attributes
   (`image_token`, `image_boundary_token`) and adds `<end_of_utterance>` itself; the tokenizer adds `<s>`.
+- Granite-Docling: Idefics3's prompt layout (per tile `<fake_token_around_image><row_R_col_C>` + `image_seq_len`
+  `<image>`, a thumbnail after a split page), tiles from GotOcr2-style cropping (64x64 here, no thumbnail for one
+  tile). The image processor also returns `rows` / `cols` (lists, which the processor pops) and a per-tile
+  `pixel_attention_mask` (B, tiles). Its connector is `model.vision_model.connector`, inside the vision model; a
+  DeepStack merger per `deepstack_visual_indexes` layer adds into the first LM layers.
+- FastVLM has no builder: its vision tower is a timm FastViT (`timm_wrapper` config), and timm (which needs
+  torchvision) is not installed.
 """
 
 from __future__ import annotations
