@@ -135,6 +135,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             raise VerboError(not_image_text(path_str)) from None
         except OSError as e:  # a file missing from a model directory or hub repository: its first line names it
             raise VerboError(f"{path_str}: cannot load the model: {str(e).splitlines()[0]}") from None
+        except ImportError as e:  # a module of the model needs a package (FastVLM's timm tower)
+            raise explained_import_error(e, path_str, "model") from None
         check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
         model.to(device or ("cpu" if in_memory else default_device()))
@@ -255,16 +257,16 @@ def load_processor(path: str | Path):
     return processor
 
 
-def explained_import_error(error: ImportError, path: str = "the model") -> Exception:
-    """What to install, in one line, where a processor cannot be built without a package: torchvision for any image
-    processor in transformers 5.17 (later releases fall back to PIL), or a package its class needs (SmolVLM's
-    num2words), which transformers names with `pip install <package>`."""
+def explained_import_error(error: ImportError, path: str = "the model", part: str = "processor") -> Exception:
+    """What to install, in one line, where a processor (or a model: `part`) cannot be built without a package:
+    torchvision for any image processor in transformers 5.17 (later releases fall back to PIL), or a package its class
+    needs (SmolVLM's num2words, FastVLM's timm vision tower), which transformers names with `pip install <package>`."""
     if "Torchvision library" not in str(error):
         package = re.search(r"pip install ([A-Za-z0-9_.\-]+)", str(error))
         if package is None:
             return error
         name = package.group(1).rstrip(".")
-        return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
+        return VerboError(f"{path}: its {part} needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
     if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 18):
