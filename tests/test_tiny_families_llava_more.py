@@ -8,10 +8,10 @@ import inspect
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText
 
 from .conftest import needs_model_type
+from .test_tiny_families_llava_like import _image
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_llava_more import BUILDERS
 
@@ -24,12 +24,6 @@ FAMILIES = {
     "idefics2": 8,
     "granite_docling": 4,
 }
-
-
-def _image() -> Image.Image:
-    image = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
-    return image
 
 
 @pytest.mark.parametrize("family", FAMILIES)
