@@ -7,7 +7,6 @@ shows what users will see differ. Help text is argparse's, which words it per Py
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,22 +17,15 @@ import pytest
 from verbovision.cli import make_parser
 from verbovision.recipe import load_recipe, shipped_recipe, to_dict
 
+from .helpers import subcommands
+
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 
 
-def command_parsers(parser: argparse.ArgumentParser, prefix: str = "verbo") -> dict[str, argparse.ArgumentParser]:
-    """Every command line's parser, by its words: `verbo`, `verbo train`, `verbo data synth`..."""
-    found = {prefix: parser}
-    for action in parser._actions:  # argparse keeps its subcommands only here
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found.update(command_parsers(sub, f"{prefix} {name}"))
-    return found
-
-
 def help_texts() -> str:
-    return "".join(f"$ {words} --help\n{parser.format_help()}\n" for words, parser in command_parsers(make_parser()).items())
+    parsers = [((), make_parser()), *subcommands(make_parser())]
+    return "".join(f"$ {' '.join(('verbo', *words))} --help\n{parser.format_help()}\n" for words, parser in parsers)
 
 
 def parsed_recipes() -> str:
@@ -60,6 +52,6 @@ def test_snapshot_is_unchanged(name, monkeypatch):
 
 
 def test_every_command_is_in_the_help_snapshot():
-    words = command_parsers(make_parser())
-    assert {"verbo", "verbo train", "verbo data synth", "verbo serve", "verbo eval"} <= words.keys()
-    assert all(f"$ {w} --help\n" in help_texts() for w in words)
+    words = [" ".join(("verbo", *path)) for path, _ in subcommands(make_parser())]
+    assert {"verbo train", "verbo data synth", "verbo serve", "verbo eval"} <= set(words)
+    assert all(f"$ {w} --help\n" in help_texts() for w in ["verbo", *words])
