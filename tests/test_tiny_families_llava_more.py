@@ -10,8 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from .conftest import needs_model_type
-from .test_tiny_families_llava_like import _image
+from .helpers import needs_model_type, red_circle
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_llava_more import BUILDERS
 
@@ -36,7 +35,7 @@ def test_tiny_family_in_plain_transformers(family, tmp_path, tiny_tokenizer_text
     processor = plain_processor(path)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=prompt, images=[_image()], return_tensors="pt")
+    inputs = processor(text=prompt, images=[red_circle()], return_tensors="pt")
 
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == FAMILIES[family]
     assert set(inputs) <= set(inspect.signature(type(model).forward).parameters)
