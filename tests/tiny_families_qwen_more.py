@@ -13,19 +13,34 @@ Quirks worth knowing (transformers 5.x):
 - Qwen3.5 (and -MoE): no DeepStack (its vision config refuses `deepstack_visual_indexes`); a hybrid LM of gated
   delta-net linear-attention layers (`linear_attn`, a causal conv plus a recurrent state) and full-attention layers
   (`layer_types`, here one of each); rotary on a `partial_rotary_factor` of each head (the Hub's 0.25 of 256; here all
-  16 dims, which M-RoPE's three sections then split).
+  16 dims, which M-RoPE's three sections then split). The Hub's Qwen3.5 chat template (a thinking block) is not
+  installed here; the tiny checkpoints carry Qwen3-VL's.
+- GLM-4.1V (glm4v), GLM-4.5V (glm4v_moe), GLM-4.6V (glm46v), GLM-OCR (glm_ocr): one layout. A Qwen2-VL-like tower
+  (patch 8, merge 2: 48x40 pixels -> 3x3 merged tokens) with learned position embeddings (`image_size` / patch: a
+  4x4 grid, interpolated per image), a conv `downsample` and `model.visual.merger`; a GLM-4 LM with M-RoPE from
+  `mm_token_type_ids`. The processor (Glm4vProcessor; Glm46VProcessor for GLM-4.6V and GLM-OCR) expands `<|image|>`
+  between `<|begin_of_image|>` and `<|end_of_image|>`; it holds a video processor (torchvision). Its image
+  processor's `size` is in pixels *including the temporal factor 2*: `longest_edge` 2*64*64 lets 64x64 through.
+  Prompts start with `[gMASK]<sop>`; replies end at `<|endoftext|>` or the next `<|user|>` (generation's EOS list).
+  GLM-4.5V's LM is MoE from its second layer on (`first_k_dense_replace`), with a shared expert.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import transformers
 
-from .tiny_families import TINY_LM
+from transformers import GenerationConfig
+
+from verbovision.tokenizer import train_bpe_tokenizer
+
+from .tiny_families import QWEN2_VL_VISION, TINY_LM, mrope_text_config, save_with_video_processor
 from .tiny_families_qwen_like import make_tiny_qwen3_vl
 
-__all__ = ["BUILDERS", "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe"]
+__all__ = ["BUILDERS", "make_tiny_glm46v", "make_tiny_glm4v", "make_tiny_glm4v_moe", "make_tiny_glm_ocr",
+           "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe"]
 
 TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 """Four experts of half the dense MLP's width, two per token."""
@@ -70,8 +85,99 @@ def make_tiny_qwen3_5_moe(out: Path, texts: list[str]) -> Path:
                           vision={})
 
 
+# --------------------------------------------------------------------------------------------------- GLM-4.xV
+
+# The image-text core of zai-org/GLM-4.1V-9B-Thinking's chat_template.jinja (the Hub file, not installed here; its
+# layout as transformers' GLM-4.1V docs and vLLM's GLM-4.1V example prompt show it): `[gMASK]<sop>`, `<|role|>`
+# turns, images as <|begin_of_image|><|image|><|end_of_image|>; content parts' texts joined (its `visible_text`).
+GLM4V_TEMPLATE = (
+    "{%- macro visible_text(content) -%}{%- if content is string -%}{{- content }}{%- else -%}"
+    "{%- for item in content -%}{%- if item.type == 'text' -%}{{- item.text }}{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}{%- endmacro -%}"
+    "[gMASK]<sop>{%- for msg in messages %}"
+    "{%- if msg.role == 'system' %}<|system|>{{ '\\n' }}{{ visible_text(msg.content) }}"
+    "{%- elif msg.role == 'user' %}<|user|>{{ '\\n' }}{%- if msg.content is string %}{{ msg.content }}{%- else %}"
+    "{%- for item in msg.content %}{%- if item.type == 'video' or 'video' in item %}"
+    "<|begin_of_video|><|video|><|end_of_video|>{%- elif item.type == 'image' or 'image' in item %}"
+    "<|begin_of_image|><|image|><|end_of_image|>{%- elif item.type == 'text' %}{{ item.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- elif msg.role == 'assistant' %}<|assistant|>{{ '\\n' }}{{ visible_text(msg.content) }}"
+    "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<|assistant|>{{ '\\n' }}{%- endif %}"
+)
+GLM_SPECIALS = ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+                "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]
+
+
+def _glm_tokenizer(texts: list[str]):
+    """A byte-level BPE with GLM-4.xV's specials: `<|image|>` (`.image_token`), image/video brackets, `<|role|>`
+    turns, `[gMASK]<sop>`; EOS = pad = <|endoftext|>; no chat template (the processor has it)."""
+    tokenizer = train_bpe_tokenizer(list(texts) + ["Describe the picture."], "<|image|>", vocab_size=300)
+    tokenizer.add_tokens(GLM_SPECIALS, special_tokens=True)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def _glm_ids(tokenizer) -> dict:
+    token = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=token("<|image|>"), video_token_id=token("<|video|>"),
+                image_start_token_id=token("<|begin_of_image|>"), image_end_token_id=token("<|end_of_image|>"),
+                video_start_token_id=token("<|begin_of_video|>"), video_end_token_id=token("<|end_of_video|>"))
+
+
+def _glm_like(out: Path, texts: list[str], architecture: str, processor: str, text: dict | None = None) -> Path:
+    """A GLM-4.xV layout checkpoint: `architecture` names the config and model classes (Glm4v -> Glm4vConfig,
+    Glm4vForConditionalGeneration), `processor` the processor class (Glm4v -> Glm4vProcessor,
+    Glm4vImageProcessorPil, Glm4vVideoProcessor); `text`: LM settings beyond the dense tiny one."""
+    tokenizer = _glm_tokenizer(texts)
+    ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|user|>")]
+    ids = dict(eos_token_id=ends, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
+                  image_size=32, patch_size=QWEN2_VL_VISION["patch_size"],
+                  temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                  spatial_merge_size=QWEN2_VL_VISION["merge_size"])
+    text_config = {**mrope_text_config(len(tokenizer), ids), **(text or {})}
+    text_config["rope_parameters"]["partial_rotary_factor"] = 1.0  # the Hub's 0.5 of 128; here all 16 dims
+    config = getattr(transformers, f"{architecture}Config")(text_config=text_config, vision_config=vision,
+                                                            **_glm_ids(tokenizer))
+    torch.manual_seed(0)
+    model = getattr(transformers, f"{architecture}ForConditionalGeneration")(config)
+    # `size` counts the temporal factor: 2 x 32x32 .. 2 x 64x64 pixels
+    pixels = dict(size={"shortest_edge": 2 * 32 * 32, "longest_edge": 2 * 64 * 64})
+    image_processor = getattr(transformers, f"{processor}ImageProcessorPil")(**QWEN2_VL_VISION, **pixels)
+    video = dict(video_processor_type=f"{processor}VideoProcessor", **QWEN2_VL_VISION, **pixels)
+    return save_with_video_processor(out, model, GenerationConfig(**ids), f"{processor}Processor", image_processor,
+                                     tokenizer, GLM4V_TEMPLATE, video)
+
+
+def make_tiny_glm4v(out: Path, texts: list[str]) -> Path:
+    """Glm4vForConditionalGeneration (zai-org/GLM-4.1V-9B-* layout)."""
+    return _glm_like(out, texts, "Glm4v", "Glm4v")
+
+
+def make_tiny_glm4v_moe(out: Path, texts: list[str]) -> Path:
+    """Glm4vMoeForConditionalGeneration (zai-org/GLM-4.5V layout): a dense first LM layer, then MoE with a shared
+    expert."""
+    moe = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+               first_k_dense_replace=1)
+    return _glm_like(out, texts, "Glm4vMoe", "Glm4v", moe)
+
+
+def make_tiny_glm46v(out: Path, texts: list[str]) -> Path:
+    """Glm46VForConditionalGeneration (zai-org/GLM-4.6V-Flash layout): GLM-4.1V's tower and LM, Glm46VProcessor."""
+    return _glm_like(out, texts, "Glm46V", "Glm46V")
+
+
+def make_tiny_glm_ocr(out: Path, texts: list[str]) -> Path:
+    """GlmOcrForConditionalGeneration (zai-org/GLM-OCR layout): GLM-4.xV's architecture at OCR size, Glm46VProcessor."""
+    return _glm_like(out, texts, "GlmOcr", "Glm46V")
+
+
 BUILDERS = {
     "qwen3_vl_moe": make_tiny_qwen3_vl_moe,
     "qwen3_5": make_tiny_qwen3_5,
     "qwen3_5_moe": make_tiny_qwen3_5_moe,
+    "glm4v": make_tiny_glm4v,
+    "glm4v_moe": make_tiny_glm4v_moe,
+    "glm46v": make_tiny_glm46v,
+    "glm_ocr": make_tiny_glm_ocr,
 }
