@@ -89,6 +89,10 @@ SUPPORT: dict[str, Support] = {
     "qwen3_vl_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen3_5": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen3_5_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "glm4v": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "glm4v_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "glm46v": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "glm_ocr": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
