@@ -46,7 +46,15 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen2_5_vl,
     make_tiny_qwen3_vl,
 )
-from .tiny_families_qwen_more import make_tiny_qwen3_5, make_tiny_qwen3_5_moe, make_tiny_qwen3_vl_moe
+from .tiny_families_qwen_more import (
+    make_tiny_glm4v,
+    make_tiny_glm4v_moe,
+    make_tiny_glm46v,
+    make_tiny_glm_ocr,
+    make_tiny_qwen3_5,
+    make_tiny_qwen3_5_moe,
+    make_tiny_qwen3_vl_moe,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -95,6 +103,10 @@ MATRIX = {
     "qwen3_vl_moe": Case(make_tiny_qwen3_vl_moe, "chat", FROZEN_VISION),
     "qwen3_5": Case(make_tiny_qwen3_5, "chat", FROZEN_VISION),
     "qwen3_5_moe": Case(make_tiny_qwen3_5_moe, "chat", FROZEN_VISION),
+    "glm4v": Case(make_tiny_glm4v, "chat", FROZEN_VISION),
+    "glm4v_moe": Case(make_tiny_glm4v_moe, "chat", FROZEN_VISION),
+    "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
+    "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
