@@ -15,6 +15,10 @@ Quirks worth knowing (transformers 5.x):
   (`layer_types`, here one of each); rotary on a `partial_rotary_factor` of each head (the Hub's 0.25 of 256; here all
   16 dims, which M-RoPE's three sections then split). The Hub's Qwen3.5 chat template (a thinking block) is not
   installed here; the tiny checkpoints carry Qwen3-VL's.
+- Qwen4-Exp: Qwen3.5-MoE plus hyper-connections (`hc_count` residual streams), per-layer n-gram embeddings (PLE:
+  hashed token n-grams, allowed on linear-attention layers only, read from `input_ids`, which the model recovers from
+  the embeddings where it is given none) and "indexed" full attention (QSA: a token indexer picks which blocks of keys
+  each query attends; every full-attention layer is one, so the QSA settings are required).
 - GLM-4.1V (glm4v), GLM-4.5V (glm4v_moe), GLM-4.6V (glm46v), GLM-OCR (glm_ocr): one layout. A Qwen2-VL-like tower
   (patch 8, merge 2: 48x40 pixels -> 3x3 merged tokens) with learned position embeddings (`image_size` / patch: a
   4x4 grid, interpolated per image), a conv `downsample` and `model.visual.merger`; a GLM-4 LM with M-RoPE from
@@ -40,7 +44,8 @@ from .tiny_families import QWEN2_VL_VISION, TINY_LM, mrope_text_config, save_wit
 from .tiny_families_qwen_like import make_tiny_qwen3_vl
 
 __all__ = ["BUILDERS", "make_tiny_glm46v", "make_tiny_glm4v", "make_tiny_glm4v_moe", "make_tiny_glm_ocr",
-           "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe"]
+           "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe",
+           "make_tiny_qwen4_exp"]
 
 TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
 """Four experts of half the dense MLP's width, two per token."""
@@ -83,6 +88,22 @@ def make_tiny_qwen3_5_moe(out: Path, texts: list[str]) -> Path:
     expert."""
     return _qwen3_vl_like(out, texts, "Qwen3_5Moe", _qwen3_5_text(**TINY_MOE, shared_expert_intermediate_size=32),
                           vision={})
+
+
+QWEN4_EXP_TEXT = dict(
+    TINY_MOE, shared_expert_intermediate_size=32, layer_types=["linear_attention", "indexed_attention"],
+    hc_count=2, hc_lowrank=8,  # two residual streams, mixed through a rank-8 map
+    # n-gram embeddings (bigrams, trigrams: 2 hashed heads each, tables of a prime size >= 97) into layer 1
+    ple_layer_ids=[1], ple_embed_dim=16, heads_per_ngram=2, ngram_vocab_size_base=97,
+    make_ngram_vocab_size_divisible_by=8, split_ngram_parts=1,
+    # QSA: keys averaged over blocks of 4 tokens, the best 16 tokens' blocks attended per query
+    indexer_n_heads=2, indexer_kv_heads=1, indexer_head_dim=16, indexer_budget=16, indexer_compress_ratio=4)
+
+
+def make_tiny_qwen4_exp(out: Path, texts: list[str]) -> Path:
+    """Qwen4ExpForConditionalGeneration (Qwen/Qwen4-Exp layout): Qwen3.5-MoE's tower and hybrid LM, with
+    hyper-connections, per-layer n-gram embeddings on its linear-attention layer and a QSA-indexed attention layer."""
+    return _qwen3_vl_like(out, texts, "Qwen4Exp", _qwen3_5_text(**QWEN4_EXP_TEXT), vision={})
 
 
 # --------------------------------------------------------------------------------------------------- GLM-4.xV
@@ -176,8 +197,10 @@ BUILDERS = {
     "qwen3_vl_moe": make_tiny_qwen3_vl_moe,
     "qwen3_5": make_tiny_qwen3_5,
     "qwen3_5_moe": make_tiny_qwen3_5_moe,
+    "qwen4_exp": make_tiny_qwen4_exp,
     "glm4v": make_tiny_glm4v,
     "glm4v_moe": make_tiny_glm4v_moe,
     "glm46v": make_tiny_glm46v,
     "glm_ocr": make_tiny_glm_ocr,
 }
+
