@@ -89,6 +89,7 @@ SUPPORT: dict[str, Support] = {
     "qwen3_vl_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen3_5": Support(packs=False, packing_refusal=_OWN_ROPE),
     "qwen3_5_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "qwen4_exp": Support(packs=False, packing_refusal=_OWN_ROPE),
     "glm4v": Support(packs=False, packing_refusal=_OWN_ROPE),
     "glm4v_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
     "glm46v": Support(packs=False, packing_refusal=_OWN_ROPE),
