@@ -54,6 +54,7 @@ from .tiny_families_qwen_more import (
     make_tiny_qwen3_5,
     make_tiny_qwen3_5_moe,
     make_tiny_qwen3_vl_moe,
+    make_tiny_qwen4_exp,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -103,6 +104,7 @@ MATRIX = {
     "qwen3_vl_moe": Case(make_tiny_qwen3_vl_moe, "chat", FROZEN_VISION),
     "qwen3_5": Case(make_tiny_qwen3_5, "chat", FROZEN_VISION),
     "qwen3_5_moe": Case(make_tiny_qwen3_5_moe, "chat", FROZEN_VISION),
+    "qwen4_exp": Case(make_tiny_qwen4_exp, "chat", FROZEN_VISION),
     "glm4v": Case(make_tiny_glm4v, "chat", FROZEN_VISION),
     "glm4v_moe": Case(make_tiny_glm4v_moe, "chat", FROZEN_VISION),
     "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
