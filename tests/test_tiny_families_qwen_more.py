@@ -18,6 +18,7 @@ FAMILIES = {
     "qwen3_5": ("Qwen3_5ForConditionalGeneration", "Qwen3VLProcessor", QWEN3_VL_PROMPT, QWEN_KEYS, 6),
     "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "Qwen3VLProcessor", QWEN3_VL_PROMPT, QWEN_KEYS, 6),
     "qwen4_exp": ("Qwen4ExpForConditionalGeneration", "Qwen3VLProcessor", QWEN3_VL_PROMPT, QWEN_KEYS, 6),
+    "cosmos3_omni": ("Cosmos3OmniForConditionalGeneration", "Qwen3VLProcessor", QWEN3_VL_PROMPT, QWEN_KEYS, 6),
     # GLM: 48x40 -> 48x32 pixels -> 3x2 merged tokens
     "glm4v": ("Glm4vForConditionalGeneration", "Glm4vProcessor", GLM_PROMPT, QWEN_KEYS, 6),
     "glm4v_moe": ("Glm4vMoeForConditionalGeneration", "Glm4vProcessor", GLM_PROMPT, QWEN_KEYS, 6),

@@ -19,6 +19,8 @@ Quirks worth knowing (transformers 5.x):
   hashed token n-grams, allowed on linear-attention layers only, read from `input_ids`, which the model recovers from
   the embeddings where it is given none) and "indexed" full attention (QSA: a token indexer picks which blocks of keys
   each query attends; every full-attention layer is one, so the QSA settings are required).
+- Cosmos3-Omni: Qwen3-VL's architecture and processor under its own model type (its config overrides only that);
+  the Hub checkpoint's chat template is not installed here, and the tiny one carries Qwen3-VL's.
 - GLM-4.1V (glm4v), GLM-4.5V (glm4v_moe), GLM-4.6V (glm46v), GLM-OCR (glm_ocr): one layout. A Qwen2-VL-like tower
   (patch 8, merge 2: 48x40 pixels -> 3x3 merged tokens) with learned position embeddings (`image_size` / patch: a
   4x4 grid, interpolated per image), a conv `downsample` and `model.visual.merger`; a GLM-4 LM with M-RoPE from
@@ -43,8 +45,8 @@ from verbovision.tokenizer import train_bpe_tokenizer
 from .tiny_families import QWEN2_VL_VISION, TINY_LM, mrope_text_config, save_with_video_processor
 from .tiny_families_qwen_like import make_tiny_qwen3_vl
 
-__all__ = ["BUILDERS", "make_tiny_glm46v", "make_tiny_glm4v", "make_tiny_glm4v_moe", "make_tiny_glm_ocr",
-           "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe",
+__all__ = ["BUILDERS", "make_tiny_cosmos3_omni", "make_tiny_glm46v", "make_tiny_glm4v", "make_tiny_glm4v_moe",
+           "make_tiny_glm_ocr", "make_tiny_qwen3_5", "make_tiny_qwen3_5_moe", "make_tiny_qwen3_vl_moe",
            "make_tiny_qwen4_exp"]
 
 TINY_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
@@ -104,6 +106,12 @@ def make_tiny_qwen4_exp(out: Path, texts: list[str]) -> Path:
     """Qwen4ExpForConditionalGeneration (Qwen/Qwen4-Exp layout): Qwen3.5-MoE's tower and hybrid LM, with
     hyper-connections, per-layer n-gram embeddings on its linear-attention layer and a QSA-indexed attention layer."""
     return _qwen3_vl_like(out, texts, "Qwen4Exp", _qwen3_5_text(**QWEN4_EXP_TEXT), vision={})
+
+
+def make_tiny_cosmos3_omni(out: Path, texts: list[str]) -> Path:
+    """Cosmos3OmniForConditionalGeneration (nvidia/Cosmos3-Nano layout): Qwen3-VL's architecture under its own model
+    type (the Reasoner of a unified checkpoint whose generator, sound and action towers transformers drops)."""
+    return _qwen3_vl_like(out, texts, "Cosmos3Omni", {})
 
 
 # --------------------------------------------------------------------------------------------------- GLM-4.xV
@@ -202,5 +210,6 @@ BUILDERS = {
     "glm4v_moe": make_tiny_glm4v_moe,
     "glm46v": make_tiny_glm46v,
     "glm_ocr": make_tiny_glm_ocr,
+    "cosmos3_omni": make_tiny_cosmos3_omni,
 }
 
