@@ -94,6 +94,7 @@ SUPPORT: dict[str, Support] = {
     "glm4v_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
     "glm46v": Support(packs=False, packing_refusal=_OWN_ROPE),
     "glm_ocr": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "cosmos3_omni": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
