@@ -47,6 +47,7 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen3_vl,
 )
 from .tiny_families_qwen_more import (
+    make_tiny_cosmos3_omni,
     make_tiny_glm4v,
     make_tiny_glm4v_moe,
     make_tiny_glm46v,
@@ -109,6 +110,7 @@ MATRIX = {
     "glm4v_moe": Case(make_tiny_glm4v_moe, "chat", FROZEN_VISION),
     "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
     "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
+    "cosmos3_omni": Case(make_tiny_cosmos3_omni, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
