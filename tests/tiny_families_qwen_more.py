@@ -9,7 +9,8 @@ Quirks worth knowing (transformers 5.x):
 - Qwen3-VL-MoE, Qwen3.5, Qwen3.5-MoE: Qwen3-VL's tower and processor (tests/tiny_families_qwen_like.py
   `make_tiny_qwen3_vl`: `Qwen3VLProcessor`, Qwen2-VL's image processor, 4..16 image tokens, interleaved M-RoPE with
   `mm_token_type_ids`). The MoE LMs keep their experts as 3-D parameters (`mlp.experts.gate_up_proj`, `down_proj`),
-  which `all-linear` LoRA does not reach; the router and the attention projections are linears.
+  and their router as a bare 2-D parameter (`mlp.gate.weight`), none of which `all-linear` LoRA reaches; the
+  attention projections (and Qwen3.5-MoE's shared expert) are linears.
 - Qwen3.5 (and -MoE): no DeepStack (its vision config refuses `deepstack_visual_indexes`); a hybrid LM of gated
   delta-net linear-attention layers (`linear_attn`, a causal conv plus a recurrent state) and full-attention layers
   (`layer_types`, here one of each); rotary on a `partial_rotary_factor` of each head (the Hub's 0.25 of 256; here all
@@ -22,9 +23,10 @@ Quirks worth knowing (transformers 5.x):
 - Cosmos3-Omni: Qwen3-VL's architecture and processor under its own model type (its config overrides only that);
   the Hub checkpoint's chat template is not installed here, and the tiny one carries Qwen3-VL's.
 - GLM-4.1V (glm4v), GLM-4.5V (glm4v_moe), GLM-4.6V (glm46v), GLM-OCR (glm_ocr): one layout. A Qwen2-VL-like tower
-  (patch 8, merge 2: 48x40 pixels -> 3x3 merged tokens) with learned position embeddings (`image_size` / patch: a
-  4x4 grid, interpolated per image), a conv `downsample` and `model.visual.merger`; a GLM-4 LM with M-RoPE from
-  `mm_token_type_ids`. The processor (Glm4vProcessor; Glm46VProcessor for GLM-4.6V and GLM-OCR) expands `<|image|>`
+  (patch 8, merge 2: 48x40 pixels -> 48x32 -> 3x2 merged tokens) with learned position embeddings (`image_size` /
+  patch: a 4x4 grid, interpolated per image), a conv `downsample` and `model.visual.merger`; a GLM-4 LM with M-RoPE
+  from `mm_token_type_ids`. The processor (Glm4vProcessor; Glm46VProcessor for GLM-4.6V, and for GLM-OCR, which has
+  no processor class of its own in transformers) expands `<|image|>`
   between `<|begin_of_image|>` and `<|end_of_image|>`; it holds a video processor (torchvision). Its image
   processor's `size` is in pixels *including the temporal factor 2*: `longest_edge` 2*64*64 lets 64x64 through.
   Prompts start with `[gMASK]<sop>`; replies end at `<|endoftext|>` or the next `<|user|>` (generation's EOS list).
@@ -37,7 +39,6 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from transformers import GenerationConfig
 
 from verbovision.tokenizer import train_bpe_tokenizer
