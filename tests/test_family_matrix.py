@@ -70,6 +70,17 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen2_5_vl,
     make_tiny_qwen3_vl,
 )
+from .tiny_families_qwen_more import (
+    make_tiny_cosmos3_omni,
+    make_tiny_glm4v,
+    make_tiny_glm4v_moe,
+    make_tiny_glm46v,
+    make_tiny_glm_ocr,
+    make_tiny_qwen3_5,
+    make_tiny_qwen3_5_moe,
+    make_tiny_qwen3_vl_moe,
+    make_tiny_qwen4_exp,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -115,6 +126,15 @@ MATRIX = {
     "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
     "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
+    "qwen3_vl_moe": Case(make_tiny_qwen3_vl_moe, "chat", FROZEN_VISION),
+    "qwen3_5": Case(make_tiny_qwen3_5, "chat", FROZEN_VISION),
+    "qwen3_5_moe": Case(make_tiny_qwen3_5_moe, "chat", FROZEN_VISION),
+    "qwen4_exp": Case(make_tiny_qwen4_exp, "chat", FROZEN_VISION),
+    "glm4v": Case(make_tiny_glm4v, "chat", FROZEN_VISION),
+    "glm4v_moe": Case(make_tiny_glm4v_moe, "chat", FROZEN_VISION),
+    "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
+    "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
+    "cosmos3_omni": Case(make_tiny_cosmos3_omni, "chat", FROZEN_VISION),
     "vipllava": Case(make_tiny_vipllava, "chat", FROZEN_VISION),
     "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
     "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),

@@ -86,12 +86,14 @@ class Support:
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
 
+OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+                  "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3): their M-RoPE positions come from the whole row."""
+
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
     "cohere2_vision": Support(caches_features=True),
-    "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    **{kind: Support(packs=False, packing_refusal=_OWN_ROPE) for kind in OWN_ROPE_TYPES},
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
@@ -118,7 +120,8 @@ are tried."""
 FAMILY_MATRIX = (
     "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
     "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
-    "aya_vision", "internvl", "vipllava", "llava_next_video", "video_llava", "granite4_vision", "idefics2",
+    "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v", "glm4v_moe", "glm46v",
+    "glm_ocr", "cosmos3_omni", "vipllava", "llava_next_video", "video_llava", "granite4_vision", "idefics2",
     "granite_docling",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
