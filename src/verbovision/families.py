@@ -80,6 +80,8 @@ class Support:
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
 
+_ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
+
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
     "cohere2_vision": Support(caches_features=True),
@@ -96,6 +98,21 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
+    "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own policy "
+                                    "questions, one prompt per image and policy"),
+    "kosmos-2.5": Support(refused="its image's places are `<s>` tokens marked in a mask of its own "
+                                  "(image_embeds_position_mask), taken with flattened patches and their sizes"),
+    "pix2struct": Support(refused="its encoder reads flattened image patches with the prompt rendered into the image, "
+                                  "not pixel values beside a text"),
+    "udop": Support(refused="a document model: its encoder reads the page's OCR words with their boxes (bbox)"),
+    "t5gemma2": Support(refused="its language model is an encoder-decoder whose encoder reads the prompt with the "
+                                "image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    "evolla": Support(refused="a protein-text model: it reads protein sequences, not images"),
+    "pi0": Support(refused=_ACTIONS),
+    "pi05": Support(refused=_ACTIONS),
+    "diffusion_gemma": Support(refused="it writes text by block diffusion, whole blocks at a time, not token by token: "
+                                       "no next-token loss to train, no greedy decoding to caption with"),
+    "mistral4": Support(refused="Mistral4ForCausalLM is a text-only language model: it takes no images"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
