@@ -1,0 +1,81 @@
+"""Tiny random checkpoints of the remaining image-text families that fit VerboVision's model API, built offline (same
+contract as tests/tiny_families.py: `make_tiny_*(out, texts)` saves a random float32 model and its real processor
+classes to `out`, laid out like the family's Hub checkpoints, loadable by `AutoModelForImageTextToText` /
+`AutoProcessor` with no `trust_remote_code`).
+
+Quirks worth knowing (transformers 5.x):
+- CohereCompass (CohereLabs/North-Micro-Vision-Instruct): Qwen3-VL's vision tower and processor (Qwen2-VL's image
+  processor: here patch 8, merge 2, 4..16 `<|IMAGE_PAD|>` tokens for 32x32..64x64 pixels; `mm_token_type_ids` for
+  its M-RoPE) with a Cohere2 LM whose rope settings are per layer type (`rope_parameters["full_attention"]`). The
+  processor takes the `<|VISION_START|>` / `<|VISION_END|>` wrapper from the chat template (it writes only the
+  pads). It holds a video processor: without torchvision the builder writes the files `save_pretrained` would write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    CohereCompassConfig,
+    CohereCompassForConditionalGeneration,
+    CohereCompassImageProcessorPil,
+    GenerationConfig,
+)
+
+from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, special_ids
+from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
+
+__all__ = ["BUILDERS", "make_tiny_cohere_compass"]
+
+HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+MROPE_SECTIONS = [HEAD_DIM // 8, 3 * HEAD_DIM // 16, 3 * HEAD_DIM // 16]
+"""M-RoPE's (temporal, height, width) shares of the head_dim / 2 rotary frequencies."""
+
+# ------------------------------------------------------------------------------------------------ CohereCompass
+
+# The Hub checkpoint's chat template is neither installed with transformers nor reachable offline: this one writes
+# Cohere's turn tokens (as Command A Vision / Aya Vision, tests/tiny_families_llava_like.py) and, for an image part,
+# the `<|VISION_START|><|IMAGE_PAD|><|VISION_END|>` wrapper CohereCompassProcessor expects the template to write.
+COHERE_COMPASS_TEMPLATE = (
+    "{{ bos_token }}{%- for message in messages -%}"
+    "<|START_OF_TURN_TOKEN|>{{ message.role | replace('user', '<|USER_TOKEN|>') "
+    "| replace('assistant', '<|CHATBOT_TOKEN|>') | replace('system', '<|SYSTEM_TOKEN|>') }}"
+    "{%- if message.content is string -%}{{ message.content }}{%- else -%}{%- for item in message.content -%}"
+    "{%- if item.type == 'image' -%}<|VISION_START|><|IMAGE_PAD|><|VISION_END|>"
+    "{%- elif item.type == 'text' -%}{{ item.text }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "<|END_OF_TURN_TOKEN|>{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{%- endif -%}"
+)
+COHERE_COMPASS_TOKENS = ["<BOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>",
+                         "<|CHATBOT_TOKEN|>", "<|SYSTEM_TOKEN|>", "<|VISION_START|>", "<|VISION_END|>",
+                         "<|VIDEO_PAD|>"]
+
+
+def make_tiny_cohere_compass(out: Path, texts: list[str]) -> Path:
+    """CohereCompassForConditionalGeneration (CohereLabs/North-Micro-Vision-Instruct layout): Qwen3-VL tower, Cohere2
+    LM."""
+    tokenizer = _tokenizer(texts, "<|IMAGE_PAD|>", COHERE_COMPASS_TOKENS, bos="<BOS_TOKEN>",
+                           eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>")
+    token = tokenizer.convert_tokens_to_ids
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTIONS, "mrope_interleaved": True}
+    text = dict(TINY_LM, vocab_size=len(tokenizer), head_dim=HEAD_DIM, layer_types=["full_attention"] * 2,
+                rope_parameters={"full_attention": rope}, **special_ids(tokenizer))
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
+                  patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                  spatial_merge_size=QWEN2_VL_VISION["merge_size"], num_position_embeddings=16,
+                  deepstack_visual_indexes=[])
+    config = CohereCompassConfig(text_config=text, vision_config=vision, image_token_id=token("<|IMAGE_PAD|>"),
+                                 video_token_id=token("<|VIDEO_PAD|>"),
+                                 vision_start_token_id=token("<|VISION_START|>"),
+                                 vision_end_token_id=token("<|VISION_END|>"))
+    torch.manual_seed(0)
+    model = CohereCompassForConditionalGeneration(config)
+    image_processor = CohereCompassImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
+    size = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    video = {"video_processor_type": "CohereCompassVideoProcessor", **QWEN2_VL_VISION, "size": size}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "CohereCompassProcessor",
+                                      image_processor, tokenizer, COHERE_COMPASS_TEMPLATE, {}, video)
+
+
+BUILDERS = {"cohere_compass": make_tiny_cohere_compass}
