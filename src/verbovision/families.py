@@ -32,8 +32,9 @@ COMPONENT_MODULES = {
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
                "vision_model"),
-    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
-                  "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
+    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector",
+                  "model.visual.merger", "model.visual.deepstack_merger_list", "git.visual_projection",
+                  "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
@@ -42,8 +43,8 @@ COMPONENT_MODULES = {
 prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
-LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training."""
+Cosmos3-Edge's is its 2x2 patch merger `model.projector`; LLaVA-NeXT's and LLaVA-OneVision's learned row separator
+(`model.image_newline`, bare too) trains with the projector, as in their own training."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -99,8 +100,8 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
-    "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own policy "
-                                    "questions, one prompt per image and policy"),
+    "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own "
+                                    "policy questions, one prompt per image and policy"),
     "kosmos-2.5": Support(refused="its image's places are `<s>` tokens marked in a mask of its own "
                                   "(image_embeds_position_mask), taken with flattened patches and their sizes"),
     "pix2struct": Support(refused="its encoder reads flattened image patches with the prompt rendered into the image, "
