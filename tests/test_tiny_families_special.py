@@ -15,12 +15,16 @@ from .test_tiny_families import CHAT, TEXTS, picture
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_special import BUILDERS
 
+QWEN_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
 FAMILIES = {
     # family: (model class, processor class, prompt, processor output keys, image tokens for a 48x40 picture)
     "cohere_compass": ("CohereCompassForConditionalGeneration", "CohereCompassProcessor",
                        "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|USER_TOKEN|><|VISION_START|><|IMAGE_PAD|><|VISION_END|>"
                        "Describe.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
-                       {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}, 6),
+                       QWEN_KEYS, 6),  # 48x40 -> 48x32 pixels -> 3x2 merged tokens
+    "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor",
+                     "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
+                     "<|im_start|>assistant\n", QWEN_KEYS, 6),
 }
 
 
@@ -36,7 +40,9 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     assert processor_class in [cls.__name__ for cls in type(processor).__mro__]
 
     assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
-    inputs = processor(text=[prompt], images=[picture(48, 40)], add_special_tokens=False, return_tensors="pt")
+    # Cosmos3-Edge's processor returns the mm_token_type_ids its model requires only when asked
+    ask = dict(add_special_tokens=False, return_mm_token_type_ids=True, return_tensors="pt")
+    inputs = processor(text=[prompt], images=[picture(48, 40)], **ask)
     assert set(inputs) == keys
     assert keys <= forward_parameters(type(model))  # the forward names every output of the processor
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
@@ -45,8 +51,7 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     n_prompt = inputs["input_ids"].shape[1]
     assert generated[0, :n_prompt].tolist() == inputs["input_ids"][0].tolist() and generated.shape[1] > n_prompt
 
-    full = processor(text=[prompt + "a red square" + processor.tokenizer.eos_token], images=[picture(48, 40)],
-                     add_special_tokens=False, return_tensors="pt")
+    full = processor(text=[prompt + "a red square" + processor.tokenizer.eos_token], images=[picture(48, 40)], **ask)
     labels = full["input_ids"].clone()
     labels[:, :n_prompt] = -100
     loss = model(**full, labels=labels).loss

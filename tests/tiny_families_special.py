@@ -9,6 +9,12 @@ Quirks worth knowing (transformers 5.x):
   its M-RoPE) with a Cohere2 LM whose rope settings are per layer type (`rope_parameters["full_attention"]`). The
   processor takes the `<|VISION_START|>` / `<|VISION_END|>` wrapper from the chat template (it writes only the
   pads). It holds a video processor: without torchvision the builder writes the files `save_pretrained` would write.
+- Cosmos3-Edge (nvidia/Cosmos3-Edge): a SigLIP2-style tower with a learned position grid (`num_patches`, resized to
+  each image's grid) over Qwen2-VL-style flat patches (temporal patch 1; here patch 8, merge 2, 4..16 image tokens),
+  merged 2x2 by `model.projector`, a Llama-like LM (relu2 MLP) with M-RoPE from `mm_token_type_ids`: the model
+  requires them with images, its processor lists them among its model_input_names but returns them only when asked
+  (`return_mm_token_type_ids=True`). Same processor layout as Qwen3-VL (video processor too). Its Hub template
+  (ChatML, `<s>` BOS, a thinking switch) is not available offline: Qwen3-VL's ChatML template stands in.
 """
 
 from __future__ import annotations
@@ -20,17 +26,23 @@ from transformers import (
     CohereCompassConfig,
     CohereCompassForConditionalGeneration,
     CohereCompassImageProcessorPil,
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeForConditionalGeneration,
+    Cosmos3EdgeImageProcessorPil,
     GenerationConfig,
 )
 
-from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, special_ids
+from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, qwen_tokenizer, special_ids
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
+from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "make_tiny_cohere_compass"]
+__all__ = ["BUILDERS", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge"]
 
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 MROPE_SECTIONS = [HEAD_DIM // 8, 3 * HEAD_DIM // 16, 3 * HEAD_DIM // 16]
 """M-RoPE's (temporal, height, width) shares of the head_dim / 2 rotary frequencies."""
+QWEN_SIZE = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+"""The pixel-count bounds of Qwen2-VL-style image processors, as a `size`."""
 
 # ------------------------------------------------------------------------------------------------ CohereCompass
 
@@ -72,10 +84,34 @@ def make_tiny_cohere_compass(out: Path, texts: list[str]) -> Path:
     torch.manual_seed(0)
     model = CohereCompassForConditionalGeneration(config)
     image_processor = CohereCompassImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
-    size = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
-    video = {"video_processor_type": "CohereCompassVideoProcessor", **QWEN2_VL_VISION, "size": size}
+    video = {"video_processor_type": "CohereCompassVideoProcessor", **QWEN2_VL_VISION, "size": QWEN_SIZE}
     return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "CohereCompassProcessor",
                                       image_processor, tokenizer, COHERE_COMPASS_TEMPLATE, {}, video)
 
 
-BUILDERS = {"cohere_compass": make_tiny_cohere_compass}
+# ------------------------------------------------------------------------------------------------- Cosmos3-Edge
+
+def make_tiny_cosmos3_edge(out: Path, texts: list[str]) -> Path:
+    """Cosmos3EdgeForConditionalGeneration (nvidia/Cosmos3-Edge layout): SigLIP2-style tower, 2x2 patch merger,
+    Llama-like LM with M-RoPE."""
+    tokenizer = qwen_tokenizer(texts)
+    ids = dict(bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTIONS}
+    text = dict(TINY_LM, vocab_size=len(tokenizer), head_dim=HEAD_DIM, rope_parameters=rope, **ids)
+    vision = dict(TINY_VISION, num_patches=16)  # a 4x4 grid of learned positions
+    del vision["image_size"]
+    token = tokenizer.convert_tokens_to_ids
+    config = Cosmos3EdgeConfig(text_config=text, vision_config=vision, projector_hidden_size=64,
+                               image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+                               vision_start_token_id=token("<|vision_start|>"),
+                               vision_end_token_id=token("<|vision_end|>"))
+    torch.manual_seed(0)
+    model = Cosmos3EdgeForConditionalGeneration(config)
+    single_frame = dict(QWEN2_VL_VISION, temporal_patch_size=1)
+    image_processor = Cosmos3EdgeImageProcessorPil(**single_frame, size=QWEN_SIZE)
+    video = {"video_processor_type": "Cosmos3EdgeVideoProcessor", **single_frame, "size": QWEN_SIZE}
+    return _save_with_video_processor(out, model, GenerationConfig(**ids), "Cosmos3EdgeProcessor", image_processor,
+                                      tokenizer, QWEN3_VL_TEMPLATE, {}, video)
+
+
+BUILDERS = {"cohere_compass": make_tiny_cohere_compass, "cosmos3_edge": make_tiny_cosmos3_edge}
