@@ -39,7 +39,7 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
-from .tiny_families_special import make_tiny_cohere_compass, make_tiny_cosmos3_edge
+from .tiny_families_special import make_tiny_chameleon, make_tiny_cohere_compass, make_tiny_cosmos3_edge
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -94,6 +94,7 @@ MATRIX = {
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
     "cohere_compass": Case(make_tiny_cohere_compass, "chat", FROZEN_VISION),
     "cosmos3_edge": Case(make_tiny_cosmos3_edge, "chat", FROZEN_VISION),
+    "chameleon": Case(make_tiny_chameleon, "plain", {"vision": "frozen", "language": "lora"}),
 }
 """model_type: how the matrix runs it."""
 

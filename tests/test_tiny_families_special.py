@@ -17,7 +17,8 @@ from .tiny_families_special import BUILDERS
 
 QWEN_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
 FAMILIES = {
-    # family: (model class, processor class, prompt, processor output keys, image tokens for a 48x40 picture)
+    # family: (model class, processor class, chat prompt (None: no chat template), processor output keys, image
+    # tokens for a 48x40 picture)
     "cohere_compass": ("CohereCompassForConditionalGeneration", "CohereCompassProcessor",
                        "<BOS_TOKEN><|START_OF_TURN_TOKEN|><|USER_TOKEN|><|VISION_START|><|IMAGE_PAD|><|VISION_END|>"
                        "Describe.<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
@@ -25,7 +26,11 @@ FAMILIES = {
     "cosmos3_edge": ("Cosmos3EdgeForConditionalGeneration", "Cosmos3EdgeProcessor",
                      "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
                      "<|im_start|>assistant\n", QWEN_KEYS, 6),
+    "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor", None,
+                  {"input_ids", "attention_mask", "pixel_values"}, 16),
 }
+PROMPTS_WITHOUT_TEMPLATE = {"chameleon": "<image>Describe."}
+"""What a family without a chat template is prompted with (chameleon-7b's model card: the image token in the text)."""
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -39,9 +44,16 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     assert model.config.model_type == family and type(model).__name__ == model_class
     assert processor_class in [cls.__name__ for cls in type(processor).__mro__]
 
-    assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
-    # Cosmos3-Edge's processor returns the mm_token_type_ids its model requires only when asked
-    ask = dict(add_special_tokens=False, return_mm_token_type_ids=True, return_tensors="pt")
+    templated = prompt is not None
+    if templated:
+        assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
+    else:
+        assert processor.chat_template is None
+        prompt = PROMPTS_WITHOUT_TEMPLATE[family]
+    # A chat template writes the BOS itself. Cosmos3-Edge's processor returns the mm_token_type_ids its model
+    # requires only when asked.
+    ask = dict(add_special_tokens=not templated, return_mm_token_type_ids="mm_token_type_ids" in keys,
+               return_tensors="pt")
     inputs = processor(text=[prompt], images=[picture(48, 40)], **ask)
     assert set(inputs) == keys
     assert keys <= forward_parameters(type(model))  # the forward names every output of the processor

@@ -15,6 +15,13 @@ Quirks worth knowing (transformers 5.x):
   requires them with images, its processor lists them among its model_input_names but returns them only when asked
   (`return_mm_token_type_ids=True`). Same processor layout as Qwen3-VL (video processor too). Its Hub template
   (ChatML, `<s>` BOS, a thinking switch) is not available offline: Qwen3-VL's ChatML template stands in.
+- Chameleon (facebook/chameleon-7b): no vision tower beside the LM: a VQ-VAE (`model.vqmodel`) turns each image into
+  codebook ids, mapped through `config.vocabulary_map` (the tokenizer's vocabulary, whose `IMGIMG<code>Z` tokens spell
+  each code with letters A-J for digits) to ordinary BPE ids, embedded by the LM's own embedding table: the
+  quantization passes no gradient, and there is no connector. The processor replaces `<image>` with `<racm3:break>` +
+  `image_seq_length` x `<image>` + `<eoss>` (here 32x32 images, 8x downsampling: 16) and appends the tokenizer's
+  `sep_token` to every text unless called with `return_for_text_completion=True`. The forward sets the logits of
+  the image-code tokens to the dtype's minimum (the model never writes images). No chat template on the Hub.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    ChameleonConfig,
+    ChameleonForConditionalGeneration,
+    ChameleonImageProcessorPil,
+    ChameleonProcessor,
+    ChameleonVQVAEConfig,
     CohereCompassConfig,
     CohereCompassForConditionalGeneration,
     CohereCompassImageProcessorPil,
@@ -32,11 +44,19 @@ from transformers import (
     GenerationConfig,
 )
 
-from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, qwen_tokenizer, special_ids
+from .tiny_families import (
+    QWEN2_VL_PIXELS,
+    QWEN2_VL_VISION,
+    TINY_LM,
+    TINY_VISION,
+    _save,
+    qwen_tokenizer,
+    special_ids,
+)
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge"]
+__all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge"]
 
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 MROPE_SECTIONS = [HEAD_DIM // 8, 3 * HEAD_DIM // 16, 3 * HEAD_DIM // 16]
@@ -114,4 +134,35 @@ def make_tiny_cosmos3_edge(out: Path, texts: list[str]) -> Path:
                                       tokenizer, QWEN3_VL_TEMPLATE, {}, video)
 
 
-BUILDERS = {"cohere_compass": make_tiny_cohere_compass, "cosmos3_edge": make_tiny_cosmos3_edge}
+# ---------------------------------------------------------------------------------------------------- Chameleon
+
+CHAMELEON_CODES = 16
+"""The VQ-VAE's codebook size (8192 on the Hub)."""
+
+
+def _image_code_token(code: int) -> str:
+    """The vocabulary's token for a VQ code: its digits spelled A-J (code 12 is `IMGIMGBCZ`)."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
+
+
+def make_tiny_chameleon(out: Path, texts: list[str]) -> Path:
+    """ChameleonForConditionalGeneration (facebook/chameleon-7b layout): VQ-VAE image tokens, 16 an image."""
+    image_tokens = ["<racm3:break>", "<eoss>"] + [_image_code_token(code) for code in range(CHAMELEON_CODES)]
+    tokenizer = _tokenizer(texts, "<image>", ["<s>", "</s>", "<pad>", "<reserved08706>"] + image_tokens, bos="<s>",
+                           eos="</s>", pad="<pad>")
+    tokenizer.sep_token = "<reserved08706>"
+    downsampling = [1, 1, 1, 1]  # 2 ** 3 = 8x: a 32x32 image is a 4x4 grid of codes
+    vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=CHAMELEON_CODES, latent_channels=8, resolution=32,
+                              base_channels=32, channel_multiplier=downsampling, num_res_blocks=1,
+                              attn_resolutions=[])  # GroupNorm: 32 groups
+    config = ChameleonConfig(**TINY_LM, vocab_size=len(tokenizer), vq_config=vq,
+                             vocabulary_map=tokenizer.get_vocab(), **special_ids(tokenizer))
+    torch.manual_seed(0)
+    model = ChameleonForConditionalGeneration(config)
+    image_processor = ChameleonImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = ChameleonProcessor(image_processor, tokenizer, image_seq_length=(32 // 8) ** 2)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
+BUILDERS = {"cohere_compass": make_tiny_cohere_compass, "cosmos3_edge": make_tiny_cosmos3_edge,
+            "chameleon": make_tiny_chameleon}
