@@ -28,6 +28,8 @@ FAMILIES = {
                      "<|im_start|>assistant\n", QWEN_KEYS, 6),
     "chameleon": ("ChameleonForConditionalGeneration", "ChameleonProcessor", None,
                   {"input_ids", "attention_mask", "pixel_values"}, 16),
+    "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor", "USER: <image>\nDescribe. ASSISTANT:",
+             {"input_ids", "attention_mask", "pixel_values", "image_sizes"}, 35),  # 40x48 pixels: 5 rows of 6 + 1
 }
 PROMPTS_WITHOUT_TEMPLATE = {"chameleon": "<image>Describe."}
 """What a family without a chat template is prompted with (chameleon-7b's model card: the image token in the text)."""
@@ -44,16 +46,16 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     assert model.config.model_type == family and type(model).__name__ == model_class
     assert processor_class in [cls.__name__ for cls in type(processor).__mro__]
 
-    templated = prompt is not None
-    if templated:
+    if prompt is not None:
         assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
     else:
         assert processor.chat_template is None
         prompt = PROMPTS_WITHOUT_TEMPLATE[family]
-    # A chat template writes the BOS itself. Cosmos3-Edge's processor returns the mm_token_type_ids its model
-    # requires only when asked.
-    ask = dict(add_special_tokens=not templated, return_mm_token_type_ids="mm_token_type_ids" in keys,
-               return_tensors="pt")
+    # BOS once: where the prompt has it, the tokenizer adds none. Cosmos3-Edge's processor returns the
+    # mm_token_type_ids its model requires only when asked.
+    bos = processor.tokenizer.bos_token
+    ask = dict(add_special_tokens=not (bos and prompt.startswith(bos)),
+               return_mm_token_type_ids="mm_token_type_ids" in keys, return_tensors="pt")
     inputs = processor(text=[prompt], images=[picture(48, 40)], **ask)
     assert set(inputs) == keys
     assert keys <= forward_parameters(type(model))  # the forward names every output of the processor

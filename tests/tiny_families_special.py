@@ -22,6 +22,11 @@ Quirks worth knowing (transformers 5.x):
   `image_seq_length` x `<image>` + `<eoss>` (here 32x32 images, 8x downsampling: 16) and appends the tokenizer's
   `sep_token` to every text unless called with `return_for_text_completion=True`. The forward sets the logits of
   the image-code tokens to the dtype's minimum (the model never writes images). No chat template on the Hub.
+- Emu3 (BAAI/Emu3-Chat-hf): Chameleon's scheme with a 3-D (temporal) VQ-VAE whose codes are `<|visual token
+  NNNNNN|>` tokens; each row of codes ends with `<|extra_200|>`, so an image of h x w pixels is (h/8) x (w/8 + 1)
+  tokens, set by its size (here 32x32..64x64 pixels: 20..72). The processor writes `<|image start|>H*W<|image
+  token|>` + that many `<image>` + `<|extra_201|><|image end|>`, adds BOS itself (its GPT-2-style tokenizer adds
+  none) and returns `image_sizes`. The LM is `model.text_model`.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ from transformers import (
     ChameleonProcessor,
     ChameleonVQVAEConfig,
     CohereCompassConfig,
+    Emu3Config,
+    Emu3ForConditionalGeneration,
+    Emu3ImageProcessor,
+    Emu3Processor,
+    Emu3VQVAEConfig,
     CohereCompassForConditionalGeneration,
     CohereCompassImageProcessorPil,
     Cosmos3EdgeConfig,
@@ -49,6 +59,7 @@ from .tiny_families import (
     QWEN2_VL_VISION,
     TINY_LM,
     TINY_VISION,
+    LLAVA_TEMPLATE,
     _save,
     qwen_tokenizer,
     special_ids,
@@ -56,7 +67,7 @@ from .tiny_families import (
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge"]
+__all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge", "make_tiny_emu3"]
 
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 MROPE_SECTIONS = [HEAD_DIM // 8, 3 * HEAD_DIM // 16, 3 * HEAD_DIM // 16]
@@ -136,8 +147,10 @@ def make_tiny_cosmos3_edge(out: Path, texts: list[str]) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- Chameleon
 
-CHAMELEON_CODES = 16
-"""The VQ-VAE's codebook size (8192 on the Hub)."""
+VQ_CODES = 16
+"""The VQ-VAEs' codebook size (8192 and 32768 on the Hub)."""
+VQ_DOWNSAMPLING = dict(base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1)
+"""2 ** 3 = 8x: a 32x32 image is a 4x4 grid of codes; 32 channels for the VQ-VAEs' 32-group GroupNorms."""
 
 
 def _image_code_token(code: int) -> str:
@@ -147,14 +160,12 @@ def _image_code_token(code: int) -> str:
 
 def make_tiny_chameleon(out: Path, texts: list[str]) -> Path:
     """ChameleonForConditionalGeneration (facebook/chameleon-7b layout): VQ-VAE image tokens, 16 an image."""
-    image_tokens = ["<racm3:break>", "<eoss>"] + [_image_code_token(code) for code in range(CHAMELEON_CODES)]
+    image_tokens = ["<racm3:break>", "<eoss>"] + [_image_code_token(code) for code in range(VQ_CODES)]
     tokenizer = _tokenizer(texts, "<image>", ["<s>", "</s>", "<pad>", "<reserved08706>"] + image_tokens, bos="<s>",
                            eos="</s>", pad="<pad>")
     tokenizer.sep_token = "<reserved08706>"
-    downsampling = [1, 1, 1, 1]  # 2 ** 3 = 8x: a 32x32 image is a 4x4 grid of codes
-    vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=CHAMELEON_CODES, latent_channels=8, resolution=32,
-                              base_channels=32, channel_multiplier=downsampling, num_res_blocks=1,
-                              attn_resolutions=[])  # GroupNorm: 32 groups
+    vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=VQ_CODES, latent_channels=8, resolution=32,
+                              attn_resolutions=[], **VQ_DOWNSAMPLING)
     config = ChameleonConfig(**TINY_LM, vocab_size=len(tokenizer), vq_config=vq,
                              vocabulary_map=tokenizer.get_vocab(), **special_ids(tokenizer))
     torch.manual_seed(0)
@@ -164,5 +175,32 @@ def make_tiny_chameleon(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# --------------------------------------------------------------------------------------------------------- Emu3
+
+EMU3_TOKENS = {"image_token": "<image>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
+               "image_wrapper_token": "<|image token|>", "eof_token": "<|extra_201|>"}
+"""The tokenizer's named tokens Emu3Processor reads; `<|extra_200|>` ends each row of image codes."""
+
+
+def make_tiny_emu3(out: Path, texts: list[str]) -> Path:
+    """Emu3ForConditionalGeneration (BAAI/Emu3-Chat-hf layout): 3-D VQ-VAE image tokens, their count set by the
+    image's size."""
+    codes = [f"<|visual token {code:06d}|>" for code in range(VQ_CODES)]
+    specials = ["<|extra_203|>", "<|extra_204|>", "<|endoftext|>", "<|extra_200|>"] + list(EMU3_TOKENS.values())[1:]
+    tokenizer = _tokenizer(list(texts) + ["USER: ASSISTANT:"], "<image>", specials + codes, eos="<|extra_204|>",
+                           pad="<|endoftext|>", named={k: v for k, v in EMU3_TOKENS.items() if k != "image_token"})
+    tokenizer.bos_token = "<|extra_203|>"  # written by the processor: the tokenizer adds none
+    vq = Emu3VQVAEConfig(codebook_size=VQ_CODES, embed_dim=4, latent_channels=4, hidden_size=32,
+                         temporal_downsample_factor=4, attn_resolutions=[], **VQ_DOWNSAMPLING)
+    text = dict(TINY_LM, vocab_size=len(tokenizer), attention_dropout=0.0, **special_ids(tokenizer))
+    config = Emu3Config(vq_config=vq, text_config=text, vocabulary_map=tokenizer.get_vocab())
+    torch.manual_seed(0)
+    model = Emu3ForConditionalGeneration(config)
+    image_processor = Emu3ImageProcessor(min_pixels=32 * 32, max_pixels=64 * 64, spatial_factor=8)
+    # Emu3-Chat-hf's template: transformers' conversion script calls it "almost same as llava-1.5 vicuna"; LLaVA-1.5's
+    processor = Emu3Processor(image_processor, tokenizer, chat_template=LLAVA_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {"cohere_compass": make_tiny_cohere_compass, "cosmos3_edge": make_tiny_cosmos3_edge,
-            "chameleon": make_tiny_chameleon}
+            "chameleon": make_tiny_chameleon, "emu3": make_tiny_emu3}
