@@ -1,6 +1,7 @@
 """VerboVision on the model types of tests/tiny_families_special.py, and the image-text model types it refuses as they
 load, with the reason: ones whose images do not reach the model as placeholders in a prompt (Pix2Struct, Kosmos-2.5,
-UDOP, T5Gemma 2), that ignore the prompt (ShieldGemma 2), or that are no image-to-text model at all (a protein-text
+UDOP, T5Gemma 2, BLIP), that need a text-dependent image mask VerboVision never gives (IDEFICS), that ignore the prompt
+(ShieldGemma 2), or that are no image-to-text model at all (a protein-text
 model, robot-action policies, a block-diffusion LM, a text-only LM) though AutoModelForImageTextToText lists them."""
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from verbovision.families import SUPPORT
 
 from .conftest import needs_model_type
 
-REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "evolla", "pi0", "pi05",
-                     "diffusion_gemma", "mistral4"]
+REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "evolla", "pi0",
+                     "pi05", "diffusion_gemma", "mistral4"]
 """Refused from their config alone: `verbo caption` stops before loading any weights or processor."""
 
 

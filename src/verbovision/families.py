@@ -112,6 +112,10 @@ SUPPORT: dict[str, Support] = {
     "udop": Support(refused="a document model: its encoder reads the page's OCR words with their boxes (bbox)"),
     "t5gemma2": Support(refused="its language model is an encoder-decoder whose encoder reads the prompt with the "
                                 "image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    "blip": Support(refused="its text decoder reads the image by cross-attention, not image tokens, and its generate "
+                            "rewrites the prompt (first token to [DEC], the last one dropped as a [SEP])"),
+    "idefics": Support(refused="which image each text token may see (image_attention_mask) is computed by its "
+                               "processor from the text; VerboVision gives the image processor's tensors only"),
     "evolla": Support(refused="a protein-text model: it reads protein sequences, not images"),
     "pi0": Support(refused=_ACTIONS),
     "pi05": Support(refused=_ACTIONS),
