@@ -1,8 +1,9 @@
-"""VerboVision on the model types of tests/tiny_families_special.py, and the image-text model types it refuses as they
-load, with the reason: ones whose images do not reach the model as placeholders in a prompt (Pix2Struct, Kosmos-2.5,
-UDOP, T5Gemma 2, BLIP), that need a text-dependent image mask VerboVision never gives (IDEFICS), that ignore the prompt
-(ShieldGemma 2), or that are no image-to-text model at all (a protein-text
-model, robot-action policies, a block-diffusion LM, a text-only LM) though AutoModelForImageTextToText lists them."""
+"""The image-text model types VerboVision refuses as they load, with the reason: ones whose images do not reach the
+model as placeholders in a prompt (Pix2Struct, Kosmos-2.5, UDOP, T5Gemma 2, BLIP), that need a text-dependent image
+mask VerboVision never gives (IDEFICS, Mllama), that ignore the prompt (ShieldGemma 2), or that are no image-to-text
+model at all (a protein-text model, robot-action policies, a block-diffusion LM, a text-only LM) though
+AutoModelForImageTextToText lists them. The types of tests/tiny_families_special.py that fit are in the family
+matrix."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from verbovision.families import SUPPORT
 
 from .conftest import needs_model_type
 
-REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "evolla", "pi0",
-                     "pi05", "diffusion_gemma", "mistral4"]
+REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "mllama", "evolla",
+                     "pi0", "pi05", "diffusion_gemma", "mistral4"]
 """Refused from their config alone: `verbo caption` stops before loading any weights or processor."""
 
 

@@ -116,6 +116,9 @@ SUPPORT: dict[str, Support] = {
                             "rewrites the prompt (first token to [DEC], the last one dropped as a [SEP])"),
     "idefics": Support(refused="which image each text token may see (image_attention_mask) is computed by its "
                                "processor from the text; VerboVision gives the image processor's tensors only"),
+    "mllama": Support(refused="its language model cross-attends to the image tiles, batched per text, and which tokens "
+                              "see them (cross_attention_mask) is computed by its processor from the text; VerboVision "
+                              "gives the image processor's tensors only"),
     "evolla": Support(refused="a protein-text model: it reads protein sequences, not images"),
     "pi0": Support(refused=_ACTIONS),
     "pi05": Support(refused=_ACTIONS),
