@@ -15,8 +15,8 @@ from verbovision.families import SUPPORT
 
 from .conftest import needs_model_type
 
-REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "mllama", "evolla",
-                     "pi0", "pi05", "diffusion_gemma", "mistral4"]
+REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "mllama",
+                     "evolla", "pi0", "pi05", "diffusion_gemma", "mistral4"]
 """Refused from their config alone: `verbo caption` stops before loading any weights or processor."""
 
 
