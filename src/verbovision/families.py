@@ -34,7 +34,7 @@ COMPONENT_MODULES = {
                "vision_model", "model.vqmodel"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector",
                   "model.visual.merger", "model.visual.deepstack_merger_list", "git.visual_projection",
-                  "enc_to_dec_proj",
+                  "enc_to_dec_proj", "model.embed_vision",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model", "model.embed_tokens", "model.layers", "model.norm"),
@@ -43,10 +43,10 @@ COMPONENT_MODULES = {
 prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
-Cosmos3-Edge's is its 2x2 patch merger `model.projector`; LLaVA-NeXT's and LLaVA-OneVision's learned row separator
-(`model.image_newline`, bare too) trains with the projector, as in their own training. Chameleon keeps its LM's
-layers in `model` itself, beside the VQ-VAE that turns images into tokens of the LM's vocabulary (`model.vqmodel`,
-vision; no connector)."""
+Cosmos3-Edge's is its 2x2 patch merger `model.projector`, Gemma 4's `model.embed_vision`; LLaVA-NeXT's and
+LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector, as in their own
+training. Chameleon keeps its LM's layers in `model` itself, beside the VQ-VAE that turns images into tokens of the
+LM's vocabulary (`model.vqmodel`, vision; no connector)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
