@@ -44,6 +44,7 @@ from .tiny_families_special import (
     make_tiny_cohere_compass,
     make_tiny_cosmos3_edge,
     make_tiny_emu3,
+    make_tiny_gemma4,
 )
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
@@ -103,6 +104,7 @@ MATRIX = {
     "cosmos3_edge": Case(make_tiny_cosmos3_edge, "chat", FROZEN_VISION),
     "chameleon": Case(make_tiny_chameleon, "plain", VQ_IMAGES),
     "emu3": Case(make_tiny_emu3, "chat", VQ_IMAGES),
+    "gemma4": Case(make_tiny_gemma4, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

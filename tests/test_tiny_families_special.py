@@ -30,6 +30,9 @@ FAMILIES = {
                   {"input_ids", "attention_mask", "pixel_values"}, 16),
     "emu3": ("Emu3ForConditionalGeneration", "Emu3Processor", "USER: <image>\nDescribe. ASSISTANT:",
              {"input_ids", "attention_mask", "pixel_values", "image_sizes"}, 35),  # 40x48 pixels: 5 rows of 6 + 1
+    "gemma4": ("Gemma4ForConditionalGeneration", "Gemma4Processor",
+               "<bos><|turn>user\n<|image|>Describe.<turn|>\n<|turn>model\n",
+               {"input_ids", "attention_mask", "pixel_values", "image_position_ids", "mm_token_type_ids"}, 63),
 }
 PROMPTS_WITHOUT_TEMPLATE = {"chameleon": "<image>Describe."}
 """What a family without a chat template is prompted with (chameleon-7b's model card: the image token in the text)."""

@@ -27,10 +27,18 @@ Quirks worth knowing (transformers 5.x):
   tokens, set by its size (here 32x32..64x64 pixels: 20..72). The processor writes `<|image start|>H*W<|image
   token|>` + that many `<image>` + `<|extra_201|><|image end|>`, adds BOS itself (its GPT-2-style tokenizer adds
   none) and returns `image_sizes`. The LM is `model.text_model`.
+- Gemma 4 (google/gemma-4-*-it): images become flat patches with 2-D positions (`pixel_values` [images, patches,
+  3*8*8], `image_position_ids`), pooled 2x2 after the tower and projected by `model.embed_vision` into a Gemma 4 LM
+  (per-layer input embeddings, sliding + full attention layers). The image processor sizes each image to at most
+  `max_soft_tokens` pooled tokens (70 is the least it accepts), keeping the aspect ratio: the count follows the image.
+  The processor replaces `<|image|>` with `<|image>` + n x `<|image|>` + `<image|>` and the model takes
+  `mm_token_type_ids` (1 on the image tokens). It holds an audio feature extractor (numpy) and a video processor
+  (torchvision): without torchvision the builder writes the files `save_pretrained` would write.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -46,6 +54,10 @@ from transformers import (
     Emu3ImageProcessor,
     Emu3Processor,
     Emu3VQVAEConfig,
+    Gemma4AudioFeatureExtractor,
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
+    Gemma4ImageProcessorPil,
     CohereCompassForConditionalGeneration,
     CohereCompassImageProcessorPil,
     Cosmos3EdgeConfig,
@@ -62,12 +74,15 @@ from .tiny_families import (
     LLAVA_TEMPLATE,
     _save,
     qwen_tokenizer,
+    save_processor_files,
     special_ids,
 )
+from .tiny_families_gemma_smol import GEMMA_LM, _gemma_tokenizer
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge", "make_tiny_emu3"]
+__all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge", "make_tiny_emu3",
+           "make_tiny_gemma4"]
 
 HEAD_DIM = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
 MROPE_SECTIONS = [HEAD_DIM // 8, 3 * HEAD_DIM // 16, 3 * HEAD_DIM // 16]
@@ -202,5 +217,54 @@ def make_tiny_emu3(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# ------------------------------------------------------------------------------------------------------ Gemma 4
+
+# The Hub checkpoints' template (with system turns, tools and a thinking switch) is not available offline: this one
+# writes the turns and image placeholder of Gemma 4's prompt format (ai.google.dev/gemma/docs/core/
+# prompt-formatting-gemma4): `<|turn>user\n...<turn|>\n`, `model` for the assistant, BOS first.
+GEMMA4_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|turn>' + ('model' if message.role == 'assistant' else message.role) + '\\n' }}"
+    "{% if message.content is string %}{{ message.content | trim }}{% else %}{% for item in message.content %}"
+    "{% if item.type == 'image' %}{{ '<|image|>' }}{% elif item.type == 'text' %}{{ item.text | trim }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '<turn|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|turn>model\\n' }}{% endif %}"
+)
+GEMMA4_IMAGES = dict(patch_size=8, pooling_kernel_size=2, max_soft_tokens=70)
+"""8x8 patches pooled 2x2: at most 70 image tokens (280 patches) an image."""
+
+
+def make_tiny_gemma4(out: Path, texts: list[str]) -> Path:
+    """Gemma4ForConditionalGeneration (google/gemma-4-*-it layout, no audio tower): up to 70 image tokens."""
+    # The audio tokens too: without them the processor refuses every call (transformers 5.25: `audio is not None and
+    # no audio_token or no boa_token or no eoa_token`, without parentheses)
+    named = dict(boi_token="<|image>", eoi_token="<image|>", image_token="<|image|>", boa_token="<|audio>",
+                 eoa_token="<audio|>", audio_token="<|audio|>")
+    tokenizer = _gemma_tokenizer(list(texts) + ["user\nmodel\n"], ["<|turn>", "<turn|>"] + list(named.values()),
+                                 **named)
+    token = tokenizer.convert_tokens_to_ids
+    ids = special_ids(tokenizer)
+    text = dict(GEMMA_LM, vocab_size=len(tokenizer), vocab_size_per_layer_input=len(tokenizer),
+                hidden_size_per_layer_input=8, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                global_head_dim=GEMMA_LM["head_dim"], **ids)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, position_embedding_size=64, **GEMMA4_IMAGES)
+    del vision["max_soft_tokens"]
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None, boi_token_id=token("<|image>"),
+                          eoi_token_id=token("<image|>"), image_token_id=token("<|image|>"),
+                          video_token_id=None, boa_token_id=token("<|audio>"), eoa_token_index=token("<audio|>"),
+                          audio_token_id=token("<|audio|>"))
+    torch.manual_seed(0)
+    model = Gemma4ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(**dict(ids, eos_token_id=[ids["eos_token_id"], token("<turn|>")]))
+    model.save_pretrained(out)
+    image_processor = Gemma4ImageProcessorPil(**GEMMA4_IMAGES)
+    video = {"video_processor_type": "Gemma4VideoProcessor", **GEMMA4_IMAGES}
+    save_processor_files(Path(out), "Gemma4Processor", image_processor, tokenizer, GEMMA4_TEMPLATE, video,
+                         feature_extractor=json.loads(Gemma4AudioFeatureExtractor().to_json_string()),
+                         image_seq_length=GEMMA4_IMAGES["max_soft_tokens"])
+    return Path(out)
+
+
 BUILDERS = {"cohere_compass": make_tiny_cohere_compass, "cosmos3_edge": make_tiny_cosmos3_edge,
-            "chameleon": make_tiny_chameleon, "emu3": make_tiny_emu3}
+            "chameleon": make_tiny_chameleon, "emu3": make_tiny_emu3, "gemma4": make_tiny_gemma4}
