@@ -13,7 +13,7 @@ from transformers import AutoConfig
 from verbovision.cli import main
 from verbovision.families import SUPPORT
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 
 REFUSED_BY_CONFIG = ["shieldgemma2", "kosmos-2.5", "pix2struct", "udop", "t5gemma2", "blip", "idefics", "mllama",
                      "evolla", "pi0", "pi05", "diffusion_gemma", "mistral4"]

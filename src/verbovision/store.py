@@ -127,7 +127,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         try:
-            family_of(AutoConfig.from_pretrained(path_str))  # a refused model type, before its weights and processor
+            family_of(AutoConfig.from_pretrained(path_str))  # a refused model type is refused before its weights load
             model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
