@@ -55,6 +55,13 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
+from .tiny_families_special import (
+    make_tiny_chameleon,
+    make_tiny_cohere_compass,
+    make_tiny_cosmos3_edge,
+    make_tiny_emu3,
+    make_tiny_gemma4,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -77,6 +84,8 @@ from .tiny_families_qwen_more import (
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "lora"}
+VQ_IMAGES = {"vision": "frozen", "language": "lora"}
+"""Images as VQ-VAE codes in the LM's own vocabulary: no connector."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,11 @@ MATRIX = {
     "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
     "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
     "cosmos3_omni": Case(make_tiny_cosmos3_omni, "chat", FROZEN_VISION),
+    "cohere_compass": Case(make_tiny_cohere_compass, "chat", FROZEN_VISION),
+    "cosmos3_edge": Case(make_tiny_cosmos3_edge, "chat", FROZEN_VISION),
+    "chameleon": Case(make_tiny_chameleon, "plain", VQ_IMAGES),
+    "emu3": Case(make_tiny_emu3, "chat", VQ_IMAGES),
+    "gemma4": Case(make_tiny_gemma4, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

@@ -282,7 +282,7 @@ def _images_only_processor(path: str, error: Exception):
     (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's). Every other setting saved in processor_config.json is kept (the image
     token counts and feature strategies the processor expands images with); VerboVision handles images only, and
     `save_processor` writes such a processor back whole."""
-    from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, ProcessorMixin
     from transformers.models.auto.processing_auto import processor_class_from_name
     from transformers.utils import cached_file
 
@@ -304,9 +304,12 @@ def _images_only_processor(path: str, error: Exception):
 
     init = inspect.signature(cls.__init__).parameters
     settings = {k: v for k, v in saved.items() if k in init and k not in cls.get_attributes() and k != "chat_template"}
+    # Gemma 4's processor also holds an audio feature extractor, which loads without torchvision
+    others = {"feature_extractor": AutoFeatureExtractor.from_pretrained(path)} \
+        if "feature_extractor" in cls.get_attributes() else {}
     processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
                            tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
-                           chat_template=_read_chat_templates(path), **settings)
+                           chat_template=_read_chat_templates(path), **others, **settings)
     processor.source_config = Path(config_file)
     return processor
 
