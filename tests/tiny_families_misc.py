@@ -1,0 +1,112 @@
+"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7, built offline. Same contract as tests/tiny_families.py:
+`make_tiny_<family>(out, texts)` saves a random float32 model and its real processor class to `out`, laid out as
+`save_pretrained` writes it, so that `AutoModelForImageTextToText.from_pretrained(out)` loads it and (with
+torchvision) `AutoProcessor.from_pretrained(out)`.
+
+Cohere2Vision (CohereLabs/command-a-vision's layout) has no builder: `Cohere2VisionImageProcessor`, the image
+processor of its checkpoints, exists only in a torchvision version in transformers 5.25 (no `*Pil` twin).
+
+Quirks worth knowing (transformers 5.25):
+- MiniCPM-V 4.6: SigLIP-like tower with a window-attention merger after layer `insert_layer_id` (2x2 patches -> 1) and
+  a downsampling merger (2x2 again: "16x" mode, 16 patches per token), a Qwen3.5 LM (hybrid: linear-attention and
+  full-attention layers). The image processor NaViT-packs every image of a call into one row: `pixel_values`
+  (1, 3, patch, n_patches * patch) and `target_sizes` (crops, 2) in patches; an image is resized to multiples of
+  4 patches (here 48x40 -> 8x8 patches -> 4 tokens) and sliced into up to `max_slice_nums` crops only when larger
+  than `scale_resolution` squared. It also returns `grids` and `num_patches_per_image`, which only the processor reads.
+  The processor replaces each `<|image_pad|>` with `<image_id>N</image_id><image>` + tokens + `</image>` (+ one
+  `<slice>...</slice>` per crop, a newline after each row); its image tokens are named tokenizer attributes.
+- `MiniCPMV4_6Processor.__init__` reads its video processor's `slice_mode` and `downsample_mode`: built without
+  torchvision (no video processor), it needs a stand-in holding them (verbovision.store does so from the saved
+  settings; the builder writes them explicitly into processor_config.json's `video_processor`).
+- MiniCPM-V 4.7: as 4.6, plus canvas M-RoPE: the model places image tokens on a 2-D canvas pinned by the
+  `<image>`/`</image>`/`<slice>`/`</slice>` and newline token ids (config `image_start_id`...`newline_id`), computed
+  from the whole row; the processor also returns `mm_token_type_ids`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    GenerationConfig,
+    MiniCPMV4_6Config,
+    MiniCPMV4_6ForConditionalGeneration,
+    MiniCPMV4_7Config,
+    MiniCPMV4_7ForConditionalGeneration,
+)
+from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
+
+from .tiny_families import TINY_LM, TINY_VISION, special_ids
+from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
+
+__all__ = ["BUILDERS", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
+
+MINICPMV_TOKENS = {"video_token": "<|video_pad|>", "image_start_token": "<image>", "image_end_token": "</image>",
+                   "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+                   "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
+"""The image tokens MiniCPMV4_6Processor reads from tokenizer attributes (MiniCPM-V's markers)."""
+
+MINICPMV_SIDE = 64
+"""Images up to 64x64 pixels (8x8 patches of 8) are one crop; larger ones are sliced."""
+
+MINICPMV_IMAGES = dict(patch_size=TINY_VISION["patch_size"], scale_resolution=MINICPMV_SIDE, max_slice_nums=4,
+                       slice_mode=True, downsample_mode="16x")
+
+# ChatML as Qwen3.5's chat template renders it, each image part as the image token. The Hub's chat_template.jinja
+# (openbmb/MiniCPM-V-4.6, with tool calls and thinking) was not available offline; this keeps its turn layout only.
+MINICPMV_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<|image_pad|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|video_pad|>' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _minicpmv_text_config(vocab_size: int, ids: dict) -> dict:
+    """A tiny Qwen3.5 text config: one linear-attention (gated delta) layer, one full-attention layer."""
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    return dict(TINY_LM, model_type="qwen3_5_text", vocab_size=vocab_size, head_dim=head_dim,
+                layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+                linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, **ids)
+
+
+def _make_tiny_minicpmv(out: Path, texts: list[str], config_class, model_class, processor_class: str,
+                        marker_ids: bool) -> Path:
+    """MiniCPM-V 4.6 / 4.7 (`marker_ids`: the config names the canvas markers' token ids, as 4.7's does)."""
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(MINICPMV_TOKENS.values()),
+                           eos="<|im_end|>", named=MINICPMV_TOKENS)
+    token = tokenizer.convert_tokens_to_ids
+    markers = dict(image_start_id=token("<image>"), image_end_id=token("</image>"), slice_start_id=token("<slice>"),
+                   slice_end_id=token("</slice>"), newline_id=token("\n")) if marker_ids else {}
+    config = config_class(text_config=_minicpmv_text_config(len(tokenizer), special_ids(tokenizer)),
+                          vision_config=dict(TINY_VISION, image_size=MINICPMV_SIDE), insert_layer_id=0,
+                          image_size=MINICPMV_SIDE, image_token_id=tokenizer.image_token_id,
+                          video_token_id=token("<|video_pad|>"), downsample_mode="16x", **markers)
+    torch.manual_seed(0)
+    model = model_class(config)
+    image_processor = MiniCPMV4_6ImageProcessorPil(**MINICPMV_IMAGES)
+    video = {"video_processor_type": "MiniCPMV4_6VideoProcessor", **MINICPMV_IMAGES}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), processor_class,
+                                      image_processor, tokenizer, MINICPMV_TEMPLATE, {}, video)
+
+
+def make_tiny_minicpmv4_6(out: Path, texts: list[str]) -> Path:
+    """MiniCPMV4_6ForConditionalGeneration in openbmb/MiniCPM-V-4.6's layout (4 tokens per 64x64 crop)."""
+    return _make_tiny_minicpmv(out, texts, MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration,
+                               "MiniCPMV4_6Processor", marker_ids=False)
+
+
+def make_tiny_minicpmv4_7(out: Path, texts: list[str]) -> Path:
+    """MiniCPMV4_7ForConditionalGeneration (canvas M-RoPE) in openbmb/MiniCPM-V-4.7-1B's layout."""
+    return _make_tiny_minicpmv(out, texts, MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration,
+                               "MiniCPMV4_7Processor", marker_ids=True)
+
+
+BUILDERS = {
+    "minicpmv4_6": make_tiny_minicpmv4_6,
+    "minicpmv4_7": make_tiny_minicpmv4_7,
+}
+"""Builder per config.model_type."""
