@@ -55,6 +55,7 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
+from .tiny_families_misc import make_tiny_minicpmv4_6, make_tiny_minicpmv4_7
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -107,6 +108,8 @@ MATRIX = {
     "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
     "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
+    "minicpmv4_6": Case(make_tiny_minicpmv4_6, "chat", FROZEN_VISION),
+    "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
