@@ -23,6 +23,10 @@ FAMILIES = {
                     4),  # 48x40 -> 64x64 pixels, 8x8 patches, 16 per token
     "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "MiniCPMV4_7Processor", CHATML_PROMPT,
                     MINICPMV_KEYS | {"mm_token_type_ids"}, 4),
+    "glmga": ("Glm46VForConditionalGeneration", "Glm46VProcessor",
+              "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>Describe.<|assistant|>\n",
+              {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"},
+              6),  # 48x40 -> 48x32 pixels -> 3x2 merged tokens
 }
 
 
@@ -54,5 +58,5 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     loss = model(**full, labels=labels).loss
     assert math.isfinite(loss.item())
     loss.backward()
-    patch_embedding = next(p for n, p in model.named_parameters() if "vision" in n)
+    patch_embedding = next(p for n, p in model.named_parameters() if "vision" in n or "visual" in n)
     assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower

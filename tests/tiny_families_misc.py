@@ -1,4 +1,4 @@
-"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7, built offline. Same contract as tests/tiny_families.py:
+"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7 and of the GLM-V families (Glmga), built offline. Same contract as tests/tiny_families.py:
 `make_tiny_<family>(out, texts)` saves a random float32 model and its real processor class to `out`, laid out as
 `save_pretrained` writes it, so that `AutoModelForImageTextToText.from_pretrained(out)` loads it and (with
 torchvision) `AutoProcessor.from_pretrained(out)`.
@@ -21,6 +21,12 @@ Quirks worth knowing (transformers 5.25):
 - MiniCPM-V 4.7: as 4.6, plus canvas M-RoPE: the model places image tokens on a 2-D canvas pinned by the
   `<image>`/`</image>`/`<slice>`/`</slice>` and newline token ids (config `image_start_id`...`newline_id`), computed
   from the whole row; the processor also returns `mm_token_type_ids`.
+- Glmga: GLM-4.6V's model class (`Glm46VForConditionalGeneration`, GLM-4V tower and M-RoPE LM) and processor
+  (`Glm46VProcessor`; transformers maps no processor to the type: processor_config.json names it) with the type's
+  own image processor (Qwen2-VL's patching: patch 8, merge 2, here 4..16 tokens). The text holds
+  `<|begin_of_image|><|image|><|end_of_image|>`; the processor expands `<|image|>` and returns `mm_token_type_ids`
+  (1 on image tokens). The LM's rotary embedding covers half of each head (`partial_rotary_factor` 0.5), so the
+  M-RoPE sections split a quarter of head_dim. `Glm46VProcessor` holds a video processor: saved as for MiniCPM-V.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from pathlib import Path
 import torch
 from transformers import (
     GenerationConfig,
+    Glm46VForConditionalGeneration,
+    GlmgaConfig,
+    GlmgaImageProcessorPil,
     MiniCPMV4_6Config,
     MiniCPMV4_6ForConditionalGeneration,
     MiniCPMV4_7Config,
@@ -37,10 +46,10 @@ from transformers import (
 )
 from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 
-from .tiny_families import TINY_LM, TINY_VISION, special_ids
+from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, mrope_text_config, special_ids
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
+__all__ = ["BUILDERS", "make_tiny_glmga", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
 
 MINICPMV_TOKENS = {"video_token": "<|video_pad|>", "image_start_token": "<image>", "image_end_token": "</image>",
                    "slice_start_token": "<slice>", "slice_end_token": "</slice>",
@@ -105,8 +114,66 @@ def make_tiny_minicpmv4_7(out: Path, texts: list[str]) -> Path:
                                "MiniCPMV4_7Processor", marker_ids=True)
 
 
+# ------------------------------------------------------------------------------------------------------ GLM-V
+
+GLM_TOKENS = ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>", "<|endoftext|>",
+              "<|begin_of_image|>", "<|end_of_image|>", "<|video|>", "<|begin_of_video|>", "<|end_of_video|>"]
+
+# GLM-4.5V/4.6V's chat template (zai-org/GLM-4.5V's chat_template.jinja) reduced to its turn layout: `[gMASK]<sop>`,
+# `<|role|>\n` before each turn, an image part as `<|begin_of_image|><|image|><|end_of_image|>`, the generation
+# prompt `<|assistant|>\n` (the Hub file's tool calls and thinking switches are left out; it writes no end of turn).
+GLM_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif content['type'] == 'video' %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def _make_tiny_glm_v(out: Path, texts: list[str], config_class, model_class, processor_class: str, image_processor,
+                     video_processor: str, text: dict, vision: dict) -> Path:
+    """A GLM-V checkpoint: `text` and `vision` are the sub-configs without the tokenizer's ids."""
+    tokenizer = _tokenizer(list(texts), "<|image|>", GLM_TOKENS, eos="<|endoftext|>", pad="<|endoftext|>")
+    token = tokenizer.convert_tokens_to_ids
+    config = config_class(
+        text_config=dict(text, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=vision, image_token_id=token("<|image|>"), video_token_id=token("<|video|>"),
+        image_start_token_id=token("<|begin_of_image|>"), image_end_token_id=token("<|end_of_image|>"),
+        video_start_token_id=token("<|begin_of_video|>"), video_end_token_id=token("<|end_of_video|>"))
+    torch.manual_seed(0)
+    model = model_class(config)
+    # GLM-V checkpoints stop at the end of text, a new user turn or a tool call
+    generation = GenerationConfig(eos_token_id=[token(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")],
+                                  pad_token_id=tokenizer.pad_token_id)
+    video = {"video_processor_type": video_processor, **QWEN2_VL_VISION}
+    return _save_with_video_processor(out, model, generation, processor_class, image_processor, tokenizer,
+                                      GLM_TEMPLATE, {}, video)
+
+
+GLM4V_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
+                    image_size=32, patch_size=QWEN2_VL_VISION["patch_size"],
+                    temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                    spatial_merge_size=QWEN2_VL_VISION["merge_size"])
+
+
+def make_tiny_glmga(out: Path, texts: list[str]) -> Path:
+    """Glm46VForConditionalGeneration with a GlmgaConfig: GLM-4V tower, GLM-4 LM with M-RoPE over half of each head."""
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    # (temporal, height, width) sections of the head_dim/4 rotated frequencies ([8, 12, 12] at 128, GLM-4.1V's)
+    text = mrope_text_config(0, {}, partial_rotary_factor=0.5,
+                             mrope_section=[head_dim // 8, head_dim // 16, head_dim // 16])
+    image_processor = GlmgaImageProcessorPil(**QWEN2_VL_VISION, size={"shortest_edge": QWEN2_VL_PIXELS["min_pixels"],
+                                                                      "longest_edge": QWEN2_VL_PIXELS["max_pixels"]})
+    return _make_tiny_glm_v(out, texts, GlmgaConfig, Glm46VForConditionalGeneration, "Glm46VProcessor",
+                            image_processor, "GlmgaVideoProcessor", text, GLM4V_VISION)
+
+
 BUILDERS = {
     "minicpmv4_6": make_tiny_minicpmv4_6,
     "minicpmv4_7": make_tiny_minicpmv4_7,
+    "glmga": make_tiny_glmga,
 }
 """Builder per config.model_type."""
