@@ -1,4 +1,4 @@
-"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7 and of the GLM-V families (Glmga), built offline. Same contract as tests/tiny_families.py:
+"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7 and of the GLM-V families (Glmga, GLM-5-Next), built offline. Same contract as tests/tiny_families.py:
 `make_tiny_<family>(out, texts)` saves a random float32 model and its real processor class to `out`, laid out as
 `save_pretrained` writes it, so that `AutoModelForImageTextToText.from_pretrained(out)` loads it and (with
 torchvision) `AutoProcessor.from_pretrained(out)`.
@@ -27,6 +27,10 @@ Quirks worth knowing (transformers 5.25):
   `<|begin_of_image|><|image|><|end_of_image|>`; the processor expands `<|image|>` and returns `mm_token_type_ids`
   (1 on image tokens). The LM's rotary embedding covers half of each head (`partial_rotary_factor` 0.5), so the
   M-RoPE sections split a quarter of head_dim. `Glm46VProcessor` holds a video processor: saved as for MiniCPM-V.
+- GLM-5-Next (zai-org/GLM-5.3-Flash): `Glm5NextProcessor` (GLM-4.6V's) and the same text layout; GLM-OCR-like tower;
+  an LM of linear-attention (KDA) and MLA layers with a sparse-attention (DSA) indexer, MoE feed-forward layers after
+  the dense ones, hyper-connection residual streams (`hc_mult`) and no rotary embedding. Its image processor sizes
+  images by token count (`min_image_tokens`..`max_image_tokens`, here 4..16: 48x40 -> 9 tokens).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from pathlib import Path
 import torch
 from transformers import (
     GenerationConfig,
+    Glm5NextConfig,
+    Glm5NextForConditionalGeneration,
+    Glm5NextImageProcessorPil,
     Glm46VForConditionalGeneration,
     GlmgaConfig,
     GlmgaImageProcessorPil,
@@ -49,7 +56,7 @@ from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, mrope_text_config, special_ids
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_glmga", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
+__all__ = ["BUILDERS", "make_tiny_glm5_next", "make_tiny_glmga", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
 
 MINICPMV_TOKENS = {"video_token": "<|video_pad|>", "image_start_token": "<image>", "image_end_token": "</image>",
                    "slice_start_token": "<slice>", "slice_end_token": "</slice>",
@@ -171,9 +178,26 @@ def make_tiny_glmga(out: Path, texts: list[str]) -> Path:
                             image_processor, "GlmgaVideoProcessor", text, GLM4V_VISION)
 
 
+GLM5_NEXT_TEXT = dict(TINY_LM, num_key_value_heads=2, head_dim=16, q_lora_rank=16, kv_lora_rank=16,
+                      qk_nope_head_dim=16, v_head_dim=16, moe_intermediate_size=16, n_routed_experts=4,
+                      num_experts_per_tok=2, linear_head_dim=8, linear_num_heads=2, hc_mult=2, index_head_dim=8,
+                      index_n_heads=2, index_topk=16, layer_types=["linear_attention", "indexed_attention"],
+                      mlp_layer_types=["dense", "sparse"])
+"""One KDA layer with a dense MLP, one MLA (DSA) layer with MoE."""
+
+
+def make_tiny_glm5_next(out: Path, texts: list[str]) -> Path:
+    """Glm5NextForConditionalGeneration in zai-org/GLM-5.3-Flash's layout (4..16 image tokens)."""
+    image_processor = Glm5NextImageProcessorPil(**QWEN2_VL_VISION, min_image_tokens=4, max_image_tokens=16)
+    return _make_tiny_glm_v(out, texts, Glm5NextConfig, Glm5NextForConditionalGeneration, "Glm5NextProcessor",
+                            image_processor, "Glm5NextVideoProcessor", GLM5_NEXT_TEXT,
+                            dict(GLM4V_VISION, projection_intermediate_size=64))
+
+
 BUILDERS = {
     "minicpmv4_6": make_tiny_minicpmv4_6,
     "minicpmv4_7": make_tiny_minicpmv4_7,
+    "glm5_next": make_tiny_glm5_next,
     "glmga": make_tiny_glmga,
 }
 """Builder per config.model_type."""
