@@ -81,8 +81,8 @@ class Support:
 
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
-_LINEAR_ATTENTION = ("its language model's linear-attention layers (Qwen3.5's gated delta rule) carry their state "
-                     "along the whole row, across the packed examples' boundaries")
+_LINEAR_ATTENTION = ("its language model's linear-attention layers carry their state along the whole row, across the "
+                     "packed examples' boundaries")
 
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
@@ -106,7 +106,8 @@ SUPPORT: dict[str, Support] = {
     **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
         refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
                 "which VerboVision does not give it")),
-    **dict.fromkeys(("minicpmv4_6", "minicpmv4_7"), Support(packs=False, packing_refusal=_LINEAR_ATTENTION)),
+    **dict.fromkeys(("minicpmv4_6", "minicpmv4_7", "glm5_next"),
+                    Support(packs=False, packing_refusal=_LINEAR_ATTENTION)),
     "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
                                 "own), and VerboVision places each image's features at its image tokens"),
 }
