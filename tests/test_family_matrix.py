@@ -55,7 +55,12 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
-from .tiny_families_misc import make_tiny_glmga, make_tiny_minicpmv4_6, make_tiny_minicpmv4_7
+from .tiny_families_misc import (
+    make_tiny_glm5_next,
+    make_tiny_glmga,
+    make_tiny_minicpmv4_6,
+    make_tiny_minicpmv4_7,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -111,6 +116,7 @@ MATRIX = {
     "minicpmv4_6": Case(make_tiny_minicpmv4_6, "chat", FROZEN_VISION),
     "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
     "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
+    "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
