@@ -34,8 +34,9 @@ COMPONENT_MODULES = {
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
                "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.merger",
-                  "model.visual.merger", "model.visual.deepstack_merger_list", "git.visual_projection",
-                  "enc_to_dec_proj", "query_tokens", "qformer", "language_projection", "model.image_newline"),
+                  "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
+                  "git.visual_projection", "enc_to_dec_proj", "query_tokens", "qformer", "language_projection",
+                  "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
@@ -45,7 +46,8 @@ Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the 
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
 as in their own training. MiniCPM-V's projector is `model.merger`; its window-attention merger between two vision layers
-(`model.vision_tower.vit_merger`) stays with the vision tower."""
+(`model.vision_tower.vit_merger`) stays with the vision tower. Hy4-VL's `model.vision_tower.patch_merger`, like
+Qwen2-VL's merger, projects the tower's output into the LM (with its learned image begin / end / newline embeddings)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
