@@ -1,4 +1,5 @@
-"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7 and of the GLM-V families (Glmga, GLM-5-Next), built offline. Same contract as tests/tiny_families.py:
+"""Tiny random checkpoints of MiniCPM-V 4.6 and 4.7, of the GLM-V families (Glmga, GLM-5-Next) and of Hy4-VL, built
+offline. Same contract as tests/tiny_families.py:
 `make_tiny_<family>(out, texts)` saves a random float32 model and its real processor class to `out`, laid out as
 `save_pretrained` writes it, so that `AutoModelForImageTextToText.from_pretrained(out)` loads it and (with
 torchvision) `AutoProcessor.from_pretrained(out)`.
@@ -31,6 +32,12 @@ Quirks worth knowing (transformers 5.25):
   an LM of linear-attention (KDA) and MLA layers with a sparse-attention (DSA) indexer, MoE feed-forward layers after
   the dense ones, hyper-connection residual streams (`hc_mult`) and no rotary embedding. Its image processor sizes
   images by token count (`min_image_tokens`..`max_image_tokens`, here 4..16: 48x40 -> 9 tokens).
+- Hy4-VL (tencent/Hy4): `HYV4VLProcessor` is Qwen2-VL's processor counting one extra (newline) token per merged row:
+  (grid_h / 2) * (grid_w / 2 + 1) tokens (48x40 -> 6x4 patches -> 8); the image token is the tokenizer's
+  `image_token` attribute. HunYuan-VL tower whose `patch_merger` (convolution, MLP, learned begin / end / newline
+  embeddings) projects into the LM; an MLA + DSA + MoE LM with hyper-connections and M-RoPE over the rope slice of
+  each head (`qk_rope_head_dim`, which the config also reports as `head_dim`). `HYV4VLProcessor` holds a video
+  processor: saved as for MiniCPM-V.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from transformers import (
     Glm5NextForConditionalGeneration,
     Glm5NextImageProcessorPil,
     Glm46VForConditionalGeneration,
+    HYV4VLConfig,
+    HYV4VLForConditionalGeneration,
+    HYV4VLImageProcessorPil,
     GlmgaConfig,
     GlmgaImageProcessorPil,
     MiniCPMV4_6Config,
@@ -56,7 +66,8 @@ from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, mrope_text_config, special_ids
 from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
 
-__all__ = ["BUILDERS", "make_tiny_glm5_next", "make_tiny_glmga", "make_tiny_minicpmv4_6", "make_tiny_minicpmv4_7"]
+__all__ = ["BUILDERS", "make_tiny_glm5_next", "make_tiny_glmga", "make_tiny_hy_v4_vl", "make_tiny_minicpmv4_6",
+           "make_tiny_minicpmv4_7"]
 
 MINICPMV_TOKENS = {"video_token": "<|video_pad|>", "image_start_token": "<image>", "image_end_token": "</image>",
                    "slice_start_token": "<slice>", "slice_end_token": "</slice>",
@@ -194,10 +205,63 @@ def make_tiny_glm5_next(out: Path, texts: list[str]) -> Path:
                             dict(GLM4V_VISION, projection_intermediate_size=64))
 
 
+# ------------------------------------------------------------------------------------------------------ Hy4-VL
+
+HY_TOKENS = {"bos": "<｜hy_begin▁of▁sentence｜>", "user": "<｜hy_User｜>", "assistant": "<｜hy_Assistant｜>",
+             "system": "<｜hy_place▁holder▁no▁3｜>", "image_start": "<｜hy_place▁holder▁no▁100｜>",
+             "image": "<｜hy_place▁holder▁no▁102｜>", "image_end": "<｜hy_place▁holder▁no▁101｜>",
+             "video": "<｜hy_place▁holder▁no▁103｜>"}
+
+# HunYuan-VL's prompt layout, as ms-swift's `hunyuan_ocr` template writes it (Hy4's own chat_template.jinja was not
+# available offline): BOS, each turn's text followed by its role's token (a system turn by placeholder 3), a new BOS
+# after each reply that is not the last; an image as start, image and end placeholder tokens.
+HY_TEMPLATE = (
+    "{{ '<｜hy_begin▁of▁sentence｜>' }}{% for message in messages %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<｜hy_place▁holder▁no▁100｜><｜hy_place▁holder▁no▁102｜>"
+    "<｜hy_place▁holder▁no▁101｜>' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ '<｜hy_place▁holder▁no▁3｜>' }}"
+    "{% elif message['role'] == 'user' %}{{ '<｜hy_User｜>' }}"
+    "{% else %}{{ '<｜hy_Assistant｜>' }}{% if not loop.last %}{{ '<｜hy_begin▁of▁sentence｜>' }}{% endif %}{% endif %}"
+    "{% endfor %}"
+)
+
+HY_PATCHES = dict(patch_size=TINY_VISION["patch_size"], merge_size=2)
+
+
+def make_tiny_hy_v4_vl(out: Path, texts: list[str]) -> Path:
+    """HYV4VLForConditionalGeneration in tencent/Hy4's layout (4..16 merged patches per image, plus row newlines)."""
+    tokens = HY_TOKENS
+    tokenizer = _tokenizer(list(texts), tokens["image"], [t for k, t in tokens.items() if k != "image"],
+                           eos=tokens["assistant"], named={"video_token": tokens["video"]})
+    token = tokenizer.convert_tokens_to_ids
+    rope_dim = 8
+    text = dict(TINY_LM, vocab_size=len(tokenizer), bos_token_id=token(tokens["bos"]),
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, q_lora_rank=16,
+                kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=rope_dim, v_head_dim=16,
+                moe_intermediate_size=16, n_routed_experts=4, num_experts_per_tok=2, index_head_dim=8,
+                index_n_heads=2, index_topk=16, hc_mult=2,
+                # (temporal, height, width) sections of the rope slice's rope_dim/2 frequencies ([12, 10, 10] at 64)
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": [rope_dim // 4, rope_dim // 8, rope_dim // 8]})
+    vision = dict(TINY_VISION, spatial_merge_size=HY_PATCHES["merge_size"], out_hidden_size=TINY_LM["hidden_size"],
+                  max_image_size=64)
+    config = HYV4VLConfig(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id,
+                          video_token_id=token(tokens["video"]))
+    torch.manual_seed(0)
+    model = HYV4VLForConditionalGeneration(config)
+    image_processor = HYV4VLImageProcessorPil(**HY_PATCHES, **QWEN2_VL_PIXELS)
+    video = {"video_processor_type": "HYV4VLVideoProcessor", **HY_PATCHES}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "HYV4VLProcessor",
+                                      image_processor, tokenizer, HY_TEMPLATE, {}, video)
+
+
 BUILDERS = {
     "minicpmv4_6": make_tiny_minicpmv4_6,
     "minicpmv4_7": make_tiny_minicpmv4_7,
     "glm5_next": make_tiny_glm5_next,
+    "hy_v4_vl": make_tiny_hy_v4_vl,
     "glmga": make_tiny_glmga,
 }
 """Builder per config.model_type."""
