@@ -19,7 +19,7 @@ from verbovision.train import train_recipe
 from .conftest import needs_model_type
 from .test_train import stage, tiny_recipe
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
-from .tiny_families_misc import make_tiny_glm5_next, make_tiny_glmga, make_tiny_minicpmv4_6
+from .tiny_families_misc import make_tiny_glm5_next, make_tiny_glmga, make_tiny_hy_v4_vl, make_tiny_minicpmv4_6
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
 
 
@@ -89,7 +89,7 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
 
 
 REFUSED_PACKING = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl,  # M-RoPE from the whole row
-                   "glmga": make_tiny_glmga,  # M-RoPE too
+                   "glmga": make_tiny_glmga, "hy_v4_vl": make_tiny_hy_v4_vl,  # M-RoPE too
                    "minicpmv4_6": make_tiny_minicpmv4_6,  # linear-attention layers: state across the whole row
                    "glm5_next": make_tiny_glm5_next}
 
