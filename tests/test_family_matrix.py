@@ -58,6 +58,7 @@ from .tiny_families_llava_like import (
 from .tiny_families_misc import (
     make_tiny_glm5_next,
     make_tiny_glmga,
+    make_tiny_hy_v4_vl,
     make_tiny_minicpmv4_6,
     make_tiny_minicpmv4_7,
 )
@@ -117,6 +118,7 @@ MATRIX = {
     "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
     "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
     "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
+    "hy_v4_vl": Case(make_tiny_hy_v4_vl, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

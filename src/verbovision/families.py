@@ -121,7 +121,7 @@ are tried."""
 FAMILY_MATRIX = (
     "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
     "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
-    "aya_vision", "internvl", "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next",
+    "aya_vision", "internvl", "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
