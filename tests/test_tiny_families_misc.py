@@ -3,16 +3,11 @@ processor renders the family's prompt and expands its image token, `generate` ru
 
 from __future__ import annotations
 
-import math
-
 import pytest
-from transformers import AutoModelForImageTextToText
-
-from verbovision.families import forward_parameters
 
 from .conftest import needs_model_type
-from .test_tiny_families import TEXTS, picture
-from .test_tiny_families_qwen_like import CHAT, _processor
+from .test_tiny_families import TEXTS
+from .test_tiny_families_qwen_like import check_in_plain_transformers
 from .tiny_families_misc import BUILDERS
 
 CHATML_PROMPT = "<|im_start|>user\n<|image_pad|>Describe.<|im_end|>\n<|im_start|>assistant\n"
@@ -39,30 +34,4 @@ FAMILIES = {
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
     needs_model_type(family)
-    model_class, processor_class, prompt, keys, image_tokens = FAMILIES[family]
-    out = BUILDERS[family](tmp_path / family, TEXTS)
-    assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
-    model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    processor = _processor(out)
-    assert model.config.model_type == family and type(model).__name__ == model_class
-    assert processor_class in [cls.__name__ for cls in type(processor).__mro__]
-
-    assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
-    inputs = processor(text=[prompt], images=[picture(48, 40)], return_tensors="pt")
-    assert set(inputs) == keys
-    assert keys <= forward_parameters(type(model))  # the forward names every output of the processor
-    assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
-
-    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    n_prompt = inputs["input_ids"].shape[1]
-    assert generated[0, :n_prompt].tolist() == inputs["input_ids"][0].tolist() and generated.shape[1] > n_prompt
-
-    full = processor(text=[prompt + "a red square" + processor.tokenizer.eos_token], images=[picture(48, 40)],
-                     return_tensors="pt")
-    labels = full["input_ids"].clone()
-    labels[:, :n_prompt] = -100
-    loss = model(**full, labels=labels).loss
-    assert math.isfinite(loss.item())
-    loss.backward()
-    patch_embedding = next(p for n, p in model.named_parameters() if "vision" in n or "visual" in n)
-    assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower
+    check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family, *FAMILIES[family])
