@@ -39,7 +39,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import BLOCK_VERBOVISION, needs_model_type
+from .helpers import BLOCK_VERBOVISION, needs_model_type
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
