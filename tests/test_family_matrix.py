@@ -62,6 +62,13 @@ from .tiny_families_special import (
     make_tiny_emu3,
     make_tiny_gemma4,
 )
+from .tiny_families_misc import (
+    make_tiny_glm5_next,
+    make_tiny_glmga,
+    make_tiny_hy_v4_vl,
+    make_tiny_minicpmv4_6,
+    make_tiny_minicpmv4_7,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -141,6 +148,11 @@ MATRIX = {
     "chameleon": Case(make_tiny_chameleon, "plain", VQ_IMAGES),
     "emu3": Case(make_tiny_emu3, "chat", VQ_IMAGES),
     "gemma4": Case(make_tiny_gemma4, "chat", FROZEN_VISION),
+    "minicpmv4_6": Case(make_tiny_minicpmv4_6, "chat", FROZEN_VISION),
+    "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
+    "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
+    "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
+    "hy_v4_vl": Case(make_tiny_hy_v4_vl, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

@@ -33,9 +33,9 @@ COMPONENT_MODULES = {
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
                "vision_model", "model.vqmodel"),
-    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector",
-                  "model.visual.merger", "model.visual.deepstack_merger_list", "git.visual_projection",
-                  "enc_to_dec_proj", "model.embed_vision",
+    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector", "model.merger",
+                  "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
+                  "git.visual_projection", "enc_to_dec_proj", "model.embed_vision",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model", "model.embed_tokens", "model.layers", "model.norm"),
@@ -47,7 +47,10 @@ is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter)
 Cosmos3-Edge's is its 2x2 patch merger `model.projector`, Gemma 4's `model.embed_vision`; LLaVA-NeXT's and
 LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector, as in their own
 training. Chameleon keeps its LM's layers in `model` itself, beside the VQ-VAE that turns images into tokens of the
-LM's vocabulary (`model.vqmodel`, vision; no connector)."""
+LM's vocabulary (`model.vqmodel`, vision; no connector). MiniCPM-V's projector is `model.merger`; its window-attention
+merger between two vision layers (`model.vision_tower.vit_merger`) stays with the vision tower. Hy4-VL's
+`model.vision_tower.patch_merger`, like Qwen2-VL's merger, projects the tower's output into the LM (with its learned
+image begin / end / newline embeddings)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -83,11 +86,15 @@ class Support:
 
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
+_LINEAR_ATTENTION = ("its language model's linear-attention layers carry their state along the whole row, across the "
+                     "packed examples' boundaries")
 
 OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
-                  "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge")
-"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass): their M-RoPE positions come from the whole
-row."""
+                  "glm4v_moe", "glm46v", "glm_ocr", "glmga", "cosmos3_omni", "cosmos3_edge", "cohere_compass",
+                  "hy_v4_vl")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL): their M-RoPE positions come from
+the whole row."""
+
 _ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
 
 SUPPORT: dict[str, Support] = {
@@ -105,10 +112,13 @@ SUPPORT: dict[str, Support] = {
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
     "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
-                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the "
+                                 "encoder"),
     **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
         refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
                 "which VerboVision does not give it")),
+    **dict.fromkeys(("minicpmv4_6", "minicpmv4_7", "glm5_next"),
+                    Support(packs=False, packing_refusal=_LINEAR_ATTENTION)),
     "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
                                 "own), and VerboVision places each image's features at its image tokens"),
     "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own "
@@ -141,15 +151,17 @@ are tried."""
 
 FAMILY_MATRIX = (
     "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
-    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
-    "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v", "glm4v_moe", "glm46v",
-    "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
+    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next",
+    "llava_onevision", "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+    "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
+    "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
 
 TRIED_ELSEWHERE = {
-    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector; trained by the geovlm seed recipe's test",
+    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector, trained by the geovlm seed recipe's "
+                      "test",
 }
 """Model types tried end to end outside the family matrix, and by what."""
 
