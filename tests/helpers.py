@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -321,3 +322,18 @@ def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
             for name, sub in action.choices.items():
                 yield (*path, name), sub
                 yield from subcommands(sub, (*path, name))
+
+
+def png_bytes(colour=(10, 120, 250), size=(40, 32), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
