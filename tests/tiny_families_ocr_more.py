@@ -1,0 +1,96 @@
+"""Tiny random checkpoints of OCR and other image-text families (GOT-OCR2, PP-Chart2Table, ...), built offline. Same
+contract as tests/tiny_families.py: `make_tiny_<family>(out, texts)` saves a random float32 model and its real
+processor class to `out`, laid out like the family's Hub checkpoints, with the family's chat template where those
+have one.
+
+Quirks worth knowing (transformers 5.x):
+- GOT-OCR2: SAM ViT tower with a neck, then two stride-2 convolutions and a linear (`model.multi_modal_projector`)
+  into a Qwen2 LM. The processor writes `num_image_tokens` `<imgpad>` per tile (256: a class attribute that neither
+  `__init__` takes nor processor_config.json keeps), so the tower's grid must be 64x64 (16x16 after the
+  convolutions): here 64x64 pixels in 1x1 patches. With `text=None` the processor lays out GOT's own prompt
+  (ChatML, a fixed system text, `<img>` + tokens + `</img>`, "OCR: "); stepfun-ai/GOT-OCR-2.0-hf has no chat
+  template. The image processor (the GotOcr2 one InternVL and Aya Vision share) returns `num_patches`, which the
+  processor drops (`unused_input_names`).
+- PP-Chart2Table: GOT-OCR2's architecture (`GotOcr2ForConditionalGeneration` under its own config type) with a bare
+  processor: `PPChart2TableProcessor` has no image token and expands nothing, so a text must already hold the 256
+  `<imgpad>` of each image (the Hub checkpoint's chat template writes them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    GenerationConfig,
+    GotOcr2Config,
+    GotOcr2ForConditionalGeneration,
+    GotOcr2ImageProcessorPil,
+    GotOcr2Processor,
+    PPChart2TableConfig,
+    PPChart2TableImageProcessorPil,
+    PPChart2TableProcessor,
+)
+
+from verbovision.tokenizer import train_bpe_tokenizer
+
+from .tiny_families import TINY_LM, _save, special_ids
+
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_pp_chart2table"]
+
+GOT_IMAGE_TOKENS = 256
+"""`GotOcr2Processor.num_image_tokens`: fixed by the class, so the tiny tower is sized to it."""
+GOT_PIXELS = 64
+"""The image side: 64x64 one-pixel patches -> 32x32 -> 16x16 = 256 features after the projector's convolutions."""
+
+
+def _got_tokenizer(texts: list[str]):
+    """A byte-level BPE with GOT's specials: ChatML turns, `<imgpad>` (the image token), `<img>` / `</img>`; EOS
+    `<|im_end|>` as on GOT-OCR-2.0-hf; no chat template."""
+    tokenizer = train_bpe_tokenizer(list(texts) + ["system user assistant OCR: "], "<imgpad>", vocab_size=300)
+    tokenizer.add_tokens(["<img>", "</img>"], special_tokens=True)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def _got_model(config_class, tokenizer):
+    """GOT-OCR2's architecture under `config_class`: tiny SAM tower (a window layer, then a global one), Qwen2 LM."""
+    vision = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                  image_size=GOT_PIXELS, patch_size=1, window_size=8, global_attn_indexes=[1],
+                  initializer_range=0.02)  # SAM's default (1e-10) would leave a random tower's features all but zero
+    text = dict(TINY_LM, model_type="qwen2", vocab_size=len(tokenizer), **special_ids(tokenizer))
+    config = config_class(vision_config=vision, text_config=text, image_seq_length=GOT_IMAGE_TOKENS,
+                          image_token_index=tokenizer.convert_tokens_to_ids("<imgpad>"))
+    torch.manual_seed(0)
+    return GotOcr2ForConditionalGeneration(config)
+
+
+def _got_generation(tokenizer) -> GenerationConfig:
+    return GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+GOT_SIZE = dict(size={"height": GOT_PIXELS, "width": GOT_PIXELS})
+
+
+def make_tiny_got_ocr2(out: Path, texts: list[str]) -> Path:
+    """GotOcr2ForConditionalGeneration (stepfun-ai/GOT-OCR-2.0-hf layout): 256 image tokens per image, no chat
+    template."""
+    tokenizer = _got_tokenizer(texts)
+    processor = GotOcr2Processor(GotOcr2ImageProcessorPil(**GOT_SIZE), tokenizer)
+    return _save(out, _got_model(GotOcr2Config, tokenizer), processor, _got_generation(tokenizer))
+
+
+def make_tiny_pp_chart2table(out: Path, texts: list[str]) -> Path:
+    """GotOcr2ForConditionalGeneration under PPChart2TableConfig (PaddlePaddle/PP-Chart2Table_safetensors layout), its
+    processor expanding no image token."""
+    tokenizer = _got_tokenizer(texts)
+    processor = PPChart2TableProcessor(PPChart2TableImageProcessorPil(**GOT_SIZE), tokenizer)
+    return _save(out, _got_model(PPChart2TableConfig, tokenizer), processor, _got_generation(tokenizer))
+
+
+BUILDERS = {
+    "got_ocr2": make_tiny_got_ocr2,
+    "pp_chart2table": make_tiny_pp_chart2table,
+}
+"""Builder per config.model_type."""
