@@ -170,6 +170,7 @@ class ImageTokens:
             raise ConfigError(f"{family.name} models are not supported: {type(processor).__name__} has no image "
                               "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
+        self.family = family
         self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
         self.in_vocab = self.token in processor.tokenizer.get_vocab()
         """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
@@ -212,7 +213,10 @@ class ImageTokens:
         to its prompt format, not to the image (PaliGemma's processor writes BOS after the images and a newline
         after the text; the `prefix` template writes them)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
-        laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.token])[1][0]
+        # With the processor's merged settings, as its own __call__ passes them (GOT-OCR2's layout reads `format`)
+        settings = self.processor._merge_kwargs(tokenizer_init_kwargs=self.processor.tokenizer.init_kwargs)
+        images = self.family.images_per_text([blank])
+        laid_out = self.processor.prepare_inputs_layout(images=images, text=[self.token], **settings)[1][0]
         before, _, after = laid_out.partition(self.token)
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
@@ -220,7 +224,8 @@ class ImageTokens:
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
         text = ("" if self.written_first else self.token) if text is None else text
-        out = self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
+        out = self.processor(text=[text], images=self.family.images_per_text([Image.new("RGB", size)]),
+                             add_special_tokens=False)
         # Lists of ints whatever the processor returns (DeepSeek-VL's returns tensors in transformers 5.17)
         return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
@@ -616,8 +621,9 @@ class Encoder:
         (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
         if self.image_tokens is None:
             return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
-        processed = self.processor(text=[self.image_tokens.token] * len(images), images=[[image] for image in images],
-                                   padding=True, return_tensors="pt")  # texts of different images differ in length
+        processed = self.processor(text=[self.image_tokens.token] * len(images),
+                                   images=self.family.images_per_text(images), padding=True,
+                                   return_tensors="pt")  # texts of different images differ in length
         names = set(self.processor.image_processor.model_input_names)
         return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
 

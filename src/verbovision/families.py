@@ -74,6 +74,9 @@ class Support:
     template: PaliGemma's `prefix`, as its processor lays out a text and a suffix."""
     prompt: str | None = None
     """What `caption` asks by default, where the family has its own convention (PaliGemma's task prefixes)."""
+    flat_images: bool = False
+    """Its processor takes one image per text as a flat list: a nested list means something else (GOT-OCR2's pages of
+    one document), where other processors take a list of images per text."""
     refused: str | None = None
     """Why VerboVision cannot work with the model type (refused when a model of the type is loaded)."""
 
@@ -96,6 +99,7 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
+    "got_ocr2": Support(flat_images=True),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
@@ -123,6 +127,10 @@ class Family:
     def text_logits(self, logits: torch.Tensor, n_text: int) -> torch.Tensor:
         """The logits of the text positions: GIT's forward returns the image positions' logits first."""
         return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V]
+
+    def images_per_text(self, images: list) -> list:
+        """The `images=` argument of its processor for texts of one image each, in order."""
+        return list(images) if self.support.flat_images else [[image] for image in images]
 
     def pixel_inputs(self, processed: dict) -> dict[str, torch.Tensor]:
         """The model's inputs among an image processor's outputs."""
