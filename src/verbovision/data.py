@@ -171,9 +171,13 @@ class ImageTokens:
                               "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
         self.family = family
-        self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
+        # The placeholder a text holds: the processor's image token, unless it names another that it replaces with
+        # its image tokens (Qianfan-OCR's `<image>`, expanded to `<img>` + `<IMG_CONTEXT>`s + `</img>`). BLIP-2's
+        # processors keep a tokenizers AddedToken.
+        self.token = str(getattr(processor, "image_placeholder_token", None) or processor.image_token)
         self.in_vocab = self.token in processor.tokenizer.get_vocab()
-        """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
+        """Whether the image placeholder is a token; Aya Vision's and Qianfan-OCR's `<image>` are only strings their
+        processors replace."""
         self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
                          else getattr(processor, "image_token_id", None))
         """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
