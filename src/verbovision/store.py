@@ -335,8 +335,9 @@ def _write_chat_templates(templates: str | dict, out: Path) -> None:
 
 def save_processor(processor, out: str | Path) -> None:
     """Save a processor; one loaded without its video processor gets its original processor_config.json back, so
-    that it loads whole wherever torchvision is installed."""
-    if getattr(processor, "video_processor", False) is not None:
+    that it loads whole wherever torchvision is installed. (A processor whose class sets `video_processor = None`
+    itself, as Qianfan-OCR's does, is whole and saves as usual.)"""
+    if getattr(processor, "source_config", None) is None:
         processor.save_pretrained(out)
         return
     processor.image_processor.save_pretrained(out)
