@@ -14,6 +14,11 @@ Quirks worth knowing (transformers 5.x):
 - PP-Chart2Table: GOT-OCR2's architecture (`GotOcr2ForConditionalGeneration` under its own config type) with a bare
   processor: `PPChart2TableProcessor` has no image token and expands nothing, so a text must already hold the 256
   `<imgpad>` of each image (the Hub checkpoint's chat template writes them).
+- Qianfan-OCR: InternVL's layout (InternViT-like tower, pixel shuffle by 0.5, a Qwen3 LM, GotOcr2 tiling: 64x64 ->
+  4 tiles + a thumbnail, 4 tokens each), but the text's placeholder is the processor's `image_placeholder_token`
+  (`<image>`, not a token), which it replaces with `<img>` + `image_seq_length` x `<IMG_CONTEXT>` per tile + `</img>`;
+  `processor.image_token` is `<IMG_CONTEXT>`, the token the model fills. Tiling is a processor default
+  (`images_kwargs = {"crop_to_patches": True}`), as for InternVL.
 """
 
 from __future__ import annotations
@@ -30,13 +35,18 @@ from transformers import (
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
     PPChart2TableProcessor,
+    QianfanOCRConfig,
+    QianfanOCRForConditionalGeneration,
+    QianfanOCRProcessor,
+    Qwen3Config,
 )
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .tiny_families import TINY_LM, _save, special_ids
+from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
+from .tiny_families_llava_like import IMAGENET, INTERNVL_IMAGE_TOKENS, INTERNVL_TEMPLATE, TILE, _tokenizer
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_pp_chart2table"]
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_pp_chart2table", "make_tiny_qianfan_ocr"]
 
 GOT_IMAGE_TOKENS = 256
 """`GotOcr2Processor.num_image_tokens`: fixed by the class, so the tiny tower is sized to it."""
@@ -89,8 +99,37 @@ def make_tiny_pp_chart2table(out: Path, texts: list[str]) -> Path:
     return _save(out, _got_model(PPChart2TableConfig, tokenizer), processor, _got_generation(tokenizer))
 
 
+# -------------------------------------------------------------------------------------------------- Qianfan-OCR
+
+# baidu/Qianfan-OCR's template could not be read here: this is InternVL3-*-hf's ChatML template (the family it is built
+# on) writing the processor's `<image>` placeholder where InternVL's writes `<IMG_CONTEXT>`.
+QIANFAN_OCR_TEMPLATE = INTERNVL_TEMPLATE.replace("<IMG_CONTEXT>", "<image>")
+
+
+def make_tiny_qianfan_ocr(out: Path, texts: list[str]) -> Path:
+    """QianfanOCRForConditionalGeneration (baidu/Qianfan-OCR layout): InternViT-like tower, pixel-shuffle projector,
+    Qwen3 LM; images tiled by the processor (4 tokens per 32x32 tile)."""
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<IMG_CONTEXT>", list(INTERNVL_IMAGE_TOKENS.values()),
+                           eos="<|im_end|>", named=INTERNVL_IMAGE_TOKENS)
+    patch = TINY_VISION["patch_size"]
+    vision = dict(TINY_VISION, image_size=[TILE, TILE], patch_size=[patch, patch])
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]  # Qwen3's default is 128
+    text = Qwen3Config(**TINY_LM, head_dim=head_dim, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    image_seq_length = (TILE // patch) ** 2 // 4  # pixel shuffle by 0.5 in each direction
+    config = QianfanOCRConfig(vision_config=vision, text_config=text, downsample_ratio=0.5,
+                              image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+                              image_seq_length=image_seq_length)
+    torch.manual_seed(0)
+    model = QianfanOCRForConditionalGeneration(config)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4, **IMAGENET)
+    processor = QianfanOCRProcessor(image_processor, tokenizer, image_seq_length=image_seq_length,
+                                    chat_template=QIANFAN_OCR_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
+    "qianfan_ocr": make_tiny_qianfan_ocr,
 }
 """Builder per config.model_type."""
