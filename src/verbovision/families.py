@@ -100,6 +100,9 @@ SUPPORT: dict[str, Support] = {
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
     "got_ocr2": Support(flat_images=True),
+    "pp_chart2table": Support(refused="its processor expands no image token (a text must already hold each image's "
+                                      "256 <imgpad> tokens, as its chat template writes them), and VerboVision "
+                                      "expands each image's placeholder through the processor"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
