@@ -23,6 +23,7 @@ FAMILIES = {
     # model_type: (the prompt: "chat", OWN_LAYOUT or the text itself; image tokens of one 48x40 picture)
     "got_ocr2": (OWN_LAYOUT, GOT_IMAGE_TOKENS),
     "pp_chart2table": ("<img>" + "<imgpad>" * GOT_IMAGE_TOKENS + "</img>Describe.", GOT_IMAGE_TOKENS),
+    "ovis2": ("chat", 16),  # one tile: 16 <IMG_ATOM>
     "qianfan_ocr": ("chat", 4),  # 48x40 is closest to a 1x1 grid of tiles: one tile, no thumbnail
 }
 

@@ -19,6 +19,13 @@ Quirks worth knowing (transformers 5.x):
   (`<image>`, not a token), which it replaces with `<img>` + `image_seq_length` x `<IMG_CONTEXT>` per tile + `</img>`;
   `processor.image_token` is `<IMG_CONTEXT>`, the token the model fills. Tiling is a processor default
   (`images_kwargs = {"crop_to_patches": True}`), as for InternVL.
+- Ovis2: the text's `<image>` is a plain string, not a token (the Hub tokenizer splits it into `<`, `image`, `>`), so
+  `processor.image_token_id` is None; the processor replaces it with `<IMG_START>` + `image_seq_length` x
+  `<IMG_ATOM>` (the token the model fills, `config.image_token_id`) + `<IMG_GRID>` (+ the tiles' atoms between
+  `<IMG_COL>` / `<IMG_ROW>` when an image is tiled) + `<IMG_END>`. The tower ends in a "visual tokenizer" head (a
+  softmax over `vision_config.vocab_size` visual words); `model.visual_embeddings_table` embeds those probabilities,
+  and its last rows embed the five indicator tokens (`config.visual_indicator_token_ids`). The processor drops the
+  image processor's `grids`.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ from transformers import (
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
     PPChart2TableProcessor,
+    Ovis2Config,
+    Ovis2ForConditionalGeneration,
+    Ovis2ImageProcessorPil,
+    Ovis2Processor,
+    Qwen2Config,
     QianfanOCRConfig,
     QianfanOCRForConditionalGeneration,
     QianfanOCRProcessor,
@@ -46,7 +58,8 @@ from verbovision.tokenizer import train_bpe_tokenizer
 from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
 from .tiny_families_llava_like import IMAGENET, INTERNVL_IMAGE_TOKENS, INTERNVL_TEMPLATE, TILE, _tokenizer
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_pp_chart2table", "make_tiny_qianfan_ocr"]
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_ovis2", "make_tiny_pp_chart2table",
+           "make_tiny_qianfan_ocr"]
 
 GOT_IMAGE_TOKENS = 256
 """`GotOcr2Processor.num_image_tokens`: fixed by the class, so the tiny tower is sized to it."""
@@ -127,9 +140,42 @@ def make_tiny_qianfan_ocr(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# -------------------------------------------------------------------------------------------------------- Ovis2
+
+# thisisiron/Ovis2-*-hf's chat template, as transformers' Ovis2 processor tests carry it.
+OVIS2_TEMPLATE = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n'}}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+OVIS2_INDICATORS = ["<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>"]
+
+
+def make_tiny_ovis2(out: Path, texts: list[str]) -> Path:
+    """Ovis2ForConditionalGeneration (thisisiron/Ovis2-*-hf layout): AIMv2-like tower with a visual-vocabulary head
+    (64 visual words here), visual embedding table, Qwen2 LM; 16 `<IMG_ATOM>` per 32x32 tile, up to 4 tiles."""
+    tokenizer = _tokenizer(list(texts) + ["system user assistant You are a helpful assistant."], "<IMG_ATOM>",
+                           OVIS2_INDICATORS, eos="<|im_end|>")
+    token = tokenizer.convert_tokens_to_ids
+    vision = dict(TINY_VISION, vocab_size=64, hidden_stride=1)
+    text = Qwen2Config(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    config = Ovis2Config(vision_config=vision, text_config=text, image_token_id=token("<IMG_ATOM>"),
+                         visual_indicator_token_ids=[token(t) for t in OVIS2_INDICATORS], vocab_size=len(tokenizer),
+                         hidden_size=TINY_LM["hidden_size"])
+    torch.manual_seed(0)
+    model = Ovis2ForConditionalGeneration(config)
+    image_processor = Ovis2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4)
+    processor = Ovis2Processor(image_processor, tokenizer, chat_template=OVIS2_TEMPLATE,
+                               image_seq_length=(TILE // TINY_VISION["patch_size"]) ** 2)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
     "qianfan_ocr": make_tiny_qianfan_ocr,
+    "ovis2": make_tiny_ovis2,
 }
 """Builder per config.model_type."""
