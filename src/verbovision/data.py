@@ -180,11 +180,14 @@ class ImageTokens:
         processors replace."""
         self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
                          else getattr(processor, "image_token_id", None))
+        if self.token_id is None:  # Ovis2's processor names none (its `<image>` is no token): the model's own
+            self.token_id = family.image_token_id
         """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
-        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`)."""
+        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`, Ovis2's
+        `<IMG_ATOM>`)."""
         if self.token_id is None:
             raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
-                            "tokenizer, and the processor names no image_token_id")
+                            "tokenizer, and neither the processor nor the model config names an image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an

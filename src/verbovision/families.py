@@ -118,6 +118,8 @@ class Family:
     text_start: tuple[int, ...] = ()
     """Token ids every text starts with: GIT's [CLS], an encoder-decoder's decoder start token."""
     support: Support = Support()
+    image_token_id: int | None = None
+    """The token the model fills with image features (config.image_token_id), where its config names one."""
 
     def model_inputs(self, batch: dict) -> dict:
         """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
@@ -171,7 +173,7 @@ def family_of(config) -> Family:
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,), support)
-    return Family(kind, IMAGES_IN_TEXT, support=support)
+    return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None))
 
 
 @cache
