@@ -231,9 +231,10 @@ class ImageTokens:
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
         text = ("" if self.written_first else self.token) if text is None else text
+        # As tensors, which is how every processor is called for a model (Ovis2's expansion reads its image
+        # processor's `grids` with .tolist()), then lists of ints
         out = self.processor(text=[text], images=self.family.images_per_text([Image.new("RGB", size)]),
-                             add_special_tokens=False)
-        # Lists of ints whatever the processor returns (DeepSeek-VL's returns tensors in transformers 5.17)
+                             add_special_tokens=False, return_tensors="pt")
         return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def _writes_images_first(self) -> bool:
