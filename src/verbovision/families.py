@@ -34,7 +34,8 @@ COMPONENT_MODULES = {
                "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
-                  "query_tokens", "qformer", "language_projection", "model.image_newline"),
+                  "query_tokens", "qformer", "language_projection", "model.image_newline",
+                  "model.visual_embeddings_table"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
@@ -43,7 +44,8 @@ prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it si
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training."""
+as in their own training. Ovis's connector is its visual embedding table, which embeds the tower's probabilities over
+visual words (the tower's own head computes them)."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
