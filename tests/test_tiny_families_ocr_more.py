@@ -9,10 +9,11 @@ import inspect
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
 from .conftest import needs_model_type
 from .test_tiny_families import picture
+from .tiny_families_llava_like import plain_processor
 from .tiny_families_ocr_more import BUILDERS, GOT_IMAGE_TOKENS
 
 CHAT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
@@ -24,6 +25,7 @@ FAMILIES = {
     "got_ocr2": (OWN_LAYOUT, GOT_IMAGE_TOKENS),
     "pp_chart2table": ("<img>" + "<imgpad>" * GOT_IMAGE_TOKENS + "</img>Describe.", GOT_IMAGE_TOKENS),
     "ovis2": ("chat", 16),  # one tile: 16 <IMG_ATOM>
+    "ovis2_5": ("chat", 6),  # 48x40 -> 48x32 pixels -> 3x2 merged patches
     "qianfan_ocr": ("chat", 4),  # 48x40 is closest to a 1x1 grid of tiles: one tile, no thumbnail
 }
 
@@ -42,7 +44,7 @@ def test_tiny_family_in_plain_transformers(family, tmp_path, tiny_tokenizer_text
     assert sum(f.stat().st_size for f in path.iterdir() if f.is_file()) < 5_000_000
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     assert model.config.model_type == family
-    processor = AutoProcessor.from_pretrained(path)
+    processor = plain_processor(path)  # without torchvision, one holding a video processor loads images-only
     inputs = processor(text=_prompt(processor, prompt), images=[picture(48, 40)], return_tensors="pt")
 
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens

@@ -26,6 +26,12 @@ Quirks worth knowing (transformers 5.x):
   softmax over `vision_config.vocab_size` visual words); `model.visual_embeddings_table` embeds those probabilities,
   and its last rows embed the five indicator tokens (`config.visual_indicator_token_ids`). The processor drops the
   image processor's `grids`.
+- Ovis2.5: a SigLIP2-NaViT-like tower (native resolution, axial 2-D rope, patches merged 2x2 as in Qwen2-VL: here
+  patch 8, so 4..16 tokens for 32x32..64x64 pixels); `model.multi_modal_projector` holds the visual tokenizer head and
+  the visual embedding table. The processor replaces `<|image_pad|>` with `<ovis_image_start>` + one `<|image_pad|>`
+  per merged patch + `<ovis_image_end>` (its start/end tokens are read from tokenizer attributes); the model takes
+  flat `pixel_values` and `image_grid_thw`. `Ovis2_5Processor` holds a video processor: without torchvision the
+  builder writes the files save_pretrained would write (tests/tiny_families.py `save_processor_files`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ from transformers import (
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
     PPChart2TableProcessor,
+    Ovis2_5Config,
+    Ovis2_5ForConditionalGeneration,
+    Ovis2_5ImageProcessorPil,
     Ovis2Config,
     Ovis2ForConditionalGeneration,
     Ovis2ImageProcessorPil,
@@ -55,10 +64,19 @@ from transformers import (
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
-from .tiny_families_llava_like import IMAGENET, INTERNVL_IMAGE_TOKENS, INTERNVL_TEMPLATE, TILE, _tokenizer
+from .tiny_families import QWEN2_VL_PIXELS, TINY_LM, TINY_VISION, _save, special_ids
+from .tiny_families_llava_like import (
+    IMAGENET,
+    INTERNVL_IMAGE_TOKENS,
+    INTERNVL_TEMPLATE,
+    TILE,
+    _save_with_video_processor,
+    _tokenizer,
+)
+from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_ovis2", "make_tiny_pp_chart2table",
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_ovis2", "make_tiny_ovis2_5",
+           "make_tiny_pp_chart2table",
            "make_tiny_qianfan_ocr"]
 
 GOT_IMAGE_TOKENS = 256
@@ -172,10 +190,46 @@ def make_tiny_ovis2(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# ------------------------------------------------------------------------------------------------------ Ovis2.5
+
+# ovis-community/Ovis2.5-*'s template could not be read here: this is Qwen3-VL's (the LM is Qwen3), writing the
+# processor's image token alone, since the processor adds the image's start and end tokens itself.
+OVIS2_5_TEMPLATE = QWEN3_VL_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<|image_pad|>")
+OVIS2_5_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                  "image_start_token": "<ovis_image_start>", "image_end_token": "<ovis_image_end>",
+                  "video_start_token": "<ovis_video_start>", "video_end_token": "<ovis_video_end>"}
+OVIS2_5_PATCHES = dict(patch_size=8, merge_size=2)
+
+
+def make_tiny_ovis2_5(out: Path, texts: list[str]) -> Path:
+    """Ovis2_5ForConditionalGeneration (ovis-community/Ovis2.5-* layout): native-resolution tower, visual tokenizer
+    and embedding table as the projector, Qwen3 LM; 4..16 image tokens per image."""
+    specials = [t for name, t in OVIS2_5_TOKENS.items() if name != "image_token"]
+    tokenizer = _tokenizer(list(texts) + ["system user assistant"], OVIS2_5_TOKENS["image_token"], specials,
+                           eos="<|im_end|>", named=OVIS2_5_TOKENS)
+    token = tokenizer.convert_tokens_to_ids
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=OVIS2_5_PATCHES["patch_size"], spatial_merge_size=OVIS2_5_PATCHES["merge_size"],
+                  image_size=TILE, window_size=16, vocab_size=64, max_position_embeddings=64,
+                  rope_parameters={"rope_type": "axial", "rope_theta": 10000.0})
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    text = Qwen3Config(**TINY_LM, head_dim=head_dim, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    ids = {f"{name}_id": token(t) for name, t in OVIS2_5_TOKENS.items()}
+    config = Ovis2_5Config(vision_config=vision, text_config=text, **ids)
+    torch.manual_seed(0)
+    model = Ovis2_5ForConditionalGeneration(config)
+    size = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    image_processor = Ovis2_5ImageProcessorPil(size=size, **OVIS2_5_PATCHES)
+    video = {"video_processor_type": "Ovis2_5VideoProcessor", "size": size, **OVIS2_5_PATCHES}
+    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "Ovis2_5Processor",
+                                      image_processor, tokenizer, OVIS2_5_TEMPLATE, {}, video)
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
     "qianfan_ocr": make_tiny_qianfan_ocr,
     "ovis2": make_tiny_ovis2,
+    "ovis2_5": make_tiny_ovis2_5,
 }
 """Builder per config.model_type."""
