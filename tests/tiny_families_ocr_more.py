@@ -32,6 +32,12 @@ Quirks worth knowing (transformers 5.x):
   per merged patch + `<ovis_image_end>` (its start/end tokens are read from tokenizer attributes); the model takes
   flat `pixel_values` and `image_grid_thw`. `Ovis2_5Processor` holds a video processor: without torchvision the
   builder writes the files save_pretrained would write (tests/tiny_families.py `save_processor_files`).
+- Janus: SigLIP-like tower, `model.aligner` (two linears) and a Llama LM (DeepSeek-LLM tokenizer: BOS prepended to
+  every text), beside an image-generation half (`model.vqmodel`, `model.generation_*`) that text generation never
+  runs. The processor replaces `<image_placeholder>` with `<begin_of_image>` + `num_image_tokens` (the tower's grid,
+  16 here) x `<image_placeholder>` + `<end_of_image>`, reading the three from tokenizer attributes (`image_token`,
+  `boi_token`, `eoi_token`). With `use_default_system_prompt` (on, as on deepseek-community/Janus-Pro-*) its
+  `__call__` puts a fixed system text in front of every text in text mode: the chat template does not write it.
 """
 
 from __future__ import annotations
@@ -48,6 +54,11 @@ from transformers import (
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
     PPChart2TableProcessor,
+    JanusConfig,
+    JanusForConditionalGeneration,
+    JanusImageProcessorPil,
+    JanusProcessor,
+    LlamaConfig,
     Ovis2_5Config,
     Ovis2_5ForConditionalGeneration,
     Ovis2_5ImageProcessorPil,
@@ -73,9 +84,9 @@ from .tiny_families_llava_like import (
     _save_with_video_processor,
     _tokenizer,
 )
-from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
+from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_ovis2", "make_tiny_ovis2_5",
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_ovis2", "make_tiny_ovis2_5",
            "make_tiny_pp_chart2table",
            "make_tiny_qianfan_ocr"]
 
@@ -225,11 +236,58 @@ def make_tiny_ovis2_5(out: Path, texts: list[str]) -> Path:
                                       image_processor, tokenizer, OVIS2_5_TEMPLATE, {}, video)
 
 
+# -------------------------------------------------------------------------------------------------------- Janus
+
+# deepseek-community/Janus-Pro-*'s chat template, as transformers' models/janus/convert_janus_weights_to_hf.py writes
+# it: "<|User|>: " / "<|Assistant|>:" turns, no system text (the processor adds it), images on lines of their own.
+JANUS_TEMPLATE = (
+    "{%set seps=['\n\n','<\uff5cend\u2581of\u2581sentence\uff5c>']%}{%set i=0%}{%for message in messages%}"
+    "{%if message['role']|lower=='user'%}<|User|>: {%elif message['role']|lower=='assistant'%}<|Assistant|>:"
+    "{%if not (loop.last and not add_generation_prompt and message['content'][0]['type']=='text' and "
+    "message['content'][0]['text']=='')%} {%endif%}{%else%}{{message['role'].capitalize()}}: {%endif%}"
+    "{%for content in message['content']%}{%if content['type']=='image'%}{%if not loop.first%}{{'\n'}}{%endif%}"
+    "<image_placeholder>{%if not loop.last%}{{'\n'}}{%endif%}{%elif content['type']=='text'%}"
+    "{%set text=content['text']%}{%if loop.first%}{%set text=text.lstrip()%}{%endif%}"
+    "{%if loop.last%}{%set text=text.rstrip()%}{%endif%}"
+    "{%if not loop.first and message['content'][loop.index0-1]['type']=='text'%}{{' '+text}}{%else%}{{text}}"
+    "{%endif%}{%endif%}{%endfor%}{%if not loop.last or add_generation_prompt%}"
+    "{%if message['role']|lower=='user'%}{{seps[0]}}{%else%}{{seps[1]}}{%endif%}{%endif%}{%endfor%}"
+    "{%if add_generation_prompt%}<|Assistant|>:{%endif%}"
+)
+JANUS_PAD = "<\uff5c\u2581pad\u2581\uff5c>"
+JANUS_IMAGE_TOKENS = {"boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+
+
+def make_tiny_janus(out: Path, texts: list[str]) -> Path:
+    """JanusForConditionalGeneration (deepseek-community/Janus-Pro-* layout): SigLIP-like tower, aligner, Llama LM,
+    and a tiny VQ-VAE image-generation half; 16 image tokens per image."""
+    tokenizer = _tokenizer(list(texts) + ["<|User|>: <|Assistant|>: You are a helpful language and vision assistant."],
+                           "<image_placeholder>", [DEEPSEEK_BOS, DEEPSEEK_EOS, JANUS_PAD, *JANUS_IMAGE_TOKENS.values()],
+                           bos=DEEPSEEK_BOS, eos=DEEPSEEK_EOS, pad=JANUS_PAD, named=JANUS_IMAGE_TOKENS)
+    image_tokens = (TILE // TINY_VISION["patch_size"]) ** 2
+    vision = dict(TINY_VISION, projection_dim=TINY_LM["hidden_size"], depth=2, num_image_tokens=image_tokens)
+    vision["mlp_ratio"] = vision.pop("intermediate_size") // vision["hidden_size"]
+    # The image-generation half, as small as its group norms (32 groups) allow
+    vq = dict(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32, channel_multiplier=[1, 2],
+              num_res_blocks=1, num_patches=4, projection_dim=TINY_LM["hidden_size"],
+              image_token_embed_dim=TINY_LM["hidden_size"], num_hidden_layers=1)
+    text = LlamaConfig(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    config = JanusConfig(vision_config=vision, vq_config=vq, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
+    torch.manual_seed(0)
+    model = JanusForConditionalGeneration(config)
+    image_processor = JanusImageProcessorPil(size={"height": TILE, "width": TILE}, min_size=TINY_VISION["patch_size"])
+    processor = JanusProcessor(image_processor, tokenizer, chat_template=JANUS_TEMPLATE, use_default_system_prompt=True,
+                               num_image_tokens=image_tokens)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
     "qianfan_ocr": make_tiny_qianfan_ocr,
     "ovis2": make_tiny_ovis2,
     "ovis2_5": make_tiny_ovis2_5,
+    "janus": make_tiny_janus,
 }
 """Builder per config.model_type."""
