@@ -38,6 +38,12 @@ Quirks worth knowing (transformers 5.x):
   16 here) x `<image_placeholder>` + `<end_of_image>`, reading the three from tokenizer attributes (`image_token`,
   `boi_token`, `eoi_token`). With `use_default_system_prompt` (on, as on deepseek-community/Janus-Pro-*) its
   `__call__` puts a fixed system text in front of every text in text mode: the chat template does not write it.
+- Aria: Idefics3's vision tower, a cross-attention projector with learned queries (`model.multi_modal_projector`,
+  its queries picked by the tower's patch count: `projector_patch_to_query_dict`) and a mixture-of-experts LM. The
+  processor's own default `max_image_size=980` (a class setting over the image processor's) pads every image to
+  980x980, so the tiny tower takes 70x70 patches (14x14 = 196 -> 16 queries); the processor writes
+  `size_conversion[980]` (16) `<|img|>` per image. The image processor's `pixel_mask` reaches the model, its
+  `num_crops` only the processor.
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ from transformers import (
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
     PPChart2TableProcessor,
+    AriaConfig,
+    AriaForConditionalGeneration,
+    AriaImageProcessorPil,
+    AriaProcessor,
+    AriaTextConfig,
     JanusConfig,
     JanusForConditionalGeneration,
     JanusImageProcessorPil,
@@ -86,7 +97,7 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_ovis2", "make_tiny_ovis2_5",
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_ovis2", "make_tiny_ovis2_5",
            "make_tiny_pp_chart2table",
            "make_tiny_qianfan_ocr"]
 
@@ -282,6 +293,41 @@ def make_tiny_janus(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# --------------------------------------------------------------------------------------------------------- Aria
+
+# rhymes-ai/Aria's chat template, as transformers' Aria processor tests carry it: ChatML, each image as
+# <fim_prefix><|img|><fim_suffix>.
+ARIA_TEMPLATE = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}{% elif message['content'] is iterable %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'text' %}{{ item['text'] }}{% elif item['type'] == 'image' %}"
+    "<fim_prefix><|img|><fim_suffix>{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+ARIA_QUERIES = {490: 4, 980: 16}
+"""Image tokens per image side (the processor's `size_conversion`); the tower sees (side / 70)**2 patches."""
+
+
+def make_tiny_aria(out: Path, texts: list[str]) -> Path:
+    """AriaForConditionalGeneration (rhymes-ai/Aria layout): Idefics3 tower, query projector, MoE LM (2 experts,
+    1 shared); 16 image tokens per image."""
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|img|>", ["<fim_prefix>", "<fim_suffix>"],
+                           eos="<|im_end|>")
+    patch = 70  # the tower sees 980x980 pixels (see above)
+    vision = dict(TINY_VISION, model_type="idefics3_vision", image_size=max(ARIA_QUERIES), patch_size=patch)
+    text = AriaTextConfig(**TINY_LM, vocab_size=len(tokenizer), moe_num_experts=2, moe_topk=1,
+                          moe_num_shared_experts=1, **special_ids(tokenizer))
+    config = AriaConfig(vision_config=vision, text_config=text,
+                        image_token_index=tokenizer.convert_tokens_to_ids("<|img|>"),
+                        projector_patch_to_query_dict={(side // patch) ** 2: n for side, n in ARIA_QUERIES.items()})
+    torch.manual_seed(0)
+    model = AriaForConditionalGeneration(config)
+    image_processor = AriaImageProcessorPil(max_image_size=max(ARIA_QUERIES), min_image_size=min(ARIA_QUERIES))
+    processor = AriaProcessor(image_processor, tokenizer, chat_template=ARIA_TEMPLATE, size_conversion=ARIA_QUERIES)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
@@ -289,5 +335,6 @@ BUILDERS = {
     "ovis2": make_tiny_ovis2,
     "ovis2_5": make_tiny_ovis2_5,
     "janus": make_tiny_janus,
+    "aria": make_tiny_aria,
 }
 """Builder per config.model_type."""
