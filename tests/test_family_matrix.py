@@ -34,6 +34,7 @@ from .tiny_families import (
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_encoder_grounding import make_tiny_blip_2
 from .tiny_families_ocr_more import (
+    make_tiny_aria,
     make_tiny_got_ocr2,
     make_tiny_janus,
     make_tiny_ovis2,
@@ -103,6 +104,7 @@ MATRIX = {
     "ovis2": Case(make_tiny_ovis2, "chat", FROZEN_VISION),
     "ovis2_5": Case(make_tiny_ovis2_5, "chat", FROZEN_VISION),
     "janus": Case(make_tiny_janus, "chat", FROZEN_VISION),
+    "aria": Case(make_tiny_aria, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
