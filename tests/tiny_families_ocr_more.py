@@ -44,6 +44,11 @@ Quirks worth knowing (transformers 5.x):
   980x980, so the tiny tower takes 70x70 patches (14x14 = 196 -> 16 queries); the processor writes
   `size_conversion[980]` (16) `<|img|>` per image. The image processor's `pixel_mask` reaches the model, its
   `num_crops` only the processor.
+- LightOnOCR: Mistral3's layout under other names (`model.vision_encoder`: Pixtral, `model.vision_projection`: patch
+  merger + MLP) with a Qwen3 LM. `PixtralImageProcessorPil` works without torchvision (unlike `PixtralProcessor`,
+  which Mistral3 needs): resized within `size["longest_edge"]`, padded to a multiple of patch x merge; the model takes
+  `pixel_values` and `image_sizes`. The processor writes one `<|image_pad|>` per merged patch (no row breaks):
+  48x40 -> 48x48 pixels -> 3x3 = 9 tokens.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from transformers import (
     GotOcr2Processor,
     PPChart2TableConfig,
     PPChart2TableImageProcessorPil,
+    PixtralImageProcessorPil,
     PPChart2TableProcessor,
     AriaConfig,
     AriaForConditionalGeneration,
@@ -69,6 +75,9 @@ from transformers import (
     JanusForConditionalGeneration,
     JanusImageProcessorPil,
     JanusProcessor,
+    LightOnOcrConfig,
+    LightOnOcrForConditionalGeneration,
+    LightOnOcrProcessor,
     LlamaConfig,
     Ovis2_5Config,
     Ovis2_5ForConditionalGeneration,
@@ -97,7 +106,7 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_ovis2", "make_tiny_ovis2_5",
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_lighton_ocr", "make_tiny_ovis2", "make_tiny_ovis2_5",
            "make_tiny_pp_chart2table",
            "make_tiny_qianfan_ocr"]
 
@@ -328,6 +337,33 @@ def make_tiny_aria(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# --------------------------------------------------------------------------------------------------- LightOnOCR
+
+# lightonai/LightOnOCR-*'s template could not be read here: this is Qwen3-VL's (the LM is Qwen3), writing the
+# processor's image token alone, since the processor writes no start or end token.
+LIGHTON_OCR_TEMPLATE = OVIS2_5_TEMPLATE
+LIGHTON_OCR_TOKENS = {"image_break_token": "<|vision_pad|>", "image_end_token": "<|vision_end|>"}
+
+
+def make_tiny_lighton_ocr(out: Path, texts: list[str]) -> Path:
+    """LightOnOcrForConditionalGeneration (lightonai/LightOnOCR-* layout): Pixtral tower, patch-merging projector,
+    Qwen3 LM; images within 64x64 pixels, one token per 16x16 (merged 8x8 patches)."""
+    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(LIGHTON_OCR_TOKENS.values()),
+                           eos="<|im_end|>", named=LIGHTON_OCR_TOKENS)
+    patch, merge = TINY_VISION["patch_size"], 2
+    vision = dict(TINY_VISION, image_size=2 * TILE, head_dim=TINY_VISION["hidden_size"] // 2)
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    text = Qwen3Config(**TINY_LM, head_dim=head_dim, vocab_size=len(tokenizer), **special_ids(tokenizer))
+    config = LightOnOcrConfig(vision_config=vision, text_config=text, spatial_merge_size=merge,
+                              image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    torch.manual_seed(0)
+    model = LightOnOcrForConditionalGeneration(config)
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": 2 * TILE}, patch_size=patch * merge)
+    processor = LightOnOcrProcessor(image_processor, tokenizer, patch_size=patch, spatial_merge_size=merge,
+                                    chat_template=LIGHTON_OCR_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
@@ -336,5 +372,6 @@ BUILDERS = {
     "ovis2_5": make_tiny_ovis2_5,
     "janus": make_tiny_janus,
     "aria": make_tiny_aria,
+    "lighton_ocr": make_tiny_lighton_ocr,
 }
 """Builder per config.model_type."""
