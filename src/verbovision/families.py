@@ -31,11 +31,11 @@ COMPONENT_MODULES = {
                # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
-               "vision_model"),
+               "vision_model", "model.vision_encoder"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline",
-                  "model.visual_embeddings_table"),
+                  "model.visual_embeddings_table", "model.vision_projection"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
@@ -45,7 +45,8 @@ Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the 
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
 as in their own training. Ovis's connector is its visual embedding table, which embeds the tower's probabilities over
-visual words (the tower's own head computes them)."""
+visual words (the tower's own head computes them). LightOnOCR names Mistral3's tower and projector
+`model.vision_encoder` and `model.vision_projection`."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
