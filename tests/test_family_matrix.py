@@ -37,6 +37,7 @@ from .tiny_families_ocr_more import (
     make_tiny_aria,
     make_tiny_got_ocr2,
     make_tiny_janus,
+    make_tiny_lighton_ocr,
     make_tiny_ovis2,
     make_tiny_ovis2_5,
     make_tiny_qianfan_ocr,
@@ -105,6 +106,7 @@ MATRIX = {
     "ovis2_5": Case(make_tiny_ovis2_5, "chat", FROZEN_VISION),
     "janus": Case(make_tiny_janus, "chat", FROZEN_VISION),
     "aria": Case(make_tiny_aria, "chat", FROZEN_VISION),
+    "lighton_ocr": Case(make_tiny_lighton_ocr, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
