@@ -27,6 +27,7 @@ FAMILIES = {
     "ovis2": ("chat", 16),  # one tile: 16 <IMG_ATOM>
     "janus": ("chat", 16),
     "aria": ("chat", 16),
+    "deepseek_ocr2": ("<image>\nFree OCR.", 257),  # smaller than a tile: the global view alone, and the separator
     "lighton_ocr": ("chat", 9),  # 48x40 -> 48x48 pixels -> 3x3 merged patches
     "ovis2_5": ("chat", 6),  # 48x40 -> 48x32 pixels -> 3x2 merged patches
     "qianfan_ocr": ("chat", 4),  # 48x40 is closest to a 1x1 grid of tiles: one tile, no thumbnail

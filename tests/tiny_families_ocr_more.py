@@ -49,6 +49,14 @@ Quirks worth knowing (transformers 5.x):
   which Mistral3 needs): resized within `size["longest_edge"]`, padded to a multiple of patch x merge; the model takes
   `pixel_values` and `image_sizes`. The processor writes one `<|image_pad|>` per merged patch (no row breaks):
   48x40 -> 48x48 pixels -> 3x3 = 9 tokens.
+- DeepSeek-OCR-2: SAM ViT (with two stride-2 convolutions down to a 4x smaller grid) feeding a Qwen2-like encoder
+  together with learned queries (`model.vision_tower.query_768_resolution` / `query_1024_resolution`: 144 or 256
+  of them, picked by the SAM grid's size), whose query outputs `model.multi_modal_projector` (one linear) projects;
+  a DeepSeek-MoE LM. Counts are fixed by those query tables, so the tiny SAM takes 1x1 patches: a 64x64 global view
+  -> 256 tokens, 48x48 tiles -> 144 each, plus one for the learned `model.view_separator` (a bare parameter). Images
+  larger than a tile are also cut into 2..6 tiles (`pixel_values_local`, `num_local_patches`, which the model
+  takes too); smaller ones give the global view alone (257 tokens). No chat template: the Hub prompt is
+  "<image>\nFree OCR.", as VerboVision's `plain` layout writes it.
 """
 
 from __future__ import annotations
@@ -57,6 +65,10 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    DeepseekOcr2Config,
+    DeepseekOcr2ForConditionalGeneration,
+    DeepseekOcr2ImageProcessorPil,
+    DeepseekOcr2Processor,
     GenerationConfig,
     GotOcr2Config,
     GotOcr2ForConditionalGeneration,
@@ -106,7 +118,7 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_lighton_ocr", "make_tiny_ovis2", "make_tiny_ovis2_5",
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_deepseek_ocr2", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_lighton_ocr", "make_tiny_ovis2", "make_tiny_ovis2_5",
            "make_tiny_pp_chart2table",
            "make_tiny_qianfan_ocr"]
 
@@ -364,6 +376,34 @@ def make_tiny_lighton_ocr(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
+# ----------------------------------------------------------------------------------------------- DeepSeek-OCR-2
+
+DEEPSEEK_OCR2_GLOBAL, DEEPSEEK_OCR2_TILE = 64, 48
+"""Pixels of the global view and of a tile: with 1x1 patches and a 4x smaller grid, 16x16 = 256 and 12x12 = 144
+features, the sizes of the tower's query tables."""
+
+
+def make_tiny_deepseek_ocr2(out: Path, texts: list[str]) -> Path:
+    """DeepseekOcr2ForConditionalGeneration (deepseek-community/DeepSeek-OCR-2 layout): SAM + query encoder tower,
+    linear projector, DeepSeek-MoE LM (a dense layer, then a 2-expert one); no chat template."""
+    tokenizer = _tokenizer(list(texts) + ["Free OCR."], "<image>", [DEEPSEEK_BOS, DEEPSEEK_EOS], bos=DEEPSEEK_BOS,
+                           eos=DEEPSEEK_EOS)
+    downsample = 4  # the SAM projection's two stride-2 convolutions
+    sam = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+               image_size=DEEPSEEK_OCR2_GLOBAL, patch_size=1, window_size=8, global_attn_indexes=[1],
+               downsample_channels=[32, 32], initializer_range=0.02)  # SAM's default (1e-10): features all but zero
+    text = dict(TINY_LM, vocab_size=len(tokenizer), n_routed_experts=2, num_experts_per_tok=1, n_shared_experts=1,
+                moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"], **special_ids(tokenizer))
+    config = DeepseekOcr2Config(vision_config=dict(sam_config=sam, encoder_config=dict(TINY_LM)), text_config=text,
+                                image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = DeepseekOcr2ForConditionalGeneration(config)
+    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": DEEPSEEK_OCR2_GLOBAL, "width": DEEPSEEK_OCR2_GLOBAL},
+                                                    tile_size=DEEPSEEK_OCR2_TILE)
+    processor = DeepseekOcr2Processor(image_processor, tokenizer, patch_size=1, downsample_ratio=downsample)
+    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+
+
 BUILDERS = {
     "got_ocr2": make_tiny_got_ocr2,
     "pp_chart2table": make_tiny_pp_chart2table,
@@ -373,5 +413,6 @@ BUILDERS = {
     "janus": make_tiny_janus,
     "aria": make_tiny_aria,
     "lighton_ocr": make_tiny_lighton_ocr,
+    "deepseek_ocr2": make_tiny_deepseek_ocr2,
 }
 """Builder per config.model_type."""
