@@ -1,15 +1,38 @@
-"""VerboVision on the families of tests/tiny_families_ocr_more.py that the family matrix cannot run: each is refused
-as it loads, with the reason, and `verbo caption` exits 2 with that one line."""
+"""VerboVision on the families of tests/tiny_families_ocr_more.py where the family matrix does not show it: the
+image processor's tensors beyond its model_input_names reach the model (DeepSeek-OCR-2's tiles); families that cannot
+work are refused as they load, with the reason, and `verbo caption` exits 2 with that one line."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
 
 from verbovision.cli import main
+from verbovision.data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
+from verbovision.families import family_of
+from verbovision.store import load_model
 
 from .conftest import needs_model_type
 from .test_tiny_families import picture
 from .tiny_families_ocr_more import BUILDERS
+
+def test_deepseek_ocr2_takes_the_tiles_of_a_large_image(tmp_path, tiny_tokenizer_texts):
+    """Its image processor returns a large image's tiles as pixel_values_local, which its model_input_names leaves out;
+    without them the model has features for the global view only, fewer than the processor's image tokens."""
+    needs_model_type("deepseek_ocr2")
+    model, processor = load_model(BUILDERS["deepseek_ocr2"](tmp_path / "base", tiny_tokenizer_texts), device="cpu")
+    assert "pixel_values_local" not in processor.image_processor.model_input_names
+    encoder = Encoder(processor, "plain", family=family_of(model.config))
+    turns = [Turn("user", f"{DATA_IMAGE_TOKEN}\nFree OCR."), Turn("assistant", "a red square")]
+    batch = Collator(encoder)([encoder.encode(Record("ocr", [picture(96, 80)], turns, "large"))])
+    assert batch["num_local_patches"].tolist() == [4]  # 96x80: 2x2 tiles of 48x48 beside the global view
+    assert batch["pixel_values_local"].shape == (4, 3, 48, 48)
+    with torch.no_grad():
+        loss = model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
+    assert math.isfinite(loss.item())
+
 
 REFUSED = {
     "pp_chart2table": "its processor expands no image token",

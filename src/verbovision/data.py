@@ -632,8 +632,10 @@ class Encoder:
         processed = self.processor(text=[self.image_tokens.token] * len(images),
                                    images=self.family.images_per_text(images), padding=True,
                                    return_tensors="pt")  # texts of different images differ in length
-        names = set(self.processor.image_processor.model_input_names)
-        return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
+        # Everything but the outputs of the placeholder texts: the image processor's tensors, including those its
+        # model_input_names leaves out (DeepSeek-OCR-2's pixel_values_local, the tiles of a large image)
+        text_side = {*self.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids"}
+        return self.family.pixel_inputs({k: v for k, v in processed.items() if k not in text_side})
 
 
 # ---------------------------------------------------------------------------------------------------- datasets
