@@ -35,7 +35,7 @@ COMPONENT_MODULES = {
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline",
-                  "model.visual_embeddings_table", "model.vision_projection"),
+                  "model.visual_embeddings_table", "model.vision_projection", "model.view_separator"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model"),
 }
@@ -44,7 +44,7 @@ prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it si
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training. Ovis's connector is its visual embedding table, which embeds the tower's probabilities over
+as in their own training, and so does DeepSeek-OCR-2's separator after an image's views (`model.view_separator`). Ovis's connector is its visual embedding table, which embeds the tower's probabilities over
 visual words (the tower's own head computes them). LightOnOCR names Mistral3's tower and projector
 `model.vision_encoder` and `model.vision_projection`."""
 
