@@ -14,7 +14,7 @@ from verbovision.data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from verbovision.families import family_of
 from verbovision.store import load_model
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 from .test_tiny_families import picture
 from .tiny_families_ocr_more import BUILDERS
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 from .test_tiny_families import picture
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_ocr_more import BUILDERS, GOT_IMAGE_TOKENS

@@ -12,7 +12,7 @@ from transformers.utils import is_torchvision_available
 from verbovision.families import forward_parameters
 from verbovision.store import load_processor
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 from .test_tiny_families import TEXTS, picture
 from .tiny_families_qwen_like import BUILDERS
 
@@ -53,9 +53,14 @@ def _processor(out):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
+    check_in_plain_transformers(tmp_path, family, BUILDERS[family], *FAMILIES[family])
+
+
+def check_in_plain_transformers(tmp_path, family, build, model_class, processor_class, prompt, keys, image_tokens):
+    """A tiny checkpoint of `family` (built by `build`) in plain transformers: its classes, its prompt with one
+    picture (`keys`: the processor's outputs, `image_tokens` of them for 48x40 pixels), generate, a loss."""
     needs_model_type(family)
-    model_class, processor_class, prompt, keys, image_tokens = FAMILIES[family]
-    out = BUILDERS[family](tmp_path / family, TEXTS)
+    out = build(tmp_path / family, TEXTS)
     assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = _processor(out)

@@ -15,6 +15,7 @@ Components are found by module name, so any family that keeps transformers' usua
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from functools import cache
 
@@ -86,12 +87,14 @@ class Support:
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
 
+OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+                  "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3): their M-RoPE positions come from the whole row."""
+
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
     "cohere2_vision": Support(caches_features=True),
-    "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    **{kind: Support(packs=False, packing_refusal=_OWN_ROPE) for kind in OWN_ROPE_TYPES},
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
@@ -102,6 +105,13 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
+    "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
+                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
+        refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
+                "which VerboVision does not give it")),
+    "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
+                                "own), and VerboVision places each image's features at its image tokens"),
     "got_ocr2": Support(flat_images=True),
     "pp_chart2table": Support(refused="its processor expands no image token (a text must already hold each image's "
                                       "256 <imgpad> tokens, as its chat template writes them), and VerboVision "
@@ -110,6 +120,39 @@ SUPPORT: dict[str, Support] = {
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
 are tried."""
+
+
+FAMILY_MATRIX = (
+    "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
+    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
+    "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v", "glm4v_moe", "glm46v",
+    "glm_ocr", "cosmos3_omni", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria", "lighton_ocr",
+)
+"""Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
+caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
+
+TRIED_ELSEWHERE = {
+    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector; trained by the geovlm seed recipe's test",
+}
+"""Model types tried end to end outside the family matrix, and by what."""
+
+_NEEDS_TORCHVISION = "its image processor exists only in a torchvision version, not installed where the matrix runs"
+
+UNTRIED: dict[str, str] = {
+    **dict.fromkeys(("apertus1p5", "gemma4_unified", "inkling2", "inkling2_loop", "inkling_mm_model", "kimi_k25",
+                     "lfm2_vl", "llama4", "minicpm_ocr", "minimax_m3_vl", "molmo2", "muse_glimmer", "muse_spark",
+                     "nemotron_h_omni", "perception_lm", "pp_formulanet", "step3p7", "unlimited_ocr"),
+                    _NEEDS_TORCHVISION),
+    **dict.fromkeys(("mistral3", "mistral_large4"), "PixtralProcessor, the processor of its checkpoints, needs "
+                    "torchvision, not installed where the matrix runs"),
+    **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
+                    "image) model, whose processor belongs to the whole omni model type"),
+    "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved LoRA "
+                     "adapter reloads without its language-model weights: PEFT applies the family's checkpoint "
+                     "renaming (layers -> language_model.layers) to adapter keys that already have it",
+}
+"""Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
+tokens in the text, `Support()`), and loading one says so once on stderr."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +203,12 @@ IMAGE_TOKEN_FAMILY = Family("image-text-to-text", IMAGES_IN_TEXT)
 
 def family_of(config) -> Family:
     """The family of a model config (a transformers PretrainedConfig); a model type VerboVision cannot work with is
-    refused with the reason."""
+    refused with the reason, one that no test has tried is noted on stderr (once a process)."""
     kind = config.model_type
     support = SUPPORT.get(kind, Support())
     if support.refused:
         raise ConfigError(f"{kind} models are not supported: {support.refused}")
+    note_untried(kind)
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,), support)
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
@@ -177,6 +221,20 @@ def family_of(config) -> Family:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,), support)
     return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None))
+
+
+@cache
+def note_untried(model_type: str) -> None:
+    """Say, once, that an image-text model type is outside what VerboVision has tried: it may work, or fail where
+    nothing has been checked for it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    tried = model_type in FAMILY_MATRIX or model_type in TRIED_ELSEWHERE or model_type in SUPPORT
+    if tried or model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return
+    why = UNTRIED.get(model_type, "a model type newer than VerboVision's family matrix")
+    print(f"verbo: note: {model_type} models are untried by VerboVision ({why}); they take the generic image-token "
+          "path: check a few outputs, and report what fails", file=sys.stderr)
 
 
 @cache
