@@ -1,7 +1,7 @@
-"""Tiny random checkpoints of OCR and other image-text families (GOT-OCR2, PP-Chart2Table, ...), built offline. Same
-contract as tests/tiny_families.py: `make_tiny_<family>(out, texts)` saves a random float32 model and its real
-processor class to `out`, laid out like the family's Hub checkpoints, with the family's chat template where those
-have one.
+"""Tiny random checkpoints of OCR and other image-text families (GOT-OCR2, PP-Chart2Table, Qianfan-OCR, Ovis2,
+Ovis2.5, Janus, Aria, LightOnOCR, DeepSeek-OCR-2), built offline. Same contract as tests/tiny_families.py:
+`make_tiny_<family>(out, texts)` saves a random float32 model and its real processor class to `out`, laid out like
+the family's Hub checkpoints, with the family's chat template where those have one.
 
 Quirks worth knowing (transformers 5.x):
 - GOT-OCR2: SAM ViT tower with a neck, then two stride-2 convolutions and a linear (`model.multi_modal_projector`)
@@ -65,6 +65,11 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AriaConfig,
+    AriaForConditionalGeneration,
+    AriaImageProcessorPil,
+    AriaProcessor,
+    AriaTextConfig,
     DeepseekOcr2Config,
     DeepseekOcr2ForConditionalGeneration,
     DeepseekOcr2ImageProcessorPil,
@@ -74,15 +79,6 @@ from transformers import (
     GotOcr2ForConditionalGeneration,
     GotOcr2ImageProcessorPil,
     GotOcr2Processor,
-    PPChart2TableConfig,
-    PPChart2TableImageProcessorPil,
-    PixtralImageProcessorPil,
-    PPChart2TableProcessor,
-    AriaConfig,
-    AriaForConditionalGeneration,
-    AriaImageProcessorPil,
-    AriaProcessor,
-    AriaTextConfig,
     JanusConfig,
     JanusForConditionalGeneration,
     JanusImageProcessorPil,
@@ -98,10 +94,14 @@ from transformers import (
     Ovis2ForConditionalGeneration,
     Ovis2ImageProcessorPil,
     Ovis2Processor,
-    Qwen2Config,
+    PixtralImageProcessorPil,
+    PPChart2TableConfig,
+    PPChart2TableImageProcessorPil,
+    PPChart2TableProcessor,
     QianfanOCRConfig,
     QianfanOCRForConditionalGeneration,
     QianfanOCRProcessor,
+    Qwen2Config,
     Qwen3Config,
 )
 
@@ -118,9 +118,9 @@ from .tiny_families_llava_like import (
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
-__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_deepseek_ocr2", "make_tiny_got_ocr2", "make_tiny_janus", "make_tiny_lighton_ocr", "make_tiny_ovis2", "make_tiny_ovis2_5",
-           "make_tiny_pp_chart2table",
-           "make_tiny_qianfan_ocr"]
+__all__ = ["BUILDERS", "GOT_IMAGE_TOKENS", "make_tiny_aria", "make_tiny_deepseek_ocr2", "make_tiny_got_ocr2",
+           "make_tiny_janus", "make_tiny_lighton_ocr", "make_tiny_ovis2", "make_tiny_ovis2_5",
+           "make_tiny_pp_chart2table", "make_tiny_qianfan_ocr"]
 
 GOT_IMAGE_TOKENS = 256
 """`GotOcr2Processor.num_image_tokens`: fixed by the class, so the tiny tower is sized to it."""
@@ -398,8 +398,8 @@ def make_tiny_deepseek_ocr2(out: Path, texts: list[str]) -> Path:
                                 image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
     model = DeepseekOcr2ForConditionalGeneration(config)
-    image_processor = DeepseekOcr2ImageProcessorPil(size={"height": DEEPSEEK_OCR2_GLOBAL, "width": DEEPSEEK_OCR2_GLOBAL},
-                                                    tile_size=DEEPSEEK_OCR2_TILE)
+    square = {"height": DEEPSEEK_OCR2_GLOBAL, "width": DEEPSEEK_OCR2_GLOBAL}
+    image_processor = DeepseekOcr2ImageProcessorPil(size=square, tile_size=DEEPSEEK_OCR2_TILE)
     processor = DeepseekOcr2Processor(image_processor, tokenizer, patch_size=1, downsample_ratio=downsample)
     return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 

@@ -45,9 +45,10 @@ prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it si
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training, and so does DeepSeek-OCR-2's separator after an image's views (`model.view_separator`). Ovis's connector is its visual embedding table, which embeds the tower's probabilities over
-visual words (the tower's own head computes them). LightOnOCR names Mistral3's tower and projector
-`model.vision_encoder` and `model.vision_projection`."""
+as in their own training, and so does DeepSeek-OCR-2's separator after an image's views (`model.view_separator`).
+Ovis's connector is its visual embedding table, which embeds the tower's probabilities over visual words (the tower's
+own head computes them). LightOnOCR names Mistral3's tower and projector `model.vision_encoder` and
+`model.vision_projection`."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -147,8 +148,8 @@ UNTRIED: dict[str, str] = {
                     "torchvision, not installed where the matrix runs"),
     **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
                     "image) model, whose processor belongs to the whole omni model type"),
-    "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved LoRA "
-                     "adapter reloads without its language-model weights: PEFT applies the family's checkpoint "
+    "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved "
+                     "LoRA adapter reloads without its language-model weights: PEFT applies the family's checkpoint "
                      "renaming (layers -> language_model.layers) to adapter keys that already have it",
 }
 """Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
