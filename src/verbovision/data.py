@@ -632,9 +632,10 @@ class Encoder:
         processed = self.processor(text=[self.image_tokens.token] * len(images),
                                    images=self.family.images_per_text(images), padding=True,
                                    return_tensors="pt")  # texts of different images differ in length
-        # Everything but the outputs of the placeholder texts: the image processor's tensors, including those its
-        # model_input_names leaves out (DeepSeek-OCR-2's pixel_values_local, the tiles of a large image)
-        text_side = {*self.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids"}
+        # Everything but what the processor computed from the placeholder texts (their ids, masks, token types,
+        # PaliGemma's labels): the image processor's tensors, including those its model_input_names leaves out
+        # (DeepSeek-OCR-2's pixel_values_local, the tiles of a large image)
+        text_side = {*self.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids", "labels"}
         return self.family.pixel_inputs({k: v for k, v in processed.items() if k not in text_side})
 
 
