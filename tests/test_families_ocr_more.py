@@ -8,14 +8,16 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from verbovision.cli import main
 from verbovision.data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from verbovision.families import family_of
 from verbovision.store import load_model
 
-from .helpers import needs_model_type
+from .helpers import CAPTIONS, LORA, needs_model_type, train_one_stage
 from .test_tiny_families import picture
+from .tiny_families import make_tiny_llava
 from .tiny_families_ocr_more import BUILDERS
 
 def test_deepseek_ocr2_takes_the_tiles_of_a_large_image(tmp_path, tiny_tokenizer_texts):
@@ -32,6 +34,27 @@ def test_deepseek_ocr2_takes_the_tiles_of_a_large_image(tmp_path, tiny_tokenizer
     with torch.no_grad():
         loss = model(**{k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}).loss
     assert math.isfinite(loss.item())
+
+
+def test_an_adapter_peft_loads_without_some_of_its_weights_is_refused(tmp_path, shapes_data, tiny_tokenizer_texts,
+                                                                    capsys):
+    """PEFT only warns when an adapter's weights find no place in the model (as DeepSeek-OCR-2's do under PEFT 0.21,
+    renamed a second time by transformers' checkpoint conversion), and the model then runs without them. Shown with
+    an adapter one of whose weights is renamed."""
+    base = make_tiny_llava(tmp_path / "base", tiny_tokenizer_texts)
+    stage = {"name": "lora", "template": "chat", "data": CAPTIONS, "max_steps": 1, "batch_size": 1,
+             "train": {"vision": "frozen", "connector": "frozen", "language": "lora"},
+             "lora": {**LORA, "target": "all-linear"}}
+    adapter = train_one_stage(tmp_path, shapes_data, base, stage) / "stages/0-lora/adapter"
+    weights = load_file(adapter / "adapter_model.safetensors")
+    renamed = next(k for k in weights if ".lora_B." in k)
+    weights[renamed.replace("layers.", "layer.")] = weights.pop(renamed)
+    save_file(weights, adapter / "adapter_model.safetensors")
+    picture(48, 40).save(tmp_path / "picture.png")
+    capsys.readouterr()
+    assert main(["caption", str(adapter), str(tmp_path / "picture.png"), "--device", "cpu"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"verbo: error: {adapter}: PEFT ") and "without some of its weights" in error
 
 
 REFUSED = {
