@@ -149,8 +149,8 @@ UNTRIED: dict[str, str] = {
     **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
                     "image) model, whose processor belongs to the whole omni model type"),
     "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved "
-                     "LoRA adapter reloads without its language-model weights: PEFT applies the family's checkpoint "
-                     "renaming (layers -> language_model.layers) to adapter keys that already have it",
+                     "LoRA adapter loads without its language-model weights, and is refused: PEFT applies the family's "
+                     "checkpoint renaming (layers -> language_model.layers) to adapter keys that already have it",
 }
 """Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
 tokens in the text, `Support()`), and loading one says so once on stderr."""
