@@ -26,7 +26,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from verbovision.cli import main
 from verbovision.data import RecordError
@@ -294,6 +294,13 @@ def running(command: str, model: Path, *flags: str) -> Iterator[tuple[subprocess
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=30)
+
+
+def red_circle() -> Image.Image:
+    """A 64x64 white picture with a red circle: one image the plain-transformers family checks prompt with."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
+    return image
 
 
 def data_uri(image: Image.Image) -> str:

@@ -64,6 +64,28 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
+from .tiny_families_llava_more import (
+    make_tiny_granite4_vision,
+    make_tiny_granite_docling,
+    make_tiny_idefics2,
+    make_tiny_llava_next_video,
+    make_tiny_video_llava,
+    make_tiny_vipllava,
+)
+from .tiny_families_special import (
+    make_tiny_chameleon,
+    make_tiny_cohere_compass,
+    make_tiny_cosmos3_edge,
+    make_tiny_emu3,
+    make_tiny_gemma4,
+)
+from .tiny_families_misc import (
+    make_tiny_glm5_next,
+    make_tiny_glmga,
+    make_tiny_hy_v4_vl,
+    make_tiny_minicpmv4_6,
+    make_tiny_minicpmv4_7,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
@@ -86,6 +108,8 @@ from .tiny_families_qwen_more import (
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "lora"}
+VQ_IMAGES = {"vision": "frozen", "language": "lora"}
+"""Images as VQ-VAE codes in the LM's own vocabulary: no connector."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,22 @@ MATRIX = {
     "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
     "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
     "cosmos3_omni": Case(make_tiny_cosmos3_omni, "chat", FROZEN_VISION),
+    "cohere_compass": Case(make_tiny_cohere_compass, "chat", FROZEN_VISION),
+    "cosmos3_edge": Case(make_tiny_cosmos3_edge, "chat", FROZEN_VISION),
+    "chameleon": Case(make_tiny_chameleon, "plain", VQ_IMAGES),
+    "emu3": Case(make_tiny_emu3, "chat", VQ_IMAGES),
+    "gemma4": Case(make_tiny_gemma4, "chat", FROZEN_VISION),
+    "minicpmv4_6": Case(make_tiny_minicpmv4_6, "chat", FROZEN_VISION),
+    "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
+    "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
+    "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
+    "hy_v4_vl": Case(make_tiny_hy_v4_vl, "chat", FROZEN_VISION),
+    "vipllava": Case(make_tiny_vipllava, "chat", FROZEN_VISION),
+    "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
+    "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
+    "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
+    "idefics2": Case(make_tiny_idefics2, "chat", FROZEN_VISION),
+    "granite_docling": Case(make_tiny_granite_docling, "chat", FROZEN_VISION),
     "got_ocr2": Case(make_tiny_got_ocr2, "plain", FROZEN_VISION),
     "qianfan_ocr": Case(make_tiny_qianfan_ocr, "chat", FROZEN_VISION),
     "ovis2": Case(make_tiny_ovis2, "chat", FROZEN_VISION),

@@ -17,6 +17,7 @@ from verbovision.train import train_recipe
 
 from .helpers import needs_model_type, stage, tiny_recipe, token_losses
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
+from .tiny_families_misc import make_tiny_glm5_next, make_tiny_glmga, make_tiny_hy_v4_vl, make_tiny_minicpmv4_6
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
 
 
@@ -75,9 +76,16 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
             assert packed_steps < steps  # several samples per row: fewer steps for the same epoch
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
-def test_packing_is_refused_where_positions_are_the_models_own(family, tmp_path, shapes_data, tiny_tokenizer_texts):
-    build = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl}[family]
+REFUSED_PACKING = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl,  # M-RoPE from the whole row
+                   "glmga": make_tiny_glmga, "hy_v4_vl": make_tiny_hy_v4_vl,  # M-RoPE too
+                   "minicpmv4_6": make_tiny_minicpmv4_6,  # linear-attention layers: state across the whole row
+                   "glm5_next": make_tiny_glm5_next}
+
+
+@pytest.mark.parametrize("family", REFUSED_PACKING)
+def test_packing_is_refused_where_the_model_cannot_take_it(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    needs_model_type(family)
+    build = REFUSED_PACKING[family]
     base = build(tmp_path / family, tiny_tokenizer_texts)
     recipe = {"name": "q", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
               "stages": [stage("s", packing=400)]}

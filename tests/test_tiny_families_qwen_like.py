@@ -53,14 +53,18 @@ def _processor(out):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
-    check_in_plain_transformers(tmp_path, family, BUILDERS[family], *FAMILIES[family])
-
-
-def check_in_plain_transformers(tmp_path, family, build, model_class, processor_class, prompt, keys, image_tokens):
-    """A tiny checkpoint of `family` (built by `build`) in plain transformers: its classes, its prompt with one
-    picture (`keys`: the processor's outputs, `image_tokens` of them for 48x40 pixels), generate, a loss."""
     needs_model_type(family)
-    out = build(tmp_path / family, TEXTS)
+    inputs, processor = check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family,
+                                                    *FAMILIES[family])
+    if family.startswith("deepseek"):  # its Llama tokenizer starts every text with BOS; the template does not
+        assert inputs["input_ids"][0, 0].item() == processor.tokenizer.bos_token_id
+
+
+def check_in_plain_transformers(out, family: str, model_class: str, processor_class: str, prompt: str, keys: set,
+                                image_tokens: int):
+    """A tiny checkpoint of `family` loads with the Auto classes as `model_class` and a `processor_class`, renders
+    the chat `prompt`, turns it and a 48x40 picture into `keys` with `image_tokens` image tokens, generates, and its
+    loss reaches the vision tower. Returns the prompt's inputs and the processor."""
     assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = _processor(out)
@@ -72,8 +76,6 @@ def check_in_plain_transformers(tmp_path, family, build, model_class, processor_
     assert set(inputs) == keys
     assert keys <= forward_parameters(type(model))  # the forward names every output of the processor
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
-    if family.startswith("deepseek"):  # its Llama tokenizer starts every text with BOS; the template does not
-        assert inputs["input_ids"][0, 0].item() == processor.tokenizer.bos_token_id
 
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     n_prompt = inputs["input_ids"].shape[1]
@@ -88,3 +90,4 @@ def check_in_plain_transformers(tmp_path, family, build, model_class, processor_
     loss.backward()
     patch_embedding = next(p for n, p in model.named_parameters() if "vision" in n or "visual" in n)
     assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower
+    return inputs, processor

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from .helpers import needs_model_type
+from .test_tiny_families import TEXTS
 from .test_tiny_families_qwen_like import check_in_plain_transformers
 from .tiny_families_qwen_more import BUILDERS
 
@@ -29,4 +31,5 @@ FAMILIES = {
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
-    check_in_plain_transformers(tmp_path, family, BUILDERS[family], *FAMILIES[family])
+    needs_model_type(family)
+    check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family, *FAMILIES[family])

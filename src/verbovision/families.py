@@ -32,23 +32,34 @@ COMPONENT_MODULES = {
                # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
-               "vision_model", "model.vision_encoder"),
-    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
-                  "model.visual.deepstack_merger_list", "git.visual_projection", "enc_to_dec_proj",
+               "vision_model", "model.vqmodel",
+               # Video-LLaVA's two towers of one config: images go through the image tower only
+               "model.image_tower", "model.video_tower", "model.vision_encoder"),
+    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector", "model.merger",
+                  "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
+                  "git.visual_projection", "enc_to_dec_proj", "model.embed_vision",
                   "query_tokens", "qformer", "language_projection", "model.image_newline",
+                  "model.layerwise_projectors", "model.spatial_projectors", "model.vision_model.connector",
                   "model.visual_embeddings_table", "model.vision_projection", "model.view_separator"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
-                 "decoder", "language_model"),
+                 "decoder", "language_model", "model.embed_tokens", "model.layers", "model.norm"),
 }
 """Where each component lives, across families (transformers v5 module or parameter names; the longest matching
 prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
 is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
-LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training, and so does DeepSeek-OCR-2's separator after an image's views (`model.view_separator`).
-Ovis's connector is its visual embedding table, which embeds the tower's probabilities over visual words (the tower's
-own head computes them). LightOnOCR names Mistral3's tower and projector `model.vision_encoder` and
-`model.vision_projection`."""
+Cosmos3-Edge's is its 2x2 patch merger `model.projector`, Gemma 4's `model.embed_vision`; LLaVA-NeXT's and
+LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector, as in their own
+training. Chameleon keeps its LM's layers in `model` itself, beside the VQ-VAE that turns images into tokens of the
+LM's vocabulary (`model.vqmodel`, vision; no connector). MiniCPM-V's projector is `model.merger`; its window-attention
+merger between two vision layers (`model.vision_tower.vit_merger`) stays with the vision tower. Hy4-VL's
+`model.vision_tower.patch_merger`, like Qwen2-VL's merger, projects the tower's output into the LM (with its learned
+image begin / end / newline embeddings). Granite 4 Vision's window Q-Former projectors, one
+per vision depth it injects into an LM layer and one per spatial group (DeepStack), are its connector; Granite-Docling's
+connector sits inside its vision model (`model.vision_model.connector`). DeepSeek-OCR-2's separator after an image's
+views (`model.view_separator`, bare) trains with its projector. Ovis's connector is its visual embedding table, which
+embeds the tower's probabilities over visual words (the tower's own head computes them). LightOnOCR names Mistral3's
+tower and projector `model.vision_encoder` and `model.vision_projection`."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -87,10 +98,16 @@ class Support:
 
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
+_LINEAR_ATTENTION = ("its language model's linear-attention layers carry their state along the whole row, across the "
+                     "packed examples' boundaries")
 
 OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
-                  "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni")
-"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3): their M-RoPE positions come from the whole row."""
+                  "glm4v_moe", "glm46v", "glm_ocr", "glmga", "cosmos3_omni", "cosmos3_edge", "cohere_compass",
+                  "hy_v4_vl")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL): their M-RoPE positions come from
+the whole row."""
+
+_ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
 
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
@@ -107,12 +124,37 @@ SUPPORT: dict[str, Support] = {
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
     "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
-                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the "
+                                 "encoder"),
     **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
         refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
                 "which VerboVision does not give it")),
+    **dict.fromkeys(("minicpmv4_6", "minicpmv4_7", "glm5_next"),
+                    Support(packs=False, packing_refusal=_LINEAR_ATTENTION)),
     "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
                                 "own), and VerboVision places each image's features at its image tokens"),
+    "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own "
+                                    "policy questions, one prompt per image and policy"),
+    "kosmos-2.5": Support(refused="its image's places are `<s>` tokens marked in a mask of its own "
+                                  "(image_embeds_position_mask), taken with flattened patches and their sizes"),
+    "pix2struct": Support(refused="its encoder reads flattened image patches with the prompt rendered into the image, "
+                                  "not pixel values beside a text"),
+    "udop": Support(refused="a document model: its encoder reads the page's OCR words with their boxes (bbox)"),
+    "t5gemma2": Support(refused="its language model is an encoder-decoder whose encoder reads the prompt with the "
+                                "image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    "blip": Support(refused="its text decoder reads the image by cross-attention, not image tokens, and its generate "
+                            "rewrites the prompt (first token to [DEC], the last one dropped as a [SEP])"),
+    "idefics": Support(refused="which image each text token may see (image_attention_mask) is computed by its "
+                               "processor from the text; VerboVision gives the image processor's tensors only"),
+    "mllama": Support(refused="its language model cross-attends to the image tiles, batched per text, and which tokens "
+                              "see them (cross_attention_mask) is computed by its processor from the text; VerboVision "
+                              "gives the image processor's tensors only"),
+    "evolla": Support(refused="a protein-text model: it reads protein sequences, not images"),
+    "pi0": Support(refused=_ACTIONS),
+    "pi05": Support(refused=_ACTIONS),
+    "diffusion_gemma": Support(refused="it writes text by block diffusion, whole blocks at a time, not token by token: "
+                                       "no next-token loss to train, no greedy decoding to caption with"),
+    "mistral4": Support(refused="Mistral4ForCausalLM is a text-only language model: it takes no images"),
     "got_ocr2": Support(flat_images=True),
     "pp_chart2table": Support(refused="its processor expands no image token (a text must already hold each image's "
                                       "256 <imgpad> tokens, as its chat template writes them), and VerboVision "
@@ -125,15 +167,19 @@ are tried."""
 
 FAMILY_MATRIX = (
     "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
-    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
-    "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v", "glm4v_moe", "glm46v",
-    "glm_ocr", "cosmos3_omni", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria", "lighton_ocr",
+    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next",
+    "llava_onevision", "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+    "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
+    "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl", "vipllava", "llava_next_video", "video_llava",
+    "granite4_vision", "idefics2", "granite_docling", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria",
+    "lighton_ocr",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
 
 TRIED_ELSEWHERE = {
-    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector; trained by the geovlm seed recipe's test",
+    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector, trained by the geovlm seed recipe's "
+                      "test",
 }
 """Model types tried end to end outside the family matrix, and by what."""
 
@@ -148,6 +194,10 @@ UNTRIED: dict[str, str] = {
                     "torchvision, not installed where the matrix runs"),
     **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
                     "image) model, whose processor belongs to the whole omni model type"),
+    "gemma3n": "its vision tower (MobileNetV5) is a timm model, and timm is not installed where the matrix runs",
+    "fuyu": "its PIL image processor cannot patchify the torch tensors its processor asks for (transformers 5.25): "
+            "it runs only with the torchvision one, not installed where the matrix runs",
+    "fast_vlm": "its vision tower (FastViT) is a timm model, and timm is not installed where the matrix runs",
     "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved "
                      "LoRA adapter loads without its language-model weights, and is refused: PEFT applies the family's "
                      "checkpoint renaming (layers -> language_model.layers) to adapter keys that already have it",

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -138,6 +139,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             raise VerboError(not_image_text(path_str)) from None
         except OSError as e:  # a file missing from a model directory or hub repository: its first line names it
             raise VerboError(f"{path_str}: cannot load the model: {str(e).splitlines()[0]}") from None
+        except ImportError as e:  # a module of the model needs a package (FastVLM's timm tower)
+            raise explained_import_error(e, path_str, "model") from None
         check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
         model.to(device or ("cpu" if in_memory else default_device()))
@@ -275,16 +278,16 @@ def load_processor(path: str | Path):
     return processor
 
 
-def explained_import_error(error: ImportError, path: str = "the model") -> Exception:
-    """What to install, in one line, where a processor cannot be built without a package: torchvision for any image
-    processor in transformers 5.17 (later releases fall back to PIL), or a package its class needs (SmolVLM's
-    num2words), which transformers names with `pip install <package>`."""
+def explained_import_error(error: ImportError, path: str = "the model", part: str = "processor") -> Exception:
+    """What to install, in one line, where a processor (or a model: `part`) cannot be built without a package:
+    torchvision for any image processor in transformers 5.17 (later releases fall back to PIL), or a package its class
+    needs (SmolVLM's num2words, FastVLM's timm vision tower), which transformers names with `pip install <package>`."""
     if "Torchvision library" not in str(error):
         package = re.search(r"pip install ([A-Za-z0-9_.\-]+)", str(error))
         if package is None:
             return error
         name = package.group(1).rstrip(".")
-        return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
+        return VerboError(f"{path}: its {part} needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
     if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 18):
@@ -301,7 +304,7 @@ def _images_only_processor(path: str, error: Exception):
     (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's). Every other setting saved in processor_config.json is kept (the image
     token counts and feature strategies the processor expands images with); VerboVision handles images only, and
     `save_processor` writes such a processor back whole."""
-    from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, ProcessorMixin
     from transformers.models.auto.processing_auto import processor_class_from_name
     from transformers.utils import cached_file
 
@@ -313,7 +316,7 @@ def _images_only_processor(path: str, error: Exception):
 
     class ImagesOnly(cls):
         def check_argument_for_proper_class(self, argument_name, argument):
-            return None if argument_name == "video_processor" and argument is None else \
+            return None if argument_name == "video_processor" else \
                 super().check_argument_for_proper_class(argument_name, argument)
 
         def apply_chat_template(self, conversation, chat_template=None, **kwargs):
@@ -321,11 +324,18 @@ def _images_only_processor(path: str, error: Exception):
             # need none of them.
             return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
+    # Some classes read their video processor's settings as they are built (MiniCPM-V's slice_mode): they read
+    # the saved ones off a stand-in, which the processor then drops.
+    stand_in = SimpleNamespace(**saved.get("video_processor", {}))
     init = inspect.signature(cls.__init__).parameters
     settings = {k: v for k, v in saved.items() if k in init and k not in cls.get_attributes() and k != "chat_template"}
+    # Gemma 4's processor also holds an audio feature extractor, which loads without torchvision
+    others = {"feature_extractor": AutoFeatureExtractor.from_pretrained(path)} \
+        if "feature_extractor" in cls.get_attributes() else {}
     processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
-                           tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
-                           chat_template=_read_chat_templates(path), **settings)
+                           tokenizer=AutoTokenizer.from_pretrained(path), video_processor=stand_in,
+                           chat_template=_read_chat_templates(path), **others, **settings)
+    processor.video_processor = None
     processor.source_config = Path(config_file)
     return processor
 
