@@ -49,6 +49,15 @@ from .tiny_families import (
 )
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_encoder_grounding import make_tiny_blip_2
+from .tiny_families_ocr_more import (
+    make_tiny_aria,
+    make_tiny_got_ocr2,
+    make_tiny_janus,
+    make_tiny_lighton_ocr,
+    make_tiny_ovis2,
+    make_tiny_ovis2_5,
+    make_tiny_qianfan_ocr,
+)
 from .tiny_families_llava_like import (
     make_tiny_aya_vision,
     make_tiny_internvl,
@@ -167,6 +176,13 @@ MATRIX = {
     "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
     "idefics2": Case(make_tiny_idefics2, "chat", FROZEN_VISION),
     "granite_docling": Case(make_tiny_granite_docling, "chat", FROZEN_VISION),
+    "got_ocr2": Case(make_tiny_got_ocr2, "plain", FROZEN_VISION),
+    "qianfan_ocr": Case(make_tiny_qianfan_ocr, "chat", FROZEN_VISION),
+    "ovis2": Case(make_tiny_ovis2, "chat", FROZEN_VISION),
+    "ovis2_5": Case(make_tiny_ovis2_5, "chat", FROZEN_VISION),
+    "janus": Case(make_tiny_janus, "chat", FROZEN_VISION),
+    "aria": Case(make_tiny_aria, "chat", FROZEN_VISION),
+    "lighton_ocr": Case(make_tiny_lighton_ocr, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

@@ -120,8 +120,10 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from peft import PeftModel
 
         base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
-        with peft_wrapping():
+        with peft_wrapping(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             model = PeftModel.from_pretrained(base, path_str)
+        refuse_missing_adapter_weights(path_str, caught)
         if in_memory:
             model = model.merge_and_unload()
     else:
@@ -146,6 +148,23 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+def refuse_missing_adapter_weights(path: str, caught: list[warnings.WarningMessage]) -> None:
+    """PEFT only warns when weights of an adapter it loads find no place in the model, which then runs without them:
+    refuse that (PEFT 0.21 renames DeepSeek-OCR-2's adapter keys a second time with transformers' checkpoint
+    conversion); pass every other warning on."""
+    for caught_warning in caught:
+        message = str(caught_warning.message)
+        if "missing adapter keys" in message:
+            import peft
+
+            first = re.search(r"\['([^']+)'", message)
+            raise VerboError(f"{path}: PEFT {peft.__version__} loads this adapter without some of its weights (e.g. "
+                             f"{first.group(1) if first else 'its LoRA layers'}); use a merged model instead (a stage "
+                             "with `merge: true` saves one as the run's final model)")
+        warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                               caught_warning.lineno)
 
 
 @contextmanager
@@ -346,8 +365,9 @@ def _write_chat_templates(templates: str | dict, out: Path) -> None:
 
 def save_processor(processor, out: str | Path) -> None:
     """Save a processor; one loaded without its video processor gets its original processor_config.json back, so
-    that it loads whole wherever torchvision is installed."""
-    if getattr(processor, "video_processor", False) is not None:
+    that it loads whole wherever torchvision is installed. (A processor whose class sets `video_processor = None`
+    itself, as Qianfan-OCR's does, is whole and saves as usual.)"""
+    if getattr(processor, "source_config", None) is None:
         processor.save_pretrained(out)
         return
     processor.image_processor.save_pretrained(out)
