@@ -120,9 +120,10 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from peft import PeftModel
 
         base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
-        with peft_wrapping(), warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = PeftModel.from_pretrained(base, path_str)
+            with peft_wrapping():  # inside: its filter goes before "always"
+                model = PeftModel.from_pretrained(base, path_str)
         refuse_missing_adapter_weights(path_str, caught)
         if in_memory:
             model = model.merge_and_unload()
