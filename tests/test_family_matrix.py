@@ -46,6 +46,7 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen2_5_vl,
     make_tiny_qwen3_vl,
 )
+from .tiny_families_qwen_tower import make_tiny_exaone4_5
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -91,6 +92,7 @@ MATRIX = {
     "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
     "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
+    "exaone4_5": Case(make_tiny_exaone4_5, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

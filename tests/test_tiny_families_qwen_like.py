@@ -54,8 +54,17 @@ def _processor(out):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
     needs_model_type(family)
-    model_class, processor_class, prompt, keys, image_tokens = FAMILIES[family]
-    out = BUILDERS[family](tmp_path / family, TEXTS)
+    processor, inputs = check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family,
+                                                    *FAMILIES[family])
+    if family.startswith("deepseek"):  # its Llama tokenizer starts every text with BOS; the template does not
+        assert inputs["input_ids"][0, 0].item() == processor.tokenizer.bos_token_id
+
+
+def check_in_plain_transformers(out, family: str, model_class: str, processor_class: str, prompt: str, keys: set,
+                                image_tokens: int):
+    """A tiny checkpoint in plain transformers: it loads with the Auto classes, its processor renders `prompt` and
+    gives `keys` with `image_tokens` image tokens for a 48x40 picture, `generate` runs, labels give a loss that
+    reaches the vision tower. Returns the processor and its inputs for the prompt."""
     assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = _processor(out)
@@ -67,8 +76,6 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     assert set(inputs) == keys
     assert keys <= forward_parameters(type(model))  # the forward names every output of the processor
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
-    if family.startswith("deepseek"):  # its Llama tokenizer starts every text with BOS; the template does not
-        assert inputs["input_ids"][0, 0].item() == processor.tokenizer.bos_token_id
 
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     n_prompt = inputs["input_ids"].shape[1]
@@ -83,3 +90,4 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
     loss.backward()
     patch_embedding = next(p for n, p in model.named_parameters() if "vision" in n or "visual" in n)
     assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower
+    return processor, inputs

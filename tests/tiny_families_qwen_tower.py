@@ -1,0 +1,120 @@
+"""Tiny random checkpoints of families built on a Qwen-VL-style vision tower, built offline (as tests/tiny_families.py).
+
+Each `make_tiny_*(out, texts)` saves a random float32 model and its processor to `out`, laid out like the family's
+checkpoints on the Hub, so that `AutoModelForImageTextToText.from_pretrained(out)` and
+`AutoProcessor.from_pretrained(out)` (with torchvision, where the processor holds a video processor) load them with no
+`trust_remote_code`.
+
+Quirks worth knowing (transformers 5.x):
+- EXAONE 4.5, HyperCLOVAX-SEED Vision V2: Qwen2-VL's image processor (patch 8, merge 2: 4..16 image tokens for
+  32x32..64x64 pixels, tests/tiny_families.py) and Qwen2-VL's token expansion of `<|image_pad|>`, with flat
+  `pixel_values` and `image_grid_thw`; no `mm_token_type_ids` and plain 1-D positions in the LM. Their processors hold
+  a video processor, so without torchvision the builders write the files `save_pretrained` would write
+  (tests/tiny_families.py `save_with_video_processor`).
+- EXAONE 4.5: a Qwen2.5-VL-like tower of its own (window attention, GQA in the vision attention, axial 2-D rope; its
+  merger `model.visual.merger` is the connector) in front of an EXAONE 4.0 LM (post-norm, hybrid sliding / full
+  attention, no rope in the full-attention layers).
+- HyperCLOVAX-SEED Vision V2: Qwen2.5-VL's vision tower as `model.vision_model` (its own merger
+  `model.vision_model.merger`), then one linear, `model.projector`, into a HyperCLOVAX (Granite-like, with
+  multipliers) LM; embeddings tied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import Qwen2VLImageProcessorPil
+
+from .tiny_families import (
+    QWEN2_VL_PIXELS,
+    QWEN2_VL_TEMPLATE,
+    QWEN2_VL_VISION,
+    TINY_LM,
+    qwen_tokenizer,
+    save_with_video_processor,
+)
+from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
+
+__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2"]
+
+# EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
+# LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
+# template is not available offline; the image is Qwen2-VL's `<|vision_start|><|image_pad|><|vision_end|>`, the image
+# token its processor expands by default.
+EXAONE4_TEMPLATE = (
+    "{% for message in messages %}{{ '[|' + message['role'] + '|]\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '[|endofturn|]\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '[|assistant|]\\n' }}{% endif %}"
+)
+
+QWEN_TOWER = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN2_VL_VISION["patch_size"],
+                  temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                  spatial_merge_size=QWEN2_VL_VISION["merge_size"],
+                  window_size=32, fullatt_block_indexes=[1])  # Qwen2.5-VL's: 32 pixels = 2x2 merged tokens per window
+"""The tiny Qwen2.5-VL-style vision tower (window attention, full attention in its last layer)."""
+
+
+def _save_qwen_processed(out: Path, model, tokenizer, processor_class: str, template: str) -> Path:
+    """Save a model whose processor is Qwen2-VL's image processor + a Qwen2-VL-style video processor."""
+    image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
+    return save_with_video_processor(out, model, _qwen_generation(tokenizer), processor_class, image_processor,
+                                     tokenizer, template, _qwen2_video())
+
+
+def _media_ids(tokenizer) -> dict:
+    ids = _qwen_ids(tokenizer)
+    return dict(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"])
+
+
+# --------------------------------------------------------------------------------------------------- EXAONE 4.5
+
+
+def _exaone_tokenizer(texts: list[str]):
+    """Qwen2-VL's tokenizer specials plus EXAONE's turn markers; EOS `[|endofturn|]`."""
+    tokenizer = qwen_tokenizer(texts)
+    tokenizer.add_tokens(["[|system|]", "[|user|]", "[|assistant|]", "[|endofturn|]"], special_tokens=True)
+    tokenizer.eos_token = "[|endofturn|]"
+    return tokenizer
+
+
+def make_tiny_exaone4_5(out: Path, texts: list[str]) -> Path:
+    """Exaone4_5_ForConditionalGeneration (LGAI-EXAONE/EXAONE-4.5-33B layout)."""
+    from transformers import Exaone4_5_Config, Exaone4_5_ForConditionalGeneration
+
+    tokenizer = _exaone_tokenizer(texts)
+    text = dict(TINY_LM, model_type="exaone4", vocab_size=len(tokenizer), bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                layer_types=["sliding_attention", "full_attention"])
+    vision = dict(QWEN_TOWER, num_key_value_heads=1, out_hidden_size=TINY_LM["hidden_size"])
+    config = Exaone4_5_Config(text_config=text, vision_config=vision, **_media_ids(tokenizer))
+    torch.manual_seed(0)
+    model = Exaone4_5_ForConditionalGeneration(config)
+    return _save_qwen_processed(out, model, tokenizer, "Exaone4_5_Processor", EXAONE4_TEMPLATE)
+
+
+# ------------------------------------------------------------------------------------ HyperCLOVAX-SEED Vision V2
+
+
+def make_tiny_hyperclovax_vision_v2(out: Path, texts: list[str]) -> Path:
+    """HyperCLOVAXVisionV2ForConditionalGeneration (naver-hyperclovax/HyperCLOVAX-SEED-Think-32B layout)."""
+    from transformers import HyperCLOVAXVisionV2Config, HyperCLOVAXVisionV2ForConditionalGeneration
+
+    tokenizer = qwen_tokenizer(texts)
+    text = dict(TINY_LM, model_type="hyperclovax", vocab_size=len(tokenizer), bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    vision = dict(QWEN_TOWER, model_type="qwen2_5_vl_vision", out_hidden_size=TINY_LM["hidden_size"])
+    config = HyperCLOVAXVisionV2Config(text_config=text, vision_config=vision, **_media_ids(tokenizer))
+    torch.manual_seed(0)
+    model = HyperCLOVAXVisionV2ForConditionalGeneration(config)
+    # The Hub checkpoint's turns are ChatML (<|im_start|>role ... <|im_end|>, as vLLM's HyperCLOVAX reasoning parser
+    # reads them); its own template (with /think switches) is not available offline, so Qwen2-VL's ChatML one stands in.
+    return _save_qwen_processed(out, model, tokenizer, "HyperCLOVAXVisionV2Processor", QWEN2_VL_TEMPLATE)
+
+
+BUILDERS = {
+    "exaone4_5": make_tiny_exaone4_5,
+    "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
+}
