@@ -22,6 +22,7 @@ from .tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
+from .tiny_families_qwen_tower import make_tiny_hyperclovax_vision_v2
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -44,6 +45,8 @@ FAMILIES = {
                     "all-linear"),
     "deepseek_vl_hybrid": (make_tiny_deepseek_vl_hybrid, "chat",
                            {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
+    "hyperclovax_vision_v2": (make_tiny_hyperclovax_vision_v2, "chat",
+                              {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
 }
 
 
@@ -122,6 +125,10 @@ COMPONENT_OPTIONS = {
                             "model.high_res_vision_proj"],
                            ["model.vision_model", "model.high_res_vision_model", "model.high_res_vision_neck",
                             "model.high_res_vision_proj"]),
+    # Qwen2.5-VL's merger inside the vision tower, then the family's own linear projector
+    "hyperclovax_vision_v2": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                              ["model.vision_model.merger", "model.projector"],
+                              ["model.vision_model.merger", "model.projector"]),
 }
 
 
