@@ -17,6 +17,9 @@ FAMILIES = {
                   QWEN_KEYS, 6),  # 48x40 -> 48x32 pixels -> 3x2 merged tokens
     "hyperclovax_vision_v2": ("HyperCLOVAXVisionV2ForConditionalGeneration", "HyperCLOVAXVisionV2Processor",
                               QWEN2_VL_PROMPT, QWEN_KEYS, 6),
+    "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor",
+                "<|startoftext|><|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
+                "<|im_start|>assistant\n", QWEN_KEYS, 6),
 }
 
 

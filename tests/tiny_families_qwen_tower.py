@@ -36,7 +36,7 @@ from .tiny_families import (
 )
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
-__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2"]
+__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -57,11 +57,12 @@ QWEN_TOWER = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, pa
 """The tiny Qwen2.5-VL-style vision tower (window attention, full attention in its last layer)."""
 
 
-def _save_qwen_processed(out: Path, model, tokenizer, processor_class: str, template: str) -> Path:
-    """Save a model whose processor is Qwen2-VL's image processor + a Qwen2-VL-style video processor."""
+def _save_qwen_processed(out: Path, model, tokenizer, processor_class: str, template: str, **video) -> Path:
+    """Save a model whose processor is Qwen2-VL's image processor + a Qwen2-VL-style video processor (`video`: its
+    type, where not Qwen2-VL's)."""
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
     return save_with_video_processor(out, model, _qwen_generation(tokenizer), processor_class, image_processor,
-                                     tokenizer, template, _qwen2_video())
+                                     tokenizer, template, _qwen2_video(**video))
 
 
 def _media_ids(tokenizer) -> dict:
@@ -114,7 +115,45 @@ def make_tiny_hyperclovax_vision_v2(out: Path, texts: list[str]) -> Path:
     return _save_qwen_processed(out, model, tokenizer, "HyperCLOVAXVisionV2Processor", QWEN2_VL_TEMPLATE)
 
 
+# --------------------------------------------------------------------------------------------------------- LFM3-VL
+
+# LiquidAI/LFM2-VL-*'s chat template (tokenizer_config.json of the Hub checkpoints): BOS, then ChatML turns with no
+# default system turn. LFM3-VL's own template is not available offline; its processor expands `<|image_pad|>` between
+# `<|vision_start|>` and `<|vision_end|>` (the defaults it names), which stand for LFM2-VL's `<image>` here.
+LFM_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def make_tiny_lfm3_vl(out: Path, texts: list[str]) -> Path:
+    """Lfm3VlForConditionalGeneration (LiquidAI/LFM3-VL-2B layout)."""
+    from transformers import Lfm3VlConfig, Lfm3VlForConditionalGeneration
+
+    tokenizer = qwen_tokenizer(texts)
+    tokenizer.add_tokens(["<|startoftext|>"], special_tokens=True)
+    tokenizer.bos_token = "<|startoftext|>"
+    head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
+    text = dict(TINY_LM, model_type="lfm3", vocab_size=len(tokenizer), head_dim=head_dim,
+                layer_types=["conv", "full_attention"],  # LFM's hybrid: short convolutions between attention layers
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, layer_types=["conv", "full_attention"],
+                  patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                  spatial_merge_size=QWEN2_VL_VISION["merge_size"])
+    config = Lfm3VlConfig(text_config=text, vision_config=vision, projector_hidden_size=64, **_qwen_ids(tokenizer))
+    torch.manual_seed(0)
+    model = Lfm3VlForConditionalGeneration(config)
+    return _save_qwen_processed(out, model, tokenizer, "Lfm3VlProcessor", LFM_TEMPLATE,
+                                video_processor_type="Qwen3VLVideoProcessor")
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
+    "lfm3_vl": make_tiny_lfm3_vl,
 }
