@@ -20,6 +20,7 @@ from .conftest import needs_model_type
 from .test_train import stage, tiny_recipe
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
+from .tiny_families_qwen_tower import make_tiny_lfm3_vl
 
 
 def _token_losses(model, batch) -> torch.Tensor:
@@ -87,9 +88,17 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
             assert packed_steps < steps  # several samples per row: fewer steps for the same epoch
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
-def test_packing_is_refused_where_positions_are_the_models_own(family, tmp_path, shapes_data, tiny_tokenizer_texts):
-    build = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl}[family]
+REFUSED_PACKING = {
+    "qwen2_vl": make_tiny_qwen2_vl,  # positions are the model's own (M-RoPE)
+    "qwen3_vl": make_tiny_qwen3_vl,
+    "lfm3_vl": make_tiny_lfm3_vl,  # its short convolutions read no positions
+}
+
+
+@pytest.mark.parametrize("family", REFUSED_PACKING)
+def test_packing_is_refused_where_examples_would_not_stay_apart(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    needs_model_type(family)
+    build = REFUSED_PACKING[family]
     base = build(tmp_path / family, tiny_tokenizer_texts)
     recipe = {"name": "q", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
               "stages": [stage("s", packing=400)]}

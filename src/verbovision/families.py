@@ -97,6 +97,8 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
+    "lfm3_vl": Support(packs=False, packing_refusal="its LM's short convolutions run along the whole row and read no "
+                       "positions, so each packed example would see the end of the one before it"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
