@@ -20,6 +20,9 @@ FAMILIES = {
     "lfm3_vl": ("Lfm3VlForConditionalGeneration", "Lfm3VlProcessor",
                 "<|startoftext|><|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n"
                 "<|im_start|>assistant\n", QWEN_KEYS, 6),
+    "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor",
+                      "<|im_start|>user\n<|image_pad|>\nDescribe.<|im_end|>\n<|im_start|>assistant\n",
+                      QWEN_KEYS | {"image_merge_sizes"}, 30),  # 48x40 pixels: 6x5 patches, not merged
 }
 
 

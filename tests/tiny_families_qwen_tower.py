@@ -36,7 +36,8 @@ from .tiny_families import (
 )
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
-__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl"]
+__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
+           "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -117,16 +118,22 @@ def make_tiny_hyperclovax_vision_v2(out: Path, texts: list[str]) -> Path:
 
 # --------------------------------------------------------------------------------------------------------- LFM3-VL
 
+def chatml_template(image: str, start: str = "") -> str:
+    """A ChatML chat template with no default system turn (`start`: what every text starts with, as `{{ ... }}`
+    Jinja) that writes `image` for each image part."""
+    return (
+        start + "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '" + image + "' }}"
+        "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
 # LiquidAI/LFM2-VL-*'s chat template (tokenizer_config.json of the Hub checkpoints): BOS, then ChatML turns with no
 # default system turn. LFM3-VL's own template is not available offline; its processor expands `<|image_pad|>` between
 # `<|vision_start|>` and `<|vision_end|>` (the defaults it names), which stand for LFM2-VL's `<image>` here.
-LFM_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+LFM_TEMPLATE = chatml_template("<|vision_start|><|image_pad|><|vision_end|>", start="{{ bos_token }}")
 
 
 def make_tiny_lfm3_vl(out: Path, texts: list[str]) -> Path:
@@ -152,8 +159,39 @@ def make_tiny_lfm3_vl(out: Path, texts: list[str]) -> Path:
                                 video_processor_type="Qwen3VLVideoProcessor")
 
 
+# ---------------------------------------------------------------------------------------------------- VideoLLaMA3
+
+# lkhl/VideoLLaMA3-*-hf's template is not available offline: ChatML turns (its Qwen2.5 LM's) with the bare image token
+# its processor expands, a newline after it.
+VIDEO_LLAMA_3_TEMPLATE = chatml_template("<|image_pad|>\\n")
+
+
+def make_tiny_video_llama_3(out: Path, texts: list[str]) -> Path:
+    """VideoLlama3ForConditionalGeneration (lkhl/VideoLLaMA3-2B-Image-HF layout): SigLIP-like tower with 2-D rope, a
+    two-layer MLP `model.projector`, Qwen2 LM."""
+    from transformers import VideoLlama3Config, VideoLlama3ForConditionalGeneration, VideoLlama3ImageProcessorPil
+
+    tokenizer = qwen_tokenizer(texts)
+    text = dict(TINY_LM, model_type="qwen2", vocab_size=len(tokenizer), bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=QWEN2_VL_VISION["patch_size"])
+    config = VideoLlama3Config(text_config=text, vision_config=vision, **_media_ids(tokenizer))
+    torch.manual_seed(0)
+    model = VideoLlama3ForConditionalGeneration(config)
+    # Images are not merged (merge_size 1, the family's image setting: every 8x8 patch a token, 16..64 per image);
+    # videos are (merge_size 2).
+    pixels = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    image_processor = VideoLlama3ImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"], merge_size=1, size=pixels)
+    video = {"video_processor_type": "VideoLlama3VideoProcessor", "patch_size": QWEN2_VL_VISION["patch_size"],
+             "size": pixels}
+    return save_with_video_processor(out, model, _qwen_generation(tokenizer), "VideoLlama3Processor", image_processor,
+                                     tokenizer, VIDEO_LLAMA_3_TEMPLATE, video)
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
     "lfm3_vl": make_tiny_lfm3_vl,
+    "video_llama_3": make_tiny_video_llama_3,
 }
