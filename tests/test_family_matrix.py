@@ -46,7 +46,12 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen2_5_vl,
     make_tiny_qwen3_vl,
 )
-from .tiny_families_qwen_tower import make_tiny_exaone4_5, make_tiny_hyperclovax_vision_v2, make_tiny_lfm3_vl
+from .tiny_families_qwen_tower import (
+    make_tiny_exaone4_5,
+    make_tiny_hyperclovax_vision_v2,
+    make_tiny_lfm3_vl,
+    make_tiny_video_llama_3,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -95,6 +100,7 @@ MATRIX = {
     "exaone4_5": Case(make_tiny_exaone4_5, "chat", FROZEN_VISION),
     "hyperclovax_vision_v2": Case(make_tiny_hyperclovax_vision_v2, "chat", FROZEN_VISION),
     "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),
+    "video_llama_3": Case(make_tiny_video_llama_3, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
