@@ -23,6 +23,9 @@ FAMILIES = {
     "video_llama_3": ("VideoLlama3ForConditionalGeneration", "VideoLlama3Processor",
                       "<|im_start|>user\n<|image_pad|>\nDescribe.<|im_end|>\n<|im_start|>assistant\n",
                       QWEN_KEYS | {"image_merge_sizes"}, 30),  # 48x40 pixels: 6x5 patches, not merged
+    "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor",
+                     "<|begin_of_sentence|>User: <|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>Describe.\n"
+                     "Assistant: ", QWEN_KEYS | {"mm_token_type_ids"}, 6),
 }
 
 

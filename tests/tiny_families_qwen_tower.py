@@ -24,20 +24,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import Qwen2VLImageProcessorPil
+from transformers import GenerationConfig, Qwen2VLImageProcessorPil
+
+from verbovision.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import (
     QWEN2_VL_PIXELS,
     QWEN2_VL_TEMPLATE,
     QWEN2_VL_VISION,
     TINY_LM,
+    TINY_VISION,
+    _save,
+    mrope_text_config,
     qwen_tokenizer,
     save_with_video_processor,
+    special_ids,
 )
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
 __all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
-           "make_tiny_video_llama_3"]
+           "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -189,9 +195,58 @@ def make_tiny_video_llama_3(out: Path, texts: list[str]) -> Path:
                                      tokenizer, VIDEO_LLAMA_3_TEMPLATE, video)
 
 
+# ---------------------------------------------------------------------------------------------------- PaddleOCR-VL
+
+# PaddlePaddle/PaddleOCR-VL's turn layout (its chat template, simplified to what a caption needs): BOS, "User: ", the
+# image between <|IMAGE_START|> and <|IMAGE_END|>, the text, a newline; "Assistant: " + the reply +
+# <|end_of_sentence|>. Images come before the turn's text, as in the Hub template.
+PADDLEOCR_VL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}User: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] if content['type'] == 'image' %}"
+    "<|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>{% endfor %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}{% endif %}"
+    "{{ '\\n' }}{% elif message['role'] == 'assistant' %}Assistant: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}{% endif %}"
+    "<|end_of_sentence|>{% else %}{{ message['content'] if message['content'] is string "
+    "else message['content'][0]['text'] }}{{ '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+
+
+def make_tiny_paddleocr_vl(out: Path, texts: list[str]) -> Path:
+    """PaddleOCRVLForConditionalGeneration (PaddlePaddle/PaddleOCR-VL layout): NaViT-style SigLIP tower with 2-D rope,
+    `model.projector` merging 2x2 patches, ERNIE-4.5 LM with M-RoPE."""
+    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration, PaddleOCRVLImageProcessorPil
+    from transformers import PaddleOCRVLProcessor
+
+    tokenizer = train_bpe_tokenizer(list(texts) + ["User: Assistant:"], "<|IMAGE_PLACEHOLDER|>", vocab_size=300)
+    tokenizer.add_tokens(["<|IMAGE_START|>", "<|IMAGE_END|>", "<|begin_of_sentence|>", "<|end_of_sentence|>"],
+                         special_tokens=True)
+    tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_sentence|>", "<|end_of_sentence|>"
+    tokenizer.chat_template = None
+    token = tokenizer.convert_tokens_to_ids
+    ids = special_ids(tokenizer)
+    text = mrope_text_config(len(tokenizer), dict(eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"]))
+    text.update(bos_token_id=ids["bos_token_id"], head_dim=TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"])
+    vision = dict(TINY_VISION, spatial_merge_size=QWEN2_VL_VISION["merge_size"])
+    config = PaddleOCRVLConfig(text_config=text, vision_config=vision, image_token_id=token("<|IMAGE_PLACEHOLDER|>"),
+                               vision_start_token_id=token("<|IMAGE_START|>"),
+                               vision_end_token_id=token("<|IMAGE_END|>"))
+    torch.manual_seed(0)
+    model = PaddleOCRVLForConditionalGeneration(config)
+    pixels = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    image_processor = PaddleOCRVLImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"],
+                                                   merge_size=QWEN2_VL_VISION["merge_size"], size=pixels)
+    processor = PaddleOCRVLProcessor(image_processor, tokenizer, chat_template=PADDLEOCR_VL_TEMPLATE)
+    return _save(out, model, processor, GenerationConfig(**ids))
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
     "lfm3_vl": make_tiny_lfm3_vl,
     "video_llama_3": make_tiny_video_llama_3,
+    "paddleocr_vl": make_tiny_paddleocr_vl,
 }
