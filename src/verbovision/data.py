@@ -235,11 +235,12 @@ class ImageTokens:
         return 0 < without < self._processed(size, text=self.token)["input_ids"][0].count(self.token_id)
 
     def _token_types(self) -> tuple[str, frozenset[int]] | None:
-        """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
-        `token_type_ids` is asked which tokens of an image it marks 1: Gemma 3's, the soft tokens inside its
-        `<start_of_image>` expansion; PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
+        """Qwen2-VL-style processors give `mm_token_type_ids` (1 on the image token): Qwen2-VL's list them in
+        `model_input_names`, PaddleOCR-VL's return them unlisted. A processor listing `token_type_ids` is asked which
+        tokens of an image it marks 1: Gemma 3's, the soft tokens inside its `<start_of_image>` expansion; PaliGemma's
+        token types are prefix (0) / suffix (1) instead, marking none."""
         names = getattr(self.processor, "model_input_names", ())
-        if "mm_token_type_ids" in names:
+        if "mm_token_type_ids" in names or "mm_token_type_ids" in self._processed(self._PROBE_SIZES[0]):
             return "mm_token_type_ids", frozenset([self.token_id])
         if "token_type_ids" not in names:
             return None
