@@ -50,6 +50,7 @@ from .tiny_families_qwen_tower import (
     make_tiny_exaone4_5,
     make_tiny_hyperclovax_vision_v2,
     make_tiny_lfm3_vl,
+    make_tiny_paddleocr_vl,
     make_tiny_video_llama_3,
 )
 
@@ -101,6 +102,7 @@ MATRIX = {
     "hyperclovax_vision_v2": Case(make_tiny_hyperclovax_vision_v2, "chat", FROZEN_VISION),
     "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),
     "video_llama_3": Case(make_tiny_video_llama_3, "chat", FROZEN_VISION),
+    "paddleocr_vl": Case(make_tiny_paddleocr_vl, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
