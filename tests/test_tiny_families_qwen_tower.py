@@ -26,6 +26,9 @@ FAMILIES = {
     "paddleocr_vl": ("PaddleOCRVLForConditionalGeneration", "PaddleOCRVLProcessor",
                      "<|begin_of_sentence|>User: <|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>Describe.\n"
                      "Assistant: ", QWEN_KEYS | {"mm_token_type_ids"}, 6),
+    "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor",
+                   "<|im_start|>user\n<|image_start|><|image|><|image_end|>Describe.<|im_end|>\n"
+                   "<|im_start|>assistant\n", QWEN_KEYS | {"mm_token_type_ids"}, 10),  # 2 rows of (3 + row end), begin, end
 }
 
 

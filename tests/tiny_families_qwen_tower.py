@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, Qwen2VLImageProcessorPil
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
@@ -43,7 +43,7 @@ from .tiny_families import (
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
 __all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
-           "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
+           "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -243,10 +243,55 @@ def make_tiny_paddleocr_vl(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, GenerationConfig(**ids))
 
 
+# ------------------------------------------------------------------------------------------------------ HunYuan-VL
+
+
+def _hunyuan_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A BPE naming the three image tokens HunYuan-VL's processor reads from it (`image_token`, `image_start_token`,
+    `image_end_token`, saved as extra special tokens); ChatML turns, EOS <|im_end|>."""
+    trained = train_bpe_tokenizer(list(texts) + ["system user assistant"], "<|image|>", vocab_size=300)
+    trained.add_tokens(["<|image_start|>", "<|image_end|>"], special_tokens=True)
+    image_tokens = {"image_token": "<|image|>", "image_start_token": "<|image_start|>",
+                    "image_end_token": "<|image_end|>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, eos_token="<|im_end|>",
+                                        pad_token=trained.pad_token, extra_special_tokens=image_tokens)
+    tokenizer.chat_template = None
+    return tokenizer
+
+
+def make_tiny_hunyuan_vl(out: Path, texts: list[str]) -> Path:
+    """HunYuanVLForConditionalGeneration (tencent/HunyuanOCR layout): NaViT tower whose `patch_merger` (convolutions,
+    a row-end token, begin / end embeddings) is the connector; HunYuan dense LM with M-RoPE."""
+    from transformers import HunYuanVLConfig, HunYuanVLForConditionalGeneration, HunYuanVLImageProcessorPil
+    from transformers import HunYuanVLProcessor
+
+    tokenizer = _hunyuan_tokenizer(texts)
+    token = tokenizer.convert_tokens_to_ids
+    text = mrope_text_config(len(tokenizer), dict(eos_token_id=tokenizer.eos_token_id,
+                                                  pad_token_id=tokenizer.pad_token_id))
+    text["head_dim"] = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]  # no default here
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  out_hidden_size=TINY_LM["hidden_size"], patch_size=QWEN2_VL_VISION["patch_size"],
+                  spatial_merge_size=QWEN2_VL_VISION["merge_size"], max_image_size=64, min_image_size=32)
+    config = HunYuanVLConfig(text_config=text, vision_config=vision, image_token_id=token("<|image|>"),
+                             im_start_id=token("<|image_start|>"), im_end_id=token("<|image_end|>"))
+    torch.manual_seed(0)
+    model = HunYuanVLForConditionalGeneration(config)
+    pixels = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    image_processor = HunYuanVLImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"],
+                                                 merge_size=QWEN2_VL_VISION["merge_size"], size=pixels)
+    # tencent/HunyuanOCR's own template is not available offline: ChatML turns, the image wrapped in its start / end
+    # tokens as the processor requires.
+    processor = HunYuanVLProcessor(image_processor, tokenizer,
+                                   chat_template=chatml_template("<|image_start|><|image|><|image_end|>"))
+    return _save(out, model, processor, _qwen_generation(tokenizer))
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
     "lfm3_vl": make_tiny_lfm3_vl,
     "video_llama_3": make_tiny_video_llama_3,
     "paddleocr_vl": make_tiny_paddleocr_vl,
+    "hunyuan_vl": make_tiny_hunyuan_vl,
 }
