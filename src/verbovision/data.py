@@ -181,6 +181,10 @@ class ImageTokens:
             raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
                             "tokenizer, and the processor names no image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
+        self.written = self._written()
+        """What stands for one image in a text the processor is given: its image token, or the token between the
+        image start and end tokens where the processor takes it only so (HunYuan-VL's); the expansion then holds
+        them."""
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
@@ -207,19 +211,29 @@ class ImageTokens:
         ids = list(self._processed(size)["input_ids"][0])
         return ids[before : len(ids) - after]
 
+    def _written(self) -> str:
+        start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
+        if start is None or end is None:
+            return self.token
+        try:
+            self.processor(text=[self.token], images=[[Image.new("RGB", self._PROBE_SIZES[0])]])
+        except ValueError:  # HunYuan-VL's processor refuses an image token its start and end tokens do not wrap
+            return f"{start}{self.token}{end}"
+        return self.token
+
     def _laid_out_around(self) -> tuple[int, int]:
         """How many tokens the processor's own text layout writes before and after a lone image token: they belong
         to its prompt format, not to the image (PaliGemma's processor writes BOS after the images and a newline
         after the text; the `prefix` template writes them)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
-        laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.token])[1][0]
-        before, _, after = laid_out.partition(self.token)
+        laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.written])[1][0]
+        before, _, after = laid_out.partition(self.written)
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
 
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
-        text = ("" if self.written_first else self.token) if text is None else text
+        text = ("" if self.written_first else self.written) if text is None else text
         out = self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
         # Lists of ints whatever the processor returns (DeepSeek-VL's returns tensors in transformers 5.17)
         return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
@@ -232,7 +246,7 @@ class ImageTokens:
             without = self._processed(size, text="")["input_ids"][0].count(self.token_id)
         except ValueError:  # processors that expand the image token refuse an image whose token the text lacks
             return False
-        return 0 < without < self._processed(size, text=self.token)["input_ids"][0].count(self.token_id)
+        return 0 < without < self._processed(size, text=self.written)["input_ids"][0].count(self.token_id)
 
     def _token_types(self) -> tuple[str, frozenset[int]] | None:
         """Qwen2-VL-style processors give `mm_token_type_ids` (1 on the image token): Qwen2-VL's list them in
@@ -617,7 +631,7 @@ class Encoder:
         (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
         if self.image_tokens is None:
             return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
-        processed = self.processor(text=[self.image_tokens.token] * len(images), images=[[image] for image in images],
+        processed = self.processor(text=[self.image_tokens.written] * len(images), images=[[image] for image in images],
                                    padding=True, return_tensors="pt")  # texts of different images differ in length
         names = set(self.processor.image_processor.model_input_names)
         return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
