@@ -22,7 +22,7 @@ from .tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
-from .tiny_families_qwen_tower import make_tiny_hyperclovax_vision_v2
+from .tiny_families_qwen_tower import make_tiny_hunyuan_vl, make_tiny_hyperclovax_vision_v2
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -47,6 +47,8 @@ FAMILIES = {
                            {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
     "hyperclovax_vision_v2": (make_tiny_hyperclovax_vision_v2, "chat",
                               {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
+    "hunyuan_vl": (make_tiny_hunyuan_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                   "all-linear"),
 }
 
 
@@ -129,6 +131,9 @@ COMPONENT_OPTIONS = {
     "hyperclovax_vision_v2": ({"vision": "frozen", "connector": "full", "language": "frozen"},
                               ["model.vision_model.merger", "model.projector"],
                               ["model.vision_model.merger", "model.projector"]),
+    # the patch merger inside the vision tower is its projector (with its learned row-end / begin / end embeddings)
+    "hunyuan_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                   ["model.vision_tower.patch_merger"], ["model.vision_tower.patch_merger"]),
 }
 
 
