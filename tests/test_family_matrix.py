@@ -48,6 +48,7 @@ from .tiny_families_qwen_like import (
 )
 from .tiny_families_qwen_tower import (
     make_tiny_exaone4_5,
+    make_tiny_hunyuan_vl,
     make_tiny_hyperclovax_vision_v2,
     make_tiny_lfm3_vl,
     make_tiny_paddleocr_vl,
@@ -103,6 +104,7 @@ MATRIX = {
     "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),
     "video_llama_3": Case(make_tiny_video_llama_3, "chat", FROZEN_VISION),
     "paddleocr_vl": Case(make_tiny_paddleocr_vl, "chat", FROZEN_VISION),
+    "hunyuan_vl": Case(make_tiny_hunyuan_vl, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
