@@ -278,7 +278,8 @@ def explained_import_error(error: ImportError, path: str = "the model") -> Excep
 
 def _images_only_processor(path: str, error: Exception):
     """The model's processor class without its video processor, which transformers cannot build without torchvision
-    (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's). Every other setting saved in processor_config.json is kept (the image
+    (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's), nor any other part beside the image processor and the tokenizer
+    (dots3-note's audio feature extractor). Every other setting saved in processor_config.json is kept (the image
     token counts and feature strategies the processor expands images with); VerboVision handles images only, and
     `save_processor` writes such a processor back whole."""
     from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
@@ -293,8 +294,8 @@ def _images_only_processor(path: str, error: Exception):
 
     class ImagesOnly(cls):
         def check_argument_for_proper_class(self, argument_name, argument):
-            return None if argument_name == "video_processor" and argument is None else \
-                super().check_argument_for_proper_class(argument_name, argument)
+            images_only = argument is None and argument_name not in ("image_processor", "tokenizer")
+            return None if images_only else super().check_argument_for_proper_class(argument_name, argument)
 
         def apply_chat_template(self, conversation, chat_template=None, **kwargs):
             # The family's own override may read the video processor's defaults (SmolVLM's num_frames); images
