@@ -37,13 +37,14 @@ from .tiny_families import (
     _save,
     mrope_text_config,
     qwen_tokenizer,
+    save_processor_files,
     save_with_video_processor,
     special_ids,
 )
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
 __all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
-           "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
+           "make_tiny_dots3_note", "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -287,6 +288,58 @@ def make_tiny_hunyuan_vl(out: Path, texts: list[str]) -> Path:
     return _save(out, model, processor, _qwen_generation(tokenizer))
 
 
+# ------------------------------------------------------------------------------------------------------ dots3-note
+
+# dots3-note's own template is not available offline: ChatML turns with the image written as the dots.ocr family
+# writes it, `<|img|><|imgpad|><|endofimg|>` (`<|imgpad|>` is the image token its processor expands).
+DOTS_TEMPLATE = chatml_template("<|img|><|imgpad|><|endofimg|>")
+
+DOTS3_TEXT = dict(
+    moe_intermediate_size=16, n_routed_experts=4, num_experts_per_tok=2, shared_experts_intermediate_size=16,
+    # multi-head latent attention: low-rank queries and keys / values, a rotary and a position-free part per head
+    kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=16,
+    index_topk=16, index_head_dim=16, index_n_heads=2,  # the DSA indexer of its full-attention layers
+    layer_types=["indexed_attention", "sliding_attention"], sliding_window=16,
+    swa_num_attention_heads=2, swa_num_key_value_heads=2, swa_q_lora_rank=16, swa_kv_lora_rank=16, swa_head_dim=16,
+    swa_qk_nope_head_dim=8, swa_v_head_dim=16)
+"""A tiny text config of dots3-note's LM: MoE (a dense first layer), MLA with a DSA indexer, one sliding layer."""
+
+
+def make_tiny_dots3_note(out: Path, texts: list[str]) -> Path:
+    """Dots3NoteForConditionalGeneration (dots-studio/dots3-note-prev layout): NaViT tower (2-D patches, its merger
+    `model.vision_tower.merger` the connector), an audio tower beside it, MoE LM."""
+    from transformers import Dots3NoteConfig, Dots3NoteFeatureExtractor, Dots3NoteForConditionalGeneration
+
+    tokenizer = train_bpe_tokenizer(list(texts) + ["system user assistant"], "<|imgpad|>", vocab_size=300)
+    tokenizer.add_tokens(["<|img|>", "<|endofimg|>", "<|video_pad|>", "<|audio_comp_pad|>"], special_tokens=True)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = None
+    token = tokenizer.convert_tokens_to_ids
+    lm = dict(TINY_LM, num_key_value_heads=TINY_LM["num_attention_heads"])  # MLA: as many key / value heads
+    text = dict(lm, **DOTS3_TEXT, vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    hidden = TINY_LM["hidden_size"]
+    vision = dict(hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  patch_size=QWEN2_VL_VISION["patch_size"], mlp_layer_types=["dense", "dense"],
+                  adapter_in_dim=hidden, adapter_out_dim=hidden)
+    audio = dict(hidden_size=hidden, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 downsample_hidden_size=16, adapter_input_size=hidden, adapter_out_dim=hidden, feature_size=16)
+    config = Dots3NoteConfig(text_config=text, vision_config=vision, audio_config=audio,
+                             image_token_id=token("<|imgpad|>"), video_token_id=token("<|video_pad|>"),
+                             audio_token_id=token("<|audio_comp_pad|>"))
+    torch.manual_seed(0)
+    model = Dots3NoteForConditionalGeneration(config)
+    model.generation_config = _qwen_generation(tokenizer)
+    model.save_pretrained(out)
+    single_frame = dict(QWEN2_VL_VISION, temporal_patch_size=1)  # the tower embeds 2-D patches
+    image_processor = Qwen2VLImageProcessorPil(**single_frame, **QWEN2_VL_PIXELS)
+    audio_features = Dots3NoteFeatureExtractor(feature_size=16).to_dict()
+    save_processor_files(Path(out), "Dots3NoteProcessor", image_processor, tokenizer, DOTS_TEMPLATE,
+                         _qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **single_frame),
+                         feature_extractor=audio_features)
+    return Path(out)
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
@@ -294,4 +347,5 @@ BUILDERS = {
     "video_llama_3": make_tiny_video_llama_3,
     "paddleocr_vl": make_tiny_paddleocr_vl,
     "hunyuan_vl": make_tiny_hunyuan_vl,
+    "dots3_note": make_tiny_dots3_note,
 }
