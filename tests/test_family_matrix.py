@@ -47,6 +47,7 @@ from .tiny_families_qwen_like import (
     make_tiny_qwen3_vl,
 )
 from .tiny_families_qwen_tower import (
+    make_tiny_dots3_note,
     make_tiny_exaone4_5,
     make_tiny_hunyuan_vl,
     make_tiny_hyperclovax_vision_v2,
@@ -105,6 +106,7 @@ MATRIX = {
     "video_llama_3": Case(make_tiny_video_llama_3, "chat", FROZEN_VISION),
     "paddleocr_vl": Case(make_tiny_paddleocr_vl, "chat", FROZEN_VISION),
     "hunyuan_vl": Case(make_tiny_hunyuan_vl, "chat", FROZEN_VISION),
+    "dots3_note": Case(make_tiny_dots3_note, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
