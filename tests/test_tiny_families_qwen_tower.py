@@ -32,6 +32,9 @@ FAMILIES = {
     "dots3_note": ("Dots3NoteForConditionalGeneration", "Dots3NoteProcessor",
                    "<|im_start|>user\n<|img|><|imgpad|><|endofimg|>Describe.<|im_end|>\n<|im_start|>assistant\n",
                    QWEN_KEYS, 6),
+    "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", "Ernie4_5_VLMoeProcessor",
+                        "<|begin_of_sentence|>User: <|IMAGE_START|><|IMAGE_PLACEHOLDER|><|IMAGE_END|>Describe.\n"
+                        "Assistant: ", QWEN_KEYS | {"mm_token_type_ids", "moe_mm_token_type_ids"}, 6),
 }
 
 

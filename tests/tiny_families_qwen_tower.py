@@ -44,7 +44,7 @@ from .tiny_families import (
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
 __all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
-           "make_tiny_dots3_note", "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
+           "make_tiny_dots3_note", "make_tiny_ernie4_5_vl_moe", "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own
@@ -198,10 +198,10 @@ def make_tiny_video_llama_3(out: Path, texts: list[str]) -> Path:
 
 # ---------------------------------------------------------------------------------------------------- PaddleOCR-VL
 
-# PaddlePaddle/PaddleOCR-VL's turn layout (its chat template, simplified to what a caption needs): BOS, "User: ", the
-# image between <|IMAGE_START|> and <|IMAGE_END|>, the text, a newline; "Assistant: " + the reply +
-# <|end_of_sentence|>. Images come before the turn's text, as in the Hub template.
-PADDLEOCR_VL_TEMPLATE = (
+# The ERNIE-4.5 turn layout of PaddlePaddle/PaddleOCR-VL's chat template (simplified to what a caption needs; baidu/
+# ERNIE-4.5-VL-*'s also numbers the pictures): BOS, "User: ", the image between <|IMAGE_START|> and <|IMAGE_END|>, the
+# text, a newline; "Assistant: " + the reply + <|end_of_sentence|>. Images come before the turn's text.
+ERNIE_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}User: "
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for content in message['content'] if content['type'] == 'image' %}"
@@ -240,22 +240,22 @@ def make_tiny_paddleocr_vl(out: Path, texts: list[str]) -> Path:
     pixels = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
     image_processor = PaddleOCRVLImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"],
                                                    merge_size=QWEN2_VL_VISION["merge_size"], size=pixels)
-    processor = PaddleOCRVLProcessor(image_processor, tokenizer, chat_template=PADDLEOCR_VL_TEMPLATE)
+    processor = PaddleOCRVLProcessor(image_processor, tokenizer, chat_template=ERNIE_TEMPLATE)
     return _save(out, model, processor, GenerationConfig(**ids))
 
 
 # ------------------------------------------------------------------------------------------------------ HunYuan-VL
 
 
-def _hunyuan_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    """A BPE naming the three image tokens HunYuan-VL's processor reads from it (`image_token`, `image_start_token`,
-    `image_end_token`, saved as extra special tokens); ChatML turns, EOS <|im_end|>."""
-    trained = train_bpe_tokenizer(list(texts) + ["system user assistant"], "<|image|>", vocab_size=300)
-    trained.add_tokens(["<|image_start|>", "<|image_end|>"], special_tokens=True)
-    image_tokens = {"image_token": "<|image|>", "image_start_token": "<|image_start|>",
-                    "image_end_token": "<|image_end|>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, eos_token="<|im_end|>",
-                                        pad_token=trained.pad_token, extra_special_tokens=image_tokens)
+def named_tokens_tokenizer(texts: list[str], named: dict[str, str], eos: str = "<|im_end|>",
+                           bos: str | None = None) -> PreTrainedTokenizerFast:
+    """A BPE with special tokens the processor reads from it by name (`named`: attribute -> token, `image_token`
+    among them; saved as extra special tokens); ChatML turns."""
+    trained = train_bpe_tokenizer(list(texts) + ["system user assistant User: Assistant:"], named["image_token"],
+                                  vocab_size=300)
+    trained.add_tokens([t for t in [*named.values(), eos, bos] if t], special_tokens=True)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=trained.backend_tokenizer, eos_token=eos, bos_token=bos,
+                                        pad_token=trained.pad_token, extra_special_tokens=named)
     tokenizer.chat_template = None
     return tokenizer
 
@@ -266,7 +266,8 @@ def make_tiny_hunyuan_vl(out: Path, texts: list[str]) -> Path:
     from transformers import HunYuanVLConfig, HunYuanVLForConditionalGeneration, HunYuanVLImageProcessorPil
     from transformers import HunYuanVLProcessor
 
-    tokenizer = _hunyuan_tokenizer(texts)
+    tokenizer = named_tokens_tokenizer(texts, {"image_token": "<|image|>", "image_start_token": "<|image_start|>",
+                                               "image_end_token": "<|image_end|>"})
     token = tokenizer.convert_tokens_to_ids
     text = mrope_text_config(len(tokenizer), dict(eos_token_id=tokenizer.eos_token_id,
                                                   pad_token_id=tokenizer.pad_token_id))
@@ -340,6 +341,43 @@ def make_tiny_dots3_note(out: Path, texts: list[str]) -> Path:
     return Path(out)
 
 
+# ------------------------------------------------------------------------------------------------- ERNIE-4.5-VL MoE
+
+ERNIE_TOKENS = {"image_token": "<|IMAGE_PLACEHOLDER|>", "image_start_token": "<|IMAGE_START|>",
+                "image_end_token": "<|IMAGE_END|>", "video_token": "<|video@placeholder|>",
+                "video_start_token": "<|VIDEO_START|>", "video_end_token": "<|VIDEO_END|>"}
+"""The image and video tokens of ERNIE-4.5-VL's tokenizer, by the names its processor reads."""
+
+
+def make_tiny_ernie4_5_vl_moe(out: Path, texts: list[str]) -> Path:
+    """Ernie4_5_VLMoeForConditionalGeneration (baidu/ERNIE-4.5-VL-28B-A3B-PT layout): Qwen2-VL-like tower, the
+    `model.resampler_model` connector, MoE LM whose image tokens (with their start / end tokens) go to experts of their
+    own (`moe_mm_token_type_ids`), M-RoPE."""
+    from transformers import Ernie4_5_VLMoeConfig, Ernie4_5_VLMoeForConditionalGeneration
+    from transformers import Ernie4_5_VLMoeImageProcessorPil
+
+    tokenizer = named_tokens_tokenizer(texts, ERNIE_TOKENS, eos="<|end_of_sentence|>", bos="<|begin_of_sentence|>")
+    token = tokenizer.convert_tokens_to_ids
+    ids = special_ids(tokenizer)
+    text = mrope_text_config(len(tokenizer), dict(eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"]))
+    text.update(bos_token_id=ids["bos_token_id"], moe_intermediate_size=[16, 16], moe_k=2, moe_num_experts=4,
+                moe_num_shared_experts=1)  # text and image experts, [text, image] sizes
+    text["rope_parameters"]["mrope_section"] = [3, 3, 2]  # ERNIE's order (height, width, time); height = width
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2,
+                  patch_size=QWEN2_VL_VISION["patch_size"], spatial_merge_size=QWEN2_VL_VISION["merge_size"])
+    config = Ernie4_5_VLMoeConfig(text_config=text, vision_config=vision,
+                                  **{f"{name}_id": token(t) for name, t in ERNIE_TOKENS.items()})
+    torch.manual_seed(0)
+    model = Ernie4_5_VLMoeForConditionalGeneration(config)
+    pixels = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
+    image_processor = Ernie4_5_VLMoeImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"],
+                                                      merge_size=QWEN2_VL_VISION["merge_size"], size=pixels)
+    video = {"video_processor_type": "Ernie4_5_VLMoeVideoProcessor", "patch_size": QWEN2_VL_VISION["patch_size"],
+             "size": pixels}
+    return save_with_video_processor(out, model, GenerationConfig(**ids), "Ernie4_5_VLMoeProcessor", image_processor,
+                                     tokenizer, ERNIE_TEMPLATE, video)
+
+
 BUILDERS = {
     "exaone4_5": make_tiny_exaone4_5,
     "hyperclovax_vision_v2": make_tiny_hyperclovax_vision_v2,
@@ -348,4 +386,5 @@ BUILDERS = {
     "paddleocr_vl": make_tiny_paddleocr_vl,
     "hunyuan_vl": make_tiny_hunyuan_vl,
     "dots3_note": make_tiny_dots3_note,
+    "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe,
 }
