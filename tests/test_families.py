@@ -14,6 +14,7 @@ from verbovision.recipe import load_recipe, parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
+from .conftest import needs_model_type
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -22,7 +23,7 @@ from .tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
-from .tiny_families_qwen_tower import make_tiny_hunyuan_vl, make_tiny_hyperclovax_vision_v2
+from .tiny_families_qwen_tower import make_tiny_ernie4_5_vl_moe, make_tiny_hunyuan_vl, make_tiny_hyperclovax_vision_v2
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -183,3 +184,30 @@ def test_every_trained_reply_ends_in_a_special_token(build, tmp_path, shapes_dat
     prompt = encoder.encode(Record("r", [image], turns, "mem"), for_generation=True)  # up to the last reply
     if model.config.model_type == "llava":  # prompts as the template writes them: no EOS after the earlier reply
         assert tokenizer.eos_token not in tokenizer.decode(prompt.input_ids)
+
+
+TOKEN_TYPED = {"qwen2_vl": make_tiny_qwen2_vl, "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe}
+
+
+@pytest.mark.parametrize("family", TOKEN_TYPED)
+def test_batches_carry_the_processors_token_types(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    """A batch holds the token types the family's processor gives for the same text: Qwen2-VL's `mm_token_type_ids`
+    (the image tokens), ERNIE-4.5-VL's `moe_mm_token_type_ids` too (with its image start and end tokens, for its image
+    experts)."""
+    from verbovision.data import Collator, Encoder, read_records
+    from verbovision.families import family_of
+    from verbovision.images import open_image
+
+    needs_model_type(family)
+    model, processor = load_model(TOKEN_TYPED[family](tmp_path / family, tiny_tokenizer_texts), device="cpu")
+    encoder = Encoder(processor, "chat", family=family_of(model.config))
+    record = read_records(shapes_data / "train/caption_short_en.json")[0]
+    batch = Collator(encoder)([encoder.encode(record, for_generation=True)])
+    text, _ = encoder.render(record.prompt_turns, add_generation_prompt=True)
+    own = processor(text=[text], images=[open_image(record.images[0])], return_tensors="pt")
+    names = {"mm_token_type_ids", "moe_mm_token_type_ids"} & set(own)
+    assert names == ({"mm_token_type_ids", "moe_mm_token_type_ids"} if family.startswith("ernie")
+                     else {"mm_token_type_ids"})
+    assert batch["input_ids"].tolist() == own["input_ids"].tolist()
+    for name in names:
+        assert batch[name].tolist() == own[name].tolist(), name

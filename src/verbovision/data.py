@@ -150,6 +150,10 @@ TEMPLATES = ("chat", "plain", "caption", "prefix")
 """How `Encoder` lays out a conversation: the model's chat template, or one of VerboVision's layouts."""
 
 
+TOKEN_TYPE_INPUTS = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
+"""Token-type inputs a processor may give beside an image's tokens (`ImageTokens.token_types`)."""
+
+
 class ImageTokens:
     """The tokens standing for one image in a model's text: the processor's own expansion of its image token.
 
@@ -193,8 +197,9 @@ class ImageTokens:
         self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
         self.token_types = self._token_types()
-        """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
-        and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image); None if none."""
+        """name -> marked token ids: the token-type inputs the model takes beside image tokens, each 1 on its marked
+        ids and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image, ERNIE-4.5-VL's
+        image experts); empty if none."""
 
     def ids(self, image) -> list[int]:
         if self.fixed is not None:
@@ -248,20 +253,18 @@ class ImageTokens:
             return False
         return 0 < without < self._processed(size, text=self.written)["input_ids"][0].count(self.token_id)
 
-    def _token_types(self) -> tuple[str, frozenset[int]] | None:
-        """Qwen2-VL-style processors give `mm_token_type_ids` (1 on the image token): Qwen2-VL's list them in
-        `model_input_names`, PaddleOCR-VL's return them unlisted. A processor listing `token_type_ids` is asked which
-        tokens of an image it marks 1: Gemma 3's, the soft tokens inside its `<start_of_image>` expansion; PaliGemma's
-        token types are prefix (0) / suffix (1) instead, marking none."""
-        names = getattr(self.processor, "model_input_names", ())
-        if "mm_token_type_ids" in names or "mm_token_type_ids" in self._processed(self._PROBE_SIZES[0]):
-            return "mm_token_type_ids", frozenset([self.token_id])
-        if "token_type_ids" not in names:
-            return None
-        out = self._processed(self._PROBE_SIZES[0])
-        types = out.get("token_type_ids")
-        marked = frozenset(i for i, t in zip(out["input_ids"][0], types[0]) if t == 1) if types is not None else None
-        return ("token_type_ids", marked) if marked else None
+    def _token_types(self) -> dict[str, frozenset[int]]:
+        """The token types the processor gives beside an image, and which tokens each marks 1, asked of it: Qwen2-VL's
+        `mm_token_type_ids` mark the image token (PaddleOCR-VL's processor returns them without listing them);
+        ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image start and end tokens, which the probe writes around
+        the image where the processor names them; Gemma 3's `token_type_ids` the soft tokens inside its
+        `<start_of_image>` expansion. PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
+        start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
+        wrapped = f"{start}{self.written}{end}" if start and end and start not in self.written else None
+        out = self._processed(self._PROBE_SIZES[0], text=None if self.written_first else wrapped)
+        marked = {name: frozenset(i for i, t in zip(out["input_ids"][0], out[name][0]) if t == 1)
+                  for name in TOKEN_TYPE_INPUTS if out.get(name) is not None}
+        return {name: ids for name, ids in marked.items() if ids}
 
 
 CHAT_TEMPLATE_NAME = "chat"
@@ -807,7 +810,7 @@ class Collator:
         """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size (not when
         the image's size sets its token count: a reduced decode would change it)."""
         self.pad_id = encoder.tokenizer.pad_token_id
-        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else None
+        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else {}
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
@@ -877,8 +880,7 @@ class Collator:
                                                                    + [width - len(e.input_ids)]) for e in examples])
         if self.encoder.family.support.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
             batch["token_type_ids"] = (labels != -100).long().cummax(dim=1).values  # [B, T]
-        if self.token_types:  # image tokens (1) and text (0), for Qwen2-VL's rotary positions or Gemma 3's attention
-            name, marked = self.token_types
+        for name, marked in self.token_types.items():  # image tokens (1), text (0): Qwen2-VL's rotary positions...
             batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]
         return batch
 
