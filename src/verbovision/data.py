@@ -187,8 +187,8 @@ class ImageTokens:
         self._by_size: dict[tuple[int, int], list[int]] = {}
         self.written = self._written()
         """What stands for one image in a text the processor is given: its image token, or the token between the
-        image start and end tokens where the processor takes it only so (HunYuan-VL's); the expansion then holds
-        them."""
+        image start and end tokens where the processor takes it only so (HunYuan-VL's, whose chat template writes
+        them: they stay out of the expansion)."""
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
@@ -229,10 +229,11 @@ class ImageTokens:
     def _laid_out_around(self) -> tuple[int, int]:
         """How many tokens the processor's own text layout writes before and after a lone image token: they belong
         to its prompt format, not to the image (PaliGemma's processor writes BOS after the images and a newline
-        after the text; the `prefix` template writes them)."""
+        after the text; the `prefix` template writes them), as do the image start and end tokens around it where
+        the processor takes it only so (`written`)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
         laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.written])[1][0]
-        before, _, after = laid_out.partition(self.written)
+        before, _, after = laid_out.partition(self.token)
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
 
