@@ -34,7 +34,7 @@ COMPONENT_MODULES = {
                "vision_model"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
                   "model.visual.deepstack_merger_list", "model.vision_model.merger", "model.projector",
-                  "model.vision_tower.patch_merger", "model.vision_tower.merger",
+                  "model.vision_tower.patch_merger", "model.vision_tower.merger", "model.resampler_model",
                   "git.visual_projection", "enc_to_dec_proj",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
@@ -45,7 +45,7 @@ prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it si
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers; HyperCLOVAX-SEED
 Vision V2 keeps Qwen2.5-VL's tower, merger included, as `model.vision_model` and adds a linear `model.projector`;
 HunYuan-VL's `patch_merger` projects into the LM, with its learned row-end / begin / end embeddings; dots3-note's
-`merger` does too). BLIP-2's connector is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
+`merger` does too; ERNIE-4.5-VL's resampler merges patches and frames). BLIP-2's connector is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
 LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
 as in their own training."""
 
@@ -92,6 +92,7 @@ SUPPORT: dict[str, Support] = {
     "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "paddleocr_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
     "hunyuan_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
+    "ernie4_5_vl_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
