@@ -48,6 +48,7 @@ from .tiny_families_qwen_like import (
 )
 from .tiny_families_qwen_tower import (
     make_tiny_dots3_note,
+    make_tiny_ernie4_5_vl_moe,
     make_tiny_exaone4_5,
     make_tiny_hunyuan_vl,
     make_tiny_hyperclovax_vision_v2,
@@ -107,6 +108,7 @@ MATRIX = {
     "paddleocr_vl": Case(make_tiny_paddleocr_vl, "chat", FROZEN_VISION),
     "hunyuan_vl": Case(make_tiny_hunyuan_vl, "chat", FROZEN_VISION),
     "dots3_note": Case(make_tiny_dots3_note, "chat", FROZEN_VISION),
+    "ernie4_5_vl_moe": Case(make_tiny_ernie4_5_vl_moe, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 
