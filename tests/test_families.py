@@ -23,7 +23,12 @@ from .tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
-from .tiny_families_qwen_tower import make_tiny_ernie4_5_vl_moe, make_tiny_hunyuan_vl, make_tiny_hyperclovax_vision_v2
+from .tiny_families_qwen_tower import (
+    make_tiny_ernie4_5_vl_moe,
+    make_tiny_hunyuan_vl,
+    make_tiny_hyperclovax_vision_v2,
+    make_tiny_paddleocr_vl,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -186,15 +191,15 @@ def test_every_trained_reply_ends_in_a_special_token(build, tmp_path, shapes_dat
         assert tokenizer.eos_token not in tokenizer.decode(prompt.input_ids)
 
 
-TOKEN_TYPED = {"qwen2_vl": make_tiny_qwen2_vl, "hunyuan_vl": make_tiny_hunyuan_vl,
-               "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe}
+TOKEN_TYPED = {"qwen2_vl": make_tiny_qwen2_vl, "paddleocr_vl": make_tiny_paddleocr_vl,
+               "hunyuan_vl": make_tiny_hunyuan_vl, "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe}
 
 
 @pytest.mark.parametrize("family", TOKEN_TYPED)
 def test_batches_carry_the_processors_token_types(family, tmp_path, shapes_data, tiny_tokenizer_texts):
-    """A batch holds the token types the family's processor gives for the same text: Qwen2-VL's and HunYuan-VL's
-    `mm_token_type_ids` (the image tokens), ERNIE-4.5-VL's `moe_mm_token_type_ids` too (with its image start and end
-    tokens, for its image experts)."""
+    """A batch holds the token types the family's processor gives for the same text: Qwen2-VL's, PaddleOCR-VL's
+    (returned, not listed) and HunYuan-VL's `mm_token_type_ids` (the image tokens), ERNIE-4.5-VL's
+    `moe_mm_token_type_ids` too (with its image start and end tokens, for its image experts)."""
     from verbovision.data import Collator, Encoder, read_records
     from verbovision.families import family_of
     from verbovision.images import open_image

@@ -20,7 +20,12 @@ from .conftest import needs_model_type
 from .test_train import stage, tiny_recipe
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
-from .tiny_families_qwen_tower import make_tiny_hunyuan_vl, make_tiny_lfm3_vl, make_tiny_paddleocr_vl
+from .tiny_families_qwen_tower import (
+    make_tiny_ernie4_5_vl_moe,
+    make_tiny_hunyuan_vl,
+    make_tiny_lfm3_vl,
+    make_tiny_paddleocr_vl,
+)
 
 
 def _token_losses(model, batch) -> torch.Tensor:
@@ -93,6 +98,7 @@ REFUSED_PACKING = {
     "qwen3_vl": make_tiny_qwen3_vl,
     "paddleocr_vl": make_tiny_paddleocr_vl,
     "hunyuan_vl": make_tiny_hunyuan_vl,
+    "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe,
     "lfm3_vl": make_tiny_lfm3_vl,  # its short convolutions read no positions
 }
 

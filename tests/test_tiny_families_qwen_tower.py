@@ -28,7 +28,8 @@ FAMILIES = {
                      "Assistant: ", QWEN_KEYS | {"mm_token_type_ids"}, 6),
     "hunyuan_vl": ("HunYuanVLForConditionalGeneration", "HunYuanVLProcessor",
                    "<|im_start|>user\n<|image_start|><|image|><|image_end|>Describe.<|im_end|>\n"
-                   "<|im_start|>assistant\n", QWEN_KEYS | {"mm_token_type_ids"}, 10),  # 2 rows of (3 + row end), begin, end
+                   "<|im_start|>assistant\n", QWEN_KEYS | {"mm_token_type_ids"},
+                   10),  # 2 rows of (3 + row end), begin, end
     "dots3_note": ("Dots3NoteForConditionalGeneration", "Dots3NoteProcessor",
                    "<|im_start|>user\n<|img|><|imgpad|><|endofimg|>Describe.<|im_end|>\n<|im_start|>assistant\n",
                    QWEN_KEYS, 6),

@@ -43,8 +43,9 @@ from .tiny_families import (
 )
 from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
 
-__all__ = ["BUILDERS", "make_tiny_exaone4_5", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl",
-           "make_tiny_dots3_note", "make_tiny_ernie4_5_vl_moe", "make_tiny_hunyuan_vl", "make_tiny_paddleocr_vl", "make_tiny_video_llama_3"]
+__all__ = ["BUILDERS", "make_tiny_dots3_note", "make_tiny_ernie4_5_vl_moe", "make_tiny_exaone4_5",
+           "make_tiny_hunyuan_vl", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl", "make_tiny_paddleocr_vl",
+           "make_tiny_video_llama_3"]
 
 # EXAONE 4.0's turn format (role indicators `[|role|]\n`, `[|endofturn|]\n` after each turn: the chat template of
 # LGAI-EXAONE/EXAONE-4.0-*, quoted in llama.cpp PR #14630), without its tool and reasoning branches. EXAONE 4.5's own

@@ -45,9 +45,10 @@ prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it si
 Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers; HyperCLOVAX-SEED
 Vision V2 keeps Qwen2.5-VL's tower, merger included, as `model.vision_model` and adds a linear `model.projector`;
 HunYuan-VL's `patch_merger` projects into the LM, with its learned row-end / begin / end embeddings; dots3-note's
-`merger` does too; ERNIE-4.5-VL's resampler merges patches and frames). BLIP-2's connector is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
-LLaVA-NeXT's and LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector,
-as in their own training."""
+`merger` does too; ERNIE-4.5-VL's resampler merges patches and frames). BLIP-2's connector is its Q-Former, the
+learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`; LLaVA-NeXT's and
+LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector, as in their own
+training."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
