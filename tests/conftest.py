@@ -34,31 +34,9 @@ from verbovision.build import image_processor  # noqa: E402
 from verbovision.synth import synth_shapes  # noqa: E402
 from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
 
-BLOCK_VERBOVISION = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "verbovision":
-            raise ImportError("verbovision is blocked in this test")
-sys.meta_path.insert(0, Block())
-"""
-"""Preamble of a script run in a fresh interpreter where importing verbovision fails: what it loads must stand alone."""
-
-def needs_model_type(model_type: str) -> None:
-    """Skip, saying why, where the installed transformers has no such image-text model type (a family newer than the
-    declared floor)."""
-    import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        pytest.skip(f"transformers {transformers.__version__} has no {model_type}")
+from .helpers import TINY_LM, TINY_VISION
 
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                   patch_size=8)
-TINY_LM = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-               num_key_value_heads=1, max_position_embeddings=512)
 VISION_CONFIGS = {
     "siglip": lambda: SiglipVisionConfig(**TINY_VISION),
     "clip": lambda: CLIPVisionConfig(**TINY_VISION),
@@ -173,18 +151,3 @@ def lora_run(tmp_path_factory, shapes_data) -> Path:
     return root / "run"
 
 
-SAMPLED = {"temperature": 1.0, "seed": 0}
-"""Seeded sampling: the tiny models' greedy replies never reach EOS, sampled ones do, after different lengths."""
-
-
-def limit_cutting_some(generations) -> tuple[int, list[bool]]:
-    """A max_new_tokens that cuts some of these replies but not all, and which ones it cuts.
-
-    `generations` come from a longer limit; a reply of L tokens (its EOS included) that ended by itself ends the same
-    under a limit K >= L and is cut under K < L (the same seed gives the same tokens up to the limit)."""
-    ended = sorted(g.completion_tokens for g in generations if g.finish_reason == "stop")
-    assert ended, "no reply ended by itself: nothing to tell cut replies from whole ones"
-    limit = ended[0]
-    cut = [g.finish_reason == "length" or g.completion_tokens > limit for g in generations]
-    assert 0 < sum(cut) < len(cut), f"replies of {[g.completion_tokens for g in generations]} tokens"
-    return limit, cut

@@ -16,7 +16,8 @@ from verbovision.data import ImageTokens
 from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.errors import ConfigError
 
-from .conftest import BLOCK_VERBOVISION
+from .helpers import BLOCK_VERBOVISION
+
 
 # Run in a fresh interpreter where importing verbovision is impossible, so the checkpoint must stand on its own.
 LOAD_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(

@@ -15,7 +15,8 @@ from verbovision.data import read_records
 from verbovision.errors import DataError
 from verbovision.infer import VLM, DecodeOptions, messages_record, prompt_record
 
-from .test_serve import data_uri, image_message
+from .helpers import data_uri, image_message
+
 
 SAMPLED = DecodeOptions(temperature=1.0, seed=3, max_new_tokens=12)
 """Sampling with a seed: varied text, so streams have several pieces, yet reproducible."""

@@ -15,7 +15,7 @@ from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.recipe import load_recipe
 from verbovision.report import sample_captions, write_report
 
-from .conftest import SAMPLED, limit_cutting_some
+from .helpers import SAMPLED, limit_cutting_some
 
 
 def verbo(*args: str) -> subprocess.CompletedProcess:

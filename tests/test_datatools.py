@@ -31,7 +31,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .test_train import stage, tiny_recipe
+from .helpers import stage, tiny_recipe
 
 
 def verbo_data(*argv: str):

@@ -5,10 +5,7 @@ as one process on the same global batch, with text-only and image records mixed 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,23 +13,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from verbovision.cli import main
 from verbovision.data import read_records
 
-from .test_train import tiny_recipe
+from .helpers import tiny_recipe, verbo_train
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
-
-
-def verbo_train(*args: str) -> int:
-    """`verbo train ARGS`. On a CUDA machine with fewer than two GPUs (one per process), in a fresh process that sees
-    no GPU: the several-process runs then train on CPU processes (gloo) as in CI, and so do the one-process runs
-    they are compared with."""
-    if not torch.cuda.is_available() or torch.cuda.device_count() >= 2:
-        return main(["train", *args])
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "verbovision", "train", *args], env=env).returncode
 
 
 def _recipe(tmp_path: Path, shapes_data: Path, lora_stage: bool = False) -> Path:

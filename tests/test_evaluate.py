@@ -17,7 +17,8 @@ from verbovision.data import read_records
 from verbovision.evaluate import CUT_MARK, load_predictions, score
 from verbovision.infer import VLM, DecodeOptions
 
-from .conftest import SAMPLED, SHARED, limit_cutting_some
+from .helpers import SAMPLED, SHARED, limit_cutting_some
+
 
 COCO = SHARED / "reference" / "coco-caption"
 

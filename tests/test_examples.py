@@ -20,7 +20,8 @@ import pytest
 from verbovision.cli import make_parser
 from verbovision.recipe import load_recipe, recipe_file
 
-from .test_serve import running
+from .helpers import running, subcommands
+
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -29,15 +30,6 @@ PLACEHOLDER = re.compile(r"^[A-Z][A-Z_]+(\.\w+)?$|\.\.\.|[{}\[\]|]")
 
 SHELL_OPERATORS = {">", ">>", "2>", "|", "&&", ";"}
 """Where the shell takes over from the verbo command on a line."""
-
-
-def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
-    """(command words, parser) of every `verbo` subcommand, nested ones (`data synth`) included."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield (*path, name), sub
-                yield from subcommands(sub, (*path, name))
 
 
 def command_words(line: str) -> list[str] | None:

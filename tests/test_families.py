@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from verbovision.infer import VLM, prompt_record
-from verbovision.recipe import load_recipe, parse_recipe
+from verbovision.recipe import load_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import needs_model_type
+from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, needs_model_type, train_one_stage
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -31,8 +30,6 @@ from .tiny_families_qwen_tower import (
 )
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
-CAPTIONS = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 FAMILIES = {
     # family: (builder, template, what trains, LoRA targets)
@@ -65,20 +62,6 @@ def _stage(family: str, **overrides) -> dict:
     return {**stage, **overrides}
 
 
-def _run(tmp_path: Path, shapes_data: Path, base: Path, stage: dict) -> Path:
-    run = tmp_path / "run"
-    recipe = {"name": "family", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
-              "stages": [stage]}
-    train_recipe(parse_recipe(recipe), run)
-    return run
-
-
-def _changed(base: Path, run: Path) -> set[str]:
-    before = dict(load_model(base, device="cpu")[0].named_parameters())
-    after = load_model(run / "final", device="cpu")[0].named_parameters()
-    return {name for name, value in after if not torch.equal(before[name], value)}
-
-
 VED_OPTIONS = {
     # option: (train, modules that must change, and nothing else)
     "encoder only": ({"vision": "full", "language": "frozen"}, ["encoder.embeddings", "encoder.layers.0",
@@ -95,20 +78,14 @@ VED_OPTIONS = {
 }
 
 
-def _assert_changed_exactly(changed: set[str], must_change: list[str], allowed: list[str]) -> None:
-    inside = lambda name, prefixes: any(name == p or name.startswith(p + ".") for p in prefixes)  # noqa: E731
-    assert all(inside(name, allowed) for name in changed), sorted(n for n in changed if not inside(n, allowed))
-    assert all(any(inside(name, [m]) for name in changed) for m in must_change), (must_change, sorted(changed))
-
-
 @pytest.mark.parametrize("option", VED_OPTIONS)
 def test_vision_encoder_decoder_freezing_options(option, tmp_path, shapes_data, tiny_tokenizer_texts):
     train, must_change = VED_OPTIONS[option]
     base = make_tiny_vision_encoder_decoder(tmp_path / "base", tiny_tokenizer_texts)
-    run = _run(tmp_path, shapes_data, base, {"name": "xent", "template": "caption", "data": CAPTIONS, "train": train,
+    run = train_one_stage(tmp_path, shapes_data, base, {"name": "xent", "template": "caption", "data": CAPTIONS, "train": train,
                                              "max_steps": 1, "batch_size": 2, "lr": 1e-2})
     allowed = {"encoder only": ["encoder"], "decoder only": ["decoder"], "whole": ["encoder", "decoder"]}
-    _assert_changed_exactly(_changed(base, run), must_change, allowed.get(option, must_change))
+    assert_changed_exactly(changed_parameters(base, run), must_change, allowed.get(option, must_change))
 
 
 COMPONENT_OPTIONS = {
@@ -149,7 +126,7 @@ def test_per_component_freezing(family, tmp_path, shapes_data, tiny_tokenizer_te
     base = FAMILIES[family][0](tmp_path / "base", tiny_tokenizer_texts)
     stage = _stage(family, train=train, max_steps=1, merge=False)
     stage.pop("lora")
-    _assert_changed_exactly(_changed(base, _run(tmp_path, shapes_data, base, stage)), must_change, allowed)
+    assert_changed_exactly(changed_parameters(base, train_one_stage(tmp_path, shapes_data, base, stage)), must_change, allowed)
 
 
 def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokenizer_texts):
@@ -166,7 +143,6 @@ def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokeniz
     assert text.startswith("USER: <image>\n") and text.endswith("ASSISTANT:")  # llava-hf's own template
     image = sorted((shapes_data / "images").glob("*.png"))[0]
     assert isinstance(vlm.ask(image, "How many shapes are there?"), str)
-
 
 
 @pytest.mark.parametrize("build", [make_tiny_llava, make_tiny_qwen2_vl], ids=["llava", "qwen2_vl"])

@@ -14,8 +14,7 @@ from verbovision.families import family_of
 from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.store import load_model, read_json
 
-from .test_families import CAPTIONS, LORA, _assert_changed_exactly, _changed, _run
-from .test_packing import _token_losses
+from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, token_losses, train_one_stage
 from .tiny_families_encoder_grounding import BUILDERS
 
 BLIP2_CONNECTOR = ["qformer", "query_tokens", "language_projection"]
@@ -27,7 +26,7 @@ def test_blip2_lora_merge_prompts_and_replies_as_plain_transformers(tmp_path, sh
              "train": {"vision": "frozen", "connector": "full", "language": "lora"},
              "lora": {**LORA, "target": "all-linear"}, "merge": True}
     with pytest.warns(UserWarning, match="query_tokens stay frozen"):  # a bare parameter: no adapter carries it
-        run = _run(tmp_path, shapes_data, base, stage)
+        run = train_one_stage(tmp_path, shapes_data, base, stage)
     merge = read_json(run / "final/verbovision.json")["merge"]
     assert merge["max_abs_diff"] < 1e-4 and merge["max_abs_diff_reloaded"] < 1e-4
 
@@ -50,8 +49,8 @@ def test_blip2_connector_is_its_qformer_queries_and_projection(tmp_path, shapes_
     base = BUILDERS["blip-2"](tmp_path / "base", tiny_tokenizer_texts)
     stage = {"name": "full", "template": "plain", "data": CAPTIONS, "max_steps": 1, "batch_size": 2, "lr": 1e-2,
              "train": {"vision": "frozen", "connector": "full", "language": "frozen"}}
-    changed = _changed(base, _run(tmp_path, shapes_data, base, stage))
-    _assert_changed_exactly(changed, BLIP2_CONNECTOR, BLIP2_CONNECTOR)
+    changed = changed_parameters(base, train_one_stage(tmp_path, shapes_data, base, stage))
+    assert_changed_exactly(changed, BLIP2_CONNECTOR, BLIP2_CONNECTOR)
 
 
 REFUSED = {
@@ -70,7 +69,7 @@ def test_unsupported_family_is_refused_as_it_loads(family, tmp_path, shapes_data
              "train": {"vision": "frozen", "connector": "full", "language": "lora"},
              "lora": {**LORA, "target": "all-linear"}}
     with pytest.raises(ConfigError, match=f"{family} models are not supported"):
-        _run(tmp_path, shapes_data, base, stage)
+        train_one_stage(tmp_path, shapes_data, base, stage)
 
 
 def test_blip2_packing_is_refused_since_its_samples_would_see_each_other(tmp_path, shapes_data, tiny_tokenizer_texts):
@@ -79,10 +78,10 @@ def test_blip2_packing_is_refused_since_its_samples_would_see_each_other(tmp_pat
     encoder = Encoder(processor, "plain", family=family_of(model.config))
     examples = [encoder.encode(r) for r in read_records(shapes_data / "train/caption_short_en.json")[:2]]
     collator = Collator(encoder)
-    alone = float(_token_losses(model, collator(examples[1:])).sum())
-    together = _token_losses(model, collator(pack_examples(examples, budget=10_000)))[0]
+    alone = float(token_losses(model, collator(examples[1:])).sum())
+    together = token_losses(model, collator(pack_examples(examples, budget=10_000)))[0]
     assert float(together[len(examples[0].input_ids):].sum()) != pytest.approx(alone, abs=1e-4)  # attention crossed
     stage = {"name": "s", "template": "plain", "data": CAPTIONS, "max_steps": 1, "batch_size": 2, "packing": 400,
              "train": {"vision": "frozen", "connector": "full", "language": "full"}}
     with pytest.raises(ConfigError, match="packing: not supported for blip-2"):
-        _run(tmp_path, shapes_data, base, stage)
+        train_one_stage(tmp_path, shapes_data, base, stage)

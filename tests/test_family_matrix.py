@@ -14,16 +14,32 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from peft import PeftModel
+from transformers import AutoConfig
+from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from verbovision.cli import main
-from verbovision.families import ENCODER, IMAGES_IN_TEXT, PREFIX, SUPPORT, Support
+from verbovision.families import (
+    ENCODER,
+    FAMILY_MATRIX,
+    IMAGES_IN_TEXT,
+    PREFIX,
+    SUPPORT,
+    TRIED_ELSEWHERE,
+    UNTRIED,
+    Support,
+    family_of,
+    note_untried,
+)
 from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import BLOCK_VERBOVISION, needs_model_type
+from .helpers import BLOCK_VERBOVISION, needs_model_type
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -202,3 +218,59 @@ def test_readme_support_table_is_the_matrix():
     rows = [[cell.strip(" `") for cell in line.strip("|").split("|")] for line in table.splitlines()
             if line.startswith("| `")]
     assert [row[:4] for row in rows] == [support_row(model_type) for model_type in MATRIX]
+
+
+REGISTRY_CHECKED_WITH = Version("5.25.0")
+"""The newest transformers whose image-text model types the registry (families.py) was checked against."""
+
+
+def test_the_matrix_is_the_registrys_list():
+    assert tuple(MATRIX) == FAMILY_MATRIX
+
+
+def test_every_image_text_model_type_of_transformers_is_in_the_registry():
+    """Each type `AutoModelForImageTextToText` maps is tried (matrix or elsewhere), refused with a reason, or listed
+    as untried with the reason; a later transformers may add types the registry has not seen."""
+    registered = {*FAMILY_MATRIX, *TRIED_ELSEWHERE, *SUPPORT, *UNTRIED}
+    unregistered = sorted(set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES) - registered)
+    if unregistered and Version(transformers.__version__) > REGISTRY_CHECKED_WITH:
+        pytest.skip(f"transformers {transformers.__version__} adds {unregistered}: not yet in the registry")
+    assert unregistered == []
+    assert not set(UNTRIED) & {*FAMILY_MATRIX, *TRIED_ELSEWHERE, *SUPPORT}
+
+
+@pytest.mark.parametrize("model_type", sorted(t for t, why in UNTRIED.items() if "torchvision version" in why))
+def test_untried_for_want_of_torchvision_means_no_pil_image_processor(model_type):
+    needs_model_type(model_type)
+    assert "pil" not in IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type, {})
+
+
+def test_an_untried_model_type_is_noted_once_on_loading(capsys):
+    note_untried.cache_clear()
+    untried = next(t for t in UNTRIED if t in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    config = AutoConfig.for_model(untried)
+    for _ in range(2):
+        assert family_of(config).name == untried
+    notes = capsys.readouterr().err.splitlines()
+    assert notes == [f"verbo: note: {untried} models are untried by VerboVision ({UNTRIED[untried]}); they take the "
+                     "generic image-token path: check a few outputs, and report what fails"]
+    family_of(AutoConfig.for_model("llava"))
+    assert capsys.readouterr().err == ""
+
+
+def other_model_types() -> list[str]:
+    """The README's lines on the model types outside the support table (refused, tried elsewhere, untried), one line
+    per reason."""
+    reasons = {**{t: f"refused: {s.refused}" for t, s in SUPPORT.items() if s.refused},
+               **{t: f"tried elsewhere: {why}" for t, why in TRIED_ELSEWHERE.items()},
+               **{t: f"untried: {why}" for t, why in UNTRIED.items()}}
+    types_by_reason: dict[str, list[str]] = {}
+    for model_type, reason in reasons.items():
+        types_by_reason.setdefault(reason, []).append(f"`{model_type}`")
+    return [f"- {', '.join(types)} — {reason}" for reason, types in types_by_reason.items()]
+
+
+def test_readme_lists_every_other_model_type():
+    text = README.read_text(encoding="utf-8")
+    block = text[text.index("<!-- other model types -->"):text.index("<!-- end other model types -->")]
+    assert [line for line in block.splitlines() if line.startswith("- `")] == other_model_types()

@@ -16,7 +16,8 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model
 from verbovision.train import token_loss, train_recipe
 
-from .test_train import stage, tiny_recipe
+from .helpers import stage, tiny_recipe
+
 
 FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "full"}
 

@@ -19,10 +19,17 @@ from verbovision.errors import ConfigError
 from verbovision.recipe import parse_recipe
 from verbovision.train import train_recipe
 
-from .test_distributed import verbo_train
-from .test_resume import assert_same_losses, curve, killed_and_resumed
-from .test_streaming import assert_memory_flat, noise_samples
-from .test_train import stage, tiny_recipe
+from .helpers import (
+    assert_memory_flat,
+    assert_same_losses,
+    curve,
+    killed_and_resumed,
+    noise_samples,
+    stage,
+    tiny_recipe,
+    verbo_train,
+)
+
 
 datasets = pytest.importorskip("datasets")
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from verbovision.data import Collator, Encoder, length_grouped, pack_examples, read_records
 from verbovision.errors import ConfigError
@@ -16,8 +15,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .conftest import needs_model_type
-from .test_train import stage, tiny_recipe
+from .helpers import needs_model_type, stage, tiny_recipe, token_losses
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
 from .tiny_families_qwen_tower import (
@@ -26,16 +24,6 @@ from .tiny_families_qwen_tower import (
     make_tiny_lfm3_vl,
     make_tiny_paddleocr_vl,
 )
-
-
-def _token_losses(model, batch) -> torch.Tensor:
-    """Cross-entropy of every labelled next token, 0 elsewhere: [B, T-1]."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "skipped")}
-    with torch.no_grad():
-        logits = model(**inputs, use_cache=False).logits  # [B, T, V]
-    labels = batch["labels"][:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels.clamp(min=0), reduction="none")  # [B, T-1]
-    return losses * (labels != -100)
 
 
 PACKED_FAMILIES = {"llava": make_tiny_llava, "deepseek_vl": make_tiny_deepseek_vl,
@@ -52,14 +40,14 @@ def test_packed_losses_equal_unpacked(family, tmp_path, shapes_data, tiny_tokeni
         shapes_data / "train/caption_detailed_en.json")[:2]
     examples = [encoder.encode(r) for r in records]
     collator = Collator(encoder)
-    alone = [float(_token_losses(model, collator([e])).sum()) for e in examples]
+    alone = [float(token_losses(model, collator([e])).sum()) for e in examples]
 
     packed = pack_examples(examples, budget=10_000)
     assert len(packed) == 1 and packed[0].segments == [len(e.input_ids) for e in examples]
     batch = collator(packed)
     assert "attention_mask" not in batch and batch["position_ids"][0, len(examples[0].input_ids)] == 0
     # [T-1]: position t predicts token t+1; summed in float64, so that sums in two orders agree to their last digits
-    losses = _token_losses(model, batch)[0].double()
+    losses = token_losses(model, batch)[0].double()
     bounds = torch.tensor([0] + [len(e.input_ids) for e in examples]).cumsum(0)
     together = [float(losses[start : end - 1].sum()) for start, end in zip(bounds[:-1], bounds[1:])]
     assert together == pytest.approx(alone, abs=1e-4)

@@ -16,7 +16,7 @@ from verbovision.errors import DataError
 from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.predict import AnswerLog, PredictConfig, predict, read_questions
 
-from .conftest import SAMPLED, limit_cutting_some
+from .helpers import SAMPLED, limit_cutting_some
 
 
 def write_questions(path: Path, shapes_data: Path, n: int) -> list[int]:

@@ -8,7 +8,7 @@ import yaml
 
 from verbovision.cli import main
 
-from .test_train import stage, tiny_recipe
+from .helpers import stage, tiny_recipe
 from .tiny_families import make_tiny_git
 
 FIRST = stage("a", train={"vision": "frozen", "connector": "full", "language": "full"})

@@ -10,7 +10,7 @@ import verbovision
 from verbovision.cli import make_parser
 from verbovision.infer import DecodeOptions
 
-from .test_examples import subcommands
+from .helpers import subcommands
 
 
 @pytest.fixture(scope="module")

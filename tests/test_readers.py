@@ -27,6 +27,8 @@ from verbovision.errors import DataError
 from verbovision.images import BytesImage, FileSlice, open_image
 from verbovision.readers import Columns, ReadOptions, detect_format, scan
 
+from .helpers import kinds, write_jsonl
+
 FORMATS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "formats"
 needs_samples = pytest.mark.skipif(not FORMATS_DIR.exists(),
                                    reason=f"real format samples not available ({FORMATS_DIR} is absent)")
@@ -44,16 +46,6 @@ def png_bytes(colour=(10, 120, 250), size=(40, 32), fmt="PNG") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, colour).save(buffer, fmt)
     return buffer.getvalue()
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
-                    encoding="utf-8")
-    return path
-
-
-def kinds(path, **options) -> list:
-    return [item.kind if isinstance(item, RecordError) else "ok" for item in scan(path, ReadOptions(**options))]
 
 
 # ---------------------------------------------------------------------------------------------------- real samples

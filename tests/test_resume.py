@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import signal
-import subprocess
 import sys
-import time
 
 import torch
 import yaml
@@ -17,7 +13,8 @@ from safetensors.torch import load_file
 from verbovision.recipe import parse_recipe
 from verbovision.train import train_recipe
 
-from .test_train import stage, tiny_recipe
+from .helpers import curve, kill_at_step, stage, tiny_recipe
+
 
 STEPS = 24
 
@@ -29,43 +26,8 @@ def resumable_recipe(data) -> dict:
         max_steps=STEPS, save_every=2, keep=2, log_every=1, eval_every=5, epochs=10, batch_size=4)])
 
 
-def curve(run) -> list[tuple]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows]
-
-
 def final_weights(run) -> dict:
     return load_file(str(run / "final/adapter_model.safetensors"))
-
-
-def kill_at_step(cmd: list[str], run, step: int) -> None:
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and any(s >= step for s, _, _ in curve(run) if _ is not None):
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-
-
-def killed_and_resumed(raw: dict, run, steps: tuple[int, int]) -> None:
-    """Train `raw` into `run` in a subprocess, SIGKILL it at a random step in `steps`, then resume it to the end."""
-    path = run.with_name(run.name + ".yaml")
-    path.write_text(yaml.safe_dump(raw))
-    command = [sys.executable, "-m", "verbovision", "train", str(path), "--out", str(run)]
-    kill_at_step(command, run, random.Random(os.getpid()).randint(*steps))
-    assert subprocess.run(command + ["--resume"], capture_output=True).returncode == 0
-
-
-def assert_same_losses(reference, run, tolerance: float = 1e-6) -> None:
-    """The training losses logged by two runs: the same steps, the same values within `tolerance`."""
-    expected = [row for row in curve(reference) if row[1] is not None]
-    got = [row for row in curve(run) if row[1] is not None]
-    assert [s for s, _, _ in got] == [s for s, _, _ in expected]
-    assert max(abs(a - b) for (_, a, _), (_, b, _) in zip(expected, got)) <= tolerance
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):

@@ -17,7 +17,7 @@ from verbovision.data import read_records
 from verbovision.progress import LogProgress, progress
 from verbovision.store import read_json
 
-from .test_train import stage, tiny_recipe
+from .helpers import stage, tiny_recipe
 
 
 def test_each_stage_says_what_it_will_do_before_its_first_step(tmp_path, shapes_data, capsys):

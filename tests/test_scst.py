@@ -17,7 +17,8 @@ from verbovision.recipe import parse_recipe
 from verbovision.scst import Reward, advantages, continuation_inputs, policy_loss, reply_mask
 from verbovision.train import train_recipe
 
-from .test_train import stage, tiny_recipe
+from .helpers import stage, tiny_recipe
+
 
 CAPTIONS = "train/caption_short_en.json"
 

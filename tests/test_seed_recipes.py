@@ -23,7 +23,7 @@ from verbovision.store import load_model, read_json
 from verbovision.tokenizer import train_bpe_tokenizer
 from verbovision.train import train_and_report
 
-from .conftest import TINY_LM
+from .helpers import TINY_LM
 from .tiny_families import make_tiny_git, make_tiny_llava, make_tiny_vision_encoder_decoder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,40 +19,9 @@ from PIL import Image
 
 from verbovision.serve import ApiError, ServeConfig, _config, _image_bytes, add_command
 
+from .helpers import QUESTION, data_uri, image_message, running
+
 KEY = "test-key"
-QUESTION = "Describe the image briefly."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(command: str, model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`verbo serve|web MODEL` in a subprocess on a free port; yields the process and its base URL once healthy."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "verbovision", command, str(model), "--port", str(port),
-                             "--log-level", "warning", *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):  # up to ~2 minutes on a loaded machine
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise AssertionError("server did not become healthy")
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +35,6 @@ def server(model_dir) -> Iterator[str]:
 @pytest.fixture()
 def client(server, model_dir) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-def data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def image_message(url: str, text: str = QUESTION) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": text}]}]
 
 
 @pytest.fixture(scope="module")

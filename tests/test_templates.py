@@ -21,7 +21,8 @@ from verbovision.infer import VLM, DecodeOptions, messages_record
 from verbovision.store import model_metadata
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .conftest import BLOCK_VERBOVISION
+from .helpers import BLOCK_VERBOVISION
+
 
 PROMPT = "Describe the image briefly."
 IMAGE = {"type": "image"}

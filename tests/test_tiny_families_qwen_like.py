@@ -12,7 +12,7 @@ from transformers.utils import is_torchvision_available
 from verbovision.families import forward_parameters
 from verbovision.store import load_processor
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 from .test_tiny_families import TEXTS, picture
 from .tiny_families_qwen_like import BUILDERS
 

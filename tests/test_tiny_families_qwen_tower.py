@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import needs_model_type
+from .helpers import needs_model_type
 from .test_tiny_families import TEXTS
 from .test_tiny_families_qwen_like import QWEN2_VL_PROMPT, QWEN_KEYS, check_in_plain_transformers
 from .tiny_families_qwen_tower import BUILDERS

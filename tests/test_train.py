@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -22,23 +21,9 @@ from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 from verbovision.trainable import enable_checkpointing
 
+from .helpers import built_model, stage, tiny_recipe
+
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
-
-TINY_SCRATCH = {
-    "vision": {"arch": "siglip", "hidden_size": 32, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8},
-    "language": {"arch": "qwen2", "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 300},
-    "connector": {"type": "mlp", "act": "gelu"},
-}
-
-
-def tiny_recipe(data: Path, stages: list[dict]) -> dict:
-    return {"name": "tiny", "seed": 0, "data_root": str(data), "model": copy.deepcopy(TINY_SCRATCH), "stages": stages}
-
-
-def stage(name: str, **kw) -> dict:
-    base = {"name": name, "data": {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]},
-            "max_steps": 3, "batch_size": 4, "lr": 1e-3}
-    return {**base, **kw}
 
 
 def test_two_stage_run_with_lora_merge(tmp_path, shapes_data):
@@ -115,7 +100,7 @@ def test_gradient_checkpointing_per_component(tmp_path, shapes_data):
 
 
 def test_labels_cover_assistant_replies_only(tmp_path, shapes_data):
-    _, processor = load_model(_built_model(tmp_path, shapes_data), device="cpu")
+    _, processor = load_model(built_model(tmp_path, shapes_data), device="cpu")
     record = read_records(shapes_data / "train/vqa_en.json")[0]
     for template in ("chat", "plain"):
         encoder = Encoder(processor, template)
@@ -126,12 +111,6 @@ def test_labels_cover_assistant_replies_only(tmp_path, shapes_data):
         image_positions = [i for i, t in enumerate(example.input_ids) if t == processor.image_token_id]
         assert len(image_positions) == len(encoder.image_tokens.fixed)
         assert all(example.labels[i] == -100 for i in image_positions)
-
-
-def _built_model(tmp_path, shapes_data) -> Path:
-    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1)]))
-    train_recipe(recipe, tmp_path / "built")
-    return tmp_path / "built/final"
 
 
 def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):

@@ -18,8 +18,8 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import read_json
 from verbovision.train import train_recipe
 
-from .test_readers import kinds, write_jsonl
-from .test_train import _built_model, stage, tiny_recipe
+from .helpers import built_model, kinds, stage, tiny_recipe, write_jsonl
+
 
 N_IMAGES = 12
 
@@ -72,7 +72,7 @@ def test_coco_apart_from_its_images_without_image_root_fails_before_anything_is_
 
 @pytest.mark.parametrize("vision", ["full", "frozen"])  # pixels read per batch / a feature cache built up front
 def test_a_stage_with_no_usable_record_fails_before_its_first_step(coco_apart, shapes_data, tmp_path, vision):
-    base = _built_model(tmp_path, shapes_data)
+    base = built_model(tmp_path, shapes_data)
     raw = coco_recipe(coco_apart, {"path": "annotations/captions_train.json"},
                       train={"vision": vision, "connector": "full", "language": "full"})
     raw["model"] = {"from": str(base)}

@@ -20,8 +20,8 @@ from verbovision.cli import main
 from verbovision.errors import DataError
 from verbovision.recipe import parse_recipe
 
-from .test_serve import free_port
-from .test_train import stage, tiny_recipe
+from .helpers import free_port, stage, tiny_recipe
+
 
 HUB_ID = "someone/tiny-vlm"
 """A hub id no test may download: it is in no cache but the one a test makes."""

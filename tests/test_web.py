@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .test_serve import running
+from .helpers import running
+
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

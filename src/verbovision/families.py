@@ -15,6 +15,7 @@ Components are found by module name, so any family that keeps transformers' usua
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from functools import cache
 
@@ -106,10 +107,47 @@ SUPPORT: dict[str, Support] = {
     "aya_vision": Support(processor_only=("num_patches",)),
     "lfm3_vl": Support(packs=False, packing_refusal="its LM's short convolutions run along the whole row and read no "
                        "positions, so each packed example would see the end of the one before it"),
+    "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
+                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
+        refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
+                "which VerboVision does not give it")),
+    "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
+                                "own), and VerboVision places each image's features at its image tokens"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
 are tried."""
+
+
+FAMILY_MATRIX = (
+    "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
+    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
+    "aya_vision", "internvl", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl", "video_llama_3", "paddleocr_vl",
+    "hunyuan_vl", "dots3_note", "ernie4_5_vl_moe",
+)
+"""Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
+caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
+
+TRIED_ELSEWHERE = {
+    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector; trained by the geovlm seed recipe's test",
+}
+"""Model types tried end to end outside the family matrix, and by what."""
+
+_NEEDS_TORCHVISION = "its image processor exists only in a torchvision version, not installed where the matrix runs"
+
+UNTRIED: dict[str, str] = {
+    **dict.fromkeys(("apertus1p5", "gemma4_unified", "inkling2", "inkling2_loop", "inkling_mm_model", "kimi_k25",
+                     "lfm2_vl", "llama4", "minicpm_ocr", "minimax_m3_vl", "molmo2", "muse_glimmer", "muse_spark",
+                     "nemotron_h_omni", "perception_lm", "pp_formulanet", "step3p7", "unlimited_ocr"),
+                    _NEEDS_TORCHVISION),
+    **dict.fromkeys(("mistral3", "mistral_large4"), "PixtralProcessor, the processor of its checkpoints, needs "
+                    "torchvision, not installed where the matrix runs"),
+    **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
+                    "image) model, whose processor belongs to the whole omni model type"),
+}
+"""Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
+tokens in the text, `Support()`), and loading one says so once on stderr."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +192,12 @@ IMAGE_TOKEN_FAMILY = Family("image-text-to-text", IMAGES_IN_TEXT)
 
 def family_of(config) -> Family:
     """The family of a model config (a transformers PretrainedConfig); a model type VerboVision cannot work with is
-    refused with the reason."""
+    refused with the reason, one that no test has tried is noted on stderr (once a process)."""
     kind = config.model_type
     support = SUPPORT.get(kind, Support())
     if support.refused:
         raise ConfigError(f"{kind} models are not supported: {support.refused}")
+    note_untried(kind)
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,), support)
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
@@ -171,6 +210,20 @@ def family_of(config) -> Family:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,), support)
     return Family(kind, IMAGES_IN_TEXT, support=support)
+
+
+@cache
+def note_untried(model_type: str) -> None:
+    """Say, once, that an image-text model type is outside what VerboVision has tried: it may work, or fail where
+    nothing has been checked for it."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    tried = model_type in FAMILY_MATRIX or model_type in TRIED_ELSEWHERE or model_type in SUPPORT
+    if tried or model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return
+    why = UNTRIED.get(model_type, "a model type newer than VerboVision's family matrix")
+    print(f"verbo: note: {model_type} models are untried by VerboVision ({why}); they take the generic image-token "
+          "path: check a few outputs, and report what fails", file=sys.stderr)
 
 
 @cache

@@ -108,7 +108,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
     after loading, an adapter being merged first (int8 layers take no adapter).
     """
-    from .families import check_required_inputs
+    from .families import check_required_inputs, family_of
     from .quantize import quantization_config, quantize_dynamic_int8
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
@@ -124,9 +124,10 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         if in_memory:
             model = model.merge_and_unload()
     else:
-        from transformers import AutoModelForImageTextToText
+        from transformers import AutoConfig, AutoModelForImageTextToText
 
         try:
+            family_of(AutoConfig.from_pretrained(path_str))  # a refused model type is refused before its weights load
             model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
