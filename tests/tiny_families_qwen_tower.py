@@ -1,4 +1,4 @@
-"""Tiny random checkpoints of families built on a Qwen-VL-style vision tower, built offline (as tests/tiny_families.py).
+"""Tiny random checkpoints of families built around a Qwen-VL-style vision tower, offline (as tests/tiny_families.py).
 
 Each `make_tiny_*(out, texts)` saves a random float32 model and its processor to `out`, laid out like the family's
 checkpoints on the Hub, so that `AutoModelForImageTextToText.from_pretrained(out)` and
@@ -17,6 +17,25 @@ Quirks worth knowing (transformers 5.x):
 - HyperCLOVAX-SEED Vision V2: Qwen2.5-VL's vision tower as `model.vision_model` (its own merger
   `model.vision_model.merger`), then one linear, `model.projector`, into a HyperCLOVAX (Granite-like, with
   multipliers) LM; embeddings tied.
+- LFM3-VL: Qwen2-VL's image processor and token expansion, a Qwen3-VL video processor; tower and LM both mix short
+  convolutions with attention (`layer_types`), and the LM's convolutions run along the whole row reading no positions.
+  `model.multi_modal_projector` merges 2x2 patches.
+- VideoLLaMA3: its own image processor does not merge patches for images (`merge_size` 1: every 8x8 patch a token, 30
+  for a 48x40 picture) and returns `image_merge_sizes`, a model input; `model.projector` is a two-layer MLP.
+- PaddleOCR-VL: its own image processor (2-D patches) and a processor without a video processor; the processor
+  returns `mm_token_type_ids` (1 on the image token, for the ERNIE-4.5 LM's M-RoPE) without naming them in
+  `model_input_names`. The tokenizer must name `image_token`.
+- HunYuan-VL: the processor reads `image_token`, `image_start_token` and `image_end_token` off the tokenizer (saved as
+  extra special tokens) and refuses an image token those two do not wrap; an image is rows of merged patches, each
+  row ended by a learned token, plus learned begin / end embeddings: `patch_h * (patch_w + 1) + 2` tokens (10 for
+  48x40). `mm_token_type_ids` drive its M-RoPE. Its `text_config` has no default `head_dim`.
+- dots3-note: its processor also holds an audio feature extractor (and the checkpoint an audio tower, unused for
+  images); its image token is `<|imgpad|>` whatever the tokenizer says. The LM is MoE with multi-head latent
+  attention, a DSA indexer in its full-attention layers and a sliding-window layer.
+- ERNIE-4.5-VL MoE: its own image processor, the tokenizer names its image and video tokens (and their start / end
+  tokens); the processor adds `moe_mm_token_type_ids` (1 on image tokens and their start / end tokens), which route
+  those tokens to the LM's image experts, beside `mm_token_type_ids` for M-RoPE (sections in its own order: height,
+  width, time, height = width). `model.resampler_model` is the connector.
 """
 
 from __future__ import annotations
