@@ -55,12 +55,37 @@ from .tiny_families_llava_like import (
     make_tiny_llava_next,
     make_tiny_llava_onevision,
 )
+from .tiny_families_special import (
+    make_tiny_chameleon,
+    make_tiny_cohere_compass,
+    make_tiny_cosmos3_edge,
+    make_tiny_emu3,
+    make_tiny_gemma4,
+)
+from .tiny_families_misc import (
+    make_tiny_glm5_next,
+    make_tiny_glmga,
+    make_tiny_hy_v4_vl,
+    make_tiny_minicpmv4_6,
+    make_tiny_minicpmv4_7,
+)
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
     make_tiny_deepseek_vl_hybrid,
     make_tiny_llava_onevision1_5,
     make_tiny_qwen2_5_vl,
     make_tiny_qwen3_vl,
+)
+from .tiny_families_qwen_more import (
+    make_tiny_cosmos3_omni,
+    make_tiny_glm4v,
+    make_tiny_glm4v_moe,
+    make_tiny_glm46v,
+    make_tiny_glm_ocr,
+    make_tiny_qwen3_5,
+    make_tiny_qwen3_5_moe,
+    make_tiny_qwen3_vl_moe,
+    make_tiny_qwen4_exp,
 )
 from .tiny_families_qwen_tower import (
     make_tiny_dots3_note,
@@ -76,6 +101,8 @@ from .tiny_families_qwen_tower import (
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "lora"}
+VQ_IMAGES = {"vision": "frozen", "language": "lora"}
+"""Images as VQ-VAE codes in the LM's own vocabulary: no connector."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,25 @@ MATRIX = {
     "llava_onevision": Case(make_tiny_llava_onevision, "chat", FROZEN_VISION),
     "aya_vision": Case(make_tiny_aya_vision, "chat", FROZEN_VISION),
     "internvl": Case(make_tiny_internvl, "chat", FROZEN_VISION),
+    "qwen3_vl_moe": Case(make_tiny_qwen3_vl_moe, "chat", FROZEN_VISION),
+    "qwen3_5": Case(make_tiny_qwen3_5, "chat", FROZEN_VISION),
+    "qwen3_5_moe": Case(make_tiny_qwen3_5_moe, "chat", FROZEN_VISION),
+    "qwen4_exp": Case(make_tiny_qwen4_exp, "chat", FROZEN_VISION),
+    "glm4v": Case(make_tiny_glm4v, "chat", FROZEN_VISION),
+    "glm4v_moe": Case(make_tiny_glm4v_moe, "chat", FROZEN_VISION),
+    "glm46v": Case(make_tiny_glm46v, "chat", FROZEN_VISION),
+    "glm_ocr": Case(make_tiny_glm_ocr, "chat", FROZEN_VISION),
+    "cosmos3_omni": Case(make_tiny_cosmos3_omni, "chat", FROZEN_VISION),
+    "cohere_compass": Case(make_tiny_cohere_compass, "chat", FROZEN_VISION),
+    "cosmos3_edge": Case(make_tiny_cosmos3_edge, "chat", FROZEN_VISION),
+    "chameleon": Case(make_tiny_chameleon, "plain", VQ_IMAGES),
+    "emu3": Case(make_tiny_emu3, "chat", VQ_IMAGES),
+    "gemma4": Case(make_tiny_gemma4, "chat", FROZEN_VISION),
+    "minicpmv4_6": Case(make_tiny_minicpmv4_6, "chat", FROZEN_VISION),
+    "minicpmv4_7": Case(make_tiny_minicpmv4_7, "chat", FROZEN_VISION),
+    "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
+    "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
+    "hy_v4_vl": Case(make_tiny_hy_v4_vl, "chat", FROZEN_VISION),
     "exaone4_5": Case(make_tiny_exaone4_5, "chat", FROZEN_VISION),
     "hyperclovax_vision_v2": Case(make_tiny_hyperclovax_vision_v2, "chat", FROZEN_VISION),
     "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),

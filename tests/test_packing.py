@@ -17,6 +17,7 @@ from verbovision.train import train_recipe
 
 from .helpers import needs_model_type, stage, tiny_recipe, token_losses
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
+from .tiny_families_misc import make_tiny_glm5_next, make_tiny_glmga, make_tiny_hy_v4_vl, make_tiny_minicpmv4_6
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
 from .tiny_families_qwen_tower import (
     make_tiny_ernie4_5_vl_moe,
@@ -81,18 +82,17 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
             assert packed_steps < steps  # several samples per row: fewer steps for the same epoch
 
 
-REFUSED_PACKING = {
-    "qwen2_vl": make_tiny_qwen2_vl,  # positions are the model's own (M-RoPE)
-    "qwen3_vl": make_tiny_qwen3_vl,
-    "paddleocr_vl": make_tiny_paddleocr_vl,
-    "hunyuan_vl": make_tiny_hunyuan_vl,
-    "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe,
-    "lfm3_vl": make_tiny_lfm3_vl,  # its short convolutions read no positions
-}
+REFUSED_PACKING = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl,  # M-RoPE from the whole row
+                   "glmga": make_tiny_glmga, "hy_v4_vl": make_tiny_hy_v4_vl,  # M-RoPE too
+                   "paddleocr_vl": make_tiny_paddleocr_vl, "hunyuan_vl": make_tiny_hunyuan_vl,
+                   "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe,
+                   "minicpmv4_6": make_tiny_minicpmv4_6,  # linear-attention layers: state across the whole row
+                   "glm5_next": make_tiny_glm5_next,
+                   "lfm3_vl": make_tiny_lfm3_vl}  # short convolutions along the whole row, reading no positions
 
 
 @pytest.mark.parametrize("family", REFUSED_PACKING)
-def test_packing_is_refused_where_examples_would_not_stay_apart(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+def test_packing_is_refused_where_the_model_cannot_take_it(family, tmp_path, shapes_data, tiny_tokenizer_texts):
     needs_model_type(family)
     build = REFUSED_PACKING[family]
     base = build(tmp_path / family, tiny_tokenizer_texts)

@@ -54,7 +54,7 @@ def _processor(out):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_family_in_plain_transformers(tmp_path, family):
     needs_model_type(family)
-    processor, inputs = check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family,
+    inputs, processor = check_in_plain_transformers(BUILDERS[family](tmp_path / family, TEXTS), family,
                                                     *FAMILIES[family])
     if family.startswith("deepseek"):  # its Llama tokenizer starts every text with BOS; the template does not
         assert inputs["input_ids"][0, 0].item() == processor.tokenizer.bos_token_id
@@ -62,9 +62,9 @@ def test_tiny_family_in_plain_transformers(tmp_path, family):
 
 def check_in_plain_transformers(out, family: str, model_class: str, processor_class: str, prompt: str, keys: set,
                                 image_tokens: int):
-    """A tiny checkpoint in plain transformers: it loads with the Auto classes, its processor renders `prompt` and
-    gives `keys` with `image_tokens` image tokens for a 48x40 picture, `generate` runs, labels give a loss that
-    reaches the vision tower. Returns the processor and its inputs for the prompt."""
+    """A tiny checkpoint of `family` loads with the Auto classes as `model_class` and a `processor_class`, renders
+    the chat `prompt`, turns it and a 48x40 picture into `keys` with `image_tokens` image tokens, generates, and its
+    loss reaches the vision tower. Returns the prompt's inputs and the processor."""
     assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     processor = _processor(out)
@@ -91,4 +91,4 @@ def check_in_plain_transformers(out, family: str, model_class: str, processor_cl
     patch_embedding = next(p for n, p in model.named_parameters()
                            if ("vision" in n or "visual" in n) and "language_model" not in n)  # not ERNIE's experts
     assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower
-    return processor, inputs
+    return inputs, processor

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoFeatureExtractor,
     AutoImageProcessor,
     AutoProcessor,
     AutoTokenizer,
@@ -303,9 +304,12 @@ def _images_only_processor(path: Path):
     import transformers
 
     config = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))
-    settings = {k: v for k, v in config.items() if k not in ("image_processor", "video_processor", "processor_class")}
+    cls = getattr(transformers, config["processor_class"])
+    settings = {k: v for k, v in config.items() if k not in (*cls.get_attributes(), "processor_class")}
+    if "feature_extractor" in cls.get_attributes():  # Gemma 4's audio one loads without torchvision
+        settings["feature_extractor"] = AutoFeatureExtractor.from_pretrained(path)
 
-    class ImagesOnly(getattr(transformers, config["processor_class"])):
+    class ImagesOnly(cls):
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument_name == "video_processor" and argument is None:
                 return None

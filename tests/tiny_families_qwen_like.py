@@ -262,26 +262,34 @@ def make_tiny_qwen2_5_vl(out: Path, texts: list[str]) -> Path:
 # --------------------------------------------------------------------------------------------------- Qwen3-VL
 
 
-def make_tiny_qwen3_vl(out: Path, texts: list[str]) -> Path:
-    """Qwen3VLForConditionalGeneration (Qwen/Qwen3-VL-*-Instruct layout): DeepStack features into the first LM layer."""
+QWEN3_VL_DEEPSTACK = dict(deepstack_visual_indexes=[0])  # vision layer 0's merged features go into LM layer 0
+
+
+def make_tiny_qwen3_vl(out: Path, texts: list[str], config_class=Qwen3VLConfig,
+                       model_class=Qwen3VLForConditionalGeneration, text: dict | None = None,
+                       vision: dict = QWEN3_VL_DEEPSTACK, chat_template: str = QWEN3_VL_TEMPLATE) -> Path:
+    """Qwen3VLForConditionalGeneration (Qwen/Qwen3-VL-*-Instruct layout): DeepStack features into the first LM layer.
+
+    The families built on Qwen3-VL's tower and processor (Qwen3-VL-MoE, Qwen3.5...) pass their own config and model
+    classes, `text` settings beyond Qwen3-VL's, `vision` settings beyond the shared tower, and chat template."""
     tokenizer = qwen_tokenizer(texts)
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     head_dim = TINY_LM["hidden_size"] // TINY_LM["num_attention_heads"]
-    text = mrope_text_config(len(tokenizer), ids, mrope_interleaved=True)
-    text["head_dim"] = head_dim  # Qwen3's default is 128, not hidden / heads
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
-                  patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
-                  spatial_merge_size=QWEN2_VL_VISION["merge_size"],
-                  num_position_embeddings=16,  # a 4x4 grid of learned positions, interpolated to each image's grid
-                  deepstack_visual_indexes=[0])  # vision layer 0's merged features are added into LM layer 0
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, **_qwen_ids(tokenizer))
+    text_config = mrope_text_config(len(tokenizer), ids, mrope_interleaved=True)
+    text_config["head_dim"] = head_dim  # Qwen3's default is 128, not hidden / heads
+    tower = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
+                 patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
+                 spatial_merge_size=QWEN2_VL_VISION["merge_size"],
+                 num_position_embeddings=16)  # a 4x4 grid of learned positions, interpolated to each image's grid
+    config = config_class(text_config={**text_config, **(text or {})}, vision_config={**tower, **vision},
+                          **_qwen_ids(tokenizer))
     torch.manual_seed(0)
-    model = Qwen3VLForConditionalGeneration(config)
+    model = model_class(config)
     half = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # Qwen3-VL normalizes to [-1, 1]
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS, **half)
     video = _qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **half)
     return save_with_video_processor(out, model, _qwen_generation(tokenizer), "Qwen3VLProcessor", image_processor,
-                                     tokenizer, QWEN3_VL_TEMPLATE, video)
+                                     tokenizer, chat_template, video)
 
 
 # ------------------------------------------------------------------------------------------ LLaVA-OneVision-1.5

@@ -32,24 +32,28 @@ COMPONENT_MODULES = {
                # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
-               "vision_model"),
-    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.visual.merger",
-                  "model.visual.deepstack_merger_list", "model.vision_model.merger", "model.projector",
-                  "model.vision_tower.patch_merger", "model.vision_tower.merger", "model.resampler_model",
-                  "git.visual_projection", "enc_to_dec_proj",
+               "vision_model", "model.vqmodel"),
+    "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector", "model.merger",
+                  "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
+                  "model.vision_model.merger", "model.vision_tower.merger", "model.resampler_model",
+                  "git.visual_projection", "enc_to_dec_proj", "model.embed_vision",
                   "query_tokens", "qformer", "language_projection", "model.image_newline"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
-                 "decoder", "language_model"),
+                 "decoder", "language_model", "model.embed_tokens", "model.layers", "model.norm"),
 }
 """Where each component lives, across families (transformers v5 module or parameter names; the longest matching
 prefix wins, so Qwen2-VL's `model.visual.merger` is the connector although it sits inside the vision tower, and so are
-Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers; HyperCLOVAX-SEED
-Vision V2 keeps Qwen2.5-VL's tower, merger included, as `model.vision_model` and adds a linear `model.projector`;
-HunYuan-VL's `patch_merger` projects into the LM, with its learned row-end / begin / end embeddings; dots3-note's
-`merger` does too; ERNIE-4.5-VL's resampler merges patches and frames). BLIP-2's connector is its Q-Former, the
-learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`; LLaVA-NeXT's and
+Qwen3-VL's DeepStack mergers, which project intermediate vision layers into the first LM layers). BLIP-2's connector
+is its Q-Former, the learned queries it reads (`query_tokens`, a bare parameter) and `language_projection`;
+Cosmos3-Edge's is its 2x2 patch merger `model.projector`, Gemma 4's `model.embed_vision`; LLaVA-NeXT's and
 LLaVA-OneVision's learned row separator (`model.image_newline`, bare too) trains with the projector, as in their own
-training."""
+training. Chameleon keeps its LM's layers in `model` itself, beside the VQ-VAE that turns images into tokens of the
+LM's vocabulary (`model.vqmodel`, vision; no connector). MiniCPM-V's projector is `model.merger`; its window-attention
+merger between two vision layers (`model.vision_tower.vit_merger`) stays with the vision tower. Hy4-VL's
+`model.vision_tower.patch_merger`, like Qwen2-VL's merger, projects the tower's output into the LM (with its learned
+image begin / end / newline embeddings), and so does HunYuan-VL's, dots3-note's `model.vision_tower.merger` too.
+HyperCLOVAX-SEED Vision V2 keeps Qwen2.5-VL's tower, merger included, as `model.vision_model` and adds a linear
+`model.projector`: both are connector. ERNIE-4.5-VL's `model.resampler_model` merges patches and frames."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -85,16 +89,21 @@ class Support:
 
 
 _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so restarted positions would not reach it"
+_LINEAR_ATTENTION = ("its language model's linear-attention layers carry their state along the whole row, across the "
+                     "packed examples' boundaries")
+
+OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+                  "glm4v_moe", "glm46v", "glm_ocr", "glmga", "cosmos3_omni", "cosmos3_edge", "cohere_compass",
+                  "hy_v4_vl", "paddleocr_vl", "hunyuan_vl", "ernie4_5_vl_moe")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL, PaddleOCR-VL, HunYuan-VL,
+ERNIE-4.5-VL): their M-RoPE positions come from the whole row."""
+
+_ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
 
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
     "cohere2_vision": Support(caches_features=True),
-    "qwen2_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen2_5_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "qwen3_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "paddleocr_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "hunyuan_vl": Support(packs=False, packing_refusal=_OWN_ROPE),
-    "ernie4_5_vl_moe": Support(packs=False, packing_refusal=_OWN_ROPE),
+    **{kind: Support(packs=False, packing_refusal=_OWN_ROPE) for kind in OWN_ROPE_TYPES},
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
                                       "attend to each other in its sliding-window layers"),
@@ -108,12 +117,37 @@ SUPPORT: dict[str, Support] = {
     "lfm3_vl": Support(packs=False, packing_refusal="its LM's short convolutions run along the whole row and read no "
                        "positions, so each packed example would see the end of the one before it"),
     "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
-                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the "
+                                 "encoder"),
     **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
         refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
                 "which VerboVision does not give it")),
+    **dict.fromkeys(("minicpmv4_6", "minicpmv4_7", "glm5_next"),
+                    Support(packs=False, packing_refusal=_LINEAR_ATTENTION)),
     "kosmos-2": Support(refused="Kosmos2Processor has no image token (it marks the image's positions in a mask of its "
                                 "own), and VerboVision places each image's features at its image tokens"),
+    "shieldgemma2": Support(refused="an image-safety classifier: its processor ignores the text and asks its own "
+                                    "policy questions, one prompt per image and policy"),
+    "kosmos-2.5": Support(refused="its image's places are `<s>` tokens marked in a mask of its own "
+                                  "(image_embeds_position_mask), taken with flattened patches and their sizes"),
+    "pix2struct": Support(refused="its encoder reads flattened image patches with the prompt rendered into the image, "
+                                  "not pixel values beside a text"),
+    "udop": Support(refused="a document model: its encoder reads the page's OCR words with their boxes (bbox)"),
+    "t5gemma2": Support(refused="its language model is an encoder-decoder whose encoder reads the prompt with the "
+                                "image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    "blip": Support(refused="its text decoder reads the image by cross-attention, not image tokens, and its generate "
+                            "rewrites the prompt (first token to [DEC], the last one dropped as a [SEP])"),
+    "idefics": Support(refused="which image each text token may see (image_attention_mask) is computed by its "
+                               "processor from the text; VerboVision gives the image processor's tensors only"),
+    "mllama": Support(refused="its language model cross-attends to the image tiles, batched per text, and which tokens "
+                              "see them (cross_attention_mask) is computed by its processor from the text; VerboVision "
+                              "gives the image processor's tensors only"),
+    "evolla": Support(refused="a protein-text model: it reads protein sequences, not images"),
+    "pi0": Support(refused=_ACTIONS),
+    "pi05": Support(refused=_ACTIONS),
+    "diffusion_gemma": Support(refused="it writes text by block diffusion, whole blocks at a time, not token by token: "
+                                       "no next-token loss to train, no greedy decoding to caption with"),
+    "mistral4": Support(refused="Mistral4ForCausalLM is a text-only language model: it takes no images"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
@@ -122,15 +156,18 @@ are tried."""
 
 FAMILY_MATRIX = (
     "llava", "idefics3", "qwen2_vl", "git", "vision-encoder-decoder", "gemma3", "paligemma", "smolvlm", "blip-2",
-    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next", "llava_onevision",
-    "aya_vision", "internvl", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl", "video_llama_3", "paddleocr_vl",
-    "hunyuan_vl", "dots3_note", "ernie4_5_vl_moe",
+    "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next",
+    "llava_onevision", "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
+    "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
+    "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl",
+    "video_llama_3", "paddleocr_vl", "hunyuan_vl", "dots3_note", "ernie4_5_vl_moe",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
 
 TRIED_ELSEWHERE = {
-    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector; trained by the geovlm seed recipe's test",
+    "cohere2_vision": "what `verbo build` writes for a pixel_shuffle connector, trained by the geovlm seed recipe's "
+                      "test",
 }
 """Model types tried end to end outside the family matrix, and by what."""
 
@@ -145,6 +182,9 @@ UNTRIED: dict[str, str] = {
                     "torchvision, not installed where the matrix runs"),
     **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
                     "image) model, whose processor belongs to the whole omni model type"),
+    "gemma3n": "its vision tower (MobileNetV5) is a timm model, and timm is not installed where the matrix runs",
+    "fuyu": "its PIL image processor cannot patchify the torch tensors its processor asks for (transformers 5.25): "
+            "it runs only with the torchvision one, not installed where the matrix runs",
 }
 """Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
 tokens in the text, `Support()`), and loading one says so once on stderr."""

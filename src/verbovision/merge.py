@@ -19,6 +19,7 @@ from .errors import VerboError
 from .families import check_consumed, family_of
 from .quantize import is_quantized
 from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
+from .trainable import train_mode
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -102,7 +103,7 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     write_json(Path(out) / MODEL_METADATA, {**metadata, "merge": report.__dict__})
     if max(diff, diff_reloaded) > tolerance:
         raise VerboError(f"merge check failed: {report.summary()}")
-    merged.train(was_training)
+    train_mode(merged, was_training)
     return merged, report
 
 

@@ -28,6 +28,7 @@ from .infer import eos_token_ids
 from .metrics import CiderD, bleu, ptb_tokenize
 from .recipe import Recipe, Stage
 from .train import StageSetup, TrainState, optimizer_step
+from .trainable import train_mode
 
 
 @dataclass
@@ -172,7 +173,7 @@ class ScstSteps:
             sampled = self._generate(sampling, do_sample=True, temperature=self.stage.scst_temperature,
                                      top_k=self.stage.scst_top_k or 0, top_p=self.stage.scst_top_p or 1.0)
             greedy_tokens = self._generate(greedy, do_sample=False)
-        self.model.train()
+        train_mode(self.model)
         mask = reply_mask(sampled, self.eos_ids)  # [B*K, L]
         captions = self._texts(sampled, mask) + self._texts(greedy_tokens, reply_mask(greedy_tokens, self.eos_ids))
         references = [e.references for e in examples]

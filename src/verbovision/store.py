@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -279,11 +280,10 @@ def explained_import_error(error: ImportError, path: str = "the model") -> Excep
 
 def _images_only_processor(path: str, error: Exception):
     """The model's processor class without its video processor, which transformers cannot build without torchvision
-    (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's), nor any other part beside the image processor and the tokenizer
-    (dots3-note's audio feature extractor). Every other setting saved in processor_config.json is kept (the image
+    (Qwen2-VL's, SmolVLM's, LLaVA-OneVision's). Every other setting saved in processor_config.json is kept (the image
     token counts and feature strategies the processor expands images with); VerboVision handles images only, and
     `save_processor` writes such a processor back whole."""
-    from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer, ProcessorMixin
     from transformers.models.auto.processing_auto import processor_class_from_name
     from transformers.utils import cached_file
 
@@ -295,19 +295,26 @@ def _images_only_processor(path: str, error: Exception):
 
     class ImagesOnly(cls):
         def check_argument_for_proper_class(self, argument_name, argument):
-            images_only = argument is None and argument_name not in ("image_processor", "tokenizer")
-            return None if images_only else super().check_argument_for_proper_class(argument_name, argument)
+            return None if argument_name == "video_processor" else \
+                super().check_argument_for_proper_class(argument_name, argument)
 
         def apply_chat_template(self, conversation, chat_template=None, **kwargs):
             # The family's own override may read the video processor's defaults (SmolVLM's num_frames); images
             # need none of them.
             return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
+    # Some classes read their video processor's settings as they are built (MiniCPM-V's slice_mode): they read
+    # the saved ones off a stand-in, which the processor then drops.
+    stand_in = SimpleNamespace(**saved.get("video_processor", {}))
     init = inspect.signature(cls.__init__).parameters
     settings = {k: v for k, v in saved.items() if k in init and k not in cls.get_attributes() and k != "chat_template"}
+    # Gemma 4's processor also holds an audio feature extractor, which loads without torchvision
+    others = {"feature_extractor": AutoFeatureExtractor.from_pretrained(path)} \
+        if "feature_extractor" in cls.get_attributes() else {}
     processor = ImagesOnly(image_processor=AutoImageProcessor.from_pretrained(path),
-                           tokenizer=AutoTokenizer.from_pretrained(path), video_processor=None,
-                           chat_template=_read_chat_templates(path), **settings)
+                           tokenizer=AutoTokenizer.from_pretrained(path), video_processor=stand_in,
+                           chat_template=_read_chat_templates(path), **others, **settings)
+    processor.video_processor = None
     processor.source_config = Path(config_file)
     return processor
 

@@ -68,7 +68,7 @@ from .store import (
 )
 from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
-from .trainable import configure_trainable, disable_checkpointing, enable_checkpointing, param_groups
+from .trainable import configure_trainable, disable_checkpointing, enable_checkpointing, param_groups, train_mode
 
 
 @dataclass
@@ -314,7 +314,7 @@ def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Pa
     setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
     optimizer = setup.optimizer
     bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main)
-    core.train()
+    train_mode(core)
     while state.step < setup.total_steps and not state.stopped:
         trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
         epoch = partial(epoch_groups, sources, stage, recipe.seed, state.epoch, state.step_in_epoch, procs.count)
@@ -567,7 +567,7 @@ def validation_loss(model, collator: Collator, examples, batch_size: int, device
         if batch["input_ids"].shape[0]:
             total += token_loss(model, batch, device, reduction="sum").item()
             count += int((batch["labels"][:, 1:] != -100).sum())
-    model.train(was_training)
+    train_mode(model, was_training)
     return total / max(1, count)
 
 
@@ -598,7 +598,7 @@ def generation_metric(model, encoder: Encoder, records, stage: Stage) -> float:
     model.eval()
     vlm = VLM.from_loaded(model, encoder.processor, stage.template)
     replies = vlm.generate_records(records, batch_size=stage.batch_size)
-    model.train(was_training)
+    train_mode(model, was_training)
     result = score({r.id: reply for r, reply in zip(records, replies)}, {r.id: r.references for r in records},
                    [stage.best_metric], ci=False)
     return result.values[BEST_METRICS[stage.best_metric]]

@@ -121,6 +121,17 @@ def configure_trainable(model: nn.Module, stage: Stage):
         return get_peft_model(model, config), True
 
 
+def train_mode(model: nn.Module, training: bool = True) -> None:
+    """`model.train(training)`, except that batch norms whose parameters are frozen stay in eval mode: training mode
+    would update their running statistics, so a frozen component (Emu3's VQ-VAE) would change, and no adapter
+    carries those buffers: the merged model would differ from base + adapter."""
+    model.train(training)
+    for module in model.modules():
+        frozen = not any(p.requires_grad for p in module.parameters())
+        if frozen and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def _callable_modules(model: nn.Module, names: list[str]) -> list[str]:
     """Module names for PEFT's modules_to_save, which copies modules that have a forward: a container (Qwen3-VL's
     ModuleList of DeepStack mergers) stands for its children."""
