@@ -256,8 +256,8 @@ class ImageTokens:
 
     def _token_types(self) -> dict[str, frozenset[int]]:
         """The token types the processor gives beside an image, and which tokens each marks 1, asked of it: Qwen2-VL's
-        `mm_token_type_ids` mark the image token (PaddleOCR-VL's processor returns them without listing them);
-        ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image start and end tokens, which the probe writes around
+        `mm_token_type_ids` mark the image token (PaddleOCR-VL's processor returns them without listing them,
+        Cosmos3-Edge's lists them without returning them); ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image start and end tokens, which the probe writes around
         the image where the processor names them; Gemma 3's `token_type_ids` the soft tokens inside its
         `<start_of_image>` expansion. PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
         start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
@@ -265,6 +265,8 @@ class ImageTokens:
         out = self._processed(self._PROBE_SIZES[0], text=None if self.written_first else wrapped)
         marked = {name: frozenset(i for i, t in zip(out["input_ids"][0], out[name][0]) if t == 1)
                   for name in TOKEN_TYPE_INPUTS if out.get(name) is not None}
+        if "mm_token_type_ids" in getattr(self.processor, "model_input_names", ()):
+            marked.setdefault("mm_token_type_ids", frozenset([self.token_id]))
         return {name: ids for name, ids in marked.items() if ids}
 
 
