@@ -34,7 +34,7 @@ from verbovision.build import image_processor  # noqa: E402
 from verbovision.synth import synth_shapes  # noqa: E402
 from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
 
-from .helpers import TINY_LM, TINY_VISION
+from .helpers import TINY_LM, TINY_VISION, stage, tiny_recipe
 
 
 VISION_CONFIGS = {
@@ -102,7 +102,6 @@ def trained_model(tmp_path_factory, shapes_data):
 
     from verbovision.cli import main
 
-    from .test_train import stage, tiny_recipe
 
     models = {}
 
@@ -138,7 +137,6 @@ def lora_run(tmp_path_factory, shapes_data) -> Path:
 
     from verbovision.cli import main
 
-    from .test_train import stage, tiny_recipe
 
     root = tmp_path_factory.mktemp("cli")
     recipe = tiny_recipe(shapes_data, [

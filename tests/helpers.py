@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from verbovision.cli import main
 from verbovision.data import RecordError
@@ -296,6 +297,13 @@ def running(command: str, model: Path, *flags: str) -> Iterator[tuple[subprocess
         proc.wait(timeout=30)
 
 
+def red_circle() -> Image.Image:
+    """A 64x64 white picture with a red circle: one image the plain-transformers family checks prompt with."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
+    return image
+
+
 def data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -314,3 +322,18 @@ def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
             for name, sub in action.choices.items():
                 yield (*path, name), sub
                 yield from subcommands(sub, (*path, name))
+
+
+def png_bytes(colour=(10, 120, 250), size=(40, 32), fmt="PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

@@ -16,7 +16,7 @@ from verbovision.data import ImageTokens
 from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.errors import ConfigError
 
-from .helpers import BLOCK_VERBOVISION
+from .helpers import BLOCK_VERBOVISION, TINY_SCRATCH
 
 
 # Run in a fresh interpreter where importing verbovision is impossible, so the checkpoint must stand on its own.
@@ -163,7 +163,6 @@ def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch, ver
 def test_verbovision_json_records_only_what_is_true_of_the_model(tmp_path, tiny_vision, tiny_lm, lora_run, capsys):
     from verbovision.cli import main
 
-    from .test_train import TINY_SCRATCH
 
     # Pretrained components: their names, not the from-scratch sizes the specs default to.
     assert main(["build", "--vision", tiny_vision["siglip"], "--language", tiny_lm["qwen2"], "--out",

@@ -31,7 +31,7 @@ from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .helpers import stage, tiny_recipe
+from .helpers import png_bytes, stage, tiny_recipe, write_tar
 
 
 def verbo_data(*argv: str):
@@ -173,9 +173,8 @@ def test_convert_coco_keeps_all_references(tmp_path, capsys):
 
 
 def test_convert_webdataset_extracts_members(tmp_path):
-    from .test_readers import _tar, png_bytes
 
-    _tar(tmp_path / "s.tar", {"k/0.png": png_bytes(), "k/0.txt": b"blue", "k/1.png": png_bytes(), "k/1.txt": b"also"})
+    write_tar(tmp_path / "s.tar", {"k/0.png": png_bytes(), "k/0.txt": b"blue", "k/1.png": png_bytes(), "k/1.txt": b"also"})
     verbo_data("convert", tmp_path / "s.tar", "--out", tmp_path / "wds.json")
     records = read_records(tmp_path / "wds.json")
     assert [p.name for r in records for p in r.images] == ["0.png", "1.png"]

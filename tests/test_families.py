@@ -21,6 +21,7 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
+from .tiny_families_llava_more import make_tiny_granite4_vision
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
 from .tiny_families_qwen_tower import (
     make_tiny_ernie4_5_vl_moe,
@@ -48,6 +49,8 @@ FAMILIES = {
                     "all-linear"),
     "deepseek_vl_hybrid": (make_tiny_deepseek_vl_hybrid, "chat",
                            {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
+    "granite4_vision": (make_tiny_granite4_vision, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                        "all-linear"),
     "hyperclovax_vision_v2": (make_tiny_hyperclovax_vision_v2, "chat",
                               {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
     "hunyuan_vl": (make_tiny_hunyuan_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
@@ -110,6 +113,10 @@ COMPONENT_OPTIONS = {
                             "model.high_res_vision_proj"],
                            ["model.vision_model", "model.high_res_vision_model", "model.high_res_vision_neck",
                             "model.high_res_vision_proj"]),
+    # Granite 4 Vision's window Q-Former projectors, per injected vision depth and per spatial group, are its connector
+    "granite4_vision": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                        ["model.layerwise_projectors", "model.spatial_projectors", "model.image_newline"],
+                        ["model.layerwise_projectors", "model.spatial_projectors", "model.image_newline"]),
     # Qwen2.5-VL's merger inside the vision tower, then the family's own linear projector
     "hyperclovax_vision_v2": ({"vision": "frozen", "connector": "full", "language": "frozen"},
                               ["model.vision_model.merger", "model.projector"],

@@ -49,11 +49,28 @@ from .tiny_families import (
 )
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_encoder_grounding import make_tiny_blip_2
+from .tiny_families_ocr_more import (
+    make_tiny_aria,
+    make_tiny_got_ocr2,
+    make_tiny_janus,
+    make_tiny_lighton_ocr,
+    make_tiny_ovis2,
+    make_tiny_ovis2_5,
+    make_tiny_qianfan_ocr,
+)
 from .tiny_families_llava_like import (
     make_tiny_aya_vision,
     make_tiny_internvl,
     make_tiny_llava_next,
     make_tiny_llava_onevision,
+)
+from .tiny_families_llava_more import (
+    make_tiny_granite4_vision,
+    make_tiny_granite_docling,
+    make_tiny_idefics2,
+    make_tiny_llava_next_video,
+    make_tiny_video_llava,
+    make_tiny_vipllava,
 )
 from .tiny_families_special import (
     make_tiny_chameleon,
@@ -163,6 +180,19 @@ MATRIX = {
     "glmga": Case(make_tiny_glmga, "chat", FROZEN_VISION),
     "glm5_next": Case(make_tiny_glm5_next, "chat", FROZEN_VISION),
     "hy_v4_vl": Case(make_tiny_hy_v4_vl, "chat", FROZEN_VISION),
+    "vipllava": Case(make_tiny_vipllava, "chat", FROZEN_VISION),
+    "llava_next_video": Case(make_tiny_llava_next_video, "chat", FROZEN_VISION),
+    "video_llava": Case(make_tiny_video_llava, "chat", FROZEN_VISION),
+    "granite4_vision": Case(make_tiny_granite4_vision, "chat", FROZEN_VISION),
+    "idefics2": Case(make_tiny_idefics2, "chat", FROZEN_VISION),
+    "granite_docling": Case(make_tiny_granite_docling, "chat", FROZEN_VISION),
+    "got_ocr2": Case(make_tiny_got_ocr2, "plain", FROZEN_VISION),
+    "qianfan_ocr": Case(make_tiny_qianfan_ocr, "chat", FROZEN_VISION),
+    "ovis2": Case(make_tiny_ovis2, "chat", FROZEN_VISION),
+    "ovis2_5": Case(make_tiny_ovis2_5, "chat", FROZEN_VISION),
+    "janus": Case(make_tiny_janus, "chat", FROZEN_VISION),
+    "aria": Case(make_tiny_aria, "chat", FROZEN_VISION),
+    "lighton_ocr": Case(make_tiny_lighton_ocr, "chat", FROZEN_VISION),
     "exaone4_5": Case(make_tiny_exaone4_5, "chat", FROZEN_VISION),
     "hyperclovax_vision_v2": Case(make_tiny_hyperclovax_vision_v2, "chat", FROZEN_VISION),
     "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),

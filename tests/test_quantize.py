@@ -15,6 +15,8 @@ from verbovision.errors import ConfigError, VerboError
 from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.quantize import QUANTIZATION, quantization_config, quantize_dynamic_int8
 
+from .helpers import TINY_SCRATCH, stage, tiny_recipe
+
 DynamicLinear = torch.ao.nn.quantized.dynamic.Linear
 
 
@@ -138,7 +140,6 @@ def bitsandbytes_runs() -> bool:
 def test_qlora_refuses_dense_training_of_quantized_weights(shapes_data):
     from verbovision.recipe import parse_recipe
 
-    from .test_train import stage, tiny_recipe
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "full", "language": "lora"})])
     raw["model"] = {**raw["model"], "quantize": "4bit"}  # a copy: the tiny model block is shared by every test
@@ -152,7 +153,6 @@ def test_qlora_pixel_shuffle_stage(shapes_data, tmp_path):
     from verbovision.recipe import parse_recipe
     from verbovision.train import train_recipe
 
-    from .test_train import TINY_SCRATCH, stage, tiny_recipe
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "lora", "language": "lora"},
                                           lora={"r": 4, "alpha": 8, "dropout": 0.0}, max_steps=2, log_every=1,

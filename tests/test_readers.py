@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from verbovision.errors import DataError
 from verbovision.images import BytesImage, FileSlice, open_image
 from verbovision.readers import Columns, ReadOptions, detect_format, scan
 
-from .helpers import kinds, write_jsonl
+from .helpers import kinds, png_bytes, write_jsonl, write_tar
 
 FORMATS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "formats"
 needs_samples = pytest.mark.skipif(not FORMATS_DIR.exists(),
@@ -40,12 +38,6 @@ def png(path: Path, colour=(200, 40, 40), size=(48, 40)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, colour).save(path)
     return path
-
-
-def png_bytes(colour=(10, 120, 250), size=(40, 32), fmt="PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------- real samples
@@ -186,18 +178,9 @@ def test_karpathy_split(tmp_path):
     assert record.id == "7" and record.references == ["A red square.", "Red."] and record.images[0].exists()
 
 
-def _tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    with tarfile.open(path, mode) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 @pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz")])
 def test_webdataset_shards_stream(tmp_path, suffix, mode):
-    shard = _tar(tmp_path / f"shard-000{suffix}", {
+    shard = write_tar(tmp_path / f"shard-000{suffix}", {
         "s/000.jpg": png_bytes(fmt="JPEG"), "s/000.txt": " a blue square \n".encode(),
         "s/001.png": png_bytes((0, 200, 0)),
         "s/001.json": json.dumps({"question": "Colour?", "answer": "verde"}, ensure_ascii=False).encode(),

@@ -8,9 +8,9 @@ import inspect
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText
 
+from .helpers import red_circle
 from .tiny_families_llava_like import BUILDERS, plain_processor
 
 FAMILIES = {
@@ -21,12 +21,6 @@ FAMILIES = {
     "aya_vision": (20, {"num_patches"}),
     "internvl": (20, {"num_patches"}),
 }
-
-
-def _image() -> Image.Image:
-    image = Image.new("RGB", (64, 64), "white")
-    ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill="red")
-    return image
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -40,12 +34,12 @@ def test_tiny_family_in_plain_transformers(family, tmp_path, tiny_tokenizer_text
     question = {"type": "text", "text": "Describe the image briefly."}
     messages = [{"role": "user", "content": [{"type": "image"}, question]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=prompt, images=[_image()], return_tensors="pt")
+    inputs = processor(text=prompt, images=[red_circle()], return_tensors="pt")
 
     assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
     named = set(inspect.signature(type(model).forward).parameters)
     assert set(inputs) <= named
-    assert set(processor.image_processor([_image()], return_tensors="pt")) - named == image_processor_only
+    assert set(processor.image_processor([red_circle()], return_tensors="pt")) - named == image_processor_only
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
         loss = model(**inputs, labels=inputs["input_ids"]).loss

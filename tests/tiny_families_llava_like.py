@@ -188,8 +188,10 @@ def _save_with_video_processor(out: Path, model, generation: GenerationConfig, p
 
     video = dict(video)
     video_processor = getattr(transformers, video.pop("video_processor_type"))(**video)
-    processor = getattr(transformers, processor_class)(image_processor, tokenizer, video_processor,
-                                                       chat_template=chat_template, **settings)
+    # by keyword: the classes order their processors differently (LLaVA-NeXT-Video's video processor comes first)
+    processor = getattr(transformers, processor_class)(image_processor=image_processor, tokenizer=tokenizer,
+                                                       video_processor=video_processor, chat_template=chat_template,
+                                                       **settings)
     return _save(out, model, processor, generation)
 
 

@@ -174,16 +174,24 @@ class ImageTokens:
             raise ConfigError(f"{family.name} models are not supported: {type(processor).__name__} has no image "
                               "token, and VerboVision places each image's features at its image tokens")
         self.processor = processor
-        self.token = str(processor.image_token)  # BLIP-2's processors keep a tokenizers AddedToken
+        self.family = family
+        # The placeholder a text holds: the processor's image token, unless it names another that it replaces with
+        # its image tokens (Qianfan-OCR's `<image>`, expanded to `<img>` + `<IMG_CONTEXT>`s + `</img>`). BLIP-2's
+        # processors keep a tokenizers AddedToken.
+        self.token = str(getattr(processor, "image_placeholder_token", None) or processor.image_token)
         self.in_vocab = self.token in processor.tokenizer.get_vocab()
-        """Whether the image placeholder is a token; Aya Vision's `<image>` is only a string its processor replaces."""
+        """Whether the image placeholder is a token; Aya Vision's and Qianfan-OCR's `<image>` are only strings their
+        processors replace."""
         self.token_id = (processor.tokenizer.convert_tokens_to_ids(self.token) if self.in_vocab
                          else getattr(processor, "image_token_id", None))
+        if self.token_id is None:  # Ovis2's processor names none (its `<image>` is no token): the model's own
+            self.token_id = family.image_token_id
         """The id standing for an image in an encoded text before expansion, and among the features' tokens after:
-        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`)."""
+        the placeholder's own, or else the one the model fills (Aya Vision's `<|IMG_PATCH|>`, Ovis2's
+        `<IMG_ATOM>`)."""
         if self.token_id is None:
             raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
-                            "tokenizer, and the processor names no image_token_id")
+                            "tokenizer, and neither the processor nor the model config names an image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
         self.written = self._written()
         """What stands for one image in a text the processor is given: its image token, or the token between the
@@ -221,7 +229,7 @@ class ImageTokens:
         if start is None or end is None:
             return self.token
         try:
-            self.processor(text=[self.token], images=[[Image.new("RGB", self._PROBE_SIZES[0])]])
+            self.processor(text=[self.token], images=self.family.images_per_text([Image.new("RGB", (32, 32))]))
         except ValueError:  # HunYuan-VL's processor refuses an image token its start and end tokens do not wrap
             return f"{start}{self.token}{end}"
         return self.token
@@ -232,7 +240,10 @@ class ImageTokens:
         after the text; the `prefix` template writes them), as do the image start and end tokens around it where
         the processor takes it only so (`written`)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
-        laid_out = self.processor.prepare_inputs_layout(images=[[blank]], text=[self.written])[1][0]
+        # With the processor's merged settings, as its own __call__ passes them (GOT-OCR2's layout reads `format`)
+        settings = self.processor._merge_kwargs(tokenizer_init_kwargs=self.processor.tokenizer.init_kwargs)
+        images = self.family.images_per_text([blank])
+        laid_out = self.processor.prepare_inputs_layout(images=images, text=[self.written], **settings)[1][0]
         before, _, after = laid_out.partition(self.token)
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
@@ -240,8 +251,10 @@ class ImageTokens:
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
         text = ("" if self.written_first else self.written) if text is None else text
-        out = self.processor(text=[text], images=[[Image.new("RGB", size)]], add_special_tokens=False)
-        # Lists of ints whatever the processor returns (DeepSeek-VL's returns tensors in transformers 5.17)
+        # As tensors, which is how every processor is called for a model (Ovis2's expansion reads its image
+        # processor's `grids` with .tolist()), then lists of ints
+        out = self.processor(text=[text], images=self.family.images_per_text([Image.new("RGB", size)]),
+                             add_special_tokens=False, return_tensors="pt")
         return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def _writes_images_first(self) -> bool:
@@ -257,9 +270,10 @@ class ImageTokens:
     def _token_types(self) -> dict[str, frozenset[int]]:
         """The token types the processor gives beside an image, and which tokens each marks 1, asked of it: Qwen2-VL's
         `mm_token_type_ids` mark the image token (PaddleOCR-VL's processor returns them without listing them,
-        Cosmos3-Edge's lists them without returning them); ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image start and end tokens, which the probe writes around
-        the image where the processor names them; Gemma 3's `token_type_ids` the soft tokens inside its
-        `<start_of_image>` expansion. PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
+        Cosmos3-Edge's lists them without returning them); ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image
+        start and end tokens, which the probe writes around the image where the processor names them; Gemma 3's
+        `token_type_ids` the soft tokens inside its `<start_of_image>` expansion. PaliGemma's token types are prefix
+        (0) / suffix (1) instead, marking none."""
         start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
         wrapped = f"{start}{self.written}{end}" if start and end and start not in self.written else None
         out = self._processed(self._PROBE_SIZES[0], text=None if self.written_first else wrapped)
@@ -637,10 +651,14 @@ class Encoder:
         (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
         if self.image_tokens is None:
             return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
-        processed = self.processor(text=[self.image_tokens.written] * len(images), images=[[image] for image in images],
-                                   padding=True, return_tensors="pt")  # texts of different images differ in length
-        names = set(self.processor.image_processor.model_input_names)
-        return self.family.pixel_inputs({k: v for k, v in processed.items() if k in names})
+        processed = self.processor(text=[self.image_tokens.written] * len(images),
+                                   images=self.family.images_per_text(images), padding=True,
+                                   return_tensors="pt")  # texts of different images differ in length
+        # Everything but what the processor computed from the placeholder texts (their ids, masks, token types,
+        # PaliGemma's labels): the image processor's tensors, including those its model_input_names leaves out
+        # (DeepSeek-OCR-2's pixel_values_local, the tiles of a large image)
+        text_side = {*self.tokenizer.model_input_names, *TOKEN_TYPE_INPUTS, "labels"}
+        return self.family.pixel_inputs({k: v for k, v in processed.items() if k not in text_side})
 
 
 # ---------------------------------------------------------------------------------------------------- datasets

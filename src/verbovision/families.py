@@ -32,12 +32,16 @@ COMPONENT_MODULES = {
                # to the low-resolution grid. Its gate, the bare parameter model.high_res_vision_alpha, stays out of
                # every component: PEFT saves whole modules only, so a LoRA stage could not keep it.
                "model.high_res_vision_model", "model.high_res_vision_neck", "model.high_res_vision_proj",
-               "vision_model", "model.vqmodel"),
+               "vision_model", "model.vqmodel",
+               # Video-LLaVA's two towers of one config: images go through the image tower only
+               "model.image_tower", "model.video_tower", "model.vision_encoder"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector", "model.merger",
                   "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
                   "model.vision_model.merger", "model.vision_tower.merger", "model.resampler_model",
                   "git.visual_projection", "enc_to_dec_proj", "model.embed_vision",
-                  "query_tokens", "qformer", "language_projection", "model.image_newline"),
+                  "query_tokens", "qformer", "language_projection", "model.image_newline",
+                  "model.layerwise_projectors", "model.spatial_projectors", "model.vision_model.connector",
+                  "model.visual_embeddings_table", "model.vision_projection", "model.view_separator"),
     "language": ("model.language_model", "model.text_model", "lm_head", "git.embeddings", "git.encoder", "output",
                  "decoder", "language_model", "model.embed_tokens", "model.layers", "model.norm"),
 }
@@ -51,9 +55,15 @@ training. Chameleon keeps its LM's layers in `model` itself, beside the VQ-VAE t
 LM's vocabulary (`model.vqmodel`, vision; no connector). MiniCPM-V's projector is `model.merger`; its window-attention
 merger between two vision layers (`model.vision_tower.vit_merger`) stays with the vision tower. Hy4-VL's
 `model.vision_tower.patch_merger`, like Qwen2-VL's merger, projects the tower's output into the LM (with its learned
-image begin / end / newline embeddings), and so does HunYuan-VL's, dots3-note's `model.vision_tower.merger` too.
-HyperCLOVAX-SEED Vision V2 keeps Qwen2.5-VL's tower, merger included, as `model.vision_model` and adds a linear
-`model.projector`: both are connector. ERNIE-4.5-VL's `model.resampler_model` merges patches and frames."""
+image begin / end / newline embeddings). Granite 4 Vision's window Q-Former projectors, one
+per vision depth it injects into an LM layer and one per spatial group (DeepStack), are its connector; Granite-Docling's
+connector sits inside its vision model (`model.vision_model.connector`). DeepSeek-OCR-2's separator after an image's
+views (`model.view_separator`, bare) trains with its projector. Ovis's connector is its visual embedding table, which
+embeds the tower's probabilities over visual words (the tower's own head computes them). LightOnOCR names Mistral3's
+tower and projector `model.vision_encoder` and `model.vision_projection`. HunYuan-VL's `model.vision_tower.patch_merger`
+projects as Hy4-VL's does, dots3-note's `model.vision_tower.merger` too. HyperCLOVAX-SEED Vision V2 keeps Qwen2.5-VL's
+tower, merger included, as `model.vision_model` and adds a linear `model.projector`: both are connector.
+ERNIE-4.5-VL's `model.resampler_model` merges patches and frames."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -84,6 +94,9 @@ class Support:
     template: PaliGemma's `prefix`, as its processor lays out a text and a suffix."""
     prompt: str | None = None
     """What `caption` asks by default, where the family has its own convention (PaliGemma's task prefixes)."""
+    flat_images: bool = False
+    """Its processor takes one image per text as a flat list: a nested list means something else (GOT-OCR2's pages of
+    one document), where other processors take a list of images per text."""
     refused: str | None = None
     """Why VerboVision cannot work with the model type (refused when a model of the type is loaded)."""
 
@@ -148,6 +161,10 @@ SUPPORT: dict[str, Support] = {
     "diffusion_gemma": Support(refused="it writes text by block diffusion, whole blocks at a time, not token by token: "
                                        "no next-token loss to train, no greedy decoding to caption with"),
     "mistral4": Support(refused="Mistral4ForCausalLM is a text-only language model: it takes no images"),
+    "got_ocr2": Support(flat_images=True),
+    "pp_chart2table": Support(refused="its processor expands no image token (a text must already hold each image's "
+                                      "256 <imgpad> tokens, as its chat template writes them), and VerboVision "
+                                      "expands each image's placeholder through the processor"),
 }
 """Model types that differ from the defaults of `Support`; any other type that `AutoModelForImageTextToText` loads
 gets the defaults. The family matrix (tests/test_family_matrix.py, the README's support table) shows which types
@@ -159,8 +176,10 @@ FAMILY_MATRIX = (
     "qwen2_5_vl", "qwen3_vl", "llava_onevision1_5", "deepseek_vl", "deepseek_vl_hybrid", "llava_next",
     "llava_onevision", "aya_vision", "internvl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
     "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
-    "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl",
-    "video_llama_3", "paddleocr_vl", "hunyuan_vl", "dots3_note", "ernie4_5_vl_moe",
+    "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl", "vipllava", "llava_next_video", "video_llava",
+    "granite4_vision", "idefics2", "granite_docling", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria",
+    "lighton_ocr", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl", "video_llama_3", "paddleocr_vl", "hunyuan_vl",
+    "dots3_note", "ernie4_5_vl_moe",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
@@ -185,6 +204,10 @@ UNTRIED: dict[str, str] = {
     "gemma3n": "its vision tower (MobileNetV5) is a timm model, and timm is not installed where the matrix runs",
     "fuyu": "its PIL image processor cannot patchify the torch tensors its processor asks for (transformers 5.25): "
             "it runs only with the torchvision one, not installed where the matrix runs",
+    "fast_vlm": "its vision tower (FastViT) is a timm model, and timm is not installed where the matrix runs",
+    "deepseek_ocr2": "captions, evaluates and trains (tests/test_families_ocr_more.py), but with PEFT 0.21 a saved "
+                     "LoRA adapter loads without its language-model weights, and is refused: PEFT applies the family's "
+                     "checkpoint renaming (layers -> language_model.layers) to adapter keys that already have it",
 }
 """Image-text model types of transformers that no test here has tried, and why: they take the defaults (images as
 tokens in the text, `Support()`), and loading one says so once on stderr."""
@@ -199,6 +222,8 @@ class Family:
     text_start: tuple[int, ...] = ()
     """Token ids every text starts with: GIT's [CLS], an encoder-decoder's decoder start token."""
     support: Support = Support()
+    image_token_id: int | None = None
+    """The token the model fills with image features (config.image_token_id), where its config names one."""
 
     def model_inputs(self, batch: dict) -> dict:
         """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
@@ -211,6 +236,10 @@ class Family:
     def text_logits(self, logits: torch.Tensor, n_text: int) -> torch.Tensor:
         """The logits of the text positions: GIT's forward returns the image positions' logits first."""
         return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V]
+
+    def images_per_text(self, images: list) -> list:
+        """The `images=` argument of its processor for texts of one image each, in order."""
+        return list(images) if self.support.flat_images else [[image] for image in images]
 
     def pixel_inputs(self, processed: dict) -> dict[str, torch.Tensor]:
         """The model's inputs among an image processor's outputs."""
@@ -249,7 +278,7 @@ def family_of(config) -> Family:
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,), support)
-    return Family(kind, IMAGES_IN_TEXT, support=support)
+    return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None))
 
 
 @cache

@@ -17,7 +17,7 @@ from .data import Encoder, source_path
 from .errors import ConfigError, DataError, VerboError
 from .families import family_of
 from .recipe import Recipe
-from .store import adapter_base, check_model_location, is_adapter, load_processor
+from .store import adapter_base, check_model_location, explained_import_error, is_adapter, load_processor
 from .streams import is_stream
 from .trainable import trained_modules
 
@@ -65,5 +65,8 @@ def model_skeleton(path: str) -> torch.nn.Module:
     """The model's modules as its config builds them, with no weights (parameters on the meta device)."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    with torch.device("meta"):
-        return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path))
+    try:
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path))
+    except ImportError as e:  # a module of the model needs a package (FastVLM's timm tower)
+        raise explained_import_error(e, path, "model") from None

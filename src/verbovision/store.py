@@ -120,8 +120,10 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from peft import PeftModel
 
         base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
-        with peft_wrapping():
+        with peft_wrapping(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             model = PeftModel.from_pretrained(base, path_str)
+        refuse_missing_adapter_weights(path_str, caught)
         if in_memory:
             model = model.merge_and_unload()
     else:
@@ -137,6 +139,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             raise VerboError(not_image_text(path_str)) from None
         except OSError as e:  # a file missing from a model directory or hub repository: its first line names it
             raise VerboError(f"{path_str}: cannot load the model: {str(e).splitlines()[0]}") from None
+        except ImportError as e:  # a module of the model needs a package (FastVLM's timm tower)
+            raise explained_import_error(e, path_str, "model") from None
         check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
         model.to(device or ("cpu" if in_memory else default_device()))
@@ -144,6 +148,23 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+def refuse_missing_adapter_weights(path: str, caught: list[warnings.WarningMessage]) -> None:
+    """PEFT only warns when weights of an adapter it loads find no place in the model, which then runs without them:
+    refuse that (PEFT 0.21 renames DeepSeek-OCR-2's adapter keys a second time with transformers' checkpoint
+    conversion); pass every other warning on."""
+    for caught_warning in caught:
+        message = str(caught_warning.message)
+        if "missing adapter keys" in message:
+            import peft
+
+            first = re.search(r"\['([^']+)'", message)
+            raise VerboError(f"{path}: PEFT {peft.__version__} loads this adapter without some of its weights (e.g. "
+                             f"{first.group(1) if first else 'its LoRA layers'}); use a merged model instead (a stage "
+                             "with `merge: true` saves one as the run's final model)")
+        warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                               caught_warning.lineno)
 
 
 @contextmanager
@@ -257,16 +278,16 @@ def load_processor(path: str | Path):
     return processor
 
 
-def explained_import_error(error: ImportError, path: str = "the model") -> Exception:
-    """What to install, in one line, where a processor cannot be built without a package: torchvision for any image
-    processor in transformers 5.17 (later releases fall back to PIL), or a package its class needs (SmolVLM's
-    num2words), which transformers names with `pip install <package>`."""
+def explained_import_error(error: ImportError, path: str = "the model", part: str = "processor") -> Exception:
+    """What to install, in one line, where a processor (or a model: `part`) cannot be built without a package:
+    torchvision for any image processor in transformers 5.17 (later releases fall back to PIL), or a package its class
+    needs (SmolVLM's num2words, FastVLM's timm vision tower), which transformers names with `pip install <package>`."""
     if "Torchvision library" not in str(error):
         package = re.search(r"pip install ([A-Za-z0-9_.\-]+)", str(error))
         if package is None:
             return error
         name = package.group(1).rstrip(".")
-        return VerboError(f"{path}: its processor needs the {name} package, which is not installed: pip install {name}")
+        return VerboError(f"{path}: its {part} needs the {name} package, which is not installed: pip install {name}")
     import transformers
 
     if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 18):
@@ -344,8 +365,9 @@ def _write_chat_templates(templates: str | dict, out: Path) -> None:
 
 def save_processor(processor, out: str | Path) -> None:
     """Save a processor; one loaded without its video processor gets its original processor_config.json back, so
-    that it loads whole wherever torchvision is installed."""
-    if getattr(processor, "video_processor", False) is not None:
+    that it loads whole wherever torchvision is installed. (A processor whose class sets `video_processor = None`
+    itself, as Qianfan-OCR's does, is whole and saves as usual.)"""
+    if getattr(processor, "source_config", None) is None:
         processor.save_pretrained(out)
         return
     processor.image_processor.save_pretrained(out)
