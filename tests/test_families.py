@@ -13,7 +13,7 @@ from verbovision.recipe import load_recipe
 from verbovision.store import load_model, read_json
 from verbovision.train import train_recipe
 
-from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, train_one_stage
+from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, needs_model_type, train_one_stage
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -23,6 +23,12 @@ from .tiny_families import (
 )
 from .tiny_families_llava_more import make_tiny_granite4_vision
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_deepseek_vl_hybrid, make_tiny_qwen3_vl
+from .tiny_families_qwen_tower import (
+    make_tiny_ernie4_5_vl_moe,
+    make_tiny_hunyuan_vl,
+    make_tiny_hyperclovax_vision_v2,
+    make_tiny_paddleocr_vl,
+)
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 
@@ -45,6 +51,10 @@ FAMILIES = {
                            {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
     "granite4_vision": (make_tiny_granite4_vision, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
                         "all-linear"),
+    "hyperclovax_vision_v2": (make_tiny_hyperclovax_vision_v2, "chat",
+                              {"vision": "frozen", "connector": "full", "language": "lora"}, "all-linear"),
+    "hunyuan_vl": (make_tiny_hunyuan_vl, "chat", {"vision": "frozen", "connector": "full", "language": "lora"},
+                   "all-linear"),
 }
 
 
@@ -107,6 +117,13 @@ COMPONENT_OPTIONS = {
     "granite4_vision": ({"vision": "frozen", "connector": "full", "language": "frozen"},
                         ["model.layerwise_projectors", "model.spatial_projectors", "model.image_newline"],
                         ["model.layerwise_projectors", "model.spatial_projectors", "model.image_newline"]),
+    # Qwen2.5-VL's merger inside the vision tower, then the family's own linear projector
+    "hyperclovax_vision_v2": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                              ["model.vision_model.merger", "model.projector"],
+                              ["model.vision_model.merger", "model.projector"]),
+    # the patch merger inside the vision tower is its projector (with its learned row-end / begin / end embeddings)
+    "hunyuan_vl": ({"vision": "frozen", "connector": "full", "language": "frozen"},
+                   ["model.vision_tower.patch_merger"], ["model.vision_tower.patch_merger"]),
 }
 
 
@@ -155,3 +172,31 @@ def test_every_trained_reply_ends_in_a_special_token(build, tmp_path, shapes_dat
     prompt = encoder.encode(Record("r", [image], turns, "mem"), for_generation=True)  # up to the last reply
     if model.config.model_type == "llava":  # prompts as the template writes them: no EOS after the earlier reply
         assert tokenizer.eos_token not in tokenizer.decode(prompt.input_ids)
+
+
+TOKEN_TYPED = {"qwen2_vl": make_tiny_qwen2_vl, "paddleocr_vl": make_tiny_paddleocr_vl,
+               "hunyuan_vl": make_tiny_hunyuan_vl, "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe}
+
+
+@pytest.mark.parametrize("family", TOKEN_TYPED)
+def test_batches_carry_the_processors_token_types(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    """A batch holds the token types the family's processor gives for the same text: Qwen2-VL's, PaddleOCR-VL's
+    (returned, not listed) and HunYuan-VL's `mm_token_type_ids` (the image tokens), ERNIE-4.5-VL's
+    `moe_mm_token_type_ids` too (with its image start and end tokens, for its image experts)."""
+    from verbovision.data import Collator, Encoder, read_records
+    from verbovision.families import family_of
+    from verbovision.images import open_image
+
+    needs_model_type(family)
+    model, processor = load_model(TOKEN_TYPED[family](tmp_path / family, tiny_tokenizer_texts), device="cpu")
+    encoder = Encoder(processor, "chat", family=family_of(model.config))
+    record = read_records(shapes_data / "train/caption_short_en.json")[0]
+    batch = Collator(encoder)([encoder.encode(record, for_generation=True)])
+    text, _ = encoder.render(record.prompt_turns, add_generation_prompt=True)
+    own = processor(text=[text], images=[open_image(record.images[0])], return_tensors="pt")
+    names = {"mm_token_type_ids", "moe_mm_token_type_ids"} & set(own)
+    assert names == ({"mm_token_type_ids", "moe_mm_token_type_ids"} if family.startswith("ernie")
+                     else {"mm_token_type_ids"})
+    assert batch["input_ids"].tolist() == own["input_ids"].tolist()
+    for name in names:
+        assert batch[name].tolist() == own[name].tolist(), name

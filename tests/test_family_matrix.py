@@ -104,6 +104,16 @@ from .tiny_families_qwen_more import (
     make_tiny_qwen3_vl_moe,
     make_tiny_qwen4_exp,
 )
+from .tiny_families_qwen_tower import (
+    make_tiny_dots3_note,
+    make_tiny_ernie4_5_vl_moe,
+    make_tiny_exaone4_5,
+    make_tiny_hunyuan_vl,
+    make_tiny_hyperclovax_vision_v2,
+    make_tiny_lfm3_vl,
+    make_tiny_paddleocr_vl,
+    make_tiny_video_llama_3,
+)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
@@ -183,6 +193,14 @@ MATRIX = {
     "janus": Case(make_tiny_janus, "chat", FROZEN_VISION),
     "aria": Case(make_tiny_aria, "chat", FROZEN_VISION),
     "lighton_ocr": Case(make_tiny_lighton_ocr, "chat", FROZEN_VISION),
+    "exaone4_5": Case(make_tiny_exaone4_5, "chat", FROZEN_VISION),
+    "hyperclovax_vision_v2": Case(make_tiny_hyperclovax_vision_v2, "chat", FROZEN_VISION),
+    "lfm3_vl": Case(make_tiny_lfm3_vl, "chat", FROZEN_VISION),
+    "video_llama_3": Case(make_tiny_video_llama_3, "chat", FROZEN_VISION),
+    "paddleocr_vl": Case(make_tiny_paddleocr_vl, "chat", FROZEN_VISION),
+    "hunyuan_vl": Case(make_tiny_hunyuan_vl, "chat", FROZEN_VISION),
+    "dots3_note": Case(make_tiny_dots3_note, "chat", FROZEN_VISION),
+    "ernie4_5_vl_moe": Case(make_tiny_ernie4_5_vl_moe, "chat", FROZEN_VISION),
 }
 """model_type: how the matrix runs it."""
 

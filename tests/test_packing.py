@@ -19,6 +19,12 @@ from .helpers import needs_model_type, stage, tiny_recipe, token_losses
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 from .tiny_families_misc import make_tiny_glm5_next, make_tiny_glmga, make_tiny_hy_v4_vl, make_tiny_minicpmv4_6
 from .tiny_families_qwen_like import make_tiny_deepseek_vl, make_tiny_llava_onevision1_5, make_tiny_qwen3_vl
+from .tiny_families_qwen_tower import (
+    make_tiny_ernie4_5_vl_moe,
+    make_tiny_hunyuan_vl,
+    make_tiny_lfm3_vl,
+    make_tiny_paddleocr_vl,
+)
 
 
 PACKED_FAMILIES = {"llava": make_tiny_llava, "deepseek_vl": make_tiny_deepseek_vl,
@@ -78,8 +84,11 @@ def test_training_with_packing_and_with_length_groups(tmp_path, shapes_data):
 
 REFUSED_PACKING = {"qwen2_vl": make_tiny_qwen2_vl, "qwen3_vl": make_tiny_qwen3_vl,  # M-RoPE from the whole row
                    "glmga": make_tiny_glmga, "hy_v4_vl": make_tiny_hy_v4_vl,  # M-RoPE too
+                   "paddleocr_vl": make_tiny_paddleocr_vl, "hunyuan_vl": make_tiny_hunyuan_vl,
+                   "ernie4_5_vl_moe": make_tiny_ernie4_5_vl_moe,
                    "minicpmv4_6": make_tiny_minicpmv4_6,  # linear-attention layers: state across the whole row
-                   "glm5_next": make_tiny_glm5_next}
+                   "glm5_next": make_tiny_glm5_next,
+                   "lfm3_vl": make_tiny_lfm3_vl}  # short convolutions along the whole row, reading no positions
 
 
 @pytest.mark.parametrize("family", REFUSED_PACKING)

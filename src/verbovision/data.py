@@ -150,6 +150,10 @@ TEMPLATES = ("chat", "plain", "caption", "prefix")
 """How `Encoder` lays out a conversation: the model's chat template, or one of VerboVision's layouts."""
 
 
+TOKEN_TYPE_INPUTS = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
+"""Token-type inputs a processor may give beside an image's tokens (`ImageTokens.token_types`)."""
+
+
 class ImageTokens:
     """The tokens standing for one image in a model's text: the processor's own expansion of its image token.
 
@@ -189,6 +193,10 @@ class ImageTokens:
             raise DataError(f"{type(processor).__name__}: its image token {self.token!r} is not a token of the "
                             "tokenizer, and neither the processor nor the model config names an image_token_id")
         self._by_size: dict[tuple[int, int], list[int]] = {}
+        self.written = self._written()
+        """What stands for one image in a text the processor is given: its image token, or the token between the
+        image start and end tokens where the processor takes it only so (HunYuan-VL's, whose chat template writes
+        them: they stay out of the expansion)."""
         self.written_first = self._writes_images_first()
         """Whether the processor writes the image tokens in front of the text itself (BLIP-2, InstructBLIP): an
         image token in the text would stay there, one token more than the model has features for."""
@@ -197,8 +205,9 @@ class ImageTokens:
         self.fixed = first if all(other == first for other in others) else None
         """The expansion when it is the same for every image size, else None (images' sizes are then read)."""
         self.token_types = self._token_types()
-        """(name, marked token ids): the token-type input the model takes beside image tokens, 1 on the marked ids
-        and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image); None if none."""
+        """name -> marked token ids: the token-type inputs the model takes beside image tokens, each 1 on its marked
+        ids and 0 elsewhere (Qwen2-VL's M-RoPE, Gemma 3's bidirectional attention within an image, ERNIE-4.5-VL's
+        image experts); empty if none."""
 
     def ids(self, image) -> list[int]:
         if self.fixed is not None:
@@ -215,22 +224,33 @@ class ImageTokens:
         ids = list(self._processed(size)["input_ids"][0])
         return ids[before : len(ids) - after]
 
+    def _written(self) -> str:
+        start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
+        if start is None or end is None:
+            return self.token
+        try:
+            self.processor(text=[self.token], images=self.family.images_per_text([Image.new("RGB", (32, 32))]))
+        except ValueError:  # HunYuan-VL's processor refuses an image token its start and end tokens do not wrap
+            return f"{start}{self.token}{end}"
+        return self.token
+
     def _laid_out_around(self) -> tuple[int, int]:
         """How many tokens the processor's own text layout writes before and after a lone image token: they belong
         to its prompt format, not to the image (PaliGemma's processor writes BOS after the images and a newline
-        after the text; the `prefix` template writes them)."""
+        after the text; the `prefix` template writes them), as do the image start and end tokens around it where
+        the processor takes it only so (`written`)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
         # With the processor's merged settings, as its own __call__ passes them (GOT-OCR2's layout reads `format`)
         settings = self.processor._merge_kwargs(tokenizer_init_kwargs=self.processor.tokenizer.init_kwargs)
         images = self.family.images_per_text([blank])
-        laid_out = self.processor.prepare_inputs_layout(images=images, text=[self.token], **settings)[1][0]
+        laid_out = self.processor.prepare_inputs_layout(images=images, text=[self.written], **settings)[1][0]
         before, _, after = laid_out.partition(self.token)
         return tuple(len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
                      for text in (before, after))
 
     def _processed(self, size: tuple[int, int], text: str | None = None) -> dict:
         """The processor's outputs for one blank image of `size` and `text` (default: what the image is written as)."""
-        text = ("" if self.written_first else self.token) if text is None else text
+        text = ("" if self.written_first else self.written) if text is None else text
         # As tensors, which is how every processor is called for a model (Ovis2's expansion reads its image
         # processor's `grids` with .tolist()), then lists of ints
         out = self.processor(text=[text], images=self.family.images_per_text([Image.new("RGB", size)]),
@@ -245,21 +265,23 @@ class ImageTokens:
             without = self._processed(size, text="")["input_ids"][0].count(self.token_id)
         except ValueError:  # processors that expand the image token refuse an image whose token the text lacks
             return False
-        return 0 < without < self._processed(size, text=self.token)["input_ids"][0].count(self.token_id)
+        return 0 < without < self._processed(size, text=self.written)["input_ids"][0].count(self.token_id)
 
-    def _token_types(self) -> tuple[str, frozenset[int]] | None:
-        """Qwen2-VL-style processors list `mm_token_type_ids` (1 on the image token). A processor listing
-        `token_type_ids` is asked which tokens of an image it marks 1: Gemma 3's, the soft tokens inside its
-        `<start_of_image>` expansion; PaliGemma's token types are prefix (0) / suffix (1) instead, marking none."""
-        names = getattr(self.processor, "model_input_names", ())
-        if "mm_token_type_ids" in names:
-            return "mm_token_type_ids", frozenset([self.token_id])
-        if "token_type_ids" not in names:
-            return None
-        out = self._processed(self._PROBE_SIZES[0])
-        types = out.get("token_type_ids")
-        marked = frozenset(i for i, t in zip(out["input_ids"][0], types[0]) if t == 1) if types is not None else None
-        return ("token_type_ids", marked) if marked else None
+    def _token_types(self) -> dict[str, frozenset[int]]:
+        """The token types the processor gives beside an image, and which tokens each marks 1, asked of it: Qwen2-VL's
+        `mm_token_type_ids` mark the image token (PaddleOCR-VL's processor returns them without listing them,
+        Cosmos3-Edge's lists them without returning them); ERNIE-4.5-VL's `moe_mm_token_type_ids` also its image
+        start and end tokens, which the probe writes around the image where the processor names them; Gemma 3's
+        `token_type_ids` the soft tokens inside its `<start_of_image>` expansion. PaliGemma's token types are prefix
+        (0) / suffix (1) instead, marking none."""
+        start, end = (getattr(self.processor, name, None) for name in ("image_start_token", "image_end_token"))
+        wrapped = f"{start}{self.written}{end}" if start and end and start not in self.written else None
+        out = self._processed(self._PROBE_SIZES[0], text=None if self.written_first else wrapped)
+        marked = {name: frozenset(i for i, t in zip(out["input_ids"][0], out[name][0]) if t == 1)
+                  for name in TOKEN_TYPE_INPUTS if out.get(name) is not None}
+        if "mm_token_type_ids" in getattr(self.processor, "model_input_names", ()):
+            marked.setdefault("mm_token_type_ids", frozenset([self.token_id]))
+        return {name: ids for name, ids in marked.items() if ids}
 
 
 CHAT_TEMPLATE_NAME = "chat"
@@ -629,13 +651,13 @@ class Encoder:
         (InternVL's and Aya Vision's tiling) then shape the pixels as they shaped the tokens."""
         if self.image_tokens is None:
             return self.family.pixel_inputs(self.processor.image_processor(list(images), return_tensors="pt"))
-        processed = self.processor(text=[self.image_tokens.token] * len(images),
+        processed = self.processor(text=[self.image_tokens.written] * len(images),
                                    images=self.family.images_per_text(images), padding=True,
                                    return_tensors="pt")  # texts of different images differ in length
         # Everything but what the processor computed from the placeholder texts (their ids, masks, token types,
         # PaliGemma's labels): the image processor's tensors, including those its model_input_names leaves out
         # (DeepSeek-OCR-2's pixel_values_local, the tiles of a large image)
-        text_side = {*self.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids", "labels"}
+        text_side = {*self.tokenizer.model_input_names, *TOKEN_TYPE_INPUTS, "labels"}
         return self.family.pixel_inputs({k: v for k, v in processed.items() if k not in text_side})
 
 
@@ -809,7 +831,7 @@ class Collator:
         """With fast_decode, JPEGs are decoded at a reduced scale still at least the model's input size (not when
         the image's size sets its token count: a reduced decode would change it)."""
         self.pad_id = encoder.tokenizer.pad_token_id
-        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else None
+        self.token_types = encoder.image_tokens.token_types if encoder.image_tokens else {}
         self.pad_left = pad_left
         self.features = features
         """A FeatureCache: batches then carry cached vision features instead of pixel values."""
@@ -879,8 +901,7 @@ class Collator:
                                                                    + [width - len(e.input_ids)]) for e in examples])
         if self.encoder.family.support.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
             batch["token_type_ids"] = (labels != -100).long().cummax(dim=1).values  # [B, T]
-        if self.token_types:  # image tokens (1) and text (0), for Qwen2-VL's rotary positions or Gemma 3's attention
-            name, marked = self.token_types
+        for name, marked in self.token_types.items():  # image tokens (1), text (0): Qwen2-VL's rotary positions...
             batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]
         return batch
 

@@ -37,6 +37,7 @@ COMPONENT_MODULES = {
                "model.image_tower", "model.video_tower", "model.vision_encoder"),
     "connector": ("model.multi_modal_projector", "model.connector", "model.aligner", "model.projector", "model.merger",
                   "model.visual.merger", "model.visual.deepstack_merger_list", "model.vision_tower.patch_merger",
+                  "model.vision_model.merger", "model.vision_tower.merger", "model.resampler_model",
                   "git.visual_projection", "enc_to_dec_proj", "model.embed_vision",
                   "query_tokens", "qformer", "language_projection", "model.image_newline",
                   "model.layerwise_projectors", "model.spatial_projectors", "model.vision_model.connector",
@@ -59,7 +60,10 @@ per vision depth it injects into an LM layer and one per spatial group (DeepStac
 connector sits inside its vision model (`model.vision_model.connector`). DeepSeek-OCR-2's separator after an image's
 views (`model.view_separator`, bare) trains with its projector. Ovis's connector is its visual embedding table, which
 embeds the tower's probabilities over visual words (the tower's own head computes them). LightOnOCR names Mistral3's
-tower and projector `model.vision_encoder` and `model.vision_projection`."""
+tower and projector `model.vision_encoder` and `model.vision_projection`. HunYuan-VL's `model.vision_tower.patch_merger`
+projects as Hy4-VL's does, dots3-note's `model.vision_tower.merger` too. HyperCLOVAX-SEED Vision V2 keeps Qwen2.5-VL's
+tower, merger included, as `model.vision_model` and adds a linear `model.projector`: both are connector.
+ERNIE-4.5-VL's `model.resampler_model` merges patches and frames."""
 
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
@@ -103,9 +107,9 @@ _LINEAR_ATTENTION = ("its language model's linear-attention layers carry their s
 
 OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
                   "glm4v_moe", "glm46v", "glm_ocr", "glmga", "cosmos3_omni", "cosmos3_edge", "cohere_compass",
-                  "hy_v4_vl")
-"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL): their M-RoPE positions come from
-the whole row."""
+                  "hy_v4_vl", "paddleocr_vl", "hunyuan_vl", "ernie4_5_vl_moe")
+"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL, PaddleOCR-VL, HunYuan-VL,
+ERNIE-4.5-VL): their M-RoPE positions come from the whole row."""
 
 _ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
 
@@ -123,6 +127,8 @@ SUPPORT: dict[str, Support] = {
     "blip-2": Support(packs=False, packing_refusal="its forward turns a missing attention mask into ones, which hides "
                       "the examples' boundaries: each would attend to the ones before it in its row"),
     "aya_vision": Support(processor_only=("num_patches",)),
+    "lfm3_vl": Support(packs=False, packing_refusal="its LM's short convolutions run along the whole row and read no "
+                       "positions, so each packed example would see the end of the one before it"),
     "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
                                  "the image's tokens; VerboVision's encoder-decoders take the image alone in the "
                                  "encoder"),
@@ -172,7 +178,8 @@ FAMILY_MATRIX = (
     "glm4v_moe", "glm46v", "glm_ocr", "cosmos3_omni", "cohere_compass", "cosmos3_edge", "chameleon", "emu3", "gemma4",
     "minicpmv4_6", "minicpmv4_7", "glmga", "glm5_next", "hy_v4_vl", "vipllava", "llava_next_video", "video_llava",
     "granite4_vision", "idefics2", "granite_docling", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria",
-    "lighton_ocr",
+    "lighton_ocr", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl", "video_llama_3", "paddleocr_vl", "hunyuan_vl",
+    "dots3_note", "ernie4_5_vl_moe",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
