@@ -9,6 +9,7 @@ import base64
 import copy
 import io
 import json
+import math
 import os
 import random
 import signal
@@ -28,12 +29,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageDraw
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.utils import is_torchvision_available
 
 from verbovision.cli import main
 from verbovision.data import RecordError
+from verbovision.families import forward_parameters
 from verbovision.readers import ReadOptions, scan
 from verbovision.recipe import parse_recipe
-from verbovision.store import load_model
+from verbovision.store import load_model, load_processor
 from verbovision.train import train_recipe
 
 
@@ -337,3 +341,65 @@ def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+TEXTS = ["a red square above a blue circle", "How many shapes are there? Two.", "Uma forma azul é grande."]
+
+
+CHAT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
+
+
+def picture(width: int, height: int) -> Image.Image:
+    image = Image.new("RGB", (width, height), (240, 240, 240))
+    ImageDraw.Draw(image).rectangle([2, 2, width // 2, height // 2], fill=(200, 30, 30))
+    return image
+
+
+def finite(loss: torch.Tensor) -> bool:
+    return loss is not None and math.isfinite(loss.item())
+
+
+def plain_or_images_only_processor(out):
+    """AutoProcessor; without torchvision a processor class holding a video processor can be neither built nor loaded
+    by transformers, so VerboVision's images-only loading of the same class stands in for it."""
+    try:
+        return AutoProcessor.from_pretrained(out)
+    except ImportError:
+        assert not is_torchvision_available()
+        processor = load_processor(out)
+        assert processor.video_processor is None
+        return processor
+
+
+def check_in_plain_transformers(out, family: str, model_class: str, processor_class: str, prompt: str, keys: set,
+                                image_tokens: int):
+    """A tiny checkpoint of `family` loads with the Auto classes as `model_class` and a `processor_class`, renders
+    the chat `prompt`, turns it and a 48x40 picture into `keys` with `image_tokens` image tokens, generates, and its
+    loss reaches the vision tower. Returns the prompt's inputs and the processor."""
+    assert sum(f.stat().st_size for f in out.iterdir() if f.is_file()) < 5_000_000
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = plain_or_images_only_processor(out)
+    assert model.config.model_type == family and type(model).__name__ == model_class
+    assert processor_class in [cls.__name__ for cls in type(processor).__mro__]
+
+    assert processor.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False) == prompt
+    inputs = processor(text=[prompt], images=[picture(48, 40)], return_tensors="pt")
+    assert set(inputs) == keys
+    assert keys <= forward_parameters(type(model))  # the forward names every output of the processor
+    assert (inputs["input_ids"] == model.config.image_token_id).sum().item() == image_tokens
+
+    generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    n_prompt = inputs["input_ids"].shape[1]
+    assert generated[0, :n_prompt].tolist() == inputs["input_ids"][0].tolist() and generated.shape[1] > n_prompt
+
+    full = processor(text=[prompt + "a red square" + processor.tokenizer.eos_token], images=[picture(48, 40)],
+                     return_tensors="pt")
+    labels = full["input_ids"].clone()
+    labels[:, :n_prompt] = -100
+    loss = model(**full, labels=labels).loss
+    assert math.isfinite(loss.item())
+    loss.backward()
+    patch_embedding = next(p for n, p in model.named_parameters()
+                           if ("vision" in n or "visual" in n) and "language_model" not in n)  # not ERNIE's experts
+    assert patch_embedding.grad.abs().sum() > 0  # the loss reached the image through the vision tower
+    return inputs, processor

@@ -15,8 +15,7 @@ from verbovision.data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from verbovision.families import family_of
 from verbovision.store import load_model
 
-from .helpers import CAPTIONS, LORA, needs_model_type, train_one_stage
-from .test_tiny_families import picture
+from .helpers import CAPTIONS, LORA, needs_model_type, picture, train_one_stage
 from .tiny_families import make_tiny_llava
 from .tiny_families_ocr_more import BUILDERS
 

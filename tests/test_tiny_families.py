@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 from transformers.utils import is_torchvision_available
 
+from .helpers import CHAT, TEXTS, finite, picture
 from tests.tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -17,7 +16,6 @@ from tests.tiny_families import (
     make_tiny_vision_encoder_decoder,
 )
 
-TEXTS = ["a red square above a blue circle", "How many shapes are there? Two.", "Uma forma azul é grande."]
 BUILDERS = {
     "idefics3": make_tiny_idefics3,
     "qwen2_vl": make_tiny_qwen2_vl,
@@ -37,22 +35,11 @@ PROCESSOR_CLASSES = {
     "vision_encoder_decoder": "VisionTextDualEncoderProcessor",
 }
 NO_TORCHVISION = "Qwen2VLProcessor holds a video processor, and video processors need torchvision"
-CHAT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
 PROMPTS = {
     "idefics3": "<|im_start|>User:<image>Describe.<end_of_utterance>\nAssistant:",
     "qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                 "<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n<|im_start|>assistant\n",
 }
-
-
-def picture(width: int, height: int) -> Image.Image:
-    image = Image.new("RGB", (width, height), (240, 240, 240))
-    ImageDraw.Draw(image).rectangle([2, 2, width // 2, height // 2], fill=(200, 30, 30))
-    return image
-
-
-def finite(loss: torch.Tensor) -> bool:
-    return loss is not None and math.isfinite(loss.item())
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))

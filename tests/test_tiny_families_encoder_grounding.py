@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from .test_tiny_families import TEXTS, picture
+from .helpers import TEXTS, picture
 from .tiny_families_encoder_grounding import BUILDERS, NUM_QUERY_TOKENS
 
 FAMILIES = {

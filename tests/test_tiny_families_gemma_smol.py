@@ -13,7 +13,7 @@ from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_stri
 
 from verbovision.families import forward_parameters
 
-from .test_tiny_families import CHAT, TEXTS, finite, picture
+from .helpers import CHAT, TEXTS, finite, picture
 from .tiny_families_gemma_smol import BUILDERS
 
 MODEL_CLASSES = {"gemma3": "Gemma3ForConditionalGeneration", "paligemma": "PaliGemmaForConditionalGeneration",

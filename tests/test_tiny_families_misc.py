@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import needs_model_type
-from .test_tiny_families import TEXTS
-from .test_tiny_families_qwen_like import check_in_plain_transformers
+from .helpers import TEXTS, check_in_plain_transformers, needs_model_type
 from .tiny_families_misc import BUILDERS
 
 CHATML_PROMPT = "<|im_start|>user\n<|image_pad|>Describe.<|im_end|>\n<|im_start|>assistant\n"

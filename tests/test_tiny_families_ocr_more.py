@@ -11,12 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from .helpers import needs_model_type
-from .test_tiny_families import picture
+from .helpers import CHAT, needs_model_type, picture
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_ocr_more import BUILDERS, GOT_IMAGE_TOKENS
 
-CHAT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe."}]}]
 OWN_LAYOUT = None
 """The processor lays out the family's prompt itself (`text=None`)."""
 

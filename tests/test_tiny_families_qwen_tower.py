@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import needs_model_type
-from .test_tiny_families import TEXTS
-from .test_tiny_families_qwen_like import QWEN2_VL_PROMPT, QWEN_KEYS, check_in_plain_transformers
+from .helpers import TEXTS, check_in_plain_transformers, needs_model_type
+from .tiny_families_qwen_like import QWEN2_VL_PROMPT, QWEN_KEYS
 from .tiny_families_qwen_tower import BUILDERS
 
 FAMILIES = {

@@ -10,8 +10,7 @@ from transformers import AutoModelForImageTextToText
 
 from verbovision.families import forward_parameters
 
-from .helpers import needs_model_type
-from .test_tiny_families import CHAT, TEXTS, picture
+from .helpers import CHAT, TEXTS, needs_model_type, picture
 from .tiny_families_llava_like import plain_processor
 from .tiny_families_special import BUILDERS
 

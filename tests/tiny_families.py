@@ -112,7 +112,7 @@ QWEN2_VL_TEMPLATE = (
 )
 
 
-def _save(out: Path, model, processor, generation: GenerationConfig) -> Path:
+def save_checkpoint(out: Path, model, processor, generation: GenerationConfig) -> Path:
     out = Path(out)
     model.generation_config = generation
     model.save_pretrained(out)
@@ -136,7 +136,7 @@ def make_tiny_llava(out: Path, texts: list[str]) -> Path:
     processor = LlavaProcessor(CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
                                tokenizer, patch_size=8, vision_feature_select_strategy="default",
                                num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+    return save_checkpoint(out, model, processor, GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                          pad_token_id=tokenizer.pad_token_id))
 
 
@@ -182,7 +182,7 @@ def make_tiny_idefics3(out: Path, texts: list[str]) -> Path:
                                                 max_image_size={"longest_edge": 32})
     processor = Idefics3Processor(image_processor, tokenizer, image_seq_len=image_seq_len,
                                   chat_template=IDEFICS3_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- Qwen2-VL
@@ -252,7 +252,7 @@ def save_with_video_processor(out: Path, model, generation: GenerationConfig, pr
         video_processor = getattr(transformers, video["video_processor_type"])(**settings)
         processor = getattr(transformers, processor_class)(image_processor, tokenizer, video_processor,
                                                            chat_template=chat_template)
-        return _save(out, model, processor, generation)
+        return save_checkpoint(out, model, processor, generation)
     out = Path(out)
     model.generation_config = generation
     model.save_pretrained(out)
@@ -276,7 +276,7 @@ def save_processor_files(out: Path, processor_class: str, image_processor, token
 # --------------------------------------------------------------------------------------------------- GIT
 
 
-def _wordpiece_vocab(texts: list[str]) -> list[str]:
+def wordpiece_vocab(texts: list[str]) -> list[str]:
     """BERT specials, the lower-cased words of `texts`, and every single character both as a word start and as a
     `##` continuation, so any text tokenizes without [UNK]."""
     probe = BertTokenizer()  # only for its normalizer (lower case, accents stripped) and pre-tokenizer
@@ -294,7 +294,7 @@ def _wordpiece_vocab(texts: list[str]) -> list[str]:
 
 def make_tiny_git(out: Path, texts: list[str]) -> Path:
     """GitForCausalLM (microsoft/git-base layout): CLIP image processor, BERT WordPiece tokenizer."""
-    vocab = _wordpiece_vocab(list(texts))
+    vocab = wordpiece_vocab(list(texts))
     # git-base's tokenizer returns no token_type_ids (GitForCausalLM takes none)
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)},
                               model_input_names=["input_ids", "attention_mask"])
@@ -307,13 +307,13 @@ def make_tiny_git(out: Path, texts: list[str]) -> Path:
     model = GitForCausalLM(config)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = GitProcessor(image_processor, tokenizer)
-    return _save(out, model, processor, GenerationConfig(**ids))
+    return save_checkpoint(out, model, processor, GenerationConfig(**ids))
 
 
 # ------------------------------------------------------------------------------------ vision encoder-decoder
 
 
-def _gpt2_tokenizer(texts: list[str], vocab_size: int = 300) -> GPT2Tokenizer:
+def gpt2_tokenizer(texts: list[str], vocab_size: int = 300) -> GPT2Tokenizer:
     """A GPT-2-style byte-level BPE whose only special token is <|endoftext|> (bos = eos = unk)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -328,7 +328,7 @@ def _gpt2_tokenizer(texts: list[str], vocab_size: int = 300) -> GPT2Tokenizer:
 
 def make_tiny_vision_encoder_decoder(out: Path, texts: list[str], decoder_layers: int = 2) -> Path:
     """VisionEncoderDecoderModel: ViT encoder + GPT-2 decoder with cross-attention (nlpconnect/vit-gpt2 layout)."""
-    tokenizer = _gpt2_tokenizer(list(texts))
+    tokenizer = gpt2_tokenizer(list(texts))
     eos = tokenizer.eos_token_id  # == bos == unk; GPT-2 has no pad, so pad is eos too (as in nlpconnect/vit-gpt2)
     encoder = ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                         image_size=32, patch_size=8)
@@ -346,4 +346,4 @@ def make_tiny_vision_encoder_decoder(out: Path, texts: list[str], decoder_layers
     # holding just .image_processor and .tokenizer, and AutoProcessor restores it from processor_config.json.
     processor = VisionTextDualEncoderProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), tokenizer)
     generation = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, decoder_start_token_id=eos)
-    return _save(out, model, processor, generation)
+    return save_checkpoint(out, model, processor, generation)

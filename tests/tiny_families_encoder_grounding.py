@@ -60,7 +60,7 @@ from transformers import (
     XLMRobertaTokenizer,
 )
 
-from .tiny_families import TINY_VISION, _gpt2_tokenizer, _save, _wordpiece_vocab
+from .tiny_families import TINY_VISION, gpt2_tokenizer, save_checkpoint, wordpiece_vocab
 
 __all__ = ["BUILDERS", "make_tiny_blip_2", "make_tiny_florence2", "make_tiny_instructblip", "make_tiny_kosmos_2"]
 
@@ -70,9 +70,9 @@ NUM_QUERY_TOKENS = 8  # 32 on the Hub
 
 
 def _roberta_bpe(texts: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocab and merges of `_gpt2_tokenizer`'s byte-level BPE renumbered after the fairseq specials (<s> 0, <pad> 1,
+    """Vocab and merges of `gpt2_tokenizer`'s byte-level BPE renumbered after the fairseq specials (<s> 0, <pad> 1,
     </s> 2, <unk> 3), as BART's and OPT's vocabularies start."""
-    bpe = json.loads(_gpt2_tokenizer(texts).backend_tokenizer.to_str())["model"]
+    bpe = json.loads(gpt2_tokenizer(texts).backend_tokenizer.to_str())["model"]
     learnt = sorted((i, token) for token, i in bpe["vocab"].items() if token != "<|endoftext|>")  # not theirs
     tokens = ["<s>", "<pad>", "</s>", "<unk>"] + [token for _, token in learnt]
     return {token: i for i, token in enumerate(tokens)}, [tuple(m) for m in bpe["merges"]]
@@ -105,7 +105,7 @@ def make_tiny_florence2(out: Path, texts: list[str]) -> Path:
                                             do_center_crop=False, image_mean=[0.485, 0.456, 0.406],
                                             image_std=[0.229, 0.224, 0.225], image_seq_length=grid + 1)
     processor = Florence2Processor(image_processor, tokenizer)
-    return _save(out, model, processor, GenerationConfig(**ids))
+    return save_checkpoint(out, model, processor, GenerationConfig(**ids))
 
 
 # --------------------------------------------------------------------------------------------- BLIP-2 / InstructBLIP
@@ -138,14 +138,14 @@ def make_tiny_blip_2(out: Path, texts: list[str]) -> Path:
     model = Blip2ForConditionalGeneration(config)
     processor = Blip2Processor(BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer,
                                num_query_tokens=NUM_QUERY_TOKENS)
-    return _save(out, model, processor, GenerationConfig(**_special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**_special_ids(tokenizer)))
 
 
 def make_tiny_instructblip(out: Path, texts: list[str]) -> Path:
     """InstructBlipForConditionalGeneration: BLIP-2 whose Q-Former also reads the prompt, through its own BERT
     tokenizer. The LM is OPT (InstructBlipConfig's default; the Hub has Vicuna and Flan-T5 ones)."""
     tokenizer, text = _opt(list(texts))
-    qformer_tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(_wordpiece_vocab(list(texts)))})
+    qformer_tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(wordpiece_vocab(list(texts)))})
     config = InstructBlipConfig(vision_config=dict(TINY_VISION),
                                 qformer_config=dict(TINY_QFORMER, vocab_size=len(qformer_tokenizer)), text_config=text,
                                 num_query_tokens=NUM_QUERY_TOKENS,
@@ -154,7 +154,7 @@ def make_tiny_instructblip(out: Path, texts: list[str]) -> Path:
     model = InstructBlipForConditionalGeneration(config)
     processor = InstructBlipProcessor(BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer,
                                       qformer_tokenizer, num_query_tokens=NUM_QUERY_TOKENS)
-    return _save(out, model, processor, GenerationConfig(**_special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**_special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- Kosmos-2
@@ -189,7 +189,7 @@ def make_tiny_kosmos_2(out: Path, texts: list[str]) -> Path:
                            latent_query_num=KOSMOS2_IMAGE_TOKENS)
     torch.manual_seed(0)
     model = Kosmos2ForConditionalGeneration(config)
-    return _save(out, model, processor, GenerationConfig(**ids))
+    return save_checkpoint(out, model, processor, GenerationConfig(**ids))
 
 
 BUILDERS = {

@@ -66,7 +66,7 @@ from transformers import (
 from .tiny_families import (
     TINY_LM,
     TINY_VISION,
-    _save,
+    save_checkpoint,
     idefics3_config,
     idefics3_tokenizer,
     save_processor_files,
@@ -137,7 +137,7 @@ GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 """Gemma's first ids, in its order: pad 0, eos 1, bos 2, unk 3, mask 4."""
 
 
-def _gemma_tokenizer(texts: list[str], added: list[str], **extra_special_tokens: str) -> GemmaTokenizer:
+def gemma_tokenizer(texts: list[str], added: list[str], **extra_special_tokens: str) -> GemmaTokenizer:
     """A `GemmaTokenizer` as Gemma's: BPE over text whose spaces are `▁`, with byte fallback (`<0x00>`..`<0xFF>`, so
     any text tokenizes without <unk>) and `<bos>` added to every text; `added` are special tokens after the rest."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
@@ -162,7 +162,7 @@ def make_tiny_gemma3(out: Path, texts: list[str]) -> Path:
     """Gemma3ForConditionalGeneration (google/gemma-3-4b-it layout): SigLIP tower, pooled to 4 soft tokens an image."""
     images = dict(boi_token="<start_of_image>", eoi_token="<end_of_image>", image_token="<image_soft_token>")
     turns = ["<start_of_turn>", "<end_of_turn>"]
-    tokenizer = _gemma_tokenizer(list(texts) + ["user\nmodel\n"], turns + list(images.values()), **images)
+    tokenizer = gemma_tokenizer(list(texts) + ["user\nmodel\n"], turns + list(images.values()), **images)
     tokenizer.chat_template = GEMMA3_TEMPLATE
     token = tokenizer.convert_tokens_to_ids
     ids = special_ids(tokenizer)
@@ -182,7 +182,7 @@ def make_tiny_gemma3(out: Path, texts: list[str]) -> Path:
     # gemma-3-4b-it's generation config (its cache_implementation "hybrid" left out: transformers picks the cache)
     generation = GenerationConfig(**dict(ids, eos_token_id=[tokenizer.eos_token_id, token("<end_of_turn>")]),
                                   do_sample=True, top_k=64, top_p=0.95)
-    return _save(out, model, processor, generation)
+    return save_checkpoint(out, model, processor, generation)
 
 
 # --------------------------------------------------------------------------------------------------- PaliGemma
@@ -190,7 +190,7 @@ def make_tiny_gemma3(out: Path, texts: list[str]) -> Path:
 
 def make_tiny_paligemma(out: Path, texts: list[str]) -> Path:
     """PaliGemmaForConditionalGeneration (google/paligemma-3b-pt-224 layout): 16 image tokens, no chat template."""
-    tokenizer = _gemma_tokenizer(list(texts) + ["caption en\nanswer en"], ["<image>"])
+    tokenizer = gemma_tokenizer(list(texts) + ["caption en\nanswer en"], ["<image>"])
     ids = special_ids(tokenizer)
     vision = SiglipVisionConfig(**SIGLIP)
     image_seq_length = (vision.image_size // vision.patch_size) ** 2
@@ -201,7 +201,7 @@ def make_tiny_paligemma(out: Path, texts: list[str]) -> Path:
                              vocab_size=len(tokenizer), projection_dim=text.hidden_size, hidden_size=text.hidden_size)
     torch.manual_seed(0)
     model = PaliGemmaForConditionalGeneration(config)
-    _save(out, model, processor, GenerationConfig(**ids))
+    save_checkpoint(out, model, processor, GenerationConfig(**ids))
     tokenizer.add_bos_token = True  # as on the Hub: the tokenizer alone adds BOS, the processor turns that off
     tokenizer.save_pretrained(out)
     return Path(out)

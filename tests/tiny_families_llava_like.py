@@ -73,7 +73,7 @@ from transformers.utils import is_torchvision_available
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .tiny_families import TINY_LM, TINY_VISION, _save, save_processor_files, special_ids
+from .tiny_families import TINY_LM, TINY_VISION, save_checkpoint, save_processor_files, special_ids
 
 __all__ = ["BUILDERS", "make_tiny_aya_vision", "make_tiny_internvl", "make_tiny_llava_next",
            "make_tiny_llava_onevision", "plain_processor"]
@@ -152,7 +152,7 @@ INTERNVL_IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img
                          "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
 
 
-def _tokenizer(texts: list[str], image_token: str, specials: list[str], bos: str | None = None,
+def family_tokenizer(texts: list[str], image_token: str, specials: list[str], bos: str | None = None,
                eos: str | None = None, pad: str | None = None, named: dict | None = None):
     """A byte-level BPE (verbovision's, with ChatML tokens and `image_token`) plus the family's special tokens. With
     `bos`, every text starts with it, as the family's own tokenizer (Llama/Mistral, Cohere) does; `named` special
@@ -174,7 +174,7 @@ def _tokenizer(texts: list[str], image_token: str, specials: list[str], bos: str
     return tokenizer
 
 
-def _save_with_video_processor(out: Path, model, generation: GenerationConfig, processor_class: str,
+def save_with_video_processor(out: Path, model, generation: GenerationConfig, processor_class: str,
                                image_processor, tokenizer, chat_template: str, settings: dict, video: dict) -> Path:
     """Save a processor that holds a video processor: built and saved whole where torchvision is installed, else
     written file by file (`save_processor_files`)."""
@@ -192,7 +192,7 @@ def _save_with_video_processor(out: Path, model, generation: GenerationConfig, p
     processor = getattr(transformers, processor_class)(image_processor=image_processor, tokenizer=tokenizer,
                                                        video_processor=video_processor, chat_template=chat_template,
                                                        **settings)
-    return _save(out, model, processor, generation)
+    return save_checkpoint(out, model, processor, generation)
 
 
 # ------------------------------------------------------------------------------------------------- LLaVA-NeXT
@@ -201,7 +201,7 @@ def _save_with_video_processor(out: Path, model, generation: GenerationConfig, p
 def make_tiny_llava_next(out: Path, texts: list[str]) -> Path:
     """LlavaNextForConditionalGeneration in llava-hf/llava-v1.6-mistral-7b-hf's layout: CLIP tower (penultimate
     layer, CLS dropped), Mistral LM, anyres tiling (36 image tokens for a square image)."""
-    tokenizer = _tokenizer(list(texts) + ["[INST] [/INST]"], "<image>", ["<s>", "</s>"], bos="<s>", eos="</s>")
+    tokenizer = family_tokenizer(list(texts) + ["[INST] [/INST]"], "<image>", ["<s>", "</s>"], bos="<s>", eos="</s>")
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**TINY_VISION),
         text_config=MistralConfig(**TINY_LM, vocab_size=len(tokenizer), **special_ids(tokenizer)),
@@ -215,7 +215,7 @@ def make_tiny_llava_next(out: Path, texts: list[str]) -> Path:
     processor = LlavaNextProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"],
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_NEXT_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # -------------------------------------------------------------------------------------------- LLaVA-OneVision
@@ -224,7 +224,7 @@ def make_tiny_llava_next(out: Path, texts: list[str]) -> Path:
 def make_tiny_llava_onevision(out: Path, texts: list[str]) -> Path:
     """LlavaOnevisionForConditionalGeneration in llava-hf/llava-onevision-qwen2-*-ov-hf's layout: SigLIP tower (last
     layer, all patches), Qwen2 LM, anyres_max_9 tiling (36 image tokens for a square image)."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<image>", ["<video>"], eos="<|im_end|>")
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<image>", ["<video>"], eos="<|im_end|>")
     num_image_tokens = (TILE // TINY_VISION["patch_size"]) ** 2
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(**TINY_VISION, vision_use_head=False),
@@ -240,7 +240,7 @@ def make_tiny_llava_onevision(out: Path, texts: list[str]) -> Path:
                     vision_aspect_ratio="anyres_max_9", image_token="<image>", video_token="<video>")
     video = {"video_processor_type": "LlavaOnevisionVideoProcessor", "size": {"height": TILE, "width": TILE}}
     generation = GenerationConfig(**special_ids(tokenizer))
-    return _save_with_video_processor(out, model, generation, "LlavaOnevisionProcessor", image_processor, tokenizer,
+    return save_with_video_processor(out, model, generation, "LlavaOnevisionProcessor", image_processor, tokenizer,
                                       LLAVA_ONEVISION_TEMPLATE, settings, video)
 
 
@@ -250,7 +250,7 @@ def make_tiny_llava_onevision(out: Path, texts: list[str]) -> Path:
 def make_tiny_aya_vision(out: Path, texts: list[str]) -> Path:
     """AyaVisionForConditionalGeneration in CohereForAI/aya-vision-8b's layout: SigLIP tower, pixel-shuffle projector
     (downsample 2), Cohere2 LM; images tiled (4 patch tokens per 32x32 tile, up to 4 tiles + a thumbnail)."""
-    tokenizer = _tokenizer(list(texts) + [AYA_VISION_SYSTEM], "<|IMG_PATCH|>", AYA_VISION_TOKENS, bos="<BOS_TOKEN>",
+    tokenizer = family_tokenizer(list(texts) + [AYA_VISION_SYSTEM], "<|IMG_PATCH|>", AYA_VISION_TOKENS, bos="<BOS_TOKEN>",
                            eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>")
     downsample = 2
     config = AyaVisionConfig(
@@ -264,7 +264,7 @@ def make_tiny_aya_vision(out: Path, texts: list[str]) -> Path:
                                                min_patches=1, max_patches=4, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     processor = AyaVisionProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"], img_size=TILE,
                                    downsample_factor=downsample, chat_template=AYA_VISION_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- InternVL
@@ -274,7 +274,7 @@ def make_tiny_internvl(out: Path, texts: list[str]) -> Path:
     """InternVLForConditionalGeneration in OpenGVLab/InternVL3-*-hf's layout: InternViT tower, pixel-shuffle
     projector (ratio 0.5), Qwen2 LM; images tiled by the processor (4 tokens per 32x32 tile)."""
     # InternVLProcessor reads its image tokens from tokenizer attributes, as the Hub tokenizer_config.json names them
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<IMG_CONTEXT>", list(INTERNVL_IMAGE_TOKENS.values()),
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<IMG_CONTEXT>", list(INTERNVL_IMAGE_TOKENS.values()),
                            eos="<|im_end|>", named=INTERNVL_IMAGE_TOKENS)
     patch = TINY_VISION["patch_size"]
     vision = InternVLVisionConfig(**{**TINY_VISION, "image_size": [TILE, TILE], "patch_size": [patch, patch]})
@@ -286,7 +286,7 @@ def make_tiny_internvl(out: Path, texts: list[str]) -> Path:
     model = InternVLForConditionalGeneration(config)
     image_processor = GotOcr2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4, **IMAGENET)
     video = {"video_processor_type": "InternVLVideoProcessor", "size": {"height": TILE, "width": TILE}, **IMAGENET}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "InternVLProcessor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "InternVLProcessor",
                                       image_processor, tokenizer, INTERNVL_TEMPLATE,
                                       {"image_seq_length": config.image_seq_length}, video)
 

@@ -68,8 +68,8 @@ from transformers import (
     VipLlavaForConditionalGeneration,
 )
 
-from .tiny_families import TINY_LM, TINY_VISION, _save, special_ids
-from .tiny_families_llava_like import GRID_PINPOINTS, TILE, _save_with_video_processor, _tokenizer
+from .tiny_families import TINY_LM, TINY_VISION, save_checkpoint, special_ids
+from .tiny_families_llava_like import GRID_PINPOINTS, TILE, save_with_video_processor, family_tokenizer
 
 __all__ = ["BUILDERS", "make_tiny_granite4_vision", "make_tiny_granite_docling", "make_tiny_idefics2", "make_tiny_llava_next_video", "make_tiny_video_llava", "make_tiny_vipllava"]
 
@@ -100,7 +100,7 @@ VICUNA_VIDEO_TEMPLATE = (
 
 def llama_tokenizer(texts: list[str], prompt_words: str, specials: list[str] = ()):
     """A BPE with Llama's <s> / </s> (every text starts with <s>), `<image>` and the family's `specials`."""
-    return _tokenizer(list(texts) + [prompt_words], "<image>", ["<s>", "</s>", *specials], bos="<s>", eos="</s>")
+    return family_tokenizer(list(texts) + [prompt_words], "<image>", ["<s>", "</s>", *specials], bos="<s>", eos="</s>")
 
 
 def tiny_llama(tokenizer) -> LlamaConfig:
@@ -128,7 +128,7 @@ def make_tiny_vipllava(out: Path, texts: list[str]) -> Path:
     processor = LlavaProcessor(CLIPImageProcessorPil(**CLIP_SQUARE), tokenizer, patch_size=TINY_VISION["patch_size"],
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=VIPLLAVA_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ------------------------------------------------------------------------------------------- LLaVA-NeXT-Video
@@ -148,7 +148,7 @@ def make_tiny_llava_next_video(out: Path, texts: list[str]) -> Path:
     settings = dict(patch_size=TINY_VISION["patch_size"], vision_feature_select_strategy="default",
                     num_additional_image_tokens=1, image_token="<image>", video_token="<video>")
     video = {"video_processor_type": "LlavaNextVideoVideoProcessor", **CLIP_SQUARE}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "LlavaNextVideoProcessor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "LlavaNextVideoProcessor",
                                       image_processor, tokenizer, VICUNA_VIDEO_TEMPLATE, settings, video)
 
 
@@ -168,7 +168,7 @@ def make_tiny_video_llava(out: Path, texts: list[str]) -> Path:
     settings = dict(patch_size=TINY_VISION["patch_size"], vision_feature_select_strategy="default",
                     num_additional_image_tokens=1, image_token="<image>", video_token="<video>")
     video = {"video_processor_type": "VideoLlavaVideoProcessor", **CLIP_SQUARE}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "VideoLlavaProcessor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "VideoLlavaProcessor",
                                       VideoLlavaImageProcessor(**CLIP_SQUARE), tokenizer, VICUNA_VIDEO_TEMPLATE,
                                       settings, video)
 
@@ -201,7 +201,7 @@ def make_tiny_granite4_vision(out: Path, texts: list[str]) -> Path:
     """Granite4VisionForConditionalGeneration in ibm-granite/granite-vision-4.1-4b's layout: SigLIP tower, window
     Q-Former projectors (4x4 patch windows into 2x2 tokens) injecting two vision depths and four spatial groups into
     six LM layers (DeepStack), Granite LM, anyres tiles."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS, eos="<|end_of_text|>",
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS, eos="<|end_of_text|>",
                            pad="<|end_of_text|>")
     # The Q-Former gets vision_hidden // 64 heads: the tower needs 64 channels for one
     vision = SiglipVisionConfig(**{**TINY_VISION, "hidden_size": 64}, vision_use_head=False)
@@ -222,7 +222,7 @@ def make_tiny_granite4_vision(out: Path, texts: list[str]) -> Path:
     processor = Granite4VisionProcessor(image_processor, tokenizer, patch_size=TINY_VISION["patch_size"],
                                         vision_feature_select_strategy="full", downsample_rate=f"2/{side}",
                                         chat_template=GRANITE4_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ------------------------------------------------------------------------------------------------------ Idefics2
@@ -243,7 +243,7 @@ def make_tiny_idefics2(out: Path, texts: list[str]) -> Path:
     """Idefics2ForConditionalGeneration in HuggingFaceM4/idefics2-8b's layout: SigLIP-like tower at native aspect
     ratio (up to 64x64 here), perceiver resampler to 8 latents, Mistral LM, no image splitting."""
     # The processor finds its image tokens as tokenizer attributes (image_token, image_boundary_token)
-    tokenizer = _tokenizer(list(texts) + ["User: Assistant:"], "<image>",
+    tokenizer = family_tokenizer(list(texts) + ["User: Assistant:"], "<image>",
                            ["<s>", "</s>", "<fake_token_around_image>", "<end_of_utterance>"], bos="<s>",
                            eos="<end_of_utterance>", named={"image_boundary_token": "<fake_token_around_image>"})
     vision = {**TINY_VISION, "image_size": 2 * TILE}  # position embeddings for the largest image, 8x8 patches
@@ -257,7 +257,7 @@ def make_tiny_idefics2(out: Path, texts: list[str]) -> Path:
                                                 do_image_splitting=False)
     processor = Idefics2Processor(image_processor, tokenizer, image_seq_len=IDEFICS2_LATENTS,
                                   chat_template=IDEFICS2_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ------------------------------------------------------------------------------------------- Granite-Docling
@@ -275,7 +275,7 @@ def make_tiny_granite_docling(out: Path, texts: list[str]) -> Path:
     connector (pixel shuffle, projection, a DeepStack merger for vision layer 0) lives inside it, Granite LM, Idefics3's
     prompt layout (rows x columns of tiles + a thumbnail)."""
     tiles = ["<fake_token_around_image>", "<global-img>"] + [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS + tiles,
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS + tiles,
                            eos="<|end_of_text|>", pad="<|end_of_text|>")
     vision = dict(TINY_VISION, image_size=DOCLING_TILE, out_hidden_size=TINY_LM["hidden_size"], scale_factor=4,
                   deepstack_visual_indexes=[0])
@@ -288,7 +288,7 @@ def make_tiny_granite_docling(out: Path, texts: list[str]) -> Path:
                                                       max_patches=4)
     processor = GraniteDoclingProcessor(image_processor, tokenizer, image_seq_len=model.model.image_seq_len,
                                         chat_template=GRANITE_DOCLING_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 BUILDERS = {

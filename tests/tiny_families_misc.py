@@ -64,7 +64,7 @@ from transformers import (
 from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 
 from .tiny_families import QWEN2_VL_PIXELS, QWEN2_VL_VISION, TINY_LM, TINY_VISION, mrope_text_config, special_ids
-from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
+from .tiny_families_llava_like import save_with_video_processor, family_tokenizer
 
 __all__ = ["BUILDERS", "make_tiny_glm5_next", "make_tiny_glmga", "make_tiny_hy_v4_vl", "make_tiny_minicpmv4_6",
            "make_tiny_minicpmv4_7"]
@@ -103,7 +103,7 @@ def _minicpmv_text_config(vocab_size: int, ids: dict) -> dict:
 def _make_tiny_minicpmv(out: Path, texts: list[str], config_class, model_class, processor_class: str,
                         marker_ids: bool) -> Path:
     """MiniCPM-V 4.6 / 4.7 (`marker_ids`: the config names the canvas markers' token ids, as 4.7's does)."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(MINICPMV_TOKENS.values()),
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(MINICPMV_TOKENS.values()),
                            eos="<|im_end|>", named=MINICPMV_TOKENS)
     token = tokenizer.convert_tokens_to_ids
     markers = dict(image_start_id=token("<image>"), image_end_id=token("</image>"), slice_start_id=token("<slice>"),
@@ -116,7 +116,7 @@ def _make_tiny_minicpmv(out: Path, texts: list[str], config_class, model_class, 
     model = model_class(config)
     image_processor = MiniCPMV4_6ImageProcessorPil(**MINICPMV_IMAGES)
     video = {"video_processor_type": "MiniCPMV4_6VideoProcessor", **MINICPMV_IMAGES}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), processor_class,
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), processor_class,
                                       image_processor, tokenizer, MINICPMV_TEMPLATE, {}, video)
 
 
@@ -153,7 +153,7 @@ GLM_TEMPLATE = (
 def _make_tiny_glm_v(out: Path, texts: list[str], config_class, model_class, processor_class: str, image_processor,
                      video_processor: str, text: dict, vision: dict) -> Path:
     """A GLM-V checkpoint: `text` and `vision` are the sub-configs without the tokenizer's ids."""
-    tokenizer = _tokenizer(list(texts), "<|image|>", GLM_TOKENS, eos="<|endoftext|>", pad="<|endoftext|>")
+    tokenizer = family_tokenizer(list(texts), "<|image|>", GLM_TOKENS, eos="<|endoftext|>", pad="<|endoftext|>")
     token = tokenizer.convert_tokens_to_ids
     config = config_class(
         text_config=dict(text, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
@@ -167,7 +167,7 @@ def _make_tiny_glm_v(out: Path, texts: list[str], config_class, model_class, pro
     generation = GenerationConfig(eos_token_id=[token(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")],
                                   pad_token_id=tokenizer.pad_token_id)
     video = {"video_processor_type": video_processor, **QWEN2_VL_VISION}
-    return _save_with_video_processor(out, model, generation, processor_class, image_processor, tokenizer,
+    return save_with_video_processor(out, model, generation, processor_class, image_processor, tokenizer,
                                       GLM_TEMPLATE, {}, video)
 
 
@@ -233,7 +233,7 @@ HY_PATCHES = dict(patch_size=TINY_VISION["patch_size"], merge_size=2)
 def make_tiny_hy_v4_vl(out: Path, texts: list[str]) -> Path:
     """HYV4VLForConditionalGeneration in tencent/Hy4's layout (4..16 merged patches per image, plus row newlines)."""
     tokens = HY_TOKENS
-    tokenizer = _tokenizer(list(texts), tokens["image"], [t for k, t in tokens.items() if k != "image"],
+    tokenizer = family_tokenizer(list(texts), tokens["image"], [t for k, t in tokens.items() if k != "image"],
                            eos=tokens["assistant"], named={"video_token": tokens["video"]})
     token = tokenizer.convert_tokens_to_ids
     rope_dim = 8
@@ -253,7 +253,7 @@ def make_tiny_hy_v4_vl(out: Path, texts: list[str]) -> Path:
     model = HYV4VLForConditionalGeneration(config)
     image_processor = HYV4VLImageProcessorPil(**HY_PATCHES, **QWEN2_VL_PIXELS)
     video = {"video_processor_type": "HYV4VLVideoProcessor", **HY_PATCHES}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "HYV4VLProcessor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "HYV4VLProcessor",
                                       image_processor, tokenizer, HY_TEMPLATE, {}, video)
 
 

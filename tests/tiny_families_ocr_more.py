@@ -107,14 +107,14 @@ from transformers import (
 
 from verbovision.tokenizer import train_bpe_tokenizer
 
-from .tiny_families import QWEN2_VL_PIXELS, TINY_LM, TINY_VISION, _save, special_ids
+from .tiny_families import QWEN2_VL_PIXELS, TINY_LM, TINY_VISION, save_checkpoint, special_ids
 from .tiny_families_llava_like import (
     IMAGENET,
     INTERNVL_IMAGE_TOKENS,
     INTERNVL_TEMPLATE,
     TILE,
-    _save_with_video_processor,
-    _tokenizer,
+    save_with_video_processor,
+    family_tokenizer,
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 
@@ -162,7 +162,7 @@ def make_tiny_got_ocr2(out: Path, texts: list[str]) -> Path:
     template."""
     tokenizer = _got_tokenizer(texts)
     processor = GotOcr2Processor(GotOcr2ImageProcessorPil(**GOT_SIZE), tokenizer)
-    return _save(out, _got_model(GotOcr2Config, tokenizer), processor, _got_generation(tokenizer))
+    return save_checkpoint(out, _got_model(GotOcr2Config, tokenizer), processor, _got_generation(tokenizer))
 
 
 def make_tiny_pp_chart2table(out: Path, texts: list[str]) -> Path:
@@ -170,7 +170,7 @@ def make_tiny_pp_chart2table(out: Path, texts: list[str]) -> Path:
     processor expanding no image token."""
     tokenizer = _got_tokenizer(texts)
     processor = PPChart2TableProcessor(PPChart2TableImageProcessorPil(**GOT_SIZE), tokenizer)
-    return _save(out, _got_model(PPChart2TableConfig, tokenizer), processor, _got_generation(tokenizer))
+    return save_checkpoint(out, _got_model(PPChart2TableConfig, tokenizer), processor, _got_generation(tokenizer))
 
 
 # -------------------------------------------------------------------------------------------------- Qianfan-OCR
@@ -183,7 +183,7 @@ QIANFAN_OCR_TEMPLATE = INTERNVL_TEMPLATE.replace("<IMG_CONTEXT>", "<image>")
 def make_tiny_qianfan_ocr(out: Path, texts: list[str]) -> Path:
     """QianfanOCRForConditionalGeneration (baidu/Qianfan-OCR layout): InternViT-like tower, pixel-shuffle projector,
     Qwen3 LM; images tiled by the processor (4 tokens per 32x32 tile)."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<IMG_CONTEXT>", list(INTERNVL_IMAGE_TOKENS.values()),
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<IMG_CONTEXT>", list(INTERNVL_IMAGE_TOKENS.values()),
                            eos="<|im_end|>", named=INTERNVL_IMAGE_TOKENS)
     patch = TINY_VISION["patch_size"]
     vision = dict(TINY_VISION, image_size=[TILE, TILE], patch_size=[patch, patch])
@@ -198,7 +198,7 @@ def make_tiny_qianfan_ocr(out: Path, texts: list[str]) -> Path:
     image_processor = GotOcr2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4, **IMAGENET)
     processor = QianfanOCRProcessor(image_processor, tokenizer, image_seq_length=image_seq_length,
                                     chat_template=QIANFAN_OCR_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # -------------------------------------------------------------------------------------------------------- Ovis2
@@ -217,7 +217,7 @@ OVIS2_INDICATORS = ["<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG
 def make_tiny_ovis2(out: Path, texts: list[str]) -> Path:
     """Ovis2ForConditionalGeneration (thisisiron/Ovis2-*-hf layout): AIMv2-like tower with a visual-vocabulary head
     (64 visual words here), visual embedding table, Qwen2 LM; 16 `<IMG_ATOM>` per 32x32 tile, up to 4 tiles."""
-    tokenizer = _tokenizer(list(texts) + ["system user assistant You are a helpful assistant."], "<IMG_ATOM>",
+    tokenizer = family_tokenizer(list(texts) + ["system user assistant You are a helpful assistant."], "<IMG_ATOM>",
                            OVIS2_INDICATORS, eos="<|im_end|>")
     token = tokenizer.convert_tokens_to_ids
     vision = dict(TINY_VISION, vocab_size=64, hidden_stride=1)
@@ -230,7 +230,7 @@ def make_tiny_ovis2(out: Path, texts: list[str]) -> Path:
     image_processor = Ovis2ImageProcessorPil(size={"height": TILE, "width": TILE}, max_patches=4)
     processor = Ovis2Processor(image_processor, tokenizer, chat_template=OVIS2_TEMPLATE,
                                image_seq_length=(TILE // TINY_VISION["patch_size"]) ** 2)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ------------------------------------------------------------------------------------------------------ Ovis2.5
@@ -248,7 +248,7 @@ def make_tiny_ovis2_5(out: Path, texts: list[str]) -> Path:
     """Ovis2_5ForConditionalGeneration (ovis-community/Ovis2.5-* layout): native-resolution tower, visual tokenizer
     and embedding table as the projector, Qwen3 LM; 4..16 image tokens per image."""
     specials = [t for name, t in OVIS2_5_TOKENS.items() if name != "image_token"]
-    tokenizer = _tokenizer(list(texts) + ["system user assistant"], OVIS2_5_TOKENS["image_token"], specials,
+    tokenizer = family_tokenizer(list(texts) + ["system user assistant"], OVIS2_5_TOKENS["image_token"], specials,
                            eos="<|im_end|>", named=OVIS2_5_TOKENS)
     token = tokenizer.convert_tokens_to_ids
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -264,7 +264,7 @@ def make_tiny_ovis2_5(out: Path, texts: list[str]) -> Path:
     size = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
     image_processor = Ovis2_5ImageProcessorPil(size=size, **OVIS2_5_PATCHES)
     video = {"video_processor_type": "Ovis2_5VideoProcessor", "size": size, **OVIS2_5_PATCHES}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "Ovis2_5Processor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "Ovis2_5Processor",
                                       image_processor, tokenizer, OVIS2_5_TEMPLATE, {}, video)
 
 
@@ -293,7 +293,7 @@ JANUS_IMAGE_TOKENS = {"boi_token": "<begin_of_image>", "eoi_token": "<end_of_ima
 def make_tiny_janus(out: Path, texts: list[str]) -> Path:
     """JanusForConditionalGeneration (deepseek-community/Janus-Pro-* layout): SigLIP-like tower, aligner, Llama LM,
     and a tiny VQ-VAE image-generation half; 16 image tokens per image."""
-    tokenizer = _tokenizer(list(texts) + ["<|User|>: <|Assistant|>: You are a helpful language and vision assistant."],
+    tokenizer = family_tokenizer(list(texts) + ["<|User|>: <|Assistant|>: You are a helpful language and vision assistant."],
                            "<image_placeholder>", [DEEPSEEK_BOS, DEEPSEEK_EOS, JANUS_PAD, *JANUS_IMAGE_TOKENS.values()],
                            bos=DEEPSEEK_BOS, eos=DEEPSEEK_EOS, pad=JANUS_PAD, named=JANUS_IMAGE_TOKENS)
     image_tokens = (TILE // TINY_VISION["patch_size"]) ** 2
@@ -311,7 +311,7 @@ def make_tiny_janus(out: Path, texts: list[str]) -> Path:
     image_processor = JanusImageProcessorPil(size={"height": TILE, "width": TILE}, min_size=TINY_VISION["patch_size"])
     processor = JanusProcessor(image_processor, tokenizer, chat_template=JANUS_TEMPLATE, use_default_system_prompt=True,
                                num_image_tokens=image_tokens)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------------- Aria
@@ -333,7 +333,7 @@ ARIA_QUERIES = {490: 4, 980: 16}
 def make_tiny_aria(out: Path, texts: list[str]) -> Path:
     """AriaForConditionalGeneration (rhymes-ai/Aria layout): Idefics3 tower, query projector, MoE LM (2 experts,
     1 shared); 16 image tokens per image."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|img|>", ["<fim_prefix>", "<fim_suffix>"],
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<|img|>", ["<fim_prefix>", "<fim_suffix>"],
                            eos="<|im_end|>")
     patch = 70  # the tower sees 980x980 pixels (see above)
     vision = dict(TINY_VISION, model_type="idefics3_vision", image_size=max(ARIA_QUERIES), patch_size=patch)
@@ -346,7 +346,7 @@ def make_tiny_aria(out: Path, texts: list[str]) -> Path:
     model = AriaForConditionalGeneration(config)
     image_processor = AriaImageProcessorPil(max_image_size=max(ARIA_QUERIES), min_image_size=min(ARIA_QUERIES))
     processor = AriaProcessor(image_processor, tokenizer, chat_template=ARIA_TEMPLATE, size_conversion=ARIA_QUERIES)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------- LightOnOCR
@@ -360,7 +360,7 @@ LIGHTON_OCR_TOKENS = {"image_break_token": "<|vision_pad|>", "image_end_token": 
 def make_tiny_lighton_ocr(out: Path, texts: list[str]) -> Path:
     """LightOnOcrForConditionalGeneration (lightonai/LightOnOCR-* layout): Pixtral tower, patch-merging projector,
     Qwen3 LM; images within 64x64 pixels, one token per 16x16 (merged 8x8 patches)."""
-    tokenizer = _tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(LIGHTON_OCR_TOKENS.values()),
+    tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<|image_pad|>", list(LIGHTON_OCR_TOKENS.values()),
                            eos="<|im_end|>", named=LIGHTON_OCR_TOKENS)
     patch, merge = TINY_VISION["patch_size"], 2
     vision = dict(TINY_VISION, image_size=2 * TILE, head_dim=TINY_VISION["hidden_size"] // 2)
@@ -373,7 +373,7 @@ def make_tiny_lighton_ocr(out: Path, texts: list[str]) -> Path:
     image_processor = PixtralImageProcessorPil(size={"longest_edge": 2 * TILE}, patch_size=patch * merge)
     processor = LightOnOcrProcessor(image_processor, tokenizer, patch_size=patch, spatial_merge_size=merge,
                                     chat_template=LIGHTON_OCR_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ----------------------------------------------------------------------------------------------- DeepSeek-OCR-2
@@ -386,7 +386,7 @@ features, the sizes of the tower's query tables."""
 def make_tiny_deepseek_ocr2(out: Path, texts: list[str]) -> Path:
     """DeepseekOcr2ForConditionalGeneration (deepseek-community/DeepSeek-OCR-2 layout): SAM + query encoder tower,
     linear projector, DeepSeek-MoE LM (a dense layer, then a 2-expert one); no chat template."""
-    tokenizer = _tokenizer(list(texts) + ["Free OCR."], "<image>", [DEEPSEEK_BOS, DEEPSEEK_EOS], bos=DEEPSEEK_BOS,
+    tokenizer = family_tokenizer(list(texts) + ["Free OCR."], "<image>", [DEEPSEEK_BOS, DEEPSEEK_EOS], bos=DEEPSEEK_BOS,
                            eos=DEEPSEEK_EOS)
     downsample = 4  # the SAM projection's two stride-2 convolutions
     sam = dict(hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
@@ -401,7 +401,7 @@ def make_tiny_deepseek_ocr2(out: Path, texts: list[str]) -> Path:
     square = {"height": DEEPSEEK_OCR2_GLOBAL, "width": DEEPSEEK_OCR2_GLOBAL}
     image_processor = DeepseekOcr2ImageProcessorPil(size=square, tile_size=DEEPSEEK_OCR2_TILE)
     processor = DeepseekOcr2Processor(image_processor, tokenizer, patch_size=1, downsample_ratio=downsample)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 BUILDERS = {

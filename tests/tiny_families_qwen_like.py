@@ -66,7 +66,7 @@ from .tiny_families import (
     QWEN2_VL_VISION,
     TINY_LM,
     TINY_VISION,
-    _save,
+    save_checkpoint,
     mrope_text_config,
     qwen_tokenizer,
     save_with_video_processor,
@@ -74,6 +74,12 @@ from .tiny_families import (
 
 __all__ = ["BUILDERS", "make_tiny_deepseek_vl", "make_tiny_deepseek_vl_hybrid", "make_tiny_llava_onevision1_5",
            "make_tiny_qwen2_5_vl", "make_tiny_qwen3_vl"]
+
+QWEN2_VL_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                   "<|vision_start|><|image_pad|><|vision_end|>Describe.<|im_end|>\n<|im_start|>assistant\n")
+QWEN_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw"}
+"""The Qwen2-VL chat template's prompt for one image and "Describe.", and what the Qwen processors return."""
+
 
 # Qwen/Qwen3-VL-*-Instruct's chat template (tokenizer_config.json / chat_template.json of the Hub checkpoints, as
 # published with the model): no default system turn, typed content parts, tool calls.
@@ -222,17 +228,17 @@ DEEPSEEK_VL_TEMPLATE = (
 DEEPSEEK_BOS, DEEPSEEK_EOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"
 
 
-def _qwen_ids(tokenizer) -> dict:
+def qwen_ids(tokenizer) -> dict:
     token = tokenizer.convert_tokens_to_ids
     return dict(image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
                 vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"))
 
 
-def _qwen_generation(tokenizer) -> GenerationConfig:
+def qwen_generation(tokenizer) -> GenerationConfig:
     return GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-def _qwen2_video(**settings) -> dict:
+def qwen2_video(**settings) -> dict:
     """Qwen2VLVideoProcessor's settings matching the tiny image processor (its own defaults fill in the rest)."""
     size = {"shortest_edge": QWEN2_VL_PIXELS["min_pixels"], "longest_edge": QWEN2_VL_PIXELS["max_pixels"]}
     return {"video_processor_type": "Qwen2VLVideoProcessor", **QWEN2_VL_VISION, "size": size, **settings}
@@ -250,13 +256,13 @@ def make_tiny_qwen2_5_vl(out: Path, texts: list[str]) -> Path:
                   spatial_merge_size=QWEN2_VL_VISION["merge_size"],
                   window_size=32, fullatt_block_indexes=[1])  # 32 pixels = 2x2 merged tokens per window
     config = Qwen2_5_VLConfig(text_config=mrope_text_config(len(tokenizer), ids), vision_config=vision,
-                              **_qwen_ids(tokenizer))
+                              **qwen_ids(tokenizer))
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config)
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
     # Qwen2.5-VL-*-Instruct ship Qwen2-VL's chat template unchanged.
-    return save_with_video_processor(out, model, _qwen_generation(tokenizer), "Qwen2_5_VLProcessor", image_processor,
-                                     tokenizer, QWEN2_VL_TEMPLATE, _qwen2_video())
+    return save_with_video_processor(out, model, qwen_generation(tokenizer), "Qwen2_5_VLProcessor", image_processor,
+                                     tokenizer, QWEN2_VL_TEMPLATE, qwen2_video())
 
 
 # --------------------------------------------------------------------------------------------------- Qwen3-VL
@@ -282,13 +288,13 @@ def make_tiny_qwen3_vl(out: Path, texts: list[str], config_class=Qwen3VLConfig,
                  spatial_merge_size=QWEN2_VL_VISION["merge_size"],
                  num_position_embeddings=16)  # a 4x4 grid of learned positions, interpolated to each image's grid
     config = config_class(text_config={**text_config, **(text or {})}, vision_config={**tower, **vision},
-                          **_qwen_ids(tokenizer))
+                          **qwen_ids(tokenizer))
     torch.manual_seed(0)
     model = model_class(config)
     half = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # Qwen3-VL normalizes to [-1, 1]
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS, **half)
-    video = _qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **half)
-    return save_with_video_processor(out, model, _qwen_generation(tokenizer), "Qwen3VLProcessor", image_processor,
+    video = qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **half)
+    return save_with_video_processor(out, model, qwen_generation(tokenizer), "Qwen3VLProcessor", image_processor,
                                      tokenizer, chat_template, video)
 
 
@@ -307,15 +313,15 @@ def make_tiny_llava_onevision1_5(out: Path, texts: list[str]) -> Path:
     text = dict(TINY_LM, model_type="qwen3", vocab_size=len(tokenizer), head_dim=head_dim, bos_token_id=None, **ids)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TINY_LM["hidden_size"],
                   patch_size=QWEN2_VL_VISION["patch_size"], spatial_merge_size=QWEN2_VL_VISION["merge_size"])
-    config = LlavaOnevision15Config(text_config=text, vision_config=vision, **_qwen_ids(tokenizer))
+    config = LlavaOnevision15Config(text_config=text, vision_config=vision, **qwen_ids(tokenizer))
     torch.manual_seed(0)
     model = LlavaOnevision15ForConditionalGeneration(config)
     single_frame = dict(QWEN2_VL_VISION, temporal_patch_size=1)  # the tower embeds 2-D patches
     image_processor = Qwen2VLImageProcessorPil(**single_frame, **QWEN2_VL_PIXELS)
     # The template: transformers' integration test of the -hf checkpoint decodes "system\nYou are a helpful
     # assistant.\nuser\n..." from input ids <|im_start|> system ... <|vision_start|><|image_pad|>: Qwen2-VL's.
-    return save_with_video_processor(out, model, _qwen_generation(tokenizer), "Exaone4_5_Processor", image_processor,
-                                     tokenizer, QWEN2_VL_TEMPLATE, _qwen2_video(**single_frame))
+    return save_with_video_processor(out, model, qwen_generation(tokenizer), "Exaone4_5_Processor", image_processor,
+                                     tokenizer, QWEN2_VL_TEMPLATE, qwen2_video(**single_frame))
 
 
 # --------------------------------------------------------------------------------------------------- DeepSeek-VL
@@ -364,7 +370,7 @@ def make_tiny_deepseek_vl(out: Path, texts: list[str]) -> Path:
     model = DeepseekVLForConditionalGeneration(config)
     processor = DeepseekVLProcessor(DeepseekVLImageProcessorPil(**SQUARE_32), tokenizer,
                                     chat_template=DEEPSEEK_VL_TEMPLATE, num_image_tokens=SIGLIP_TOKENS)
-    return _save(out, model, processor, _deepseek_generation(tokenizer))
+    return save_checkpoint(out, model, processor, _deepseek_generation(tokenizer))
 
 
 def make_tiny_deepseek_vl_hybrid(out: Path, texts: list[str]) -> Path:
@@ -385,7 +391,7 @@ def make_tiny_deepseek_vl_hybrid(out: Path, texts: list[str]) -> Path:
     image_processor = DeepseekVLHybridImageProcessorPil(**SQUARE_32, high_res_size={"height": 64, "width": 64})
     processor = DeepseekVLHybridProcessor(image_processor, tokenizer, chat_template=DEEPSEEK_VL_TEMPLATE,
                                           num_image_tokens=SIGLIP_TOKENS)
-    return _save(out, model, processor, _deepseek_generation(tokenizer))
+    return save_checkpoint(out, model, processor, _deepseek_generation(tokenizer))
 
 
 BUILDERS = {

@@ -53,14 +53,14 @@ from .tiny_families import (
     QWEN2_VL_VISION,
     TINY_LM,
     TINY_VISION,
-    _save,
+    save_checkpoint,
     mrope_text_config,
     qwen_tokenizer,
     save_processor_files,
     save_with_video_processor,
     special_ids,
 )
-from .tiny_families_qwen_like import _qwen2_video, _qwen_generation, _qwen_ids
+from .tiny_families_qwen_like import qwen2_video, qwen_generation, qwen_ids
 
 __all__ = ["BUILDERS", "make_tiny_dots3_note", "make_tiny_ernie4_5_vl_moe", "make_tiny_exaone4_5",
            "make_tiny_hunyuan_vl", "make_tiny_hyperclovax_vision_v2", "make_tiny_lfm3_vl", "make_tiny_paddleocr_vl",
@@ -89,12 +89,12 @@ def _save_qwen_processed(out: Path, model, tokenizer, processor_class: str, temp
     """Save a model whose processor is Qwen2-VL's image processor + a Qwen2-VL-style video processor (`video`: its
     type, where not Qwen2-VL's)."""
     image_processor = Qwen2VLImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
-    return save_with_video_processor(out, model, _qwen_generation(tokenizer), processor_class, image_processor,
-                                     tokenizer, template, _qwen2_video(**video))
+    return save_with_video_processor(out, model, qwen_generation(tokenizer), processor_class, image_processor,
+                                     tokenizer, template, qwen2_video(**video))
 
 
 def _media_ids(tokenizer) -> dict:
-    ids = _qwen_ids(tokenizer)
+    ids = qwen_ids(tokenizer)
     return dict(image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"])
 
 
@@ -179,7 +179,7 @@ def make_tiny_lfm3_vl(out: Path, texts: list[str]) -> Path:
                   num_key_value_heads=1, layer_types=["conv", "full_attention"],
                   patch_size=QWEN2_VL_VISION["patch_size"], temporal_patch_size=QWEN2_VL_VISION["temporal_patch_size"],
                   spatial_merge_size=QWEN2_VL_VISION["merge_size"])
-    config = Lfm3VlConfig(text_config=text, vision_config=vision, projector_hidden_size=64, **_qwen_ids(tokenizer))
+    config = Lfm3VlConfig(text_config=text, vision_config=vision, projector_hidden_size=64, **qwen_ids(tokenizer))
     torch.manual_seed(0)
     model = Lfm3VlForConditionalGeneration(config)
     return _save_qwen_processed(out, model, tokenizer, "Lfm3VlProcessor", LFM_TEMPLATE,
@@ -212,7 +212,7 @@ def make_tiny_video_llama_3(out: Path, texts: list[str]) -> Path:
     image_processor = VideoLlama3ImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"], merge_size=1, size=pixels)
     video = {"video_processor_type": "VideoLlama3VideoProcessor", "patch_size": QWEN2_VL_VISION["patch_size"],
              "size": pixels}
-    return save_with_video_processor(out, model, _qwen_generation(tokenizer), "VideoLlama3Processor", image_processor,
+    return save_with_video_processor(out, model, qwen_generation(tokenizer), "VideoLlama3Processor", image_processor,
                                      tokenizer, VIDEO_LLAMA_3_TEMPLATE, video)
 
 
@@ -261,7 +261,7 @@ def make_tiny_paddleocr_vl(out: Path, texts: list[str]) -> Path:
     image_processor = PaddleOCRVLImageProcessorPil(patch_size=QWEN2_VL_VISION["patch_size"],
                                                    merge_size=QWEN2_VL_VISION["merge_size"], size=pixels)
     processor = PaddleOCRVLProcessor(image_processor, tokenizer, chat_template=ERNIE_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**ids))
+    return save_checkpoint(out, model, processor, GenerationConfig(**ids))
 
 
 # ------------------------------------------------------------------------------------------------------ HunYuan-VL
@@ -306,7 +306,7 @@ def make_tiny_hunyuan_vl(out: Path, texts: list[str]) -> Path:
     # tokens as the processor requires.
     processor = HunYuanVLProcessor(image_processor, tokenizer,
                                    chat_template=chatml_template("<|image_start|><|image|><|image_end|>"))
-    return _save(out, model, processor, _qwen_generation(tokenizer))
+    return save_checkpoint(out, model, processor, qwen_generation(tokenizer))
 
 
 # ------------------------------------------------------------------------------------------------------ dots3-note
@@ -350,13 +350,13 @@ def make_tiny_dots3_note(out: Path, texts: list[str]) -> Path:
                              audio_token_id=token("<|audio_comp_pad|>"))
     torch.manual_seed(0)
     model = Dots3NoteForConditionalGeneration(config)
-    model.generation_config = _qwen_generation(tokenizer)
+    model.generation_config = qwen_generation(tokenizer)
     model.save_pretrained(out)
     single_frame = dict(QWEN2_VL_VISION, temporal_patch_size=1)  # the tower embeds 2-D patches
     image_processor = Qwen2VLImageProcessorPil(**single_frame, **QWEN2_VL_PIXELS)
     audio_features = Dots3NoteFeatureExtractor(feature_size=16).to_dict()
     save_processor_files(Path(out), "Dots3NoteProcessor", image_processor, tokenizer, DOTS_TEMPLATE,
-                         _qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **single_frame),
+                         qwen2_video(video_processor_type="Qwen3VLVideoProcessor", **single_frame),
                          feature_extractor=audio_features)
     return Path(out)
 

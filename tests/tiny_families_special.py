@@ -72,13 +72,13 @@ from .tiny_families import (
     TINY_LM,
     TINY_VISION,
     LLAVA_TEMPLATE,
-    _save,
+    save_checkpoint,
     qwen_tokenizer,
     save_processor_files,
     special_ids,
 )
-from .tiny_families_gemma_smol import GEMMA_LM, _gemma_tokenizer
-from .tiny_families_llava_like import _save_with_video_processor, _tokenizer
+from .tiny_families_gemma_smol import GEMMA_LM, gemma_tokenizer
+from .tiny_families_llava_like import save_with_video_processor, family_tokenizer
 from .tiny_families_qwen_like import QWEN3_VL_TEMPLATE
 
 __all__ = ["BUILDERS", "make_tiny_chameleon", "make_tiny_cohere_compass", "make_tiny_cosmos3_edge", "make_tiny_emu3",
@@ -113,7 +113,7 @@ COHERE_COMPASS_TOKENS = ["<BOS_TOKEN>", "<PAD>", "<|START_OF_TURN_TOKEN|>", "<|E
 def make_tiny_cohere_compass(out: Path, texts: list[str]) -> Path:
     """CohereCompassForConditionalGeneration (CohereLabs/North-Micro-Vision-Instruct layout): Qwen3-VL tower, Cohere2
     LM."""
-    tokenizer = _tokenizer(texts, "<|IMAGE_PAD|>", COHERE_COMPASS_TOKENS, bos="<BOS_TOKEN>",
+    tokenizer = family_tokenizer(texts, "<|IMAGE_PAD|>", COHERE_COMPASS_TOKENS, bos="<BOS_TOKEN>",
                            eos="<|END_OF_TURN_TOKEN|>", pad="<PAD>")
     token = tokenizer.convert_tokens_to_ids
     rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": MROPE_SECTIONS, "mrope_interleaved": True}
@@ -131,7 +131,7 @@ def make_tiny_cohere_compass(out: Path, texts: list[str]) -> Path:
     model = CohereCompassForConditionalGeneration(config)
     image_processor = CohereCompassImageProcessorPil(**QWEN2_VL_VISION, **QWEN2_VL_PIXELS)
     video = {"video_processor_type": "CohereCompassVideoProcessor", **QWEN2_VL_VISION, "size": QWEN_SIZE}
-    return _save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "CohereCompassProcessor",
+    return save_with_video_processor(out, model, GenerationConfig(**special_ids(tokenizer)), "CohereCompassProcessor",
                                       image_processor, tokenizer, COHERE_COMPASS_TEMPLATE, {}, video)
 
 
@@ -156,7 +156,7 @@ def make_tiny_cosmos3_edge(out: Path, texts: list[str]) -> Path:
     single_frame = dict(QWEN2_VL_VISION, temporal_patch_size=1)
     image_processor = Cosmos3EdgeImageProcessorPil(**single_frame, size=QWEN_SIZE)
     video = {"video_processor_type": "Cosmos3EdgeVideoProcessor", **single_frame, "size": QWEN_SIZE}
-    return _save_with_video_processor(out, model, GenerationConfig(**ids), "Cosmos3EdgeProcessor", image_processor,
+    return save_with_video_processor(out, model, GenerationConfig(**ids), "Cosmos3EdgeProcessor", image_processor,
                                       tokenizer, QWEN3_VL_TEMPLATE, {}, video)
 
 
@@ -176,7 +176,7 @@ def _image_code_token(code: int) -> str:
 def make_tiny_chameleon(out: Path, texts: list[str]) -> Path:
     """ChameleonForConditionalGeneration (facebook/chameleon-7b layout): VQ-VAE image tokens, 16 an image."""
     image_tokens = ["<racm3:break>", "<eoss>"] + [_image_code_token(code) for code in range(VQ_CODES)]
-    tokenizer = _tokenizer(texts, "<image>", ["<s>", "</s>", "<pad>", "<reserved08706>"] + image_tokens, bos="<s>",
+    tokenizer = family_tokenizer(texts, "<image>", ["<s>", "</s>", "<pad>", "<reserved08706>"] + image_tokens, bos="<s>",
                            eos="</s>", pad="<pad>")
     tokenizer.sep_token = "<reserved08706>"
     vq = ChameleonVQVAEConfig(embed_dim=8, num_embeddings=VQ_CODES, latent_channels=8, resolution=32,
@@ -187,7 +187,7 @@ def make_tiny_chameleon(out: Path, texts: list[str]) -> Path:
     model = ChameleonForConditionalGeneration(config)
     image_processor = ChameleonImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = ChameleonProcessor(image_processor, tokenizer, image_seq_length=(32 // 8) ** 2)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # --------------------------------------------------------------------------------------------------------- Emu3
@@ -202,7 +202,7 @@ def make_tiny_emu3(out: Path, texts: list[str]) -> Path:
     image's size."""
     codes = [f"<|visual token {code:06d}|>" for code in range(VQ_CODES)]
     specials = ["<|extra_203|>", "<|extra_204|>", "<|endoftext|>", "<|extra_200|>"] + list(EMU3_TOKENS.values())[1:]
-    tokenizer = _tokenizer(list(texts) + ["USER: ASSISTANT:"], "<image>", specials + codes, eos="<|extra_204|>",
+    tokenizer = family_tokenizer(list(texts) + ["USER: ASSISTANT:"], "<image>", specials + codes, eos="<|extra_204|>",
                            pad="<|endoftext|>", named={k: v for k, v in EMU3_TOKENS.items() if k != "image_token"})
     tokenizer.bos_token = "<|extra_203|>"  # written by the processor: the tokenizer adds none
     vq = Emu3VQVAEConfig(codebook_size=VQ_CODES, embed_dim=4, latent_channels=4, hidden_size=32,
@@ -214,7 +214,7 @@ def make_tiny_emu3(out: Path, texts: list[str]) -> Path:
     image_processor = Emu3ImageProcessor(min_pixels=32 * 32, max_pixels=64 * 64, spatial_factor=8)
     # Emu3-Chat-hf's template: transformers' conversion script calls it "almost same as llava-1.5 vicuna"; LLaVA-1.5's
     processor = Emu3Processor(image_processor, tokenizer, chat_template=LLAVA_TEMPLATE)
-    return _save(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
+    return save_checkpoint(out, model, processor, GenerationConfig(**special_ids(tokenizer)))
 
 
 # ------------------------------------------------------------------------------------------------------ Gemma 4
@@ -240,7 +240,7 @@ def make_tiny_gemma4(out: Path, texts: list[str]) -> Path:
     # no audio_token or no boa_token or no eoa_token`, without parentheses)
     named = dict(boi_token="<|image>", eoi_token="<image|>", image_token="<|image|>", boa_token="<|audio>",
                  eoa_token="<audio|>", audio_token="<|audio|>")
-    tokenizer = _gemma_tokenizer(list(texts) + ["user\nmodel\n"], ["<|turn>", "<turn|>"] + list(named.values()),
+    tokenizer = gemma_tokenizer(list(texts) + ["user\nmodel\n"], ["<|turn>", "<turn|>"] + list(named.values()),
                                  **named)
     token = tokenizer.convert_tokens_to_ids
     ids = special_ids(tokenizer)
