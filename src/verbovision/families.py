@@ -111,6 +111,10 @@ OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5
 """The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL, PaddleOCR-VL, HunYuan-VL,
 ERNIE-4.5-VL): their M-RoPE positions come from the whole row."""
 
+_ENCODER_READS_PROMPT = ("its language model is an encoder-decoder whose encoder reads the prompt with the image's "
+                         "tokens; VerboVision's encoder-decoders take the image alone in the encoder and the whole "
+                         "text in the decoder")
+
 _ACTIONS = "a vision-language-action policy: it predicts robot actions by flow matching, not text"
 
 SUPPORT: dict[str, Support] = {
@@ -129,9 +133,7 @@ SUPPORT: dict[str, Support] = {
     "aya_vision": Support(processor_only=("num_patches",)),
     "lfm3_vl": Support(packs=False, packing_refusal="its LM's short convolutions run along the whole row and read no "
                        "positions, so each packed example would see the end of the one before it"),
-    "florence2": Support(refused="its language model is an encoder-decoder (BART) whose encoder reads the prompt with "
-                                 "the image's tokens; VerboVision's encoder-decoders take the image alone in the "
-                                 "encoder"),
+    "florence2": Support(refused=_ENCODER_READS_PROMPT),
     **dict.fromkeys(("instructblip", "instructblipvideo"), Support(
         refused="its forward requires qformer_input_ids (the prompt again, through the Q-Former's own tokenizer), "
                 "which VerboVision does not give it")),
@@ -146,8 +148,7 @@ SUPPORT: dict[str, Support] = {
     "pix2struct": Support(refused="its encoder reads flattened image patches with the prompt rendered into the image, "
                                   "not pixel values beside a text"),
     "udop": Support(refused="a document model: its encoder reads the page's OCR words with their boxes (bbox)"),
-    "t5gemma2": Support(refused="its language model is an encoder-decoder whose encoder reads the prompt with the "
-                                "image's tokens; VerboVision's encoder-decoders take the image alone in the encoder"),
+    "t5gemma2": Support(refused=_ENCODER_READS_PROMPT),
     "blip": Support(refused="its text decoder reads the image by cross-attention, not image tokens, and its generate "
                             "rewrites the prompt (first token to [DEC], the last one dropped as a [SEP])"),
     "idefics": Support(refused="which image each text token may see (image_attention_mask) is computed by its "
@@ -270,10 +271,8 @@ def family_of(config) -> Family:
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,), support)
     if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
-        if getattr(config.get_text_config(), "is_encoder_decoder", False):  # Florence-2 (BART), BLIP-2 with Flan-T5
-            raise ConfigError(f"{kind} models are not supported: their language model is an encoder-decoder whose "
-                              "encoder reads the prompt with the image's tokens; VerboVision's encoder-decoders take the "
-                              "image alone in the encoder and the whole text in the decoder")
+        if getattr(config.get_text_config(), "is_encoder_decoder", False):  # BLIP-2 with Flan-T5, any such type untried
+            raise ConfigError(f"{kind} models are not supported: {_ENCODER_READS_PROMPT}")
         start = config.decoder_start_token_id
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
