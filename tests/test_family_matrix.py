@@ -17,10 +17,12 @@ import torch
 import transformers
 from packaging.version import Version
 from peft import PeftModel
+from PIL import Image
 from transformers import AutoConfig
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+from verbovision import infer
 from verbovision.cli import main
 from verbovision.families import (
     ENCODER,
@@ -34,6 +36,7 @@ from verbovision.families import (
     family_of,
     note_untried,
 )
+from verbovision.infer import VLM, DecodeOptions
 from verbovision.merge import logits_of, probe_batch
 from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
@@ -281,11 +284,38 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
     assert capsys.readouterr().out.strip()
 
 
+OWN_GREEDY_LOOP = ("llava", "deepseek_vl", "aya_vision", "internvl", "chameleon", "vipllava", "got_ocr2",
+                   "qianfan_ocr", "ovis2", "janus")
+"""Model types whose greedy captions VerboVision's own loop decodes (rows leave the batch at their end): a batch of
+ids, mask and pixel values alone. The others' batches carry more (grid sizes, token types, image sizes...), or their
+images are not tokens in the text, and go through `generate`."""
+
+
+@pytest.mark.parametrize("model_type", MATRIX)
+def test_greedy_captions_are_generates(model_type, tmp_path, four_records, tiny_tokenizer_texts, monkeypatch):
+    """Greedy captions of three images in one batch equal `generate`'s, through the path the support table names."""
+    needs_model_type(model_type)
+    case = MATRIX[model_type]
+    if case.requires:
+        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
+    vlm = VLM(case.build(tmp_path / "base", tiny_tokenizer_texts), device="cpu", **chosen_template(model_type))
+    images = [Image.open(record["image"]).convert("RGB") for record in json.loads(four_records.read_text())[:3]]
+    own_loop_calls = []
+    loop = infer.greedy_leaving_at_eos
+    monkeypatch.setattr(infer, "greedy_leaving_at_eos", lambda *args: own_loop_calls.append(1) or loop(*args))
+    options = DecodeOptions(max_new_tokens=8)
+    captions = vlm.caption(images, options=options)
+    assert bool(own_loop_calls) == (model_type in OWN_GREEDY_LOOP)
+    vlm.greedy_loop_fits = False
+    assert vlm.caption(images, options=options) == captions
+
+
 def support_row(model_type: str) -> list[str]:
-    """What the README's support table says of a model type: template, feature cache, packing."""
+    """What the README's support table says of a model type: template, feature cache, packing, greedy loop."""
     case, support = MATRIX[model_type], SUPPORT.get(model_type, Support())
     return [model_type, case.template, "yes" if support.caches_features else "no",
-            "yes" if case.images == IMAGES_IN_TEXT and support.packs else "no"]
+            "yes" if case.images == IMAGES_IN_TEXT and support.packs else "no",
+            "own" if model_type in OWN_GREEDY_LOOP else "generate"]
 
 
 def test_readme_support_table_is_the_matrix():
@@ -293,7 +323,7 @@ def test_readme_support_table_is_the_matrix():
     table = text[text.index("<!-- support table -->"):text.index("<!-- end support table -->")]
     rows = [[cell.strip(" `") for cell in line.strip("|").split("|")] for line in table.splitlines()
             if line.startswith("| `")]
-    assert [row[:4] for row in rows] == [support_row(model_type) for model_type in MATRIX]
+    assert [row[:5] for row in rows] == [support_row(model_type) for model_type in MATRIX]
 
 
 REGISTRY_CHECKED_WITH = Version("5.25.0")
