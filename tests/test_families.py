@@ -129,6 +129,7 @@ COMPONENT_OPTIONS = {
 
 @pytest.mark.parametrize("family", COMPONENT_OPTIONS)
 def test_per_component_freezing(family, tmp_path, shapes_data, tiny_tokenizer_texts):
+    needs_model_type(family)
     train, must_change, allowed = COMPONENT_OPTIONS[family]
     base = FAMILIES[family][0](tmp_path / "base", tiny_tokenizer_texts)
     stage = _stage(family, train=train, max_steps=1, merge=False)

@@ -82,6 +82,7 @@ from .tiny_families_special import (
     make_tiny_emu3,
     make_tiny_gemma4,
 )
+from .tiny_families_mistral import make_tiny_mistral3
 from .tiny_families_misc import (
     make_tiny_glm5_next,
     make_tiny_glmga,
@@ -204,6 +205,7 @@ MATRIX = {
     "hunyuan_vl": Case(make_tiny_hunyuan_vl, "chat", FROZEN_VISION),
     "dots3_note": Case(make_tiny_dots3_note, "chat", FROZEN_VISION),
     "ernie4_5_vl_moe": Case(make_tiny_ernie4_5_vl_moe, "chat", FROZEN_VISION),
+    "mistral3": Case(make_tiny_mistral3, "chat", FROZEN_VISION, requires="torchvision"),
 }
 """model_type: how the matrix runs it."""
 

@@ -43,10 +43,6 @@ from transformers import (
     CLIPVisionConfig,
     GenerationConfig,
     Granite4VisionConfig,
-    GraniteDoclingConfig,
-    GraniteDoclingForConditionalGeneration,
-    GraniteDoclingImageProcessorPil,
-    GraniteDoclingProcessor,
     Granite4VisionForConditionalGeneration,
     Granite4VisionProcessor,
     Granite4VisionTextConfig,
@@ -274,6 +270,12 @@ def make_tiny_granite_docling(out: Path, texts: list[str]) -> Path:
     """GraniteDoclingForConditionalGeneration in ibm-granite/granite-docling-258M's layout: SigLIP-like tower whose
     connector (pixel shuffle, projection, a DeepStack merger for vision layer 0) lives inside it, Granite LM, Idefics3's
     prompt layout (rows x columns of tiles + a thumbnail)."""
+    from transformers import (  # newer than transformers 5.17
+        GraniteDoclingConfig,
+        GraniteDoclingForConditionalGeneration,
+        GraniteDoclingImageProcessorPil,
+        GraniteDoclingProcessor,
+    )
     tiles = ["<fake_token_around_image>", "<global-img>"] + [f"<row_{r}_col_{c}>" for r in (1, 2) for c in (1, 2)]
     tokenizer = family_tokenizer(list(texts) + ["user assistant"], "<image>", GRANITE4_TOKENS + tiles,
                            eos="<|end_of_text|>", pad="<|end_of_text|>")

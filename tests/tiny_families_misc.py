@@ -51,15 +51,10 @@ from transformers import (
     Glm5NextForConditionalGeneration,
     Glm5NextImageProcessorPil,
     Glm46VForConditionalGeneration,
-    HYV4VLConfig,
-    HYV4VLForConditionalGeneration,
-    HYV4VLImageProcessorPil,
     GlmgaConfig,
     GlmgaImageProcessorPil,
     MiniCPMV4_6Config,
     MiniCPMV4_6ForConditionalGeneration,
-    MiniCPMV4_7Config,
-    MiniCPMV4_7ForConditionalGeneration,
 )
 from transformers.models.minicpmv4_6 import MiniCPMV4_6ImageProcessorPil
 
@@ -128,6 +123,7 @@ def make_tiny_minicpmv4_6(out: Path, texts: list[str]) -> Path:
 
 def make_tiny_minicpmv4_7(out: Path, texts: list[str]) -> Path:
     """MiniCPMV4_7ForConditionalGeneration (canvas M-RoPE) in openbmb/MiniCPM-V-4.7-1B's layout."""
+    from transformers import MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration  # newer than transformers 5.17
     return _make_tiny_minicpmv(out, texts, MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration,
                                "MiniCPMV4_7Processor", marker_ids=True)
 
@@ -232,6 +228,11 @@ HY_PATCHES = dict(patch_size=TINY_VISION["patch_size"], merge_size=2)
 
 def make_tiny_hy_v4_vl(out: Path, texts: list[str]) -> Path:
     """HYV4VLForConditionalGeneration in tencent/Hy4's layout (4..16 merged patches per image, plus row newlines)."""
+    from transformers import (  # newer than transformers 5.17
+        HYV4VLConfig,
+        HYV4VLForConditionalGeneration,
+        HYV4VLImageProcessorPil,
+    )
     tokens = HY_TOKENS
     tokenizer = family_tokenizer(list(texts), tokens["image"], [t for k, t in tokens.items() if k != "image"],
                            eos=tokens["assistant"], named={"video_token": tokens["video"]})

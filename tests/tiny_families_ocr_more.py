@@ -87,9 +87,6 @@ from transformers import (
     LightOnOcrForConditionalGeneration,
     LightOnOcrProcessor,
     LlamaConfig,
-    Ovis2_5Config,
-    Ovis2_5ForConditionalGeneration,
-    Ovis2_5ImageProcessorPil,
     Ovis2Config,
     Ovis2ForConditionalGeneration,
     Ovis2ImageProcessorPil,
@@ -247,6 +244,11 @@ OVIS2_5_PATCHES = dict(patch_size=8, merge_size=2)
 def make_tiny_ovis2_5(out: Path, texts: list[str]) -> Path:
     """Ovis2_5ForConditionalGeneration (ovis-community/Ovis2.5-* layout): native-resolution tower, visual tokenizer
     and embedding table as the projector, Qwen3 LM; 4..16 image tokens per image."""
+    from transformers import (  # newer than transformers 5.17
+        Ovis2_5Config,
+        Ovis2_5ForConditionalGeneration,
+        Ovis2_5ImageProcessorPil,
+    )
     specials = [t for name, t in OVIS2_5_TOKENS.items() if name != "image_token"]
     tokenizer = family_tokenizer(list(texts) + ["system user assistant"], OVIS2_5_TOKENS["image_token"], specials,
                            eos="<|im_end|>", named=OVIS2_5_TOKENS)

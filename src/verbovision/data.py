@@ -241,7 +241,8 @@ class ImageTokens:
         the processor takes it only so (`written`)."""
         blank = Image.new("RGB", self._PROBE_SIZES[0])
         # With the processor's merged settings, as its own __call__ passes them (GOT-OCR2's layout reads `format`)
-        settings = self.processor._merge_kwargs(tokenizer_init_kwargs=self.processor.tokenizer.init_kwargs)
+        settings = self.processor._merge_kwargs(self.processor.valid_processor_kwargs,
+                                                tokenizer_init_kwargs=self.processor.tokenizer.init_kwargs)
         images = self.family.images_per_text([blank])
         laid_out = self.processor.prepare_inputs_layout(images=images, text=[self.written], **settings)[1][0]
         before, _, after = laid_out.partition(self.token)

@@ -181,6 +181,7 @@ FAMILY_MATRIX = (
     "granite4_vision", "idefics2", "granite_docling", "got_ocr2", "qianfan_ocr", "ovis2", "ovis2_5", "janus", "aria",
     "lighton_ocr", "exaone4_5", "hyperclovax_vision_v2", "lfm3_vl", "video_llama_3", "paddleocr_vl", "hunyuan_vl",
     "dots3_note", "ernie4_5_vl_moe",
+    "mistral3",
 )
 """Model types tried end to end by the family matrix (tests/test_family_matrix.py, the README's support table):
 caption, eval, a LoRA stage with its merge, the merged model reloaded in plain transformers."""
@@ -198,8 +199,8 @@ UNTRIED: dict[str, str] = {
                      "lfm2_vl", "llama4", "minicpm_ocr", "minimax_m3_vl", "molmo2", "muse_glimmer", "muse_spark",
                      "nemotron_h_omni", "perception_lm", "pp_formulanet", "step3p7", "unlimited_ocr"),
                     _NEEDS_TORCHVISION),
-    **dict.fromkeys(("mistral3", "mistral_large4"), "PixtralProcessor, the processor of its checkpoints, needs "
-                    "torchvision, not installed where the matrix runs"),
+    "mistral_large4": "PixtralProcessor, the processor of its checkpoints, needs torchvision, not installed where "
+                      "the matrix runs (its mistral3 row runs where torchvision is)",
     **dict.fromkeys(("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"), "the thinker of an omni (audio, video, "
                     "image) model, whose processor belongs to the whole omni model type"),
     "gemma3n": "its vision tower (MobileNetV5) is a timm model, and timm is not installed where the matrix runs",
