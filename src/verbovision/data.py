@@ -410,10 +410,10 @@ class Encoder:
         chat template."""
         self.max_length = max_length
         self.end_token = self.tokenizer.eos_token or self.tokenizer.sep_token
+        """Ends every reply in VerboVision's layouts (BERT-style tokenizers such as GIT's end with [SEP])."""
         added = (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special)
         self.special_tokens = {self.tokenizer.eos_token, *self.tokenizer.all_special_tokens, *added} - {None, ""}
         """The tokenizer's special tokens: a reply holding none of them has no end (`_with_ended_replies`)."""
-        """Ends every reply in VerboVision's layouts (BERT-style tokenizers such as GIT's end with [SEP])."""
         self.prompt = prompt
         """plain and prefix: the text of a prompt turn that has images and no text (at inference, the prompt the model
         was trained on; None leaves such a turn without text)."""

@@ -127,8 +127,9 @@ def train_mode(model: nn.Module, training: bool = True) -> None:
     carries those buffers: the merged model would differ from base + adapter."""
     model.train(training)
     for module in model.modules():
-        frozen = not any(p.requires_grad for p in module.parameters())
-        if frozen and isinstance(module, nn.modules.batchnorm._BatchNorm):
+        # the type first: a model has few batch norms and many modules whose parameters it need not walk
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad
+                                                                           for p in module.parameters()):
             module.eval()
 
 
