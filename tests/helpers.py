@@ -176,17 +176,22 @@ def verbo_train(*args: str) -> int:
     return subprocess.run([sys.executable, "-m", "verbovision", "train", *args], env=env).returncode
 
 
+def rows(run) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def curve(run) -> list[tuple]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows]
+    return [(r["step"], r.get("loss"), r.get("val_loss")) for r in rows(run)]
 
 
-def kill_at_step(cmd: list[str], run, step: int) -> None:
-    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_at_step(cmd: list[str], run, step: int, stage: str | None = None, env: dict | None = None) -> None:
+    """Run `cmd` and SIGKILL it once it has logged the loss of `step` (of `stage`, when named)."""
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and any(s >= step for s, _, _ in curve(run) if _ is not None):
+        if (run / "metrics.jsonl").exists() and any(row.get("step", 0) >= step and "loss" in row
+                                                    and stage in (None, row.get("stage")) for row in rows(run)):
             os.kill(process.pid, signal.SIGKILL)
             break
         time.sleep(0.05)

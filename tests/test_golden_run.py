@@ -8,15 +8,19 @@ rewrites the file (`VERBO_WRITE_GOLDEN=1 pytest tests/test_golden_run.py`) and s
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .helpers import kill_at_step
 
 GOLDEN = Path(__file__).parent / "golden" / "three_stage_run.json"
 TOLERANCE = 1e-6
@@ -51,10 +55,15 @@ TIMINGS = ("seconds", "time", "per_s", "per_second", "elapsed", "throughput", "e
 """Logged fields that measure the machine, not the run: left out of the comparison."""
 
 
+BEFORE_THE_PACKAGE_MOVE = "a8c8833337f6589f561c8ae48d9f3975e5c48014"
+"""The last commit with the flat module layout: a run it started must resume with today's code."""
+
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def verbo(*args: str) -> str:
     """Run a verbo command in its own process on the CPU (as on a machine without a GPU); its stdout."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "verbovision", *args], env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "verbovision", *args], env=CPU_ONLY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -131,3 +140,28 @@ def test_differences_finds_a_change_beyond_the_tolerance():
         ".logged[0].loss: 1.0 != 1.000003"]
     assert differences(run, {"logged": [{"loss": 1.0}], "captions": ["a red square"]}) == [
         ".captions[0]: 'a red circle' != 'a red square'"]
+
+
+def source_at(commit: str, into: Path) -> Path:
+    """The project's src/ folder as it was at `commit`, from the git history of the checkout the tests run in."""
+    repo = Path(__file__).parents[1]
+    archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "src"], capture_output=True)
+    if archive.returncode != 0:
+        pytest.skip(f"needs the project's git history with commit {commit[:8]} (a clone, not a copy of the files)")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def test_a_run_started_before_the_package_move_resumes_after_it(golden_run, shapes_data, tmp_path):
+    """Killed in its second stage by the code of before the move, resumed by today's: the same numbers as the golden
+    run (uninterrupted, today's code) — run folders, checkpoints and run.json read the same across the move."""
+    old_source = source_at(BEFORE_THE_PACKAGE_MOVE, tmp_path / "before")
+    recipe = tmp_path / "golden.yaml"
+    stages = [{**stage, "save_every": 1} for stage in RECIPE["stages"]]  # a checkpoint wherever the kill lands
+    recipe.write_text(yaml.safe_dump({**RECIPE, "stages": stages, "data_root": str(shapes_data)}))
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "verbovision", "train", str(recipe), "--out", str(run)]
+    kill_at_step(command, run, 2, stage="lora", env={**CPU_ONLY, "PYTHONPATH": str(old_source)})
+    verbo("train", str(recipe), "--out", str(run), "--resume")
+    assert differences(golden_run["logged"], logged_numbers(run / "metrics.jsonl")) == []
