@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from verbovision import metrics  # noqa: E402
+from verbovision.evaluate import ptb_grammar as metrics  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
 
-    from verbovision.evaluate import score
+    from verbovision.evaluate.scoring import score
     from verbovision.infer import VLM, DecodeOptions
     from verbovision.quantize import quantize_dynamic_int8
 

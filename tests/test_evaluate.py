@@ -14,7 +14,7 @@ import pytest
 
 from verbovision.cli import main
 from verbovision.data import read_records
-from verbovision.evaluate import CUT_MARK, load_predictions, score
+from verbovision.evaluate.scoring import CUT_MARK, load_predictions, score
 from verbovision.infer import VLM, DecodeOptions
 
 from .helpers import SAMPLED, SHARED, limit_cutting_some

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verbovision import metrics as M
+from verbovision.evaluate import ptb_grammar as M
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO = SHARED / "reference" / "coco-caption"

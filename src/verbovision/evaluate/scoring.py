@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import metrics as m
-from .data import read_records
-from .errors import DataError
-from .store import write_atomic, write_json
+from . import ptb_grammar as m
+from ..data import read_records
+from ..errors import DataError
+from ..store import write_atomic, write_json
 
 if TYPE_CHECKING:  # infer loads transformers: imported inside the functions that use it
-    from .infer import Truncation
+    from ..infer import Truncation
 
 CAPTION_METRICS = ("bleu", "meteor", "rouge_l", "cider", "spice")
 ANSWER_METRICS = {"exact_match": "exact", "vqa": "vqa", "textvqa": "textvqa", "numeric": "numeric",
@@ -133,7 +133,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
              template: str | None = None) -> EvalResult:
     """Generate on every record of `data` (read with `read`, readers.ReadOptions), score, and write the evaluation
     folder."""
-    from .infer import VLM, DecodeOptions, Truncation
+    from ..infer import VLM, DecodeOptions, Truncation
 
     out = Path(out)
     options = options or DecodeOptions()
@@ -158,8 +158,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
 
 def reference_loss(vlm, records, batch_size: int) -> float:
     """Token-averaged loss of the reference replies under teacher forcing."""
-    from .data import Collator
-    from .train import validation_loss
+    from ..data import Collator
+    from ..train import validation_loss
 
     encoded = [vlm.encoder.encode(r) for r in records]
     return validation_loss(vlm.model, Collator(vlm.encoder), encoded, batch_size, vlm.device)

@@ -1,0 +1,1 @@
+"""Evaluation: the metrics (numerically identical to the official toolkits), scoring files, evaluating a model."""
