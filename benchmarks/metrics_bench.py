@@ -1,4 +1,4 @@
-"""Benchmark verbovision.metrics against pycocoevalcap on 5,000 images x 5 references.
+"""Benchmark verbovision.evaluate's metrics against pycocoevalcap on 5,000 images x 5 references.
 
 Both sides start from raw captions, so PTB tokenization is included (pycocoevalcap's runs the Stanford
 tokenizer in Java). The tokenized captions and the corpus scores must be identical (==, not approximately
@@ -25,7 +25,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from verbovision import metrics  # noqa: E402
+from verbovision.evaluate.bleu import bleu  # noqa: E402
+from verbovision.evaluate.captions import score_captions  # noqa: E402
+from verbovision.evaluate.cider import CiderD  # noqa: E402
+from verbovision.evaluate.ptb import ptb_tokenize, tokenize_captions  # noqa: E402
+from verbovision.evaluate.rouge import rouge_l  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -111,20 +115,20 @@ def run_ours(predictions: dict[int, str], references: Captions) -> Run:
     refs_raw = [references[k] for k in keys]
     times = {}
     start = time.perf_counter()
-    hyps = metrics.ptb_tokenize(hyps_raw)
-    refs = list(metrics.tokenize_captions(dict(zip(keys, refs_raw))).values())
+    hyps = ptb_tokenize(hyps_raw)
+    refs = list(tokenize_captions(dict(zip(keys, refs_raw))).values())
     times["tokenize"] = time.perf_counter() - start
     start = time.perf_counter()
-    metrics.bleu(hyps, refs)
+    bleu(hyps, refs)
     times["BLEU"] = time.perf_counter() - start
     start = time.perf_counter()
-    metrics.rouge_l(hyps, refs)
+    rouge_l(hyps, refs)
     times["ROUGE-L"] = time.perf_counter() - start
     start = time.perf_counter()
-    metrics.CiderD().score(hyps, refs)
+    CiderD().score(hyps, refs)
     times["CIDEr-D"] = time.perf_counter() - start
     start = time.perf_counter()
-    scores = metrics.score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"))
+    scores = score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"))
     times["total (score_captions)"] = time.perf_counter() - start
     return scores.corpus, times, (hyps, refs)
 

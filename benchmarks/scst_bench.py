@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from results import publish  # noqa: E402
 
 from verbovision.data import read_records  # noqa: E402
-from verbovision.evaluate import score  # noqa: E402
+from verbovision.evaluate.metrics import score  # noqa: E402
 from verbovision.infer import VLM, DecodeOptions  # noqa: E402
 from verbovision.recipe import parse_recipe  # noqa: E402
 from verbovision.synth import synth_shapes  # noqa: E402

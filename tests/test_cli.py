@@ -10,7 +10,7 @@ from PIL import Image
 
 import verbovision
 from verbovision.cli import main, make_parser
-from verbovision.evaluate import CUT_MARK
+from verbovision.evaluate.report import CUT_MARK
 from verbovision.infer import VLM, DecodeOptions, prompt_record
 from verbovision.recipe import load_recipe
 from verbovision.report import sample_captions, write_report

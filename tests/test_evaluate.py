@@ -14,7 +14,9 @@ import pytest
 
 from verbovision.cli import main
 from verbovision.data import read_records
-from verbovision.evaluate import CUT_MARK, load_predictions, score
+from verbovision.evaluate.metrics import score
+from verbovision.evaluate.report import CUT_MARK
+from verbovision.evaluate.scoring import load_predictions
 from verbovision.infer import VLM, DecodeOptions
 
 from .helpers import SAMPLED, SHARED, limit_cutting_some

@@ -1,4 +1,4 @@
-"""verbovision.metrics against the official toolkits: pycocoevalcap 1.2 (and its Java tokenizer), vqaEval.py."""
+"""The evaluate/ metrics against the official toolkits: pycocoevalcap 1.2 (and its Java tokenizer), vqaEval.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verbovision import metrics as M
+from verbovision.evaluate import java_scorers
+from verbovision.evaluate.answers import exact_match, extract_choice, extract_number, numeric_match
+from verbovision.evaluate.bleu import bleu
+from verbovision.evaluate.captions import score_captions
+from verbovision.evaluate.cider import CiderD
+from verbovision.evaluate.error_rates import cer, wer
+from verbovision.evaluate.metrics import bootstrap_ci
+from verbovision.evaluate.ptb import ptb_raw_tokens, ptb_tokenize, tokenize_captions
+from verbovision.evaluate.rouge import rouge_l
+from verbovision.evaluate.vqa import (normalize_textvqa_answer, normalize_vqa_answer, score_vqa, textvqa_accuracy,
+                                      vqa_accuracy)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 COCO = SHARED / "reference" / "coco-caption"
@@ -57,7 +67,7 @@ def test_expected_constants_are_the_published_ones():
 
 def test_official_coco_example_with_tokenizer(fakecap):
     predictions, references = fakecap
-    scores = M.score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"))
+    scores = score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"))
     assert scores.corpus == FAKECAP_EXPECTED
     assert scores.skipped == {}
 
@@ -65,7 +75,7 @@ def test_official_coco_example_with_tokenizer(fakecap):
 def test_official_coco_example_per_image_without_tokenizer(fakecap):
     predictions, references = fakecap
     expected = read_json(COCO / "fakecap_scores_per_image_pycocoevalcap.json")
-    scores = M.score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"), tokenize=False)
+    scores = score_captions(predictions, references, metrics=("bleu", "rouge_l", "cider"), tokenize=False)
     assert scores.corpus["CIDEr"] == FAKECAP_CIDER_UNTOKENIZED == expected["corpus"]["CIDEr"]
     names = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
     assert {k: scores.corpus[k] for k in names} == {k: expected["corpus"][k] for k in names}
@@ -78,10 +88,10 @@ def test_raw_debug_fixture_with_tokenizer():
     references = read_json(coco / "debug_refs_raw_tylin_d5cf296.json")
     predictions = {k: v[0] for k, v in read_json(coco / "debug_hypo_raw_tylin_d5cf296.json").items()}
     expected = read_json(coco / "debug_fixture_expected_pycocoevalcap.json")
-    assert M.tokenize_captions(references) == expected["tokenized_refs"]
-    assert M.ptb_tokenize(list(predictions.values())) == [v[0] for v in expected["tokenized_hyp"].values()]
+    assert tokenize_captions(references) == expected["tokenized_refs"]
+    assert ptb_tokenize(list(predictions.values())) == [v[0] for v in expected["tokenized_hyp"].values()]
 
-    scores = M.score_captions(predictions, references)  # bleu, meteor, rouge_l, cider
+    scores = score_captions(predictions, references)  # bleu, meteor, rouge_l, cider
     corpus = dict(expected["corpus"])
     if HAS_JAVA:
         assert scores.skipped == {}
@@ -119,49 +129,49 @@ def test_parity_with_pycocoevalcap_scorers(seed):
 
     hyps, refs = generated_captions(seed, 300)
     gts, res = dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)}
-    bleu, bleu_images = Bleu(4).compute_score(gts, res, verbose=0)
+    coco_bleu, bleu_images = Bleu(4).compute_score(gts, res, verbose=0)
     rouge, rouge_images = Rouge().compute_score(gts, res)
     cider, cider_images = Cider().compute_score(gts, res)
 
-    ours_bleu, ours_bleu_images = M.bleu(hyps, refs)
-    assert ours_bleu == bleu
+    ours_bleu, ours_bleu_images = bleu(hyps, refs)
+    assert ours_bleu == coco_bleu
     assert ours_bleu_images == [list(s) for s in zip(*bleu_images)]
-    assert M.rouge_l(hyps, refs)[0] == rouge
-    assert np.array_equal(M.rouge_l(hyps, refs)[1], rouge_images)
-    assert np.array_equal(M.CiderD().score(hyps, refs), cider_images)
-    scores = M.score_captions(dict(enumerate(hyps)), gts, metrics=("bleu", "rouge_l", "cider"), tokenize=False)
-    assert scores.corpus == {**{f"Bleu_{k + 1}": s for k, s in enumerate(bleu)}, "ROUGE_L": rouge, "CIDEr": cider}
+    assert rouge_l(hyps, refs)[0] == rouge
+    assert np.array_equal(rouge_l(hyps, refs)[1], rouge_images)
+    assert np.array_equal(CiderD().score(hyps, refs), cider_images)
+    scores = score_captions(dict(enumerate(hyps)), gts, metrics=("bleu", "rouge_l", "cider"), tokenize=False)
+    assert scores.corpus == {**{f"Bleu_{k + 1}": s for k, s in enumerate(coco_bleu)}, "ROUGE_L": rouge, "CIDEr": cider}
 
 
 def test_cider_with_fixed_document_frequencies():
     hyps, refs = generated_captions(4, 200)
-    from_set = M.CiderD().score(hyps, refs)
+    from_set = CiderD().score(hyps, refs)
     # df taken once from the same references is the df pycocoevalcap takes from the scored set
-    fixed = M.CiderD(refs)
+    fixed = CiderD(refs)
     assert np.array_equal(fixed.score(hyps, refs), from_set)
     # with df fixed, a hypothesis scores the same whatever else is in the batch (as an SCST reward needs)
     batch = fixed.score([hyps[5], hyps[7], hyps[5]], [refs[5], refs[5], refs[5]])
     assert batch[0] == batch[2] == fixed.score([hyps[5]], [refs[5]])[0]
     # pycocoevalcap's own df: one image alone gets idf 0 for every n-gram, hence CIDEr 0
-    assert M.CiderD().score([hyps[5]], [refs[5]])[0] == 0.0
+    assert CiderD().score([hyps[5]], [refs[5]])[0] == 0.0
 
 
 def test_score_captions_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="same ids"):
-        M.score_captions({1: "a dog"}, {2: ["a dog"]})
+        score_captions({1: "a dog"}, {2: ["a dog"]})
     with pytest.raises(ValueError, match="at least one reference"):
-        M.score_captions({1: "a dog"}, {1: []}, metrics=("bleu",))
+        score_captions({1: "a dog"}, {1: []}, metrics=("bleu",))
     with pytest.raises(ValueError, match="unknown caption metrics"):
-        M.score_captions({1: "a dog"}, {1: ["a dog"]}, metrics=("bleurt",))
+        score_captions({1: "a dog"}, {1: ["a dog"]}, metrics=("bleurt",))
     with pytest.raises(TypeError, match="one caption string"):
-        M.score_captions({1: ["a dog"]}, {1: ["a dog"]}, metrics=("bleu",))
+        score_captions({1: ["a dog"]}, {1: ["a dog"]}, metrics=("bleu",))
     with pytest.raises(ValueError, match="nothing to score"):
-        M.score_captions({}, {})
+        score_captions({}, {})
 
 
 def test_java_metrics_are_skipped_with_a_reason(monkeypatch):
-    monkeypatch.setattr(M.shutil, "which", lambda name: None)
-    scores = M.score_captions({1: "a dog runs"}, {1: ["a dog is running"]}, metrics=("bleu", "meteor", "spice"))
+    monkeypatch.setattr(java_scorers.shutil, "which", lambda name: None)
+    scores = score_captions({1: "a dog runs"}, {1: ["a dog is running"]}, metrics=("bleu", "meteor", "spice"))
     assert scores.skipped == {name.lower(): f"java not found: {name} runs the official Java program; install a Java "
                                             "runtime (e.g. OpenJDK: apt install default-jre) to compute it"
                               for name in ("METEOR", "SPICE")}
@@ -183,14 +193,14 @@ def test_java_metrics_are_skipped_with_a_reason(monkeypatch):
     ("A man riding a wave on top of a surfboard.", "a man riding a wave on top of a surfboard"),
 ])
 def test_ptb_tokenize_hand_checked(caption, tokens):
-    assert M.ptb_tokenize([caption]) == [tokens]
+    assert ptb_tokenize([caption]) == [tokens]
 
 
 def test_ptb_tokenize_reads_the_next_caption_like_java():
     # Java lexes the captions as one file: "A." before a capitalised sentence starter loses its period
-    assert M.ptb_tokenize(["a letter A.", "A dog"]) == ["a letter a", "a dog"]
-    assert M.ptb_tokenize(["a letter A.", "the dog"]) == ["a letter a.", "the dog"]
-    assert M.ptb_raw_tokens("a letter A.") == ["a", "letter", "A."]
+    assert ptb_tokenize(["a letter A.", "A dog"]) == ["a letter a", "a dog"]
+    assert ptb_tokenize(["a letter A.", "the dog"]) == ["a letter a.", "the dog"]
+    assert ptb_raw_tokens("a letter A.") == ["a", "letter", "A."]
 
 
 def tricky_strings() -> list[str]:
@@ -215,7 +225,7 @@ def test_ptb_tokenize_matches_java_on_tricky_strings():
 
     strings = tricky_strings()
     java = PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(strings)})
-    ours = M.ptb_tokenize(strings)
+    ours = ptb_tokenize(strings)
     mismatches = [(s, o, java[i][0]) for i, (s, o) in enumerate(zip(strings, ours)) if o != java[i][0]]
     assert mismatches == []
 
@@ -231,7 +241,7 @@ def test_ptb_tokenize_matches_java_on_real_captions():
         outputs = GLLAVA / "gllava_model_outputs_Gllava-test_merged.head3.jsonl"
         captions += [json.loads(line)["text"] for line in outputs.read_text().splitlines()]
     java = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
-    assert M.ptb_tokenize(captions) == [java[i][0] for i in range(len(captions))]
+    assert ptb_tokenize(captions) == [java[i][0] for i in range(len(captions))]
 
 
 # --- VQA ------------------------------------------------------------------------------------------------------
@@ -253,7 +263,7 @@ def test_ptb_tokenize_matches_java_on_real_captions():
     ("ca\u180ebin", "ca bin"),  # U+180E was whitespace in Unicode 5.2
 ])
 def test_normalize_vqa_answer(answer, normalized):
-    assert M.normalize_vqa_answer(answer) == normalized
+    assert normalize_vqa_answer(answer) == normalized
 
 
 OTHERS = ["cat", "cow", "red", "blue", "left", "right", "up", "down"]
@@ -262,37 +272,37 @@ OTHERS = ["cat", "cow", "red", "blue", "left", "right", "up", "down"]
 def test_vqa_accuracy_compares_raw_strings_when_the_human_answers_agree():
     # vqaEval.py normalises only when the 10 answers are not all identical; otherwise it compares the prediction,
     # tabs and newlines made spaces and stripped, with the raw answer.
-    assert M.vqa_accuracy("four.", ["4"] * 10) == 0.0
-    assert M.vqa_accuracy("giraffe", ["Giraffe"] * 10) == 0.0
-    assert M.vqa_accuracy(" Giraffe\n", ["Giraffe"] * 10) == 1.0
-    assert M.vqa_accuracy("4", ["4 "] * 10) == 1.0  # the answers are stripped before the set is taken
+    assert vqa_accuracy("four.", ["4"] * 10) == 0.0
+    assert vqa_accuracy("giraffe", ["Giraffe"] * 10) == 0.0
+    assert vqa_accuracy(" Giraffe\n", ["Giraffe"] * 10) == 1.0
+    assert vqa_accuracy("4", ["4 "] * 10) == 1.0  # the answers are stripped before the set is taken
     # one answer differing makes them normalise: "four." -> "4" matches 9 of 10, and any 9 leave at least 3
-    assert M.vqa_accuracy("four.", ["4"] * 9 + ["5"]) == 1.0
+    assert vqa_accuracy("four.", ["4"] * 9 + ["5"]) == 1.0
 
 
 def test_vqa_accuracy_leave_one_out_in_annotator_order():
     # 2 of 10 answers match. Leaving out one of the 2 leaves 1 match: 1/3; leaving out one of the other 8 leaves
     # 2 matches: 2/3. vqaEval.py sums these floats in annotator order, then divides by 10:
-    assert M.vqa_accuracy("Two", ["2", "two", *OTHERS]) == 0.6  # 1/3 + 1/3 + 8 x 2/3
-    assert M.vqa_accuracy("Two", [*OTHERS, "2", "two"]) == 0.5999999999999999  # 8 x 2/3 + 1/3 + 1/3
+    assert vqa_accuracy("Two", ["2", "two", *OTHERS]) == 0.6  # 1/3 + 1/3 + 8 x 2/3
+    assert vqa_accuracy("Two", [*OTHERS, "2", "two"]) == 0.5999999999999999  # 8 x 2/3 + 1/3 + 1/3
     # 3 matches: 3 x 2/3 + 7 x 1 = 9 -> 0.9; 4 or more always leave 3: 1.0; none: 0.0
-    assert M.vqa_accuracy("2", ["2", "2", "2", *OTHERS[:7]]) == 0.9
-    assert M.vqa_accuracy("2", ["2"] * 4 + OTHERS[:6]) == 1.0
-    assert M.vqa_accuracy("2", OTHERS + ["3", "4"]) == 0.0
+    assert vqa_accuracy("2", ["2", "2", "2", *OTHERS[:7]]) == 0.9
+    assert vqa_accuracy("2", ["2"] * 4 + OTHERS[:6]) == 1.0
+    assert vqa_accuracy("2", OTHERS + ["3", "4"]) == 0.0
     # "dont" -> "don't" for the prediction; the answers keep theirs (the apostrophe is not in the punctuation list)
-    assert M.vqa_accuracy("dont", ["don't"] * 3 + OTHERS[:7]) == 0.9
+    assert vqa_accuracy("dont", ["don't"] * 3 + OTHERS[:7]) == 0.9
 
 
 def test_vqa_accuracy_with_one_answer_is_always_zero():
     # leaving out the only annotator leaves nothing to match
-    assert M.vqa_accuracy("dog", ["dog"]) == 0.0
-    assert M.vqa_accuracy("dog", "dog") == 0.0
+    assert vqa_accuracy("dog", ["dog"]) == 0.0
+    assert vqa_accuracy("dog", "dog") == 0.0
 
 
 def test_textvqa_accuracy_always_normalises():
-    assert M.normalize_textvqa_answer("Nokia's Phone, 1,000?") == "nokia 's phone 1000"
-    assert M.textvqa_accuracy("giraffe", ["Giraffe"] * 10) == 1.0  # lowercased first, unlike vqa
-    assert M.textvqa_accuracy("COCA COLA.", ["coca cola"] * 2 + ["coke"] * 8) == 0.6  # 1/3 + 1/3 + 8 x 2/3
+    assert normalize_textvqa_answer("Nokia's Phone, 1,000?") == "nokia 's phone 1000"
+    assert textvqa_accuracy("giraffe", ["Giraffe"] * 10) == 1.0  # lowercased first, unlike vqa
+    assert textvqa_accuracy("COCA COLA.", ["coca cola"] * 2 + ["coke"] * 8) == 0.6  # 1/3 + 1/3 + 8 x 2/3
 
 
 def test_score_vqa_breakdowns_and_official_percentages():
@@ -300,7 +310,7 @@ def test_score_vqa_breakdowns_and_official_percentages():
     predictions = {"q3": "Blue", "q1": "two", "q2": "no"}
     types = {"answer_type": {"q1": "number", "q2": "yes/no", "q3": "other"},
              "question_type": {"q1": "how many", "q2": "is the", "q3": "how many"}}
-    scores = M.score_vqa(predictions, answers, "vqa", types)
+    scores = score_vqa(predictions, answers, "vqa", types)
     assert list(scores.per_item) == ["q1", "q2", "q3"]  # vqaEval.py's order: the annotations'
     assert scores.per_item == {"q1": 0.9, "q2": 0.0, "q3": 1.0}
     assert scores.mean == 0.6333333333333333  # (0.9 + 0.0 + 1.0) / 3
@@ -310,33 +320,33 @@ def test_score_vqa_breakdowns_and_official_percentages():
     assert scores.official == {"overall": 63.33, "answer_type": {"number": 90.0, "other": 100.0, "yes/no": 0.0},
                                "question_type": {"how many": 95.0, "is the": 0.0}}
     with pytest.raises(ValueError, match="no answer_type"):
-        M.score_vqa(predictions, answers, "vqa", {"answer_type": {"q1": "number"}})
+        score_vqa(predictions, answers, "vqa", {"answer_type": {"q1": "number"}})
 
 
 def test_vqa_official_percentages_round_half_away_from_zero():
     # 1 right of 160: 100 * 1 / 160 = 0.625 exactly. vqaEval.py runs on Python 2, whose round() gives 0.63
     # (Python 3's round() would give 0.62).
     answers = {i: ["4"] * 10 for i in range(160)}
-    scores = M.score_vqa({i: "4" if i == 0 else "5" for i in range(160)}, answers)
+    scores = score_vqa({i: "4" if i == 0 else "5" for i in range(160)}, answers)
     assert scores.mean == 0.00625 and scores.official == {"overall": 0.63}
 
 
 def test_exact_numeric_and_choice_matching():
-    assert M.exact_match("  The   Cat. ", ["the cat"]) == 1.0
-    assert M.exact_match("the cat sat", "the cat") == 0.0
-    assert M.extract_number("... so angle C is 70°") == 70
-    assert M.extract_number("Answer: 70") == 70
-    assert M.extract_number("it drops to -5.5 degrees") == -5.5
-    assert M.extract_number("about 1,000,000 people") == 1_000_000
-    assert M.extract_number("the ratio is 3/4.") == 0.75
-    assert M.extract_number("pages 3-5") == 5
-    assert M.extract_number("no digits here") is None
-    assert M.numeric_match("so x = 70.00000001", "70") == 1.0
-    assert M.numeric_match("so x = 70.001", "70") == 0.0
-    assert M.extract_choice("Thus, the correct answer is option B.") == "B"
-    assert M.extract_choice("Therefore, the answer is (C) 14.") == "C"
-    assert M.extract_choice("(D)") == "D"
-    assert M.extract_choice("So the answer is Because of this.") is None
+    assert exact_match("  The   Cat. ", ["the cat"]) == 1.0
+    assert exact_match("the cat sat", "the cat") == 0.0
+    assert extract_number("... so angle C is 70°") == 70
+    assert extract_number("Answer: 70") == 70
+    assert extract_number("it drops to -5.5 degrees") == -5.5
+    assert extract_number("about 1,000,000 people") == 1_000_000
+    assert extract_number("the ratio is 3/4.") == 0.75
+    assert extract_number("pages 3-5") == 5
+    assert extract_number("no digits here") is None
+    assert numeric_match("so x = 70.00000001", "70") == 1.0
+    assert numeric_match("so x = 70.001", "70") == 0.0
+    assert extract_choice("Thus, the correct answer is option B.") == "B"
+    assert extract_choice("Therefore, the answer is (C) 14.") == "C"
+    assert extract_choice("(D)") == "D"
+    assert extract_choice("So the answer is Because of this.") is None
 
 
 def test_choice_extraction_on_real_gllava_outputs():
@@ -345,8 +355,8 @@ def test_choice_extraction_on_real_gllava_outputs():
                (gllava / "gllava_model_outputs_Gllava-test_merged.head3.jsonl").read_text().splitlines()]
     answers = {json.loads(line)["question_id"]: json.loads(line)["text"] for line in
                (gllava / "gllava_geoqa_test_answers.head5.jsonl").read_text().splitlines()}
-    assert [M.extract_choice(o["text"]) for o in outputs] == ["A", "C", "A"]
-    scores = M.score_vqa({o["question_id"]: o["text"] for o in outputs},
+    assert [extract_choice(o["text"]) for o in outputs] == ["A", "C", "A"]
+    scores = score_vqa({o["question_id"]: o["text"] for o in outputs},
                          {o["question_id"]: answers[o["question_id"]] for o in outputs}, kind="choice")
     assert scores.per_item == {0: 0.0, 1: 1.0, 2: 1.0}  # question 0's answer is D
     assert scores.mean == 2 / 3
@@ -357,41 +367,41 @@ def test_score_vqa_kinds_and_errors():
     answers = {"q1": ["2 dogs"] * 4, "q2": ["no", "yes"]}
     # q1: the 4 answers agree, so "Two dogs" is compared raw and scores 0; q2: leaving out "no" leaves 1 match,
     # leaving out "yes" none: (1/3 + 0) / 2
-    assert M.score_vqa(predictions, answers).per_item == {"q1": 0.0, "q2": 0.16666666666666666}
-    assert M.score_vqa(predictions, answers, kind="textvqa").per_item == {"q1": 1.0, "q2": 0.16666666666666666}
-    assert M.score_vqa(predictions, answers, kind="exact").mean == 0.5
-    assert M.score_vqa({"q": "it is 2"}, {"q": "2.0"}, kind="numeric").mean == 1.0
+    assert score_vqa(predictions, answers).per_item == {"q1": 0.0, "q2": 0.16666666666666666}
+    assert score_vqa(predictions, answers, kind="textvqa").per_item == {"q1": 1.0, "q2": 0.16666666666666666}
+    assert score_vqa(predictions, answers, kind="exact").mean == 0.5
+    assert score_vqa({"q": "it is 2"}, {"q": "2.0"}, kind="numeric").mean == 1.0
     with pytest.raises(ValueError, match="unknown VQA metric"):
-        M.score_vqa(predictions, answers, kind="bleu")
+        score_vqa(predictions, answers, kind="bleu")
     with pytest.raises(ValueError, match="same ids"):
-        M.score_vqa(predictions, {"q1": "2"})
+        score_vqa(predictions, {"q1": "2"})
 
 
 # --- WER / CER and bootstrap -----------------------------------------------------------------------------------
 
 def test_word_error_rate():
     # 3 deletions against a 6-word reference
-    assert M.wer({1: "the cat sat"}, {1: "the cat sat on the mat"}).corpus == 0.5
+    assert wer({1: "the cat sat"}, {1: "the cat sat on the mat"}).corpus == 0.5
     # one substitution in 3 words; the closest of several references is used
-    assert M.wer({1: "the dog sat"}, {1: "the cat sat"}).corpus == 1 / 3
-    assert M.wer({1: "the cat sat"}, {1: ["nothing alike here", "the cat sat"]}).corpus == 0.0
+    assert wer({1: "the dog sat"}, {1: "the cat sat"}).corpus == 1 / 3
+    assert wer({1: "the cat sat"}, {1: ["nothing alike here", "the cat sat"]}).corpus == 0.0
     # corpus level = total edits / total reference words: (1 + 0) / (2 + 8), not the mean of 0.5 and 0
-    rates = M.wer({1: "a b", 2: "one two three four five six seven eight"},
+    rates = wer({1: "a b", 2: "one two three four five six seven eight"},
                   {1: "a c", 2: "one two three four five six seven eight"})
     assert (rates.corpus, rates.per_item, rates.edits, rates.reference_length) == (0.1, {1: 0.5, 2: 0.0}, 1, 10)
 
 
 def test_character_error_rate():
     # kitten -> sitting: 2 substitutions and 1 insertion over 7 reference characters
-    assert M.cer({1: "kitten"}, {1: "sitting"}).corpus == 3 / 7
-    assert M.cer({1: "a  b "}, {1: "a b"}).corpus == 0.0  # whitespace runs collapse
+    assert cer({1: "kitten"}, {1: "sitting"}).corpus == 3 / 7
+    assert cer({1: "a  b "}, {1: "a b"}).corpus == 0.0  # whitespace runs collapse
 
 
 def test_bootstrap_ci():
     values = {i: float(i % 7) for i in range(200)}
-    low, high = M.bootstrap_ci(values, n=500, seed=3)
+    low, high = bootstrap_ci(values, n=500, seed=3)
     assert low < np.mean(list(values.values())) < high
-    assert (low, high) == M.bootstrap_ci(list(values.values()), n=500, seed=3)
-    assert M.bootstrap_ci([2.0] * 10) == (2.0, 2.0)
+    assert (low, high) == bootstrap_ci(list(values.values()), n=500, seed=3)
+    assert bootstrap_ci([2.0] * 10) == (2.0, 2.0)
     with pytest.raises(ValueError):
-        M.bootstrap_ci([])
+        bootstrap_ci([])

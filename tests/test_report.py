@@ -9,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from verbovision.evaluate import EvalResult, markdown, metrics_figure
+from verbovision.evaluate.metrics import EvalResult
+from verbovision.evaluate.report import markdown, metrics_figure
 from verbovision.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
 from verbovision.runinfo import loss_figure
 

@@ -12,7 +12,7 @@ from verbovision.cli import _decode_args, _decode_options
 from verbovision.data import Collator, Encoder, read_records
 from verbovision.errors import ConfigError
 from verbovision.infer import VLM, DecodeOptions, eos_token_ids
-from verbovision.metrics import ptb_tokenize
+from verbovision.evaluate.ptb import ptb_tokenize
 from verbovision.recipe import parse_recipe
 from verbovision.scst import Reward, advantages, continuation_inputs, policy_loss, reply_mask
 from verbovision.train import train_recipe

@@ -154,7 +154,8 @@ def cmd_merge(args) -> None:
 
 def cmd_eval(args) -> None:
     from .datatools import read_options
-    from .evaluate import evaluate, parse_metrics
+    from .evaluate.metrics import parse_metrics
+    from .evaluate.run import evaluate
 
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), _decode_options(args),
@@ -166,7 +167,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_score(args) -> None:
-    from .evaluate import parse_metrics, score_file
+    from .evaluate.metrics import parse_metrics
+    from .evaluate.scoring import score_file
 
     _print_scores(score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .evaluate import evaluate
+from .evaluate.run import evaluate
 from .recipe import load_recipe, shipped_recipe
 from .synth import synth_shapes
 from .report import sample_captions, write_report

@@ -20,7 +20,7 @@ from .data import TEMPLATES, TRUNCATION, Source
 from .errors import ConfigError
 
 TRAINABILITY = ("frozen", "full", "lora", "cross_attention")
-# best_metric name -> the corpus score it reads (from verbovision.evaluate.score)
+# best_metric name -> the corpus score it reads (from verbovision.evaluate.metrics.score)
 BEST_METRICS = {"val_loss": "val_loss", "cider": "CIDEr", "bleu": "Bleu_4", "rouge_l": "ROUGE_L", "meteor": "METEOR",
                 "exact_match": "exact_match", "vqa": "vqa", "numeric": "numeric", "choice": "choice"}
 COMPONENTS = ("vision", "connector", "language")

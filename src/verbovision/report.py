@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .data import SkipLog, source_records
-from .evaluate import CUT_MARK, marked_prediction, table_cell
+from .evaluate.report import CUT_MARK, marked_prediction, table_cell
 from .recipe import Recipe
 from .runinfo import read_metrics, summary_lines
 from .store import read_json, write_atomic

@@ -25,7 +25,9 @@ from .data import Collator, Encoded, SkipLog, load_image, skip_reason, source_re
 from .errors import DataError
 from .families import IMAGES_IN_TEXT, check_consumed
 from .infer import eos_token_ids
-from .metrics import CiderD, bleu, ptb_tokenize
+from .evaluate.bleu import bleu
+from .evaluate.cider import CiderD
+from .evaluate.ptb import ptb_tokenize
 from .recipe import Recipe, Stage
 from .train import StageSetup, TrainState, optimizer_step
 from .trainable import train_mode

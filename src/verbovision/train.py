@@ -591,7 +591,7 @@ def validate(model, collator, examples, val_records, stage: Stage, state: TrainS
 
 def generation_metric(model, encoder: Encoder, records, stage: Stage) -> float:
     """Greedy replies to the validation records, scored by the stage's best_metric."""
-    from .evaluate import score
+    from .evaluate.metrics import score
     from .infer import VLM
 
     was_training = model.training

@@ -1,0 +1,52 @@
+"""`verbo eval`: generate a reply per record, score it against the record's references, and write the evaluation
+folder (see report.py), each metric with a bootstrap confidence interval over items, the loss and perplexity of the
+references, and how many replies hit the token limit."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data import read_records
+from ..errors import DataError
+from .metrics import DEFAULT_METRICS, EvalResult, score
+from .report import write_eval_folder
+
+
+def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
+             options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
+             device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
+             template: str | None = None) -> EvalResult:
+    """Generate on every record of `data` (read with `read`, readers.ReadOptions), score, and write the evaluation
+    folder."""
+    from ..infer import VLM, DecodeOptions, Truncation
+
+    out = Path(out)
+    options = options or DecodeOptions()
+    records = [r for r in read_records(data, format=data_format, options=read) if r.references]
+    if not records:
+        raise DataError(f"{data}: no records with references to evaluate against")
+    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled, template=template)
+    generations = vlm.generate_details(records, options, batch_size)
+    rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
+             "prediction": g.text, "finish_reason": g.finish_reason, "references": r.references}
+            for r, g in zip(records, generations)]
+    result = score({row["id"]: row["prediction"] for row in rows}, {row["id"]: row["references"] for row in rows},
+                   metrics)
+    result.predictions = rows
+    result.truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)
+    if with_loss:
+        loss = reference_loss(vlm, records, batch_size)
+        result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
+    write_eval_folder(out, result, {"model": str(model), "data": str(data)})
+    return result
+
+
+def reference_loss(vlm, records, batch_size: int) -> float:
+    """Token-averaged loss of the reference replies under teacher forcing."""
+    from ..data import Collator
+    from ..train import validation_loss
+
+    encoded = [vlm.encoder.encode(r) for r in records]
+    return validation_loss(vlm.model, Collator(vlm.encoder), encoded, batch_size, vlm.device)
