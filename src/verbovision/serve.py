@@ -15,7 +15,6 @@ import asyncio
 import hmac
 import itertools
 import json
-import os
 import queue
 import sys
 import threading
@@ -25,9 +24,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .cli import _decode_args, _decode_options
 from .errors import DataError
-from .predict import subcommand
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
     from .infer import VLM, DecodeOptions
@@ -207,7 +204,7 @@ def image_opener(config: ServeConfig):
         url = url.get("url") if isinstance(url, dict) else None
         if part.get("type") != "image_url" or not isinstance(url, str):
             raise invalid("image parts must be {\"type\": \"image_url\", \"image_url\": {\"url\": ...}}", "messages")
-        data = _image_bytes(url, config)
+        data = image_bytes(url, config)
         if len(data) > config.max_image_bytes:
             raise invalid(f"image of more than {config.max_image_bytes} bytes, the server's limit", "messages",
                           "image_too_large")
@@ -236,7 +233,7 @@ def _check_pixels(data: bytes, limit: int) -> None:
                       "messages", "image_too_large")
 
 
-def _image_bytes(url: str, config: ServeConfig) -> bytes:
+def image_bytes(url: str, config: ServeConfig) -> bytes:
     from .infer import decode_data_uri
 
     if url.startswith("data:"):
@@ -582,75 +579,3 @@ def serve(config: ServeConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print("verbo: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-EXAMPLES = {
-    "serve": """examples:
-  verbo serve runs/qs/final
-  verbo serve runs/qs/final --port 8080 --api-key secret --batch-size 32
-  verbo serve runs/qs/final --host 0.0.0.0 --api-key "$KEY" --allow-remote-images
-The decoding flags are the defaults of requests that leave them out. Then, with the openai client:
-  OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret").chat.completions.create(
-      model="runs/qs/final", messages=[{"role": "user", "content": [
-          {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}},
-          {"type": "text", "text": "Describe the image briefly."}]}])""",
-    "web": """examples:
-  verbo web runs/qs/final                 # then open http://127.0.0.1:8000/
-  verbo web runs/qs/final --port 7860""",
-}
-
-
-def add_command(subparsers) -> None:
-    """Register `verbo serve` and `verbo web` on the top-level subparsers."""
-    p = subcommand(subparsers, "serve", cmd_serve,
-                   "serve an OpenAI-compatible /v1/chat/completions API with images (dynamic batching)",
-                   EXAMPLES["serve"])
-    _serve_args(p)
-    p = subcommand(subparsers, "web", cmd_web, "browser demo: upload an image, caption it, ask, chat",
-                   EXAMPLES["web"])
-    _serve_args(p)
-
-
-def _serve_args(p) -> None:
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--model-name", help=f"model id clients send (default: MODEL); {GENERIC_NAME!r} is always "
-                                        "accepted too")
-    p.add_argument("--api-key", default=os.environ.get("VERBO_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 requests (default: $VERBO_API_KEY)")
-    p.add_argument("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off: data: URIs only)")
-    limits = p.add_argument_group("limits and batching (--batch-size: most replies generated together)")
-    limits.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
-    limits.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body")
-    limits.add_argument("--max-image-mb", type=float, default=10.0, help="largest encoded image")
-    limits.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="largest image (width x height)")
-    limits.add_argument("--max-prompt-tokens", type=int, default=4096, help="longest prompt, image tokens included")
-    limits.add_argument("--max-completion-tokens", type=int, default=1024, help="largest max_tokens a request may ask")
-    limits.add_argument("--max-n", type=int, default=8, help="most choices per request")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; fewer can be faster when "
-                                                "other programs share the CPU)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="server log detail")
-    _decode_args(p)
-
-
-def _config(args, web: bool) -> ServeConfig:
-    return ServeConfig(
-        model=args.model, model_name=args.model_name or "", host=args.host, port=args.port, api_key=args.api_key,
-        allow_remote_images=args.allow_remote_images, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
-        max_body_bytes=int(args.max_body_mb * MB), max_image_bytes=int(args.max_image_mb * MB),
-        max_image_pixels=args.max_image_pixels, max_prompt_tokens=args.max_prompt_tokens,
-        max_completion_tokens=args.max_completion_tokens, max_n=args.max_n, defaults=_decode_options(args),
-        web=web, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template, threads=args.threads,
-        log_level=args.log_level)
-
-
-def cmd_serve(args) -> None:
-    serve(_config(args, web=False))
-
-
-def cmd_web(args) -> None:
-    serve(_config(args, web=True))
