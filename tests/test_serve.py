@@ -18,7 +18,9 @@ from PIL import Image
 
 from verbovision.cli import make_parser
 from verbovision.cli.serve import serve_config
-from verbovision.serve import ApiError, ServeConfig, image_bytes
+from verbovision.serve.config import ServeConfig
+from verbovision.serve.errors import ApiError
+from verbovision.serve.request import image_bytes
 
 from .helpers import QUESTION, data_uri, image_message, running
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..serve import GENERIC_NAME, MB, ServeConfig, serve
+from ..serve import serve
+from ..serve.config import GENERIC_NAME, MB, ServeConfig
 from .common import Command, add_decode_options, decode_options_from_flags
 
 
