@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -25,7 +24,8 @@ from verbovision.data import (
     Turn,
     read_records,
 )
-from verbovision.datatools import add_data_commands, dhash, guess_language, normalise_text
+from verbovision.cli import make_parser
+from verbovision.datatools import dhash, guess_language, normalise_text
 from verbovision.errors import DataError
 from verbovision.recipe import parse_recipe
 from verbovision.store import load_model, read_json
@@ -35,10 +35,8 @@ from .helpers import png_bytes, stage, tiny_recipe, write_tar
 
 
 def verbo_data(*argv: str):
-    """Run a `verbo data` subcommand through a real argparse parser, as cli.py wires it."""
-    parser = argparse.ArgumentParser(prog="verbo data")
-    add_data_commands(parser.add_subparsers(required=True))
-    args = parser.parse_args([str(a) for a in argv])
+    """Run a `verbo data` subcommand through `verbo`'s parser, its errors raised rather than printed."""
+    args = make_parser().parse_args(["data", *map(str, argv)])
     return args.func(args)
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from verbovision.cli import _decode_args, _decode_options
+from verbovision.cli.common import add_decode_options, decode_options_from_flags
 from verbovision.data import Collator, Encoder, read_records
 from verbovision.errors import ConfigError
 from verbovision.infer import VLM, DecodeOptions, eos_token_ids
@@ -158,13 +158,13 @@ def test_min_new_tokens_and_no_repeat_ngram_reach_generate(trained, shapes_data)
 
 def test_decode_flags_of_the_cli():
     parser = argparse.ArgumentParser()
-    _decode_args(parser)
-    options = _decode_options(parser.parse_args(
+    add_decode_options(parser)
+    options = decode_options_from_flags(parser.parse_args(
         ["--beams", "4", "--length-penalty", "0.8", "--early-stopping", "--no-repeat-ngram-size", "3",
          "--min-new-tokens", "2", "--stop", ".", "--stop", "\n"]))
     assert (options.beams, options.length_penalty, options.early_stopping) == (4, 0.8, True)
     assert (options.no_repeat_ngram_size, options.min_new_tokens, options.stop) == (3, 2, (".", "\n"))
-    assert _decode_options(parser.parse_args([])) == DecodeOptions()
+    assert decode_options_from_flags(parser.parse_args([])) == DecodeOptions()
 
 
 def test_reply_log_probs_match_generation(trained, shapes_data):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import threading
@@ -17,7 +16,11 @@ import openai
 import pytest
 from PIL import Image
 
-from verbovision.serve import ApiError, ServeConfig, _config, _image_bytes, add_command
+from verbovision.cli import make_parser
+from verbovision.cli.serve import serve_config
+from verbovision.serve.config import ServeConfig
+from verbovision.serve.errors import ApiError
+from verbovision.serve.request import image_bytes
 
 from .helpers import QUESTION, data_uri, image_message, running
 
@@ -44,10 +47,8 @@ def shape_uri(shapes_data) -> str:
 
 def test_private_by_default(monkeypatch):
     monkeypatch.delenv("VERBO_API_KEY", raising=False)
-    parser = argparse.ArgumentParser()
-    add_command(parser.add_subparsers())
     for command in ("serve", "web"):
-        config = _config(parser.parse_args([command, "m"]), web=command == "web")
+        config = serve_config(make_parser().parse_args([command, "m"]), web=command == "web")
         assert (config.host, config.allow_remote_images, config.api_key) == ("127.0.0.1", False, None)
 
 
@@ -185,9 +186,9 @@ def test_remote_images_are_fetched_only_when_allowed(shapes_data):
         threading.Thread(target=http.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{http.server_port}/000000.png"
         expected = (shapes_data / "images/000000.png").read_bytes()
-        assert _image_bytes(url, ServeConfig("m", allow_remote_images=True)) == expected
+        assert image_bytes(url, ServeConfig("m", allow_remote_images=True)) == expected
         with pytest.raises(ApiError) as refused:
-            _image_bytes(url, ServeConfig("m"))
+            image_bytes(url, ServeConfig("m"))
         assert refused.value.code == "remote_images_disabled"
         http.shutdown()
 

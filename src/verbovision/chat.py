@@ -8,14 +8,12 @@ drive it.
 
 from __future__ import annotations
 
-import sys
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from .cli import _decode_args, _decode_options, load_vlm
 from .errors import DataError
-from .predict import subcommand
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
     from .infer import VLM, DecodeOptions
@@ -135,7 +133,7 @@ def _lines(stdin: TextIO, interactive: bool) -> Iterator[str]:
     if not interactive:
         yield from (line.strip() for line in stdin)
         return
-    import readline  # noqa: F401 - gives input() line editing and history
+    importlib.import_module("readline")  # importing it gives input() line editing and history
 
     while True:
         try:
@@ -143,26 +141,3 @@ def _lines(stdin: TextIO, interactive: bool) -> Iterator[str]:
         except EOFError:
             print()
             return
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-EXAMPLES = """examples:
-  verbo chat runs/qs/final --image photo.png
-  verbo chat runs/qs/final --image photo.png --temperature 0.7 --top-p 0.9
-  printf 'Describe the image.\\nWhat colour is it?\\n/save chat.json\\n' | verbo chat runs/qs/final --image photo.png
-""" + HELP
-
-
-def add_command(subparsers) -> None:
-    """Register `verbo chat` on the top-level subparsers."""
-    p = subcommand(subparsers, "chat", cmd_chat, "talk with a model about images, replies streamed", EXAMPLES)
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--image", help="image of the conversation (change it later with /image PATH)")
-    p.add_argument("--system", help="system message opening the conversation")
-    _decode_args(p)
-
-
-def cmd_chat(args) -> None:
-    session = ChatSession(load_vlm(args), _decode_options(args), args.image, args.system)
-    repl(session, sys.stdin, sys.stdout, sys.stderr)

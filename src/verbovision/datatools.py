@@ -7,7 +7,6 @@ it drops), `split` and `convert` print what they skipped by reason. Outputs are 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -38,8 +37,7 @@ from .data import (
 )
 from .errors import DataError, VerboError
 from .images import ImageSource, image_key, image_name, open_image, read_image_bytes
-from .cli import HelpFormatter
-from .readers import FORMATS, Columns, ReadOptions, iter_records, scan
+from .readers import ReadOptions, iter_records, scan
 from .store import write_atomic, write_json
 
 _LLAVA_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -579,135 +577,3 @@ def image_groups(records: list[Record]) -> list[list[Record]]:
     for i, record in enumerate(records):
         groups.setdefault(root(i), []).append(record)
     return list(groups.values())
-
-
-# ---------------------------------------------------------------------------------------------------- CLI
-
-
-def cmd_check(args) -> None:
-    options = CheckOptions(min_size=args.min_size, model=args.model, max_length=args.max_length,
-                           template=args.template)
-    report = check_data(args.data, read_options(args), options)
-    print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
-    require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too
-    if len(report.problems) and not args.allow:
-        raise DataError(f"{args.data}: {len(report.problems)} of {report.records} records have problems "
-                        "(pass --allow to accept them; training skips and counts them)")
-
-
-def cmd_clean(args) -> None:
-    langs = tuple(x.strip() for x in (args.langs or "").split(",") if x.strip())
-    options = CleanOptions(min_size=args.min_size, min_words=args.min_words, max_words=args.max_words,
-                           near_duplicates=args.near_duplicates, langs=langs, link=args.link)
-    print(clean_data(args.data, args.out, read_options(args), options).summary())
-
-
-def cmd_split(args) -> None:
-    try:
-        ratios = [float(x) for x in args.ratios.split(",")]
-    except ValueError:
-        raise DataError(f"--ratios {args.ratios!r}: expected comma-separated numbers like 0.8,0.1,0.1") from None
-    names = args.names.split(",") if args.names else None
-    sizes, skips = split_data(args.data, args.out, ratios, args.seed, names, read_options(args))
-    for name, n in sizes.items():
-        print(f"{Path(args.out) / (name + '.json')}: {n} records")
-    _print_skips(skips)
-
-
-def cmd_convert(args) -> None:
-    n, skips = convert_data(args.data, args.out, read_options(args))
-    print(f"{args.out}: {n} records ({args.to})")
-    _print_skips(skips)
-
-
-def _print_skips(skips: SkipLog) -> None:
-    for reason, info in skips.as_dict().items():
-        print(f"skipped {info['count']} ({reason}), e.g. {', '.join(info['examples'])}; `verbo data check` says why")
-
-
-def read_options(args) -> ReadOptions:
-    columns = Columns(image=args.image_column, text=args.text_column, question=args.question_column)
-    root = Path(args.image_root) if args.image_root else None
-    return ReadOptions(format=args.format, columns=columns, image_root=root, prompt=args.prompt, check_image_files=True)
-
-
-def _reading_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", metavar="DATA", help="data file or folder (format detected; see --format)")
-    add_reading_options(parser)
-
-
-def add_reading_options(parser: argparse.ArgumentParser) -> None:
-    """The flags saying how to read a data path (`read_options` turns them into ReadOptions)."""
-    group = parser.add_argument_group("reading")
-    group.add_argument("--format", choices=FORMATS,
-                       help="llava (JSON/JSONL conversations), coco (caption annotations), pairs (JSONL/CSV/TSV "
-                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet)")
-    group.add_argument("--image-column", help="column with the image path (default: image, file_name, ...)")
-    group.add_argument("--text-column", help="column with the caption or answer (default: caption, text, ...)")
-    group.add_argument("--question-column", help="column with the question (default: question, instruction, ...)")
-    group.add_argument("--image-root", help="folder relative image paths start from (default: the data file's; "
-                                            "COCO: a guess near it)")
-    group.add_argument("--prompt", default=ReadOptions.prompt, help="user turn of caption records "
-                                                                    "(default: %(default)r)")
-
-
-EXAMPLES = {
-    "check": "examples:\n  verbo data check data/train.json\n"
-             "  verbo data check captions.csv --image-column path --text-column caption\n"
-             "  verbo data check annotations/captions_val2014.json --image-root val2014 --model runs/qs/final\n"
-             "  verbo data check shards/ --allow --json > report.json",
-    "clean": "examples:\n  verbo data clean data/raw.json --out data/clean\n"
-             "  verbo data clean pokemon/ --out data/clean --min-size 64 --max-words 60 --langs pt --link\n"
-             "  verbo data clean detailed.json --out data/clean --max-words 400   # long descriptions are the point\n\n"
-             "removed: unreadable, missing or too small images (--min-size), exact duplicate images (the same\n"
-             "pixels) and near-duplicates (--near-duplicates), captions shorter than --min-words or longer than\n"
-             "--max-words, answers without a word, replies in other languages (--langs). A caption is a reply to a\n"
-             "prompt that asks no question (no '?': 'Describe the image.'); a reply to a question is an answer,\n"
-             "where 'yes' or '4' is fine. Every removal is in removed.jsonl with its reason.",
-    "split": "examples:\n  verbo data split data/clean/data.json --out data/splits\n"
-             "  verbo data split data.json --ratios 0.9,0.1 --names train,val --seed 1 --out data/splits",
-    "convert": "examples:\n  verbo data convert annotations/captions_train2014.json --to llava --out data/coco.json\n"
-               "  verbo data convert shards/ --to llava --out data/wds.json   # members extracted to wds_images/",
-}
-
-
-def add_data_commands(subparsers) -> None:
-    """Register check, clean, split and convert on the `verbo data` subcommands."""
-
-    def command(name, func, help):
-        p = subparsers.add_parser(name, help=help, description=help, epilog=EXAMPLES[name],
-                                  formatter_class=HelpFormatter)
-        p.set_defaults(func=func)
-        _reading_args(p)
-        return p
-
-    p = command("check", cmd_check, "validate every record and report problems by kind (exit status 2 on problems)")
-    p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
-    p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
-    p.add_argument("--max-length", type=int, default=CheckOptions.max_length, help="with --model: longest record")
-    p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
-    p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
-                                                         "is usable)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    p = command("clean", cmd_clean, "drop corrupt/tiny/duplicate images and bad captions; log each removal")
-    p.add_argument("--out", required=True, help="output folder: data.json, images/, removed.jsonl")
-    p.add_argument("--min-size", type=int, default=CleanOptions.min_size, help="smallest image side, px")
-    p.add_argument("--min-words", type=int, default=CleanOptions.min_words,
-                   help="shortest caption, in words (answers to questions only need one)")
-    p.add_argument("--max-words", type=int, default=CleanOptions.max_words,
-                   help="longest caption, in words (answers to questions are not limited)")
-    p.add_argument("--near-duplicates", type=int, default=CleanOptions.near_duplicates, metavar="BITS",
-                   help="dHash distance (of 64 bits) that makes images near-duplicates; -1 keeps them")
-    p.add_argument("--langs", help="keep replies in these languages only, e.g. pt or en,pt (heuristic guess)")
-    p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
-
-    p = command("split", cmd_split, "split into train/val/test, grouped by image (an image is in one split only)")
-    p.add_argument("--out", required=True, help="output folder: one LLaVA JSON per split")
-    p.add_argument("--ratios", default="0.8,0.1,0.1", help="split sizes (default: %(default)s)")
-    p.add_argument("--names", help="split names (default: train,val,test)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same split")
-
-    p = command("convert", cmd_convert, "convert a dataset to LLaVA JSON")
-    p.add_argument("--to", choices=["llava"], default="llava", help="output format")
-    p.add_argument("--out", required=True, help="output JSON file")

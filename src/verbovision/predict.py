@@ -9,17 +9,13 @@ off and every question already answered is skipped, so no question is answered t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .cli import HelpFormatter, _decode_args, _decode_options, load_vlm
 from .errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
@@ -207,46 +203,3 @@ def _progress(total: int, initial: int):
     from .progress import progress
 
     return progress(total, initial, desc="predict", unit="question")
-
-
-# ------------------------------------------------------------------------------------------------ command line
-
-EXAMPLES = """examples:
-  verbo predict runs/vqa/final --questions questions.jsonl --out answers.jsonl
-  verbo predict runs/vqa/final --questions q.jsonl --image-folder images/ --out answers.jsonl --batch-size 32
-  # split across 4 machines, then concatenate the 4 answer files:
-  verbo predict runs/vqa/final --questions q.jsonl --out answers-2.jsonl --num-chunks 4 --chunk-idx 2
-Re-running the same command after an interruption answers only the questions not answered yet."""
-
-
-def subcommand(subparsers, name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
-    """A `verbo` subcommand parser in cli.py's style: help as description, examples as epilog."""
-    parser = subparsers.add_parser(name, help=help, description=help, epilog=epilog,
-                                   formatter_class=HelpFormatter)
-    parser.set_defaults(func=func)
-    return parser
-
-
-def add_command(subparsers) -> None:
-    """Register `verbo predict` on the top-level subparsers."""
-    p = subcommand(subparsers, "predict", cmd_predict,
-                   "answer a LLaVA questions JSONL into an answers JSONL (batched, resumable)", EXAMPLES)
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--questions", required=True, help="JSONL with question_id, image and text on each line")
-    p.add_argument("--out", required=True, help="answers JSONL (appended to; answered questions are skipped)")
-    p.add_argument("--image-folder", help="folder of the images (default: the questions file's folder)")
-    p.add_argument("--model-id", help="model_id written in each answer (default: MODEL)")
-    p.add_argument("--num-chunks", type=int, default=1, help="split the questions into N contiguous chunks...")
-    p.add_argument("--chunk-idx", type=int, default=0, help="...and answer chunk K (0-based)")
-    _decode_args(p)
-
-
-def cmd_predict(args) -> None:
-    config = PredictConfig(Path(args.questions), Path(args.out), args.image_folder and Path(args.image_folder),
-                           args.model_id or args.model, args.num_chunks, args.chunk_idx, args.batch_size,
-                           _decode_options(args))
-    # Checked before the model loads: a wrong chunk index should not cost a model load.
-    chunk([], config.num_chunks, config.chunk_idx)
-    summary = predict(load_vlm(args), config)
-    print(summary, file=sys.stderr)
-    print(config.out)

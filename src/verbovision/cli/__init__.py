@@ -1,0 +1,64 @@
+"""`verbo`: one entry point; `COMMANDS` lists every subcommand, each defined (help, arguments, function run) in the
+cli module of its stage."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from ..errors import VerboError
+from . import chat, data, evaluate, generate, predict, serve, train
+from .common import Command, CommandGroup, HelpFormatter, add_commands
+
+COMMANDS: dict[str, Command | CommandGroup] = {
+    "quickstart": train.QUICKSTART,
+    "data": data.DATA,
+    "build": train.BUILD,
+    "train": train.TRAIN,
+    "merge": train.MERGE,
+    "eval": evaluate.EVAL,
+    "score": evaluate.SCORE,
+    "caption": generate.CAPTION,
+    "ask": generate.ASK,
+    "predict": predict.PREDICT,
+    "chat": chat.CHAT,
+    "serve": serve.SERVE,
+    "web": serve.WEB,
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verbo",
+        description="Build, train, fine-tune, evaluate and serve vision-language models.",
+        formatter_class=HelpFormatter,
+    )
+    add_commands(parser, COMMANDS, dest="command", metavar="COMMAND")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    # transformers announces every image processor that falls back to PIL without torchvision; users need none of it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except VerboError as e:
+        print(f"verbo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("verbo: interrupted", file=sys.stderr)
+        return 130
+    return 0

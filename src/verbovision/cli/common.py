@@ -1,0 +1,157 @@
+"""What several `verbo` commands share: the help layout, the subcommand records the table in `cli/__init__.py` lists,
+the decoding flags and the flags saying how to read a data path.
+
+Modules the flags' defaults come from (infer, readers) load torch, so they are imported where a parser is built, not
+when the cli is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..infer import VLM, DecodeOptions
+    from ..readers import ReadOptions
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and every option's default shown: appended as "(default: X)" unless the help
+    already says it (in words, or where showing it would print a secret from the environment) or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == [] \
+            or action.default is argparse.SUPPRESS
+        if no_default or "default" in help or not (action.option_strings or action.nargs in ("?", "*")):
+            return help
+        return f"{help} (default: %(default)s)"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `verbo` subcommand: its help line (also its --help description), the function adding its arguments, the
+    function it runs with the parsed arguments, and the examples closing its --help."""
+
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+    examples: str
+
+    def add_to(self, subparsers, name: str) -> None:
+        parser = subparsers.add_parser(name, help=self.help, description=self.help, epilog=self.examples,
+                                       formatter_class=HelpFormatter)
+        parser.set_defaults(func=self.run)
+        self.arguments(parser)
+
+
+@dataclass(frozen=True)
+class CommandGroup:
+    """A subcommand made of subcommands (`verbo data synth`, ...); `dest` names the chosen one in the arguments."""
+
+    help: str
+    commands: dict[str, Command]
+    dest: str
+    metavar: str
+
+    def add_to(self, subparsers, name: str) -> None:
+        add_commands(subparsers.add_parser(name, help=self.help), self.commands, self.dest, self.metavar)
+
+
+def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | CommandGroup], dest: str,
+                 metavar: str) -> None:
+    """Give `parser` the subcommands of a table, in its order (the order --help lists them in)."""
+    subparsers = parser.add_subparsers(dest=dest, metavar=metavar, required=True)
+    for name, command in commands.items():
+        command.add_to(subparsers, name)
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def add_decode_options(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags of every generating command; each flag's dest is the DecodeOptions field it sets, and the
+    defaults are DecodeOptions' own, so that `decode_options_from_flags` of no flags is `DecodeOptions()`."""
+    from ..infer import DecodeOptions
+
+    group = parser.add_argument_group("decoding (greedy by default)")
+    group.add_argument("--max-new-tokens", type=int, default=DecodeOptions.max_new_tokens,
+                       help="longest reply in tokens (default: %(default)s); replies cut there are counted as "
+                            "truncated")
+    group.add_argument("--beams", type=int, default=DecodeOptions.beams, help="beam search width")
+    group.add_argument("--temperature", type=float, help="sampling temperature (turns sampling on)")
+    group.add_argument("--top-p", type=float, help="nucleus sampling mass (turns sampling on)")
+    group.add_argument("--top-k", type=int, help="sample among the k most likely tokens (turns sampling on)")
+    group.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeating tokens")
+    group.add_argument("--no-repeat-ngram-size", type=int, help="no n-gram of this size appears twice in a reply")
+    group.add_argument("--min-new-tokens", type=int, help="shortest reply in tokens")
+    group.add_argument("--length-penalty", type=float,
+                       help="beam search: > 0 favours longer replies, < 0 shorter ones")
+    group.add_argument("--early-stopping", action="store_true",
+                       help="beam search: stop as soon as --beams candidates are finished")
+    group.add_argument("--stop", action="append", default=[], help="stop string (repeat for several)")
+    group.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    _add_model_options(group)
+
+
+def _add_model_options(group) -> None:
+    """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
+    group.add_argument("--batch-size", type=int, default=16, help="replies generated together")
+    group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
+                       help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
+                            "on a CUDA GPU (pip install bitsandbytes)")
+    group.add_argument("--template", choices=["chat", "plain", "caption", "prefix"],
+                       help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
+                            "else its chat template; else the family's own prompt format): chat, plain (images, "
+                            "then the prompt on its line), caption (images only) or prefix (PaliGemma's: images, "
+                            "BOS, the prompt and a newline)")
+    group.add_argument("--compile", action="store_true",
+                       help="static KV cache + torch.compile for generation: identical outputs, faster once each "
+                            "batch shape has compiled (seconds); best with a fixed --batch-size")
+
+
+def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
+    """The DecodeOptions the decoding flags of `add_decode_options` ask for."""
+    from ..infer import DecodeOptions
+
+    values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
+    return DecodeOptions(**{**values, "stop": tuple(args.stop)})
+
+
+def load_vlm(args: argparse.Namespace) -> VLM:
+    """The model a generation command names, on its --device, quantized as asked."""
+    from ..infer import VLM
+
+    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template)
+
+
+# ------------------------------------------------------------------------------------------------ reading data
+
+
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """The flags saying how to read a data path (`read_options` turns them into ReadOptions)."""
+    from ..readers import FORMATS, ReadOptions
+
+    group = parser.add_argument_group("reading")
+    group.add_argument("--format", choices=FORMATS,
+                       help="llava (JSON/JSONL conversations), coco (caption annotations), pairs (JSONL/CSV/TSV "
+                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet)")
+    group.add_argument("--image-column", help="column with the image path (default: image, file_name, ...)")
+    group.add_argument("--text-column", help="column with the caption or answer (default: caption, text, ...)")
+    group.add_argument("--question-column", help="column with the question (default: question, instruction, ...)")
+    group.add_argument("--image-root", help="folder relative image paths start from (default: the data file's; "
+                                            "COCO: a guess near it)")
+    group.add_argument("--prompt", default=ReadOptions.prompt, help="user turn of caption records "
+                                                                    "(default: %(default)r)")
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    from ..readers import Columns, ReadOptions
+
+    columns = Columns(image=args.image_column, text=args.text_column, question=args.question_column)
+    root = Path(args.image_root) if args.image_root else None
+    return ReadOptions(format=args.format, columns=columns, image_root=root, prompt=args.prompt, check_image_files=True)

@@ -1,0 +1,162 @@
+"""`verbo data synth|check|clean|split|convert`: make and prepare datasets (see `verbovision.datatools`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import DataError
+from .common import Command, CommandGroup, add_reading_options, read_options
+
+
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["shapes", "geometry"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
+    p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from ..synth import synth_geometry, synth_shapes
+
+    if args.kind == "shapes":
+        langs = tuple(x for x in args.langs.split(",") if x)
+        summary = synth_shapes(args.out, n=args.n or 3000, seed=args.seed, langs=langs)
+    else:
+        summary = synth_geometry(args.out, n=args.n or 1000, seed=args.seed)
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def _data_path_arguments(p: argparse.ArgumentParser) -> None:
+    """The data path every command but synth reads, and how to read it; listed first in their --help."""
+    p.add_argument("data", metavar="DATA", help="data file or folder (format detected; see --format)")
+    add_reading_options(p)
+
+
+def _check_arguments(p: argparse.ArgumentParser) -> None:
+    from ..datatools import CheckOptions
+
+    _data_path_arguments(p)
+    p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
+    p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
+    p.add_argument("--max-length", type=int, default=CheckOptions.max_length, help="with --model: longest record")
+    p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
+    p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
+                                                         "is usable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from ..data import require_usable
+    from ..datatools import CheckOptions, check_data
+
+    options = CheckOptions(min_size=args.min_size, model=args.model, max_length=args.max_length,
+                           template=args.template)
+    report = check_data(args.data, read_options(args), options)
+    print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
+    require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too
+    if len(report.problems) and not args.allow:
+        raise DataError(f"{args.data}: {len(report.problems)} of {report.records} records have problems "
+                        "(pass --allow to accept them; training skips and counts them)")
+
+
+def _clean_arguments(p: argparse.ArgumentParser) -> None:
+    from ..datatools import CleanOptions
+
+    _data_path_arguments(p)
+    p.add_argument("--out", required=True, help="output folder: data.json, images/, removed.jsonl")
+    p.add_argument("--min-size", type=int, default=CleanOptions.min_size, help="smallest image side, px")
+    p.add_argument("--min-words", type=int, default=CleanOptions.min_words,
+                   help="shortest caption, in words (answers to questions only need one)")
+    p.add_argument("--max-words", type=int, default=CleanOptions.max_words,
+                   help="longest caption, in words (answers to questions are not limited)")
+    p.add_argument("--near-duplicates", type=int, default=CleanOptions.near_duplicates, metavar="BITS",
+                   help="dHash distance (of 64 bits) that makes images near-duplicates; -1 keeps them")
+    p.add_argument("--langs", help="keep replies in these languages only, e.g. pt or en,pt (heuristic guess)")
+    p.add_argument("--link", action="store_true", help="hard-link images instead of copying them")
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    from ..datatools import CleanOptions, clean_data
+
+    langs = tuple(x.strip() for x in (args.langs or "").split(",") if x.strip())
+    options = CleanOptions(min_size=args.min_size, min_words=args.min_words, max_words=args.max_words,
+                           near_duplicates=args.near_duplicates, langs=langs, link=args.link)
+    print(clean_data(args.data, args.out, read_options(args), options).summary())
+
+
+def _split_arguments(p: argparse.ArgumentParser) -> None:
+    _data_path_arguments(p)
+    p.add_argument("--out", required=True, help="output folder: one LLaVA JSON per split")
+    p.add_argument("--ratios", default="0.8,0.1,0.1", help="split sizes (default: %(default)s)")
+    p.add_argument("--names", help="split names (default: train,val,test)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same split")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from ..datatools import split_data
+
+    try:
+        ratios = [float(x) for x in args.ratios.split(",")]
+    except ValueError:
+        raise DataError(f"--ratios {args.ratios!r}: expected comma-separated numbers like 0.8,0.1,0.1") from None
+    names = args.names.split(",") if args.names else None
+    sizes, skips = split_data(args.data, args.out, ratios, args.seed, names, read_options(args))
+    for name, n in sizes.items():
+        print(f"{Path(args.out) / (name + '.json')}: {n} records")
+    _print_skips(skips)
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    _data_path_arguments(p)
+    p.add_argument("--to", choices=["llava"], default="llava", help="output format")
+    p.add_argument("--out", required=True, help="output JSON file")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from ..datatools import convert_data
+
+    n, skips = convert_data(args.data, args.out, read_options(args))
+    print(f"{args.out}: {n} records ({args.to})")
+    _print_skips(skips)
+
+
+def _print_skips(skips) -> None:
+    for reason, info in skips.as_dict().items():
+        print(f"skipped {info['count']} ({reason}), e.g. {', '.join(info['examples'])}; `verbo data check` says why")
+
+
+CLEANING_RULES = """removed: unreadable, missing or too small images (--min-size), exact duplicate images (the same
+pixels) and near-duplicates (--near-duplicates), captions shorter than --min-words or longer than
+--max-words, answers without a word, replies in other languages (--langs). A caption is a reply to a
+prompt that asks no question (no '?': 'Describe the image.'); a reply to a question is an answer,
+where 'yes' or '4' is fine. Every removal is in removed.jsonl with its reason."""
+
+DATA = CommandGroup("synthesize, check, clean, split and convert data", {
+    "synth": Command(
+        "write a synthetic dataset (LLaVA JSON + images, train/val/test)", _synth_arguments, cmd_data_synth,
+        "examples:\n  verbo data synth shapes --out data/shapes --n 3000 --seed 0 --langs en,pt\n"
+        "  verbo data synth geometry --out data/geometry --n 1000"),
+    "check": Command(
+        "validate every record and report problems by kind (exit status 2 on problems)", _check_arguments, cmd_check,
+        "examples:\n  verbo data check data/train.json\n"
+        "  verbo data check captions.csv --image-column path --text-column caption\n"
+        "  verbo data check annotations/captions_val2014.json --image-root val2014 --model runs/qs/final\n"
+        "  verbo data check shards/ --allow --json > report.json"),
+    "clean": Command(
+        "drop corrupt/tiny/duplicate images and bad captions; log each removal", _clean_arguments, cmd_clean,
+        "examples:\n  verbo data clean data/raw.json --out data/clean\n"
+        "  verbo data clean pokemon/ --out data/clean --min-size 64 --max-words 60 --langs pt --link\n"
+        "  verbo data clean detailed.json --out data/clean --max-words 400   # long descriptions are the point\n\n"
+        + CLEANING_RULES),
+    "split": Command(
+        "split into train/val/test, grouped by image (an image is in one split only)", _split_arguments, cmd_split,
+        "examples:\n  verbo data split data/clean/data.json --out data/splits\n"
+        "  verbo data split data.json --ratios 0.9,0.1 --names train,val --seed 1 --out data/splits"),
+    "convert": Command(
+        "convert a dataset to LLaVA JSON", _convert_arguments, cmd_convert,
+        "examples:\n  verbo data convert annotations/captions_train2014.json --to llava --out data/coco.json\n"
+        "  verbo data convert shards/ --to llava --out data/wds.json   # members extracted to wds_images/"),
+}, dest="data_command", metavar="DATA_COMMAND")

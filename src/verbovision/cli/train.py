@@ -1,0 +1,120 @@
+"""`verbo quickstart`, `build`, `train` and `merge`: the commands that make a model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, VerboError
+from .common import Command
+
+
+def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
+    p.add_argument("--n", type=int, help="number of synthetic images (default 12000)")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from ..quickstart import IMAGES, quickstart
+
+    quickstart(Path(args.out), n=args.n or IMAGES)
+
+
+QUICKSTART = Command("offline demo: synth data -> train -> eval -> captions -> report", _quickstart_arguments,
+                     cmd_quickstart, "examples:\n  verbo quickstart --out quickstart")
+
+
+def _build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vision", required=True, help="hub id or directory of a vision encoder (SigLIP, CLIP, ViT...)")
+    p.add_argument("--language", required=True, help="hub id or directory of a causal LM")
+    p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"],
+                   help="how image features become LM embeddings")
+    p.add_argument("--act", default="gelu", choices=["gelu", "silu"], help="the connector's activation")
+    p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
+    p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
+    p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
+    p.add_argument("--out", required=True)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from ..build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model, spec_record
+
+    if not args.language:
+        raise ConfigError("--language needs a pretrained LM (hub id or directory); from-scratch LMs are built by "
+                          "`verbo train` from a recipe, which trains their tokenizer on the data")
+    spec = ModelSpec(
+        vision=VisionSpec(name=args.vision, feature_layer=args.feature_layer),
+        language=LanguageSpec(name=args.language),
+        connector=ConnectorSpec(type=args.connector, act=args.act, factor=args.factor),
+        image_token=args.image_token,
+    )
+    model, processor = build_vlm(spec)
+    save_model(model, processor, args.out, {"model_spec": spec_record(spec), "template": "chat"})
+    print(f"{describe(model)} saved to {args.out}")
+
+
+BUILD = Command(
+    "compose a pretrained vision encoder + connector + LM into a standard checkpoint", _build_arguments, cmd_build,
+    "examples:\n  verbo build --vision google/siglip-base-patch16-224 --language Qwen/Qwen2.5-0.5B-Instruct "
+    "--connector pixel_shuffle --act silu --factor 2 --image-token '<|image_pad|>' --out models/geovlm-init")
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", metavar="RECIPE", help="recipe YAML, or the name of a shipped recipe (quickstart, "
+                                                     "geovlm...: the files of recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
+    p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes (GPUs, or CPU processes with gloo); batch_size is per process")
+    p.add_argument("--accelerate-config", help="an Accelerate config (configs/accelerate/: DeepSpeed ZeRO-2/3, FSDP) "
+                                               "to launch the --nproc processes with")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..recipe import load_recipe, recipe_file
+    from ..train import train_and_report
+
+    path = recipe_file(args.recipe)
+    if path != Path(args.recipe):
+        print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
+    recipe = load_recipe(path, args.overrides)
+    out = Path(args.out or Path("runs") / recipe.name)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
+        from ..distributed import launch
+
+        argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
+        if launch(args.nproc, argv, args.accelerate_config):
+            raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
+        return
+    train_and_report(recipe, out, resume=args.resume)
+    print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
+
+
+TRAIN = Command(
+    "run a recipe's training stages", _train_arguments, cmd_train,
+    "examples:\n  verbo train recipes/quickstart.yaml data_root=data/shapes --out runs/qs\n"
+    "  verbo train recipes/geovlm.yaml stages.0.lr=3e-4 stages.1.epochs=2 --out runs/geo\n"
+    "  verbo train recipes/geovlm.yaml --out runs/geo --resume\n"
+    "  verbo train recipes/geovlm.yaml --nproc 8 --accelerate-config configs/accelerate/zero2.yaml\n"
+    "  accelerate launch --config_file configs/accelerate/fsdp.yaml -m verbovision train recipes/geovlm.yaml")
+
+
+def _merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", metavar="ADAPTER_OR_RUN")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest logit difference accepted")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from ..merge import merge_adapter
+
+    print(merge_adapter(args.adapter, args.out, tolerance=args.tolerance).summary())
+
+
+MERGE = Command(
+    "merge a LoRA adapter into its base (read from metadata) and verify the logits", _merge_arguments, cmd_merge,
+    "examples:\n  verbo merge runs/pt/stages/0-pretrain/adapter --out models/pt-merged\n"
+    "  verbo merge runs/pt --out models/pt-merged      # the run's last adapter")

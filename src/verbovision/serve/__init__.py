@@ -1,0 +1,34 @@
+"""`verbo serve` and `verbo web`: an OpenAI-compatible chat completions server with dynamic batching.
+
+Endpoints: `POST /v1/chat/completions` (messages with text and image_url parts; `stream: true` as server-sent events),
+`GET /v1/models`, `GET /health`, and for `verbo web` the demo page at `/` (`api`). Requests are checked (`request`),
+queued and generated in batches (`batcher`); errors are answered in OpenAI's shape (`errors`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .api import create_app
+from .config import ServeConfig
+
+
+def serve(config: ServeConfig) -> None:
+    """Load the model and serve until interrupted (Ctrl-C or SIGTERM finish the requests in flight first)."""
+    import torch
+    import uvicorn
+
+    from ..infer import VLM
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
+                         template=config.template), config)
+    url = f"http://{config.host}:{config.port}"
+    print(f"verbo: serving {config.served_name!r} at {url}/v1 (batches of up to {config.batch_size}, "
+          f"waiting {config.max_wait_ms:g} ms)", file=sys.stderr, flush=True)
+    if config.web:
+        print(f"verbo: open {url}/ in a browser", file=sys.stderr, flush=True)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        print("verbo: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
