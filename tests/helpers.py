@@ -158,7 +158,7 @@ def assert_changed_exactly(changed: set[str], must_change: list[str], allowed: l
 
 def token_losses(model, batch) -> torch.Tensor:
     """Cross-entropy of every labelled next token, 0 elsewhere: [B, T-1]."""
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "skipped")}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         logits = model(**inputs, use_cache=False).logits  # [B, T, V]
     labels = batch["labels"][:, 1:]

@@ -215,9 +215,8 @@ def test_batches_mixing_text_only_and_image_records_train(mixed_run):
     model, processor = load_model(run / "final", device="cpu")
     encoder = Encoder(processor, "chat")
     examples = [encoder.encode(r) for r in read_records(data / "train/mixed.json")]
-    batch = Collator(encoder)(examples)
+    batch = Collator(encoder)(examples).batch
     assert batch["pixel_values"].shape[0] == 6 and batch["input_ids"].shape[0] == 10  # [n_images, 3, H, W], [B, T]
-    batch.pop("skipped")
     labels = batch.pop("labels")
     logits = model(**batch).logits  # [B, T, V]
     assert logits.shape[:2] == labels.shape and bool(logits.isfinite().all())

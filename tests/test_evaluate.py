@@ -17,6 +17,7 @@ from verbovision.data import read_records
 from verbovision.evaluate.metrics import score
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.evaluate.scoring import load_predictions
+from verbovision.distributed import Processes
 from verbovision.infer import VLM, DecodeOptions
 
 from .helpers import SAMPLED, SHARED, limit_cutting_some
@@ -25,7 +26,10 @@ from .helpers import SAMPLED, SHARED, limit_cutting_some
 COCO = SHARED / "reference" / "coco-caption"
 
 
-def test_eval_prints_every_metric_and_writes_the_folder(lora_run, shapes_data, tmp_path, capsys):  # noqa: F811
+def test_eval_prints_every_metric_and_writes_the_folder(lora_run, shapes_data, tmp_path, capsys,  # noqa: F811
+                                                        monkeypatch):
+    # Its reference loss (val_loss) is the training loss, computed without the training processes' runtime.
+    monkeypatch.setattr(Processes, "__init__", lambda self: pytest.fail("verbo eval set up training processes"))
     out = tmp_path / "eval"
     code = main(["eval", str(lora_run / "final"), "--data", str(shapes_data / "test/caption_short_en.json"),
                  "--metrics", "bleu,rouge_l,cider,exact_match,wer", "--out", str(out), "--max-new-tokens", "12"])

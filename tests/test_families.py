@@ -192,7 +192,7 @@ def test_batches_carry_the_processors_token_types(family, tmp_path, shapes_data,
     model, processor = load_model(TOKEN_TYPED[family](tmp_path / family, tiny_tokenizer_texts), device="cpu")
     encoder = Encoder(processor, "chat", family=family_of(model.config))
     record = read_records(shapes_data / "train/caption_short_en.json")[0]
-    batch = Collator(encoder)([encoder.encode(record, for_generation=True)])
+    batch = Collator(encoder)([encoder.encode(record, for_generation=True)]).batch
     text, _ = encoder.render(record.prompt_turns, add_generation_prompt=True)
     own = processor(text=[text], images=[open_image(record.images[0])], return_tensors="pt")
     names = {"mm_token_type_ids", "moe_mm_token_type_ids"} & set(own)

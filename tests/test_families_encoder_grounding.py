@@ -78,8 +78,8 @@ def test_blip2_packing_is_refused_since_its_samples_would_see_each_other(tmp_pat
     encoder = Encoder(processor, "plain", family=family_of(model.config))
     examples = [encoder.encode(r) for r in read_records(shapes_data / "train/caption_short_en.json")[:2]]
     collator = Collator(encoder)
-    alone = float(token_losses(model, collator(examples[1:])).sum())
-    together = token_losses(model, collator(pack_examples(examples, budget=10_000)))[0]
+    alone = float(token_losses(model, collator(examples[1:]).batch).sum())
+    together = token_losses(model, collator(pack_examples(examples, budget=10_000)).batch)[0]
     assert float(together[len(examples[0].input_ids):].sum()) != pytest.approx(alone, abs=1e-4)  # attention crossed
     stage = {"name": "s", "template": "plain", "data": CAPTIONS, "max_steps": 1, "batch_size": 2, "packing": 400,
              "train": {"vision": "frozen", "connector": "full", "language": "full"}}

@@ -11,8 +11,8 @@ from verbovision.data import Collator, Encoder, Record, Turn, read_records, with
 from verbovision.families import family_of
 from verbovision.features import FeatureCache, supports_cache
 from verbovision.infer import prompt_record
+from verbovision.loss import token_loss
 from verbovision.store import load_model
-from verbovision.train import token_loss
 
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 
@@ -54,14 +54,14 @@ def test_gemma3_cached_features_give_the_pixels_loss(tmp_path, shapes_data, tiny
     examples = [encoder.encode(r) for r in list(read_records(shapes_data / "train/caption_short_en.json"))[:4]]
     cache = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")
     assert cache.ensure([p for e in examples for p in e.images]) == {}
-    pixels, features = Collator(encoder)(examples), Collator(encoder, features=cache)(examples)
+    pixels, features = Collator(encoder)(examples).batch, Collator(encoder, features=cache)(examples).batch
     pixels.pop("num_crops", None)  # pan-and-scan bookkeeping, which the processor drops from the model's inputs
-    for batch in (pixels, features):
-        batch.pop("skipped")
     assert "token_type_ids" in features and "pixel_values" not in features
     with torch.no_grad():
-        from_pixels, from_features = token_loss(model, pixels, "cpu"), token_loss(model, features, "cpu")
-        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu")
+        family = encoder.family
+        from_pixels = token_loss(model, pixels, "cpu", family)
+        from_features = token_loss(model, features, "cpu", family)
+        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu", family)
     assert abs(from_features.item() - from_pixels.item()) < 1e-5
     assert abs(shuffled.item() - from_features.item()) > 1e-4
 
@@ -85,8 +85,7 @@ def test_paligemma_attends_its_prompt_both_ways_and_its_reply_causally(tmp_path,
     encoder = Encoder(processor, "plain", family=family_of(model.config))
     record = Record("r", [Image.new("RGB", (40, 30), (200, 30, 30))],
                     [Turn("user", "<image>\nDescribe the image briefly."), Turn("assistant", "a red square")], "test")
-    batch = Collator(encoder)([encoder.encode(record)])
-    batch.pop("skipped")
+    batch = Collator(encoder)([encoder.encode(record)]).batch
     labels = batch.pop("labels")[0].tolist()
     first = next(i for i, label in enumerate(labels) if label != -100)
     assert batch["token_type_ids"][0].tolist() == [0] * first + [1] * (len(labels) - first)
@@ -119,7 +118,7 @@ def test_paligemma_is_prompted_and_trained_as_its_processor_lays_it_out(tmp_path
     # The tiny tokenizer has a token "\nanswer": the reply is tokenized apart from the prompt, as a suffix is.
     reply = "answer: a red square"
     record = Record("r", images, [Turn("user", "<image>caption en<image>"), Turn("assistant", reply)], "test")
-    batch = Collator(encoder)([encoder.encode(record)])
+    batch = Collator(encoder)([encoder.encode(record)]).batch
     expected = processor(text="caption en", images=[images], suffix=reply, return_tensors="pt")
     assert expected["input_ids"][0].tolist().count(processor.tokenizer.bos_token_id) == 1
     for key in ("input_ids", "labels", "token_type_ids", "pixel_values"):

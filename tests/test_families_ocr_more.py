@@ -27,7 +27,7 @@ def test_deepseek_ocr2_takes_the_tiles_of_a_large_image(tmp_path, tiny_tokenizer
     assert "pixel_values_local" not in processor.image_processor.model_input_names
     encoder = Encoder(processor, "plain", family=family_of(model.config))
     turns = [Turn("user", f"{DATA_IMAGE_TOKEN}\nFree OCR."), Turn("assistant", "a red square")]
-    batch = Collator(encoder)([encoder.encode(Record("ocr", [picture(96, 80)], turns, "large"))])
+    batch = Collator(encoder)([encoder.encode(Record("ocr", [picture(96, 80)], turns, "large"))]).batch
     assert batch["num_local_patches"].tolist() == [4]  # 96x80: 2x2 tiles of 48x48 beside the global view
     assert batch["pixel_values_local"].shape == (4, 3, 48, 48)
     with torch.no_grad():

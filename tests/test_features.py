@@ -12,9 +12,10 @@ from verbovision.data import Collator, Encoder, read_records
 from verbovision.errors import ConfigError
 from verbovision.families import family_of
 from verbovision.features import FeatureCache, cache_key, embeds_with_features
+from verbovision.loss import token_loss
 from verbovision.recipe import parse_recipe
 from verbovision.store import load_model
-from verbovision.train import token_loss, train_recipe
+from verbovision.train import train_recipe
 
 from .helpers import stage, tiny_recipe
 
@@ -94,9 +95,7 @@ def _batches(tmp_path, shapes_data):
     examples = [encoder.encode(r) for r in list(read_records(shapes_data / "train/caption_short_en.json"))[:4]]
     cache = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")
     assert cache.ensure([p for e in examples for p in e.images]) == {}
-    pixels, features = Collator(encoder)(examples), Collator(encoder, features=cache)(examples)
-    for batch in (pixels, features):
-        batch.pop("skipped")
+    pixels, features = Collator(encoder)(examples).batch, Collator(encoder, features=cache)(examples).batch
     return model, pixels, features
 
 
@@ -106,9 +105,11 @@ def test_cached_features_reach_the_model(tmp_path, shapes_data):
     model, pixels, features = _batches(tmp_path, shapes_data)
     assert "pixel_values" not in features and "image_features" in features
     with torch.no_grad():
-        from_pixels, from_features = token_loss(model, pixels, "cpu"), token_loss(model, features, "cpu")
-        text_only = token_loss(model, {k: v for k, v in pixels.items() if k != "pixel_values"}, "cpu")
-        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu")
+        family = family_of(model.config)
+        from_pixels = token_loss(model, pixels, "cpu", family)
+        from_features = token_loss(model, features, "cpu", family)
+        text_only = token_loss(model, {k: v for k, v in pixels.items() if k != "pixel_values"}, "cpu", family)
+        shuffled = token_loss(model, {**features, "image_features": features["image_features"].flip(0)}, "cpu", family)
     assert abs(from_features.item() - from_pixels.item()) < 1e-5
     assert abs(text_only.item() - from_features.item()) > 1e-4, "a dropped feature input would give this loss"
     assert abs(shuffled.item() - from_features.item()) > 1e-4, "other images, other loss: the features are used"
@@ -131,4 +132,4 @@ def test_feature_path_computes_in_the_connectors_float_dtype(tmp_path, shapes_da
 def test_inputs_a_forward_does_not_name_are_refused(tmp_path, shapes_data):
     model, pixels, _ = _batches(tmp_path, shapes_data)
     with pytest.raises(ConfigError, match=r"does not take cached_image_features; it would ignore them"):
-        token_loss(model, {**pixels, "cached_image_features": torch.zeros(1)}, "cpu")
+        token_loss(model, {**pixels, "cached_image_features": torch.zeros(1)}, "cpu", family_of(model.config))

@@ -41,11 +41,11 @@ def test_packed_losses_equal_unpacked(family, tmp_path, shapes_data, tiny_tokeni
         shapes_data / "train/caption_detailed_en.json")[:2]
     examples = [encoder.encode(r) for r in records]
     collator = Collator(encoder)
-    alone = [float(token_losses(model, collator([e])).sum()) for e in examples]
+    alone = [float(token_losses(model, collator([e]).batch).sum()) for e in examples]
 
     packed = pack_examples(examples, budget=10_000)
     assert len(packed) == 1 and packed[0].segments == [len(e.input_ids) for e in examples]
-    batch = collator(packed)
+    batch = collator(packed).batch
     assert "attention_mask" not in batch and batch["position_ids"][0, len(examples[0].input_ids)] == 0
     # [T-1]: position t predicts token t+1; summed in float64, so that sums in two orders agree to their last digits
     losses = token_losses(model, batch)[0].double()

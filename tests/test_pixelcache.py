@@ -10,16 +10,16 @@ import shutil
 import torch
 from PIL import Image
 
-from verbovision.data import Collator, Encoder, read_records
+from verbovision.data import Collated, Collator, Encoder, read_records
 from verbovision.families import family_of
 from verbovision.store import load_model
 
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "skipped") \
-        and a["skipped"] == b["skipped"]
+def _same(a: Collated, b: Collated) -> bool:
+    return a.batch.keys() == b.batch.keys() and all(torch.equal(a.batch[k], b.batch[k]) for k in a.batch) \
+        and a.skipped == b.skipped
 
 
 def _setup(tmp_path, shapes_data, texts, make=make_tiny_llava):
@@ -35,7 +35,7 @@ def test_cached_batches_equal_processed_ones_and_follow_file_edits(tmp_path, sha
     encoder, examples = _setup(tmp_path, shapes_data, tiny_tokenizer_texts)
     plain, cached = Collator(encoder), Collator(encoder, cache_pixels=True)
     assert _same(plain(examples), cached(examples))
-    assert len(cached.pixel_cache.entries) == 6 and cached.pixel_cache.used == 6 * plain(examples[:1])[
+    assert len(cached.pixel_cache.entries) == 6 and cached.pixel_cache.used == 6 * plain(examples[:1]).batch[
         "pixel_values"].nbytes
     assert _same(plain(examples[2:]), cached(examples[2:]))  # from the cache this time
 
@@ -46,14 +46,15 @@ def test_cached_batches_equal_processed_ones_and_follow_file_edits(tmp_path, sha
     assert len(cached.pixel_cache.entries) == 6
 
     examples[1].images[0].unlink()
-    batch = cached(examples)
-    assert _same(plain(examples), batch) and len(batch["skipped"]) == 1 and batch["pixel_values"].shape[0] == 5
+    collated = cached(examples)
+    assert _same(plain(examples), collated) and len(collated.skipped) == 1
+    assert collated.batch["pixel_values"].shape[0] == 5
 
 
 def test_budget_and_uncacheable_processors(tmp_path, shapes_data, tiny_tokenizer_texts):
     encoder, examples = _setup(tmp_path, shapes_data, tiny_tokenizer_texts)
     cached = Collator(encoder, cache_pixels=True)
-    one = Collator(encoder)(examples[:1])["pixel_values"].nbytes
+    one = Collator(encoder)(examples[:1]).batch["pixel_values"].nbytes
     cached.pixel_cache.budget = 2 * one
     assert _same(Collator(encoder)(examples), cached(examples))
     assert len(cached.pixel_cache.entries) == 2 and cached.pixel_cache.used == 2 * one

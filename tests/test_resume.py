@@ -61,7 +61,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):
 
 
 def test_skip_counters_survive_a_checkpoint(tmp_path):
-    from verbovision.train import TrainState
+    from verbovision.distributed import Processes
+    from verbovision.trainstate import TrainState
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -69,9 +70,10 @@ def test_skip_counters_survive_a_checkpoint(tmp_path):
     state = TrainState(step=7, epoch=1, step_in_epoch=3)
     state.record_skip("unreadable image", "rec-1: broken.png")
     state.record_skip("unreadable image", "rec-2: broken2.png")
-    state.save(tmp_path, model, optimizer, scheduler)
+    procs = Processes()
+    state.save(procs, tmp_path, model, optimizer, scheduler)
     restored = TrainState()
-    assert restored.load(tmp_path, model, optimizer, scheduler)
+    assert restored.load(procs, tmp_path, model, optimizer, scheduler)
     assert restored.skipped == {"unreadable image": {"count": 2, "examples": ["rec-1: broken.png",
                                                                                "rec-2: broken2.png"]}}
     assert (restored.step, restored.epoch, restored.step_in_epoch) == (7, 1, 3)

@@ -138,10 +138,10 @@ def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data
 def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
     from verbovision import train
 
-    def second_stage_fails(recipe, stage, base, run_dir):
+    def second_stage_fails(procs, recipe, stage, base, run_dir):
         if stage.name == "t":
             raise DataError("stage t cannot start")
-        return prepare_stage(recipe, stage, base, run_dir)
+        return prepare_stage(procs, recipe, stage, base, run_dir)
 
     prepare_stage = train.prepare_stage
     monkeypatch.setattr(train, "prepare_stage", second_stage_fails)

@@ -776,15 +776,13 @@ def skip_reason(error: DataError) -> str:
 
 
 def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path, skips: SkipLog,
-                   what: str = "records", context: str | None = None,
-                   tally: list[dict] | None = None) -> list[tuple[list[Encoded], float]]:
+                   what: str = "records", context: str | None = None, tally: list[dict] | None = None,
+                   report: bool = True) -> list[tuple[list[Encoded], float]]:
     """Read and tokenize every source once, up front; records that cannot be encoded are skipped and logged.
 
     A source with no usable record is an error, and one with skipped records prints how many and why, before any
-    step (`what`: "training records", `context`: "stage s"; see `require_usable`). `tally` gets each source's
-    `{source, usable, skipped}` counts."""
-    from .distributed import processes
-
+    step (`what`: "training records", `context`: "stage s"; see `require_usable`), if `report` (several processes
+    read the same data: the main one prints). `tally` gets each source's `{source, usable, skipped}` counts."""
     encoded_sources = []
     for source in sources:
         encoded, source_skips = [], SkipLog()
@@ -795,7 +793,7 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
                 source_skips.add(skip_reason(e), f"{record.id}: {e}")
         where = f"{what} in {source_path(source, data_root)}"
         require_usable(len(encoded), source_skips, where, context)
-        if processes().is_main:
+        if report:
             report_skips(len(encoded), source_skips, where, context)
         skips.merge(source_skips)
         encoded_sources.append((encoded, source.weight))
@@ -816,6 +814,16 @@ def epoch_order(sources: list[tuple[list[Encoded], float]], seed: int, shuffle: 
     if shuffle:
         rng.shuffle(order)
     return order
+
+
+@dataclass
+class Collated:
+    """A batch of examples, and those left out of it."""
+
+    batch: dict[str, torch.Tensor]
+    """Model inputs and labels: input_ids [B, T], labels [B, T], pixel values or image features..."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """(skip reason, "record id: why") of each example left out because an image of it could not be read."""
 
 
 class Collator:
@@ -840,14 +848,13 @@ class Collator:
         """With cache_pixels (training: every epoch sees the same images), each image file's processed pixels are
         kept in memory (see pixelcache.py); off by itself for processors that give more than pixel values."""
 
-    def __call__(self, examples: Sequence[Encoded]) -> dict:
+    def __call__(self, examples: Sequence[Encoded]) -> Collated:
         if self.features is not None:
             batch = self.pad(examples)
             paths = [p for e in examples for p in e.images]
             if paths:
                 batch["image_features"] = self.features.get(paths)  # [n_images, n_patches, D_vision]
-            batch["skipped"] = []
-            return batch
+            return Collated(batch)
         if self.pixel_cache is not None:
             kept, rows, skipped = self._readable(examples, self._cached_pixels)
             # Images of different sizes: only the processor knows how it batches them.
@@ -855,15 +862,13 @@ class Collator:
                 batch = self.pad(kept)
                 if rows:
                     batch["pixel_values"] = torch.cat(rows)  # [n_images, C, H, W]
-                batch["skipped"] = skipped
-                return batch
+                return Collated(batch, skipped)
             self.pixel_cache = None  # the processor's inputs cannot be cached
         kept, images, skipped = self._readable(examples, lambda p: load_image(p, self.min_side))
         batch = self.pad(kept)
         if images:
             batch.update(self.encoder.pixel_inputs(images))
-        batch["skipped"] = skipped
-        return batch
+        return Collated(batch, skipped)
 
     @staticmethod
     def _readable(examples: Sequence[Encoded], read) -> tuple[list, list, list]:

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,7 +31,8 @@ T = TypeVar("T")
 
 
 class Processes:
-    """This process's place among the training processes (rank, count) and the few collectives training needs."""
+    """This process's place among the training processes (rank, world_size) and the few collectives training needs,
+    named as in torch.distributed and Accelerate. A run creates one and passes it to what needs it."""
 
     def __init__(self):
         from accelerate import Accelerator
@@ -48,8 +48,8 @@ class Processes:
         elif self.accelerator.distributed_type == DistributedType.MULTI_CPU and _env_flag("ACCELERATE_USE_DEEPSPEED"):
             _deepspeed_on_cpu(self.accelerator)
         self.rank = self.accelerator.process_index
-        self.count = self.accelerator.num_processes
-        self.is_main = self.accelerator.is_main_process
+        self.world_size = self.accelerator.num_processes
+        self.is_main_process = self.accelerator.is_main_process
         self.kind = self.accelerator.distributed_type
         self.distributed = self.kind != DistributedType.NO
         self.deepspeed = self.kind == DistributedType.DEEPSPEED
@@ -109,7 +109,7 @@ class Processes:
         """The model's state (or its trainable parameters) as whole CPU tensors, by parameter name. Sharded: every
         process must call it; the main process gets the tensors, the others an empty dict."""
         if self.deepspeed:
-            return _deepspeed_full_state(model, trainable_only, self.is_main)
+            return _deepspeed_full_state(model, trainable_only, self.is_main_process)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         if not self.sharded:
             state = model.state_dict() if not trainable_only else dict(model.named_parameters())
@@ -118,7 +118,9 @@ class Processes:
 
         state = get_model_state_dict(model, options=StateDictOptions(
             full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
-        return {n: t for n, t in state.items() if not trainable_only or n in trainable} if self.is_main else {}
+        if not self.is_main_process:
+            return {}
+        return {n: t for n, t in state.items() if not trainable_only or n in trainable}
 
     def load_state(self, model, state: dict[str, torch.Tensor]) -> None:
         """Copy whole tensors (some of the model's parameters, by name) into the model; sharded: every process
@@ -143,7 +145,7 @@ class Processes:
         """`optimizer.state_dict()`; sharded (every process calls it): the whole state by parameter name, on the
         main process only."""
         if self.deepspeed:
-            return _deepspeed_optimizer_state(model, optimizer, self.is_main)
+            return _deepspeed_optimizer_state(model, optimizer, self.is_main_process)
         if not self.sharded:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -151,7 +153,7 @@ class Processes:
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper
         state = get_optimizer_state_dict(model, optimizer,
                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return state if self.is_main else {}
+        return state if self.is_main_process else {}
 
     @staticmethod
     def load_optimizer_state(model, optimizer, state: dict) -> None:
@@ -163,7 +165,7 @@ class Processes:
 
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
-    def unwrap(self, model):
+    def unwrap_model(self, model):
         return self.accelerator.unwrap_model(model) if self.distributed else model
 
     def shard(self, micro_batch: list, per_process: int) -> tuple[list, float]:
@@ -173,15 +175,15 @@ class Processes:
         mine = micro_batch[self.rank * per_process : (self.rank + 1) * per_process]
         return (mine, 1.0) if mine else (micro_batch[:1], 0.0)
 
-    def total(self, value: float) -> float:
+    def all_reduce_sum(self, value: float) -> float:
         """The sum of `value` over all processes."""
         if not self.distributed:
             return value
         tensor = torch.tensor([float(value)], device=self.accelerator.device, dtype=torch.float64)
         return float(self.accelerator.reduce(tensor, reduction="sum"))
 
-    def gathered(self, items: list) -> list:
-        """Every process's `items`, concatenated in rank order."""
+    def all_gather_object(self, items: list) -> list:
+        """Every process's `items`, concatenated in rank order, on every process (Accelerate's gather_object)."""
         if not self.distributed:
             return items
         from accelerate.utils import gather_object
@@ -209,32 +211,27 @@ class Processes:
     def backward(self, loss: torch.Tensor) -> None:
         # DDP, FSDP and ZeRO average gradients over processes: undo the mean.
         if self.deepspeed:  # the engine's own backward (ZeRO's gradient hooks); it accumulates until `step`
-            self._engine.backward(loss * self.count, scale_wrt_gas=False)
+            self._engine.backward(loss * self.world_size, scale_wrt_gas=False)
             return
-        self.accelerator.backward(loss * self.count)
+        self.accelerator.backward(loss * self.world_size)
 
-    def wait(self) -> None:
+    def barrier(self) -> None:
         if self.distributed:
             self.accelerator.wait_for_everyone()
 
-    def main_first(self, work: Callable[[], T]) -> T:
+    def main_process_first(self, work: Callable[[], T]) -> T:
         """Run `work` on the main process, then on the others (which find its files written)."""
-        result = work() if self.is_main else None
-        self.wait()
-        return result if self.is_main else work()
+        result = work() if self.is_main_process else None
+        self.barrier()
+        return result if self.is_main_process else work()
 
-    def share(self, value: T) -> T:
+    def broadcast_object(self, value: T) -> T:
         """The main process's `value`, on every process."""
         if not self.distributed:
             return value
         from accelerate.utils import broadcast_object_list
 
         return broadcast_object_list([value], from_process=0)[0]
-
-
-@lru_cache(maxsize=1)
-def processes() -> Processes:
-    return Processes()
 
 
 def _env_flag(name: str) -> bool:

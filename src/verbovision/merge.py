@@ -50,7 +50,7 @@ def probe_batch(model, processor, device, seed: int = 0) -> dict:
     turns = [Turn("user", f"{DATA_IMAGE_TOKEN}\nDescribe the image."), Turn("assistant", "A probe reply.")]
     family = family_of(model.config)
     encoder = Encoder(processor, "plain", max_length=1 << 30, family=family)
-    batch = Collator(encoder)([encoder.encode(Record("probe", [image], turns, "merge probe"))])
+    batch = Collator(encoder)([encoder.encode(Record("probe", [image], turns, "merge probe"))]).batch
     inputs = family.model_inputs({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
     check_consumed(model, inputs)
     return inputs

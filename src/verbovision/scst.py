@@ -29,8 +29,8 @@ from .evaluate.bleu import bleu
 from .evaluate.cider import CiderD
 from .evaluate.ptb import ptb_tokenize
 from .recipe import Recipe, Stage
-from .train import StageSetup, TrainState, optimizer_step
 from .trainable import train_mode
+from .trainstate import StageSetup, TrainState, optimizer_step
 
 
 @dataclass
@@ -131,10 +131,10 @@ class Rollout:
 
 
 class ScstSteps:
-    """The optimizer step of an SCST stage, over groups of micro-batches of `ScstExample`s (see train.stage_steps)."""
+    """The optimizer step of an SCST stage, over groups of micro-batches of `ScstExample`s (a train.StepRunner)."""
 
-    def __init__(self, recipe: Recipe, stage: Stage, setup: StageSetup, device):
-        self.stage, self.setup, self.device = stage, setup, device
+    def __init__(self, recipe: Recipe, stage: Stage, setup: StageSetup):
+        self.stage, self.setup, self.device = stage, setup, setup.device
         self.model, self.encoder = setup.model, setup.collator.encoder
         self.family = self.encoder.family
         self.prompts = Collator(self.encoder, pad_left=True)  # generation continues the prompts: pad them on the left
@@ -147,7 +147,12 @@ class ScstSteps:
         if stage.scst_kl:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
 
-    def __call__(self, group: list[list[ScstExample]], state: TrainState) -> dict:
+    @staticmethod
+    def prepare(group: list[list[ScstExample]]) -> list[list[ScstExample]]:
+        """The group as it is: its images are read as it steps, between sampling and scoring."""
+        return group
+
+    def step(self, group: list[list[ScstExample]], state: TrainState) -> dict:
         """Sample every micro-batch first, so that the loss is normalised by all the step's sampled tokens."""
         rollouts = [r for r in (self.rollout(examples, state) for examples in group) if r is not None]
         n_tokens = max(1, int(sum(r.mask.sum() for r in rollouts)))
@@ -156,7 +161,7 @@ class ScstSteps:
             loss = self.loss(rollout, n_tokens)
             loss.backward()
             total += loss.item()
-        grad_norm = optimizer_step(self.model, self.stage, self.setup.optimizer, self.setup.scheduler)
+        grad_norm = optimizer_step(self.setup, self.stage)
         n_samples = max(1, sum(len(r.mask) for r in rollouts))
         return {"loss": total, "grad_norm": grad_norm, "sample_reward": _mean([r.sample_reward for r in rollouts]),
                 "greedy_reward": _mean([r.greedy_reward for r in rollouts]),

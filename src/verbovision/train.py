@@ -19,20 +19,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from transformers import get_scheduler
 
 from . import runinfo
 from .build import build_vlm, save_model, spec_record
 from .data import (
+    Collated,
     Collator,
     DataError,
+    Encoded,
     Encoder,
     SkipLog,
     encode_sources,
@@ -46,22 +47,23 @@ from .data import (
     source_records,
     with_trained_template,
 )
-from .distributed import processes
-from .families import IMAGES_IN_TEXT, check_consumed, family_of
-from .features import FeatureCache, embeds_with_features, supports_cache
+from .distributed import Processes
 from .errors import ConfigError
+from .families import IMAGES_IN_TEXT, family_of
+from .features import FeatureCache, supports_cache
+from .loss import token_loss, validation_loss
 from .merge import merge_adapter, merge_verified
 from .preflight import check_data_files, check_stages
 from .progress import progress
 from .quantize import is_quantized
 from .recipe import BEST_METRICS, Recipe, Stage, to_dict
+from .scst import ScstSteps
 from .store import (
     ADAPTER_METADATA,
     MODEL_METADATA,
     default_device,
     load_model,
     read_json,
-    replace_dir,
     save_processor,
     write_atomic,
     write_json,
@@ -69,6 +71,7 @@ from .store import (
 from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
 from .trainable import configure_trainable, disable_checkpointing, enable_checkpointing, param_groups, train_mode
+from .trainstate import StageSetup, TrainState, load_trainable, optimizer_step, save_trainable
 
 
 @dataclass
@@ -96,10 +99,11 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
     check_data_files(recipe)
     absent = not out.exists()
     fresh = absent or not any(out.iterdir())
+    procs = Processes()  # this run's processes: one, unless launched by --nproc or `accelerate launch`
     try:
-        return run_recipe(recipe, out, resume)
+        return run_recipe(procs, recipe, out, resume)
     except Exception:
-        if fresh and processes().is_main and not took_a_step(out):
+        if fresh and procs.is_main_process and not took_a_step(out):
             remove_failed_start(out, absent)
         raise
 
@@ -120,20 +124,19 @@ def remove_failed_start(out: Path, absent: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
-    procs = processes()
-    if procs.is_main and out.exists() and any(out.iterdir()) and not resume:
+def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
+    if procs.is_main_process and out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
-    procs.wait()
+    procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
-    if procs.is_main:
+    if procs.is_main_process:
         write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
         write_json(out / "run.json", run)
     seed_everything(recipe.seed)
-    base = procs.main_first(lambda: initial_model(recipe, out, run))
+    base = procs.main_process_first(lambda: initial_model(recipe, out, run))
     check_stages(recipe, base)
-    logger = runinfo.MetricsLogger(out, write=procs.is_main)
+    logger = runinfo.MetricsLogger(out, write=procs.is_main_process)
     results = []
     for index, stage in enumerate(recipe.stages):
         stage_dir = out / "stages" / f"{index}-{stage.name}"
@@ -141,10 +144,10 @@ def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
         if done:
             result = StageResult(**done)
         else:
-            result = run_stage(recipe, index, stage, base, stage_dir, logger, run, resume)
-            if procs.is_main:
+            result = run_stage(procs, recipe, index, stage, base, stage_dir, logger, run, resume)
+            if procs.is_main_process:
                 write_json(stage_dir / "done.json", result.__dict__)
-            procs.wait()
+            procs.barrier()
         results.append(result)
         base = result.model_dir
         run.setdefault("stages", {})[stage.name] = {k: v for k, v in result.__dict__.items() if k != "history"}
@@ -153,16 +156,16 @@ def run_recipe(recipe: Recipe, out: Path, resume: bool) -> dict:
             rel = str(Path(result.adapter_dir).relative_to(out))
             if rel not in run["adapters"]:
                 run["adapters"].append(rel)
-        if procs.is_main:
+        if procs.is_main_process:
             write_json(out / "run.json", run)
     logger.close()
-    if procs.is_main:
+    if procs.is_main_process:
         final = out / "final"
         if final.is_symlink() or final.exists():
             final.unlink()
         final.symlink_to(Path(results[-1].model_dir).relative_to(out))
         runinfo.plot_losses(out)
-    procs.wait()
+    procs.barrier()
     return run
 
 
@@ -201,27 +204,7 @@ def training_texts(recipe: Recipe):
                 require_usable(usable, skips, f"{what} in {source_path(source, root)}", f"stage {stage.name}")
 
 
-@dataclass
-class StageSetup:
-    """Everything a stage's loop needs, built once before the first step."""
-
-    model: object
-    processor: object
-    uses_lora: bool
-    collator: Collator
-    train_sources: list
-    val_examples: list
-    val_records: list
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    steps_per_epoch: int
-    total_steps: int
-    skips: SkipLog
-    summary: dict
-    """What the stage is about to do (runinfo.stage_summary), printed and kept in run.json before its first step."""
-
-
-def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
+def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
     model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
     # First: it refuses the families whose texts VerboVision cannot write, before anything is set up for them.
@@ -242,7 +225,7 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
     skips = SkipLog()
     val_tally, train_tally = [], []
     val_sources = encode_sources(stage.data.val, encoder, Path(recipe.data_root), skips, "validation records",
-                                 f"stage {stage.name}", val_tally)
+                                 f"stage {stage.name}", val_tally, report=procs.is_main_process)
     if any(is_stream(source) for source in stage.data.train):  # read as it trains: no cache, no epoch up front
         train_sources = StreamMix(stage.data.train, encoder, Path(recipe.data_root), stage.stream_buffer,
                                   stage.stream_shards, recipe.seed)
@@ -250,20 +233,20 @@ def prepare_stage(recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> Sta
         train_tally = [{"source": source.path, "streamed": True} for source in stage.data.train]
     else:
         train_sources = encode_sources(stage.data.train, encoder, Path(recipe.data_root), skips, "training records",
-                                       f"stage {stage.name}", train_tally)
-        features = feature_cache(model, processor, stage, run_dir, train_sources + val_sources, skips)
+                                       f"stage {stage.name}", train_tally, report=procs.is_main_process)
+        features = feature_cache(procs, model, processor, stage, run_dir, train_sources + val_sources, skips)
         recount(train_tally + val_tally, train_sources + val_sources)
     if stage.packing:
         encoder.family.check_packing()
-    steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips)
+    steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips, procs.world_size)
     summary = runinfo.stage_summary(stage, {"train": train_tally, "validation": val_tally}, model, steps_per_epoch,
-                                    total_steps, processes().count, recipe.model.quantize)
+                                    total_steps, procs.world_size, recipe.model.quantize)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
     scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
     collator = Collator(encoder, features=features, cache_pixels=stage.cache_pixels)
-    return StageSetup(model, processor, uses_lora, collator, train_sources,
+    return StageSetup(procs, model, next(model.parameters()).device, processor, uses_lora, collator, train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
                       scheduler, steps_per_epoch, total_steps, skips, summary)
 
@@ -275,10 +258,10 @@ def recount(tally: list[dict], sources: list) -> None:
         row["usable"] = len(examples)
 
 
-def stage_length(sources, stage: Stage, seed: int, skips: SkipLog) -> tuple[int, int]:
-    """Optimizer steps per epoch and in all. A stream that does not say its length trains `max_steps`, and its
-    "epoch" (for the default checkpoint interval) is then the whole stage."""
-    batch_size = stage.batch_size * processes().count
+def stage_length(sources, stage: Stage, seed: int, skips: SkipLog, world_size: int) -> tuple[int, int]:
+    """Optimizer steps per epoch and in all, `world_size` processes training. A stream that does not say its length
+    trains `max_steps`, and its "epoch" (for the default checkpoint interval) is then the whole stage."""
+    batch_size = stage.batch_size * world_size
     if isinstance(sources, StreamMix):
         rows = sources.rows_per_epoch()
         if rows is None and not stage.max_steps:
@@ -293,70 +276,118 @@ def stage_length(sources, stage: Stage, seed: int, skips: SkipLog) -> tuple[int,
     return steps_per_epoch, stage.max_steps or math.ceil(stage.epochs * steps_per_epoch)
 
 
-def run_stage(recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger, run: dict,
-              resume: bool) -> StageResult:
+def run_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger,
+              run: dict, resume: bool) -> StageResult:
+    """Train one stage from `base` (with `resume`: from its latest checkpoint on) and save what it produced."""
+    setup = start_stage(procs, recipe, index, stage, base, stage_dir, run)
+    runner = step_runner(recipe, stage, setup)  # before resuming: SCST keeps the model it starts from
+    state, core = TrainState(), setup.model  # core: the model itself, whatever wraps it for several processes
+    if resume and state.load(procs, stage_dir / "checkpoints", core, setup.optimizer, setup.scheduler):
+        logger.forget_after(stage.name, state.step)  # those steps are about to be redone
+    setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
+    bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main_process)
+    loop = StageLoop(stage, setup, state, core, recipe.seed, stage_dir, logger, bar)
+    train_mode(core)
+    while state.step < setup.total_steps and not state.stopped:
+        train_epoch(loop, runner)
+    bar.close()
+    return end_stage(loop, base, run)
+
+
+def start_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path,
+                run: dict) -> StageSetup:
+    """Set the stage up (its seed from its index) and say what it is about to do: printed, and in run.json."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed + index)
-    procs = processes()
     if procs.distributed and stage.type == "scst":
         raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
-    setup = prepare_stage(recipe, stage, base, stage_dir.parents[1])
-    if procs.is_main:
+    setup = prepare_stage(procs, recipe, stage, base, stage_dir.parents[1])
+    if procs.is_main_process:
         print("\n".join(runinfo.summary_lines(index, setup.summary)), flush=True)
         run.setdefault("summary", {})[stage.name] = setup.summary
         write_json(stage_dir.parents[1] / "run.json", run)
-    core, scheduler = setup.model, setup.scheduler  # core: the model itself, whatever wraps it for several processes
-    device = next(core.parameters()).device
-    sources, prepare, step = stage_steps(recipe, stage, setup, device)  # before resuming: SCST keeps the start model
-    state = TrainState()
-    if resume and state.load(stage_dir / "checkpoints", core, setup.optimizer, scheduler):
-        logger.forget_after(stage.name, state.step)  # those steps are about to be redone
-    setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
-    optimizer = setup.optimizer
-    bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main)
-    train_mode(core)
-    while state.step < setup.total_steps and not state.stopped:
-        trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
-        epoch = partial(epoch_groups, sources, stage, recipe.seed, state.epoch, state.step_in_epoch, procs.count)
-        for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, prepare, stage.data_workers):
-            for reason, record_id in stream_skips:
-                state.record_skip(reason, record_id)
-            values = step(prepared, state)  # empty when every example of the step was skipped
-            trained += bool(values)
-            state.step += 1
-            state.step_in_epoch += 1
-            if values:
-                bar.set_postfix(loss=f"{values['loss']:.4f}")
-            bar.update(1)
-            if values and (state.step % stage.log_every == 0 or state.step == setup.total_steps):
-                logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
-                           lr=scheduler.get_last_lr()[0])
-            eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
-            if setup.val_examples and (eval_now or state.step == setup.total_steps):
-                if procs.is_main or procs.sharded:  # sharded: every process runs the model, the main one logs
-                    validate(core, setup.collator, setup.val_examples, setup.val_records, stage, state, stage_dir,
-                             logger, device)
-                state.best, state.bad_evals, state.stopped = procs.share((state.best, state.bad_evals, state.stopped))
-            if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
-                if procs.is_main or procs.sharded:  # sharded: every process sends its parts, the main one writes
-                    state.save(stage_dir / "checkpoints", core, optimizer, scheduler, keep=stage.keep)
-                procs.wait()
-            if state.step >= setup.total_steps or state.stopped:
-                break
-        else:
-            if not trained:
-                raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
-                                f"({SkipLog.from_dict(state.skipped).describe()})")
-            state.epoch += 1
-            state.step_in_epoch = 0
-    bar.close()
-    if stage.keep_best and (stage_dir / "best.safetensors").exists():
-        load_trainable(core, stage_dir / "best.safetensors")
+    return setup
+
+
+@dataclass
+class StageLoop:
+    """What a stage's loop works with, from its first step to its saved model."""
+
+    stage: Stage
+    setup: StageSetup
+    state: TrainState
+    core: torch.nn.Module
+    """The model itself (`setup.model` is whatever wraps it for several processes): validated, saved."""
+    seed: int
+    """The recipe's: each epoch's order derives from it."""
+    stage_dir: Path
+    logger: runinfo.MetricsLogger
+    bar: object
+    """The progress bar."""
+
+
+def train_epoch(loop: StageLoop, runner: StepRunner) -> None:
+    """Step through the rest of the current epoch, until it or the stage ends; an epoch that ends moves the state on
+    to the next one."""
+    state, stage = loop.state, loop.stage
+    trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
+    epoch = partial(epoch_groups, runner.sources, stage, loop.seed, state.epoch, state.step_in_epoch,
+                    loop.setup.procs.world_size)
+    for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, runner.prepare, stage.data_workers):
+        for reason, record_id in stream_skips:
+            state.record_skip(reason, record_id)
+        values = runner.step(prepared, state)  # forward, loss, backward, optimizer step; {} if all were skipped
+        trained += bool(values)
+        after_step(loop, values, end_of_epoch)
+        if state.step >= loop.setup.total_steps or state.stopped:
+            return
+    if not trained:
+        raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
+                        f"({SkipLog.from_dict(state.skipped).describe()})")
+    state.epoch += 1
+    state.step_in_epoch = 0
+
+
+def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
+    """Count the step; log it, validate and checkpoint where they are due."""
+    state, stage, setup = loop.state, loop.stage, loop.setup
+    state.step += 1
+    state.step_in_epoch += 1
+    if values:
+        loop.bar.set_postfix(loss=f"{values['loss']:.4f}")
+    loop.bar.update(1)
+    last = state.step == setup.total_steps
+    if values and (state.step % stage.log_every == 0 or last):
+        loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
+                        lr=setup.scheduler.get_last_lr()[0])
+    eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
+    if setup.val_examples and (eval_now or last):
+        validate(loop)
+    if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
+        checkpoint(loop)
+
+
+def checkpoint(loop: StageLoop) -> None:
+    """Save the stage's state for --resume; sharded, every process sends its parts and the main one writes."""
+    procs, setup = loop.setup.procs, loop.setup
+    if procs.is_main_process or procs.sharded:
+        loop.state.save(procs, loop.stage_dir / "checkpoints", loop.core, setup.optimizer, setup.scheduler,
+                        keep=loop.stage.keep)
+    procs.barrier()
+
+
+def end_stage(loop: StageLoop, base: str, run: dict) -> StageResult:
+    """The stage's model saved (its best weights, where kept), its skipped records in `run`; on every process."""
+    stage, setup, state, procs = loop.stage, loop.setup, loop.state, loop.setup.procs
+    if stage.keep_best and (loop.stage_dir / "best.safetensors").exists():
+        load_trainable(procs, loop.core, loop.stage_dir / "best.safetensors")
     setup.skips.merge(SkipLog.from_dict(state.skipped))
     run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
-    result = finish_stage(core, setup.processor, stage, base, stage_dir, setup.uses_lora,
-                          setup.collator.encoder) if procs.is_main or procs.sharded else None
-    result = procs.share(result)  # the others wait here until the stage's model is saved
+    result = None
+    if procs.is_main_process or procs.sharded:
+        result = finish_stage(procs, loop.core, setup.processor, stage, base, loop.stage_dir, setup.uses_lora,
+                              setup.collator.encoder)
+    result = procs.broadcast_object(result)  # the others wait here until the stage's model is saved
     result.steps, result.best = state.step, state.best
     return result
 
@@ -388,10 +419,10 @@ class PreparedGroups(torch.utils.data.IterableDataset):
 
 
 def epoch_groups(sources, stage: Stage, seed: int, epoch: int, start: int,
-                 processes: int) -> Iterator[tuple[list, list, bool]]:
+                 world_size: int) -> Iterator[tuple[list, list, bool]]:
     """Epoch `epoch` from its group `start` on (a resumed run): (group of `grad_accum` global micro-batches, records
     a stream skipped while building it, whether it ends the epoch)."""
-    batch_size = stage.batch_size * processes
+    batch_size = stage.batch_size * world_size
     if isinstance(sources, StreamMix):
         groups = stream_groups(sources.examples(epoch), batch_size, stage.grad_accum)
     else:
@@ -437,40 +468,81 @@ def epoch_batches(sources: list, stage: Stage, seed: int, batch_size: int | None
     return list(iter_batches(order, batch_size))
 
 
-def stage_steps(recipe: Recipe, stage: Stage, setup: StageSetup, device) -> tuple[list, Callable, Callable]:
-    """The stage's training examples (as (examples, weight) per source), how a group of `grad_accum` global
-    micro-batches of them is prepared for this process (possibly in a data worker), and the optimizer step.
+class StepRunner(Protocol):
+    """A kind of stage's training step: run_stage prepares each group of `grad_accum` global micro-batches of
+    `sources` (possibly in a data worker), then steps on it."""
 
-    The step takes one prepared group and the TrainState (for skips), and returns what to log, `loss` included.
-    """
-    if stage.type == "scst":
-        from .scst import ScstSteps
+    sources: list
+    """The stage's training examples, as (examples, weight) per source (or a StreamMix)."""
 
-        steps = ScstSteps(recipe, stage, setup, device)
-        return steps.sources, lambda group: group, steps
+    def prepare(self, group: list[list]) -> object:
+        """This process's part of the group, ready to step on."""
 
-    procs = processes()
-
-    def collated(group: list) -> list[tuple[dict, float]]:
-        shards = [procs.shard(micro_batch, stage.batch_size) for micro_batch in group]
-        return [(setup.collator(examples), weight) for examples, weight in shards]
-
-    def sft_step(batches: list[tuple[dict, float]], state: TrainState) -> dict:
-        skipped = [item for batch, weight in batches for item in batch.pop("skipped") if weight]
-        for reason, rid in procs.gathered(skipped):
-            state.record_skip(reason, rid)
-        return train_step(setup.model, batches, device, stage, setup.optimizer, setup.scheduler,
-                          setup.collator.encoder)
-
-    return setup.train_sources, collated, sft_step
+    def step(self, prepared, state: TrainState) -> dict:
+        """One optimizer step; returns what to log (`loss` included), or nothing when every example was skipped."""
 
 
-def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips: SkipLog) -> FeatureCache | None:
+class SftSteps:
+    """The optimizer step of a supervised stage: the next-token loss of the replies, over groups of `grad_accum`
+    global micro-batches of encoded examples, each process taking its share of every micro-batch."""
+
+    def __init__(self, recipe: Recipe, stage: Stage, setup: StageSetup):
+        self.stage, self.setup = stage, setup
+        self.family = setup.collator.encoder.family
+        self.sources = setup.train_sources
+
+    def prepare(self, group: list[list[Encoded]]) -> list[tuple[Collated, float]]:
+        """This process's share of each micro-batch, collated (images read and processed), with its loss weight."""
+        shards = [self.setup.procs.shard(micro_batch, self.stage.batch_size) for micro_batch in group]
+        return [(self.setup.collator(examples), weight) for examples, weight in shards]
+
+    def step(self, prepared: list[tuple[Collated, float]], state: TrainState) -> dict:
+        """One optimizer step over the group's micro-batches; the loss is averaged over all their target tokens, in
+        every process. Returns the loss and the gradient norm; nothing when the step has no target (every example
+        skipped), in which case no process updates the weights (AdamW would still decay them)."""
+        procs = self.setup.procs
+        skipped = [item for collated, weight in prepared for item in collated.skipped if weight]
+        for reason, record_id in procs.all_gather_object(skipped):
+            state.record_skip(reason, record_id)
+        batches = [(collated.batch, weight) for collated, weight in prepared]
+        n_targets = procs.all_reduce_sum(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
+        if not n_targets:  # as the Trainer does when it skips an optimizer step, the schedule waits too
+            return {}
+        total = 0.0
+        for batch, weight in batches:
+            if batch["input_ids"].shape[0]:
+                total += self.backward(batch, weight, n_targets)
+        grad_norm = optimizer_step(self.setup, self.stage)
+        return {"loss": procs.all_reduce_sum(total), "grad_norm": grad_norm}
+
+    def backward(self, batch: dict, weight: float, n_targets: float) -> float:
+        """Accumulate the gradient of one micro-batch's part of the step's loss; returns that part."""
+        setup, procs = self.setup, self.setup.procs
+        core = procs.unwrap_model(setup.model)
+        with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=self.stage.bf16):
+            loss = weight * token_loss(setup.model, batch, setup.device, self.family, reduction="sum",
+                                       core=core) / max(1, n_targets)
+        if procs.distributed:
+            loss = loss + vision_keepalive(core, setup.collator.encoder, batch, setup.device)
+        procs.backward(loss)
+        return loss.item()
+
+
+STEP_RUNNERS: dict[str, type[StepRunner]] = {"sft": SftSteps, "scst": ScstSteps}
+"""The step runner of each stage type (recipe.STAGE_TYPES)."""
+
+
+def step_runner(recipe: Recipe, stage: Stage, setup: StageSetup) -> StepRunner:
+    return STEP_RUNNERS[stage.type](recipe, stage, setup)
+
+
+def feature_cache(procs: Processes, model, processor, stage: Stage, run_dir: Path, sources,
+                  skips: SkipLog) -> FeatureCache | None:
     """Encode every image once when the vision tower is frozen; examples whose images fail are skipped."""
     # SCST generates, and generation runs the vision tower on pixels: cached features would go unused.
     if not stage.feature_cache or stage.type == "scst" or stage.train.get("vision", "frozen") != "frozen":
         return None
-    if processes().distributed:  # one cache folder, written by one process: not yet; pixels every step instead
+    if procs.distributed:  # one cache folder, written by one process: not yet; pixels every step instead
         print("feature cache: off when several processes train")
         return None
     if not supports_cache(model):
@@ -485,29 +557,6 @@ def feature_cache(model, processor, stage: Stage, run_dir: Path, sources, skips:
             skips.add(skip_reason(DataError(reason)), f"{example.record_id}: {reason}")
             examples.remove(example)
     return cache
-
-
-def train_step(model, batches: list[tuple[dict, float]], device, stage: Stage, optimizer, scheduler,
-               encoder: Encoder) -> dict:
-    """One optimizer step over `grad_accum` (micro-batch, loss weight) pairs; the loss is averaged over all their
-    target tokens, in every process. Returns the loss and the gradient norm; nothing when the step has no target
-    (every example skipped), in which case no process updates the weights (AdamW would still decay them)."""
-    procs = processes()
-    n_targets = procs.total(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
-    if not n_targets:  # as the Trainer does when it skips an optimizer step, the schedule waits too
-        return {}
-    total = 0.0
-    for batch, weight in batches:
-        if batch["input_ids"].shape[0] == 0:
-            continue
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=stage.bf16):
-            loss = weight * token_loss(model, batch, device, reduction="sum") / max(1, n_targets)
-        if procs.distributed:
-            loss = loss + vision_keepalive(procs.unwrap(model), encoder, batch, device)
-        procs.backward(loss)
-        total += loss.item()
-    grad_norm = optimizer_step(model, stage, optimizer, scheduler)
-    return {"loss": procs.total(total), "grad_norm": grad_norm}
 
 
 def vision_keepalive(model, encoder: Encoder, batch: dict, device) -> torch.Tensor:
@@ -530,60 +579,37 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
-def optimizer_step(model, stage: Stage, optimizer, scheduler) -> float:
-    """Clip the accumulated gradients, step, advance the schedule, clear the gradients; returns the gradient norm
-    (before clipping)."""
-    norm = processes().step(model, optimizer, stage.max_grad_norm or float("inf"))  # clips, then steps
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm
+def validate(loop: StageLoop) -> None:
+    """Validation loss (and the generation metric picking the best checkpoint) where the model runs (sharded: on
+    every process, the main one logging); keep the best; early stopping. Every process then goes on with the main
+    one's best value and verdict."""
+    state, procs = loop.state, loop.setup.procs
+    if procs.is_main_process or procs.sharded:
+        values = validation_values(loop)
+        loop.logger.log(stage=loop.stage.name, step=state.step, epoch=state.epoch, **values)
+        track_best(loop, values)
+    state.best, state.bad_evals, state.stopped = procs.broadcast_object((state.best, state.bad_evals, state.stopped))
 
 
-def token_loss(model, batch: dict, device, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross-entropy on the labelled positions (assistant replies)."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_features")}
-    if "image_features" in batch:
-        inputs["inputs_embeds"] = embeds_with_features(model, inputs.pop("input_ids"), batch["image_features"].to(device))
-    labels = batch["labels"].to(device)
-    core = processes().unwrap(model)
-    family = family_of(core.config)
-    inputs = family.model_inputs(inputs)
-    check_consumed(core, inputs)
-    logits = model(**inputs, use_cache=False).logits  # a cache would also hide packing
-    logits = family.text_logits(logits, labels.shape[1])  # [B, T, V]
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction=reduction
-    )
-
-
-@torch.no_grad()
-def validation_loss(model, collator: Collator, examples, batch_size: int, device) -> float:
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for group in iter_batches(examples, batch_size):
-        batch = collator(group)
-        batch.pop("skipped")
-        if batch["input_ids"].shape[0]:
-            total += token_loss(model, batch, device, reduction="sum").item()
-            count += int((batch["labels"][:, 1:] != -100).sum())
-    train_mode(model, was_training)
-    return total / max(1, count)
-
-
-def validate(model, collator, examples, val_records, stage: Stage, state: TrainState, stage_dir: Path, logger,
-             device) -> None:
-    """Validation loss (and the generation metric picking the best checkpoint); keep the best; early stopping."""
-    values = {"val_loss": validation_loss(model, collator, examples, stage.batch_size, device)}
+def validation_values(loop: StageLoop) -> dict[str, float]:
+    setup, stage = loop.setup, loop.stage
+    values = {"val_loss": validation_loss(loop.core, setup.collator, setup.val_examples, stage.batch_size,
+                                          setup.device)}
     if stage.best_metric != "val_loss":
-        values[f"val_{stage.best_metric}"] = generation_metric(model, collator.encoder, val_records, stage)
-    logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values)
+        values[f"val_{stage.best_metric}"] = generation_metric(loop.core, setup.collator.encoder, setup.val_records,
+                                                               stage)
+    return values
+
+
+def track_best(loop: StageLoop, values: dict[str, float]) -> None:
+    """Keep the best weights so far (keep_best); count the validations without progress (early_stopping)."""
+    stage, state = loop.stage, loop.state
     value = values["val_loss"] if stage.best_metric == "val_loss" else values[f"val_{stage.best_metric}"]
     lower_is_better = stage.best_metric == "val_loss"
     if state.best is None or (value < state.best if lower_is_better else value > state.best):
         state.best, state.bad_evals = value, 0
         if stage.keep_best:
-            save_trainable(model, stage_dir / "best.safetensors")
+            save_trainable(loop.setup.procs, loop.core, loop.stage_dir / "best.safetensors")
     else:
         state.bad_evals += 1
         state.stopped = bool(stage.early_stopping and state.bad_evals >= stage.early_stopping)
@@ -613,7 +639,7 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
     return records[: stage.best_metric_records]
 
 
-def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
+def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, stage_dir: Path, uses_lora: bool,
                  encoder: Encoder) -> StageResult | None:
     """Save what the stage produced: a full model, or an adapter (and, with merge: true, the verified merge).
     `encoder`: the stage's, whose layout the model was trained in and whose trained prompt (the caption prompt the
@@ -621,11 +647,10 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
     where the stage had none; a caption-template model has none).
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
     copy (the base, set up as the stage trains it, on the CPU); the others return None."""
-    procs = processes()
     if procs.sharded:
         # DeepSpeed keeps frozen parameters only in its compute dtype (bf16 on GPUs): those come from the base.
         state = procs.full_state(model, trainable_only=procs.deepspeed)
-        if not procs.is_main:
+        if not procs.is_main_process:
             return None
         model, _ = configure_trainable(load_model(base, device="cpu")[0], stage)
         if model.load_state_dict(state, strict=not procs.deepspeed).unexpected_keys:
@@ -657,79 +682,6 @@ def finish_stage(model, processor, stage: Stage, base: str, stage_dir: Path, use
         _, report = merge_verified(model, processor, merged_dir, base, str(adapter_dir), metadata)
     print(report.summary())
     return StageResult(stage.name, str(merged_dir), str(adapter_dir), 0, None)
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The trainable parameters as whole CPU tensors (sharded: every process calls it, the main process gets them)."""
-    return processes().full_state(model, trainable_only=True)
-
-
-def save_trainable(model, path: Path) -> None:
-    state = trainable_state(model)
-    if not processes().is_main:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-
-
-def load_trainable(model, path: Path) -> None:
-    processes().load_state(model, load_file(str(path)))
-
-
-@dataclass
-class TrainState:
-    """Where a stage is; saved with each checkpoint so --resume continues at the same data position."""
-
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    best: float | None = None
-    bad_evals: int = 0
-    stopped: bool = False
-    skipped: dict = field(default_factory=dict)
-    """Records skipped while batching (unreadable images), as SkipLog.as_dict(); restored with the checkpoint."""
-
-    def record_skip(self, reason: str, record_id: str) -> None:
-        log = SkipLog.from_dict(self.skipped)
-        log.add(reason, record_id)
-        self.skipped = log.as_dict()
-
-    def save(self, folder: Path, model, optimizer, scheduler, keep: int = 2) -> None:
-        """Write checkpoints/step-N via a temporary name (a kill mid-write leaves the previous ones intact).
-        Sharded parameters: every process calls it; the main process writes."""
-        procs = processes()
-        trainable, optimizer_state = trainable_state(model), procs.optimizer_state(model, optimizer)
-        if not procs.is_main:
-            return
-        final = folder / f"step-{self.step:08d}"
-        tmp = folder / f".{final.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file(trainable, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all()}, tmp / "optimizer.pt")
-        write_json(tmp / "state.json", self.__dict__)
-        replace_dir(tmp, final)
-        for old in sorted(folder.glob("step-*"))[:-keep]:
-            shutil.rmtree(old)
-
-    def load(self, folder: Path, model, optimizer, scheduler) -> bool:
-        """Restore the latest complete checkpoint, if any."""
-        checkpoints = sorted(folder.glob("step-*"))
-        if not checkpoints:
-            return False
-        latest = checkpoints[-1]
-        self.__dict__.update(read_json(latest / "state.json"))
-        load_trainable(model, latest / "trainable.safetensors")
-        extra = torch.load(latest / "optimizer.pt", weights_only=False)
-        processes().load_optimizer_state(model, optimizer, extra["optimizer"])
-        scheduler.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng"])
-        if extra.get("cuda_rng"):  # dropout on a GPU draws from its own generator
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        return True
 
 
 def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:

@@ -21,7 +21,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from ..evaluate import evaluate, parse_metrics
+    from ..evaluate.metrics import parse_metrics
+    from ..evaluate.run import evaluate
 
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
@@ -51,7 +52,8 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from ..evaluate import parse_metrics, score_file
+    from ..evaluate.metrics import parse_metrics
+    from ..evaluate.scoring import score_file
 
     _print_scores(score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out))
 

@@ -46,7 +46,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
 def reference_loss(vlm, records, batch_size: int) -> float:
     """Token-averaged loss of the reference replies under teacher forcing."""
     from ..data import Collator
-    from ..train import validation_loss
+    from ..loss import validation_loss
 
     encoded = [vlm.encoder.encode(r) for r in records]
     return validation_loss(vlm.model, Collator(vlm.encoder), encoded, batch_size, vlm.device)
