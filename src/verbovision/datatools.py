@@ -35,7 +35,7 @@ from .data import (
     require_usable,
     skip_reason,
 )
-from .errors import DataError, VerboError
+from .errors import DataError
 from .images import ImageSource, image_key, image_name, open_image, read_image_bytes
 from .readers import ReadOptions, iter_records, scan
 from .store import write_atomic, write_json
@@ -209,12 +209,6 @@ class CheckOptions:
 
     min_size: int = MIN_IMAGE_SIDE
     """An image shorter than this many pixels on a side is `image too small`."""
-    model: str | None = None
-    """Model directory or hub id: also tokenize each record and flag those over max_length."""
-    max_length: int = 2048
-    """Longest tokenized record (only with a model)."""
-    template: str | None = None
-    """chat or plain (only with a model; default: the model's own)."""
 
 
 @dataclass
@@ -245,11 +239,12 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_data(path: str | Path, read: ReadOptions | None = None, options: CheckOptions | None = None) -> CheckReport:
-    """Read every record and report each problem found (the first one of each record)."""
+def check_data(path: str | Path, read: ReadOptions | None = None, options: CheckOptions | None = None,
+               encoder: Encoder | None = None) -> CheckReport:
+    """Read every record and report each problem found (the first one of each record); with `encoder` (a model's),
+    also the records it cannot encode (too long, image tokens that do not fit)."""
     options = options or CheckOptions()
     inspect = ImageInspector(options.min_size)
-    encoder = _encoder(options) if options.model else None
     report = CheckReport(str(path))
     for item in scan(path, read):
         report.records += 1
@@ -272,22 +267,6 @@ def record_problem(record: Record, inspect: ImageInspector, encoder: Encoder | N
         except RecordError as e:
             return e
     return None
-
-
-def _encoder(options: CheckOptions) -> Encoder:
-    from transformers import AutoConfig
-
-    from .families import family_of
-    from .store import check_model_source, load_processor, model_metadata
-
-    check_model_source(options.model)
-    try:
-        processor = load_processor(options.model)
-        family = family_of(AutoConfig.from_pretrained(options.model))
-    except (OSError, ValueError) as e:
-        raise VerboError(f"{options.model}: cannot load the model's processor ({e})") from None
-    template = options.template or model_metadata(options.model).get("template", "chat")
-    return Encoder(processor, template, options.max_length, truncation="drop", family=family)
 
 
 # ---------------------------------------------------------------------------------------------------- clean

@@ -376,3 +376,21 @@ def save_processor(processor, out: str | Path) -> None:
     if processor.chat_template:
         _write_chat_templates(processor.chat_template, Path(out))
     write_atomic(Path(out) / "processor_config.json", processor.source_config.read_bytes())
+
+
+def records_encoder(model: str, template: str | None, max_length: int):
+    """How `model` (directory or hub id) would encode records, read from its processor and config alone (no weights):
+    `template` by default the one it was trained with; records over `max_length` tokens fail to encode."""
+    from transformers import AutoConfig
+
+    from .data import Encoder
+    from .families import family_of
+
+    check_model_source(model)
+    try:
+        processor = load_processor(model)
+        family = family_of(AutoConfig.from_pretrained(model))
+    except (OSError, ValueError) as e:
+        raise VerboError(f"{model}: cannot load the model's processor ({e})") from None
+    template = template or model_metadata(model).get("template", "chat")
+    return Encoder(processor, template, max_length, truncation="drop", family=family)

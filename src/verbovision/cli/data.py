@@ -41,7 +41,7 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
     _data_path_arguments(p)
     p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
     p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
-    p.add_argument("--max-length", type=int, default=CheckOptions.max_length, help="with --model: longest record")
+    p.add_argument("--max-length", type=int, default=2048, help="with --model: longest record")
     p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
     p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
                                                          "is usable)")
@@ -51,10 +51,10 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     from ..data import require_usable
     from ..datatools import CheckOptions, check_data
+    from ..store import records_encoder
 
-    options = CheckOptions(min_size=args.min_size, model=args.model, max_length=args.max_length,
-                           template=args.template)
-    report = check_data(args.data, read_options(args), options)
+    encoder = records_encoder(args.model, args.template, args.max_length) if args.model else None
+    report = check_data(args.data, read_options(args), CheckOptions(min_size=args.min_size), encoder)
     print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
     require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too
     if len(report.problems) and not args.allow:
