@@ -26,6 +26,10 @@ from .tokenizer import flattens_parts, with_image_parts
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
 
+CAPTION_PROMPT = "Describe the image briefly."
+"""The user turn of caption records (rows without a question), and what `caption` asks a model whose metadata names
+no trained prompt."""
+
 
 @dataclass
 class Turn:
