@@ -96,7 +96,8 @@ def main() -> None:
     parser = quickstart_options(__doc__)
     args = parser.parse_args()
 
-    from verbovision.infer import CAPTION_PROMPT, VLM, DecodeOptions
+    from verbovision.data import CAPTION_PROMPT
+    from verbovision.infer import VLM, DecodeOptions
 
     records = held_out_records(args)
     paths = [r.images[0] for r in records]

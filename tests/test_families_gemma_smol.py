@@ -9,7 +9,7 @@ from transformers.models.smolvlm import processing_smolvlm
 from verbovision.cli import main
 from verbovision.data import Collator, Encoder, Record, Turn, read_records, with_trained_template
 from verbovision.families import family_of
-from verbovision.features import FeatureCache, supports_cache
+from verbovision.features import FeatureCache
 from verbovision.infer import prompt_record
 from verbovision.loss import token_loss
 from verbovision.store import load_model
@@ -49,7 +49,7 @@ def test_gemma3_cached_features_give_the_pixels_loss(tmp_path, shapes_data, tiny
     """Gemma 3's connector takes the SigLIP tower's last hidden state, so its frozen-vision stages use the feature
     cache: the same loss as from pixels (token types included), and the images matter to it."""
     model, processor = load_model(make_tiny_gemma3(tmp_path / "gemma3", tiny_tokenizer_texts), device="cpu")
-    assert supports_cache(model)
+    assert family_of(model.config).caches_features
     encoder = Encoder(processor, "chat", family=family_of(model.config))
     examples = [encoder.encode(r) for r in list(read_records(shapes_data / "train/caption_short_en.json"))[:4]]
     cache = FeatureCache(tmp_path / "cache", model, processor, dtype="float32")

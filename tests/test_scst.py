@@ -125,7 +125,8 @@ def test_one_beam_equals_greedy(trained, shapes_data):
 
 
 def _caption_record(image):
-    from verbovision.infer import CAPTION_PROMPT, prompt_record
+    from verbovision.data import CAPTION_PROMPT
+    from verbovision.infer import prompt_record
 
     return prompt_record(image, CAPTION_PROMPT)
 

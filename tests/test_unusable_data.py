@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from verbovision.cli import main
-from verbovision.data import source_records
+from verbovision.data import MISSING_IMAGE, UNREADABLE_IMAGE, load_images, skip_entry, source_records
 from verbovision.errors import ConfigError, DataError
 from verbovision.recipe import parse_recipe
 from verbovision.store import read_json
@@ -256,3 +256,16 @@ def test_images_that_exist_but_do_not_decode_stop_the_stage_not_train_it(coco_ap
     assert not (tmp_path / "run/final").exists()
     metrics = tmp_path / "run/metrics.jsonl"
     assert not metrics.exists() or "loss" not in metrics.read_text(), "no step logged a loss"
+
+
+def test_an_unreadable_image_skips_its_item_only(tmp_path):
+    """`load_images`, as batches, the feature cache, SCST and `verbo predict` load images: an item keeps all of its
+    images or none, and each one left out comes back with its error."""
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "red.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    items = {"a": ["red.png"], "b": ["red.png", "missing.png"], "c": [], "d": ["broken.png"], "e": ["red.png"] * 2}
+    kept, images, failed = load_images(list(items), lambda item: [tmp_path / name for name in items[item]])
+    assert kept == ["a", "c", "e"] and [len(row) for row in images] == [1, 0, 2]
+    assert images[0][0].getpixel((0, 0)) == (200, 30, 30)
+    assert [(item, type(error)) for item, error in failed] == [("b", DataError), ("d", DataError)]
+    assert [skip_entry(item, error)[0] for item, error in failed] == [MISSING_IMAGE, UNREADABLE_IMAGE]

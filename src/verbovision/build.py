@@ -46,7 +46,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .data import with_trained_template
 from .errors import ConfigError, VerboError
-from .families import family_of
+from .families import family_of, is_vision_encoder_decoder, starts_with_cls, ties_in_vlm
 from .quantize import is_quantized
 from .store import MODEL_METADATA, check_model_source, explained_import_error, save_processor, write_json
 from .tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
@@ -124,14 +124,12 @@ class ModelSpec:
 
 _SCRATCH_VISION = {"siglip": SiglipVisionConfig, "clip": CLIPVisionConfig, "vit": ViTConfig}
 _SCRATCH_LANGUAGE = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gpt2": GPT2Config}
-# Encoders whose sequence starts with a CLS token that is not an image patch.
-_CLS_ENCODERS = {"clip_vision_model", "vit", "dinov2", "dinov3_vit", "deit"}
 
 
 def vision_config(spec: VisionSpec):
     if spec.name:
         config = AutoConfig.from_pretrained(spec.name)
-        if config.model_type == "vision-encoder-decoder":  # e.g. the ViT of a trained ViT-GPT2 captioner
+        if is_vision_encoder_decoder(config):  # e.g. the ViT of a trained ViT-GPT2 captioner
             return config.encoder
         return getattr(config, "vision_config", None) or config
     if spec.arch == "swin":
@@ -204,9 +202,8 @@ def patch_grid(vcfg) -> int:
 def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
     """Map the connector onto a transformers VLM architecture, or say why it cannot be mapped."""
     connector = spec.connector
-    has_cls = vcfg.model_type in _CLS_ENCODERS
-    # GPT-2 names its embedding `wte`, which the VLM classes cannot tie to; they keep an untied copy instead.
-    tie = bool(getattr(tcfg, "tie_word_embeddings", True)) and tcfg.model_type != "gpt2"
+    has_cls = starts_with_cls(vcfg)
+    tie = bool(getattr(tcfg, "tie_word_embeddings", True)) and ties_in_vlm(tcfg)
     tcfg.tie_word_embeddings = tie  # the VLM configs inherit tying from the text config
     if connector.type in ("linear", "mlp"):
         act = "linear" if connector.type == "linear" else connector.act
@@ -300,7 +297,7 @@ def make_processor(spec: ModelSpec, model: PreTrainedModel, image_processor, tok
 
 
 def _load_pretrained_vision(spec: VisionSpec, vcfg) -> PreTrainedModel:
-    if AutoConfig.from_pretrained(spec.name).model_type == "vision-encoder-decoder":
+    if is_vision_encoder_decoder(AutoConfig.from_pretrained(spec.name)):
         return VisionEncoderDecoderModel.from_pretrained(spec.name).encoder
     # Resolving the class from the vision sub-config loads only the encoder out of a full CLIP/SigLIP checkpoint.
     return MODEL_MAPPING[type(vcfg)].from_pretrained(spec.name)

@@ -24,9 +24,6 @@ HELP = """commands:
   /save FILE    write the conversation as LLaVA JSON
   /quit         leave (so does Ctrl-D)"""
 
-_LLAVA_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
-
-
 class Quit(Exception):
     """/quit was typed."""
 
@@ -94,13 +91,13 @@ class ChatSession:
 
     def llava_record(self) -> dict:
         """The conversation in LLaVA's JSON format: turns with `<image>` placeholders and absolute image paths."""
+        from dataclasses import replace
+
+        from .datatools import llava_row
         from .infer import messages_record
 
         record = messages_record(self.messages)
-        turns = [{"from": _LLAVA_ROLES[t.role], "value": t.text} for t in record.turns[:-1]]  # [-1]: the reply to come
-        images = [str(image) for image in record.images]
-        return {"id": "chat", **({"image": images[0] if len(images) == 1 else images} if images else {}),
-                "conversations": turns}
+        return llava_row(replace(record, turns=record.turns[:-1]), str)  # [-1]: the reply to come
 
 
 def repl(session: ChatSession, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +20,15 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, DataError
-from .families import IMAGE_TOKEN_FAMILY, IMAGES_IN_TEXT, Family
+from .families import IMAGE_TOKEN_FAMILY, Family
 from .tokenizer import flattens_parts, with_image_parts
 
 DATA_IMAGE_TOKEN = "<image>"
 """How image positions are written in data files (LLaVA convention), whatever the model's own image token is."""
+
+CAPTION_PROMPT = "Describe the image briefly."
+"""The user turn of caption records (rows without a question), and what `caption` asks a model whose metadata names
+no trained prompt."""
 
 
 @dataclass
@@ -128,6 +132,20 @@ def load_image(path, min_side: int | None = None) -> Image.Image:
     from .images import open_image
 
     return open_image(path, min_side=min_side)
+
+
+def load_images(items: Sequence, paths_of: Callable[[object], Sequence], read: Callable = load_image
+                ) -> tuple[list, list[list], list[tuple[object, DataError]]]:
+    """The items whose images (`paths_of(item)`) all `read`, each one's images in order, and (item, error) for the
+    others: an unreadable image skips its item (its record, question...), not the batch it is in."""
+    kept, images, failed = [], [], []
+    for item in items:
+        try:
+            images.append([read(p) for p in paths_of(item)])  # all or none of its images
+            kept.append(item)
+        except DataError as e:
+            failed.append((item, e))
+    return kept, images, failed
 
 
 # ---------------------------------------------------------------------------------------------------- encoding
@@ -358,7 +376,7 @@ def with_trained_template(processor, family: Family, metadata: dict):
     own = own_chat_template(current)
     template = metadata.get("template", "chat")
     layout = (Encoder(processor, template, family=family, prompt=metadata.get("prompt"))
-              if template in _LAYOUT_JINJA and family.images == IMAGES_IN_TEXT else None)
+              if template in _LAYOUT_JINJA and family.images_in_text else None)
     if layout is None or layout.image_token is None:
         named.update({"default": own, CHAT_TEMPLATE_NAME: None})
     else:
@@ -392,7 +410,7 @@ class Encoder:
         self.processor = processor
         self.family = family
         self.tokenizer = processor.tokenizer
-        self.image_tokens = ImageTokens(processor, family) if family.images == IMAGES_IN_TEXT else None
+        self.image_tokens = ImageTokens(processor, family) if family.images_in_text else None
         in_text = self.image_tokens is not None and not self.image_tokens.written_first
         self.image_token = self.image_tokens.token if in_text else None
         """The image token of the rendered text (None where the text holds none)."""
@@ -400,11 +418,11 @@ class Encoder:
         self.processor_template = own_chat_template(getattr(processor, "chat_template", None))
         self.tokenizer_template = own_chat_template(self.tokenizer.chat_template)
         if template == "chat" and not (self.processor_template or self.tokenizer_template):
-            if not family.support.layout:
+            if not family.own_layout:
                 raise DataError(f"{family.name}: the model has no chat template; use template plain or caption (a "
                                 "stage's `template:` in a recipe, --template for verbo caption, ask, eval, predict, "
                                 "chat and serve)")
-            template = family.support.layout
+            template = family.own_layout
         self.template = template
         """The layout in use: `chat` becomes the family's own layout (PaliGemma's `prefix`) for a model without a
         chat template."""
@@ -764,6 +782,12 @@ def report_skips(usable: int, skips: SkipLog, what: str, context: str | None = N
         print(f"{warning}{prefix}{usable} usable {what} ({skips.describe()})")
 
 
+def skip_entry(record_id: str, error: DataError) -> tuple[str, str]:
+    """How a record skipped for `error` is counted (`SkipLog.add`'s arguments): its reason, and the record with the
+    error."""
+    return skip_reason(error), f"{record_id}: {error}"
+
+
 def skip_reason(error: DataError) -> str:
     """A short category for a data error (a problem kind when known), used to count skips by kind."""
     if isinstance(error, RecordError):
@@ -790,7 +814,7 @@ def encode_sources(sources: Sequence[Source], encoder: Encoder, data_root: Path,
             try:
                 encoded.append(encoder.encode(record))
             except DataError as e:
-                source_skips.add(skip_reason(e), f"{record.id}: {e}")
+                source_skips.add(*skip_entry(record.id, e))
         where = f"{what} in {source_path(source, data_root)}"
         require_usable(len(encoded), source_skips, where, context)
         if report:
@@ -873,14 +897,9 @@ class Collator:
     @staticmethod
     def _readable(examples: Sequence[Encoded], read) -> tuple[list, list, list]:
         """The examples whose images all `read`, those images in order, and (skip reason, record) of the others."""
-        kept, images, skipped = [], [], []
-        for example in examples:
-            try:
-                images.extend([read(p) for p in example.images])  # all or none of its images
-                kept.append(example)
-            except DataError as e:
-                skipped.append((skip_reason(e), f"{example.record_id}: {e}"))
-        return kept, images, skipped
+        kept, images, failed = load_images(examples, lambda example: example.images, read)
+        skipped = [skip_entry(example.record_id, error) for example, error in failed]
+        return kept, [image for row in images for image in row], skipped
 
     def _cached_pixels(self, path) -> torch.Tensor | None:
         """pixel_values [1, C, H, W] of one image from the pixel cache; None when the processor gives more."""
@@ -905,7 +924,7 @@ class Collator:
             del batch["attention_mask"]
             batch["position_ids"] = torch.stack([segment_positions((e.segments or [len(e.input_ids)])
                                                                    + [width - len(e.input_ids)]) for e in examples])
-        if self.encoder.family.support.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
+        if self.encoder.family.prefix_lm:  # PaliGemma: prompt (0) attended both ways, replies (1) causally
             batch["token_type_ids"] = (labels != -100).long().cummax(dim=1).values  # [B, T]
         for name, marked in self.token_types.items():  # image tokens (1), text (0): Qwen2-VL's rotary positions...
             batch[name] = torch.isin(ids, torch.tensor(sorted(marked))).long()  # [B, T]

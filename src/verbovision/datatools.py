@@ -17,7 +17,7 @@ import shutil
 import unicodedata
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -476,8 +476,9 @@ def _copy_or_link(source: Path, target: Path, link: bool) -> None:
     shutil.copy2(source, target)
 
 
-def llava_row(record: Record, place: ImagePlacer) -> dict:
-    """A record in LLaVA's JSON shape; references are kept when they say more than the last reply."""
+def llava_row(record: Record, place: Callable[[ImageSource], str]) -> dict:
+    """A record in LLaVA's JSON shape, each image at the path `place` gives it (an `ImagePlacer`); references are kept
+    when they say more than the last reply."""
     row: dict = {"id": record.id}
     paths = [place(source) for source in record.images]
     if paths:

@@ -68,6 +68,17 @@ ERNIE-4.5-VL's `model.resampler_model` merges patches and frames."""
 CROSS_ATTENTION_MODULES = ("crossattention", "ln_cross_attn", "encoder_attn", "encoder_attn_layer_norm", "cross_attn")
 """Module names of decoder cross-attention (GPT-2, BART/mBART/Marian, others) for `language: cross_attention`."""
 
+
+def is_cross_attention(name: str) -> bool:
+    """Whether a module (by its full name) is decoder cross-attention or its norm."""
+    return name.split(".")[-1] in CROSS_ATTENTION_MODULES
+
+
+def is_output_head(name: str) -> bool:
+    """Whether a module (by its full name) is the output head over the vocabulary: `lm_head`, or GIT's `output`."""
+    return name.split(".")[-1] == "lm_head" or name == "output"
+
+
 _PEFT_PREFIX = "base_model.model."
 
 
@@ -248,8 +259,39 @@ class Family:
         return {k: v for k, v in processed.items()
                 if isinstance(v, torch.Tensor) and k not in self.support.processor_only}
 
+    @property
+    def images_in_text(self) -> bool:
+        """Whether its texts hold image tokens that the image features replace (IMAGES_IN_TEXT)."""
+        return self.images == IMAGES_IN_TEXT
+
+    @property
+    def takes_logits_to_keep(self) -> bool:
+        """Whether its forward computes the logits of the last positions only when asked (`logits_to_keep`): GIT's
+        and the encoder-decoders' do not."""
+        return self.images == IMAGES_IN_TEXT
+
+    @property
+    def caches_features(self) -> bool:
+        """Whether cached vision features can stand in for the pixels (see `Support.caches_features`)."""
+        return self.support.caches_features
+
+    @property
+    def prefix_lm(self) -> bool:
+        """Whether it takes `token_type_ids` for a prefix-LM mask (see `Support.prefix_lm`)."""
+        return self.support.prefix_lm
+
+    @property
+    def own_layout(self) -> str | None:
+        """Its own prompt layout for a model without a chat template (see `Support.layout`)."""
+        return self.support.layout
+
+    @property
+    def caption_prompt(self) -> str | None:
+        """What `caption` asks by default where the family has its own convention (see `Support.prompt`)."""
+        return self.support.prompt
+
     def check_packing(self) -> None:
-        if self.images != IMAGES_IN_TEXT:
+        if not self.images_in_text:
             raise ConfigError(f"packing: not supported for {self.name} models (images outside the text); use "
                               "group_by_length instead")
         if not self.support.packs:
@@ -271,7 +313,7 @@ def family_of(config) -> Family:
     note_untried(kind)
     if kind == "git":
         return Family(kind, PREFIX, (config.bos_token_id,), support)
-    if kind == "vision-encoder-decoder" or getattr(config, "is_encoder_decoder", False):
+    if is_vision_encoder_decoder(config) or getattr(config, "is_encoder_decoder", False):
         if getattr(config.get_text_config(), "is_encoder_decoder", False):  # BLIP-2 with Flan-T5, any such type untried
             raise ConfigError(f"{kind} models are not supported: {_ENCODER_READS_PROMPT}")
         start = config.decoder_start_token_id
@@ -279,6 +321,39 @@ def family_of(config) -> Family:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
         return Family(kind, ENCODER, (start,), support)
     return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None))
+
+
+def is_vision_encoder_decoder(config) -> bool:
+    """Whether a config is a VisionEncoderDecoder's (ViT + GPT-2...): a captioner, whose encoder `verbo build` can
+    also take as its vision encoder."""
+    return config.model_type == "vision-encoder-decoder"
+
+
+_CLS_ENCODERS = frozenset({"clip_vision_model", "vit", "dinov2", "dinov3_vit", "deit"})
+"""Vision encoder types whose sequence starts with a CLS token that is not an image patch."""
+
+
+def starts_with_cls(vision_config) -> bool:
+    """Whether a vision encoder's output starts with a CLS token, which a connector of `verbo build` leaves out."""
+    return vision_config.model_type in _CLS_ENCODERS
+
+
+def ties_in_vlm(text_config) -> bool:
+    """Whether the VLM classes can tie a language model's output head to its embedding: GPT-2 names its embedding
+    `wte`, which they cannot tie to; they keep an untied copy instead."""
+    return text_config.model_type != "gpt2"
+
+
+def component_kind(model_type: str) -> str | None:
+    """What a model type that is no image-text model is, among what `verbo build` composes: "language" (a causal
+    LM), "vision" (an image encoder) or None (neither)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "language"
+    if model_type in MODEL_FOR_IMAGE_MAPPING_NAMES or model_type.endswith("_vision_model"):
+        return "vision"
+    return None
 
 
 @cache
@@ -315,16 +390,21 @@ def check_required_inputs(model: nn.Module, processor) -> None:
                           "ids and the image processor's tensors)")
 
 
+def without_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under any PEFT wrapping (the model itself where there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def named_inputs(model: nn.Module) -> frozenset[str]:
     """The inputs the forward of a model, under any PEFT wrapping, names."""
-    return forward_parameters(type(model.get_base_model() if hasattr(model, "get_base_model") else model))
+    return forward_parameters(type(without_peft(model)))
 
 
 def check_consumed(model: nn.Module, inputs: dict) -> None:
     """Refuse forward inputs the model (under any PEFT wrapping) does not name: transformers forwards take **kwargs,
     so an input a release does not know (a newer keyword, a position or token-type tensor) would be dropped silently
     and the model trained or scored without it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = without_peft(model)
     named = forward_parameters(type(base))
     # An encoder-decoder's forward passes its decoder_* keywords on to the decoder's forward.
     decoder = forward_parameters(type(base.decoder)) if hasattr(base, "decoder") else frozenset()

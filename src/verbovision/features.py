@@ -18,23 +18,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .data import load_image
+from .data import load_images
 from .errors import DataError
-from .families import family_of
+from .families import without_peft
 from .images import image_key
 from .store import read_json, write_json
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def supports_cache(model) -> bool:
-    return family_of(model.config).support.caches_features
-
-
 def vlm_core(model):
     """The transformers VLM under any PEFT wrapping (the module holding vision_tower / multi_modal_projector)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model
+    return without_peft(model).model
 
 
 @torch.no_grad()
@@ -132,15 +127,12 @@ class FeatureCache:
     def _write_shard(self, paths: list[Path]) -> dict[Path, str]:
         good, failed, chunks = [], {}, []
         for start in range(0, len(paths), self.batch_size):
-            images = []
-            for path in paths[start : start + self.batch_size]:
-                try:
-                    images.append(load_image(path))
-                    good.append(path)
-                except DataError as e:
-                    failed[path] = str(e)
+            loaded, images, unreadable = load_images(paths[start : start + self.batch_size], lambda path: [path])
+            good += loaded
+            failed.update((path, str(e)) for path, e in unreadable)
             if images:
-                pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+                pixels = self.processor.image_processor([image for [image] in images],
+                                                        return_tensors="pt")["pixel_values"]
                 device = next(self.model.parameters()).device
                 chunks.append(connector_inputs(self.model, pixels.to(device)).to(self.dtype).cpu())
         if good:

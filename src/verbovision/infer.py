@@ -22,14 +22,11 @@ import torch
 from PIL import Image
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
+from .data import CAPTION_PROMPT, DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn, load_image
 from .errors import DataError
-from .families import IMAGES_IN_TEXT, family_of, named_inputs
+from .families import family_of, named_inputs
 from .store import load_model, model_metadata
 from .tokenizer import join_parts
-
-CAPTION_PROMPT = "Describe the image briefly."
-"""What `caption` asks a model whose metadata names no trained prompt."""
 
 TextCallback = Callable[[int, str], None]
 """Called with (index of the reply, new text) as replies grow."""
@@ -162,7 +159,7 @@ class VLM:
     def _attach(self, path: str, model, processor, metadata: dict) -> None:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
         self.family = family_of(model.config)
-        self.caption_prompt = metadata.get("prompt") or self.family.support.prompt or CAPTION_PROMPT
+        self.caption_prompt = metadata.get("prompt") or self.family.caption_prompt or CAPTION_PROMPT
         """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
         else its family's convention (PaliGemma's "caption en"), else CAPTION_PROMPT. A plain- or prefix-template
         model also gets it for a request with images and no text."""
@@ -313,7 +310,7 @@ def greedy_loop_fits(model, family) -> bool:
     named = named_inputs(model)
     # Every input the loop passes must be one the forward names: in **kwargs it could go unread.
     steps = {"position_ids", "logits_to_keep"} <= named and _cache_keyword(named) in named
-    return config and steps and family.images == IMAGES_IN_TEXT
+    return config and steps and family.images_in_text
 
 
 def _cache_keyword(named: frozenset[str]) -> str:

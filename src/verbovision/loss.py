@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .data import Collator, iter_batches
 from .families import Family, check_consumed
 from .features import embeds_with_features
-from .trainable import train_mode
+from .trainable import evaluating
 
 
 def token_loss(model, batch: dict, device, family: Family, reduction: str = "mean", core=None) -> torch.Tensor:
@@ -38,13 +38,11 @@ def token_loss(model, batch: dict, device, family: Family, reduction: str = "mea
 def validation_loss(model, collator: Collator, examples, batch_size: int, device) -> float:
     """The loss averaged over every target token of `examples`, in eval mode (the model's mode is restored after).
     `model`: the model itself, not a wrapper; its family is the collator's encoder's."""
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for group in iter_batches(examples, batch_size):
-        batch = collator(group).batch
-        if batch["input_ids"].shape[0]:
-            total += token_loss(model, batch, device, collator.encoder.family, reduction="sum").item()
-            count += int((batch["labels"][:, 1:] != -100).sum())
-    train_mode(model, was_training)
+    with evaluating(model):
+        for group in iter_batches(examples, batch_size):
+            batch = collator(group).batch
+            if batch["input_ids"].shape[0]:
+                total += token_loss(model, batch, device, collator.encoder.family, reduction="sum").item()
+                count += int((batch["labels"][:, 1:] != -100).sum())
     return total / max(1, count)

@@ -16,10 +16,10 @@ from PIL import Image
 
 from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
 from .errors import VerboError
-from .families import check_consumed, family_of
+from .families import check_consumed, family_of, without_peft
 from .quantize import is_quantized
 from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
-from .trainable import train_mode
+from .trainable import evaluating
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -64,7 +64,7 @@ def logits_of(model, batch: dict) -> torch.Tensor:
 def refuse_quantized(model) -> None:
     """Merging into quantized weights would round the adapter's update away (and save a checkpoint whose weights are
     neither the base's nor base + adapter): merge onto the full-precision base, then quantize the merged model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = without_peft(model)
     if is_quantized(base) or getattr(base.config, "quantization_config", None):
         raise VerboError("refusing to merge onto a quantized base: the adapter's update would be rounded into "
                          "quantized weights; load the base in full precision, merge, then quantize the merged model")
@@ -89,21 +89,19 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     refuse_quantized(peft_model)
     device = next(peft_model.parameters()).device
     batch = probe_batch(peft_model, processor, device)
-    was_training = peft_model.training
-    peft_model.eval()
-    before = logits_of(peft_model, batch)
-    merged = peft_model.merge_and_unload()
-    diff = (logits_of(merged, batch) - before).abs().max().item()
-    report_fields = dict(base_model=base_model, adapter=adapter, output=str(out), tolerance=tolerance)
-    save_model(merged, processor, out, metadata)
-    reloaded, _ = load_model(out, device=device)
-    diff_reloaded = (logits_of(reloaded, batch) - before).abs().max().item()
-    del reloaded
-    report = MergeReport(max_abs_diff=diff, max_abs_diff_reloaded=diff_reloaded, **report_fields)
+    with evaluating(peft_model):  # the merged model is the PEFT model's base: it gets the mode back too
+        before = logits_of(peft_model, batch)
+        merged = peft_model.merge_and_unload()
+        diff = (logits_of(merged, batch) - before).abs().max().item()
+        save_model(merged, processor, out, metadata)
+        reloaded, _ = load_model(out, device=device)
+        diff_reloaded = (logits_of(reloaded, batch) - before).abs().max().item()
+        del reloaded
+    report = MergeReport(base_model=base_model, adapter=adapter, output=str(out), max_abs_diff=diff,
+                         max_abs_diff_reloaded=diff_reloaded, tolerance=tolerance)
     write_json(Path(out) / MODEL_METADATA, {**metadata, "merge": report.__dict__})
     if max(diff, diff_reloaded) > tolerance:
         raise VerboError(f"merge check failed: {report.summary()}")
-    train_mode(merged, was_training)
     return merged, report
 
 

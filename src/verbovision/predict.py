@@ -179,19 +179,13 @@ def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
 
 def _readable(questions: list[Question], skipped: dict[str, str]) -> tuple[list[Question], list]:
     """The questions whose image loads, with their prompt records; the others are noted in `skipped`."""
-    from .data import load_image
+    from .data import load_images
     from .infer import prompt_record
 
-    kept, records = [], []
-    for question in questions:
-        try:  # loaded here so that an unreadable image skips its question, not the whole batch
-            image = None if question.image is None else load_image(question.image)
-        except DataError as e:
-            skipped[str(question.id)] = str(e)
-            continue
-        kept.append(question)
-        records.append(prompt_record(image, question.text))
-    return kept, records
+    # loaded here so that an unreadable image skips its question, not the whole batch
+    kept, images, failed = load_images(questions, lambda question: [] if question.image is None else [question.image])
+    skipped.update((str(question.id), str(error)) for question, error in failed)
+    return kept, [prompt_record(loaded[0] if loaded else None, question.text) for question, loaded in zip(kept, images)]
 
 
 def answer_row(question: Question, reply: Generation, model_id: str, options: DecodeOptions) -> dict:

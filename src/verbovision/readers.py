@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .data import (
     BAD_CONVERSATION,
+    CAPTION_PROMPT,
     DATA_IMAGE_TOKEN,
     EMPTY_ANSWER,
     IMAGE_TOKENS,
@@ -82,7 +83,7 @@ class ReadOptions:
     """Column names of flat rows (pairs, imagefolder metadata, parquet, webdataset .json)."""
     image_root: Path | None = None
     """Folder relative image paths start from (default: the data file's folder; COCO: guessed near the file)."""
-    prompt: str = "Describe the image briefly."
+    prompt: str = CAPTION_PROMPT
     """User turn of caption records (rows without a question)."""
     split: str | None = None
     """Split of a Hugging Face dataset read with `hf-stream` (default train)."""

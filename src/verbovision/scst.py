@@ -21,15 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Collator, Encoded, SkipLog, load_image, skip_reason, source_records
+from .data import Collator, Encoded, SkipLog, load_images, skip_entry, source_records
 from .errors import DataError
-from .families import IMAGES_IN_TEXT, check_consumed
+from .families import check_consumed
 from .infer import eos_token_ids
 from .evaluate.bleu import bleu
 from .evaluate.cider import CiderD
 from .evaluate.ptb import ptb_tokenize
 from .recipe import Recipe, Stage
-from .trainable import train_mode
+from .trainable import evaluating
 from .trainstate import StageSetup, TrainState, optimizer_step
 
 
@@ -175,12 +175,10 @@ class ScstSteps:
         k = self.stage.scst_samples
         sampling = self._inputs(examples, images, k)
         greedy = self._inputs(examples, images, 1)  # the greedy baseline; logged with the mean baseline too
-        self.model.eval()
-        with torch.no_grad():
+        with evaluating(self.model), torch.no_grad():
             sampled = self._generate(sampling, do_sample=True, temperature=self.stage.scst_temperature,
                                      top_k=self.stage.scst_top_k or 0, top_p=self.stage.scst_top_p or 1.0)
             greedy_tokens = self._generate(greedy, do_sample=False)
-        train_mode(self.model)
         mask = reply_mask(sampled, self.eos_ids)  # [B*K, L]
         captions = self._texts(sampled, mask) + self._texts(greedy_tokens, reply_mask(greedy_tokens, self.eos_ids))
         references = [e.references for e in examples]
@@ -206,20 +204,16 @@ class ScstSteps:
         keep = rollout.tokens.shape[1] + 1
         inputs = self.family.model_inputs(rollout.inputs)
         check_consumed(model, inputs)
-        if self.family.images == IMAGES_IN_TEXT:
+        if self.family.takes_logits_to_keep:
             # Only the reply's logits are needed: the full [N, P+L, V] tensor would not fit for a real vocabulary.
             return model(**inputs, logits_to_keep=keep).logits  # [B*K, L+1, V]
         return model(**inputs).logits[:, -keep:]  # GIT and encoder-decoders take no logits_to_keep
 
     def _loaded(self, examples: list[ScstExample], state: TrainState) -> tuple[list[ScstExample], list[list]]:
         """The examples whose images load, with their images; the others are recorded as skipped, as SFT does."""
-        kept, images = [], []
-        for example in examples:
-            try:
-                images.append([load_image(p) for p in example.prompt.images])
-                kept.append(example)
-            except DataError as e:
-                state.record_skip(skip_reason(e), f"{example.prompt.record_id}: {e}")
+        kept, images, failed = load_images(examples, lambda example: example.prompt.images)
+        for example, error in failed:
+            state.record_skip(*skip_entry(example.prompt.record_id, error))
         return kept, images
 
     def _inputs(self, examples: list[ScstExample], images: list[list], repeat: int) -> dict:

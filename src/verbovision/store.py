@@ -190,13 +190,15 @@ def not_a_model(folder: Path) -> str:
 def not_image_text(path: str) -> str:
     """Why a model transformers cannot load as an image-text model is not one, and what to do with it."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_IMAGE_MAPPING_NAMES
+
+    from .families import component_kind
 
     kind = AutoConfig.from_pretrained(path).model_type
-    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    component = component_kind(kind)
+    if component == "language":
         return (f"{path}: a language model ({kind}), not an image-text model; compose it with a vision encoder "
                 f"first: verbo build --vision ENCODER --language {path} --out DIR")
-    if kind in MODEL_FOR_IMAGE_MAPPING_NAMES or kind.endswith("_vision_model"):
+    if component == "vision":
         return (f"{path}: a vision encoder ({kind}), not an image-text model; compose it with a language model "
                 f"first: verbo build --vision {path} --language LM --out DIR")
     return f"{path}: a {kind} model, not an image-text model (AutoModelForImageTextToText does not load it)"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from .data import Encoded, Encoder, RecordError, Source, skip_reason, source_options, source_path
+from .data import Encoded, Encoder, RecordError, Source, skip_entry, source_options, source_path
 from .errors import DataError
 
 STREAM_FORMAT = "hf-stream"
@@ -89,7 +89,7 @@ class StreamMix:
                 yield self.encoder.encode(self._record(row, which, f"epoch {epoch} row {index}")), None
             except DataError as e:
                 record_id = e.record_id if isinstance(e, RecordError) else f"epoch {epoch} row {index}"
-                yield None, (skip_reason(e), f"{record_id}: {e}")
+                yield None, skip_entry(record_id, e)
 
     def _rows(self, epoch: int):
         import datasets

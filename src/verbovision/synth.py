@@ -32,6 +32,10 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .data import CAPTION_PROMPT, DATA_IMAGE_TOKEN, Turn
+from .data import Record as ParsedRecord
+from .datatools import llava_row
+
 __all__ = [
     "COLOURS", "COLUMNS", "SHAPES", "SIZES", "SUPPORTED_LANGS",
     "SceneObject", "synth_geometry", "synth_shapes",
@@ -196,7 +200,7 @@ _LEXICONS: dict[str, _Lexicon] = {
         position_answers={c: c for c in COLUMNS},
         count_words={1: "one", 2: "two", 3: "three"},
         yes_no=("yes", "no"),
-        short_prompt="Describe the image briefly.",
+        short_prompt=CAPTION_PROMPT,
         detailed_prompt="Describe the image in detail.",
         detailed_one=("There is one shape: {listing}.", "The image shows {listing}."),
         detailed_many=(
@@ -697,14 +701,9 @@ def _empty_tables(files: Sequence[str]) -> dict[str, dict[str, list[Record]]]:
 
 
 def _record(record_id: str, image: str, prompt: str, reply: str, answer_key: str | None = None) -> Record:
-    record: Record = {
-        "id": record_id,
-        "image": f"../{image}",  # relative to {split}/, where the JSON file lives
-        "conversations": [
-            {"from": "human", "value": f"<image>\n{prompt}"},
-            {"from": "gpt", "value": reply},
-        ],
-    }
+    turns = [Turn("user", f"{DATA_IMAGE_TOKEN}\n{prompt}"), Turn("assistant", reply)]
+    # the image relative to {split}/, where the JSON file lives
+    record = llava_row(ParsedRecord(record_id, [image], turns, "synth"), lambda path: f"../{path}")
     if answer_key is not None:
         record["answer"] = answer_key
     return record

@@ -42,15 +42,15 @@ from .data import (
     length_grouped,
     pack_examples,
     require_usable,
-    skip_reason,
+    skip_entry,
     source_path,
     source_records,
     with_trained_template,
 )
 from .distributed import Processes
 from .errors import ConfigError
-from .families import IMAGES_IN_TEXT, family_of
-from .features import FeatureCache, supports_cache
+from .families import family_of
+from .features import FeatureCache
 from .loss import token_loss, validation_loss
 from .merge import merge_adapter, merge_verified
 from .preflight import check_data_files, check_stages
@@ -70,7 +70,14 @@ from .store import (
 )
 from .streams import StreamMix, is_stream
 from .tokenizer import train_bpe_tokenizer
-from .trainable import configure_trainable, disable_checkpointing, enable_checkpointing, param_groups, train_mode
+from .trainable import (
+    configure_trainable,
+    disable_checkpointing,
+    enable_checkpointing,
+    evaluating,
+    param_groups,
+    train_mode,
+)
 from .trainstate import StageSetup, TrainState, load_trainable, optimizer_step, save_trainable
 
 
@@ -545,16 +552,16 @@ def feature_cache(procs: Processes, model, processor, stage: Stage, run_dir: Pat
     if procs.distributed:  # one cache folder, written by one process: not yet; pixels every step instead
         print("feature cache: off when several processes train")
         return None
-    if not supports_cache(model):
-        print(f"feature cache: not available for {model.config.model_type} models; vision features are computed "
-              "every step")
+    family = family_of(model.config)
+    if not family.caches_features:
+        print(f"feature cache: not available for {family.name} models; vision features are computed every step")
         return None
     cache = FeatureCache(run_dir / "feature_cache", model, processor, stage.feature_cache_dtype)
     failed = cache.ensure([p for examples, _ in sources for e in examples for p in e.images])
     for examples, _ in sources:
         for example in [e for e in examples if any(p in failed for p in e.images)]:
             reason = next(failed[p] for p in example.images if p in failed)
-            skips.add(skip_reason(DataError(reason)), f"{example.record_id}: {reason}")
+            skips.add(*skip_entry(example.record_id, DataError(reason)))
             examples.remove(example)
     return cache
 
@@ -563,7 +570,7 @@ def vision_keepalive(model, encoder: Encoder, batch: dict, device) -> torch.Tens
     """0 x the vision tower's output on a blank image, for a text-only micro-batch: every process then runs the
     vision path each step, so no collective (DDP's gradient reduction, ZeRO-3's parameter gathering) waits forever
     on a process that skipped it."""
-    if encoder.family.images != IMAGES_IN_TEXT or "pixel_values" in batch or "image_features" in batch:
+    if not encoder.family.images_in_text or "pixel_values" in batch or "image_features" in batch:
         return torch.zeros((), device=device)
     blank = encoder.pixel_inputs([Image.new("RGB", (64, 64))])
     out = model.get_image_features(**{k: v.to(device) for k, v in blank.items()})
@@ -620,11 +627,9 @@ def generation_metric(model, encoder: Encoder, records, stage: Stage) -> float:
     from .evaluate.metrics import score
     from .infer import VLM
 
-    was_training = model.training
-    model.eval()
-    vlm = VLM.from_loaded(model, encoder.processor, stage.template)
-    replies = vlm.generate_records(records, batch_size=stage.batch_size)
-    train_mode(model, was_training)
+    with evaluating(model):
+        vlm = VLM.from_loaded(model, encoder.processor, stage.template)
+        replies = vlm.generate_records(records, batch_size=stage.batch_size)
     result = score({r.id: reply for r, reply in zip(records, replies)}, {r.id: r.references for r in records},
                    [stage.best_metric], ci=False)
     return result.values[BEST_METRICS[stage.best_metric]]

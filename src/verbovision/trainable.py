@@ -4,6 +4,8 @@ parameter groups. Components are found by module name in every family (see famil
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.pytorch_utils import Conv1D
 
 from .errors import ConfigError
-from .families import CROSS_ATTENTION_MODULES, Components
+from .families import Components, is_cross_attention, is_output_head
 from .recipe import COMPONENTS, Stage
 from .store import peft_wrapping
 
@@ -36,7 +38,7 @@ def last_layers(model: nn.Module, components: Components, component: str, n: int
 
 def cross_attention(model: nn.Module, components: Components, component: str) -> list[str]:
     """Module names of a component's cross-attention (and its norms), for `cross_attention` training."""
-    names = [name for name, _ in components.modules(model, component) if name.split(".")[-1] in CROSS_ATTENTION_MODULES]
+    names = [name for name, _ in components.modules(model, component) if is_cross_attention(name)]
     if not names:
         raise ConfigError(f"train.{component}: cross_attention, but the {component} component has no "
                           "cross-attention modules (only encoder-decoder models have them)")
@@ -50,7 +52,7 @@ def lora_targets(model: nn.Module, components: Components, trained: list[str], t
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Linear, Conv1D)) or components.of(name) not in trained:
             continue
-        if name.split(".")[-1] == "lm_head" or name == "output":  # GIT's head is `output`
+        if is_output_head(name):
             continue
         if target == "all-linear" or name.split(".")[-1] in target:
             names.append(name)
@@ -131,6 +133,18 @@ def train_mode(model: nn.Module, training: bool = True) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad
                                                                            for p in module.parameters()):
             module.eval()
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block (dropout off: validation, generation, a merge's logit check), back in
+    the mode it was in after it (`train_mode`, so frozen batch norms stay in eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        train_mode(model, was_training)
 
 
 def _callable_modules(model: nn.Module, names: list[str]) -> list[str]:
