@@ -30,9 +30,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from verbovision.build import LanguageSpec, ModelSpec, VisionSpec, build_vlm  # noqa: E402
-from verbovision.data import Collator, Encoder, Record, Turn  # noqa: E402
-from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
+from verbovision.config.model import LanguageSpec, ModelSpec, VisionSpec
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.records import Record, Turn
+from verbovision.data.tokenizer import train_bpe_tokenizer
+from verbovision.model.build import build_vlm
 
 BATCH = 16
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

@@ -96,8 +96,9 @@ def main() -> None:
     parser = quickstart_options(__doc__)
     args = parser.parse_args()
 
-    from verbovision.data import CAPTION_PROMPT
-    from verbovision.infer import VLM, DecodeOptions
+    from verbovision.data.records import CAPTION_PROMPT
+    from verbovision.infer.options import DecodeOptions
+    from verbovision.infer.vlm import VLM
 
     records = held_out_records(args)
     paths = [r.images[0] for r in records]

@@ -53,8 +53,9 @@ def main() -> None:
     import torch
 
     from verbovision.evaluate.metrics import score
-    from verbovision.infer import VLM, DecodeOptions
-    from verbovision.quantize import quantize_dynamic_int8
+    from verbovision.infer.options import DecodeOptions
+    from verbovision.infer.vlm import VLM
+    from verbovision.model.quantize import quantize_dynamic_int8
 
     records = held_out_records(args)
     models = {"float32": VLM(args.model, device="cpu"), "int8-dynamic": VLM(args.model, device="cpu")}

@@ -33,7 +33,7 @@ def held_out_records(args) -> list:
     """The first --n held-out records with references; sets torch's threads as --threads asks."""
     import torch
 
-    from verbovision.data import read_records
+    from verbovision.data.sources import read_records
     from verbovision.quickstart import TEST_FILE
 
     if args.threads:

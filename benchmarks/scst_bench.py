@@ -21,12 +21,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from results import publish  # noqa: E402
 
-from verbovision.data import read_records  # noqa: E402
+from verbovision.config.parse import parse_recipe
+from verbovision.data.sources import read_records
+from verbovision.data.synth import synth_shapes
 from verbovision.evaluate.metrics import score  # noqa: E402
-from verbovision.infer import VLM, DecodeOptions  # noqa: E402
-from verbovision.recipe import parse_recipe  # noqa: E402
-from verbovision.synth import synth_shapes  # noqa: E402
-from verbovision.train import train_recipe  # noqa: E402
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.train.run import train_recipe
 
 # The quickstart's model and learning rate (a from-scratch ViT learns shapes at 6e-4, never at 2e-3).
 MODEL = {"vision": {"arch": "siglip", "hidden_size": 128, "layers": 3, "heads": 4, "image_size": 64, "patch_size": 8},

@@ -38,7 +38,7 @@ def tiny_model(work: Path) -> tuple[Path, Path]:
     import yaml
 
     from verbovision.cli import main as verbo
-    from verbovision.synth import synth_shapes
+    from verbovision.data.synth import synth_shapes
 
     data = work / "data"
     synth_shapes(data, n=40, seed=0, langs=("en",))

@@ -73,9 +73,9 @@ def stage_dict(stage: str, steps: int, batch: int, bf16: bool = False) -> dict:
 
 def prepare(work: Path, model_block: dict, n_images: int) -> tuple[Path, Path]:
     """Synthesize data and build the initial model once, so every variant starts from identical weights."""
-    from verbovision.recipe import parse_recipe
-    from verbovision.synth import synth_shapes
-    from verbovision.train import initial_model
+    from verbovision.config.parse import parse_recipe
+    from verbovision.data.synth import synth_shapes
+    from verbovision.train.run import initial_model
 
     data = work / "data"
     synth_shapes(data, n=n_images, seed=0, langs=("en",))
@@ -87,9 +87,9 @@ def prepare(work: Path, model_block: dict, n_images: int) -> tuple[Path, Path]:
 
 
 def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int, bf16: bool) -> dict:
-    from verbovision.recipe import parse_recipe
-    from verbovision.runinfo import read_metrics
-    from verbovision.train import train_recipe
+    from verbovision.config.parse import parse_recipe
+    from verbovision.train.run import train_recipe
+    from verbovision.train.runinfo import read_metrics
 
     raw = {"name": "ours", "data_root": str(data), "model": {"from": str(init)},
            "stages": [stage_dict(stage, warmup + steps, batch, bf16)]}
@@ -106,10 +106,13 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
     """The plain path: a Dataset that loads, preprocesses and tokenizes per item; Trainer; pixel values each step."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from verbovision.data import Collator, Encoder, load_image, read_records
-    from verbovision.recipe import Stage, StageData
-    from verbovision.store import load_model
-    from verbovision.trainable import configure_trainable
+    from verbovision.config.schema import Stage, StageData
+    from verbovision.data.batching import Collator
+    from verbovision.data.encoding import Encoder
+    from verbovision.data.images import load_image
+    from verbovision.data.sources import read_records
+    from verbovision.model.store import load_model
+    from verbovision.model.trainable import configure_trainable
 
     model, processor = load_model(init, device="cpu")
     model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))
@@ -154,12 +157,14 @@ def step_flops(init: Path, data: Path, stage: str, batch: int) -> float:
     """FLOPs of one training step (forward + backward) of our path, counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from verbovision.data import Collator, Encoder, read_records
-    from verbovision.features import FeatureCache
-    from verbovision.recipe import Stage, StageData
-    from verbovision.store import load_model
-    from verbovision.trainable import configure_trainable
-    from verbovision.train import token_loss
+    from verbovision.config.schema import Stage, StageData
+    from verbovision.data.batching import Collator
+    from verbovision.data.encoding import Encoder
+    from verbovision.data.sources import read_records
+    from verbovision.model.features import FeatureCache
+    from verbovision.model.loss import token_loss
+    from verbovision.model.store import load_model
+    from verbovision.model.trainable import configure_trainable
 
     model, processor = load_model(init, device="cpu")
     model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))

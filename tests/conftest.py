@@ -30,12 +30,11 @@ from transformers import (  # noqa: E402
     ViTConfig,
 )
 
-from verbovision.build import image_processor  # noqa: E402
-from verbovision.synth import synth_shapes  # noqa: E402
-from verbovision.tokenizer import train_bpe_tokenizer  # noqa: E402
+from verbovision.data.synth import synth_shapes
+from verbovision.data.tokenizer import train_bpe_tokenizer
+from verbovision.model.build import image_processor
 
 from .helpers import TINY_LM, TINY_VISION, stage, tiny_recipe
-
 
 VISION_CONFIGS = {
     "siglip": lambda: SiglipVisionConfig(**TINY_VISION),

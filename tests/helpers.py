@@ -34,13 +34,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.utils import is_torchvision_available
 
 from verbovision.cli import main
-from verbovision.data import RecordError
+from verbovision.config.parse import parse_recipe
+from verbovision.data.readers import scan
+from verbovision.data.records import RecordError
+from verbovision.data.rows import ReadOptions
 from verbovision.families import forward_parameters
-from verbovision.readers import ReadOptions, scan
-from verbovision.recipe import parse_recipe
-from verbovision.store import load_model, load_processor
-from verbovision.train import train_recipe
-
+from verbovision.model.store import load_model, load_processor
+from verbovision.train.run import train_recipe
 
 BLOCK_VERBOVISION = """
 import importlib.abc, sys

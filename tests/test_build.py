@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from verbovision.data import ImageTokens
-from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
+from verbovision.config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
+from verbovision.data.image_tokens import ImageTokens
 from verbovision.errors import ConfigError
+from verbovision.model.build import build_vlm, save_model
 
 from .helpers import BLOCK_VERBOVISION, TINY_SCRATCH
-
 
 # Run in a fresh interpreter where importing verbovision is impossible, so the checkpoint must stand on its own.
 LOAD_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
@@ -126,7 +126,7 @@ def test_unmappable_connectors_are_refused_at_build_time(tiny_vision, tiny_lm, v
 
 @pytest.mark.parametrize("arch", ["siglip", "clip", "vit"])
 def test_from_scratch_sizes(arch, tiny_tokenizer_texts):
-    from verbovision.tokenizer import train_bpe_tokenizer
+    from verbovision.data.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(tiny_tokenizer_texts, "<image>", vocab_size=280)
     spec = ModelSpec(vision=VisionSpec(arch=arch, hidden_size=32, layers=1, heads=2, image_size=32),
@@ -147,7 +147,7 @@ def test_missing_torchvision_is_one_line(tmp_path, tiny_vision, monkeypatch, ver
     import transformers
 
     from verbovision.errors import VerboError
-    from verbovision.store import load_processor
+    from verbovision.model.store import load_processor
 
     def needs_torchvision(*args, **kwargs):
         raise ImportError("\nAutoImageProcessor requires the Torchvision library but it was not found in your "

@@ -10,13 +10,14 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from verbovision.chat import ChatSession
-from verbovision.data import read_records
+from verbovision.data.sources import read_records
 from verbovision.errors import DataError
-from verbovision.infer import VLM, DecodeOptions, messages_record, prompt_record
+from verbovision.infer.chat import ChatSession
+from verbovision.infer.messages import messages_record, prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
 
 from .helpers import data_uri, image_message
-
 
 SAMPLED = DecodeOptions(temperature=1.0, seed=3, max_new_tokens=12)
 """Sampling with a seed: varied text, so streams have several pieces, yet reproducible."""

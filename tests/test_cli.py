@@ -10,10 +10,12 @@ from PIL import Image
 
 import verbovision
 from verbovision.cli import main, make_parser
+from verbovision.config.parse import load_recipe
 from verbovision.evaluate.report import CUT_MARK
-from verbovision.infer import VLM, DecodeOptions, prompt_record
-from verbovision.recipe import load_recipe
-from verbovision.report import sample_captions, write_report
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.train.report import sample_captions, write_report
 
 from .helpers import SAMPLED, limit_cutting_some
 

@@ -10,26 +10,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verbovision.data import (
+from verbovision.cli import make_parser
+from verbovision.config.parse import parse_recipe
+from verbovision.data.batching import Collator
+from verbovision.data.clean import guess_language, normalise_text
+from verbovision.data.encoding import Encoder
+from verbovision.data.image_checks import dhash
+from verbovision.data.records import (
     EMPTY_ANSWER,
     IMAGE_TOKENS,
     MISSING_IMAGE,
     TOO_LONG,
     TOO_SMALL,
     UNREADABLE_IMAGE,
-    Collator,
-    Encoder,
     Record,
     RecordError,
     Turn,
-    read_records,
 )
-from verbovision.cli import make_parser
-from verbovision.datatools import dhash, guess_language, normalise_text
+from verbovision.data.sources import read_records
 from verbovision.errors import DataError
-from verbovision.recipe import parse_recipe
-from verbovision.store import load_model, read_json
-from verbovision.train import train_recipe
+from verbovision.files import read_json
+from verbovision.model.store import load_model
+from verbovision.train.run import train_recipe
 
 from .helpers import png_bytes, stage, tiny_recipe, write_tar
 

@@ -13,10 +13,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from verbovision.data import read_records
+from verbovision.data.sources import read_records
 
 from .helpers import tiny_recipe, verbo_train
-
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 

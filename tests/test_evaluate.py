@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import main
-from verbovision.data import read_records
+from verbovision.data.sources import read_records
 from verbovision.evaluate.metrics import score
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.evaluate.scoring import load_predictions
-from verbovision.distributed import Processes
-from verbovision.infer import VLM, DecodeOptions
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.train.distributed import Processes
 
 from .helpers import SAMPLED, SHARED, limit_cutting_some
-
 
 COCO = SHARED / "reference" / "coco-caption"
 

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import make_parser
-from verbovision.recipe import load_recipe, recipe_file
+from verbovision.config.parse import load_recipe, recipe_file
 
 from .helpers import running, subcommands
-
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

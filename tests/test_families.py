@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from verbovision.infer import VLM, prompt_record
-from verbovision.recipe import load_recipe
-from verbovision.store import load_model, read_json
-from verbovision.train import train_recipe
+from verbovision.config.parse import load_recipe
+from verbovision.files import read_json
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.vlm import VLM
+from verbovision.model.store import load_model
+from verbovision.train.run import train_recipe
 
 from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, needs_model_type, train_one_stage
 from .tiny_families import (
@@ -157,7 +159,8 @@ def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokeniz
 def test_every_trained_reply_ends_in_a_special_token(build, tmp_path, shapes_data, tiny_tokenizer_texts):
     """llava-hf's template writes no EOS after a reply: training adds it (or the model never learns to stop);
     Qwen2-VL's writes <|im_end|>, which ends the reply already."""
-    from verbovision.data import Encoder, Record, Turn
+    from verbovision.data.encoding import Encoder
+    from verbovision.data.records import Record, Turn
     from verbovision.families import family_of
 
     model, processor = load_model(build(tmp_path / "base", tiny_tokenizer_texts), device="cpu")
@@ -184,9 +187,11 @@ def test_batches_carry_the_processors_token_types(family, tmp_path, shapes_data,
     """A batch holds the token types the family's processor gives for the same text: Qwen2-VL's, PaddleOCR-VL's
     (returned, not listed) and HunYuan-VL's `mm_token_type_ids` (the image tokens), ERNIE-4.5-VL's
     `moe_mm_token_type_ids` too (with its image start and end tokens, for its image experts)."""
-    from verbovision.data import Collator, Encoder, read_records
+    from verbovision.data.batching import Collator
+    from verbovision.data.encoding import Encoder
+    from verbovision.data.images import open_image
+    from verbovision.data.sources import read_records
     from verbovision.families import family_of
-    from verbovision.images import open_image
 
     needs_model_type(family)
     model, processor = load_model(TOKEN_TYPED[family](tmp_path / family, tiny_tokenizer_texts), device="cpu")

@@ -8,11 +8,16 @@ import pytest
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from verbovision.data import Collator, Encoder, pack_examples, read_records
+from verbovision.data.batching import Collator, pack_examples
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError
 from verbovision.families import family_of
-from verbovision.infer import VLM, DecodeOptions, prompt_record
-from verbovision.store import load_model, read_json
+from verbovision.files import read_json
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.model.store import load_model
 
 from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, token_losses, train_one_stage
 from .tiny_families_encoder_grounding import BUILDERS

@@ -7,12 +7,15 @@ from PIL import Image
 from transformers.models.smolvlm import processing_smolvlm
 
 from verbovision.cli import main
-from verbovision.data import Collator, Encoder, Record, Turn, read_records, with_trained_template
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder, with_trained_template
+from verbovision.data.records import Record, Turn
+from verbovision.data.sources import read_records
 from verbovision.families import family_of
-from verbovision.features import FeatureCache
-from verbovision.infer import prompt_record
-from verbovision.loss import token_loss
-from verbovision.store import load_model
+from verbovision.infer.messages import prompt_record
+from verbovision.model.features import FeatureCache
+from verbovision.model.loss import token_loss
+from verbovision.model.store import load_model
 
 from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 

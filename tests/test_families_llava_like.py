@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from verbovision.data import ImageTokens
-from verbovision.infer import VLM, DecodeOptions, prompt_record
-from verbovision.store import load_processor
+from verbovision.data.image_tokens import ImageTokens
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.model.store import load_processor
 
 from .tiny_families_llava_like import BUILDERS, make_tiny_aya_vision, make_tiny_llava_next, plain_processor
 

@@ -12,7 +12,7 @@ from transformers import FastVlmConfig
 
 from verbovision.cli import main
 from verbovision.errors import VerboError
-from verbovision.preflight import model_skeleton
+from verbovision.train.preflight import model_skeleton
 
 from .tiny_families import TINY_LM
 

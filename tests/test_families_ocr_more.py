@@ -11,13 +11,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from verbovision.cli import main
-from verbovision.data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.records import DATA_IMAGE_TOKEN, Record, Turn
 from verbovision.families import family_of
-from verbovision.store import load_model
+from verbovision.model.store import load_model
 
 from .helpers import CAPTIONS, LORA, needs_model_type, picture, train_one_stage
 from .tiny_families import make_tiny_llava
 from .tiny_families_ocr_more import BUILDERS
+
 
 def test_deepseek_ocr2_takes_the_tiles_of_a_large_image(tmp_path, tiny_tokenizer_texts):
     """Its image processor returns a large image's tiles as pixel_values_local, which its model_input_names leaves out;

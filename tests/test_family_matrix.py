@@ -22,8 +22,8 @@ from transformers import AutoConfig
 from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from verbovision import infer
 from verbovision.cli import main
+from verbovision.config.parse import parse_recipe
 from verbovision.families import (
     ENCODER,
     FAMILY_MATRIX,
@@ -36,11 +36,13 @@ from verbovision.families import (
     family_of,
     note_untried,
 )
-from verbovision.infer import VLM, DecodeOptions
+from verbovision.files import read_json
+from verbovision.infer import vlm as vlm_module
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
 from verbovision.merge import logits_of, probe_batch
-from verbovision.recipe import parse_recipe
-from verbovision.store import load_model, read_json
-from verbovision.train import train_recipe
+from verbovision.model.store import load_model
+from verbovision.train.run import train_recipe
 
 from .helpers import BLOCK_VERBOVISION, needs_model_type
 from .tiny_families import (
@@ -50,17 +52,8 @@ from .tiny_families import (
     make_tiny_qwen2_vl,
     make_tiny_vision_encoder_decoder,
 )
-from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_encoder_grounding import make_tiny_blip_2
-from .tiny_families_ocr_more import (
-    make_tiny_aria,
-    make_tiny_got_ocr2,
-    make_tiny_janus,
-    make_tiny_lighton_ocr,
-    make_tiny_ovis2,
-    make_tiny_ovis2_5,
-    make_tiny_qianfan_ocr,
-)
+from .tiny_families_gemma_smol import make_tiny_gemma3, make_tiny_paligemma, make_tiny_smolvlm
 from .tiny_families_llava_like import (
     make_tiny_aya_vision,
     make_tiny_internvl,
@@ -75,20 +68,22 @@ from .tiny_families_llava_more import (
     make_tiny_video_llava,
     make_tiny_vipllava,
 )
-from .tiny_families_special import (
-    make_tiny_chameleon,
-    make_tiny_cohere_compass,
-    make_tiny_cosmos3_edge,
-    make_tiny_emu3,
-    make_tiny_gemma4,
-)
-from .tiny_families_mistral import make_tiny_mistral3
 from .tiny_families_misc import (
     make_tiny_glm5_next,
     make_tiny_glmga,
     make_tiny_hy_v4_vl,
     make_tiny_minicpmv4_6,
     make_tiny_minicpmv4_7,
+)
+from .tiny_families_mistral import make_tiny_mistral3
+from .tiny_families_ocr_more import (
+    make_tiny_aria,
+    make_tiny_got_ocr2,
+    make_tiny_janus,
+    make_tiny_lighton_ocr,
+    make_tiny_ovis2,
+    make_tiny_ovis2_5,
+    make_tiny_qianfan_ocr,
 )
 from .tiny_families_qwen_like import (
     make_tiny_deepseek_vl,
@@ -117,6 +112,13 @@ from .tiny_families_qwen_tower import (
     make_tiny_lfm3_vl,
     make_tiny_paddleocr_vl,
     make_tiny_video_llama_3,
+)
+from .tiny_families_special import (
+    make_tiny_chameleon,
+    make_tiny_cohere_compass,
+    make_tiny_cosmos3_edge,
+    make_tiny_emu3,
+    make_tiny_gemma4,
 )
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -303,8 +305,8 @@ def test_greedy_captions_are_generates(model_type, tmp_path, four_records, tiny_
     vlm = VLM(case.build(tmp_path / "base", tiny_tokenizer_texts), device="cpu", **chosen_template(model_type))
     images = [Image.open(record["image"]).convert("RGB") for record in json.loads(four_records.read_text())[:3]]
     own_loop_calls = []
-    loop = infer.greedy_leaving_at_eos
-    monkeypatch.setattr(infer, "greedy_leaving_at_eos", lambda *args: own_loop_calls.append(1) or loop(*args))
+    loop = vlm_module.greedy_leaving_at_eos
+    monkeypatch.setattr(vlm_module, "greedy_leaving_at_eos", lambda *args: own_loop_calls.append(1) or loop(*args))
     options = DecodeOptions(max_new_tokens=8)
     captions = vlm.caption(images, options=options)
     assert bool(own_loop_calls) == (model_type in OWN_GREEDY_LOOP)

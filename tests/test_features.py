@@ -8,17 +8,18 @@ import shutil
 import pytest
 import torch
 
-from verbovision.data import Collator, Encoder, read_records
+from verbovision.config.parse import parse_recipe
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError
 from verbovision.families import family_of
-from verbovision.features import FeatureCache, cache_key, embeds_with_features
-from verbovision.loss import token_loss
-from verbovision.recipe import parse_recipe
-from verbovision.store import load_model
-from verbovision.train import train_recipe
+from verbovision.model.features import FeatureCache, cache_key, embeds_with_features
+from verbovision.model.loss import token_loss
+from verbovision.model.store import load_model
+from verbovision.train.run import train_recipe
 
 from .helpers import stage, tiny_recipe
-
 
 FROZEN_VISION = {"vision": "frozen", "connector": "full", "language": "full"}
 

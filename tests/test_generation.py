@@ -6,7 +6,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from verbovision.infer import VLM, DecodeOptions, prompt_record
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
 
 QUESTIONS = ("Describe the image briefly.", "What is in the picture? Answer in a few words, please.", "Colors?")
 
@@ -82,7 +84,7 @@ def test_other_decoding_options_go_through_generate(vlm, records):
 def test_the_own_loop_runs_only_where_the_forward_names_every_input_it_passes(vlm):
     """A transformers release whose forward does not name the KV-cache input (or positions) would take it in
     **kwargs, possibly unread: such a model decodes with `generate` instead."""
-    from verbovision.infer import greedy_loop_fits
+    from verbovision.infer.greedy import greedy_loop_fits
 
     class CacheUnnamed:
         generation_config = vlm.model.generation_config

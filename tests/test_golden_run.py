@@ -56,7 +56,7 @@ TIMINGS = ("seconds", "time", "per_s", "per_second", "elapsed", "throughput", "e
 
 
 BEFORE_THE_PACKAGE_MOVE = "a8c8833337f6589f561c8ae48d9f3975e5c48014"
-"""The last commit with the flat module layout: a run it started must resume with today's code."""
+"""The last commit before the code moved into packages (issue 18): a run it started must resume with today's code."""
 
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 

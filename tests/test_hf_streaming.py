@@ -14,10 +14,10 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from verbovision.data import read_records
+from verbovision.config.parse import parse_recipe
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError
-from verbovision.recipe import parse_recipe
-from verbovision.train import train_recipe
+from verbovision.train.run import train_recipe
 
 from .helpers import (
     assert_memory_flat,
@@ -29,7 +29,6 @@ from .helpers import (
     tiny_recipe,
     verbo_train,
 )
-
 
 datasets = pytest.importorskip("datasets")
 

@@ -8,12 +8,15 @@ import json
 import pytest
 import torch
 
-from verbovision.data import Collator, Encoder, length_grouped, pack_examples, read_records
+from verbovision.config.parse import parse_recipe
+from verbovision.data.batching import Collator, length_grouped, pack_examples
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError
 from verbovision.families import family_of
-from verbovision.recipe import parse_recipe
-from verbovision.store import load_model, read_json
-from verbovision.train import train_recipe
+from verbovision.files import read_json
+from verbovision.model.store import load_model
+from verbovision.train.run import train_recipe
 
 from .helpers import needs_model_type, stage, tiny_recipe, token_losses
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
@@ -25,7 +28,6 @@ from .tiny_families_qwen_tower import (
     make_tiny_lfm3_vl,
     make_tiny_paddleocr_vl,
 )
-
 
 PACKED_FAMILIES = {"llava": make_tiny_llava, "deepseek_vl": make_tiny_deepseek_vl,
                    "llava_onevision1_5": make_tiny_llava_onevision1_5}  # 1-D positions: BOS per sample, CLS per image
@@ -56,7 +58,7 @@ def test_packed_losses_equal_unpacked(family, tmp_path, shapes_data, tiny_tokeni
 
 
 def test_pack_budget_and_length_groups(shapes_data):
-    from verbovision.data import Encoded
+    from verbovision.data.encoding import Encoded
 
     examples = [Encoded(str(i), [1] * n, [2] * n, []) for i, n in enumerate([5, 4, 3, 9, 2, 2, 20])]
     rows = pack_examples(examples, budget=9)

@@ -10,9 +10,11 @@ import shutil
 import torch
 from PIL import Image
 
-from verbovision.data import Collated, Collator, Encoder, read_records
+from verbovision.data.batching import Collated, Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.families import family_of
-from verbovision.store import load_model
+from verbovision.model.store import load_model
 
 from .tiny_families import make_tiny_llava, make_tiny_qwen2_vl
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from verbovision.errors import DataError
-from verbovision.infer import VLM, DecodeOptions, prompt_record
-from verbovision.predict import AnswerLog, PredictConfig, predict, read_questions
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.predict import AnswerLog, PredictConfig, predict, read_questions
+from verbovision.infer.vlm import VLM
 
 from .helpers import SAMPLED, limit_cutting_some
 

@@ -8,7 +8,7 @@ import pytest
 
 import verbovision
 from verbovision.cli import make_parser
-from verbovision.infer import DecodeOptions
+from verbovision.infer.options import DecodeOptions
 
 from .helpers import subcommands
 

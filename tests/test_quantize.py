@@ -10,10 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm
+from verbovision.config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
 from verbovision.errors import ConfigError, VerboError
-from verbovision.infer import VLM, DecodeOptions, prompt_record
-from verbovision.quantize import QUANTIZATION, quantization_config, quantize_dynamic_int8
+from verbovision.infer.messages import prompt_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.model.build import build_vlm
+from verbovision.model.quantize import QUANTIZATION, quantization_config, quantize_dynamic_int8
 
 from .helpers import TINY_SCRATCH, stage, tiny_recipe
 
@@ -98,8 +101,8 @@ def test_quantization_modes():
 
 
 def test_quantized_models_are_never_merged_or_saved(tiny, tmp_path):
-    from verbovision.build import save_model
     from verbovision.merge import refuse_quantized
+    from verbovision.model.build import save_model
 
     model, processor = tiny
     refuse_quantized(model)  # a float model is fine
@@ -112,8 +115,8 @@ def test_quantized_models_are_never_merged_or_saved(tiny, tmp_path):
 
 
 def test_cli_generation_commands_take_quantize(tmp_path, tiny, shapes_data, capsys):
-    from verbovision.build import save_model
     from verbovision.cli import main
+    from verbovision.model.build import save_model
 
     model, processor = tiny
     save_model(model, processor, tmp_path / "model", {"template": "plain"})
@@ -138,7 +141,7 @@ def bitsandbytes_runs() -> bool:
 
 
 def test_qlora_refuses_dense_training_of_quantized_weights(shapes_data):
-    from verbovision.recipe import parse_recipe
+    from verbovision.config.parse import parse_recipe
 
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "full", "language": "lora"})])
@@ -150,8 +153,8 @@ def test_qlora_refuses_dense_training_of_quantized_weights(shapes_data):
 def test_qlora_pixel_shuffle_stage(shapes_data, tmp_path):
     """QLoRA on the geovlm architecture (pixel-shuffle connector) with cached vision features: trains and merges on a
     CUDA machine with bitsandbytes; refused with the reason anywhere else."""
-    from verbovision.recipe import parse_recipe
-    from verbovision.train import train_recipe
+    from verbovision.config.parse import parse_recipe
+    from verbovision.train.run import train_recipe
 
 
     raw = tiny_recipe(shapes_data, [stage("s", train={"vision": "frozen", "connector": "lora", "language": "lora"},

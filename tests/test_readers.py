@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from verbovision.data import (
+from verbovision.data.images import BytesImage, FileSlice, open_image
+from verbovision.data.readers import detect_format, scan
+from verbovision.data.records import (
     BAD_CONVERSATION,
     EMPTY_ANSWER,
     IMAGE_TOKENS,
@@ -19,11 +21,10 @@ from verbovision.data import (
     NOT_UTF8,
     RecordError,
     SkipLog,
-    read_records,
 )
+from verbovision.data.rows import Columns, ReadOptions
+from verbovision.data.sources import read_records
 from verbovision.errors import DataError
-from verbovision.images import BytesImage, FileSlice, open_image
-from verbovision.readers import Columns, ReadOptions, detect_format, scan
 
 from .helpers import kinds, png_bytes, write_jsonl, write_tar
 
@@ -305,7 +306,7 @@ def test_whole_file_errors_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("lang", sorted(CAPTIONS))
 def test_unicode_captions_survive_read_convert_read(tmp_path, lang):
-    from verbovision.datatools import convert_data
+    from verbovision.data.convert import convert_data
 
     png(tmp_path / "x.png")
     text = CAPTIONS[lang]

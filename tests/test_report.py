@@ -11,8 +11,8 @@ from PIL import Image
 
 from verbovision.evaluate.metrics import EvalResult
 from verbovision.evaluate.report import markdown, metrics_figure
-from verbovision.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
-from verbovision.runinfo import loss_figure
+from verbovision.train.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
+from verbovision.train.runinfo import loss_figure
 
 LONG_REPLY = " ".join(f"Step {i}: the angle is {20 * i} degrees because the base angles are equal." for i in range(12))
 

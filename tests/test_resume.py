@@ -10,11 +10,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from verbovision.recipe import parse_recipe
-from verbovision.train import train_recipe
+from verbovision.config.parse import parse_recipe
+from verbovision.train.run import train_recipe
 
 from .helpers import curve, kill_at_step, stage, tiny_recipe
-
 
 STEPS = 24
 
@@ -61,8 +60,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):
 
 
 def test_skip_counters_survive_a_checkpoint(tmp_path):
-    from verbovision.distributed import Processes
-    from verbovision.trainstate import TrainState
+    from verbovision.train.distributed import Processes
+    from verbovision.train.state import TrainState
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -13,9 +13,9 @@ from transformers import AutoModelForImageTextToText
 
 from verbovision import progress as progress_module
 from verbovision.cli import main
-from verbovision.data import read_records
+from verbovision.data.sources import read_records
+from verbovision.files import read_json
 from verbovision.progress import LogProgress, progress
-from verbovision.store import read_json
 
 from .helpers import stage, tiny_recipe
 

@@ -9,16 +9,19 @@ import pytest
 import torch
 
 from verbovision.cli.common import add_decode_options, decode_options_from_flags
-from verbovision.data import Collator, Encoder, read_records
+from verbovision.config.parse import parse_recipe
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError
-from verbovision.infer import VLM, DecodeOptions, eos_token_ids
 from verbovision.evaluate.ptb import ptb_tokenize
-from verbovision.recipe import parse_recipe
-from verbovision.scst import Reward, advantages, continuation_inputs, policy_loss, reply_mask
-from verbovision.train import train_recipe
+from verbovision.infer.greedy import eos_token_ids
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.train.run import train_recipe
+from verbovision.train.scst import Reward, advantages, continuation_inputs, policy_loss, reply_mask
 
 from .helpers import stage, tiny_recipe
-
 
 CAPTIONS = "train/caption_short_en.json"
 
@@ -125,14 +128,14 @@ def test_one_beam_equals_greedy(trained, shapes_data):
 
 
 def _caption_record(image):
-    from verbovision.data import CAPTION_PROMPT
-    from verbovision.infer import prompt_record
+    from verbovision.data.records import CAPTION_PROMPT
+    from verbovision.infer.messages import prompt_record
 
     return prompt_record(image, CAPTION_PROMPT)
 
 
 def _open(image):
-    from verbovision.data import load_image
+    from verbovision.data.images import load_image
 
     return load_image(image)
 

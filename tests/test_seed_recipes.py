@@ -11,17 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, LlamaConfig, Qwen2Config
 
 from verbovision.cli import main
-from verbovision.data import Collator, Encoder, read_records
+from verbovision.config.parse import load_recipe
+from verbovision.config.parse import parse_recipe as load_recipe_dict
+from verbovision.data.batching import Collator
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
+from verbovision.data.tokenizer import train_bpe_tokenizer
 from verbovision.families import family_of
-from verbovision.infer import VLM, DecodeOptions
-from verbovision.recipe import load_recipe
-from verbovision.recipe import parse_recipe as load_recipe_dict
-from verbovision.store import load_model, read_json
-from verbovision.tokenizer import train_bpe_tokenizer
-from verbovision.train import train_and_report
+from verbovision.files import read_json
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.model.store import load_model
+from verbovision.train.run import train_and_report
 
 from .helpers import TINY_LM
 from .tiny_families import make_tiny_git, make_tiny_llava, make_tiny_vision_encoder_decoder

@@ -164,7 +164,8 @@ def test_32_concurrent_clients_are_batched_and_all_answered(server, model_dir, s
 def test_a_plain_model_replies_alike_whatever_the_order_of_the_request_parts(plain_model_dir, shapes_data):
     """The request is rendered in the layout the model was trained on (image, then prompt); an image-only request is
     asked the prompt the model was trained on: every form gets `verbo caption`'s reply."""
-    from verbovision.infer import VLM, DecodeOptions
+    from verbovision.infer.options import DecodeOptions
+    from verbovision.infer.vlm import VLM
 
     images = sorted((shapes_data / "images").glob("*.png"))[:3]
     captions = VLM(plain_model_dir, device="cpu").caption(images, options=DecodeOptions(max_new_tokens=24))

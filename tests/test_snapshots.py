@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import make_parser
-from verbovision.recipe import load_recipe, shipped_recipe, to_dict
+from verbovision.config.parse import load_recipe, shipped_recipe, to_dict
 
 from .helpers import subcommands
 

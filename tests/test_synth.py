@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from verbovision.synth import COLOURS, synth_geometry, synth_shapes
+from verbovision.data.synth import COLOURS, synth_shapes
+from verbovision.data.synth_geometry import synth_geometry
 
 N = 30
 SHAPES_SIZE = 64

@@ -14,15 +14,18 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
-from verbovision.build import LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
-from verbovision.data import CHAT_TEMPLATE_NAME, Encoder, Record, Turn
+from verbovision.config.model import LanguageSpec, ModelSpec, VisionSpec
+from verbovision.data.encoding import CHAT_TEMPLATE_NAME, Encoder
+from verbovision.data.records import Record, Turn
+from verbovision.data.tokenizer import train_bpe_tokenizer
 from verbovision.families import family_of
-from verbovision.infer import VLM, DecodeOptions, messages_record
-from verbovision.store import model_metadata
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.infer.messages import messages_record
+from verbovision.infer.options import DecodeOptions
+from verbovision.infer.vlm import VLM
+from verbovision.model.build import build_vlm, save_model
+from verbovision.model.store import model_metadata
 
 from .helpers import BLOCK_VERBOVISION
-
 
 PROMPT = "Describe the image briefly."
 IMAGE = {"type": "image"}

@@ -13,13 +13,15 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
-from verbovision.data import Encoder, read_records
+from verbovision.config.parse import apply_override, load_recipe, parse_recipe
+from verbovision.data.encoding import Encoder
+from verbovision.data.sources import read_records
 from verbovision.errors import ConfigError, DataError
+from verbovision.files import read_json
 from verbovision.merge import logits_of, probe_batch
-from verbovision.recipe import apply_override, load_recipe, parse_recipe
-from verbovision.store import load_model, read_json
-from verbovision.train import train_recipe
-from verbovision.trainable import enable_checkpointing
+from verbovision.model.store import load_model
+from verbovision.model.trainable import enable_checkpointing
+from verbovision.train.run import train_recipe
 
 from .helpers import built_model, stage, tiny_recipe
 

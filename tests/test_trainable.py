@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from verbovision.trainable import evaluating, train_mode
+from verbovision.model.trainable import evaluating, train_mode
 
 
 def model_with_a_frozen_batch_norm() -> nn.Module:

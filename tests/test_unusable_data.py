@@ -12,14 +12,15 @@ import yaml
 from PIL import Image
 
 from verbovision.cli import main
-from verbovision.data import MISSING_IMAGE, UNREADABLE_IMAGE, load_images, skip_entry, source_records
+from verbovision.config.parse import parse_recipe
+from verbovision.data.images import load_images
+from verbovision.data.records import MISSING_IMAGE, UNREADABLE_IMAGE, skip_entry
+from verbovision.data.sources import source_records
 from verbovision.errors import ConfigError, DataError
-from verbovision.recipe import parse_recipe
-from verbovision.store import read_json
-from verbovision.train import train_recipe
+from verbovision.files import read_json
+from verbovision.train.run import train_recipe
 
 from .helpers import built_model, kinds, stage, tiny_recipe, write_jsonl
-
 
 N_IMAGES = 12
 

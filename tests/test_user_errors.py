@@ -15,13 +15,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from verbovision.build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, save_model
 from verbovision.cli import main
+from verbovision.config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
+from verbovision.config.parse import parse_recipe
 from verbovision.errors import DataError
-from verbovision.recipe import parse_recipe
+from verbovision.model.build import build_vlm, save_model
 
 from .helpers import free_port, stage, tiny_recipe
-
 
 HUB_ID = "someone/tiny-vlm"
 """A hub id no test may download: it is in no cache but the one a test makes."""
@@ -136,18 +136,19 @@ def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data
 
 
 def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
-    from verbovision import train
+    from verbovision.train import loop
+    from verbovision.train.run import train_recipe
 
     def second_stage_fails(procs, recipe, stage, base, run_dir):
         if stage.name == "t":
             raise DataError("stage t cannot start")
         return prepare_stage(procs, recipe, stage, base, run_dir)
 
-    prepare_stage = train.prepare_stage
-    monkeypatch.setattr(train, "prepare_stage", second_stage_fails)
+    prepare_stage = loop.prepare_stage
+    monkeypatch.setattr(loop, "prepare_stage", second_stage_fails)
     recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1), stage("t", max_steps=1)]))
     with pytest.raises(DataError, match="stage t cannot start"):
-        train.train_recipe(recipe, tmp_path / "run")
+        train_recipe(recipe, tmp_path / "run")
     assert (tmp_path / "run/stages/0-s/done.json").exists() and (tmp_path / "run/config.yaml").exists()
 
 

@@ -40,6 +40,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     BertTokenizer,
     CLIPImageProcessorPil,
+    CLIPVisionConfig,
     GenerationConfig,
     GitConfig,
     GitForCausalLM,
@@ -51,7 +52,6 @@ from transformers import (
     Idefics3ImageProcessorPil,
     Idefics3Processor,
     Idefics3VisionConfig,
-    CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -68,7 +68,7 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 __all__ = ["make_tiny_git", "make_tiny_idefics3", "make_tiny_llava", "make_tiny_qwen2_vl",
            "make_tiny_vision_encoder_decoder"]

@@ -71,7 +71,7 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import TINY_LM, TINY_VISION, save_checkpoint, save_processor_files, special_ids
 

@@ -102,7 +102,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import QWEN2_VL_PIXELS, TINY_LM, TINY_VISION, save_checkpoint, special_ids
 from .tiny_families_llava_like import (
@@ -110,8 +110,8 @@ from .tiny_families_llava_like import (
     INTERNVL_IMAGE_TOKENS,
     INTERNVL_TEMPLATE,
     TILE,
-    save_with_video_processor,
     family_tokenizer,
+    save_with_video_processor,
 )
 from .tiny_families_qwen_like import DEEPSEEK_BOS, DEEPSEEK_EOS, QWEN3_VL_TEMPLATE
 

@@ -58,7 +58,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import (
     QWEN2_VL_PIXELS,
@@ -66,9 +66,9 @@ from .tiny_families import (
     QWEN2_VL_VISION,
     TINY_LM,
     TINY_VISION,
-    save_checkpoint,
     mrope_text_config,
     qwen_tokenizer,
+    save_checkpoint,
     save_with_video_processor,
 )
 

@@ -41,7 +41,7 @@ import torch
 import transformers
 from transformers import GenerationConfig
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import QWEN2_VL_VISION, TINY_LM, mrope_text_config, save_with_video_processor
 from .tiny_families_qwen_like import make_tiny_qwen3_vl

@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2VLImageProcessorPil
 
-from verbovision.tokenizer import train_bpe_tokenizer
+from verbovision.data.tokenizer import train_bpe_tokenizer
 
 from .tiny_families import (
     QWEN2_VL_PIXELS,
@@ -53,9 +53,9 @@ from .tiny_families import (
     QWEN2_VL_VISION,
     TINY_LM,
     TINY_VISION,
-    save_checkpoint,
     mrope_text_config,
     qwen_tokenizer,
+    save_checkpoint,
     save_processor_files,
     save_with_video_processor,
     special_ids,
@@ -239,8 +239,12 @@ ERNIE_TEMPLATE = (
 def make_tiny_paddleocr_vl(out: Path, texts: list[str]) -> Path:
     """PaddleOCRVLForConditionalGeneration (PaddlePaddle/PaddleOCR-VL layout): NaViT-style SigLIP tower with 2-D rope,
     `model.projector` merging 2x2 patches, ERNIE-4.5 LM with M-RoPE."""
-    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration, PaddleOCRVLImageProcessorPil
-    from transformers import PaddleOCRVLProcessor
+    from transformers import (
+        PaddleOCRVLConfig,
+        PaddleOCRVLForConditionalGeneration,
+        PaddleOCRVLImageProcessorPil,
+        PaddleOCRVLProcessor,
+    )
 
     tokenizer = train_bpe_tokenizer(list(texts) + ["User: Assistant:"], "<|IMAGE_PLACEHOLDER|>", vocab_size=300)
     tokenizer.add_tokens(["<|IMAGE_START|>", "<|IMAGE_END|>", "<|begin_of_sentence|>", "<|end_of_sentence|>"],
@@ -283,8 +287,12 @@ def named_tokens_tokenizer(texts: list[str], named: dict[str, str], eos: str = "
 def make_tiny_hunyuan_vl(out: Path, texts: list[str]) -> Path:
     """HunYuanVLForConditionalGeneration (tencent/HunyuanOCR layout): NaViT tower whose `patch_merger` (convolutions,
     a row-end token, begin / end embeddings) is the connector; HunYuan dense LM with M-RoPE."""
-    from transformers import HunYuanVLConfig, HunYuanVLForConditionalGeneration, HunYuanVLImageProcessorPil
-    from transformers import HunYuanVLProcessor
+    from transformers import (
+        HunYuanVLConfig,
+        HunYuanVLForConditionalGeneration,
+        HunYuanVLImageProcessorPil,
+        HunYuanVLProcessor,
+    )
 
     tokenizer = named_tokens_tokenizer(texts, {"image_token": "<|image|>", "image_start_token": "<|image_start|>",
                                                "image_end_token": "<|image_end|>"})
@@ -373,8 +381,11 @@ def make_tiny_ernie4_5_vl_moe(out: Path, texts: list[str]) -> Path:
     """Ernie4_5_VLMoeForConditionalGeneration (baidu/ERNIE-4.5-VL-28B-A3B-PT layout): Qwen2-VL-like tower, the
     `model.resampler_model` connector, MoE LM whose image tokens (with their start / end tokens) go to experts of their
     own (`moe_mm_token_type_ids`), M-RoPE."""
-    from transformers import Ernie4_5_VLMoeConfig, Ernie4_5_VLMoeForConditionalGeneration
-    from transformers import Ernie4_5_VLMoeImageProcessorPil
+    from transformers import (
+        Ernie4_5_VLMoeConfig,
+        Ernie4_5_VLMoeForConditionalGeneration,
+        Ernie4_5_VLMoeImageProcessorPil,
+    )
 
     tokenizer = named_tokens_tokenizer(texts, ERNIE_TOKENS, eos="<|end_of_sentence|>", bos="<|begin_of_sentence|>")
     token = tokenizer.convert_tokens_to_ids

@@ -14,12 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import DATA_IMAGE_TOKEN, Collator, Encoder, Record, Turn
+from .data.batching import Collator
+from .data.encoding import Encoder
+from .data.records import DATA_IMAGE_TOKEN, Record, Turn
 from .errors import VerboError
 from .families import check_consumed, family_of, without_peft
-from .quantize import is_quantized
-from .store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, read_json, write_json
-from .trainable import evaluating
+from .files import read_json, write_json
+from .model.quantize import is_quantized
+from .model.store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata
+from .model.trainable import evaluating
 
 DEFAULT_TOLERANCE = 1e-4
 
@@ -84,7 +87,7 @@ def resolve_adapter(path: str | Path) -> Path:
 def merge_verified(peft_model, processor, out: str | Path, base_model: str, adapter: str, metadata: dict,
                    tolerance: float = DEFAULT_TOLERANCE):
     """Merge an in-memory PEFT model, save it, and check logits before, after and after reload."""
-    from .build import save_model
+    from .model.build import save_model
 
     refuse_quantized(peft_model)
     device = next(peft_model.parameters()).device

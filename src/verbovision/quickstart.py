@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .config.parse import load_recipe, shipped_recipe
+from .data.synth import synth_shapes
 from .evaluate.run import evaluate
-from .recipe import load_recipe, shipped_recipe
-from .synth import synth_shapes
-from .report import sample_captions, write_report
-from .train import train_recipe
+from .train.report import sample_captions, write_report
+from .train.run import train_recipe
 
 TEST_FILE = "test/caption_short_en.json"
 IMAGES = 12000

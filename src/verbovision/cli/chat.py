@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..chat import HELP, ChatSession, repl
+from ..infer.chat import HELP, ChatSession, repl
 from .common import Command, add_decode_options, decode_options_from_flags, load_vlm
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..infer import VLM, DecodeOptions
-    from ..readers import ReadOptions
+    from ..data.rows import ReadOptions
+    from ..infer.options import DecodeOptions
+    from ..infer.vlm import VLM
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -75,7 +76,7 @@ def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | 
 def add_decode_options(parser: argparse.ArgumentParser) -> None:
     """The decoding flags of every generating command; each flag's dest is the DecodeOptions field it sets, and the
     defaults are DecodeOptions' own, so that `decode_options_from_flags` of no flags is `DecodeOptions()`."""
-    from ..infer import DecodeOptions
+    from ..infer.options import DecodeOptions
 
     group = parser.add_argument_group("decoding (greedy by default)")
     group.add_argument("--max-new-tokens", type=int, default=DecodeOptions.max_new_tokens,
@@ -116,7 +117,7 @@ def _add_model_options(group) -> None:
 
 def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
     """The DecodeOptions the decoding flags of `add_decode_options` ask for."""
-    from ..infer import DecodeOptions
+    from ..infer.options import DecodeOptions
 
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
     return DecodeOptions(**{**values, "stop": tuple(args.stop)})
@@ -124,7 +125,7 @@ def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
 
 def load_vlm(args: argparse.Namespace) -> VLM:
     """The model a generation command names, on its --device, quantized as asked."""
-    from ..infer import VLM
+    from ..infer.vlm import VLM
 
     return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template)
 
@@ -134,7 +135,8 @@ def load_vlm(args: argparse.Namespace) -> VLM:
 
 def add_reading_options(parser: argparse.ArgumentParser) -> None:
     """The flags saying how to read a data path (`read_options` turns them into ReadOptions)."""
-    from ..readers import FORMATS, ReadOptions
+    from ..data.readers import FORMATS
+    from ..data.rows import ReadOptions
 
     group = parser.add_argument_group("reading")
     group.add_argument("--format", choices=FORMATS,
@@ -150,7 +152,7 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
 
 
 def read_options(args: argparse.Namespace) -> ReadOptions:
-    from ..readers import Columns, ReadOptions
+    from ..data.rows import Columns, ReadOptions
 
     columns = Columns(image=args.image_column, text=args.text_column, question=args.question_column)
     root = Path(args.image_root) if args.image_root else None

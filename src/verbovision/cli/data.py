@@ -19,7 +19,8 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from ..synth import synth_geometry, synth_shapes
+    from ..data.synth import synth_shapes
+    from ..data.synth_geometry import synth_geometry
 
     if args.kind == "shapes":
         langs = tuple(x for x in args.langs.split(",") if x)
@@ -36,7 +37,7 @@ def _data_path_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
-    from ..datatools import CheckOptions
+    from ..data.check import CheckOptions
 
     _data_path_arguments(p)
     p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
@@ -49,9 +50,9 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from ..data import require_usable
-    from ..datatools import CheckOptions, check_data
-    from ..store import records_encoder
+    from ..data.check import CheckOptions, check_data
+    from ..data.records import require_usable
+    from ..model.store import records_encoder
 
     encoder = records_encoder(args.model, args.template, args.max_length) if args.model else None
     report = check_data(args.data, read_options(args), CheckOptions(min_size=args.min_size), encoder)
@@ -63,7 +64,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def _clean_arguments(p: argparse.ArgumentParser) -> None:
-    from ..datatools import CleanOptions
+    from ..data.clean import CleanOptions
 
     _data_path_arguments(p)
     p.add_argument("--out", required=True, help="output folder: data.json, images/, removed.jsonl")
@@ -79,7 +80,7 @@ def _clean_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_clean(args: argparse.Namespace) -> None:
-    from ..datatools import CleanOptions, clean_data
+    from ..data.clean import CleanOptions, clean_data
 
     langs = tuple(x.strip() for x in (args.langs or "").split(",") if x.strip())
     options = CleanOptions(min_size=args.min_size, min_words=args.min_words, max_words=args.max_words,
@@ -96,7 +97,7 @@ def _split_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from ..datatools import split_data
+    from ..data.convert import split_data
 
     try:
         ratios = [float(x) for x in args.ratios.split(",")]
@@ -116,7 +117,7 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from ..datatools import convert_data
+    from ..data.convert import convert_data
 
     n, skips = convert_data(args.data, args.out, read_options(args))
     print(f"{args.out}: {n} records ({args.to})")

@@ -18,7 +18,7 @@ def _caption_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_caption(args: argparse.Namespace) -> None:
-    from ..readers import image_files
+    from ..data.readers import image_files
 
     images = image_files(args.images)
     for image, caption in zip(images, _replies(args, images, args.prompt)):
@@ -50,7 +50,8 @@ ASK = Command("answer a question about an image", _ask_arguments, cmd_ask,
 def _replies(args: argparse.Namespace, images: list[str], prompt: str | None) -> list[str]:
     """The model's reply to `prompt` (None: the model's caption prompt) about each image; says on stderr how many
     hit the token limit, if any did."""
-    from ..infer import Truncation, prompt_record
+    from ..infer.messages import prompt_record
+    from ..infer.options import Truncation
 
     options = decode_options_from_flags(args)
     vlm = load_vlm(args)

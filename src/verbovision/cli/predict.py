@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..predict import PredictConfig, chunk, predict
+from ..infer.predict import PredictConfig, chunk, predict
 from .common import Command, add_decode_options, decode_options_from_flags, load_vlm
 
 

@@ -39,7 +39,8 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from ..build import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec, build_vlm, describe, save_model, spec_record
+    from ..config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
+    from ..model.build import build_vlm, describe, save_model, spec_record
 
     if not args.language:
         raise ConfigError("--language needs a pretrained LM (hub id or directory); from-scratch LMs are built by "
@@ -74,8 +75,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ..recipe import load_recipe, recipe_file
-    from ..train import train_and_report
+    from ..config.parse import load_recipe, recipe_file
+    from ..train.run import train_and_report
 
     path = recipe_file(args.recipe)
     if path != Path(args.recipe):
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
-        from ..distributed import launch
+        from ..train.distributed import launch
 
         argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
         if launch(args.nproc, argv, args.accelerate_config):

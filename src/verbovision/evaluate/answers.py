@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Sequence
 
-from .inputs import _as_list
+from .inputs import as_list
 
 
 def normalize_exact(text: str) -> str:
@@ -18,7 +18,7 @@ def normalize_exact(text: str) -> str:
 def exact_match(prediction: str, references: str | Sequence[str]) -> float:
     """1.0 if the normalised prediction equals any normalised reference, else 0.0."""
     predicted = normalize_exact(prediction)
-    return float(any(predicted == normalize_exact(r) for r in _as_list(references)))
+    return float(any(predicted == normalize_exact(r) for r in as_list(references)))
 
 
 # A number not glued to a preceding word or digit: optional minus (ASCII or U+2212), then thousands-grouped,
@@ -46,7 +46,7 @@ def numeric_match(prediction: str, references: str | Sequence[str]) -> float:
     predicted = extract_number(prediction)
     if predicted is None:
         return 0.0
-    values = [v for v in map(extract_number, _as_list(references)) if v is not None]
+    values = [v for v in map(extract_number, as_list(references)) if v is not None]
     return float(any(math.isclose(predicted, v, rel_tol=_NUMERIC_REL_TOL) for v in values))
 
 
@@ -80,4 +80,4 @@ def extract_choice(text: str) -> str | None:
 def choice_match(prediction: str, references: str | Sequence[str]) -> float:
     """1.0 if the extracted letter equals the reference letter (references are letters, e.g. "C")."""
     letter = extract_choice(prediction)
-    return float(letter is not None and any(letter == r.strip().upper() for r in _as_list(references)))
+    return float(letter is not None and any(letter == r.strip().upper() for r in as_list(references)))

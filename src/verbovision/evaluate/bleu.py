@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .ngrams import _Groups, _Layout, _Ngrams
-
+from .ngrams import Groups, Layout, Ngrams
 
 # bleu_scorer.py adds these to numerator and denominator ("so that if guess is 0 still return 0").
 _BLEU_TINY = 1e-15
@@ -21,11 +20,11 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: int 
 
     Sentences are whitespace-tokenized as given (tokenize them first with ``ptb_tokenize``).
     """
-    layout = _Layout.build(hypotheses, references)
-    return _bleu(_Ngrams(layout, n), n)
+    layout = Layout.build(hypotheses, references)
+    return bleu_of_ngrams(Ngrams(layout, n), n)
 
 
-def _bleu(ngrams: _Ngrams, n: int) -> tuple[list[float], list[list[float]]]:
+def bleu_of_ngrams(ngrams: Ngrams, n: int) -> tuple[list[float], list[list[float]]]:
     layout = ngrams.layout
     test_len = ngrams.tokens.lengths[layout.hyp]
     ref_len = _closest_ref_len(ngrams.tokens.lengths[layout.refs], layout.n_refs, test_len)
@@ -45,7 +44,7 @@ def _closest_ref_len(ref_lengths: np.ndarray, n_refs: np.ndarray, test_len: np.n
     return np.minimum.reduceat(key, np.cumsum(n_refs) - n_refs) % scale
 
 
-def _clipped_matches(groups: _Groups, layout: _Layout) -> np.ndarray:
+def _clipped_matches(groups: Groups, layout: Layout) -> np.ndarray:
     """Per image, the hypothesis n-gram counts clipped by the largest count in any one reference."""
     hyp_count = np.where(layout.is_hyp[groups.sentence], groups.count, 0)
     ref_count = groups.count - hyp_count

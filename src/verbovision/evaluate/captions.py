@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bleu import _bleu
+from .bleu import bleu_of_ngrams
 from .cider import CiderD
-from .inputs import _check_same_ids
+from .inputs import check_same_ids
 from .java_scorers import MetricUnavailable, meteor, spice
-from .ngrams import _Layout, _Ngrams, _Tokens
+from .ngrams import Layout, Ngrams, Tokens
 from .ptb import ptb_tokenize, tokenize_captions
-from .rouge import _rouge_l
+from .rouge import rouge_l_of_tokens
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def score_captions(predictions: Mapping[object, str], references: Mapping[object
     unknown = set(metrics) - set(CAPTION_METRICS)
     if unknown:
         raise ValueError(f"unknown caption metrics {sorted(unknown)}; expected some of {CAPTION_METRICS}")
-    _check_same_ids(predictions, references)
+    check_same_ids(predictions, references)
     keys = list(references)
     hyps = [predictions[k] for k in keys]
     if not all(isinstance(h, str) for h in hyps):
@@ -78,24 +78,24 @@ class _CaptionData:
 
     def __init__(self, hyps: list[str], refs: list[list[str]]):
         self.hyps, self.refs = hyps, refs
-        self.layout = _Layout.build(hyps, refs)
+        self.layout = Layout.build(hyps, refs)
 
     @functools.cached_property
-    def _tokens(self) -> _Tokens:
-        return _Tokens.split(self.layout.sentences)
+    def _tokens(self) -> Tokens:
+        return Tokens.split(self.layout.sentences)
 
     @functools.cached_property
-    def _ngrams(self) -> _Ngrams:
-        return _Ngrams(self.layout, 4, self._tokens)
+    def _ngrams(self) -> Ngrams:
+        return Ngrams(self.layout, 4, self._tokens)
 
     def bleu(self) -> _MetricResult:
-        corpus, images = _bleu(self._ngrams, 4)
+        corpus, images = bleu_of_ngrams(self._ngrams, 4)
         names = [f"Bleu_{k}" for k in range(1, 5)]
         return dict(zip(names, corpus)), [dict(zip(names, s)) for s in images]
 
     def rouge_l(self) -> _MetricResult:
-        tokens = self._tokens if self._tokens.space_split else _Tokens.split(self.layout.sentences, on_spaces=True)
-        corpus, images = _rouge_l(self.layout, tokens)
+        tokens = self._tokens if self._tokens.space_split else Tokens.split(self.layout.sentences, on_spaces=True)
+        corpus, images = rouge_l_of_tokens(self.layout, tokens)
         return {"ROUGE_L": corpus}, [{"ROUGE_L": float(s)} for s in images]
 
     def cider(self) -> _MetricResult:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .ngrams import _Groups, _Layout, _Ngrams
+from .ngrams import Groups, Layout, Ngrams
 
 
 class CiderD:
@@ -32,8 +32,8 @@ class CiderD:
             self._corpus_df, self._corpus_log_size = self._document_frequencies(corpus_references)
 
     def _document_frequencies(self, corpus: Sequence[Sequence[str]]) -> tuple[dict[tuple[str, ...], int], float]:
-        layout = _Layout.build([""] * len(corpus), corpus)
-        ngrams = _Ngrams(layout, self.n)
+        layout = Layout.build([""] * len(corpus), corpus)
+        ngrams = Ngrams(layout, self.n)
         df: dict[tuple[str, ...], int] = {}
         for k in range(1, self.n + 1):
             df.update(zip(ngrams.ngram_words(k), _set_document_frequency(ngrams.orders[k - 1], layout).tolist()))
@@ -41,10 +41,10 @@ class CiderD:
 
     def score(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
         """CIDEr-D of each hypothesis against its references (whitespace tokens, as given)."""
-        ngrams = _Ngrams(_Layout.build(hypotheses, references), self.n)
+        ngrams = Ngrams(Layout.build(hypotheses, references), self.n)
         return self._score(ngrams)
 
-    def _score(self, ngrams: _Ngrams) -> np.ndarray:
+    def _score(self, ngrams: Ngrams) -> np.ndarray:
         layout = ngrams.layout
         # pycocoevalcap: ref_len = np.log(float(len(self.crefs))), with df counted over the scored set.
         log_size = self._corpus_log_size if self._corpus_df is not None else np.log(float(len(layout.hyp)))
@@ -59,7 +59,7 @@ class CiderD:
         score = np.mean(np.stack(per_order, axis=1), axis=1)  # np.mean(score) over the n orders
         return score / layout.n_refs * 10.0
 
-    def _frequencies(self, ngrams: _Ngrams, k: int, layout: _Layout) -> np.ndarray:
+    def _frequencies(self, ngrams: Ngrams, k: int, layout: Layout) -> np.ndarray:
         if self._corpus_df is None:
             return _set_document_frequency(ngrams.orders[k - 1], layout)
         get = self._corpus_df.get
@@ -71,7 +71,7 @@ class CiderD:
         return np.fromiter((values[d] for d in delta.tolist()), np.float64, len(delta))
 
 
-def _set_document_frequency(groups: _Groups, layout: _Layout) -> np.ndarray:
+def _set_document_frequency(groups: Groups, layout: Layout) -> np.ndarray:
     """Per n-gram, the number of images whose references contain it (hypotheses do not count)."""
     seg_len = np.diff(np.append(groups.segment, len(groups.ngram)))
     has_ref = seg_len > layout.is_hyp[groups.sentence[groups.segment]]
@@ -79,7 +79,7 @@ def _set_document_frequency(groups: _Groups, layout: _Layout) -> np.ndarray:
     return np.bincount(groups.ngram[groups.segment[has_ref]], minlength=n_ngrams)
 
 
-def _cider_order(groups: _Groups, layout: _Layout, token_sentence: np.ndarray, df: np.ndarray, log_size: float,
+def _cider_order(groups: Groups, layout: Layout, token_sentence: np.ndarray, df: np.ndarray, log_size: float,
                  penalty: np.ndarray) -> np.ndarray:
     """Per image, the order-k similarity summed over its references, in cider_scorer.py's float operations."""
     n_images = len(layout.hyp)
@@ -128,7 +128,7 @@ def _idf_tables(df: np.ndarray, count: np.ndarray, log_size: float) -> tuple[np.
     return idf, square
 
 
-def _segment_hyp_group(groups: _Groups, layout: _Layout) -> np.ndarray:
+def _segment_hyp_group(groups: Groups, layout: Layout) -> np.ndarray:
     """For each group, the hypothesis group of the same n-gram and image, or -1 (hypothesis groups sort first)."""
     seg_len = np.diff(np.append(groups.segment, len(groups.ngram)))
     head = groups.segment

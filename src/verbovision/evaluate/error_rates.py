@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .inputs import _as_list
+from .inputs import as_list
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def _error_rate(predictions: Mapping[object, str], references: Mapping[object, s
     per_item = {}
     for key, prediction in predictions.items():
         hyp = units(prediction)
-        candidates = [(_edit_distance(hyp, ref), -len(ref)) for ref in map(units, _as_list(references[key]))]
+        candidates = [(_edit_distance(hyp, ref), -len(ref)) for ref in map(units, as_list(references[key]))]
         edits, neg_length = min(candidates)
         per_item[key] = edits / -neg_length if neg_length else float(edits > 0)
         total_edits += edits

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
-def _check_same_ids(predictions: Mapping, references: Mapping) -> None:
+def check_same_ids(predictions: Mapping, references: Mapping) -> None:
     if predictions.keys() != references.keys():
         missing = list(references.keys() - predictions.keys())[:5]
         extra = list(predictions.keys() - references.keys())[:5]
@@ -13,5 +13,5 @@ def _check_same_ids(predictions: Mapping, references: Mapping) -> None:
                          f"{missing}, no references for {extra})")
 
 
-def _as_list(answers: str | Sequence[str]) -> list[str]:
+def as_list(answers: str | Sequence[str]) -> list[str]:
     return [answers] if isinstance(answers, str) else list(answers)

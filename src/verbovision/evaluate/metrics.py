@@ -16,7 +16,7 @@ from .error_rates import cer, wer
 from .vqa import VqaScores, score_vqa
 
 if TYPE_CHECKING:  # infer loads transformers
-    from ..infer import Truncation
+    from ..infer.options import Truncation
 
 
 ANSWER_METRICS = {"exact_match": "exact", "vqa": "vqa", "textvqa": "textvqa", "numeric": "numeric",

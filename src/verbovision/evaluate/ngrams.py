@@ -18,7 +18,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class _Layout:
+class Layout:
     """Sentences as the scorers see them: image by image, each image's hypothesis followed by its references."""
     sentences: list[str]
     image: np.ndarray        # image index of each sentence
@@ -28,7 +28,7 @@ class _Layout:
     n_refs: np.ndarray       # number of references of each image
 
     @classmethod
-    def build(cls, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> _Layout:
+    def build(cls, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> Layout:
         if len(hypotheses) != len(references):
             raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
         if not references:
@@ -45,7 +45,7 @@ class _Layout:
 
 
 @dataclass(frozen=True)
-class _Groups:
+class Groups:
     """The distinct n-grams of one order in every sentence, sorted by (n-gram, sentence)."""
     ngram: np.ndarray        # dense n-gram id, non-decreasing
     sentence: np.ndarray     # sentence holding the n-gram
@@ -55,7 +55,7 @@ class _Groups:
 
 
 @dataclass(frozen=True)
-class _Tokens:
+class Tokens:
     """The tokens of a list of sentences, as word ids in one array."""
     words: list[str]
     ids: np.ndarray          # word id of each token, sentence after sentence
@@ -65,7 +65,7 @@ class _Tokens:
     """Whether these are also the str.split(" ") tokens (rouge.py's), i.e. the text is single-spaced words."""
 
     @classmethod
-    def split(cls, sentences: Sequence[str], on_spaces: bool = False) -> _Tokens:
+    def split(cls, sentences: Sequence[str], on_spaces: bool = False) -> Tokens:
         """str.split() tokens (BLEU and CIDEr), or str.split(" ") tokens (ROUGE-L) when `on_spaces`."""
         joined = " ".join(sentences)  # joining with " " keeps both splits' tokens, even split(" ")'s empty ones
         # A leading, trailing or doubled space, or an empty sentence, shows in the joined text at an end or as a
@@ -90,23 +90,23 @@ class _Tokens:
 _OTHER_WHITESPACE = re.compile(r"[^\S ]")
 
 
-class _Ngrams:
+class Ngrams:
     """Whitespace tokens (str.split, as pycocoevalcap's precook) and their n-grams of orders 1..max_n."""
 
-    def __init__(self, layout: _Layout, max_n: int, tokens: _Tokens | None = None):
+    def __init__(self, layout: Layout, max_n: int, tokens: Tokens | None = None):
         self.layout = layout
-        self.tokens = tokens = tokens or _Tokens.split(layout.sentences)
+        self.tokens = tokens = tokens or Tokens.split(layout.sentences)
         ids, lengths = tokens.ids, tokens.lengths
         self.token_sentence = sentence = np.repeat(np.arange(len(lengths)), lengths)
         remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(ids))  # tokens left in the sentence
-        self.orders: list[_Groups] = []
+        self.orders: list[Groups] = []
         dense = ids  # dense id of the (k-1)-gram starting at each token
         for k in range(1, max_n + 1):
             groups, dense = self._group(ids, dense, sentence, remaining, k, max(tokens.vocab_size, 1))
             self.orders.append(groups)
 
     def _group(self, ids: np.ndarray, dense: np.ndarray, sentence: np.ndarray, remaining: np.ndarray, k: int,
-               vocab_size: int) -> tuple[_Groups, np.ndarray]:
+               vocab_size: int) -> tuple[Groups, np.ndarray]:
         """The groups of order k, and the dense id of the k-gram starting at each token (-1 where none does)."""
         starts = np.flatnonzero(remaining >= k)
         code = ids[starts] if k == 1 else dense[starts] * vocab_size + ids[starts + k - 1]
@@ -116,7 +116,7 @@ class _Ngrams:
         key = code * n_sentences + sentence[starts]
         order = np.argsort(key)
         key, starts = key[order], starts[order]
-        begin = _run_starts(key)
+        begin = run_starts(key)
         count = np.diff(np.append(begin, len(key)))
         group_code = key[begin] // n_sentences
         ngram = np.cumsum(_run_flags(group_code)) - 1
@@ -126,7 +126,7 @@ class _Ngrams:
         first = np.minimum.reduceat(starts, begin) if len(begin) else begin
         next_dense = np.full(len(ids), -1, np.int64)
         next_dense[starts] = np.repeat(ngram, count)
-        return _Groups(ngram, group_sentence, count, first, segment), next_dense
+        return Groups(ngram, group_sentence, count, first, segment), next_dense
 
     def ngram_words(self, k: int) -> list[tuple[str, ...]]:
         """The words of each dense n-gram id of order k."""
@@ -143,5 +143,5 @@ def _run_flags(values: np.ndarray) -> np.ndarray:
     return flags
 
 
-def _run_starts(values: np.ndarray) -> np.ndarray:
+def run_starts(values: np.ndarray) -> np.ndarray:
     return np.flatnonzero(_run_flags(values))

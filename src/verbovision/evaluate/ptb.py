@@ -18,8 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .ptb_grammar import _ABBREV1_WORDS, _ABBREV3_WORDS, _ABBREV4_WORDS, _lex_at
-
+from .ptb_grammar import ABBREV1_WORDS, ABBREV3_WORDS, ABBREV4_WORDS, lex_at
 
 #: Tokens pycocoevalcap drops after tokenizing (pycocoevalcap/tokenizer/ptbtokenizer.py). Brackets come out of
 #: Java lowercased ("-lrb-"), so the upper-case bracket entries never match and brackets survive as tokens.
@@ -39,7 +38,7 @@ _PLAIN_NUMBER = re.compile(r"[0-9]+(?= [^0-9]|\n|\Z)")  # a digit after the spac
 _SPLIT_WORDS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
 _PERIOD_WORDS = frozenset(
     w.replace("[", "").replace("]", "").lower()
-    for w in "|".join((_ABBREV1_WORDS, _ABBREV4_WORDS, _ABBREV3_WORDS)).split("|")) | frozenset(
+    for w in "|".join((ABBREV1_WORDS, ABBREV4_WORDS, ABBREV3_WORDS)).split("|")) | frozenset(
     "abcdefghijklmnopqrstuvwxyz")
 # A caption made of such words (no clitics), commas and one final period lexes as its words. The captions that
 # are not of that kind hold a character outside it, a hyphen not inside a word, a period before the end, one of
@@ -73,7 +72,7 @@ def _lex_line(text: str, start: int, end: int) -> list[str]:
             tokens.append(plain.group())
             pos = plain.end()
             continue
-        new_tokens, consumed = _lex_at(text, pos)
+        new_tokens, consumed = lex_at(text, pos)
         tokens.extend(new_tokens)
         pos += consumed
     return tokens

@@ -1,7 +1,7 @@
 """The Stanford CoreNLP 3.4.1 PTBLexer grammar (options -preserveLines -lowerCase, ptb3Escaping defaults) as regexes.
 
 The rules re-implement the 3.4.1 JFlex grammar: longest match, the earlier rule wins ties, trailing context counts
-in the match length (``_lex_at``). Its word lists were probed entry by entry against the jar.
+in the match length (``lex_at``). Its word lists were probed entry by entry against the jar.
 
 Known differences from the jar: letters are Unicode category L* (plus the marks the grammar lists); Java 17's and
 Python's Unicode tables may disagree on recently added characters. Characters outside the Basic Multilingual Plane
@@ -16,7 +16,6 @@ import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
 
 # Character classes of the grammar. JFlex's [:letter:] is Unicode L*; Python's [^\W\d_] adds numeric
 # characters such as "½" and "²", which the grammar lexes differently, so they are removed.
@@ -64,19 +63,19 @@ def _words(alternatives: str) -> str:
 
 # Abbreviation lists of the 3.4.1 grammar, each entry confirmed against the jar.
 # ABBREV1: usually followed by a lower-case word; before a capital the period also ends the sentence.
-_ABBREV1_WORDS = (
+ABBREV1_WORDS = (
     "Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Mon|Tue|Tues|Wed|Thu|Thurs|Fri"
     "|Ala|Ariz|[A]z|[A]rk|Calif|Colo|Conn|Ct|Dak|[D]el|Fla|Ga|[I]ll|Ind|Kan|Kans|Ky|[L]a|[M]ass|Md|Mich|Minn"
     "|[M]iss|Mo|Mont|Neb|Nev|Okla|[O]re|[P]a|Penn|Tenn|[T]ex|Va|Vt|[W]ash|Wis|Wisc|Wyo"
     "|Inc|Co|Cos|Corp|Pt[y]|Pt[y]s|Pt[e]|Pt[e]s|Ppt[y]|Ppt[y]s|Ppt[e]|Ppt[e]s|Ltd|Plc|Rt|Bancorp|Bhd|Assn|Univ"
     "|Intl|Sys|tel|est|ext|sq|Jr|Sr|Bros|Ed.D|Ph.D|Blvd|Rd|Esq|etc|al|seq|Bldg")
 # ABBREV4: titles and the like; "Mr." is one token whatever follows.
-_ABBREV4_WORDS = (
+ABBREV4_WORDS = (
     "Mr|Mrs|Ms|[M]iss|Dr|Drs|Prof|Profs|Sen|Sens|Rep|Reps|Atty|Attys|Lt|Col|Gen|Messrs|Gov|Govs|Adm|Rev|Maj"
     "|Sgt|Cpl|Pvt|Capt|St|Ste|Ave|Pres|Lieut|Rt|Hon|Brig|Cmdr|Comdr|Pfc|Spc|Supt|Supts|Det|Mt|Ft|Adj|Adv|Asst"
     "|Assoc|Ens|Insp|Mlle|Mme|Msgr|Sfc|vs|Alex|Wm|Jos|Cie|a.k.a|cf|TREAS|Ph|Invt|Elec|Natl|M[f]g|M[t]g|Dept")
 # ABBREV3: abbreviations only before a number ("fig. 3").
-_ABBREV3_WORDS = "ca|fig|figs|prop|no|nos|art|bldg|pp|op"
+ABBREV3_WORDS = "ca|fig|figs|prop|no|nos|art|bldg|pp|op"
 # After "U.S." (or "I.") these capitalised words mean the period also ends a sentence (initial case-sensitive).
 _SENTENCE_STARTERS = "|".join(w[0] + f"(?i:{re.escape(w[1:])})" for w in sorted(
     ("About According Additionally After An A As At But Earlier He Her Here However If In It Last Many More "
@@ -84,7 +83,7 @@ _SENTENCE_STARTERS = "|".join(w[0] + f"(?i:{re.escape(w[1:])})" for w in sorted(
      "While What Yet You").split(), key=len, reverse=True))
 _FILE_EXTENSIONS = _words("bat|bmp|c|class|cgi|cpp|dll|doc|docx|exe|gif|gz|h|htm|html|jar|java|jpeg|jpg|mov|mp3"
                           "|pdf|php|pl|png|ppt|ps|py|sql|tar|txt|wav|x|xml|zip")
-_ABBREV1, _ABBREV4, _ABBREV3 = _words(_ABBREV1_WORDS), _words(_ABBREV4_WORDS), _words(_ABBREV3_WORDS)
+_ABBREV1, _ABBREV4, _ABBREV3 = _words(ABBREV1_WORDS), _words(ABBREV4_WORDS), _words(ABBREV3_WORDS)
 
 _FRACTIONS = {"\u00BC": "1/4", "\u00BD": "1/2", "\u00BE": "3/4", "\u2153": "1/3", "\u2154": "2/3"}
 _CURRENCY = {"\u00A2": "cents", "\u00A3": "#", "\u0080": "$", "\u00A4": "$", "\u20A0": "$", "\u20AC": "$"}
@@ -311,7 +310,7 @@ def _rules_starting_with(char: str) -> tuple[_Rule, ...]:
     return tuple(r for r in _RULES if r.first.match(char))
 
 
-def _lex_at(text: str, pos: int) -> tuple[list[str], int]:
+def lex_at(text: str, pos: int) -> tuple[list[str], int]:
     """Longest match of any rule at `pos` (trailing context included in the length); the first rule wins ties."""
     best_rule, best_main, best_total = None, "", -1
     for rule in _rules_starting_with(text[pos]):

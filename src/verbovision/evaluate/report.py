@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from ..store import write_atomic, write_json
+from ..files import write_atomic, write_json
 from .metrics import EvalResult
 
 

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .ngrams import _Layout, _Tokens, _run_starts
-
+from .ngrams import Layout, Tokens, run_starts
 
 _ROUGE_BETA = 1.2
 _WORD_BITS = 64
@@ -20,11 +19,11 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> t
     Per image: precision and recall maxed separately over the references, then F with beta = 1.2. Tokens are
     split on single spaces, as rouge.py does (so "" is one empty token).
     """
-    layout = _Layout.build(hypotheses, references)
-    return _rouge_l(layout, _Tokens.split(layout.sentences, on_spaces=True))
+    layout = Layout.build(hypotheses, references)
+    return rouge_l_of_tokens(layout, Tokens.split(layout.sentences, on_spaces=True))
 
 
-def _rouge_l(layout: _Layout, tokens: _Tokens) -> tuple[float, np.ndarray]:
+def rouge_l_of_tokens(layout: Layout, tokens: Tokens) -> tuple[float, np.ndarray]:
     hyp_len = tokens.lengths[layout.hyp].astype(np.float64)
     ref_len = tokens.lengths[layout.refs].astype(np.float64)
     pair_image = layout.image[layout.refs]
@@ -39,7 +38,7 @@ def _rouge_l(layout: _Layout, tokens: _Tokens) -> tuple[float, np.ndarray]:
     return float(np.mean(scores)), scores
 
 
-def _lcs_lengths(tokens: _Tokens, layout: _Layout) -> np.ndarray:
+def _lcs_lengths(tokens: Tokens, layout: Layout) -> np.ndarray:
     """LCS length of each (hypothesis, reference) pair, for all pairs at once (bit-parallel, Hyyro 2004).
 
     Bit i of a pair's state word stands for hypothesis token i; one step per reference token. Hypotheses
@@ -70,7 +69,7 @@ def _lcs_lengths(tokens: _Tokens, layout: _Layout) -> np.ndarray:
     return lcs
 
 
-def _reference_token_masks(tokens: _Tokens, layout: _Layout) -> np.ndarray:
+def _reference_token_masks(tokens: Tokens, layout: Layout) -> np.ndarray:
     """For every reference token, the bitmask of the positions of that word in its image's hypothesis."""
     offsets, lengths, ids = tokens.offsets, tokens.lengths, tokens.ids
     vocab = max(tokens.vocab_size, 1)
@@ -82,7 +81,7 @@ def _reference_token_masks(tokens: _Tokens, layout: _Layout) -> np.ndarray:
     key, position = key[order], position[order]
     bits = np.where(position < _WORD_BITS, np.uint64(1) << np.minimum(position, _WORD_BITS - 1).astype(np.uint64),
                     np.uint64(0))
-    begin = _run_starts(key)  # every hypothesis has a token: str.split(" ") never returns []
+    begin = run_starts(key)  # every hypothesis has a token: str.split(" ") never returns []
     keys, word_masks = key[begin], np.bitwise_or.reduceat(bits, begin)
     ref_len = lengths[layout.refs]
     ref_key = np.repeat(layout.image[layout.refs], ref_len) * vocab + ids[_ranges(offsets[layout.refs], ref_len)]

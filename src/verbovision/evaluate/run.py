@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data import read_records
+from ..data.sources import read_records
 from ..errors import DataError
 from .metrics import DEFAULT_METRICS, EvalResult, score
 from .report import write_eval_folder
@@ -18,9 +18,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
              options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
              device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
              template: str | None = None) -> EvalResult:
-    """Generate on every record of `data` (read with `read`, readers.ReadOptions), score, and write the evaluation
+    """Generate on every record of `data` (read with `read`, data.rows.ReadOptions), score, and write the evaluation
     folder."""
-    from ..infer import VLM, DecodeOptions, Truncation
+    from ..infer.options import DecodeOptions, Truncation
+    from ..infer.vlm import VLM
 
     out = Path(out)
     options = options or DecodeOptions()
@@ -45,8 +46,8 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
 
 def reference_loss(vlm, records, batch_size: int) -> float:
     """Token-averaged loss of the reference replies under teacher forcing."""
-    from ..data import Collator
-    from ..loss import validation_loss
+    from ..data.batching import Collator
+    from ..model.loss import validation_loss
 
     encoded = [vlm.encoder.encode(r) for r in records]
     return validation_loss(vlm.model, Collator(vlm.encoder), encoded, batch_size, vlm.device)

@@ -12,7 +12,6 @@ from ..errors import DataError
 from .metrics import EvalResult, score
 from .report import write_eval_folder
 
-
 PREDICTION_FORMATS = {
     "ours": "our predictions JSONL (id, prediction, references)",
     "llava": "LLaVA answers JSONL (question_id, text)",

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from .answers import choice_match, exact_match, numeric_match
-from .inputs import _as_list, _check_same_ids
-
+from .inputs import as_list, check_same_ids
 
 # vqaEval.py's tables, verbatim (including its odd entries, e.g. "somebody'd" -> "somebodyd").
 _VQA_CONTRACTIONS = {
@@ -173,7 +172,7 @@ def vqa_accuracy(prediction: str, answers: str | Sequence[str]) -> float:
     min(1, matching other answers / 3); the accuracy is the mean of those, summed in annotator order (the last
     bit can depend on that order). Each answer is one annotator's: with one answer the score is always 0.
     """
-    answers = [_VQAEVAL.clean(a) for a in _as_list(answers)]
+    answers = [_VQAEVAL.clean(a) for a in as_list(answers)]
     if not answers:
         raise ValueError("vqa_accuracy needs at least one answer")
     predicted = _VQAEVAL.clean(prediction)
@@ -187,7 +186,7 @@ def textvqa_accuracy(prediction: str, answers: str | Sequence[str]) -> float:
     """TextVQA accuracy, as m4c's TextVQAAccuracyEvaluator (the one LLaVA's eval_textvqa runs): the prediction
     and every answer always go through ``normalize_textvqa_answer``, then the same leave-one-out mean (m4c asserts
     10 answers; any number is scored here)."""
-    answers = [normalize_textvqa_answer(a) for a in _as_list(answers)]
+    answers = [normalize_textvqa_answer(a) for a in as_list(answers)]
     if not answers:
         raise ValueError("textvqa_accuracy needs at least one answer")
     return _leave_one_out(normalize_textvqa_answer(prediction), answers)
@@ -221,7 +220,7 @@ def score_vqa(predictions: Mapping[object, str], answers: Mapping[object, str | 
     """
     if kind not in _VQA_KINDS:
         raise ValueError(f"unknown VQA metric kind {kind!r}; expected one of {sorted(_VQA_KINDS)}")
-    _check_same_ids(predictions, answers)
+    check_same_ids(predictions, answers)
     score = _VQA_KINDS[kind]
     keys = list(answers if kind == "vqa" else predictions)
     per_item = {key: score(predictions[key], answers[key]) for key in keys}

@@ -18,7 +18,7 @@ def serve(config: ServeConfig) -> None:
     import torch
     import uvicorn
 
-    from ..infer import VLM
+    from ..infer.vlm import VLM
 
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -16,7 +16,7 @@ from .errors import ApiError, error_body, invalid
 from .request import parse_chat_request, prepare_record
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
-    from ..infer import VLM
+    from ..infer.vlm import VLM
 
 
 class Api:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from .errors import ApiError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
-    from ..infer import VLM
+    from ..infer.vlm import VLM
 
 
 @dataclass

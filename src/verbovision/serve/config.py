@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
-    from ..infer import DecodeOptions
+    from ..infer.options import DecodeOptions
 
 MB = 1 << 20
 

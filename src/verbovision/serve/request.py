@@ -11,7 +11,8 @@ from .config import ServeConfig
 from .errors import invalid
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
-    from ..infer import VLM, DecodeOptions
+    from ..infer.options import DecodeOptions
+    from ..infer.vlm import VLM
 
 
 @dataclass
@@ -47,7 +48,7 @@ MAX_BEAMS = 8
 
 def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     """Check a chat completion request's parameters against the OpenAI API and this server's limits."""
-    from ..infer import DecodeOptions
+    from ..infer.options import DecodeOptions
 
     for name in ("model", "messages"):
         if body.get(name) is None:
@@ -101,7 +102,7 @@ def image_opener(config: ServeConfig):
     """The server's reader of image parts: data: URIs (and http(s) URLs when allowed), within the size limits."""
 
     def open_part(part: dict):
-        from ..images import BytesImage, open_image
+        from ..data.images import BytesImage, open_image
 
         url = part.get("image_url")
         url = url.get("url") if isinstance(url, dict) else None
@@ -137,7 +138,7 @@ def _check_pixels(data: bytes, limit: int) -> None:
 
 
 def image_bytes(url: str, config: ServeConfig) -> bytes:
-    from ..infer import decode_data_uri
+    from ..infer.messages import decode_data_uri
 
     if url.startswith("data:"):
         try:
@@ -165,7 +166,7 @@ def _fetch(url: str, limit: int) -> bytes:
 
 def prepare_record(vlm: VLM, request: ChatRequest, config: ServeConfig):
     """The request's messages as a record, images decoded and prompt length checked (runs off the event loop)."""
-    from ..infer import messages_record
+    from ..infer.messages import messages_record
 
     try:
         record = messages_record(request.messages, image_opener(config))

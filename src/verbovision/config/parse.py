@@ -1,0 +1,246 @@
+"""Reading a recipe: YAML to the typed schema, with overrides, did-you-mean and cross-checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .schema import BEST_METRICS, COMPONENTS, SCST_BASELINES, SCST_REWARDS, STAGE_TYPES, TRAINABILITY, Recipe, Stage
+from .sources import TEMPLATES, TRUNCATION, Source
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The recipe VerboVision ships under `name` (quickstart, geovlm...; with or without .yaml), if there is one."""
+    from importlib import resources
+
+    path = Path(str(resources.files("verbovision") / "recipes" / f"{name.removesuffix('.yaml')}.yaml"))
+    return path if path.is_file() else None
+
+
+def recipe_file(given: str | Path) -> Path:
+    """The recipe file `verbo train RECIPE` means: a YAML file, else the shipped recipe of that bare name (a folder
+    named like a recipe, such as the quickstart's output folder, does not hide it)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    shipped = shipped_recipe(path.name) if path.parent == Path(".") else None
+    if shipped:
+        return shipped
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
+    raise ConfigError(f"{path}: recipe not found")
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = recipe_file(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    for override in overrides:
+        apply_override(raw, override, path)
+    return parse_recipe(raw, str(path))
+
+
+def apply_override(raw: dict, override: str, where: Path | str = "command line") -> None:
+    """Set `a.b.0.c=value` in the raw recipe; the value is parsed as YAML (numbers, booleans, lists)."""
+    key, sep, value = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{where}: override {override!r} must look like key.path=value")
+    node: Any = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{where}: override {key}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = yaml.safe_load(value)
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = yaml.safe_load(value)
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{where}: override {key}: cannot descend into {part!r}")
+
+
+def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
+    recipe = _build(Recipe, raw, where, "")
+    if not recipe.stages:
+        raise ConfigError(f"{where}: stages: at least one stage is required")
+    if recipe.model.quantize not in ("none", "4bit", "8bit"):
+        raise ConfigError(f"{where}: model.quantize: {recipe.model.quantize!r}; training loads none, 4bit or 8bit")
+    for i, stage in enumerate(recipe.stages):
+        dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
+        if recipe.model.quantize != "none" and dense:
+            raise ConfigError(f"{where}: stages.{i}.train: {', '.join(dense)} cannot train quantized weights; with "
+                              f"model.quantize: {recipe.model.quantize} use lora or frozen")
+    for i, stage in enumerate(recipe.stages):
+        _check_stage(stage, f"{where}: stages.{i}")
+        if "lora" in stage.train.values() and not stage.merge and i < len(recipe.stages) - 1:
+            raise ConfigError(f"{where}: stages.{i}.merge: false on a LoRA stage that another stage follows; the "
+                              "next stage needs a base, set merge: true")
+    return recipe
+
+
+def _check_stage(stage: Stage, where: str) -> None:
+    if stage.type not in STAGE_TYPES:
+        raise ConfigError(f"{where}.type: {stage.type!r} unknown; supported: {', '.join(STAGE_TYPES)}")
+    if stage.type == "scst":
+        _check_scst(stage, where)
+    if stage.template not in TEMPLATES:
+        raise ConfigError(f"{where}.template: {stage.template!r} unknown; use {', '.join(TEMPLATES)}")
+    if stage.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"{where}.schedule: {stage.schedule!r} unknown; use cosine, linear or constant")
+    if stage.truncation not in TRUNCATION:
+        raise ConfigError(f"{where}.truncation: {stage.truncation!r} unknown; use {' or '.join(TRUNCATION)}")
+    if not stage.data.train:
+        raise ConfigError(f"{where}.data.train: at least one training source is required")
+    for component, mode in stage.train.items():
+        if component not in COMPONENTS:
+            raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
+        if mode not in TRAINABILITY and not (mode.startswith("last:") and mode[5:].isdigit()):
+            raise ConfigError(f"{where}.train.{component}: {mode!r} must be frozen, full, lora, last:N or cross_attention")
+    if isinstance(stage.gradient_checkpointing, list) and set(stage.gradient_checkpointing) - set(COMPONENTS):
+        raise ConfigError(f"{where}.gradient_checkpointing: true, false or a list of {', '.join(COMPONENTS)}")
+    if stage.merge and "lora" not in stage.train.values():
+        raise ConfigError(f"{where}.merge: true needs a component trained with lora")
+    if stage.packing is not None and (stage.type == "scst" or stage.packing < 1):
+        raise ConfigError(f"{where}.packing: a token budget >= 1, and only for sft stages")
+    if stage.best_metric not in BEST_METRICS:
+        raise ConfigError(f"{where}.best_metric: {stage.best_metric!r} unknown; use one of {', '.join(BEST_METRICS)}")
+    if stage.best_metric != "val_loss" and not stage.data.val:
+        raise ConfigError(f"{where}.best_metric: {stage.best_metric} needs data.val records to generate on")
+    if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
+    _check_streams(stage, where)
+    if stage.data_workers < 0:
+        raise ConfigError(f"{where}.data_workers: must be >= 0")
+    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards"):
+        if getattr(stage, name) < 1:
+            raise ConfigError(f"{where}.{name}: must be >= 1")
+
+
+def _check_streams(stage: Stage, where: str) -> None:
+    streamed = [source.format == "hf-stream" for source in stage.data.train]
+    if not any(streamed):
+        return
+    if not all(streamed):
+        raise ConfigError(f"{where}.data.train: streamed (hf-stream) and indexed sources cannot be mixed in one stage")
+    # Both reorder a whole epoch, which a stream never holds.
+    for name in ("packing", "group_by_length"):
+        if getattr(stage, name):
+            raise ConfigError(f"{where}.{name}: not available with streamed (hf-stream) training sources")
+    if stage.type == "scst":
+        raise ConfigError(f"{where}: scst stages need indexed training sources, not hf-stream")
+
+
+def _check_scst(stage: Stage, where: str) -> None:
+    if stage.scst_baseline not in SCST_BASELINES:
+        raise ConfigError(f"{where}.scst_baseline: {stage.scst_baseline!r} unknown; use greedy or mean")
+    minimum = 2 if stage.scst_baseline == "mean" else 1  # the mean baseline of a sample is over the other samples
+    if stage.scst_samples < minimum:
+        raise ConfigError(f"{where}.scst_samples: must be >= {minimum} with scst_baseline: {stage.scst_baseline}")
+    for name, weight in stage.scst_reward.items():
+        if name not in SCST_REWARDS:
+            raise ConfigError(f"{where}.scst_reward.{name}: unknown metric; use {' or '.join(SCST_REWARDS)}")
+        if weight < 0:
+            raise ConfigError(f"{where}.scst_reward.{name}: weight must be >= 0")
+    if not any(stage.scst_reward.values()):
+        raise ConfigError(f"{where}.scst_reward: at least one metric needs a weight > 0")
+    if stage.scst_temperature <= 0:
+        raise ConfigError(f"{where}.scst_temperature: must be > 0")
+    if stage.scst_top_k is not None and stage.scst_top_k < 1:
+        raise ConfigError(f"{where}.scst_top_k: must be >= 1 (or null)")
+    if stage.scst_top_p is not None and not 0 < stage.scst_top_p <= 1:
+        raise ConfigError(f"{where}.scst_top_p: must be in (0, 1] (or null)")
+    if stage.scst_max_new_tokens < 1:
+        raise ConfigError(f"{where}.scst_max_new_tokens: must be >= 1")
+    for name in ("scst_entropy", "scst_kl"):
+        if getattr(stage, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0")
+    if stage.keep_best and stage.data.val and stage.best_metric == "val_loss":
+        # SCST trades cross-entropy for reward: keeping the lowest validation loss would mostly undo the stage.
+        raise ConfigError(f"{where}.best_metric: val_loss would pick the checkpoint SCST changed least; "
+                          "use a generation metric (e.g. cider) or keep_best: false")
+
+
+def _yaml_name(f: dataclasses.Field) -> str:
+    return f.name.rstrip("_")  # `from_` is written `from` in YAML
+
+
+def _build(cls, raw: Any, where: str, key: str):
+    if isinstance(raw, str) and cls is Source:
+        raw = {"path": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {key or 'recipe'}: expected a mapping, got {raw!r}")
+    fields = {_yaml_name(f): f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        path = f"{key}.{name}" if key else str(name)
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {path}: unknown key{hint}")
+        kwargs[fields[name].name] = _convert(hints[fields[name].name], value, where, path)
+    return cls(**kwargs)
+
+
+def _convert(hint, value, where: str, path: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(arg, value, where, path)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, path)
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [_convert(args[0], item, where, f"{path}.{i}") for i, item in enumerate(items)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {path}: expected a mapping, got {value!r}")
+        return {str(k): _convert(args[1], v, where, f"{path}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool, float) and type(value) is hint:
+        return value
+    raise ConfigError(f"{where}: {path}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def to_dict(recipe: Recipe) -> dict:
+    """The resolved recipe as plain data, in YAML key names (for the run folder)."""
+
+    def convert(obj):
+        if dataclasses.is_dataclass(obj):
+            return {_yaml_name(f): convert(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, list):
+            return [convert(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: convert(v) for k, v in obj.items()}
+        return obj
+
+    return convert(recipe)

@@ -1,0 +1,190 @@
+"""Readers of the collection formats: COCO, imagefolder, webdataset, Hugging Face datasets."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import DataError
+from .images import BytesImage, FileSlice
+from .records import EMPTY_ANSWER, INVALID_JSON, MISSING_IMAGE, Record, RecordError
+from .rows import (
+    IMAGE_SUFFIXES,
+    ReadOptions,
+    arrow_rows,
+    as_texts,
+    decode_text,
+    file_rows,
+    json_document,
+    pair_record,
+    row_record,
+    with_columns,
+)
+
+
+def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """COCO caption annotations (or a Karpathy split): one record per image with all its captions as references."""
+    document = json_document(path)
+    images, captions = _karpathy(document) if _is_karpathy(document) else _coco_annotations(path, document)
+    root = options.image_root or _coco_image_root(path, [name for name in images.values()])
+    for image_id, file_name in images.items():
+        references = captions.pop(image_id, [])
+        if not references:
+            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions")
+            continue
+        yield pair_record(str(image_id), [(root / file_name).resolve()], references, options.prompt, path)
+    for image_id in captions:
+        yield RecordError(path, str(image_id), MISSING_IMAGE,
+                          f"captions for image id {image_id}, which the 'images' list does not have")
+
+
+def _is_karpathy(document) -> bool:
+    images = document.get("images") if isinstance(document, dict) else None
+    return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+
+
+def _karpathy(document: dict) -> tuple[dict, dict]:
+    images, captions = {}, {}
+    for image in document["images"]:
+        image_id = image.get("cocoid", image.get("imgid"))
+        images[image_id] = str(Path(image.get("filepath", "")) / image["filename"])
+        captions[image_id] = as_texts(image.get("sentences"))
+    return images, captions
+
+
+def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list) \
+            or not isinstance(document.get("annotations"), list):
+        raise DataError(f"{path}: COCO annotations need 'images' and 'annotations' lists")
+    images = {image["id"]: image["file_name"] for image in document["images"]}
+    captions: dict = {}
+    for annotation in document["annotations"]:
+        captions.setdefault(annotation["image_id"], []).extend(as_texts(annotation.get("caption")))
+    return images, captions
+
+
+def _coco_image_root(path: Path, names: list[str]) -> Path:
+    """Where COCO's images are: beside the annotations, in images/, or in the split folder its name mentions."""
+    split = re.search(r"(train|val|test)\d{4}", path.name)
+    here, up = path.parent, path.parent.parent
+    candidates = [here, here / "images", up, up / "images"]
+    if split:
+        candidates = [here / split[0], up / split[0], up / "images" / split[0], here / "images" / split[0]] + candidates
+    sample = names[:20]
+    return next((c for c in candidates if any((c / name).exists() for name in sample)), here)
+
+
+def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
+    for metadata in metadata_files(path):
+        folder = metadata.parent
+        for default_id, row in with_columns(file_rows(metadata), metadata, options.columns, _is_file_name_column):
+            if isinstance(row, RecordError):
+                yield row
+                continue
+            key = options.columns.image or _file_name_column(row)
+            if key is None:
+                yield RecordError(metadata, default_id, MISSING_IMAGE, "no file_name column")
+                continue
+            names = row[key] if isinstance(row[key], list) else [row[key]]
+            row_id = ",".join(str((folder / str(n)).relative_to(path)) for n in names)
+            with_key = replace(options, columns=replace(options.columns, image=key))
+            yield row_record({**row, "id": row.get("id", row_id)}, default_id, metadata, with_key, folder)
+
+
+def metadata_files(path: Path) -> list[Path]:
+    return sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
+                                    "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+
+
+def _file_name_column(row: dict) -> str | None:
+    return next((k for k in row if _is_file_name_column(k)), None)
+
+
+def _is_file_name_column(name: str) -> bool:
+    # The imagefolder convention: file_name, <name>_file_name, or file_names for a list.
+    return name in ("file_name", "file_names") or name.endswith("_file_name")
+
+
+def read_webdataset(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """webdataset shards, streamed member by member (never unpacked); a sample = the members sharing a key."""
+    shards = sorted(list(path.glob("*.tar")) + list(path.glob("*.tar.gz"))) if path.is_dir() else [path]
+    for shard in shards:
+        for key, members in _tar_samples(shard):
+            yield _webdataset_record(key, members, shard, options)
+
+
+def _tar_samples(shard: Path) -> Iterator[tuple[str, dict]]:
+    """(key, {extension: image source or text}) for each run of members with the same key, in shard order."""
+    compressed = not shard.name.lower().endswith(".tar")
+    try:
+        with tarfile.open(shard, "r|*") as tar:
+            key, sample = None, {}
+            for member in tar:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, _, extension = base.partition(".")
+                member_key = f"{folder}/{stem}" if folder else stem
+                if member_key != key and sample:
+                    yield key, sample
+                    sample = {}
+                key = member_key
+                sample[extension.lower()] = _tar_member(tar, member, shard, compressed)
+            if sample:
+                yield key, sample
+    except tarfile.TarError as e:
+        raise DataError(f"{shard}: unreadable tar shard ({e})") from None
+
+
+def _tar_member(tar: tarfile.TarFile, member: tarfile.TarInfo, shard: Path, compressed: bool):
+    if not member.name.lower().endswith(IMAGE_SUFFIXES):
+        return decode_text(tar.extractfile(member).read())
+    if compressed:  # offsets in a compressed stream cannot be seeked to later
+        return BytesImage(f"{shard}:{member.name}", tar.extractfile(member).read())
+    return FileSlice(shard, member.name, member.offset_data, member.size)
+
+
+def _webdataset_record(key: str, sample: dict, shard: Path, options: ReadOptions) -> Record | RecordError:
+    images = [value for value in sample.values() if isinstance(value, (FileSlice, BytesImage))]
+    row: dict = {"__key__": key}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except json.JSONDecodeError as e:
+            return RecordError(shard, key, INVALID_JSON, f"{key}.json: invalid JSON: {e.msg}")
+        row.update(meta if isinstance(meta, dict) else {})
+    for extension in ("txt", "caption", "text"):
+        if extension in sample:
+            row.setdefault("caption", sample[extension].strip())
+    image_key = options.columns.image or "image"
+    row[image_key] = images[:1]
+    return row_record(row, key, shard, options, shard.parent)
+
+
+def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
+    """A dataset saved with `datasets.save_to_disk` (one split or a DatasetDict), or parquet file(s).
+
+    Images embedded in a saved dataset's Arrow files are indexed by their byte range in the file and read when
+    needed (`FileSlice`), so a dataset larger than memory trains; parquet pages are compressed, so parquet images are
+    held in memory (save such a dataset with `datasets` first to stream it)."""
+    for split, file in _hf_files(path):
+        rows = ((f"{split}/{index}" if split else str(index), row) for index, row in enumerate(arrow_rows(file)))
+        for row_id, row in with_columns(rows, file, options.columns):
+            yield row_record(row, row_id, file, options, options.image_root or file.parent)
+
+
+def _hf_files(path: Path) -> list[tuple[str, Path]]:
+    if path.is_file():
+        return [("", path)]
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        return [(split, file) for split in splits for _, file in _hf_files(path / split)]
+    if (path / "state.json").exists():
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        return [("", path / f["filename"]) for f in state["_data_files"]]
+    return [("", p) for p in sorted(path.glob("*.parquet"))]

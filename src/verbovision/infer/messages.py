@@ -1,0 +1,83 @@
+"""Records from prompts and OpenAI-style messages (text parts, image parts, data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from ..data.records import DATA_IMAGE_TOKEN, Record, Turn
+from ..data.tokenizer import join_parts
+from ..errors import DataError
+
+
+def prompt_record(image, prompt: str) -> Record:
+    """A one-turn record asking `prompt` about `image` (a path, a PIL image, or None for text only)."""
+    text = prompt if image is None or DATA_IMAGE_TOKEN in prompt else f"{DATA_IMAGE_TOKEN}\n{prompt}"
+    images = [] if image is None else [image if isinstance(image, Image.Image) else Path(image)]
+    return Record("prompt", images, [Turn("user", text), Turn("assistant", "")], "prompt")
+
+
+def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object] | None = None) -> Record:
+    """A record from OpenAI-style chat messages, ready for the next assistant reply.
+
+    Each message has a `role` (system, user, assistant) and a `content`: a string, or a list of parts
+    `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` or
+    `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines (where neither side has one
+    already), each image where its part is, as the chat templates of the models VerboVision builds join them.
+    `open_part` turns an image part into a record image (default: `image_of_part`).
+    """
+    open_part = open_part or image_of_part
+    turns, images = [], []
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise DataError(f"messages[{i}]: role must be system, user or assistant, not {role!r}")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            raise DataError(f"messages[{i}]: content must be a string or a list of parts")
+        texts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(part.get("text") or "")
+            elif kind in ("image", "image_url"):
+                images.append(open_part(part))
+                texts.append(DATA_IMAGE_TOKEN)
+            else:
+                raise DataError(f"messages[{i}].content[{j}]: part type must be text, image_url or image, not {kind!r}")
+        turns.append(Turn(role, join_parts(texts)))
+    return Record("chat", images, [*turns, Turn("assistant", "")], "messages")
+
+
+def image_of_part(part: dict):
+    """The image of a content part: a PIL image, a local path, or a data: URI. Remote URLs are never fetched here."""
+    if part["type"] == "image":
+        image = part.get("image")
+        return image if isinstance(image, Image.Image) else Path(image)
+    url = part.get("image_url")
+    url = url.get("url") if isinstance(url, dict) else url
+    if not isinstance(url, str):
+        raise DataError("image_url part without a url")
+    if url.startswith("data:"):
+        from ..data.images import BytesImage
+
+        return BytesImage("data: URI", decode_data_uri(url))
+    if url.startswith(("http://", "https://")):
+        raise DataError(f"{url}: remote images are not fetched; download the image and pass its path")
+    return Path(url.removeprefix("file://"))
+
+
+def decode_data_uri(url: str) -> bytes:
+    """The bytes of a base64 `data:` URI (data:image/png;base64,...)."""
+    header, comma, payload = url.partition(",")
+    if not comma or not header.startswith("data:") or not header.endswith(";base64"):
+        raise DataError("image data URI must look like data:image/png;base64,<data>")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise DataError("image data URI is not valid base64") from None

@@ -1,0 +1,114 @@
+"""How to decode: the options of generation, what a generation returns, how prompts are cut."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
+
+TextCallback = Callable[[int, str], None]
+"""Called with (index of the reply, new text) as replies grow."""
+
+
+@dataclass
+class DecodeOptions:
+    """How to pick tokens: greedy by default; beams or sampling on request."""
+
+    max_new_tokens: int = 256
+    """Longest reply in tokens; a reply cut there ends with finish_reason "length". Long enough for the shipped
+    recipes' replies: step-by-step geometry answers (Geo170K, `verbo data synth geometry`) end with "Answer: X"."""
+    beams: int = 1
+    """Beam search width (1 = no beam search)."""
+    temperature: float | None = None
+    """Sampling temperature; setting it (or top_p / top_k) turns sampling on."""
+    top_p: float | None = None
+    """Nucleus sampling: keep the smallest token set with this probability mass."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens."""
+    repetition_penalty: float | None = None
+    """> 1 discourages repeating tokens."""
+    seed: int | None = None
+    """Seed for reproducible sampling."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: a reply ends just before the first one it produces."""
+    length_penalty: float | None = None
+    """Beam search: scores are divided by length ** length_penalty (> 0 favours longer replies, < 0 shorter)."""
+    early_stopping: bool = False
+    """Beam search: stop once `beams` finished candidates exist, instead of when no better one can appear."""
+    no_repeat_ngram_size: int | None = None
+    """No n-gram of this size appears twice in a reply."""
+    min_new_tokens: int | None = None
+    """Shortest reply in tokens: EOS is not allowed before."""
+
+    @property
+    def sampling(self) -> bool:
+        return any(v is not None for v in (self.temperature, self.top_p, self.top_k))
+
+    def batch_key(self) -> tuple:
+        """What replies generated in one batch must share; max_new_tokens and stop are followed per reply."""
+        seed = self.seed if self.sampling else None
+        return (self.beams, self.temperature, self.top_p, self.top_k, self.repetition_penalty, seed,
+                self.length_penalty, self.early_stopping, self.no_repeat_ngram_size, self.min_new_tokens)
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {"max_new_tokens": self.max_new_tokens, "num_beams": self.beams, "do_sample": self.sampling}
+        for key in _OPTIONAL_GENERATE_KWARGS:
+            if getattr(self, key) is not None:
+                kwargs[key] = getattr(self, key)
+        if self.beams > 1:  # transformers warns about beam-only settings without beams
+            kwargs["early_stopping"] = self.early_stopping
+        return kwargs
+
+
+def decode_options(options: DecodeOptions | None = None, **changes) -> DecodeOptions:
+    """`options` (default: greedy `DecodeOptions()`) with the fields named by keyword changed, as the Python API takes
+    them: `vlm.caption(images, max_new_tokens=8, beams=3)`. `stop` may be one string or several."""
+    options = options or DecodeOptions()
+    known = [f.name for f in fields(DecodeOptions)]
+    for name in changes:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"unknown decoding option {name!r}; {hint}the options are {', '.join(known)}")
+    if "stop" in changes:
+        stop = changes["stop"]
+        changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    return replace(options, **changes)
+
+
+_OPTIONAL_GENERATE_KWARGS = ("temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",
+                             "no_repeat_ngram_size", "min_new_tokens")
+"""DecodeOptions fields passed to `generate` only when set, so that unset ones keep the model's generation config."""
+
+
+@dataclass
+class Generation:
+    """One reply with what a server reports about it."""
+
+    text: str
+    """The reply, without EOS, stop string or surrounding whitespace."""
+    prompt_tokens: int
+    """Tokens of the prompt (image tokens included)."""
+    completion_tokens: int
+    """Tokens generated, the final EOS or stop string included."""
+    finish_reason: str
+    """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)."""
+
+
+@dataclass
+class Truncation:
+    """How many replies of a set were cut at max_new_tokens (finish_reason "length"): a cut reply may lack its end
+    (the "Answer: X" a score reads), so every command that generates many says how many there were."""
+
+    max_new_tokens: int
+    replies: int = 0
+    truncated: int = 0
+
+    def add(self, finish_reasons: Iterable[str]) -> Truncation:
+        for reason in finish_reasons:
+            self.replies += 1
+            self.truncated += reason == "length"
+        return self
+
+    def __str__(self) -> str:
+        return f"truncated: {self.truncated} of {self.replies} replies hit max_new_tokens={self.max_new_tokens}"

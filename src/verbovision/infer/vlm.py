@@ -1,0 +1,184 @@
+"""Inference: caption images, answer questions and chat, batched, with the decoding options of every `verbo` command.
+
+Prompts are encoded by the same `Encoder` that training used (template and image-token expansion included), so a
+model sees at inference exactly the layout it learned. Batches are left-padded; each row of a batch is followed while
+it is generated (`_Reply`): it ends at its own EOS, stop string or token limit, and its text can be streamed. Greedy
+decoding runs VerboVision's own loop, where an ended row leaves the batch with its KV cache; beams, sampling and
+logits processors run transformers' `generate`."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteriaList
+
+from ..data.batching import Collator
+from ..data.encoding import Encoder
+from ..data.images import load_image
+from ..data.records import CAPTION_PROMPT, Record
+from ..families import family_of
+from ..model.store import load_model, model_metadata
+from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
+from .messages import messages_record, prompt_record
+from .options import DecodeOptions, Generation, TextCallback, decode_options
+
+
+class VLM:
+    """A loaded model + processor that captions, answers and chats, in batches."""
+
+    def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False,
+                 template: str | None = None):
+        """`template` (chat, plain, caption, prefix) lays prompts out otherwise than the model was trained to (its
+        verbovision.json), e.g. for a model with no chat template; default: the model's own."""
+        model, processor = load_model(path, device=device, quantize=quantize)
+        if compiled:
+            compile_generation(model)
+        metadata = model_metadata(path)
+        self._attach(str(path), model, processor, {**metadata, "template": template} if template else metadata)
+
+    @classmethod
+    def from_loaded(cls, model, processor, template: str = "chat", name: str = "in-memory") -> VLM:
+        """Wrap a model already in memory (e.g. one being trained) to generate with it."""
+        vlm = cls.__new__(cls)
+        vlm._attach(name, model, processor, {"template": template})
+        return vlm
+
+    def _attach(self, path: str, model, processor, metadata: dict) -> None:
+        self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
+        self.family = family_of(model.config)
+        self.caption_prompt = metadata.get("prompt") or self.family.caption_prompt or CAPTION_PROMPT
+        """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
+        else its family's convention (PaliGemma's "caption en"), else CAPTION_PROMPT. A plain- or prefix-template
+        model also gets it for a request with images and no text."""
+        self.encoder = Encoder(self.processor, self.metadata.get("template", "chat"), max_length=1 << 30,
+                               family=self.family, prompt=self.caption_prompt)
+        self.collator = Collator(self.encoder, pad_left=True)
+        self.device = next(self.model.parameters()).device
+        self.eos_ids = eos_token_ids(self.model, self.processor)
+        self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
+
+    def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
+                batch_size: int = 16, **decoding) -> list[str]:
+        """Captions of the images, asked `prompt` (default: `caption_prompt`).
+
+        Decoding is greedy unless `options` or keyword arguments named as `DecodeOptions`' fields say otherwise
+        (`max_new_tokens=8, beams=3`; `top_p=0.9, temperature=0.7, seed=0`); the same holds for every method here.
+        """
+        prompt = self.caption_prompt if prompt is None else prompt
+        return self.generate([(image, prompt) for image in images], options, batch_size, **decoding)
+
+    def ask(self, image, question: str, options: DecodeOptions | None = None, **decoding) -> str:
+        return self.generate([(image, question)], options, **decoding)[0]
+
+    def chat(self, messages: Sequence[dict], options: DecodeOptions | None = None, **decoding) -> str:
+        """The next assistant reply to OpenAI-style messages (see `messages_record` for the content parts)."""
+        return self.generate_records([messages_record(messages)], decode_options(options, **decoding))[0]
+
+    def stream(self, messages: Sequence[dict], options: DecodeOptions | None = None, **decoding) -> Iterator[str]:
+        """Like `chat`, but yields the reply in pieces as it is generated; the pieces add up to `chat`'s reply."""
+        record = messages_record(messages)
+        options = decode_options(options, **decoding)
+        pieces: queue.Queue = queue.Queue()
+
+        def run() -> None:
+            try:
+                self.generate_details([record], options, on_text=lambda _, piece: pieces.put(piece))
+                pieces.put(None)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                pieces.put(e)
+
+        threading.Thread(target=run, daemon=True, name="verbo-stream").start()
+        while (piece := pieces.get()) is not None:
+            if isinstance(piece, BaseException):
+                raise piece
+            yield piece
+
+    def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = 16,
+                 **decoding) -> list[str]:
+        """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
+        return self.generate_records([prompt_record(image, prompt) for image, prompt in items],
+                                     decode_options(options, **decoding), batch_size)
+
+    def generate_records(self, records: Sequence[Record], options: DecodeOptions | None = None,
+                         batch_size: int = 16) -> list[str]:
+        """The next assistant reply of each record (its last reply, if present, is what gets predicted)."""
+        return [g.text for g in self.generate_details(records, options, batch_size)]
+
+    def generate_details(self, records: Sequence[Record],
+                         options: DecodeOptions | Sequence[DecodeOptions] | None = None, batch_size: int = 16,
+                         on_text: TextCallback | None = None) -> list[Generation]:
+        """Replies with token counts and finish reasons, `batch_size` records at a time.
+
+        `options` is one for all records or one per record; records of a batch must share `batch_key()`.
+        `on_text(i, piece)` receives reply i's text as it grows (at the end, for beam search).
+        """
+        options = options or DecodeOptions()
+        per_record = [options] * len(records) if isinstance(options, DecodeOptions) else list(options)
+        results: list[Generation] = []
+        for start in range(0, len(records), batch_size):
+            callback = None if on_text is None else (lambda row, piece, start=start: on_text(start + row, piece))
+            stop = start + batch_size
+            results.extend(self._generate_batch(records[start:stop], per_record[start:stop], callback))
+        return results
+
+    def prompt_tokens(self, record: Record) -> int:
+        """Length of a record's prompt in tokens; raises DataError if it cannot be encoded."""
+        return len(self.encoder.encode(record, for_generation=True).input_ids)
+
+    @torch.no_grad()
+    def _generate_batch(self, records: Sequence[Record], options: Sequence[DecodeOptions],
+                        on_text: TextCallback | None) -> list[Generation]:
+        if len({o.batch_key() for o in options}) > 1:
+            raise ValueError("records generated in one batch must share their decoding options' batch_key()")
+        encoded = [self.encoder.encode(record, for_generation=True) for record in records]
+        batch = self.collator.pad(encoded)
+        batch.pop("labels")
+        images = [load_image(image) for record in records for image in record.images]
+        if images:
+            batch.update(self.encoder.pixel_inputs(images))
+        batch = self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
+        decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        tracker = ReplyTracker([Reply(decode, o, self.eos_ids, on_text is not None) for o in options], on_text)
+        if self._leaves_at_eos(options[0], batch):
+            greedy_leaving_at_eos(self.model, batch, tracker)
+        else:
+            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded))
+        tracker.close()
+        return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
+                for reply, e in zip(tracker.replies, encoded)]
+
+    def _leaves_at_eos(self, options: DecodeOptions, batch: dict) -> bool:
+        """Whether `greedy_leaving_at_eos` gives what `generate` would: plain greedy decoding (no logits processor
+        from the options), a model that fits the loop, and a batch whose positions come from the attention mask (not
+        Qwen2-VL's 3-D positions, nor Gemma3's token types)."""
+        plain = (options.beams == 1 and not options.sampling and options.repetition_penalty is None
+                 and options.no_repeat_ngram_size is None and options.min_new_tokens is None)
+        return plain and self.greedy_loop_fits and set(batch) <= POSITIONAL_INPUTS
+
+    def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: ReplyTracker,
+                                    prompt_length: int) -> None:
+        kwargs = options[0].generate_kwargs()
+        kwargs["max_new_tokens"] = max(o.max_new_tokens for o in options)
+        if options[0].beams == 1:  # beam search reorders its rows every step: its replies are followed once done
+            kwargs["stopping_criteria"] = StoppingCriteriaList([tracker])
+        if options[0].seed is not None:
+            torch.manual_seed(options[0].seed)
+        out = self.model.generate(**batch, **kwargs)  # [B, T + new]
+        if options[0].beams > 1:
+            for column in out[:, prompt_length:].T.tolist():
+                tracker.step(column)
+
+
+def compile_generation(model) -> None:
+    """Generate with a static KV cache and a torch.compile'd forward (transformers does it by itself on GPUs only).
+    Each new batch shape compiles first (seconds); identical outputs. On the CPU at the quickstart model's size:
+    1.1-1.2x captions/s (benchmarks/generate_bench.py)."""
+    from transformers import CompileConfig
+
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.compile_config = CompileConfig(fullgraph=False)
+    model.generation_config.compile_config._compile_all_devices = True  # the documented switch for CPUs

@@ -1,0 +1,155 @@
+"""A stage's loop: each step prepared and taken by the stage's step runner (SFT or SCST), then logged, validated and
+checkpointed."""
+
+from __future__ import annotations
+
+import random
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from ..config.schema import Recipe, Stage
+from ..data.records import SkipLog
+from ..errors import ConfigError, DataError
+from ..files import write_json
+from ..model.trainable import train_mode
+from ..progress import progress
+from . import runinfo
+from .distributed import Processes
+from .epochs import epoch_groups, prepared_groups
+from .outputs import finish_stage
+from .scst import ScstSteps
+from .setup import prepare_stage
+from .sft import SftSteps
+from .state import StageLoop, StageResult, StageSetup, TrainState, load_trainable
+from .validate import validate
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path, logger,
+              run: dict, resume: bool) -> StageResult:
+    """Train one stage from `base` (with `resume`: from its latest checkpoint on) and save what it produced."""
+    setup = start_stage(procs, recipe, index, stage, base, stage_dir, run)
+    runner = step_runner(recipe, stage, setup)  # before resuming: SCST keeps the model it starts from
+    state, core = TrainState(), setup.model  # core: the model itself, whatever wraps it for several processes
+    if resume and state.load(procs, stage_dir / "checkpoints", core, setup.optimizer, setup.scheduler):
+        logger.forget_after(stage.name, state.step)  # those steps are about to be redone
+    setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
+    bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main_process)
+    loop = StageLoop(stage, setup, state, core, recipe.seed, stage_dir, logger, bar)
+    train_mode(core)
+    while state.step < setup.total_steps and not state.stopped:
+        train_epoch(loop, runner)
+    bar.close()
+    return end_stage(loop, base, run)
+
+
+def start_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: str, stage_dir: Path,
+                run: dict) -> StageSetup:
+    """Set the stage up (its seed from its index) and say what it is about to do: printed, and in run.json."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(recipe.seed + index)
+    if procs.distributed and stage.type == "scst":
+        raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
+    setup = prepare_stage(procs, recipe, stage, base, stage_dir.parents[1])
+    if procs.is_main_process:
+        print("\n".join(runinfo.summary_lines(index, setup.summary)), flush=True)
+        run.setdefault("summary", {})[stage.name] = setup.summary
+        write_json(stage_dir.parents[1] / "run.json", run)
+    return setup
+
+
+def train_epoch(loop: StageLoop, runner: StepRunner) -> None:
+    """Step through the rest of the current epoch, until it or the stage ends; an epoch that ends moves the state on
+    to the next one."""
+    state, stage = loop.state, loop.stage
+    trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
+    epoch = partial(epoch_groups, runner.sources, stage, loop.seed, state.epoch, state.step_in_epoch,
+                    loop.setup.procs.world_size)
+    for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, runner.prepare, stage.data_workers):
+        for reason, record_id in stream_skips:
+            state.record_skip(reason, record_id)
+        values = runner.step(prepared, state)  # forward, loss, backward, optimizer step; {} if all were skipped
+        trained += bool(values)
+        after_step(loop, values, end_of_epoch)
+        if state.step >= loop.setup.total_steps or state.stopped:
+            return
+    if not trained:
+        raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
+                        f"({SkipLog.from_dict(state.skipped).describe()})")
+    state.epoch += 1
+    state.step_in_epoch = 0
+
+
+def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
+    """Count the step; log it, validate and checkpoint where they are due."""
+    state, stage, setup = loop.state, loop.stage, loop.setup
+    state.step += 1
+    state.step_in_epoch += 1
+    if values:
+        loop.bar.set_postfix(loss=f"{values['loss']:.4f}")
+    loop.bar.update(1)
+    last = state.step == setup.total_steps
+    if values and (state.step % stage.log_every == 0 or last):
+        loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
+                        lr=setup.scheduler.get_last_lr()[0])
+    eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
+    if setup.val_examples and (eval_now or last):
+        validate(loop)
+    if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
+        checkpoint(loop)
+
+
+def checkpoint(loop: StageLoop) -> None:
+    """Save the stage's state for --resume; sharded, every process sends its parts and the main one writes."""
+    procs, setup = loop.setup.procs, loop.setup
+    if procs.is_main_process or procs.sharded:
+        loop.state.save(procs, loop.stage_dir / "checkpoints", loop.core, setup.optimizer, setup.scheduler,
+                        keep=loop.stage.keep)
+    procs.barrier()
+
+
+def end_stage(loop: StageLoop, base: str, run: dict) -> StageResult:
+    """The stage's model saved (its best weights, where kept), its skipped records in `run`; on every process."""
+    stage, setup, state, procs = loop.stage, loop.setup, loop.state, loop.setup.procs
+    if stage.keep_best and (loop.stage_dir / "best.safetensors").exists():
+        load_trainable(procs, loop.core, loop.stage_dir / "best.safetensors")
+    setup.skips.merge(SkipLog.from_dict(state.skipped))
+    run.setdefault("skipped", {})[stage.name] = setup.skips.as_dict()
+    result = None
+    if procs.is_main_process or procs.sharded:
+        result = finish_stage(procs, loop.core, setup.processor, stage, base, loop.stage_dir, setup.uses_lora,
+                              setup.collator.encoder)
+    result = procs.broadcast_object(result)  # the others wait here until the stage's model is saved
+    result.steps, result.best = state.step, state.best
+    return result
+
+
+class StepRunner(Protocol):
+    """A kind of stage's training step: run_stage prepares each group of `grad_accum` global micro-batches of
+    `sources` (possibly in a data worker), then steps on it."""
+
+    sources: list
+    """The stage's training examples, as (examples, weight) per source (or a StreamMix)."""
+
+    def prepare(self, group: list[list]) -> object:
+        """This process's part of the group, ready to step on."""
+
+    def step(self, prepared, state: TrainState) -> dict:
+        """One optimizer step; returns what to log (`loss` included), or nothing when every example was skipped."""
+
+
+STEP_RUNNERS: dict[str, type[StepRunner]] = {"sft": SftSteps, "scst": ScstSteps}
+"""The step runner of each stage type (config.schema.STAGE_TYPES)."""
+
+
+def step_runner(recipe: Recipe, stage: Stage, setup: StageSetup) -> StepRunner:
+    return STEP_RUNNERS[stage.type](recipe, stage, setup)

@@ -1,0 +1,152 @@
+"""`verbo train`: run a recipe's stages, each starting from the previous stage's model.
+
+Run folder layout:
+    config.yaml           the resolved recipe
+    run.json              metadata: versions, git commit, data fingerprints, stage outputs, adapters and their bases
+    init/                 the built model (when the recipe builds one)
+    stages/<i>-<name>/    checkpoints/step-N/ (for --resume), best.safetensors, adapter/, model/
+    final -> ...          the last stage's model (or adapter)
+    metrics.jsonl, tensorboard/, loss.png, report.md"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..config.parse import to_dict
+from ..config.schema import Recipe
+from ..data.records import SkipLog, require_usable
+from ..data.rows import source_path
+from ..data.sources import source_records
+from ..data.tokenizer import train_bpe_tokenizer
+from ..errors import ConfigError
+from ..files import read_json, write_atomic, write_json
+from ..model.build import build_vlm, save_model, spec_record
+from . import runinfo
+from .distributed import Processes
+from .loop import run_stage, seed_everything
+from .preflight import check_data_files, check_stages
+from .state import StageResult
+
+
+def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
+    """Run the recipe's stages into the run folder `out`. A run that fails before its first step (a mistyped path, a
+    stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
+    corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
+    out = Path(out)
+    check_data_files(recipe)
+    absent = not out.exists()
+    fresh = absent or not any(out.iterdir())
+    procs = Processes()  # this run's processes: one, unless launched by --nproc or `accelerate launch`
+    try:
+        return run_recipe(procs, recipe, out, resume)
+    except Exception:
+        if fresh and procs.is_main_process and not took_a_step(out):
+            remove_failed_start(out, absent)
+        raise
+
+
+def took_a_step(out: Path) -> bool:
+    """Whether a run has logged, checkpointed or finished anything of a stage."""
+    stages = out / "stages"
+    return ((out / "metrics.jsonl").exists() or any(stages.glob("*/checkpoints/*"))
+            or any(stages.glob("*/done.json")))
+
+
+def remove_failed_start(out: Path, absent: bool) -> None:
+    """Remove what a run that never took a step wrote: the folder, or (where it was there, empty) what is in it."""
+    for path in [out] if absent else list(out.iterdir()):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
+    if procs.is_main_process and out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+    procs.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    run = read_json(out / "run.json") or runinfo.describe_run(recipe)
+    if procs.is_main_process:
+        write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
+        write_json(out / "run.json", run)
+    seed_everything(recipe.seed)
+    base = procs.main_process_first(lambda: initial_model(recipe, out, run))
+    check_stages(recipe, base)
+    logger = runinfo.MetricsLogger(out, write=procs.is_main_process)
+    results = []
+    for index, stage in enumerate(recipe.stages):
+        stage_dir = out / "stages" / f"{index}-{stage.name}"
+        done = read_json(stage_dir / "done.json")
+        if done:
+            result = StageResult(**done)
+        else:
+            result = run_stage(procs, recipe, index, stage, base, stage_dir, logger, run, resume)
+            if procs.is_main_process:
+                write_json(stage_dir / "done.json", result.__dict__)
+            procs.barrier()
+        results.append(result)
+        base = result.model_dir
+        run.setdefault("stages", {})[stage.name] = {k: v for k, v in result.__dict__.items() if k != "history"}
+        if result.adapter_dir:
+            run.setdefault("adapters", [])
+            rel = str(Path(result.adapter_dir).relative_to(out))
+            if rel not in run["adapters"]:
+                run["adapters"].append(rel)
+        if procs.is_main_process:
+            write_json(out / "run.json", run)
+    logger.close()
+    if procs.is_main_process:
+        final = out / "final"
+        if final.is_symlink() or final.exists():
+            final.unlink()
+        final.symlink_to(Path(results[-1].model_dir).relative_to(out))
+        runinfo.plot_losses(out)
+    procs.barrier()
+    return run
+
+
+def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
+    """The model the first stage starts from: an existing VLM, or one built (and saved to init/) for this run."""
+    if recipe.model.from_:
+        return recipe.model.from_
+    init = out / "init"
+    if (init / "config.json").exists():
+        return str(init)
+    spec = recipe.model.spec()
+    tokenizer = None
+    if not spec.language.name:
+        tokenizer = train_bpe_tokenizer(training_texts(recipe), spec.image_token, spec.language.vocab_size)
+    model, processor = build_vlm(spec, tokenizer)
+    metadata = {"model_spec": spec_record(spec), "template": recipe.stages[0].template}
+    save_model(model, processor, init, metadata)
+    run["init"] = {"parameters": sum(p.numel() for p in model.parameters()), "architecture": type(model).__name__}
+    return str(init)
+
+
+def training_texts(recipe: Recipe):
+    """Every turn of every training source, plus the chat template's role names, for training a tokenizer. A source
+    with no usable record is an error here already (as it is when its stage starts): a tokenizer trained without its
+    text would be kept in init/ by --resume."""
+    yield "user assistant system\n"
+    root = Path(recipe.data_root)
+    for stage in recipe.stages:
+        for what, sources in (("training records", stage.data.train), ("validation records", stage.data.val)):
+            for source in sources:
+                skips, usable = SkipLog(), 0
+                for record in source_records(source, root, skips):
+                    usable += 1
+                    for turn in record.turns:
+                        yield turn.text
+                require_usable(usable, skips, f"{what} in {source_path(source, root)}", f"stage {stage.name}")
+
+
+def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:
+    """Train, then write report.md with the loss curves, skipped records and sample outputs of the final model."""
+    from .report import sample_captions, write_report
+
+    train_recipe(recipe, out, resume)
+    return write_report(out, sample_captions(out / "final", recipe), evaluation)
