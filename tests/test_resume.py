@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 
 import torch
@@ -76,3 +77,19 @@ def test_skip_counters_survive_a_checkpoint(tmp_path):
     assert restored.skipped == {"unreadable image": {"count": 2, "examples": ["rec-1: broken.png",
                                                                                "rec-2: broken2.png"]}}
     assert (restored.step, restored.epoch, restored.step_in_epoch) == (7, 1, 3)
+
+
+def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data):
+    """A kill after a stage's last logged step but before its first checkpoint (or after its checkpoints made way for
+    its saved model, before it was marked done): the resumed run redoes the stage from its start, and its rows of the
+    killed attempt give way to the new ones instead of doubling the loss curve."""
+    raw = tiny_recipe(shapes_data, [stage("s", max_steps=3, log_every=1, save_every=100)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    logged = curve(run)
+    stage_dir = run / "stages/0-s"
+    (stage_dir / "done.json").unlink()
+    for checkpoint in (stage_dir / "checkpoints").glob("step-*"):
+        shutil.rmtree(checkpoint)
+    train_recipe(parse_recipe(raw), run, resume=True)
+    assert curve(run) == logged

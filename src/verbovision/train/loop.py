@@ -40,8 +40,9 @@ def run_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: 
     setup = start_stage(procs, recipe, index, stage, base, stage_dir, run)
     runner = step_runner(recipe, stage, setup)  # before resuming: SCST keeps the model it starts from
     state, core = TrainState(), setup.model  # core: the model itself, whatever wraps it for several processes
-    if resume and state.load(procs, stage_dir / "checkpoints", core, setup.optimizer, setup.scheduler):
-        logger.forget_after(stage.name, state.step)  # those steps are about to be redone
+    if resume:  # from the latest checkpoint, else from the stage's start: the steps after it are about to be redone
+        state.load(procs, stage_dir / "checkpoints", core, setup.optimizer, setup.scheduler)
+        logger.forget_after(stage.name, state.step)
     setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
     bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main_process)
     loop = StageLoop(stage, setup, state, core, recipe.seed, stage_dir, logger, bar)
