@@ -100,7 +100,9 @@ def add_decode_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_options(group) -> None:
     """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
-    group.add_argument("--batch-size", type=int, default=16, help="replies generated together")
+    from ..infer.options import BATCH_SIZE
+
+    group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "

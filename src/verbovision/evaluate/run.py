@@ -10,12 +10,13 @@ from pathlib import Path
 
 from ..data.sources import read_records
 from ..errors import DataError
+from ..infer.options import BATCH_SIZE
 from .metrics import DEFAULT_METRICS, EvalResult, score
 from .report import write_eval_folder
 
 
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
-             options=None, batch_size: int = 16, data_format: str | None = None, with_loss: bool = True,
+             options=None, batch_size: int = BATCH_SIZE, data_format: str | None = None, with_loss: bool = True,
              device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
              template: str | None = None) -> EvalResult:
     """Generate on every record of `data` (read with `read`, data.rows.ReadOptions), score, and write the evaluation

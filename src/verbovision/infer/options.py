@@ -6,6 +6,9 @@ import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 
+BATCH_SIZE = 16
+"""Replies generated together unless a command or call says otherwise (caption, ask, predict, eval, serve)."""
+
 TextCallback = Callable[[int, str], None]
 """Called with (index of the reply, new text) as replies grow."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import DataError
+from .options import BATCH_SIZE
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
     from .options import DecodeOptions, Generation, Truncation
@@ -46,7 +47,7 @@ class PredictConfig:
     """Split the questions into this many contiguous chunks (one per machine or process)..."""
     chunk_idx: int = 0
     """...and answer only this one (0-based)."""
-    batch_size: int = 16
+    batch_size: int = BATCH_SIZE
     """Questions generated together."""
     options: DecodeOptions | None = None
     """Decoding options (None: the defaults, greedy)."""

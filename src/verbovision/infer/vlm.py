@@ -24,7 +24,7 @@ from ..families import family_of
 from ..model.store import load_model, model_metadata
 from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
 from .messages import messages_record, prompt_record
-from .options import DecodeOptions, Generation, TextCallback, decode_options
+from .options import BATCH_SIZE, DecodeOptions, Generation, TextCallback, decode_options
 
 
 class VLM:
@@ -62,7 +62,7 @@ class VLM:
         self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
-                batch_size: int = 16, **decoding) -> list[str]:
+                batch_size: int = BATCH_SIZE, **decoding) -> list[str]:
         """Captions of the images, asked `prompt` (default: `caption_prompt`).
 
         Decoding is greedy unless `options` or keyword arguments named as `DecodeOptions`' fields say otherwise
@@ -97,19 +97,19 @@ class VLM:
                 raise piece
             yield piece
 
-    def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = 16,
+    def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = BATCH_SIZE,
                  **decoding) -> list[str]:
         """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
         return self.generate_records([prompt_record(image, prompt) for image, prompt in items],
                                      decode_options(options, **decoding), batch_size)
 
     def generate_records(self, records: Sequence[Record], options: DecodeOptions | None = None,
-                         batch_size: int = 16) -> list[str]:
+                         batch_size: int = BATCH_SIZE) -> list[str]:
         """The next assistant reply of each record (its last reply, if present, is what gets predicted)."""
         return [g.text for g in self.generate_details(records, options, batch_size)]
 
     def generate_details(self, records: Sequence[Record],
-                         options: DecodeOptions | Sequence[DecodeOptions] | None = None, batch_size: int = 16,
+                         options: DecodeOptions | Sequence[DecodeOptions] | None = None, batch_size: int = BATCH_SIZE,
                          on_text: TextCallback | None = None) -> list[Generation]:
         """Replies with token counts and finish reasons, `batch_size` records at a time.
 

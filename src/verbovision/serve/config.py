@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..infer.options import BATCH_SIZE
+
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
     from ..infer.options import DecodeOptions
 
@@ -25,7 +27,7 @@ class ServeConfig:
     """When set, /v1 requests need the header `Authorization: Bearer <api_key>`."""
     allow_remote_images: bool = False
     """Fetch http(s) image URLs; otherwise only data: URIs are accepted."""
-    batch_size: int = 16
+    batch_size: int = BATCH_SIZE
     """Most replies generated together (1 = one request at a time)."""
     max_wait_ms: float = 5.0
     """How long a batch waits for more requests to join it."""
