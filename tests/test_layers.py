@@ -160,6 +160,23 @@ def test_every_unit_has_a_place():
     assert {unit(module) for module in module_imports(PACKAGE)} - placed == set()
 
 
+def test_no_private_name_is_imported_across_modules():
+    """What a module shares is public; an `_underscored` name stays in the module that defines it."""
+    private = [f"{path.relative_to(PACKAGE)}: {alias.name}" for path in PACKAGE.rglob("*.py")
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []
+
+
+def test_tests_use_public_names():
+    tests = Path(__file__).parent
+    private = [f"{path.name}: {alias.name}" for path in tests.glob("*.py")
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("verbovision")
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert private == []
+
+
 def planted(tmp_path: Path, files: dict[str, str]) -> Path:
     package = tmp_path / "verbovision"
     for name, text in files.items():
