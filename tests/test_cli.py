@@ -157,3 +157,11 @@ def test_quickstart_path_end_to_end_in_small(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[4/4] captions of test images" in out and "exact match" in out
     assert (tmp_path / "run/report.md").exists() and (tmp_path / "run/samples.png").exists()
+
+
+def test_the_cli_runs_as_a_module():
+    """`python -m verbovision` and, as before the cli became a package, `python -m verbovision.cli`."""
+    helps = [subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=300)
+             for module in ("verbovision", "verbovision.cli")]
+    assert [done.returncode for done in helps] == [0, 0]
+    assert helps[0].stdout == helps[1].stdout == make_parser().format_help()

@@ -1,0 +1,7 @@
+"""`python -m verbovision.cli`, as before the cli became a package (`python -m verbovision` is the same)."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
