@@ -2,11 +2,12 @@
 
 Loads a trained model twice on the CPU, quantizes the second copy with
 `verbovision.model.quantize.quantize_dynamic_int8`, and captions the first --n held-out images of the quickstart data
-(test/caption_short_en.json), greedy, at batch 1 and at batch 16. The two models alternate round by round (and which goes first alternates too), so that load from
-other jobs on the machine falls on both alike; captions/s is the median over --repeats rounds, with the range. The
-batch-16 captions of the first round are scored (exact match, CIDEr-D, BLEU-4 via `verbovision.evaluate.metrics.score`).
-One torch thread by default: on a 2-core machine shared with other jobs, 2 threads made batch-1 captioning 60x
-slower (0.8 vs 52 captions/s, threads spinning on each other), which would drown the effect measured here.
+(test/caption_short_en.json), greedy, at batch 1 and at batch 16. The two models alternate round by round (and which
+goes first alternates too), so that load from other jobs on the machine falls on both alike; captions/s is the median
+over --repeats rounds, with the range. The batch-16 captions of the first round are scored (exact match, CIDEr-D,
+BLEU-4 via `verbovision.evaluate.metrics.score`). One torch thread by default: on a 2-core machine shared with other
+jobs, 2 threads made batch-1 captioning 60x slower (0.8 vs 52 captions/s, threads spinning on each other), which would
+drown the effect measured here.
 
     python benchmarks/quant_bench.py [--model quickstart/run/final] [--data quickstart/data/shapes] [--n 300]
     python benchmarks/quant_bench.py --no-record     # print the table only, nothing appended to RESULTS.md
