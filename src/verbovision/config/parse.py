@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .schema import BEST_METRICS, COMPONENTS, SCST_BASELINES, SCST_REWARDS, STAGE_TYPES, TRAINABILITY, Recipe, Stage
+from .schema import BEST_METRICS, COMPONENTS, DTYPES, SCST_BASELINES, SCST_REWARDS, STAGE_TYPES, TRAINABILITY, Recipe, Stage
 from .sources import TEMPLATES, TRUNCATION, Source
 
 
@@ -80,6 +80,10 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: stages: at least one stage is required")
     if recipe.model.quantize not in ("none", "4bit", "8bit"):
         raise ConfigError(f"{where}: model.quantize: {recipe.model.quantize!r}; training loads none, 4bit or 8bit")
+    check_choice(recipe.model.dtype, DTYPES, f"{where}: model.dtype")
+    if recipe.model.dtype == "float16":
+        raise ConfigError(f"{where}: model.dtype: float16 trains without the loss scaling it needs; use bfloat16 "
+                          "(or auto, float32)")
     for i, stage in enumerate(recipe.stages):
         dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
         if recipe.model.quantize != "none" and dense:
@@ -91,6 +95,15 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
             raise ConfigError(f"{where}: stages.{i}.merge: false on a LoRA stage that another stage follows; the "
                               "next stage needs a base, set merge: true")
     return recipe
+
+
+def check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    """`value` is one of `choices`, or an error naming `key` (with its file), the closest choice and all of them."""
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{key}: {value!r} unknown{hint}; use {', '.join(choices)}")
 
 
 def _check_stage(stage: Stage, where: str) -> None:

@@ -15,6 +15,8 @@ COMPONENTS = ("vision", "connector", "language")
 STAGE_TYPES = ("sft", "scst")
 SCST_BASELINES = ("greedy", "mean")
 SCST_REWARDS = ("cider", "bleu")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""What weights load in (`model.dtype`, `--dtype`): auto is bfloat16 on a CUDA GPU that supports it, else float32."""
 
 
 @dataclass
@@ -89,7 +91,9 @@ class Stage:
     """Recompute activations in the backward pass to save memory: true for every layer, or the components whose
     layers it applies to (vision, connector, language)."""
     bf16: bool = False
-    """Compute forward and backward in bfloat16 (autocast); weights and optimizer states stay float32."""
+    """Compute forward and backward in bfloat16 (autocast) while the weights stay float32 (`model.dtype: float32`),
+    as do the optimizer states. With 16-bit weights (`model.dtype` bfloat16, or auto on a GPU) the forward runs
+    under autocast in their dtype anyway, and this changes nothing."""
     compile: str | None = None
     """torch.compile backend for the model's forward: inductor (generates kernels; the first steps are slow while
     it compiles, which pays off on long runs) or any other torch.compile backend; null runs eagerly."""
@@ -171,6 +175,12 @@ class ModelBlock:
     """Connector between them."""
     image_token: str = "<image>"
     """The model's image placeholder token."""
+    dtype: str = "auto"
+    """What the weights load in: auto (bfloat16 on a CUDA GPU that supports it, float32 on the CPU, MPS and elsewhere),
+    float32 or bfloat16 (float16 trains without the loss scaling it needs: refused). With 16-bit weights, what trains
+    (LoRA adapters, full or last:N components) is kept in float32, as are its optimizer states, and each forward
+    runs under autocast in the weights' dtype (stage `bf16` then changes nothing). A stage saves its model in this
+    dtype (config.json's `dtype` records it); adapters stay float32."""
     quantize: str = "none"
     """QLoRA: load each stage's base in 4bit or 8bit (bitsandbytes, CUDA); LoRA trains on top and merges go onto
     the full-precision base."""
