@@ -56,6 +56,34 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype weights load in on `device` (default: `default_device()`), for a `model.dtype` / `--dtype` name (a
+    torch dtype passes as it is): auto (None) is bfloat16 on a CUDA GPU that computes in it natively, float32
+    elsewhere (the CPU, MPS, older GPUs), where bfloat16 is slow or emulated."""
+    from ..config.schema import DTYPES
+
+    if isinstance(name, torch.dtype):
+        return name
+    name = name or "auto"
+    if name not in DTYPES:
+        raise VerboError(f"dtype {name!r} unknown; use {', '.join(DTYPES)}")
+    if name != "auto":
+        return getattr(torch, name)
+    device = torch.device(device) if device is not None else default_device()
+    on_bf16_gpu = device.type == "cuda" and torch.cuda.is_available() \
+        and torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if on_bf16_gpu else torch.float32
+
+
+def weights_dtype(model) -> torch.dtype:
+    """The dtype a model's weights were loaded in (its config's; what trains may since be float32), which a stage
+    saves it in: float32 for a model whose config says none."""
+    dtype = getattr(model.config, "dtype", None)
+    if isinstance(dtype, str):  # save_pretrained writes the name back into the config
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def check_model_location(path: str) -> None:
     """A model directory, an adapter directory, or a model the hub can give: anything else is an error naming it."""
     local = Path(path)
@@ -64,9 +92,12 @@ def check_model_location(path: str) -> None:
     check_model_source(path)
 
 
-def load_model(path: str | Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+def load_model(path: str | Path, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
                quantize: str = "none"):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
+
+    `dtype`: a `--dtype` name or a torch dtype, None meaning auto (`resolve_dtype` on the device it loads on). An
+    adapter's weights load in float32 whatever the base's (PEFT's autocast_adapter_dtype).
 
     `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
     after loading, an adapter being merged first (int8 layers take no adapter).
@@ -78,6 +109,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     path_str = str(path)
     check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
+    device = device or ("cpu" if in_memory else default_device())
+    dtype = resolve_dtype(dtype, device)
     if is_adapter(path_str):
         from peft import PeftModel
 
@@ -94,7 +127,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
         try:
             family_of(AutoConfig.from_pretrained(path_str))  # a refused model type is refused before its weights load
-            model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype or torch.float32, **extra})
+            model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
             if "Unrecognized configuration class" not in str(e):
@@ -106,7 +139,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             raise explained_import_error(e, path_str, "model") from None
         check_required_inputs(model, processor)
     if not extra:  # bitsandbytes placed the weights itself; its models cannot be moved
-        model.to(device or ("cpu" if in_memory else default_device()))
+        model.to(device)
     model.eval()
     if in_memory:
         quantize_dynamic_int8(model)

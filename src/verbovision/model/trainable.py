@@ -101,7 +101,7 @@ def configure_trainable(model: nn.Module, stage: Stage):
         for name, param in model.named_parameters():
             if _in(name, trained):
                 param.requires_grad_(True)
-        return model, False
+        return train_in_float32(model), False
     if stage.train.get("vision") == "lora":
         warnings.warn("LoRA on the vision tower: serving engines such as vLLM apply LoRA to the language model only; "
                       "merge the adapter before serving there.", stacklevel=2)
@@ -119,8 +119,17 @@ def configure_trainable(model: nn.Module, stage: Stage):
         target_modules=targets,
         modules_to_save=_callable_modules(model, trained) or None,
     )
-    with peft_wrapping():
-        return get_peft_model(model, config), True
+    with peft_wrapping():  # PEFT keeps LoRA weights float32 on a 16-bit base (autocast_adapter_dtype)
+        return train_in_float32(get_peft_model(model, config, autocast_adapter_dtype=True)), True
+
+
+def train_in_float32(model: nn.Module) -> nn.Module:
+    """What trains in float32, whatever the frozen weights' dtype (mixed precision: the updates, and the optimizer
+    states made like them, keep their small steps; the forward meets the two dtypes under autocast)."""
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
 
 
 def train_mode(model: nn.Module, training: bool = True) -> None:
