@@ -21,10 +21,14 @@ from .errors import VerboError
 from .families import check_consumed, family_of, without_peft
 from .files import read_json, write_json
 from .model.quantize import is_quantized
-from .model.store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata
+from .model.store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, weights_dtype
 from .model.trainable import evaluating
 
 DEFAULT_TOLERANCE = 1e-4
+"""Largest logit difference a merge into float32 weights may make."""
+HALF_PRECISION_ULPS = 8
+"""A merge into 16-bit weights rounds each merged weight to that precision, which the logits carry: it may differ by
+this many units of the dtype's precision at the largest logit (`merge_tolerance`)."""
 
 
 @dataclass
@@ -84,9 +88,17 @@ def resolve_adapter(path: str | Path) -> Path:
     raise VerboError(f"{path}: neither a LoRA adapter (no adapter_config.json) nor a run with an adapter")
 
 
+def merge_tolerance(dtype: torch.dtype, logits: torch.Tensor) -> float:
+    """The largest logit difference a merge into weights of `dtype` may make, base + adapter giving `logits`."""
+    if dtype == torch.float32:
+        return DEFAULT_TOLERANCE
+    return max(DEFAULT_TOLERANCE, HALF_PRECISION_ULPS * torch.finfo(dtype).eps * logits.abs().max().item())
+
+
 def merge_verified(peft_model, processor, out: str | Path, base_model: str, adapter: str, metadata: dict,
-                   tolerance: float = DEFAULT_TOLERANCE):
-    """Merge an in-memory PEFT model, save it, and check logits before, after and after reload."""
+                   tolerance: float | None = None):
+    """Merge an in-memory PEFT model, save it, and check logits before, after and after reload; `tolerance`: the
+    largest difference accepted (default: `merge_tolerance` of the merged weights' dtype)."""
     from .model.build import save_model
 
     refuse_quantized(peft_model)
@@ -97,9 +109,10 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
         merged = peft_model.merge_and_unload()
         diff = (logits_of(merged, batch) - before).abs().max().item()
         save_model(merged, processor, out, metadata)
-        reloaded, _ = load_model(out, device=device)
+        reloaded, _ = load_model(out, device=device, dtype=weights_dtype(merged))
         diff_reloaded = (logits_of(reloaded, batch) - before).abs().max().item()
         del reloaded
+    tolerance = tolerance if tolerance is not None else merge_tolerance(weights_dtype(merged), before)
     report = MergeReport(base_model=base_model, adapter=adapter, output=str(out), max_abs_diff=diff,
                          max_abs_diff_reloaded=diff_reloaded, tolerance=tolerance)
     write_json(Path(out) / MODEL_METADATA, {**metadata, "merge": report.__dict__})
@@ -108,11 +121,13 @@ def merge_verified(peft_model, processor, out: str | Path, base_model: str, adap
     return merged, report
 
 
-def merge_adapter(adapter_or_run: str | Path, out: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> MergeReport:
-    """`verbo merge`: load base (from metadata) + adapter, merge, verify, save a standard checkpoint."""
+def merge_adapter(adapter_or_run: str | Path, out: str | Path, tolerance: float | None = None,
+                  dtype: str | torch.dtype | None = None) -> MergeReport:
+    """`verbo merge`: load base (from metadata) + adapter, merge, verify, save a standard checkpoint in `dtype`
+    (a `--dtype` name; default auto, see `model.store.resolve_dtype`)."""
     adapter = resolve_adapter(adapter_or_run)
     base = adapter_base(adapter)
-    peft_model, processor = load_model(adapter)
+    peft_model, processor = load_model(adapter, dtype=dtype)
     metadata = {**model_metadata(adapter), "base_model": base, "adapter": str(adapter)}
     _, report = merge_verified(peft_model, processor, out, base, str(adapter), metadata, tolerance)
     return report

@@ -6,6 +6,9 @@ passes the family and the model inside the wrapper, so that evaluating a model n
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 import torch.nn.functional as F
 
@@ -34,14 +37,17 @@ def token_loss(model, batch: dict, device, family: Family, reduction: str = "mea
 
 
 @torch.no_grad()
-def validation_loss(model, collator: Collator, examples, batch_size: int, device) -> float:
+def validation_loss(model, collator: Collator, examples, batch_size: int, device,
+                    precision: Callable[[], AbstractContextManager] = nullcontext) -> float:
     """The loss averaged over every target token of `examples`, in eval mode (the model's mode is restored after).
-    `model`: the model itself, not a wrapper; its family is the collator's encoder's."""
+    `model`: the model itself, not a wrapper; its family is the collator's encoder's. `precision`: the context of
+    each forward pass (a training stage's autocast); batches are collated outside it."""
     total, count = 0.0, 0
     with evaluating(model):
         for group in iter_batches(examples, batch_size):
             batch = collator(group).batch
             if batch["input_ids"].shape[0]:
-                total += token_loss(model, batch, device, collator.encoder.family, reduction="sum").item()
+                with precision():
+                    total += token_loss(model, batch, device, collator.encoder.family, reduction="sum").item()
                 count += int((batch["labels"][:, 1:] != -100).sum())
     return total / max(1, count)

@@ -11,7 +11,7 @@ from ..files import read_json, write_json
 from ..merge import merge_adapter, merge_verified
 from ..model.build import save_model
 from ..model.quantize import is_quantized
-from ..model.store import ADAPTER_METADATA, MODEL_METADATA, load_model, save_processor
+from ..model.store import ADAPTER_METADATA, MODEL_METADATA, load_model, save_processor, weights_dtype
 from ..model.trainable import configure_trainable, disable_checkpointing
 from .distributed import Processes
 from .state import StageResult
@@ -24,13 +24,16 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
     stage's images came with most often, in the data's language) `verbo caption` asks by default (the base's stays
     where the stage had none; a caption-template model has none).
     Sharded (FSDP, DeepSpeed): every process calls it and sends its parts to the main process, which saves a whole
-    copy (the base, set up as the stage trains it, on the CPU); the others return None."""
+    copy (the base, set up as the stage trains it, on the CPU); the others return None.
+    The model is saved in the dtype its base loaded in (model.dtype), what trained cast to it; an adapter is saved
+    as it trained, in float32, and merged after that cast."""
+    dtype = weights_dtype(model)
     if procs.sharded:
         # DeepSpeed keeps frozen parameters only in its compute dtype (bf16 on GPUs): those come from the base.
         state = procs.full_state(model, trainable_only=procs.deepspeed)
         if not procs.is_main_process:
             return None
-        model, _ = configure_trainable(load_model(base, device="cpu")[0], stage)
+        model, _ = configure_trainable(load_model(base, device="cpu", dtype=dtype)[0], stage)
         if model.load_state_dict(state, strict=not procs.deepspeed).unexpected_keys:
             raise KeyError("the gathered state does not fit the stage's model")
     model.eval()
@@ -43,7 +46,7 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
     elif encoder.trained_prompt is not None:
         metadata["prompt"] = encoder.trained_prompt
     if not uses_lora:
-        save_model(model, processor, stage_dir / "model", metadata)
+        save_model(model.to(dtype), processor, stage_dir / "model", metadata)
         return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
     adapter_dir = stage_dir / "adapter"
     model.save_pretrained(adapter_dir)
@@ -55,8 +58,8 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
         return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
     merged_dir = stage_dir / "model"
     if is_quantized(model.get_base_model()):  # QLoRA: merge onto the full-precision base, read from disk
-        report = merge_adapter(adapter_dir, merged_dir)
+        report = merge_adapter(adapter_dir, merged_dir, dtype=dtype)
     else:
-        _, report = merge_verified(model, processor, merged_dir, base, str(adapter_dir), metadata)
+        _, report = merge_verified(model.to(dtype), processor, merged_dir, base, str(adapter_dir), metadata)
     print(report.summary())
     return StageResult(stage.name, str(merged_dir), str(adapter_dir), 0, None)

@@ -68,7 +68,7 @@ def describe_run(recipe: Recipe) -> dict:
 
 
 def stage_summary(stage: Stage, sources: dict[str, list[dict]], model, steps_per_epoch: int, total_steps: int,
-                  processes: int, quantize: str = "none") -> dict:
+                  processes: int, quantize: str = "none", autocast=None) -> dict:
     """What a stage is about to do, before its first step: the records of each source it can use and skips, the
     parameters that train per component, its length, its effective batch, precision and device."""
     import torch
@@ -86,7 +86,7 @@ def stage_summary(stage: Stage, sources: dict[str, list[dict]], model, steps_per
         "epochs": None if stage.max_steps else stage.epochs,
         "batch": {"batch_size": stage.batch_size, "grad_accum": stage.grad_accum, "processes": processes,
                   "effective": stage.batch_size * stage.grad_accum * processes},
-        "precision": {"weights": "/".join(sorted(weights)), "autocast": "bfloat16" if stage.bf16 else None,
+        "precision": {"weights": "/".join(sorted(weights)), "autocast": str(autocast).removeprefix("torch.") if autocast else None,
                       "quantize": None if quantize == "none" else quantize},
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
     }

@@ -33,7 +33,7 @@ from ..evaluate.ptb import ptb_tokenize
 from ..families import check_consumed
 from ..infer.greedy import eos_token_ids
 from ..model.trainable import evaluating
-from .state import StageSetup, TrainState, optimizer_step
+from .state import StageSetup, TrainState, compute_precision, optimizer_step
 
 
 @dataclass
@@ -157,11 +157,13 @@ class ScstSteps:
 
     def step(self, group: list[list[ScstExample]], state: TrainState) -> dict:
         """Sample every micro-batch first, so that the loss is normalised by all the step's sampled tokens."""
-        rollouts = [r for r in (self.rollout(examples, state) for examples in group) if r is not None]
+        with compute_precision(self.setup):
+            rollouts = [r for r in (self.rollout(examples, state) for examples in group) if r is not None]
         n_tokens = max(1, int(sum(r.mask.sum() for r in rollouts)))
         total = 0.0
         for rollout in rollouts:
-            loss = self.loss(rollout, n_tokens)
+            with compute_precision(self.setup):
+                loss = self.loss(rollout, n_tokens)
             loss.backward()
             total += loss.item()
         grad_norm = optimizer_step(self.setup, self.stage)

@@ -19,7 +19,7 @@ from ..errors import ConfigError, DataError
 from ..families import family_of
 from ..model.features import FeatureCache
 from ..model.quantize import is_quantized
-from ..model.store import default_device, load_model
+from ..model.store import default_device, load_model, resolve_dtype
 from ..model.trainable import configure_trainable, enable_checkpointing, param_groups
 from . import runinfo
 from .distributed import Processes
@@ -29,7 +29,7 @@ from .state import StageSetup
 
 def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
-    model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
+    model, processor, autocast = load_stage_model(recipe, stage, base)
     # First: it refuses the families whose texts VerboVision cannot write, before anything is set up for them.
     encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     if is_quantized(model):
@@ -39,8 +39,6 @@ def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run
     model, uses_lora = configure_trainable(model, stage)
     if stage.gradient_checkpointing:
         enable_checkpointing(model, stage.gradient_checkpointing)
-    if stage.bf16 and model.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"stage {stage.name}: bf16: this GPU does not support bfloat16")
     if stage.compile:
         # In place: parameter names (checkpoints, adapters) stay as they are. Dynamic shapes: every batch has its
         # own padded length, which would otherwise recompile.
@@ -63,7 +61,7 @@ def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run
         encoder.family.check_packing()
     steps_per_epoch, total_steps = stage_length(train_sources, stage, recipe.seed, skips, procs.world_size)
     summary = runinfo.stage_summary(stage, {"train": train_tally, "validation": val_tally}, model, steps_per_epoch,
-                                    total_steps, procs.world_size, recipe.model.quantize)
+                                    total_steps, procs.world_size, recipe.model.quantize, autocast)
     optimizer = torch.optim.AdamW(param_groups(model, stage), betas=(0.9, 0.999), fused=True)
     warmup = int(stage.warmup * total_steps) if stage.warmup < 1 else int(stage.warmup)
     scheduler_name = "constant_with_warmup" if stage.schedule == "constant" else stage.schedule
@@ -71,7 +69,29 @@ def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run
     collator = Collator(encoder, features=features, cache_pixels=stage.cache_pixels)
     return StageSetup(procs, model, next(model.parameters()).device, processor, uses_lora, collator, train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
-                      scheduler, steps_per_epoch, total_steps, skips, summary)
+                      scheduler, steps_per_epoch, total_steps, skips, summary, autocast)
+
+
+def load_stage_model(recipe: Recipe, stage: Stage, base: str):
+    """The stage's base in `model.dtype` on the best device, with its processor and the dtype its forward runs in
+    under autocast (None: none)."""
+    device = default_device()
+    dtype = resolve_dtype(recipe.model.dtype, device)
+    # A quantized base computes as bitsandbytes says; its other weights train in float32 (kbit preparation)
+    autocast = autocast_dtype(torch.float32 if recipe.model.quantize != "none" else dtype, stage.bf16)
+    if autocast == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"stage {stage.name}: bfloat16 (model.dtype or bf16): this GPU does not support it; use "
+                          "model.dtype: float32 and bf16: false")
+    model, processor = load_model(base, device=device, dtype=dtype, quantize=recipe.model.quantize)
+    return model, processor, autocast
+
+
+def autocast_dtype(weights: torch.dtype, bf16: bool) -> torch.dtype | None:
+    """What a stage's forward computes in under autocast: 16-bit weights' own dtype (what trains is float32 and
+    meets them there), else bfloat16 where the stage's `bf16` asks it of float32 weights, else nothing."""
+    if weights in (torch.bfloat16, torch.float16):
+        return weights
+    return torch.bfloat16 if bf16 else None
 
 
 def recount(tally: list[dict], sources: list) -> None:

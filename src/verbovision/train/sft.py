@@ -10,7 +10,7 @@ from ..config.schema import Recipe, Stage
 from ..data.batching import Collated
 from ..data.encoding import Encoded, Encoder
 from ..model.loss import token_loss
-from .state import StageSetup, TrainState, optimizer_step
+from .state import StageSetup, TrainState, compute_precision, optimizer_step
 
 
 class SftSteps:
@@ -50,7 +50,7 @@ class SftSteps:
         """Accumulate the gradient of one micro-batch's part of the step's loss; returns that part."""
         setup, procs = self.setup, self.setup.procs
         core = procs.unwrap_model(setup.model)
-        with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=self.stage.bf16):
+        with compute_precision(setup):
             loss = weight * token_loss(setup.model, batch, setup.device, self.family, reduction="sum",
                                        core=core) / max(1, n_targets)
         if procs.distributed:

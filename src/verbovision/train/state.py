@@ -40,6 +40,13 @@ class StageSetup:
     skips: SkipLog
     summary: dict
     """What the stage is about to do (runinfo.stage_summary), printed and kept in run.json before its first step."""
+    autocast: torch.dtype | None = None
+    """What the forward passes compute in under autocast (setup.autocast_dtype); None: in the weights' dtype."""
+
+
+def compute_precision(setup: StageSetup):
+    """The stage's forward passes' context: autocast in `setup.autocast`, where there is one."""
+    return torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None)
 
 
 def optimizer_step(setup: StageSetup, stage: Stage) -> float:

@@ -3,11 +3,13 @@ stopping."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..config.schema import BEST_METRICS, Stage
 from ..data.encoding import Encoder
 from ..model.loss import validation_loss
 from ..model.trainable import evaluating
-from .state import StageLoop, save_trainable
+from .state import StageLoop, compute_precision, save_trainable
 
 
 def validate(loop: StageLoop) -> None:
@@ -25,10 +27,11 @@ def validate(loop: StageLoop) -> None:
 def validation_values(loop: StageLoop) -> dict[str, float]:
     setup, stage = loop.setup, loop.stage
     values = {"val_loss": validation_loss(loop.core, setup.collator, setup.val_examples, stage.batch_size,
-                                          setup.device)}
+                                          setup.device, precision=partial(compute_precision, setup))}
     if stage.best_metric != "val_loss":
-        values[f"val_{stage.best_metric}"] = generation_metric(loop.core, setup.collator.encoder, setup.val_records,
-                                                               stage)
+        with compute_precision(setup):  # as the training forward computes
+            values[f"val_{stage.best_metric}"] = generation_metric(loop.core, setup.collator.encoder,
+                                                                   setup.val_records, stage)
     return values
 
 
