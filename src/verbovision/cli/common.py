@@ -104,6 +104,7 @@ def _add_model_options(group) -> None:
 
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    add_dtype_option(group)
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
@@ -117,6 +118,14 @@ def _add_model_options(group) -> None:
                             "batch shape has compiled (seconds); best with a fixed --batch-size")
 
 
+def add_dtype_option(group) -> None:
+    """--dtype, on every command that loads a model (`model.store.resolve_dtype` reads it)."""
+    from ..config.schema import DTYPES
+
+    group.add_argument("--dtype", default="auto", choices=DTYPES,
+                       help="what the weights load in; auto: bfloat16 on a CUDA GPU that supports it, else float32")
+
+
 def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
     """The DecodeOptions the decoding flags of `add_decode_options` ask for."""
     from ..infer.options import DecodeOptions
@@ -126,10 +135,11 @@ def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
 
 
 def load_vlm(args: argparse.Namespace) -> VLM:
-    """The model a generation command names, on its --device, quantized as asked."""
+    """The model a generation command names, on its --device, in its --dtype, quantized as asked."""
     from ..infer.vlm import VLM
 
-    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template)
+    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template,
+               dtype=args.dtype)
 
 
 # ------------------------------------------------------------------------------------------------ reading data

@@ -26,7 +26,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     out = Path(args.out or Path("eval") / Path(args.model).name)
     result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
-                      args.batch_size, device=args.device, quantize=args.quantize, compiled=args.compile,
+                      args.batch_size, device=args.device, dtype=args.dtype, quantize=args.quantize,
+                      compiled=args.compile,
                       template=args.template, read=read_options(args))
     _print_scores(result)
     print(result.truncation)

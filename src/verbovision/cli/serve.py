@@ -53,7 +53,7 @@ def serve_config(args: argparse.Namespace, web: bool) -> ServeConfig:
         max_body_bytes=int(args.max_body_mb * MB), max_image_bytes=int(args.max_image_mb * MB),
         max_image_pixels=args.max_image_pixels, max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens, max_n=args.max_n,
-        defaults=decode_options_from_flags(args), web=web, device=args.device, quantize=args.quantize,
+        defaults=decode_options_from_flags(args), web=web, device=args.device, dtype=args.dtype, quantize=args.quantize,
         compiled=args.compile, template=args.template, threads=args.threads, log_level=args.log_level)
 
 

@@ -18,7 +18,7 @@ from .report import write_eval_folder
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
              options=None, batch_size: int = BATCH_SIZE, data_format: str | None = None, with_loss: bool = True,
              device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
-             template: str | None = None) -> EvalResult:
+             template: str | None = None, dtype: str | None = None) -> EvalResult:
     """Generate on every record of `data` (read with `read`, data.rows.ReadOptions), score, and write the evaluation
     folder."""
     from ..infer.options import DecodeOptions, Truncation
@@ -29,7 +29,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
-    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled, template=template)
+    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
              "prediction": g.text, "finish_reason": g.finish_reason, "references": r.references}

@@ -31,10 +31,11 @@ class VLM:
     """A loaded model + processor that captions, answers and chats, in batches."""
 
     def __init__(self, path: str | Path, device: str | None = None, quantize: str = "none", compiled: bool = False,
-                 template: str | None = None):
+                 template: str | None = None, dtype: str | None = None):
         """`template` (chat, plain, caption, prefix) lays prompts out otherwise than the model was trained to (its
-        verbovision.json), e.g. for a model with no chat template; default: the model's own."""
-        model, processor = load_model(path, device=device, quantize=quantize)
+        verbovision.json), e.g. for a model with no chat template; default: the model's own. `dtype`: what the
+        weights load in (auto, float32, bfloat16, float16; default auto: see `model.store.resolve_dtype`)."""
+        model, processor = load_model(path, device=device, dtype=dtype, quantize=quantize)
         if compiled:
             compile_generation(model)
         metadata = model_metadata(path)

@@ -23,7 +23,7 @@ def serve(config: ServeConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
-                         template=config.template), config)
+                         template=config.template, dtype=config.dtype), config)
     url = f"http://{config.host}:{config.port}"
     print(f"verbo: serving {config.served_name!r} at {url}/v1 (batches of up to {config.batch_size}, "
           f"waiting {config.max_wait_ms:g} ms)", file=sys.stderr, flush=True)

@@ -49,6 +49,9 @@ class ServeConfig:
     """Also serve the browser demo at /."""
     device: str | None = None
     """cuda, mps or cpu (default: the best available)."""
+    dtype: str = "auto"
+    """What the weights load in: auto (bfloat16 on a CUDA GPU that supports it, else float32), float32, bfloat16,
+    float16."""
     quantize: str = "none"
     """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes, CUDA)."""
     compiled: bool = False
