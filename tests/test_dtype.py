@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 
 from verbovision.cli import main
-from verbovision.config.parse import load_recipe, parse_recipe
-from verbovision.errors import ConfigError, VerboError
+from verbovision.config.parse import parse_recipe
+from verbovision.errors import VerboError
 from verbovision.files import read_json
 from verbovision.model.store import resolve_dtype
 from verbovision.train.run import train_recipe
@@ -44,18 +43,6 @@ def test_named_dtypes_resolve_as_named_and_others_are_refused():
     assert resolve_dtype(torch.float16) == torch.float16
     with pytest.raises(VerboError, match="dtype 'half' unknown; use auto, float32, bfloat16, float16"):
         resolve_dtype("half")
-
-
-@pytest.mark.parametrize("value, message", [
-    ("bfloat", "model.dtype: 'bfloat' unknown (did you mean 'bfloat16'?); use auto, float32, bfloat16, float16"),
-    ("float16", "model.dtype: float16 trains without the loss scaling it needs; use bfloat16"),
-])
-def test_a_recipe_dtype_it_cannot_train_in_names_the_key(tmp_path, shapes_data, value, message):
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
-    with pytest.raises(ConfigError) as error:
-        load_recipe(path, [f"model.dtype={value}"])
-    assert message in str(error.value) and str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def _dtypes(file: Path) -> set[str]:

@@ -146,6 +146,9 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("stages.0.batch_size=big", "stages.0.batch_size: expected int"),
     ("stages.3.lr=1", "not an index"),
     ("model.connector.tpye=mlp", "model.connector.tpye: unknown key (did you mean 'type'?)"),
+    ("model.dtype=bfloat", ("model.dtype: 'bfloat' unknown (did you mean 'bfloat16'?); use auto, float32, "
+                            "bfloat16, float16")),
+    ("model.dtype=float16", "model.dtype: float16 trains without the loss scaling it needs; use bfloat16"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"
