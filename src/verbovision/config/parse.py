@@ -12,7 +12,17 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .schema import BEST_METRICS, COMPONENTS, SCST_BASELINES, SCST_REWARDS, STAGE_TYPES, TRAINABILITY, Recipe, Stage
+from .schema import (
+    ATTENTION,
+    BEST_METRICS,
+    COMPONENTS,
+    SCST_BASELINES,
+    SCST_REWARDS,
+    STAGE_TYPES,
+    TRAINABILITY,
+    Recipe,
+    Stage,
+)
 from .sources import TEMPLATES, TRUNCATION, Source
 
 
@@ -80,6 +90,9 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: stages: at least one stage is required")
     if recipe.model.quantize not in ("none", "4bit", "8bit"):
         raise ConfigError(f"{where}: model.quantize: {recipe.model.quantize!r}; training loads none, 4bit or 8bit")
+    if recipe.model.attn_implementation not in ATTENTION:
+        raise ConfigError(f"{where}: model.attn_implementation: {recipe.model.attn_implementation!r}; use "
+                          f"{', '.join(ATTENTION)}")
     for i, stage in enumerate(recipe.stages):
         dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
         if recipe.model.quantize != "none" and dense:

@@ -29,7 +29,8 @@ from .state import StageSetup
 
 def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run_dir: Path) -> StageSetup:
     """Load the base, set what trains, tokenize the data once (and cache vision features), build the optimizer."""
-    model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize)
+    model, processor = load_model(base, device=default_device(), quantize=recipe.model.quantize,
+                                  attention=recipe.model.attn_implementation)
     # First: it refuses the families whose texts VerboVision cannot write, before anything is set up for them.
     encoder = Encoder(processor, stage.template, stage.max_length, stage.truncation, family_of(model.config))
     if is_quantized(model):
