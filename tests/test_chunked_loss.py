@@ -20,8 +20,7 @@ from verbovision.model.build import build_vlm, save_model
 from verbovision.model.loss import token_loss
 from verbovision.model.store import load_model
 
-from .helpers import needs_model_type
-from .test_family_matrix import MATRIX, chosen_template
+from .test_family_matrix import MATRIX, chosen_template, runnable_case
 from .tiny_families import make_tiny_llava
 
 RELATIVE = 1e-5
@@ -73,10 +72,7 @@ def assert_paths_agree(base: Path, model_type: str, shapes_data, monkeypatch) ->
 
 @pytest.mark.parametrize("model_type", MATRIX)
 def test_chunked_loss_equals_plain(model_type, tmp_path, shapes_data, tiny_tokenizer_texts, monkeypatch):
-    needs_model_type(model_type)
-    case = MATRIX[model_type]
-    if case.requires:
-        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
+    case = runnable_case(model_type)
     assert_paths_agree(case.build(tmp_path / "base", tiny_tokenizer_texts), model_type, shapes_data, monkeypatch)
 
 
