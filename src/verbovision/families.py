@@ -258,6 +258,11 @@ _HEAD_ARITHMETIC: dict[str, Callable[[object], Head]] = {
 logits_scaling, Gemma's soft cap; HyperCLOVAX multiplies by its logits_scaling), from their text config. Cohere2Vision
 and Gemma3's image-text forwards apply none, although their text configs have a logit_scale or a soft cap."""
 
+_HEAD_ARITHMETIC_SINCE = {"aya_vision": "5.25", "paligemma": "5.25"}
+"""Model types whose forward took up its arithmetic in a transformers release after the oldest VerboVision supports:
+the first release tried that applies it (5.17 applies none). Releases before it take the plain loss: which one between
+started applying it is untried."""
+
 _HEAD_BEYOND_ARITHMETIC = frozenset({"chameleon"})
 """Model types whose forward changes logits in ways `Head` does not reproduce (Chameleon sets its image tokens' logits
 to the minimum): their loss takes the plain path, the whole sequence's logits."""
@@ -266,9 +271,14 @@ to the minimum): their loss takes the plain path, the whole sequence's logits.""
 def head_of(config) -> Head | None:
     """How a model type's forward makes logits from its output head (`Head`), for the types the family matrix
     compares the chunked loss with the plain one on; None (the plain loss) for every other type, untried."""
+    import transformers
+    from packaging.version import Version
+
     kind = config.model_type
     tried = kind in FAMILY_MATRIX or kind in TRIED_ELSEWHERE
     if not tried or kind in _HEAD_BEYOND_ARITHMETIC:
+        return None
+    if Version(transformers.__version__) < Version(_HEAD_ARITHMETIC_SINCE.get(kind, "0")):
         return None
     return _HEAD_ARITHMETIC[kind](config.get_text_config()) if kind in _HEAD_ARITHMETIC else Head()
 
