@@ -20,7 +20,6 @@ from ..families import Family, Head, check_consumed
 from .features import embeds_with_features
 from .trainable import evaluating
 
-
 CHUNKED_FROM = 2**24
 """The size of the whole sequence's logits (batch x positions x vocabulary) from which the loss takes the chunked path:
 below it, the plain path's logits are small and its numbers stay those the golden run logged."""

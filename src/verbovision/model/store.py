@@ -83,7 +83,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if is_adapter(path_str):
         from peft import PeftModel
 
-        base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize, attention)
+        base_quantize = "none" if in_memory else quantize
+        base, processor = load_model(adapter_base(path_str), device, dtype, base_quantize, attention)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with peft_wrapping():  # inside: its filter goes before "always"
