@@ -227,6 +227,15 @@ MERGED_LOGITS_WITHOUT_VERBOVISION = BLOCK_VERBOVISION + textwrap.dedent(
 )
 
 
+def runnable_case(model_type: str) -> Case:
+    """How the matrix runs a model type; skipped, saying why, where this environment cannot run it."""
+    needs_model_type(model_type)
+    case = MATRIX[model_type]
+    if case.requires:
+        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
+    return case
+
+
 def chosen_template(model_type: str) -> dict[str, str]:
     """The template the matrix names for a model type: none where it is the default."""
     template = MATRIX[model_type].template
@@ -246,10 +255,7 @@ def four_records(shapes_data, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("model_type", MATRIX)
 def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_texts, capsys):
-    needs_model_type(model_type)
-    case = MATRIX[model_type]
-    if case.requires:
-        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
+    case = runnable_case(model_type)
     base = case.build(tmp_path / "base", tiny_tokenizer_texts)
     image = json.loads(four_records.read_text())[0]["image"]
     template = chosen_template(model_type)
@@ -298,10 +304,7 @@ images are not tokens in the text, and go through `generate`."""
 @pytest.mark.parametrize("model_type", MATRIX)
 def test_greedy_captions_are_generates(model_type, tmp_path, four_records, tiny_tokenizer_texts, monkeypatch):
     """Greedy captions of three images in one batch equal `generate`'s, through the path the support table names."""
-    needs_model_type(model_type)
-    case = MATRIX[model_type]
-    if case.requires:
-        pytest.importorskip(case.requires, reason=f"{model_type}'s processor class needs {case.requires}")
+    case = runnable_case(model_type)
     vlm = VLM(case.build(tmp_path / "base", tiny_tokenizer_texts), device="cpu", **chosen_template(model_type))
     images = [Image.open(record["image"]).convert("RGB") for record in json.loads(four_records.read_text())[:3]]
     own_loop_calls = []

@@ -15,7 +15,9 @@ Components are found by module name, so any family that keeps transformers' usua
 from __future__ import annotations
 
 import inspect
+import operator
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -227,6 +229,61 @@ tokens in the text, `Support()`), and loading one says so once on stderr."""
 
 
 @dataclass(frozen=True)
+class Head:
+    """What a family's forward does to its output head's values to make the logits: nothing (a plain Linear head), a
+    scale, or a soft cap. The chunked loss applies the head itself, to labelled positions only, and then this."""
+
+    op: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    """operator.mul or operator.truediv, as the forward applies it (the same operation keeps the same bits)."""
+    factor: float | None = None
+    softcap: float | None = None
+    """Gemma's final_logit_softcapping: cap * tanh(values / cap)."""
+
+    def logits(self, values: torch.Tensor) -> torch.Tensor:
+        if self.op is not None and self.factor is not None:
+            values = self.op(values, self.factor)
+        if self.softcap is not None:
+            values = torch.tanh(values / self.softcap) * self.softcap
+        return values
+
+
+_HEAD_ARITHMETIC: dict[str, Callable[[object], Head]] = {
+    **dict.fromkeys(("aya_vision", "cohere_compass"), lambda text: Head(operator.mul, text.logit_scale)),
+    **dict.fromkeys(("granite4_vision", "granite_docling"), lambda text: Head(operator.truediv, text.logits_scaling)),
+    "hyperclovax_vision_v2": lambda text: Head(operator.mul, text.logits_scaling),
+    **dict.fromkeys(("gemma4", "paligemma"),
+                    lambda text: Head(softcap=getattr(text, "final_logit_softcapping", None))),
+}
+"""Model types whose forward does arithmetic on the output head's values (Cohere's logit_scale, Granite's
+logits_scaling, Gemma's soft cap; HyperCLOVAX multiplies by its logits_scaling), from their text config. Cohere2Vision
+and Gemma3's image-text forwards apply none, although their text configs have a logit_scale or a soft cap."""
+
+_HEAD_ARITHMETIC_SINCE = {"aya_vision": "5.25", "paligemma": "5.25"}
+"""Model types whose forward took up its arithmetic in a transformers release after the oldest VerboVision supports:
+the first release tried that applies it (5.17 applies none). Releases before it take the plain loss: which one between
+started applying it is untried."""
+
+_HEAD_BEYOND_ARITHMETIC = frozenset({"chameleon"})
+"""Model types whose forward changes logits in ways `Head` does not reproduce (Chameleon sets its image tokens' logits
+to the minimum): their loss takes the plain path, the whole sequence's logits."""
+
+
+def head_of(config) -> Head | None:
+    """How a model type's forward makes logits from its output head (`Head`), for the types the family matrix
+    compares the chunked loss with the plain one on; None (the plain loss) for every other type, untried."""
+    import transformers
+    from packaging.version import Version
+
+    kind = config.model_type
+    tried = kind in FAMILY_MATRIX or kind in TRIED_ELSEWHERE
+    if not tried or kind in _HEAD_BEYOND_ARITHMETIC:
+        return None
+    if Version(transformers.__version__) < Version(_HEAD_ARITHMETIC_SINCE.get(kind, "0")):
+        return None
+    return _HEAD_ARITHMETIC[kind](config.get_text_config()) if kind in _HEAD_ARITHMETIC else Head()
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     """The model's config.model_type."""
@@ -237,6 +294,9 @@ class Family:
     support: Support = Support()
     image_token_id: int | None = None
     """The token the model fills with image features (config.image_token_id), where its config names one."""
+    head: Head | None = None
+    """How its forward makes logits from the output head's values (`head_of`); None: the loss takes the plain path,
+    the whole sequence's logits from the forward."""
 
     def model_inputs(self, batch: dict) -> dict:
         """Forward arguments of a batch (input_ids, attention_mask, pixel inputs...) for this family."""
@@ -247,8 +307,9 @@ class Family:
         return {renamed.get(k, k): v for k, v in batch.items()}
 
     def text_logits(self, logits: torch.Tensor, n_text: int) -> torch.Tensor:
-        """The logits of the text positions: GIT's forward returns the image positions' logits first."""
-        return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V]
+        """The logits (or the output head's inputs) of the text positions: GIT's forward returns the image positions'
+        first."""
+        return logits[:, -n_text:] if self.images == PREFIX else logits  # [B, T, V or D]
 
     def images_per_text(self, images: list) -> list:
         """The `images=` argument of its processor for texts of one image each, in order."""
@@ -312,15 +373,16 @@ def family_of(config) -> Family:
         raise ConfigError(f"{kind} models are not supported: {support.refused}")
     note_untried(kind)
     if kind == "git":
-        return Family(kind, PREFIX, (config.bos_token_id,), support)
+        return Family(kind, PREFIX, (config.bos_token_id,), support, head=head_of(config))
     if is_vision_encoder_decoder(config) or getattr(config, "is_encoder_decoder", False):
         if getattr(config.get_text_config(), "is_encoder_decoder", False):  # BLIP-2 with Flan-T5, any such type untried
             raise ConfigError(f"{kind} models are not supported: {_ENCODER_READS_PROMPT}")
         start = config.decoder_start_token_id
         if start is None:
             raise ConfigError(f"{kind}: config.decoder_start_token_id is not set; the decoder cannot start a text")
-        return Family(kind, ENCODER, (start,), support)
-    return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None))
+        return Family(kind, ENCODER, (start,), support, head=head_of(config))
+    return Family(kind, IMAGES_IN_TEXT, support=support, image_token_id=getattr(config, "image_token_id", None),
+                  head=head_of(config))
 
 
 def is_vision_encoder_decoder(config) -> bool:

@@ -12,7 +12,18 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from .schema import BEST_METRICS, COMPONENTS, DTYPES, SCST_BASELINES, SCST_REWARDS, STAGE_TYPES, TRAINABILITY, Recipe, Stage
+from .schema import (
+    ATTENTION,
+    BEST_METRICS,
+    COMPONENTS,
+    DTYPES,
+    SCST_BASELINES,
+    SCST_REWARDS,
+    STAGE_TYPES,
+    TRAINABILITY,
+    Recipe,
+    Stage,
+)
 from .sources import TEMPLATES, TRUNCATION, Source
 
 
@@ -84,6 +95,7 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
     if recipe.model.dtype == "float16":
         raise ConfigError(f"{where}: model.dtype: float16 trains without the loss scaling it needs; use bfloat16 "
                           "(or auto, float32)")
+    check_choice(recipe.model.attn_implementation, ATTENTION, f"{where}: model.attn_implementation")
     for i, stage in enumerate(recipe.stages):
         dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
         if recipe.model.quantize != "none" and dense:

@@ -161,6 +161,10 @@ class Stage:
     """SCST: weight of the KL penalty to the model as it was at the stage's start (0: none, and no frozen copy)."""
 
 
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "eager")
+"""What `model.attn_implementation` may be."""
+
+
 @dataclass
 class ModelBlock:
     """Where the model comes from: an existing VLM (`from`) or a composition to build."""
@@ -184,6 +188,10 @@ class ModelBlock:
     quantize: str = "none"
     """QLoRA: load each stage's base in 4bit or 8bit (bitsandbytes, CUDA); LoRA trains on top and merges go onto
     the full-precision base."""
+    attn_implementation: str = "auto"
+    """The attention kernels each stage's model loads with: `auto` takes FlashAttention-2 on CUDA in float16 /
+    bfloat16 where the flash_attn package is installed and the model supports it, else PyTorch's fused `sdpa` where
+    the model supports it, else `eager`; sdpa, flash_attention_2 or eager force one."""
 
     def spec(self) -> ModelSpec:
         return ModelSpec(self.vision, self.language, self.connector, self.image_token)

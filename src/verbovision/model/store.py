@@ -93,16 +93,18 @@ def check_model_location(path: str) -> None:
 
 
 def load_model(path: str | Path, device: torch.device | str | None = None, dtype: str | torch.dtype | None = None,
-               quantize: str = "none"):
+               quantize: str = "none", attention: str = "auto"):
     """Load a model directory, an adapter directory (base read from its metadata) or a hub id, with its processor.
 
     `dtype`: a `--dtype` name or a torch dtype, None meaning auto (`resolve_dtype` on the device it loads on). An
     adapter's weights load in float32 whatever the base's (PEFT's autocast_adapter_dtype).
 
     `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
-    after loading, an adapter being merged first (int8 layers take no adapter).
+    after loading, an adapter being merged first (int8 layers take no adapter). `attention`: the attention
+    implementation, or `auto` to choose one for the model (attention.py).
     """
     from ..families import check_required_inputs, family_of
+    from .attention import attention_for
     from .quantize import quantization_config, quantize_dynamic_int8
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
@@ -114,7 +116,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if is_adapter(path_str):
         from peft import PeftModel
 
-        base, processor = load_model(adapter_base(path_str), device, dtype, "none" if in_memory else quantize)
+        base_quantize = "none" if in_memory else quantize
+        base, processor = load_model(adapter_base(path_str), device, dtype, base_quantize, attention)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with peft_wrapping():  # inside: its filter goes before "always"
@@ -126,8 +129,11 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from transformers import AutoConfig, AutoModelForImageTextToText
 
         try:
-            family_of(AutoConfig.from_pretrained(path_str))  # a refused model type is refused before its weights load
-            model = AutoModelForImageTextToText.from_pretrained(path_str, **{"dtype": dtype, **extra})
+            config = AutoConfig.from_pretrained(path_str)
+            family_of(config)  # a refused model type is refused before its weights load
+            attention = attention_for(config, dtype, device, attention)
+            model = AutoModelForImageTextToText.from_pretrained(
+                path_str, **{"dtype": dtype, "attn_implementation": attention, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
             if "Unrecognized configuration class" not in str(e):

@@ -82,7 +82,8 @@ def load_stage_model(recipe: Recipe, stage: Stage, base: str):
     if autocast == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"stage {stage.name}: bfloat16 (model.dtype or bf16): this GPU does not support it; use "
                           "model.dtype: float32 and bf16: false")
-    model, processor = load_model(base, device=device, dtype=dtype, quantize=recipe.model.quantize)
+    model, processor = load_model(base, device=device, dtype=dtype, quantize=recipe.model.quantize,
+                                  attention=recipe.model.attn_implementation)
     return model, processor, autocast
 
 

@@ -51,8 +51,10 @@ class SftSteps:
         setup, procs = self.setup, self.setup.procs
         core = procs.unwrap_model(setup.model)
         with compute_precision(setup):
-            loss = weight * token_loss(setup.model, batch, setup.device, self.family, reduction="sum",
-                                       core=core) / max(1, n_targets)
+            # Several processes: the plain loss, as the chunked one would call the output head outside the wrapper's
+            # forward, where FSDP and ZeRO-3 have not gathered its sharded weights.
+            loss = weight * token_loss(setup.model, batch, setup.device, self.family, reduction="sum", core=core,
+                                       chunks=not procs.distributed) / max(1, n_targets)
         if procs.distributed:
             loss = loss + vision_keepalive(core, setup.collator.encoder, batch, setup.device)
         procs.backward(loss)
