@@ -44,7 +44,8 @@ def test_every_decoding_flag_is_a_keyword_of_the_same_name():
     """The README tells Python users to spell the options as the flags, with underscores."""
     caption = dict(subcommands(make_parser()))[("caption",)]
     group = next(g for g in caption._action_groups if g.title.startswith("decoding"))
-    flags = {a.dest for a in group._group_actions} - {"batch_size", "device", "quantize", "compile", "template"}
+    loading = {"batch_size", "device", "dtype", "quantize", "compile", "template"}  # how the model loads and batches
+    flags = {a.dest for a in group._group_actions} - loading
     assert flags == {f.name for f in DecodeOptions.__dataclass_fields__.values()}
 
 
