@@ -44,6 +44,9 @@ class EvalResult:
     (vqaEval.py's percentages, rounded as it rounds them)."""
     truncation: Truncation | None = None
     """How many generated replies were cut at max_new_tokens (None when scoring a file: nothing was generated)."""
+    per_item: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Metric -> item id -> that item's score, for the metrics whose corpus value is a per-item mean or sum (what
+    intervals and paired comparisons resample)."""
 
     def summary(self) -> dict:
         truncated = {} if self.truncation is None else {"truncated replies": self.truncation.truncated}
@@ -66,7 +69,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     `types` (type name -> id -> type, e.g. VQAv2's answer_type and question_type) break the answer metrics down.
     """
     result = EvalResult({})
-    per_item: dict[str, dict] = {}
+    per_item = result.per_item
     captions = [n for n in names if n in CAPTION_METRICS]
     if captions:
         scores = score_captions(predictions, references, metrics=captions)
