@@ -165,3 +165,13 @@ def test_the_cli_runs_as_a_module():
              for module in ("verbovision", "verbovision.cli")]
     assert [done.returncode for done in helps] == [0, 0]
     assert helps[0].stdout == helps[1].stdout == make_parser().format_help()
+
+
+def test_help_loads_neither_torch_nor_transformers():
+    """`verbo --help` (and a mistyped command) builds every command's parser: none may import the heavy stack, or
+    each of them waits seconds for it."""
+    script = ("import sys; from verbovision.cli import make_parser; make_parser(); "
+              "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == "[]"

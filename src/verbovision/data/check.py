@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .encoding import Encoder
 from .image_checks import MIN_IMAGE_SIDE, ImageInspector
 from .readers import scan
 from .records import Record, RecordError, SkipLog
 from .rows import ReadOptions
+
+if TYPE_CHECKING:  # encoding loads torch and transformers: `verbo --help` builds this command's parser
+    from .encoding import Encoder
 
 
 @dataclass

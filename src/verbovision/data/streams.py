@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config.sources import Source
 from ..errors import DataError
-from .encoding import Encoded, Encoder
 from .records import RecordError, skip_entry
 from .rows import source_options, source_path
+
+if TYPE_CHECKING:  # encoding loads torch and transformers; reading records needs neither
+    from .encoding import Encoded, Encoder
 
 STREAM_FORMAT = "hf-stream"
 SOURCE_COLUMN = "__verbovision_source__"
