@@ -57,3 +57,10 @@ def test_generations_print_no_future_warnings(lora_run, images):
         assert type(adapter.model.get_base_model()).__name__ == "LlavaForConditionalGeneration"
         for options in ({}, {"beams": 2}, {"temperature": 1.0, "seed": 0}, {"repetition_penalty": 1.2}):
             adapter.caption(images, max_new_tokens=4, **options)
+
+
+def test_load_takes_the_dtype_the_commands_take(plain_model_dir):
+    import torch
+
+    assert verbovision.load(str(plain_model_dir), device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
+    assert verbovision.load(str(plain_model_dir), device="cpu").model.dtype == torch.float32  # auto, on a CPU

@@ -3,8 +3,11 @@
 __version__ = "0.1.0"
 
 
-def load(model: str, device: str | None = None):
-    """Load a model directory, adapter or hub id for captioning and VQA: `verbovision.load(path).caption([img])`."""
+def load(model: str, device: str | None = None, dtype: str | None = None):
+    """Load a model directory, adapter or hub id for captioning and VQA: `verbovision.load(path).caption([img])`.
+
+    `dtype`: what the weights load in: auto (the default: bfloat16 on a GPU that supports it, else float32),
+    float32, bfloat16 or float16."""
     from .infer import VLM
 
-    return VLM(model, device)
+    return VLM(model, device, dtype=dtype)
