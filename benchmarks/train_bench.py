@@ -193,7 +193,7 @@ def step_flops(init: Path, records_file: Path, stage: Stage, batch: int, device:
     from verbovision.families import family_of
     from verbovision.model.features import FeatureCache
     from verbovision.model.loss import token_loss
-    from verbovision.model.store import load_model
+    from verbovision.model.store import load_model, weights_dtype
     from verbovision.model.trainable import configure_trainable
 
     model, processor = load_model(init, device=device)
@@ -207,8 +207,11 @@ def step_flops(init: Path, records_file: Path, stage: Stage, batch: int, device:
             cache.ensure([e.images[0] for e in examples])
         batch_inputs = Collator(encoder, features=cache)(examples).batch
         model.train()
+        half = weights_dtype(model) != torch.float32  # 16-bit weights: a stage's forward runs under autocast
         with FlopCounterMode(display=False) as counter:
-            token_loss(model, batch_inputs, device, family).backward()
+            with torch.autocast(torch.device(device).type, dtype=weights_dtype(model), enabled=half):
+                loss = token_loss(model, batch_inputs, device, family)
+            loss.backward()
     return float(counter.get_total_flops()), float(batch_inputs["attention_mask"].sum())
 
 
