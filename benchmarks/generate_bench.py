@@ -46,11 +46,11 @@ LABELS = {"generate": "`model.generate`", "VLM": "`VLM.caption`", "VLM compiled"
 class PlainGenerate:
     """Captions with nothing but transformers: processor, `model.generate`, `batch_decode`."""
 
-    def __init__(self, path: str, prompt: str, max_new_tokens: int):
+    def __init__(self, path: str, prompt: str, max_new_tokens: int, dtype: str = "float32", device: str = "cpu"):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
         self.processor = AutoProcessor.from_pretrained(path)
         self.processor.tokenizer.padding_side = "left"
         self.max_new_tokens = max_new_tokens
@@ -75,6 +75,7 @@ class PlainGenerate:
 
         images = [Image.open(p).convert("RGB") for p in paths]
         inputs = self.processor(text=[self.text] * len(images), images=images, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.model.device, dtype=self.model.dtype)  # dtype: floating inputs only (pixels)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1] :]

@@ -7,10 +7,10 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def publish(text: str, record: bool = True) -> None:
+def publish(text: str, record: bool = True, results: Path = RESULTS) -> None:
     print(text)
     if record:
-        with open(RESULTS, "a", encoding="utf-8") as f:
+        with open(results, "a", encoding="utf-8") as f:
             f.write("\n" + text + "\n")
 
 

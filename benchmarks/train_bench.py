@@ -27,6 +27,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from results import publish  # noqa: E402
 
+from verbovision.config.schema import LoraSpec, Stage, StageData  # noqa: E402
+
 SMALL = {"vision": {"arch": "siglip", "hidden_size": 384, "layers": 6, "heads": 6, "image_size": 224,
                     "patch_size": 16},
          "language": {"arch": "qwen2", "hidden_size": 512, "layers": 6, "heads": 8, "vocab_size": 1024},
@@ -50,22 +52,38 @@ def peak_rss_mb() -> float:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
-def measured_matmul_peak(dtype=torch.float32, n: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def measured_matmul_peak(dtype=torch.float32, n: int = 1024, repeats: int = 20, device: str = "cpu") -> float:
+    """FLOP/s of n x n x n matrix products on `device`, the best of three timed rounds (random data: zeros run
+    faster than real data on some GPUs)."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     for _ in range(3):
         a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    rounds = []
+    for _ in range(3):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        synchronize(device)
+        rounds.append(time.perf_counter() - start)
+    return 2 * n**3 * repeats / min(rounds)
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously: a host clock read without this times the queue)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 OPTIONS = {"lora-gc": {"gradient_checkpointing": True}, "stage2-compile": {"compile": "inductor"}}
 """Stage options of the variants of our loop that have any."""
 
 
+CAPTIONS = "train/caption_short_en.json"
+
+
 def stage_dict(stage: str, steps: int, batch: int, bf16: bool = False) -> dict:
-    return {"name": stage, "data": {"train": ["train/caption_short_en.json"]}, "train": STAGES[stage],
+    return {"name": stage, "data": {"train": [CAPTIONS]}, "train": STAGES[stage],
             "lora": {"r": 16, "alpha": 32, "dropout": 0.0}, "max_steps": steps, "batch_size": batch, "lr": 1e-4,
             "log_every": 1, "template": "chat", "keep_best": False, "feature_cache": True, "bf16": bf16,
             **OPTIONS.get(stage, {})}
@@ -101,12 +119,19 @@ def run_ours(work: Path, data: Path, init: Path, stage: str, steps: int, batch: 
     return {"samples_per_s": steps * batch / (times[-1] - times[warmup - 1]), "wall_s": total}
 
 
-def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batch: int, warmup: int,
-                bf16: bool) -> dict:
-    """The plain path: a Dataset that loads, preprocesses and tokenizes per item; Trainer; pixel values each step."""
+def bench_stage(stage: str) -> Stage:
+    """The trainability (and LoRA settings) of one of STAGES, for code that configures a model without a recipe."""
+    raw = stage_dict(stage, 1, 1)
+    return Stage(train=raw["train"], lora=LoraSpec(**raw["lora"]), data=StageData(train=[]),
+                 gradient_checkpointing=raw.get("gradient_checkpointing", False))
+
+
+def run_trainer(work: Path, records_file: Path, init: Path, stage: Stage, steps: int, batch: int, warmup: int,
+                bf16: bool, device: str = "cpu") -> dict:
+    """The plain path: a Dataset that loads, preprocesses and tokenizes per item; Trainer; pixel values each step.
+    The model loads in float32 (transformers' default), `bf16` is the Trainer's autocast."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from verbovision.config.schema import Stage, StageData
     from verbovision.data.batching import Collator
     from verbovision.data.encoding import Encoder
     from verbovision.data.images import load_image
@@ -114,11 +139,11 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
     from verbovision.model.store import load_model
     from verbovision.model.trainable import configure_trainable
 
-    model, processor = load_model(init, device="cpu")
-    model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))
+    model, processor = load_model(init, device=device, dtype="float32")
+    model, _ = configure_trainable(model, stage)
     model.train()
     encoder = Encoder(processor, "chat")
-    records = read_records(data / "train/caption_short_en.json")
+    records = read_records(records_file)
 
     class Items(torch.utils.data.Dataset):
         def __len__(self):
@@ -139,12 +164,14 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
 
     class Stamp(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
             stamps.append(time.perf_counter())
 
-    args = TrainingArguments(output_dir=str(work / f"trainer-{stage}-{bf16}"), per_device_train_batch_size=batch,
+    args = TrainingArguments(output_dir=str(work / f"trainer-{bf16}"), per_device_train_batch_size=batch,
                              max_steps=warmup + steps, learning_rate=1e-4, report_to=[], save_strategy="no",
                              logging_strategy="no", dataloader_num_workers=0, remove_unused_columns=False,
-                             use_cpu=True, gradient_checkpointing=stage == "lora-gc", bf16=bf16)
+                             use_cpu=torch.device(device).type == "cpu",
+                             gradient_checkpointing=bool(stage.gradient_checkpointing), bf16=bf16)
     trainer = Trainer(model=model, args=args, train_dataset=Items(), data_collator=collate,
                       callbacks=[Stamp()])
     start = time.perf_counter()
@@ -153,38 +180,48 @@ def run_trainer(work: Path, data: Path, init: Path, stage: str, steps: int, batc
             "wall_s": time.perf_counter() - start}
 
 
-def step_flops(init: Path, data: Path, stage: str, batch: int) -> float:
-    """FLOPs of one training step (forward + backward) of our path, counted by torch."""
+def step_flops(init: Path, records_file: Path, stage: Stage, batch: int, device: str = "cpu",
+               features: bool = True) -> tuple[float, float]:
+    """FLOPs of one training step (forward + backward) counted by torch, and the tokens of its batch: our path's
+    step (`features`: from cached vision features, as a stage with a frozen encoder trains), or with pixel values
+    (the vision tower in the step, as the Trainer's)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from verbovision.config.schema import Stage, StageData
     from verbovision.data.batching import Collator
     from verbovision.data.encoding import Encoder
     from verbovision.data.sources import read_records
+    from verbovision.families import family_of
     from verbovision.model.features import FeatureCache
     from verbovision.model.loss import token_loss
-    from verbovision.model.store import load_model
+    from verbovision.model.store import load_model, weights_dtype
     from verbovision.model.trainable import configure_trainable
 
-    model, processor = load_model(init, device="cpu")
-    model, _ = configure_trainable(model, Stage(train=STAGES[stage], data=StageData(train=[])))
-    encoder = Encoder(processor, "chat")
-    examples = [encoder.encode(r) for r in read_records(data / "train/caption_short_en.json")[:batch]]
+    model, processor = load_model(init, device=device)
+    family = family_of(model.config)
+    model, _ = configure_trainable(model, stage)
+    encoder = Encoder(processor, "chat", family=family)
+    examples = [encoder.encode(r) for r in read_records(records_file)[:batch]]
     with tempfile.TemporaryDirectory() as tmp:
-        cache = FeatureCache(Path(tmp), model, processor)
-        cache.ensure([e.images[0] for e in examples])
-        batch_inputs = Collator(encoder, features=cache)(examples)
-        batch_inputs.pop("skipped")
+        cache = FeatureCache(Path(tmp), model, processor) if features else None
+        if cache:
+            cache.ensure([e.images[0] for e in examples])
+        batch_inputs = Collator(encoder, features=cache)(examples).batch
         model.train()
+        half = weights_dtype(model) != torch.float32  # 16-bit weights: a stage's forward runs under autocast
         with FlopCounterMode(display=False) as counter:
-            token_loss(model, batch_inputs, "cpu").backward()
-    return float(counter.get_total_flops())
+            with torch.autocast(torch.device(device).type, dtype=weights_dtype(model), enabled=half):
+                loss = token_loss(model, batch_inputs, device, family)
+            loss.backward()
+    return float(counter.get_total_flops()), float(batch_inputs["attention_mask"].sum())
 
 
 def child(args) -> None:
     work, data, init = Path(args.work), Path(args.data), Path(args.init)
-    runner = run_ours if args.impl == "ours" else run_trainer
-    result = runner(work, data, init, args.stage, args.steps, args.batch, args.warmup, args.bf16)
+    if args.impl == "ours":
+        result = run_ours(work, data, init, args.stage, args.steps, args.batch, args.warmup, args.bf16)
+    else:
+        result = run_trainer(work, data / CAPTIONS, init, bench_stage(args.stage), args.steps, args.batch, args.warmup,
+                             args.bf16)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
@@ -219,7 +256,7 @@ def main() -> None:
         peaks = {bf16: measured_matmul_peak(torch.bfloat16 if bf16 else torch.float32) for bf16 in (False, True)}
         rows = []
         for stage in ("stage1", "stage2"):
-            flops = step_flops(init, data, stage, args.batch)
+            flops, _ = step_flops(init, data / CAPTIONS, bench_stage(stage), args.batch)
             for bf16 in (False, True):
                 ours, base = (spawn(args, impl, stage, work, data, init, bf16) for impl in ("ours", "trainer"))
                 mfu = flops * ours["samples_per_s"] / args.batch / peaks[bf16]
