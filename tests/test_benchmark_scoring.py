@@ -1,0 +1,125 @@
+"""The benchmarks of `verbo eval --benchmark` (textvqa, vizwiz, gqa, pope, chair) on fixtures written here in each
+benchmark's official file layout: the items and prompts read, the official scores of given replies (each expected
+value worked out by hand from the official rule, the reasoning beside it), the submission file, and the error naming
+a missing file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from verbovision.errors import DataError
+from verbovision.evaluate.benchmarks import pope
+
+SHORT = "\nAnswer the question using a single word or phrase."
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (120, 30, 200)).save(path)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _nan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+# ---- POPE -------------------------------------------------------------------------------------------------------
+
+POPE_CASES = {  # subset -> (label, reply) per question, in file order
+    "random": [("yes", "Yes, there is a dog."),           # "Yes there is a dog": no "no" word -> yes: TP
+               ("yes", "Yes"),                            # TP
+               ("yes", "There is a snowboard. No doubt."),  # only the first sentence is read -> yes: TP
+               ("yes", "No."),                            # "No" -> no: FN
+               ("no", "Yes."),                            # FP
+               ("no", "no"),                              # TN
+               ("no", "There is not a car in the image."),  # "not" -> no: TN
+               ("no", "None.")],                          # "None" is not the word "No" -> yes: FP
+    "popular": [("yes", "Yes"),                           # TP
+                ("no", "Not really.")],                   # "Not" (capital) is none of No/no/not -> yes: FP
+    "adversarial": [("yes", "No, there is no clock."),    # FN
+                    ("no", "No")],                        # TN
+}
+
+
+def _pope_fixture(root: Path) -> dict[str, str]:
+    replies = {}
+    for subset, cases in POPE_CASES.items():
+        rows = []
+        for number, (label, reply) in enumerate(cases, 1):
+            image = f"COCO_val2014_{number:012d}.jpg"
+            _image(root / "val2014" / image)
+            rows.append({"question_id": number, "image": image, "text": f"Is there a thing {number} in the image?",
+                         "label": label})
+            replies[f"{subset}/{number}"] = reply
+        _jsonl(root / f"coco_pope_{subset}.json", rows)
+    return replies
+
+
+def test_pope_reads_the_three_subsets_with_llavas_prompt(tmp_path):
+    _pope_fixture(tmp_path)
+    items = pope.BENCHMARK.read(tmp_path, "test")
+    assert [item.id for item in items][:2] == ["random/1", "random/2"] and len(items) == 12
+    assert [item.group for item in items] == ["random"] * 8 + ["popular"] * 2 + ["adversarial"] * 2
+    first = items[0]
+    assert first.prompt == "Is there a thing 1 in the image?" + SHORT
+    assert first.image == tmp_path / "val2014" / "COCO_val2014_000000000001.jpg" and first.image.is_file()
+    assert first.references == ("yes",)
+
+
+def test_pope_scores_as_llavas_eval_pope(tmp_path):
+    replies = _pope_fixture(tmp_path)
+    items = pope.BENCHMARK.read(tmp_path, "test")
+    result = pope.BENCHMARK.score(items, replies)
+    d = result.details
+    # random: TP 3, FP 2, TN 2, FN 1 -> accuracy 5/8, precision 3/5, recall 3/4, F1 2*.6*.75/1.35 = 2/3,
+    # yes-ratio 5/8
+    assert d["accuracy[random]"] == 0.625 and d["precision[random]"] == 0.6 and d["recall[random]"] == 0.75
+    assert d["f1[random]"] == pytest.approx(2 / 3) and d["yes_ratio[random]"] == 0.625
+    # popular: TP 1, FP 1 -> accuracy 1/2, precision 1/2, recall 1, F1 2*.5*1/1.5 = 2/3, yes-ratio 1
+    assert (d["accuracy[popular]"], d["precision[popular]"], d["recall[popular]"], d["yes_ratio[popular]"]) == (
+        0.5, 0.5, 1.0, 1.0)
+    assert d["f1[popular]"] == pytest.approx(2 / 3)
+    # adversarial: FN 1, TN 1 -> accuracy 1/2, recall 0, yes-ratio 0; nothing answered yes: precision and F1
+    # undefined (eval_pope.py divides by zero)
+    assert (d["accuracy[adversarial]"], d["recall[adversarial]"], d["yes_ratio[adversarial]"]) == (0.5, 0.0, 0.0)
+    assert _nan(d["precision[adversarial]"]) and _nan(d["f1[adversarial]"])
+    # overall: the subsets' mean, (0.625 + 0.5 + 0.5) / 3; undefined where a subset's is
+    assert result.values["accuracy"] == pytest.approx(1.625 / 3)
+    assert result.values["recall"] == pytest.approx(1.75 / 3) and _nan(result.values["precision"])
+    # per item: correct or not (7 of 12); subsets of unequal size: the mean of their accuracies (0.5417) is not the
+    # per-item mean (7/12), so no per-item interval is claimed for it
+    assert sum(result.per_item["accuracy"].values()) == 7 and result.intervals == {}
+    random_only = pope.BENCHMARK.score([i for i in items if i.group == "random"], replies)
+    low, high = random_only.intervals["accuracy"]
+    assert low <= 0.625 <= high
+
+
+def test_pope_writes_llavas_answer_file(tmp_path):
+    replies = _pope_fixture(tmp_path / "data")
+    items = pope.BENCHMARK.read(tmp_path / "data", "test")
+    path = pope.BENCHMARK.write_submission(items, replies, tmp_path / "out")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[3] == {"question_id": 4, "prompt": "Is there a thing 4 in the image?" + SHORT, "text": "No.",
+                       "category": "random"}
+    assert [row["category"] for row in rows].count("adversarial") == 2
+
+
+def test_pope_names_the_missing_file_and_reply(tmp_path):
+    replies = _pope_fixture(tmp_path)
+    (tmp_path / "coco_pope_popular.json").unlink()
+    with pytest.raises(DataError, match=r"coco_pope_popular\.json not found.*AoiDragon/POPE"):
+        pope.BENCHMARK.read(tmp_path, "test")
+    _pope_fixture(tmp_path)
+    items = pope.BENCHMARK.read(tmp_path, "test")
+    del replies["popular/2"]
+    with pytest.raises(DataError, match=r"no reply for 1 item.*popular/2"):
+        pope.BENCHMARK.score(items, replies)
