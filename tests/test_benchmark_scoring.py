@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from verbovision.errors import DataError
-from verbovision.evaluate.benchmarks import pope
+from verbovision.evaluate.benchmarks import pope, textvqa
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -123,3 +123,73 @@ def test_pope_names_the_missing_file_and_reply(tmp_path):
     del replies["popular/2"]
     with pytest.raises(DataError, match=r"no reply for 1 item.*popular/2"):
         pope.BENCHMARK.score(items, replies)
+
+
+# ---- TextVQA ----------------------------------------------------------------------------------------------------
+
+TEXTVQA_CASES = [  # (question, answers, reply)
+    # "Nokia." -> EvalAI processing: lowercase, period dropped -> "nokia"; 3 of 10 answers match: leaving out one
+    # of the 3, 2 others match (2/3), leaving out one of the 7, 3 match (1): (3 * 2/3 + 7 * 1) / 10 = 0.9
+    ("what brand is the phone?", ["nokia"] * 3 + ["samsung"] * 7, "Nokia."),
+    # "The Coca-Cola" -> "the coca cola" ("-" with no space beside it becomes a space) -> article dropped: all 10
+    # match -> 1
+    ("what drink is advertised?", ["coca cola"] * 10, "The Coca-Cola"),
+    # "stop" matches 1 answer: leaving that one out 0 match (0), leaving out any of the other 9, 1 matches (1/3):
+    # 9 * 1/3 / 10 = 0.3
+    ("what does the sign say?", ["stop"] + ["go"] * 9, "stop"),
+]
+
+
+def _textvqa_fixture(root: Path) -> dict[str, str]:
+    rows = []
+    for number, (question, answers, _) in enumerate(TEXTVQA_CASES):
+        image_id = f"{number:016x}"
+        _image(root / "train_images" / f"{image_id}.jpg")
+        rows.append({"question_id": 34602 + number, "question": question, "image_id": image_id, "answers": answers,
+                     "image_classes": ["Poster"], "set_name": "val"})
+    (root / "TextVQA_0.5.1_val.json").write_text(json.dumps({"dataset_name": "textvqa", "dataset_version": "0.5.1",
+                                                            "dataset_type": "val", "data": rows}))
+    # LLaVA's prompts: question_id is the image id; the question as typed in its file (capital here)
+    _jsonl(root / "llava_textvqa_val_v051_ocr.jsonl", [
+        {"question_id": f"{n:016x}", "image": f"{n:016x}.jpg",
+         "text": f"{q.capitalize()}\nReference OCR token: word{n}, 3310{SHORT}", "category": "default"}
+        for n, (q, _, _) in enumerate(TEXTVQA_CASES)])
+    return {str(34602 + n): reply for n, (_, _, reply) in enumerate(TEXTVQA_CASES)}
+
+
+def test_textvqa_reads_questions_with_and_without_ocr_tokens(tmp_path):
+    _textvqa_fixture(tmp_path)
+    items = textvqa.BENCHMARK.read(tmp_path, "val")
+    assert [item.id for item in items] == ["34602", "34603", "34604"]
+    assert items[0].prompt == "what brand is the phone?" + SHORT and len(items[0].references) == 10
+    assert items[2].image == tmp_path / "train_images" / "0000000000000002.jpg" and items[2].image.is_file()
+    with_ocr = textvqa.BENCHMARK.read(tmp_path, "val-ocr")
+    assert with_ocr[1].prompt == "What drink is advertised?\nReference OCR token: word1, 3310" + SHORT
+    (tmp_path / "llava_textvqa_val_v051_ocr.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"no prompt for image 0000000000000000 and question 'what brand"):
+        textvqa.BENCHMARK.read(tmp_path, "val-ocr")
+
+
+def test_textvqa_scores_m4c_accuracy_and_writes_the_evalai_file(tmp_path):
+    replies = _textvqa_fixture(tmp_path / "data")
+    items = textvqa.BENCHMARK.read(tmp_path / "data", "val")
+    result = textvqa.BENCHMARK.score(items, replies)
+    assert result.per_item["accuracy"] == pytest.approx({"34602": 0.9, "34603": 1.0, "34604": 0.3})
+    assert result.values["accuracy"] == pytest.approx(2.2 / 3)  # (0.9 + 1 + 0.3) / 3
+    low, high = result.intervals["accuracy"]
+    assert 0.3 <= low <= 2.2 / 3 <= high <= 1.0
+    path = textvqa.BENCHMARK.write_submission(items, replies, tmp_path / "out")
+    assert json.loads(path.read_text()) == [{"question_id": 34602, "answer": "nokia"},
+                                            {"question_id": 34603, "answer": "coca cola"},
+                                            {"question_id": 34604, "answer": "stop"}]
+
+
+def test_textvqa_names_the_missing_files(tmp_path):
+    _textvqa_fixture(tmp_path)
+    (tmp_path / "llava_textvqa_val_v051_ocr.jsonl").unlink()
+    assert len(textvqa.BENCHMARK.read(tmp_path, "val")) == 3  # val needs only TextVQA's own files
+    with pytest.raises(DataError, match=r"llava_textvqa_val_v051_ocr\.jsonl not found.*LLaVA's evaluation data"):
+        textvqa.BENCHMARK.read(tmp_path, "val-ocr")
+    (tmp_path / "TextVQA_0.5.1_val.json").unlink()
+    with pytest.raises(DataError, match=r"TextVQA_0\.5\.1_val\.json not found.*textvqa\.org"):
+        textvqa.BENCHMARK.read(tmp_path, "val")
