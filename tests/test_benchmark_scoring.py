@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from verbovision.errors import DataError
-from verbovision.evaluate.benchmarks import pope, textvqa
+from verbovision.evaluate.benchmarks import pope, textvqa, vizwiz
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -193,3 +193,86 @@ def test_textvqa_names_the_missing_files(tmp_path):
     (tmp_path / "TextVQA_0.5.1_val.json").unlink()
     with pytest.raises(DataError, match=r"TextVQA_0\.5\.1_val\.json not found.*textvqa\.org"):
         textvqa.BENCHMARK.read(tmp_path, "val")
+
+
+# ---- VizWiz -----------------------------------------------------------------------------------------------------
+
+VIZWIZ_CASES = [  # (answerable, answer_type, answers, reply)
+    # "Soup." -> "soup"; 2 of 10 answers match: leaving out one of them 1 matches (1/3), leaving out one of the
+    # other 8, 2 match (2/3): (2/3 + 16/3) / 10 = 0.6
+    (1, "other", ["soup"] * 2 + ["tomato soup"] * 8, "Soup."),
+    # "Unanswerable" -> "unanswerable", all 10 match: 1; predicted unanswerable, is: TP of unanswerability
+    (0, "unanswerable", ["unanswerable"] * 10, "Unanswerable"),
+    # "Yes" -> "yes", but the human answers are compared as they are: "Yes" is not "yes": 0
+    (1, "yes/no", ["Yes"] * 2 + ["no"] * 8, "Yes"),
+    # "Unsuitable!" -> "!" becomes a space, stripped -> "unsuitable"; 3 match: (3 * 2/3 + 7) / 10 = 0.9; predicted
+    # answerable, is not: FN
+    (0, "unanswerable", ["unanswerable"] * 7 + ["unsuitable"] * 3, "Unsuitable!"),
+    # 0; predicted unanswerable, is answerable: FP
+    (1, "number", ["2"] * 10, "Unanswerable."),
+]
+
+
+def _vizwiz_fixture(root: Path) -> dict[str, str]:
+    rows, tests = [], []
+    for number, (answerable, answer_type, answers, _) in enumerate(VIZWIZ_CASES):
+        image = f"VizWiz_val_{number:08d}.jpg"
+        _image(root / "val" / image)
+        rows.append({"image": image, "question": f"What is this {number}?", "answerable": answerable,
+                     "answer_type": answer_type,
+                     "answers": [{"answer": a, "answer_confidence": "yes"} for a in answers]})
+        tests.append({"image": f"VizWiz_test_{number:08d}.jpg", "question": f"What is this {number}?"})
+    (root / "Annotations").mkdir(parents=True)
+    (root / "Annotations" / "val.json").write_text(json.dumps(rows))
+    (root / "Annotations" / "test.json").write_text(json.dumps(tests))
+    return {f"VizWiz_val_{n:08d}.jpg": case[3] for n, case in enumerate(VIZWIZ_CASES)}
+
+
+def test_vizwiz_reads_val_and_test_with_llavas_prompt(tmp_path):
+    _vizwiz_fixture(tmp_path)
+    items = vizwiz.BENCHMARK.read(tmp_path, "val")
+    assert items[0].id == "VizWiz_val_00000000.jpg" and items[0].image == tmp_path / "val" / items[0].id
+    assert items[0].prompt == ("What is this 0?\nWhen the provided information is insufficient, respond with "
+                               "'Unanswerable'.\nAnswer the question using a single word or phrase.")
+    assert [item.group for item in items] == ["answerable", "unanswerable", "answerable", "unanswerable",
+                                              "answerable"]
+    assert items[2].references == ("Yes", "Yes") + ("no",) * 8
+    test = vizwiz.BENCHMARK.read(tmp_path, "test")
+    assert test[1].image == tmp_path / "test" / "VizWiz_test_00000001.jpg" and test[1].references == ()
+    with pytest.raises(DataError, match="test split publishes no answers"):
+        vizwiz.BENCHMARK.score(test, {item.id: "yes" for item in test})
+
+
+def test_vizwiz_scores_as_the_vizwiz_api(tmp_path):
+    replies = _vizwiz_fixture(tmp_path / "data")
+    items = vizwiz.BENCHMARK.read(tmp_path / "data", "val")
+    result = vizwiz.BENCHMARK.score(items, replies)
+    assert list(result.per_item["accuracy"].values()) == pytest.approx([0.6, 1.0, 0.0, 0.9, 0.0])
+    assert result.values["accuracy"] == pytest.approx(0.5)  # 2.5 / 5
+    d = result.details
+    assert d["accuracy[answerable]"] == pytest.approx(0.2)  # (0.6 + 0 + 0) / 3
+    assert d["accuracy[unanswerable]"] == pytest.approx(0.95)  # (1 + 0.9) / 2
+    assert d["accuracy[answer_type=unanswerable]"] == pytest.approx(0.95) and d["accuracy[answer_type=other]"] == 0.6
+    assert d["accuracy[answer_type=yes/no]"] == 0 and d["accuracy[answer_type=number]"] == 0
+    # unanswerable: TP 1 (2nd), FN 1 (4th), FP 1 (5th). F1 = 2 TP / (2 TP + FP + FN) = 2 / 4. AP over the 0/1
+    # predictions: at threshold 1 precision 1/2, recall 1/2; at 0 precision 2/5 (all), recall 1:
+    # 1/2 * 1/2 + (1 - 1/2) * 2/5 = 0.45
+    assert result.values["unanswerable_f1"] == pytest.approx(0.5)
+    assert result.values["unanswerable_ap"] == pytest.approx(0.45)
+    path = vizwiz.BENCHMARK.write_submission(items, replies, tmp_path / "out")
+    assert json.loads(path.read_text()) == [
+        {"image": f"VizWiz_val_{n:08d}.jpg", "answer": a}
+        for n, a in enumerate(["soup", "unanswerable", "yes", "unsuitable", "unanswerable"])]
+
+
+def test_vizwiz_contractions_take_the_apis_apostrophes():
+    # The VizWiz API's table: "dont" -> "don’t" (U+2019), "cant" -> "can't" (ASCII), as written there; 4 matching
+    # answers: 3 match whichever is left out: 1
+    assert vizwiz.vizwiz_accuracy("dont", ["don\u2019t"] * 4) == 1.0
+    assert vizwiz.vizwiz_accuracy("cant", ["can't"] * 4) == 1.0
+    assert vizwiz.vizwiz_accuracy("dont", ["don't"] * 4) == 0.0
+
+
+def test_vizwiz_names_the_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"Annotations/val\.json not found.*vizwiz\.org"):
+        vizwiz.BENCHMARK.read(tmp_path, "val")

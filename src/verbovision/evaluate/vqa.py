@@ -96,7 +96,8 @@ def _py3_words(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _AnswerProcessor:
-    """vqaEval.py's answer steps (clean, processPunctuation, processDigitArticle) under one Python's semantics."""
+    """vqaEval.py's answer steps (clean, processPunctuation, processDigitArticle) under one Python's semantics, with
+    one contraction table (VizWiz's copy of vqaEval.py writes most of its apostrophes as U+2019)."""
 
     # "(?!<=\d)" is vqaEval.py's bug, kept: a lookahead that never fails, not the lookbehind it meant
     period_strip: re.Pattern
@@ -105,6 +106,7 @@ class _AnswerProcessor:
     """What strip() strips (None: Python 3's whitespace)."""
     words: Callable[[str], list[str]]
     """Lowercase, then split on whitespace."""
+    contractions: Mapping[str, str]
 
     def clean(self, text: str) -> str:
         return text.replace("\n", " ").replace("\t", " ").strip(self.whitespace)
@@ -120,7 +122,7 @@ class _AnswerProcessor:
 
     def digits_articles(self, text: str) -> str:
         words = [_VQA_NUMBERS.get(w, w) for w in self.words(text)]
-        return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in _VQA_ARTICLES)
+        return " ".join(self.contractions.get(w, w) for w in words if w not in _VQA_ARTICLES)
 
     def __call__(self, text: str) -> str:
         return self.digits_articles(self.punctuation(text))
@@ -129,9 +131,10 @@ class _AnswerProcessor:
 # vqaEval.py is Python 2 code: there "\d" matches only 0-9 (no re.UNICODE flag), and lower() and whitespace are
 # Python 2.7's.
 _VQAEVAL = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII), re.compile(r"(\d)(,)(\d)", re.ASCII),
-                            _PY2_WHITESPACE, _py2_words)
+                            _PY2_WHITESPACE, _py2_words, _VQA_CONTRACTIONS)
 # m4c's EvalAIAnswerProcessor is Python 3 code, with its own comma rule (which never fires: it drops commas first).
-_EVALAI = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(?<=\d)(,)+(?=\d)"), None, _py3_words)
+_EVALAI = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(?<=\d)(,)+(?=\d)"), None, _py3_words,
+                           _VQA_CONTRACTIONS)
 
 
 def normalize_vqa_answer(text: str) -> str:

@@ -31,11 +31,11 @@ def mean_with_interval(per_item: Mapping[str, float]) -> tuple[float, tuple[floa
     return mean(values), (bootstrap_ci(values) if values else None)
 
 
-def group_means(label: str, items: Sequence[BenchmarkItem], per_item: Mapping[str, float]) -> dict[str, float]:
-    """`label[group]` -> the mean of the group's items, e.g. accuracy[answerable]."""
+def group_means(label: str, group_of: Mapping[str, str], per_item: Mapping[str, float]) -> dict[str, float]:
+    """`label[group]` -> the mean of the group's items (`group_of`: item id -> group), e.g. accuracy[answerable]."""
     groups: dict[str, list[float]] = {}
-    for item in items:
-        groups.setdefault(item.group, []).append(per_item[item.id])
+    for key, value in per_item.items():
+        groups.setdefault(group_of[key], []).append(value)
     return {f"{label}[{group}]": mean(values) for group, values in sorted(groups.items())}
 
 
