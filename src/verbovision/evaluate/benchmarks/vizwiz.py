@@ -18,14 +18,13 @@ f1_score compute them on those 0/1 predictions.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
 from ...files import write_json
 from ..metrics import EvalResult
-from ..vqa import _VQA_CONTRACTIONS, _AnswerProcessor, _leave_one_out, _py3_words, normalize_textvqa_answer
+from ..vqa import normalize_textvqa_answer, normalize_vizwiz_answer, vizwiz_accuracy
 from .base import Benchmark, BenchmarkItem
 from .official import entry, official_json
 from .replies import group_means, mean_with_interval, replies_of
@@ -34,20 +33,6 @@ INSTRUCTION = ("\nWhen the provided information is insufficient, respond with 'U
                "\nAnswer the question using a single word or phrase.")
 PUBLISHED = "VizWiz (vizwiz.org, Annotations.zip)"
 UNANSWERABLE = "unanswerable"
-
-# VizWiz's contraction table is vqaEval.py's with U+2019 for the apostrophe, but for these values and keys.
-_ASCII_VALUES = frozenset({"aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"})
-_ASCII_KEYS = frozenset({"couldn'tve", "hadn'tve"})
-
-
-def _curly(text: str) -> str:
-    return text.replace("'", "\u2019")
-
-
-_VIZWIZ = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(\d)(,)(\d)"), None, _py3_words,
-                           {(k if k in _ASCII_KEYS else _curly(k)): (v if k in _ASCII_VALUES else _curly(v))
-                            for k, v in _VQA_CONTRACTIONS.items()})
-
 
 def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     name = f"Annotations/{split}.json"
@@ -71,11 +56,6 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
 
 def submitted_answer(reply: str) -> str:
     return normalize_textvqa_answer(reply)
-
-
-def vizwiz_accuracy(submitted: str, answers: Sequence[str]) -> float:
-    """vqaEval.py of the VizWiz API: the submitted answer processed, the human answers as they are."""
-    return _leave_one_out(_VIZWIZ(_VIZWIZ.clean(submitted)), answers)
 
 
 def unanswerability(predicted: Sequence[bool], truth: Sequence[bool]) -> dict[str, float]:
@@ -102,7 +82,7 @@ def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalRes
     details = {**group_means("accuracy", {item.id: item.group for item in items}, per_item),
                **group_means("accuracy", {item.id: f"answer_type={item.meta['answer_type']}" for item in items},
                              per_item)}
-    predicted = [_VIZWIZ(_VIZWIZ.clean(answer)) == UNANSWERABLE for answer in submitted]
+    predicted = [normalize_vizwiz_answer(answer) == UNANSWERABLE for answer in submitted]
     values = {"accuracy": accuracy, **unanswerability(predicted, [item.group == UNANSWERABLE for item in items])}
     return EvalResult(values, intervals={"accuracy": interval}, details=details, per_item={"accuracy": per_item})
 
