@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from verbovision.errors import DataError
-from verbovision.evaluate.benchmarks import pope, textvqa, vizwiz
+from verbovision.evaluate.benchmarks import gqa, pope, textvqa, vizwiz
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -276,3 +276,56 @@ def test_vizwiz_contractions_take_the_apis_apostrophes():
 def test_vizwiz_names_the_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"Annotations/val\.json not found.*vizwiz\.org"):
         vizwiz.BENCHMARK.read(tmp_path, "val")
+
+
+# ---- GQA --------------------------------------------------------------------------------------------------------
+
+GQA_CASES = {  # question id -> (structural type, answer, reply, isBalanced)
+    "20968379": ("verify", "no", "No.", True),           # "no" == "no": 1 (binary)
+    "20968380": ("query", "traffic light", "Traffic light..", True),  # periods stripped, lowercased: 1 (open)
+    "20968381": ("query", "man", "the man", True),       # "the man" != "man" (no article dropped): 0 (open)
+    "20968382": ("compare", "yes", "Yes, it is.", True),  # "yes, it is" != "yes": 0 (binary)
+    "20968383": ("query", "cat", "cat", False),           # not balanced: not a test-dev balanced question
+}
+
+
+def _gqa_fixture(root: Path) -> dict[str, str]:
+    questions = {}
+    for number, (qid, (structural, answer, _, balanced)) in enumerate(GQA_CASES.items()):
+        _image(root / "images" / f"n{number}.jpg")
+        questions[qid] = {"imageId": f"n{number}", "question": f"Question {number}?", "answer": answer,
+                          "fullAnswer": f"The answer is {answer}.", "isBalanced": balanced,
+                          "types": {"structural": structural, "semantic": "attr", "detailed": "x"}}
+    (root / "testdev_balanced_questions.json").write_text(json.dumps(questions))
+    return {qid: case[2] for qid, case in GQA_CASES.items() if case[3]}
+
+
+def test_gqa_reads_the_balanced_questions_with_llavas_prompt(tmp_path):
+    _gqa_fixture(tmp_path)
+    items = gqa.BENCHMARK.read(tmp_path, "testdev")
+    assert [item.id for item in items] == ["20968379", "20968380", "20968381", "20968382"]
+    assert items[1].prompt == "Question 1?" + SHORT and items[1].references == ("traffic light",)
+    assert items[1].image == tmp_path / "images" / "n1.jpg" and items[1].image.is_file()
+    assert [item.group for item in items] == ["binary", "open", "open", "binary"]
+
+
+def test_gqa_scores_exact_match_as_eval_py(tmp_path):
+    replies = _gqa_fixture(tmp_path / "data")
+    items = gqa.BENCHMARK.read(tmp_path / "data", "testdev")
+    result = gqa.BENCHMARK.score(items, replies)
+    assert result.per_item["accuracy"] == {"20968379": 1.0, "20968380": 1.0, "20968381": 0.0, "20968382": 0.0}
+    assert result.values["accuracy"] == 0.5
+    assert result.details == {"accuracy[binary]": 0.5, "accuracy[open]": 0.5}
+    path = gqa.BENCHMARK.write_submission(items, replies, tmp_path / "out")
+    assert path.name == "testdev_balanced_predictions.json"
+    assert json.loads(path.read_text())[1:] == [{"questionId": "20968380", "prediction": "traffic light"},
+                                                {"questionId": "20968381", "prediction": "the man"},
+                                                {"questionId": "20968382", "prediction": "yes, it is"}]
+
+
+def test_gqa_names_the_missing_file_and_key(tmp_path):
+    with pytest.raises(DataError, match=r"testdev_balanced_questions\.json not found.*GQA"):
+        gqa.BENCHMARK.read(tmp_path, "testdev")
+    (tmp_path / "testdev_balanced_questions.json").write_text(json.dumps({"1": {"imageId": "n1", "isBalanced": True}}))
+    with pytest.raises(DataError, match=r"question 1: no 'types'"):
+        gqa.BENCHMARK.read(tmp_path, "testdev")
