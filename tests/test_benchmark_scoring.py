@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from verbovision.errors import DataError
-from verbovision.evaluate.benchmarks import gqa, pope, textvqa, vizwiz
+from verbovision.evaluate.benchmarks import chair, gqa, pope, textvqa, vizwiz
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -329,3 +329,82 @@ def test_gqa_names_the_missing_file_and_key(tmp_path):
     (tmp_path / "testdev_balanced_questions.json").write_text(json.dumps({"1": {"imageId": "n1", "isBalanced": True}}))
     with pytest.raises(DataError, match=r"question 1: no 'types'"):
         gqa.BENCHMARK.read(tmp_path, "testdev")
+
+
+# ---- CHAIR ------------------------------------------------------------------------------------------------------
+
+# synonyms.txt's format (a few lines of it, written here): one object a line, its name first
+CHAIR_SYNONYMS = ["person, man, woman, people, baby", "horse, pony", "dog, puppy", "toilet", "chair, seat",
+                  "bus, minibus"]
+CHAIR_IMAGES = {  # image id -> (instance categories, reference caption, reply)
+    # truth {person, horse}; "baby dog" is the dog, not a person; the dog is not in the image: 1 of 3 mentions
+    # (person, horse, dog) false, the caption hallucinates; both objects covered
+    101: (["person", "horse"], "A man riding a horse.", "A man riding a horse next to a baby dog."),
+    # truth {toilet, chair} (the chair from the instances and the reference); "toilets" -> toilet; "seat" is no
+    # chair where "toilet" is: mentions [toilet], none false; 1 of 2 objects covered
+    102: (["toilet"], "A toilet next to a chair.", "Two toilets and the seat."),
+    # truth {bus}: the reference's "bus" singularises to "bu" (pattern's rule) and counts for nothing, the
+    # instances give it; "Buses" -> bus, "bus" -> "bu" (nothing), "people" -> person, false: 1 of 2
+    103: (["bus"], "A red bus on the street.", "Buses and a bus near people."),
+}
+
+
+def _chair_fixture(root: Path) -> dict[str, str]:
+    names = ["person", "horse", "dog", "toilet", "chair", "bus"]
+    categories = [{"id": n + 1, "name": name, "supercategory": "x"} for n, name in enumerate(names)]
+    images, instances, captions = [], [], []
+    for image_id, (objects, reference, _) in CHAIR_IMAGES.items():
+        file_name = f"COCO_val2014_{image_id:012d}.jpg"
+        _image(root / "val2014" / file_name)
+        images.append({"id": image_id, "file_name": file_name, "width": 4, "height": 4})
+        instances += [{"id": len(instances) + 1, "image_id": image_id, "category_id": names.index(o) + 1,
+                       "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0} for o in objects]
+        captions.append({"id": image_id * 10, "image_id": image_id, "caption": reference})
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(
+        {"images": images, "annotations": instances, "categories": categories}))
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images,
+                                                                             "annotations": captions}))
+    (root / "synonyms.txt").write_text("\n".join(CHAIR_SYNONYMS) + "\n")
+    return {str(image_id): case[2] for image_id, case in CHAIR_IMAGES.items()}
+
+
+def test_chair_reads_the_sampled_images_and_their_objects(tmp_path):
+    _chair_fixture(tmp_path)
+    items = chair.BENCHMARK.read(tmp_path, "val2014")
+    assert [item.id for item in items] == ["101", "102", "103"]  # fewer images than the sample: all of them
+    assert {item.prompt for item in items} == {"Please describe this image in detail."}
+    assert [item.meta["objects"] for item in items] == [("horse", "person"), ("chair", "toilet"), ("bus",)]
+    assert items[0].references == ("A man riding a horse.",) and items[0].image.is_file()
+
+
+def test_chair_scores_as_the_official_chair_py(tmp_path):
+    replies = _chair_fixture(tmp_path / "data")
+    items = chair.BENCHMARK.read(tmp_path / "data", "val2014")
+    result = chair.BENCHMARK.score(items, replies)
+    assert result.per_item["chair_s"] == {"101": 1.0, "102": 0.0, "103": 1.0}
+    assert result.per_item["chair_i"] == pytest.approx({"101": 1 / 3, "102": 0.0, "103": 0.5})
+    assert result.values["chair_s"] == pytest.approx(2 / 3)  # 2 of 3 captions hallucinate
+    assert result.values["chair_i"] == pytest.approx(2 / 6)  # (1 + 0 + 1) false of (3 + 1 + 2) mentions
+    assert result.values["coverage"] == pytest.approx(4 / 5)  # (2 + 1 + 1) of (2 + 2 + 1) objects mentioned
+    assert result.values["length"] == pytest.approx(7.0)  # (10 + 5 + 6) words / 3
+    assert set(result.intervals) == {"chair_s", "length"}  # CHAIR-i, coverage: ratios of sums, not item means
+    path = chair.BENCHMARK.write_submission(items, replies, tmp_path / "out")
+    assert json.loads(path.read_text())[2] == {"image_id": 103, "caption": "Buses and a bus near people."}
+
+
+def test_chair_singularises_as_pattern():
+    assert [chair.singular(w) for w in ("dogs", "buses", "bus", "glasses", "glass", "knives", "mice", "women",
+                                        "ponies", "ties", "collies", "scissors", "sheep")] == [
+        "dog", "bus", "bu", "glass", "glas", "knife", "mouse", "woman", "pony", "ty", "collies", "scissors", "sheep"]
+
+
+def test_chair_names_the_missing_synonyms_and_annotations(tmp_path):
+    _chair_fixture(tmp_path)
+    (tmp_path / "synonyms.txt").unlink()
+    with pytest.raises(DataError, match=r"synonyms\.txt not found.*LisaAnne/Hallucination"):
+        chair.BENCHMARK.read(tmp_path, "val2014")
+    (tmp_path / "synonyms.txt").write_text("\n".join(CHAIR_SYNONYMS))
+    (tmp_path / "annotations" / "captions_val2014.json").unlink()
+    with pytest.raises(DataError, match=r"captions_val2014\.json not found.*cocodataset\.org"):
+        chair.BENCHMARK.read(tmp_path, "val2014")
