@@ -30,11 +30,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
-from ...files import write_json
 from ..metrics import EvalResult
 from .base import Benchmark, BenchmarkItem
 from .official import entries, entry, official_json
-from .replies import mean_with_interval, replies_of
+from .replies import mean_with_interval, replies_of, write_rows
 
 SAMPLE = 500
 SEED = 0
@@ -163,11 +162,8 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
     """COCO's caption results format, [{image_id, caption}], what chair.py's captions come from."""
-    captions = replies_of("chair", items, replies)
-    path = Path(folder) / "chair_captions.json"
-    write_json(path, [{"image_id": item.meta["image_id"], "caption": caption}
-                      for item, caption in zip(items, captions)])
-    return path
+    return write_rows("chair", items, replies, Path(folder) / "chair_captions.json",
+                      lambda item, caption: {"image_id": item.meta["image_id"], "caption": caption})
 
 
 BENCHMARK = Benchmark(

@@ -17,11 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
-from ...files import write_json
 from ..metrics import EvalResult
 from .base import Benchmark, BenchmarkItem
 from .official import entry, official_json
-from .replies import group_means, mean_with_interval, replies_of
+from .replies import group_means, mean_with_interval, replies_of, write_rows
 
 QUESTIONS = "testdev_balanced_questions.json"
 INSTRUCTION = "\nAnswer the question using a single word or phrase."
@@ -60,10 +59,8 @@ def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalRes
 
 
 def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
-    answers = replies_of("gqa", items, replies)
-    path = Path(folder) / "testdev_balanced_predictions.json"
-    write_json(path, [{"questionId": item.id, "prediction": prediction(reply)} for item, reply in zip(items, answers)])
-    return path
+    return write_rows("gqa", items, replies, Path(folder) / "testdev_balanced_predictions.json",
+                      lambda item, reply: {"questionId": item.id, "prediction": prediction(reply)})
 
 
 BENCHMARK = Benchmark(

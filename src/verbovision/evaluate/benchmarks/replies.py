@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
+from ...files import write_json
 from ..metrics import bootstrap_ci
 from .base import BenchmarkItem
 
@@ -19,6 +20,13 @@ def replies_of(benchmark: str, items: Sequence[BenchmarkItem], replies: Mapping[
         raise DataError(f"{benchmark}: no reply for {len(missing)} item(s), e.g. {missing[:5]}; score the replies "
                         "of a run over the whole split")
     return [replies[item.id] for item in items]
+
+
+def write_rows(benchmark: str, items: Sequence[BenchmarkItem], replies: Mapping[str, str], path: Path,
+               row: Callable[[BenchmarkItem, str], dict]) -> Path:
+    """A submission file: the JSON list of `row(item, reply)`, in the items' order, written atomically."""
+    write_json(path, [row(item, reply) for item, reply in zip(items, replies_of(benchmark, items, replies))])
+    return path
 
 
 def mean(values: Sequence[float]) -> float:

@@ -19,12 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
-from ...files import write_json
 from ..metrics import EvalResult
 from ..vqa import normalize_textvqa_answer, textvqa_accuracy
 from .base import Benchmark, BenchmarkItem
 from .official import entries, entry, official_json
-from .replies import jsonl_rows, mean_with_interval, replies_of
+from .replies import jsonl_rows, mean_with_interval, replies_of, write_rows
 
 ANNOTATIONS = "TextVQA_0.5.1_val.json"
 LLAVA_PROMPTS = "llava_textvqa_val_v051_ocr.jsonl"
@@ -74,11 +73,9 @@ def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalRes
 
 
 def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
-    answers = replies_of("textvqa", items, replies)
-    path = Path(folder) / "textvqa_submission.json"
-    write_json(path, [{"question_id": item.meta["question_id"], "answer": normalize_textvqa_answer(reply)}
-                      for item, reply in zip(items, answers)])
-    return path
+    return write_rows("textvqa", items, replies, Path(folder) / "textvqa_submission.json",
+                      lambda item, reply: {"question_id": item.meta["question_id"],
+                                           "answer": normalize_textvqa_answer(reply)})
 
 
 BENCHMARK = Benchmark(

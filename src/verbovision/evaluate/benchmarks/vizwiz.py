@@ -22,12 +22,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
-from ...files import write_json
 from ..metrics import EvalResult
 from ..vqa import normalize_textvqa_answer, normalize_vizwiz_answer, vizwiz_accuracy
 from .base import Benchmark, BenchmarkItem
 from .official import entry, official_json
-from .replies import group_means, mean_with_interval, replies_of
+from .replies import group_means, mean_with_interval, replies_of, write_rows
 
 INSTRUCTION = ("\nWhen the provided information is insufficient, respond with 'Unanswerable'."
                "\nAnswer the question using a single word or phrase.")
@@ -88,10 +87,8 @@ def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalRes
 
 
 def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
-    answers = replies_of("vizwiz", items, replies)
-    path = Path(folder) / "vizwiz_submission.json"
-    write_json(path, [{"image": item.id, "answer": submitted_answer(reply)} for item, reply in zip(items, answers)])
-    return path
+    return write_rows("vizwiz", items, replies, Path(folder) / "vizwiz_submission.json",
+                      lambda item, reply: {"image": item.id, "answer": submitted_answer(reply)})
 
 
 BENCHMARK = Benchmark(
