@@ -1,4 +1,5 @@
-"""VQAv2 accuracy (vqaEval.py, exactly), TextVQA accuracy (m4c), and ``score_vqa`` over every answer metric.
+"""VQAv2 accuracy (vqaEval.py, exactly), TextVQA accuracy (m4c), VizWiz accuracy (the VizWiz API's copy of
+vqaEval.py), and ``score_vqa`` over every answer metric.
 
 VQAv2 accuracy (``score_vqa`` kind "vqa") gives the floats of the official vqaEval.py (GT-Vision-Lab/VQA, its 2021
 version) per question, overall, per answer type and per question type, and its percentages rounded to 2 decimals:
@@ -6,7 +7,8 @@ normalisation only when the human answers disagree, its regexes and tables with 
 order. vqaEval.py is Python 2 code and its Python 2 semantics are kept where Python 3 differs: "\\d" matches 0-9
 only, lowercasing is one character to one, round() goes half away from zero, sum() does not compensate (3.12's
 does). TextVQA accuracy (kind "textvqa") is m4c's TextVQAAccuracyEvaluator (MMF; LLaVA's eval_textvqa runs it),
-whose answer processing follows TextVQA's EvalAI server: it always normalises, lowercasing first.
+whose answer processing follows TextVQA's EvalAI server: it always normalises, lowercasing first. VizWiz accuracy
+(``vizwiz_accuracy``) normalises the submitted answer only, never the human answers, under Python 3.
 
 Known difference from vqaEval.py: characters whose Unicode properties changed after Python 2.7's Unicode 5.2
 (U+180E was whitespace then) are read with Python 3's tables.
@@ -96,7 +98,8 @@ def _py3_words(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _AnswerProcessor:
-    """vqaEval.py's answer steps (clean, processPunctuation, processDigitArticle) under one Python's semantics."""
+    """vqaEval.py's answer steps (clean, processPunctuation, processDigitArticle) under one Python's semantics, with
+    one contraction table (VizWiz's copy of vqaEval.py writes most of its apostrophes as U+2019)."""
 
     # "(?!<=\d)" is vqaEval.py's bug, kept: a lookahead that never fails, not the lookbehind it meant
     period_strip: re.Pattern
@@ -105,6 +108,7 @@ class _AnswerProcessor:
     """What strip() strips (None: Python 3's whitespace)."""
     words: Callable[[str], list[str]]
     """Lowercase, then split on whitespace."""
+    contractions: Mapping[str, str]
 
     def clean(self, text: str) -> str:
         return text.replace("\n", " ").replace("\t", " ").strip(self.whitespace)
@@ -120,7 +124,7 @@ class _AnswerProcessor:
 
     def digits_articles(self, text: str) -> str:
         words = [_VQA_NUMBERS.get(w, w) for w in self.words(text)]
-        return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in _VQA_ARTICLES)
+        return " ".join(self.contractions.get(w, w) for w in words if w not in _VQA_ARTICLES)
 
     def __call__(self, text: str) -> str:
         return self.digits_articles(self.punctuation(text))
@@ -129,9 +133,25 @@ class _AnswerProcessor:
 # vqaEval.py is Python 2 code: there "\d" matches only 0-9 (no re.UNICODE flag), and lower() and whitespace are
 # Python 2.7's.
 _VQAEVAL = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII), re.compile(r"(\d)(,)(\d)", re.ASCII),
-                            _PY2_WHITESPACE, _py2_words)
+                            _PY2_WHITESPACE, _py2_words, _VQA_CONTRACTIONS)
 # m4c's EvalAIAnswerProcessor is Python 3 code, with its own comma rule (which never fires: it drops commas first).
-_EVALAI = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(?<=\d)(,)+(?=\d)"), None, _py3_words)
+_EVALAI = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(?<=\d)(,)+(?=\d)"), None, _py3_words,
+                           _VQA_CONTRACTIONS)
+
+# The VizWiz API's copy of vqaEval.py (Python 3 code) writes the apostrophe of its contractions as U+2019, but for
+# these values and keys.
+_VIZWIZ_ASCII_VALUES = frozenset({"aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"})
+_VIZWIZ_ASCII_KEYS = frozenset({"couldn'tve", "hadn'tve"})
+
+
+def _curly(text: str) -> str:
+    return text.replace("'", "\u2019")
+
+
+_VIZWIZ_CONTRACTIONS = {(k if k in _VIZWIZ_ASCII_KEYS else _curly(k)): (v if k in _VIZWIZ_ASCII_VALUES else _curly(v))
+                        for k, v in _VQA_CONTRACTIONS.items()}
+_VIZWIZ = _AnswerProcessor(re.compile(r"(?!<=\d)(\.)(?!\d)"), re.compile(r"(\d)(,)(\d)"), None, _py3_words,
+                           _VIZWIZ_CONTRACTIONS)
 
 
 def normalize_vqa_answer(text: str) -> str:
@@ -146,6 +166,12 @@ def normalize_textvqa_answer(text: str) -> str:
     punctuation and digit/article steps as vqaEval.py."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     return _EVALAI(_EVALAI.clean(text))
+
+
+def normalize_vizwiz_answer(text: str) -> str:
+    """The VizWiz API's processing of a submitted answer: vqaEval.py's steps under Python 3, with its contraction
+    table."""
+    return _VIZWIZ(_VIZWIZ.clean(text))
 
 
 def _sum_in_order(values: Iterable[float]) -> float:
@@ -190,6 +216,12 @@ def textvqa_accuracy(prediction: str, answers: str | Sequence[str]) -> float:
     if not answers:
         raise ValueError("textvqa_accuracy needs at least one answer")
     return _leave_one_out(normalize_textvqa_answer(prediction), answers)
+
+
+def vizwiz_accuracy(submitted: str, answers: Sequence[str]) -> float:
+    """VizWiz accuracy, as the VizWiz API's vqaEval.py: the submitted answer always normalised
+    (``normalize_vizwiz_answer``), the human answers compared as they are, then the same leave-one-out mean."""
+    return _leave_one_out(normalize_vizwiz_answer(submitted), list(answers))
 
 
 _VQA_KINDS: dict[str, Callable[[str, str | Sequence[str]], float]] = {

@@ -1,0 +1,89 @@
+"""TextVQA (Singh et al. 2019): questions that need the text in the image read, 10 human answers each.
+
+Files: TextVQA_0.5.1_val.json ({"data": [{question_id, question, image_id, answers, ...}]}) and the images in
+train_images/<image_id>.jpg (the val images are in train_val_images.zip's train_images/); split "val-ocr" also reads
+llava_textvqa_val_v051_ocr.jsonl of LLaVA's evaluation data (eval.zip: JSON lines {question_id, image, text}).
+Prompt: "val" sends LLaVA-1.5's short-answer prompt, the question then "\\nAnswer the question using a single word or
+phrase." (LLaVA-1.5's response-format prompt; eval_textvqa.py reads back this two-line form); "val-ocr" sends
+LLaVA's own prompt of each question verbatim, where the OCR tokens come between ("<question>\\nReference OCR token:
+<tokens>\\nAnswer the question using a single word or phrase."), the prompt of LLaVA-1.5's reported TextVQA numbers.
+LLaVA's file names each question by its image (its question_id is the image_id), so prompts are matched to questions
+as eval_textvqa.py matches its results: by image id and lowercased question.
+Scoring: TextVQA accuracy as m4c's TextVQAAccuracyEvaluator (LLaVA's eval_textvqa.py): ``vqa.textvqa_accuracy``.
+Submission: EvalAI's [{question_id, answer}], the answers EvalAI-processed as lmms-eval's textvqa submission.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ...errors import DataError
+from ..metrics import EvalResult
+from ..vqa import normalize_textvqa_answer, textvqa_accuracy
+from .base import Benchmark, BenchmarkItem
+from .official import entries, entry, official_json
+from .replies import jsonl_rows, mean_with_interval, replies_of, write_rows
+
+ANNOTATIONS = "TextVQA_0.5.1_val.json"
+LLAVA_PROMPTS = "llava_textvqa_val_v051_ocr.jsonl"
+INSTRUCTION = "\nAnswer the question using a single word or phrase."
+PUBLISHED = "TextVQA (textvqa.org/dataset)"
+LLAVA_PUBLISHED = "LLaVA's evaluation data (eval.zip, textvqa/)"
+OCR_LINE = "Reference OCR token:"
+
+
+def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
+    path = Path(data_dir) / ANNOTATIONS
+    rows = entries(official_json("textvqa", data_dir, ANNOTATIONS, PUBLISHED), "data", path)
+    llava_prompts = _llava_prompts(Path(data_dir) / LLAVA_PROMPTS) if split == "val-ocr" else None
+    items = []
+    for number, row in enumerate(rows):
+        where = f"{path}: data[{number}]"
+        question, image_id = entry(row, "question", where), entry(row, "image_id", where)
+        if llava_prompts is None:
+            prompt = question + INSTRUCTION
+        elif (prompt := llava_prompts.get((str(image_id), question.lower()))) is None:
+            raise DataError(f"{LLAVA_PROMPTS}: no prompt for image {image_id} and question {question!r} of "
+                            f"{ANNOTATIONS}; use the file of {LLAVA_PUBLISHED} for TextVQA 0.5.1 val")
+        items.append(BenchmarkItem(
+            id=str(entry(row, "question_id", where)), image=Path(data_dir) / "train_images" / f"{image_id}.jpg",
+            prompt=prompt, references=tuple(entry(row, "answers", where)),
+            meta={"question_id": row["question_id"], "image_id": image_id, "question": question}))
+    return items
+
+
+def _llava_prompts(path: Path) -> dict[tuple[str, str], str]:
+    """(image id, lowercased question) -> LLaVA's prompt; the question is the line that is neither the OCR tokens
+    nor the instruction, as eval_textvqa.py's prompt_processor finds it."""
+    prompts = {}
+    for number, row in enumerate(jsonl_rows("textvqa", path, LLAVA_PUBLISHED), 1):
+        text = entry(row, "text", f"{path}:{number}")
+        lines = text.split("\n")
+        question = lines[1] if lines[0].startswith(OCR_LINE) and len(lines) > 1 else lines[0]
+        prompts[(str(entry(row, "question_id", f"{path}:{number}")), question.lower())] = text
+    return prompts
+
+
+def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalResult:
+    answers = replies_of("textvqa", items, replies)
+    per_item = {item.id: textvqa_accuracy(reply, item.references) for item, reply in zip(items, answers)}
+    accuracy, interval = mean_with_interval(per_item)
+    return EvalResult({"accuracy": accuracy}, intervals={"accuracy": interval}, per_item={"accuracy": per_item})
+
+
+def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
+    return write_rows("textvqa", items, replies, Path(folder) / "textvqa_submission.json",
+                      lambda item, reply: {"question_id": item.meta["question_id"],
+                                           "answer": normalize_textvqa_answer(reply)})
+
+
+BENCHMARK = Benchmark(
+    name="textvqa", task="vqa", splits=("val", "val-ocr"),
+    files=f"{ANNOTATIONS}, train_images/; val-ocr also {LLAVA_PROMPTS} (LLaVA's eval.zip)",
+    prompt_source="LLaVA-1.5: question + \"\\nAnswer the question using a single word or phrase.\"; val-ocr: "
+                  "LLaVA's llava_textvqa_val_v051_ocr.jsonl prompts, with \"Reference OCR token: ...\"",
+    metric="TextVQA accuracy (m4c TextVQAAccuracyEvaluator: EvalAI answer processing, min(1, matches/3) averaged "
+           "over the 10 leave-one-out answer sets)",
+    reference="LLaVA llava/eval/eval_textvqa.py (m4c_evaluator.py)", max_new_tokens=128,
+    read=read, score=score, write_submission=write_submission)
