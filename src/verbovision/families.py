@@ -98,6 +98,10 @@ class Support:
     """Packing several examples into one row works: positions restart per example and reach the model."""
     packing_refusal: str = ""
     """Why packing does not work, where it does not."""
+    rope_index: bool = False
+    """Its M-RoPE positions (time, height, width rows) are the model's own `get_rope_index` of a whole row, and its
+    forward also takes them as position_ids [4, B, T] whose first row holds the plain text positions, from which
+    transformers finds packed samples' bounds (5.17 on): packed, each sample's rows are computed alone."""
     prefix_lm: bool = False
     """The model takes `token_type_ids` for a prefix-LM mask: 0 on the prompt (attended both ways), 1 from the first
     reply token on (causal). PaliGemma's; without them its Gemma config's bidirectional attention also reaches the
@@ -118,11 +122,14 @@ _OWN_ROPE = "it computes its rotary positions (M-RoPE) from the whole row, so re
 _LINEAR_ATTENTION = ("its language model's linear-attention layers carry their state along the whole row, across the "
                      "packed examples' boundaries")
 
-OWN_ROPE_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v",
-                  "glm4v_moe", "glm46v", "glm_ocr", "glmga", "cosmos3_omni", "cosmos3_edge", "cohere_compass",
-                  "hy_v4_vl", "paddleocr_vl", "hunyuan_vl", "ernie4_5_vl_moe")
-"""The Qwen2-VL-like families (Qwen-VL, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL, PaddleOCR-VL, HunYuan-VL,
-ERNIE-4.5-VL): their M-RoPE positions come from the whole row."""
+ROPE_INDEX_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+"""The Qwen-VL families that pack with each sample's M-RoPE positions computed alone (`Support.rope_index`)."""
+
+OWN_ROPE_TYPES = ("qwen3_5", "qwen3_5_moe", "qwen4_exp", "glm4v", "glm4v_moe", "glm46v", "glm_ocr", "glmga",
+                  "cosmos3_omni", "cosmos3_edge", "cohere_compass", "hy_v4_vl", "paddleocr_vl", "hunyuan_vl",
+                  "ernie4_5_vl_moe")
+"""The other Qwen2-VL-like families (Qwen3.5, GLM-4.xV, Cosmos3, CohereCompass, Hy4-VL, PaddleOCR-VL, HunYuan-VL,
+ERNIE-4.5-VL): their M-RoPE positions come from the whole row, and no test here has tried theirs per sample."""
 
 _ENCODER_READS_PROMPT = ("its language model is an encoder-decoder whose encoder reads the prompt with the image's "
                          "tokens; VerboVision's encoder-decoders take the image alone in the encoder and the whole "
@@ -133,6 +140,7 @@ _ACTIONS = "a vision-language-action policy: it predicts robot actions by flow m
 SUPPORT: dict[str, Support] = {
     "llava": Support(caches_features=True),
     "cohere2_vision": Support(caches_features=True),
+    **dict.fromkeys(ROPE_INDEX_TYPES, Support(rope_index=True)),
     **{kind: Support(packs=False, packing_refusal=_OWN_ROPE) for kind in OWN_ROPE_TYPES},
     "gemma3": Support(processor_only=("num_crops",), caches_features=True, packs=False,
                       packing_refusal="transformers' mask for its image blocks (token_type_ids) lets packed examples "
@@ -350,6 +358,11 @@ class Family:
     def caption_prompt(self) -> str | None:
         """What `caption` asks by default where the family has its own convention (see `Support.prompt`)."""
         return self.support.prompt
+
+    @property
+    def packs_rope_index(self) -> bool:
+        """Whether packed rows take each sample's own M-RoPE positions as 4-row position_ids (`Support.rope_index`)."""
+        return self.support.rope_index
 
     def check_packing(self) -> None:
         if not self.images_in_text:

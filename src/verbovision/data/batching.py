@@ -104,6 +104,11 @@ class Collator:
         return batch
 
 
+def is_packed(batch: dict) -> bool:
+    """Whether a collated batch holds packed rows (`Collator.pad`: position ids and no attention mask)."""
+    return "position_ids" in batch and "attention_mask" not in batch
+
+
 def segment_positions(lengths: Sequence[int]) -> torch.Tensor:
     """Position ids restarting at 0 for each segment: [3, 2] -> [0, 1, 2, 0, 1]."""
     return torch.cat([torch.arange(n) for n in lengths])  # [sum(lengths)]

@@ -18,6 +18,7 @@ from ..data.batching import Collator, iter_batches
 from ..errors import VerboError
 from ..families import Family, Head, check_consumed
 from .features import embeds_with_features
+from .packing import packed_inputs
 from .trainable import evaluating
 
 CHUNKED_FROM = 2**24
@@ -38,13 +39,14 @@ def token_loss(model, batch: dict, device, family: Family, reduction: str = "mea
     (`Family.head`) and `chunks` allows it, the forward's output head sees no position and the loss applies the head
     itself, in chunks, to the labelled positions only: no [B, T, V] float32 tensor exists, in the forward or the
     backward."""
+    core = model if core is None else core
+    batch = packed_inputs(core, batch, family)
     inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "image_features")}
     if "image_features" in batch:
         features = batch["image_features"].to(device)  # [n_images, n_patches, D_vision]
         inputs["inputs_embeds"] = embeds_with_features(model, inputs.pop("input_ids"), features)
     labels = batch["labels"].to(device)
     inputs = family.model_inputs(inputs)
-    core = model if core is None else core
     check_consumed(core, inputs)
     head = core.get_output_embeddings() if family.head is not None and chunks else None
     if head is None or labels.numel() * head.weight.shape[0] < CHUNKED_FROM:
