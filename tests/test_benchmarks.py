@@ -1,0 +1,303 @@
+"""`verbo eval --benchmark`: each benchmark read from a tiny fixture in its exact official layout, scored through
+`Benchmark.score` with given replies against values derived by hand from the official rules, its submission file;
+the runner's sampling and resuming; the CLI end to end on a tiny model, and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from verbovision.cli import main
+from verbovision.errors import ConfigError, DataError
+from verbovision.evaluate.benchmarks import BENCHMARKS
+from verbovision.evaluate.benchmarks import run as runner
+from verbovision.evaluate.benchmarks.run import BenchmarkRun, benchmarks_named, run_benchmarks, sample
+from verbovision.infer.options import Generation
+
+
+def _image(path: Path, color: str = "red") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), color).save(path, format="JPEG")
+
+
+def _json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _replies(items, by_position: list[str]) -> dict[str, str]:
+    return {item.id: reply for item, reply in zip(items, by_position, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------- fixtures as published
+
+RED = "a red circle on a white background"
+BLUE = "two blue squares next to each other"
+
+
+def _karpathy_image(imgid: int, split: str, filename: str, sentences: list[str], **extra) -> dict:
+    """One image of Karpathy's dataset_*.json: sentences with tokens, raw, imgid, sentid."""
+    return {"imgid": imgid, "split": split, "filename": filename, "sentids": list(range(len(sentences))),
+            "sentences": [{"tokens": s.split(), "raw": s, "imgid": imgid, "sentid": k} for k, s in enumerate(sentences)],
+            **extra}
+
+
+def coco_karpathy_dir(root: Path) -> Path:
+    """dataset_coco.json with three test images (val2014/), one train image (train2014/) in between."""
+    images = [
+        _karpathy_image(0, "test", "COCO_val2014_000000000042.jpg", [RED] * 5, filepath="val2014", cocoid=42),
+        _karpathy_image(1, "train", "COCO_train2014_000000000007.jpg", ["a cat"] * 5, filepath="train2014", cocoid=7),
+        _karpathy_image(2, "test", "COCO_val2014_000000000043.jpg", [BLUE] * 5, filepath="val2014", cocoid=43),
+        _karpathy_image(3, "test", "COCO_val2014_000000000044.jpg",
+                        ["a green triangle", "one green triangle", "a small green triangle", "green triangle on grey",
+                         "a triangle that is green"], filepath="val2014", cocoid=44),
+    ]
+    _json(root / "dataset_coco.json", {"images": images, "dataset": "coco"})
+    for image in images:
+        _image(root / image["filepath"] / image["filename"])
+    return root
+
+
+VQA_ANSWERS = {
+    1: (["yes"] * 10, "yes/no", "is the"),
+    2: (["2"] * 2 + ["3"] * 8, "number", "how many"),
+    3: (["blue"] * 10, "other", "what color is the"),
+}
+
+
+def vqav2_dir(root: Path) -> Path:
+    """VQAv2 val (questions + annotations, val2014/) and test-dev (questions, test2015/), as visualqa.org
+    publishes them."""
+    questions = [{"image_id": 9, "question": f"Question {qid}?", "question_id": qid} for qid in VQA_ANSWERS]
+    _json(root / "v2_OpenEnded_mscoco_val2014_questions.json",
+          {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": "val2014",
+           "questions": questions})
+    annotations = [{"question_type": qtype, "multiple_choice_answer": answers[-1], "image_id": 9, "answer_type": atype,
+                    "question_id": qid, "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                                                    for k, a in enumerate(answers)]}
+                   for qid, (answers, atype, qtype) in VQA_ANSWERS.items()]
+    _json(root / "v2_mscoco_val2014_annotations.json",
+          {"info": {}, "license": {}, "data_subtype": "val2014", "annotations": annotations})
+    _json(root / "v2_OpenEnded_mscoco_test-dev2015_questions.json",
+          {"data_subtype": "test-dev2015", "questions": [{"image_id": 11, "question": "What is it?",
+                                                          "question_id": 110}]})
+    _image(root / "val2014/COCO_val2014_000000000009.jpg")
+    _image(root / "test2015/COCO_test2015_000000000011.jpg")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------- coco-karpathy
+
+
+def test_coco_karpathy_reads_the_test_split_in_file_order(tmp_path):
+    items = BENCHMARKS["coco-karpathy"].read(coco_karpathy_dir(tmp_path), "test")
+    assert [item.id for item in items] == ["42", "43", "44"]
+    assert items[0].image == tmp_path / "val2014/COCO_val2014_000000000042.jpg"
+    assert items[0].prompt == "Describe the image briefly." and items[0].references == (RED,) * 5
+    assert [item.id for item in BENCHMARKS["coco-karpathy"].read(tmp_path, "train")] == ["7"]
+
+
+def test_coco_karpathy_scores_as_cocoevalcap(tmp_path):
+    benchmark = BENCHMARKS["coco-karpathy"]
+    items = benchmark.read(coco_karpathy_dir(tmp_path), "test")
+    result = benchmark.score(items, _replies(items, [RED, BLUE, "zzz qqq"]))
+    # CIDEr-D of a caption equal to all 5 references: each n-gram vector equals the reference's, so every n's cosine
+    # is 1 and the length penalty exp(0) = 1: 10 * mean over n of 1 = 10. A caption sharing no word with its
+    # references: every cosine 0, so 0. Mean over the 3 images: 20 / 3.
+    assert result.per_item["CIDEr"] == pytest.approx({"42": 10.0, "43": 10.0, "44": 0.0})
+    assert result.values["CIDEr"] == pytest.approx(20 / 3)
+    # ROUGE-L: an exact reference has LCS = its length, so P = R = F = 1; no common word: 0. Mean: 2/3.
+    assert result.values["ROUGE_L"] == pytest.approx(2 / 3)
+    # BLEU-1 (corpus): matched unigrams / hypothesis unigrams = (7 + 7 + 0) / (7 + 7 + 2); the closest reference
+    # lengths (7, 7, 3) sum to 17 > 16 hypothesis words, so the brevity penalty is exp(1 - 17/16).
+    assert result.values["Bleu_1"] == pytest.approx(14 / 16 * math.exp(1 - 17 / 16), rel=1e-6)
+
+    submission = json.loads(benchmark.write_submission(items, _replies(items, ["a", "b", "c"]), tmp_path).read_text())
+    assert submission == [{"image_id": 42, "caption": "a"}, {"image_id": 43, "caption": "b"},
+                          {"image_id": 44, "caption": "c"}]
+
+
+# --------------------------------------------------------------------------------------------------------- vqav2
+
+
+def test_vqav2_reads_questions_with_their_ten_answers_and_the_llava_prompt(tmp_path):
+    items = BENCHMARKS["vqav2"].read(vqav2_dir(tmp_path), "val")
+    assert [item.id for item in items] == ["1", "2", "3"]
+    assert items[1].prompt == "Question 2?\nAnswer the question using a single word or phrase."
+    assert items[1].references == ("2",) * 2 + ("3",) * 8 and items[1].group == "number"
+    assert items[0].image == tmp_path / "val2014/COCO_val2014_000000000009.jpg"
+
+
+def test_vqav2_val_scores_as_vqaeval_on_the_evalai_processed_answer(tmp_path):
+    benchmark = BENCHMARKS["vqav2"]
+    items = benchmark.read(vqav2_dir(tmp_path), "val")
+    result = benchmark.score(items, _replies(items, ["Yes.", "two", "red"]))
+    # "Yes." -> EvalAI processing -> "yes"; all 10 humans said "yes": every leave-one-out subset has 9 matches,
+    # min(1, 9/3) = 1, so 1.
+    # "two" -> "2" (number words become digits); 2 of 10 humans said "2": leaving out one of those two leaves 1 match
+    # (1/3), leaving out any of the other 8 leaves 2 (2/3): (2 * 1/3 + 8 * 2/3) / 10 = 0.6.
+    # "red" against ten "blue": 0.
+    assert result.per_item["vqa"] == pytest.approx({"1": 1.0, "2": 0.6, "3": 0.0})
+    assert result.values["vqa"] == pytest.approx(1.6 / 3)
+    assert result.details["vqa[answer_type=number]"] == pytest.approx(0.6)
+    assert result.details["vqa (vqaEval.py %)"] == 53.33
+
+    path = benchmark.write_submission(items, _replies(items, ["Yes.", "two", "red"]), tmp_path)
+    assert path.name == "vqa_OpenEnded_mscoco_val2014_verbo_results.json"
+    assert json.loads(path.read_text()) == [{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "2"},
+                                            {"question_id": 3, "answer": "red"}]
+
+
+def test_vqav2_test_dev_writes_the_submission_and_says_where_to_send_it(tmp_path):
+    benchmark = BENCHMARKS["vqav2"]
+    items = benchmark.read(vqav2_dir(tmp_path), "test-dev")
+    assert [item.id for item in items] == ["110"] and items[0].references == ()
+    assert items[0].image == tmp_path / "test2015/COCO_test2015_000000000011.jpg"
+    result = benchmark.score(items, {"110": "A Dog"})
+    assert result.values == {}
+    assert result.skipped["vqa"] == ("no public answers; submit vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json "
+                                     "to EvalAI (eval.ai, VQA Challenge, test-dev phase)")
+    path = benchmark.write_submission(items, {"110": "A Dog"}, tmp_path)
+    assert json.loads(path.read_text()) == [{"question_id": 110, "answer": "dog"}]
+
+
+# ------------------------------------------------------------------------------------------------------- runner
+
+
+@pytest.fixture
+def no_java(monkeypatch):
+    """Caption benchmarks scored without METEOR, whose Java program takes seconds to start, where the test is about
+    something else."""
+    from verbovision.evaluate.benchmarks import captioning
+
+    monkeypatch.setattr(captioning, "METRICS", ("bleu", "rouge_l", "cider"))
+
+
+class Replier:
+    """A generator that answers every prompt with its position in the calls, and counts what it was asked."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.asked, self.fail_after = 0, fail_after
+
+    def generate_details(self, records, options, batch_size):
+        if self.fail_after is not None and self.asked >= self.fail_after:
+            raise KeyboardInterrupt
+        self.asked += len(records)
+        return [Generation(f"reply {record.turns[0].text[-12:]}", 5, 3, "stop") for record in records]
+
+
+def test_limit_draws_a_seeded_sample_kept_in_order():
+    items = list(range(100))
+    chosen = sample(items, 10)
+    assert chosen == sorted(chosen) and len(set(chosen)) == 10 and chosen == sample(items, 10)
+    assert chosen != items[:10]  # a sample of the whole split, not its first items
+    assert sample(items, None) == items and sample(items, 500) == items
+
+
+def test_an_interrupted_run_resumes_generating_only_what_is_missing(tmp_path, monkeypatch, no_java):
+    monkeypatch.setattr(runner, "CHUNK_ITEMS", 2)
+    data = vqav2_dir(coco_karpathy_dir(tmp_path / "data"))
+    run = BenchmarkRun(benchmarks_named("coco-karpathy,vqav2"), data, tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmarks(run, lambda: Replier(fail_after=2))  # one chunk of coco-karpathy kept, then interrupted
+    assert not (tmp_path / "out/coco-karpathy/report.md").exists()
+    resumed = Replier()
+    reports = run_benchmarks(run, lambda: resumed)
+    assert resumed.asked == 1 + 3  # the third caption, then vqav2's three questions
+    whole = run_benchmarks(BenchmarkRun(run.benchmarks, data, tmp_path / "whole"), Replier)
+    for name in ("coco-karpathy", "vqav2"):
+        assert (tmp_path / "out" / name / "predictions.jsonl").read_text() == \
+            (tmp_path / "whole" / name / "predictions.jsonl").read_text()
+        assert reports[name]["metrics"] == whole[name]["metrics"]
+        assert not (tmp_path / "out" / name / "generated").exists()
+
+    untouched = Replier()
+    run_benchmarks(run, lambda: untouched)  # everything finished: nothing generated, no model opened
+    assert untouched.asked == 0
+    with pytest.raises(DataError, match=r"holds replies of other settings \(items, limit differ\)"):
+        run_benchmarks(BenchmarkRun(run.benchmarks, data, tmp_path / "out", limit=2), Replier)
+
+
+def test_the_summary_lists_every_value_and_why_a_split_has_none(tmp_path):
+    data = vqav2_dir(tmp_path / "data")
+    run_benchmarks(BenchmarkRun(benchmarks_named("vqav2"), data, tmp_path / "val"), Replier)
+    run_benchmarks(BenchmarkRun(benchmarks_named("vqav2"), data, tmp_path / "dev", split="test-dev"), Replier)
+    val = json.loads((tmp_path / "val/summary.json").read_text())["vqav2"]
+    assert val["split"] == "val" and val["records"] == 3 and set(val["metrics"]) == {"vqa"}
+    dev = json.loads((tmp_path / "dev/summary.json").read_text())["vqav2"]
+    assert dev["metrics"] == {} and "submit vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json" in dev["skipped"]["vqa"]
+    assert dev["submission"] == "vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json"
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_verbo_eval_benchmark_end_to_end_and_resumed(plain_model_dir, tmp_path, capsys, monkeypatch, no_java):
+    data = vqav2_dir(coco_karpathy_dir(tmp_path / "data"))
+    out = tmp_path / "out"
+    command = ["eval", str(plain_model_dir), "--benchmark", "coco-karpathy,vqav2", "--data-dir", str(data),
+               "--limit", "3", "--out", str(out), "--device", "cpu"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "coco-karpathy  CIDEr" in printed and "vqav2          vqa" in printed
+
+    rows = [json.loads(line) for line in (out / "coco-karpathy/predictions.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["42", "43", "44"]
+    assert {"id", "prompt", "prediction", "references", "group"} <= set(rows[0])
+    captions = json.loads((out / "coco-karpathy/captions_karpathy_results.json").read_text())
+    assert [row["image_id"] for row in captions] == [42, 43, 44]
+    assert [row["caption"] for row in captions] == [row["prediction"] for row in rows]
+    answers = json.loads((out / "vqav2/vqa_OpenEnded_mscoco_val2014_verbo_results.json").read_text())
+    assert [set(row) for row in answers] == [{"question_id", "answer"}] * 3
+    report = json.loads((out / "vqav2/report.json").read_text())
+    assert report["decoding"]["max_new_tokens"] == 16 and report["records"] == 3
+    assert (out / "vqav2/report.md").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"coco-karpathy", "vqav2"} and "CIDEr" in summary["coco-karpathy"]["metrics"]
+
+    # A rerun with the same settings finds both finished: it opens no model and prints the same table.
+    monkeypatch.setattr("verbovision.cli.evaluate.load_vlm", lambda args: pytest.fail("the model was opened"))
+    before = (out / "vqav2/report.json").stat().st_mtime_ns
+    assert main(command) == 0
+    assert capsys.readouterr().out == printed
+    assert (out / "vqav2/report.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--benchmark", "coco-karpathy", "--data", "x.json"], "--data and --benchmark exclude each other"),
+    ([], "nothing to evaluate: give --data FILE"),
+    (["--benchmark", "coco"], "--benchmark: 'coco' unknown (did you mean 'coco-karpathy'?); use coco-karpathy,"),
+    (["--benchmark", "vqa2"], "--benchmark: 'vqa2' unknown (did you mean 'vqav2'?)"),
+    (["--benchmark", "vqav2", "--split", "test"], "--split of vqav2: 'test' unknown (did you mean 'test-dev'?)"),
+    (["--benchmark", "vqav2"], "--benchmark needs --data-dir DIR"),
+])
+def test_eval_benchmark_argument_errors_are_one_line(tmp_path, capsys, arguments, message):
+    data_dir = [] if message.startswith("--benchmark needs") else ["--data-dir", str(vqav2_dir(tmp_path))]
+    assert main(["eval", "no-model", *arguments, *(data_dir if "--benchmark" in arguments else [])]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("verbo: error: ") and message in error and error.count("\n") == 1
+
+
+def test_a_missing_official_file_is_named_with_where_it_is_published(tmp_path, capsys):
+    assert main(["eval", "no-model", "--benchmark", "coco-karpathy", "--data-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'dataset_coco.json'} not found; expected dataset_coco.json in --data-dir, as Karpathy's " \
+           "caption_datasets.zip" in error and error.count("\n") == 1
+
+    coco_karpathy_dir(tmp_path)
+    (tmp_path / "val2014/COCO_val2014_000000000043.jpg").unlink()
+    assert main(["eval", "no-model", "--benchmark", "coco-karpathy", "--data-dir", str(tmp_path)]) == 2
+    assert f"coco-karpathy: image {tmp_path / 'val2014/COCO_val2014_000000000043.jpg'} not found; --data-dir should " \
+           "hold dataset_coco.json" in capsys.readouterr().err
+
+
+def test_every_benchmark_says_where_its_files_prompt_and_scoring_come_from():
+    for name, benchmark in BENCHMARKS.items():
+        assert benchmark.name == name and benchmark.task in ("caption", "vqa") and benchmark.splits
+        assert benchmark.files and benchmark.prompt_source and benchmark.metric and benchmark.reference
+    with pytest.raises(ConfigError):
+        benchmarks_named(" , ")
