@@ -42,7 +42,8 @@ BLUE = "two blue squares next to each other"
 def _karpathy_image(imgid: int, split: str, filename: str, sentences: list[str], **extra) -> dict:
     """One image of Karpathy's dataset_*.json: sentences with tokens, raw, imgid, sentid."""
     return {"imgid": imgid, "split": split, "filename": filename, "sentids": list(range(len(sentences))),
-            "sentences": [{"tokens": s.split(), "raw": s, "imgid": imgid, "sentid": k} for k, s in enumerate(sentences)],
+            "sentences": [{"tokens": s.split(), "raw": s, "imgid": imgid, "sentid": k}
+                          for k, s in enumerate(sentences)],
             **extra}
 
 
@@ -87,6 +88,53 @@ def vqav2_dir(root: Path) -> Path:
                                                           "question_id": 110}]})
     _image(root / "val2014/COCO_val2014_000000000009.jpg")
     _image(root / "test2015/COCO_test2015_000000000011.jpg")
+    return root
+
+
+def flickr30k_dir(root: Path) -> Path:
+    """dataset_flickr30k.json (no filepath, no cocoid: the Flickr photo id is the file name) and flickr30k-images/."""
+    images = [_karpathy_image(0, "test", "1000092795.jpg", [RED] * 5),
+              _karpathy_image(1, "train", "10002456.jpg", ["a dog"] * 5),
+              _karpathy_image(2, "test", "1000268201.jpg", [BLUE] * 5)]
+    _json(root / "dataset_flickr30k.json", {"images": images, "dataset": "flickr30k"})
+    for image in images:
+        _image(root / "flickr30k-images" / image["filename"])
+    return root
+
+
+def textcaps_dir(root: Path) -> Path:
+    """TextCaps_0.1_val.json: a row per caption, each carrying its image's reference_strs; train_images/."""
+    def row(image_id: str, caption_id: int, references: list[str]) -> dict:
+        return {"image_id": image_id, "image_name": image_id, "image_path": f"train/{image_id}.jpg",
+                "caption_id": caption_id, "caption_str": references[0], "caption_tokens": references[0].split(),
+                "reference_strs": references, "reference_tokens": [r.split() for r in references], "set_name": "val"}
+
+    data = [row("0054c91397f2fe05", 1, [RED] * 5), row("0054c91397f2fe05", 2, [RED] * 5),
+            row("011e7e629fb9ae7b", 3, [BLUE] * 5)]
+    _json(root / "TextCaps_0.1_val.json", {"dataset_type": "val", "dataset_name": "textcaps",
+                                           "dataset_version": "0.1", "data": data})
+    for image_id in ("0054c91397f2fe05", "011e7e629fb9ae7b"):
+        _image(root / "train_images" / f"{image_id}.jpg")
+    return root
+
+
+NOCAPS = [("in-domain", "a red circle on white"), ("in-domain", "two blue squares side by side"),
+          ("near-domain", "one green triangle near grey"), ("near-domain", "a yellow star in the sky"),
+          ("out-domain", "a purple hexagon and black dots"), ("out-domain", "an orange oval over brown sand")]
+
+
+def nocaps_dir(root: Path) -> Path:
+    """nocaps_val_4500_captions.json (COCO caption format, each image with its domain; 10 captions an image) and
+    val/, as nocaps publishes them."""
+    images = [{"id": k, "file_name": f"{k:016x}.jpg", "height": 32, "width": 32, "domain": domain,
+               "open_images_id": f"{k:016x}", "coco_url": f"https://s3.amazonaws.com/nocaps/val/{k:016x}.jpg"}
+              for k, (domain, _) in enumerate(NOCAPS)]
+    annotations = [{"image_id": k, "id": 10 * k + j, "caption": caption}
+                   for k, (_, caption) in enumerate(NOCAPS) for j in range(10)]
+    _json(root / "nocaps_val_4500_captions.json", {"licenses": [], "info": {}, "images": images,
+                                                   "annotations": annotations})
+    for image in images:
+        _image(root / "val" / image["file_name"])
     return root
 
 
@@ -165,6 +213,63 @@ def test_vqav2_test_dev_writes_the_submission_and_says_where_to_send_it(tmp_path
     assert json.loads(path.read_text()) == [{"question_id": 110, "answer": "dog"}]
 
 
+# ------------------------------------------------------------------------------------------ nocaps, flickr, textcaps
+
+
+def test_nocaps_scores_all_images_and_each_domain_on_its_own(tmp_path, no_java):
+    benchmark = BENCHMARKS["nocaps"]
+    items = benchmark.read(nocaps_dir(tmp_path), "val")
+    assert [item.group for item in items] == [domain for domain, _ in NOCAPS]
+    assert items[0].image == tmp_path / "val/0000000000000000.jpg" and len(items[0].references) == 10
+    replies = [NOCAPS[0][1], NOCAPS[1][1], NOCAPS[2][1], "zzz", "zzz qqq", "qqq"]
+    result = benchmark.score(items, _replies(items, replies))
+    # A caption equal to all its references scores CIDEr-D 10 (every cosine 1, no length penalty) in any set where
+    # some of its n-grams of each length are rarer than in every image (idf > 0); one sharing no word scores 0.
+    # Overall: 10, 10, 10, 0, 0, 0 -> 5. In-domain: both perfect -> 10; near-domain: 10 and 0 -> 5; out-domain: 0.
+    assert result.values["CIDEr"] == pytest.approx(5.0)
+    assert result.values["CIDEr[domain=in-domain]"] == pytest.approx(10.0)
+    assert result.values["CIDEr[domain=near-domain]"] == pytest.approx(5.0)
+    assert result.values["CIDEr[domain=out-domain]"] == pytest.approx(0.0)
+    # ROUGE-L per domain, in the details: 1 for an exact reference, 0 without a common word.
+    assert result.details["ROUGE_L[domain=near-domain]"] == pytest.approx(0.5)
+    assert "CIDEr[domain=in-domain]" in result.intervals
+
+
+def test_a_domain_of_one_image_scores_cider_0_as_the_per_domain_evaluation_does(tmp_path, no_java):
+    benchmark = BENCHMARKS["nocaps"]
+    items = [item for item in benchmark.read(nocaps_dir(tmp_path), "val") if item.id in ("0", "1", "2")]
+    result = benchmark.score(items, _replies(items, [NOCAPS[0][1], NOCAPS[1][1], NOCAPS[2][1]]))
+    # near-domain alone is one image: each of its n-grams is in 1 of 1 documents, idf = log(1/1) = 0, so its vectors
+    # are empty and CIDEr-D is 0 for a perfect caption, which scores 10 among all three images.
+    assert result.per_item["CIDEr"]["2"] == pytest.approx(10.0)
+    assert result.values["CIDEr[domain=near-domain]"] == 0.0
+
+
+def test_flickr30k_reads_karpathys_test_split_with_flickr_ids(tmp_path, no_java):
+    benchmark = BENCHMARKS["flickr30k"]
+    items = benchmark.read(flickr30k_dir(tmp_path), "test")
+    assert [item.id for item in items] == ["1000092795", "1000268201"]
+    assert items[0].image == tmp_path / "flickr30k-images/1000092795.jpg"
+    assert items[0].prompt == "Provide a one-sentence caption for the provided image."
+    result = benchmark.score(items, _replies(items, [RED, "zzz"]))
+    assert result.per_item["CIDEr"] == pytest.approx({"1000092795": 10.0, "1000268201": 0.0})  # as for COCO above
+    path = benchmark.write_submission(items, _replies(items, ["a", "b"]), tmp_path)
+    assert json.loads(path.read_text()) == [{"image_id": 1000092795, "caption": "a"},
+                                            {"image_id": 1000268201, "caption": "b"}]
+
+
+def test_textcaps_has_one_item_per_image_with_its_reference_strs(tmp_path, no_java):
+    benchmark = BENCHMARKS["textcaps"]
+    items = benchmark.read(textcaps_dir(tmp_path), "val")
+    assert [item.id for item in items] == ["0054c91397f2fe05", "011e7e629fb9ae7b"]
+    assert items[0].references == (RED,) * 5 and items[0].image == tmp_path / "train_images/0054c91397f2fe05.jpg"
+    result = benchmark.score(items, _replies(items, [RED, BLUE]))
+    assert result.values["CIDEr"] == pytest.approx(10.0) and result.values["ROUGE_L"] == pytest.approx(1.0)
+    path = benchmark.write_submission(items, _replies(items, ["a", "b"]), tmp_path)
+    assert json.loads(path.read_text()) == [{"image_id": "0054c91397f2fe05", "caption": "a"},
+                                            {"image_id": "011e7e629fb9ae7b", "caption": "b"}]
+
+
 # ------------------------------------------------------------------------------------------------------- runner
 
 
@@ -229,7 +334,8 @@ def test_the_summary_lists_every_value_and_why_a_split_has_none(tmp_path):
     val = json.loads((tmp_path / "val/summary.json").read_text())["vqav2"]
     assert val["split"] == "val" and val["records"] == 3 and set(val["metrics"]) == {"vqa"}
     dev = json.loads((tmp_path / "dev/summary.json").read_text())["vqav2"]
-    assert dev["metrics"] == {} and "submit vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json" in dev["skipped"]["vqa"]
+    assert dev["metrics"] == {}
+    assert "submit vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json" in dev["skipped"]["vqa"]
     assert dev["submission"] == "vqa_OpenEnded_mscoco_test-dev2015_verbo_results.json"
 
 
@@ -301,3 +407,12 @@ def test_every_benchmark_says_where_its_files_prompt_and_scoring_come_from():
         assert benchmark.files and benchmark.prompt_source and benchmark.metric and benchmark.reference
     with pytest.raises(ConfigError):
         benchmarks_named(" , ")
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("coco-karpathy", "dataset_coco.json"), ("nocaps", "nocaps_val_4500_captions.json"),
+    ("flickr30k", "dataset_flickr30k.json"), ("textcaps", "TextCaps_0.1_val.json"),
+    ("vqav2", "v2_OpenEnded_mscoco_val2014_questions.json")])
+def test_each_benchmark_names_the_file_it_misses(tmp_path, name, expected):
+    with pytest.raises(DataError, match=f"{name}: .*{expected} not found; expected {expected} in --data-dir, as "):
+        BENCHMARKS[name].read(tmp_path, BENCHMARKS[name].splits[0])

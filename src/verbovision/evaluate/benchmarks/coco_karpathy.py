@@ -17,7 +17,8 @@ PROMPT = "Describe the image briefly."
 
 
 def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
-    return read_karpathy("coco-karpathy", data_dir, "dataset_coco.json", split, lambda image: entry(image, "filepath", "dataset_coco.json"), PROMPT)
+    return read_karpathy("coco-karpathy", data_dir, "dataset_coco.json", split,
+                         lambda image: entry(image, "filepath", "dataset_coco.json"), PROMPT)
 
 
 BENCHMARK = Benchmark(

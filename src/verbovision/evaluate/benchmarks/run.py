@@ -131,7 +131,8 @@ def _claim(folder: Path, settings: dict) -> None:
         write_json(folder / "settings.json", settings)
         return
     if json.loads(json.dumps(settings)) != kept:
-        changed = sorted(key for key in {*settings, *kept} if json.dumps(settings.get(key)) != json.dumps(kept.get(key)))
+        changed = sorted(key for key in {*settings, *kept}
+                         if json.dumps(settings.get(key)) != json.dumps(kept.get(key)))
         raise DataError(f"{folder} holds replies of other settings ({', '.join(changed)} differ); pass another --out "
                         "or delete that folder")
 

@@ -51,7 +51,8 @@ def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
                 "split": split}
         answer = annotations.get(question_id)
         if split == "val" and answer is None:
-            raise DataError(f"{path}: question_id {question_id} has no annotation in v2_mscoco_val2014_annotations.json")
+            raise DataError(f"{path}: question_id {question_id} has no annotation in "
+                            "v2_mscoco_val2014_annotations.json")
         references = tuple(a["answer"] for a in answer["answers"]) if answer else ()
         if answer:
             meta.update(answer_type=answer["answer_type"], question_type=answer["question_type"])
