@@ -416,3 +416,43 @@ def test_every_benchmark_says_where_its_files_prompt_and_scoring_come_from():
 def test_each_benchmark_names_the_file_it_misses(tmp_path, name, expected):
     with pytest.raises(DataError, match=f"{name}: .*{expected} not found; expected {expected} in --data-dir, as "):
         BENCHMARKS[name].read(tmp_path, BENCHMARKS[name].splits[0])
+
+
+# --------------------------------------------------------------------------------------------- during training
+
+
+def test_a_stage_scores_its_eval_benchmarks_at_each_validation(tmp_path, shapes_data, no_java):
+    from verbovision.config.parse import parse_recipe
+    from verbovision.train.run import train_recipe
+
+    from .helpers import stage, tiny_recipe
+
+    data = vqav2_dir(coco_karpathy_dir(tmp_path / "benchmarks"))
+    benchmarks = [{"name": "coco-karpathy", "data_dir": str(data), "limit": 2},
+                  {"name": "vqav2", "data_dir": str(data)}]
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=4, eval_every=2,
+                                                          eval_benchmarks=benchmarks)]))
+    train_recipe(recipe, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    validations = [row for row in rows if "val_loss" in row]
+    assert [row["step"] for row in validations] == [2, 4]
+    for row in validations:  # logged beside the loss, each a value of its benchmark's own scoring
+        assert {"coco-karpathy/CIDEr", "coco-karpathy/Bleu_4", "vqav2/vqa"} <= set(row)
+        assert 0 <= row["vqav2/vqa"] <= 1
+
+
+def test_eval_benchmarks_are_checked_before_training(tmp_path, shapes_data):
+    from verbovision.config.parse import parse_recipe
+    from verbovision.train.run import train_recipe
+
+    from .helpers import stage, tiny_recipe
+
+    no_validation = stage("s", eval_benchmarks=[{"name": "vqav2", "data_dir": "x"}])
+    no_validation["data"] = {"train": no_validation["data"]["train"]}
+    with pytest.raises(ConfigError, match=r"stages\.0\.eval_benchmarks: scored at each validation, which needs "
+                                          "data.val"):
+        parse_recipe(tiny_recipe(shapes_data, [no_validation]))
+    misspelt = parse_recipe(tiny_recipe(shapes_data, [stage("s", eval_benchmarks=[{"name": "vqa2", "data_dir": "x"}])]))
+    with pytest.raises(ConfigError, match="did you mean 'vqav2'"):
+        train_recipe(misspelt, tmp_path / "run")
+    assert not (tmp_path / "run/metrics.jsonl").exists()

@@ -85,7 +85,7 @@ def sample(items: list[BenchmarkItem], limit: int | None) -> list[BenchmarkItem]
 def run_benchmarks(run: BenchmarkRun, open_generator: Callable[[], Generator]) -> dict[str, dict]:
     """Every benchmark of `run`, each read and checked before the model is opened (`open_generator`, called once
     and only if a benchmark has replies left to generate); benchmark name -> its report.json."""
-    planned = [(benchmark, _items(benchmark, run)) for benchmark in run.benchmarks]
+    planned = [(benchmark, load_items(benchmark, run.data_dir, run.split, run.limit)) for benchmark in run.benchmarks]
     generator = None
     reports = {}
     for benchmark, items in planned:
@@ -100,12 +100,13 @@ def run_benchmarks(run: BenchmarkRun, open_generator: Callable[[], Generator]) -
     return reports
 
 
-def _items(benchmark: Benchmark, run: BenchmarkRun) -> list[BenchmarkItem]:
-    split = run.split or benchmark.splits[0]
+def load_items(benchmark: Benchmark, data_dir: Path, split: str | None, limit: int | None) -> list[BenchmarkItem]:
+    """The items of a split (None: the benchmark's default), sampled down to `limit`, their images checked."""
+    split = split or benchmark.splits[0]
     check_choice(split, benchmark.splits, f"--split of {benchmark.name}")
-    items = sample(benchmark.read(run.data_dir, split), run.limit)
+    items = sample(benchmark.read(data_dir, split), limit)
     if not items:
-        raise DataError(f"{benchmark.name}: no items in split {split!r} of {run.data_dir}")
+        raise DataError(f"{benchmark.name}: no items in split {split!r} of {data_dir}")
     missing = next((item.image for item in items if not Path(item.image).is_file()), None)
     if missing is not None:
         raise DataError(f"{benchmark.name}: image {missing} not found; --data-dir should hold {benchmark.files}")
@@ -154,19 +155,24 @@ def _evaluate(benchmark: Benchmark, items: list[BenchmarkItem], folder: Path, ge
     shutil.rmtree(folder / "generated", ignore_errors=True)
 
 
+def replies_for(items: Sequence[BenchmarkItem], generator: Generator, options: DecodeOptions,
+                batch_size: int) -> list[Generation]:
+    """The generator's reply to each item: its image and prompt as one user turn."""
+    from ...infer.messages import prompt_record
+
+    return generator.generate_details([prompt_record(item.image, item.prompt) for item in items], options, batch_size)
+
+
 def _generate(items: list[BenchmarkItem], chunks: Path, generator: Generator, options: DecodeOptions,
               batch_size: int) -> dict[str, dict]:
     """Item id -> {prediction, finish_reason}: those of earlier chunk files, then the rest generated CHUNK_ITEMS at a
     time, each chunk kept as soon as it is generated."""
-    from ...infer.messages import prompt_record
-
     done = {row["id"]: row for path in sorted(chunks.glob("*.jsonl"))
             for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
     todo = [item for item in items if item.id not in done]
     for start in range(0, len(todo), CHUNK_ITEMS):
         chunk = todo[start:start + CHUNK_ITEMS]
-        generations = generator.generate_details([prompt_record(item.image, item.prompt) for item in chunk],
-                                                 options, batch_size)
+        generations = replies_for(chunk, generator, options, batch_size)
         rows = [{"id": item.id, "prediction": g.text, "finish_reason": g.finish_reason}
                 for item, g in zip(chunk, generations)]
         write_atomic(chunks / f"{len(list(chunks.glob('*.jsonl'))):06d}.jsonl",
