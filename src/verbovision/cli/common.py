@@ -73,15 +73,19 @@ def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | 
 # ------------------------------------------------------------------------------------------------ generation
 
 
-def add_decode_options(parser: argparse.ArgumentParser) -> None:
+def add_decode_options(parser: argparse.ArgumentParser, length_default: str | None = None) -> None:
     """The decoding flags of every generating command; each flag's dest is the DecodeOptions field it sets, and the
-    defaults are DecodeOptions' own, so that `decode_options_from_flags` of no flags is `DecodeOptions()`."""
+    defaults are DecodeOptions' own, so that `decode_options_from_flags` of no flags is `DecodeOptions()`.
+
+    `length_default` says in words what --max-new-tokens defaults to where the command decides it (its value is
+    then None when the flag is not given)."""
     from ..infer.options import DecodeOptions
 
     group = parser.add_argument_group("decoding (greedy by default)")
-    group.add_argument("--max-new-tokens", type=int, default=DecodeOptions.max_new_tokens,
-                       help="longest reply in tokens (default: %(default)s); replies cut there are counted as "
-                            "truncated")
+    group.add_argument("--max-new-tokens", type=int,
+                       default=None if length_default else DecodeOptions.max_new_tokens,
+                       help=f"longest reply in tokens (default: {length_default or '%(default)s'}); replies cut there "
+                            "are counted as truncated")
     group.add_argument("--beams", type=int, default=DecodeOptions.beams, help="beam search width")
     group.add_argument("--temperature", type=float, help="sampling temperature (turns sampling on)")
     group.add_argument("--top-p", type=float, help="nucleus sampling mass (turns sampling on)")
@@ -131,7 +135,8 @@ def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
     from ..infer.options import DecodeOptions
 
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
-    return DecodeOptions(**{**values, "stop": tuple(args.stop)})
+    length = DecodeOptions.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens  # see length_default
+    return DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
 
 
 def load_vlm(args: argparse.Namespace) -> VLM:

@@ -144,6 +144,11 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.packing: a token budget >= 1, and only for sft stages")
     if stage.best_metric not in BEST_METRICS:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric!r} unknown; use one of {', '.join(BEST_METRICS)}")
+    for i, benchmark in enumerate(stage.eval_benchmarks):
+        if not benchmark.name or not benchmark.data_dir:
+            raise ConfigError(f"{where}.eval_benchmarks.{i}: give name (e.g. coco-karpathy) and data_dir")
+    if stage.eval_benchmarks and not stage.data.val:
+        raise ConfigError(f"{where}.eval_benchmarks: scored at each validation, which needs data.val records")
     if stage.best_metric != "val_loss" and not stage.data.val:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric} needs data.val records to generate on")
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):

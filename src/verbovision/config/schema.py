@@ -44,6 +44,18 @@ class StageData:
 
 
 @dataclass
+class EvalBenchmark:
+    """A benchmark of `verbo eval --benchmark` scored at each validation of a stage and logged beside its losses."""
+
+    name: str = ""
+    """As --benchmark names it: coco-karpathy, nocaps, flickr30k, textcaps, vqav2, ..."""
+    data_dir: str = ""
+    """The folder of its official files, laid out as it publishes them; relative paths start at data_root."""
+    limit: int | None = 100
+    """Items scored: a sample of its default split drawn with seed 0, the same at every validation (null: all)."""
+
+
+@dataclass
 class Stage:
     """One training stage."""
 
@@ -132,6 +144,9 @@ class Stage:
     """Restore the weights with the lowest validation loss at the end of the stage."""
     early_stopping: int | None = None
     """Stop after this many validations without improvement; null never stops early."""
+    eval_benchmarks: list[EvalBenchmark] = field(default_factory=list)
+    """Benchmarks scored at each validation (greedy, each with its own prompt and token limit) and logged as
+    `<benchmark>/<metric>`, e.g. `coco-karpathy/CIDEr`; they need data.val (no validation runs without it)."""
     merge: bool = False
     """Fold the stage's LoRA adapter into the model that the next stage starts from (the adapter is kept)."""
     save_every: int | None = None

@@ -69,7 +69,8 @@ def prepare_stage(procs: Processes, recipe: Recipe, stage: Stage, base: str, run
     collator = Collator(encoder, features=features, cache_pixels=stage.cache_pixels)
     return StageSetup(procs, model, next(model.parameters()).device, processor, uses_lora, collator, train_sources,
                       epoch_order(val_sources, seed=0, shuffle=False), validation_records(recipe, stage), optimizer,
-                      scheduler, steps_per_epoch, total_steps, skips, summary, autocast)
+                      scheduler, steps_per_epoch, total_steps, skips, summary, autocast,
+                      benchmark_items(recipe, stage))
 
 
 def load_stage_model(recipe: Recipe, stage: Stage, base: str):
@@ -141,6 +142,18 @@ def feature_cache(procs: Processes, model, processor, stage: Stage, run_dir: Pat
             skips.add(*skip_entry(example.record_id, DataError(reason)))
             examples.remove(example)
     return cache
+
+
+def benchmark_items(recipe: Recipe, stage: Stage) -> list[tuple]:
+    """(benchmark, its sampled items) of each of the stage's eval_benchmarks, read and checked before the first step
+    (a misspelt name, a missing file or image stops the stage now, not at its first validation)."""
+    from ..evaluate.benchmarks.run import benchmarks_named, load_items
+
+    planned = []
+    for spec in stage.eval_benchmarks:
+        (benchmark,) = benchmarks_named(spec.name)
+        planned.append((benchmark, load_items(benchmark, Path(recipe.data_root) / spec.data_dir, None, spec.limit)))
+    return planned
 
 
 def validation_records(recipe: Recipe, stage: Stage) -> list:

@@ -42,6 +42,8 @@ class StageSetup:
     """What the stage is about to do (runinfo.stage_summary), printed and kept in run.json before its first step."""
     autocast: torch.dtype | None = None
     """What the forward passes compute in under autocast (setup.autocast_dtype); None: in the weights' dtype."""
+    benchmarks: list = field(default_factory=list)
+    """(benchmark, its sampled items) of each of the stage's eval_benchmarks (setup.benchmark_items)."""
 
 
 def compute_precision(setup: StageSetup):

@@ -32,6 +32,9 @@ def validation_values(loop: StageLoop) -> dict[str, float]:
         with compute_precision(setup):  # as the training forward computes
             values[f"val_{stage.best_metric}"] = generation_metric(loop.core, setup.collator.encoder,
                                                                    setup.val_records, stage)
+    if setup.benchmarks:
+        with compute_precision(setup):
+            values.update(benchmark_values(loop.core, setup.collator.encoder, setup.benchmarks, stage))
     return values
 
 
@@ -47,6 +50,22 @@ def track_best(loop: StageLoop, values: dict[str, float]) -> None:
     else:
         state.bad_evals += 1
         state.stopped = bool(stage.early_stopping and state.bad_evals >= stage.early_stopping)
+
+
+def benchmark_values(model, encoder: Encoder, benchmarks: list[tuple], stage: Stage) -> dict[str, float]:
+    """Each benchmark's values on its sampled items, greedy with its own token limit, as `<benchmark>/<metric>`."""
+    from ..evaluate.benchmarks.run import replies_for
+    from ..infer.options import DecodeOptions
+    from ..infer.vlm import VLM
+
+    values = {}
+    with evaluating(model):
+        vlm = VLM.from_loaded(model, encoder.processor, stage.template)
+        for benchmark, items in benchmarks:
+            generations = replies_for(items, vlm, DecodeOptions(benchmark.max_new_tokens), stage.batch_size)
+            result = benchmark.score(items, {item.id: g.text for item, g in zip(items, generations)})
+            values.update({f"{benchmark.name}/{metric}": value for metric, value in result.values.items()})
+    return values
 
 
 def generation_metric(model, encoder: Encoder, records, stage: Stage) -> float:
