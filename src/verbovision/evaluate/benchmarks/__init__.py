@@ -2,9 +2,14 @@
 what a benchmark is)."""
 
 from . import coco_karpathy
+from . import chair
 from . import flickr30k
+from . import gqa
 from . import nocaps
+from . import pope
 from . import textcaps
+from . import textvqa
+from . import vizwiz
 from . import vqav2
 from .base import Benchmark
 
@@ -14,5 +19,10 @@ BENCHMARKS: dict[str, Benchmark] = {module.BENCHMARK.name: module.BENCHMARK for 
     flickr30k,
     textcaps,
     vqav2,
+    textvqa,
+    vizwiz,
+    gqa,
+    pope,
+    chair,
 )}
 """Every benchmark `verbo eval --benchmark` runs, by name."""
