@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import Command, add_decode_options, add_reading_options, decode_options_from_flags, read_options
+from .common import (
+    Command,
+    add_decode_options,
+    add_reading_options,
+    decode_options_from_flags,
+    read_options,
+)
 
 METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, textvqa, numeric, choice, wer, "
                "cer")
@@ -17,6 +23,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     add_reading_options(p)
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=METRIC_HELP)
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
+    _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file")
     add_decode_options(p)
 
 
@@ -31,6 +38,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                       template=args.template, read=read_options(args))
     _print_scores(result)
     print(result.truncation)
+    _compare(result, args, out)
     print(f"predictions and report: {out}")
 
 
@@ -50,13 +58,37 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
                                   "answers/answer, or COCO caption annotations JSON")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=METRIC_HELP)
     p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
+    _add_compare_argument(p, "another predictions file of the same items, in PREDICTIONS' format (scored with the "
+                             "same --refs), or an evaluation folder")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from ..evaluate.metrics import parse_metrics
     from ..evaluate.scoring import score_file
 
-    _print_scores(score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out))
+    result = score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out)
+    _print_scores(result)
+    _compare(result, args, args.out, args.refs)
+
+
+def _add_compare_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--compare", metavar="RUN_OR_PREDICTIONS",
+                   help=f"test the difference from another model on the same items: {what}; per metric the "
+                        "difference, its 95%% interval and p-value (paired bootstrap), printed and added to the "
+                        "report")
+
+
+def _compare(result, args: argparse.Namespace, out, refs=None) -> None:
+    """--compare: the paired test of this result against the other predictions, printed and written to `out`."""
+    if not args.compare:
+        return
+    from ..evaluate.compare import compare_with, table, write_comparison
+    from ..evaluate.metrics import parse_metrics
+
+    comparison = compare_with(result, args.compare, parse_metrics(args.metrics), refs)
+    print(table(comparison))
+    if out:
+        write_comparison(out, comparison)
 
 
 def _print_scores(result) -> None:
