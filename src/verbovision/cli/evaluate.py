@@ -18,24 +18,68 @@ METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_matc
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="the model to load and evaluate (not with --endpoint)")
     p.add_argument("--data", required=True, help="data file or folder (any supported format)")
     add_reading_options(p)
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=METRIC_HELP)
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
     _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file")
+    _add_endpoint_arguments(p)
     add_decode_options(p)
+
+
+def _add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    from ..infer.endpoint import CACHE_FILE, CONCURRENCY
+
+    group = p.add_argument_group("a served model (instead of MODEL)")
+    group.add_argument("--endpoint", metavar="URL",
+                       help="evaluate the model an OpenAI-compatible server serves (verbo serve, vLLM, a hosted API): "
+                            "its API root, e.g. http://127.0.0.1:8000/v1; one chat completion per record, image as a "
+                            "data: URI; API key from $OPENAI_API_KEY; replies cached in the evaluation folder's "
+                            f"{CACHE_FILE}, so a rerun sends only what is missing; no loss or perplexity")
+    group.add_argument("--endpoint-model", metavar="NAME",
+                       help="the served model's name (default: the only one the server lists at /models)")
+    group.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
+
+
+def _endpoint(args: argparse.Namespace):
+    """The `infer.endpoint.Endpoint` --endpoint names (None without it), after one-line errors for a wrong mix of
+    MODEL, --endpoint and the flags of either."""
+    from ..errors import ConfigError
+    from ..infer.endpoint import CONCURRENCY, Endpoint
+    from ..infer.options import BATCH_SIZE
+
+    if args.endpoint is None:
+        if args.model is None:
+            raise ConfigError("verbo eval: give MODEL, or --endpoint URL to evaluate a served model")
+        if args.endpoint_model is not None or args.concurrency != CONCURRENCY:
+            raise ConfigError("verbo eval: --endpoint-model and --concurrency go with --endpoint URL")
+        return None
+    if args.model is not None:
+        raise ConfigError(f"verbo eval: MODEL ({args.model}) or --endpoint, not both; name the served model with "
+                          "--endpoint-model")
+    loading = {"--device": args.device is not None, "--dtype": args.dtype != "auto",
+               "--quantize": args.quantize != "none", "--template": args.template is not None,
+               "--compile": args.compile, "--batch-size": args.batch_size != BATCH_SIZE}
+    if any(loading.values()):
+        raise ConfigError(f"verbo eval --endpoint: {', '.join(f for f, given in loading.items() if given)} say how "
+                          "to load and batch a model here; the server loads and batches its own")
+    return Endpoint(args.endpoint, args.endpoint_model, args.concurrency)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..evaluate.metrics import parse_metrics
     from ..evaluate.run import evaluate
+    from ..infer.endpoint import CACHE_FILE, ResponseCache
 
-    out = Path(args.out or Path("eval") / Path(args.model).name)
-    result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
+    endpoint = _endpoint(args)
+    name = str(endpoint) if endpoint else args.model
+    out = Path(args.out or Path("eval") / Path(endpoint.model if endpoint else args.model).name)
+    if endpoint:
+        endpoint.cache = ResponseCache(out / CACHE_FILE)
+    result = evaluate(name, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
                       args.batch_size, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                      compiled=args.compile,
-                      template=args.template, read=read_options(args))
+                      compiled=args.compile, template=args.template, read=read_options(args), backend=endpoint)
     _print_scores(result)
     print(result.truncation)
     _compare(result, args, out)
@@ -46,7 +90,9 @@ EVAL = Command(
     "generate on a dataset and score it: every metric with a bootstrap interval", _eval_arguments, cmd_eval,
     "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
     "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
-    "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014")
+    "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014\n"
+    "  verbo eval runs/qs2/final --data data/shapes/test/caption_short_en.json --out eval/qs2 --compare eval/qs\n"
+    "  verbo eval --endpoint http://127.0.0.1:8000/v1 --data data/shapes/test/caption_short_en.json --out eval/served")
 
 
 def _score_arguments(p: argparse.ArgumentParser) -> None:
