@@ -14,9 +14,13 @@ import httpx
 import pytest
 
 from verbovision.cli import main
-from verbovision.infer.endpoint import CACHE_FILE
+from verbovision.data.records import Record, Turn
+from verbovision.errors import DataError
+from verbovision.infer.endpoint import CACHE_FILE, messages, parameters
+from verbovision.infer.messages import messages_record
+from verbovision.infer.options import DecodeOptions
 
-from .helpers import free_port, running
+from .helpers import free_port, picture, running
 
 FLAGS = ["--metrics", "bleu,rouge_l,cider,exact_match", "--max-new-tokens", "8"]
 
@@ -140,6 +144,27 @@ def test_refused_request_is_not_retried(model_dir, shapes_data, tmp_path, capsys
         refused = counts["bodies"][0]
         assert counts["bodies"].count(refused) == 1  # not sent again
     assert "HTTP 400: busy" in capsys.readouterr().err
+
+
+def test_a_conversation_becomes_the_messages_verbo_serve_reads_back():
+    turns = [Turn("system", "Be brief."), Turn("user", "<image>\nWhat is it?"), Turn("assistant", "A circle."),
+             Turn("user", "And here<image>"), Turn("assistant", "")]
+    record = Record("r", [picture(8, 8), picture(6, 4)], turns, "data.json")
+    sent = messages(record)
+    assert [m["content"] if isinstance(m["content"], str) else [p["type"] for p in m["content"]] for m in sent] == [
+        "Be brief.", ["image_url", "text"], "A circle.", ["text", "image_url"]]
+    back = messages_record(sent)  # as the server turns them into its record
+    # the same text, but that content parts put an image on its own line: OpenAI's messages cannot glue them
+    assert [t.text for t in back.turns] == [t.text.replace("here<", "here\n<") for t in turns]
+    assert len(back.images) == 2
+    with pytest.raises(DataError, match="2 <image> in the prompt for 1 images"):
+        messages(Record("r", record.images[:1], turns, "data.json"))
+
+
+def test_decoding_options_as_request_parameters():
+    assert parameters(DecodeOptions(16)) == {"max_tokens": 16, "temperature": 0}  # greedy
+    assert parameters(DecodeOptions(8, top_p=0.9, seed=1, stop=("x",), beams=1, top_k=5)) == {
+        "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "seed": 1, "stop": ["x"], "top_k": 5}
 
 
 @pytest.mark.parametrize(("flags", "message"), [

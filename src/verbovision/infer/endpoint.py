@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.images import read_image_bytes
-from ..data.records import DATA_IMAGE_TOKEN, Record
+from ..data.records import DATA_IMAGE_TOKEN, IMAGE_TOKENS, Record, RecordError
 from ..errors import VerboError
 from .options import BATCH_SIZE, DecodeOptions, Generation
 
@@ -128,7 +128,7 @@ class Endpoint:
                 problem, retry_after = f"cannot connect ({getattr(e, 'reason', e)})", None
             if attempt < self.retries:
                 time.sleep(_wait_s(attempt, retry_after, self.backoff_s))
-        raise EndpointError(f"{url}: {problem} ({self.retries + 1} tries); is the server running at {self.url}?")
+        raise EndpointError(f"{url}: {problem} ({self.retries + 1} tries)")
 
 
 def _wait_s(attempt: int, retry_after: str | None, backoff_s: float) -> float:
@@ -171,7 +171,13 @@ def generation_of(answer: dict, url: str) -> Generation:
 
 def messages(record: Record) -> list[dict]:
     """The record's turns before the reply to generate, as OpenAI chat messages: a turn with images as content parts,
-    its text split where each `<image>` stands (so `verbo serve` joins it back to the same text)."""
+    its text split where each `<image>` stands, so `verbo serve` joins it back to the same text where a line break
+    separates each image from its text, as in the records our readers make ("<image>\nDescribe..."); text glued to an
+    image reaches it with a line break between, as content parts have no way to say otherwise."""
+    marks = sum(turn.text.count(DATA_IMAGE_TOKEN) for turn in record.prompt_turns)
+    if marks != len(record.images):  # as the local encoder refuses it
+        raise RecordError(record.source, record.id, IMAGE_TOKENS,
+                          f"{marks} {DATA_IMAGE_TOKEN} in the prompt for {len(record.images)} images")
     images = iter(record.images)
     out = []
     for turn in record.prompt_turns:
