@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -371,6 +373,29 @@ def test_verbo_eval_benchmark_end_to_end_and_resumed(plain_model_dir, tmp_path, 
     assert main(command) == 0
     assert capsys.readouterr().out == printed
     assert (out / "vqav2/report.json").stat().st_mtime_ns == before
+
+
+def test_eval_benchmark_compare_scores_both_runs_by_the_benchmarks_rules(plain_model_dir, tmp_path, capsys, no_java):
+    data = vqav2_dir(coco_karpathy_dir(tmp_path / "data"))
+    out, other = tmp_path / "out", tmp_path / "other"
+    command = ["eval", str(plain_model_dir), "--benchmark", "coco-karpathy,vqav2", "--data-dir", str(data),
+               "--limit", "3", "--out", str(out), "--device", "cpu"]
+    assert main(command) == 0
+    shutil.copytree(out, other)
+    # The other run answered every VQAv2 question with its most common human answer: accuracy 1 on each item.
+    answers = {str(a["question_id"]): Counter(x["answer"] for x in a["answers"]).most_common(1)[0][0]
+               for a in json.loads((data / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]}
+    rows = [json.loads(line) for line in (other / "vqav2/predictions.jsonl").read_text().splitlines()]
+    (other / "vqav2/predictions.jsonl").write_text("".join(
+        json.dumps({**row, "prediction": answers[row["id"]]}) + "\n" for row in rows))
+    capsys.readouterr()
+
+    assert main([*command, "--compare", str(other)]) == 0
+    assert "comparison with" in capsys.readouterr().out
+    same = json.loads((out / "coco-karpathy/report.json").read_text())["comparison"]["metrics"]
+    assert same and all(m["difference"] == 0 and m["p_value"] == 1 for m in same.values())  # the same replies
+    vqa = json.loads((out / "vqav2/report.json").read_text())["comparison"]["metrics"]["vqa"]
+    assert vqa["theirs"] == 1 and vqa["difference"] == pytest.approx(vqa["ours"] - 1)
 
 
 @pytest.mark.parametrize(("arguments", "message"), [

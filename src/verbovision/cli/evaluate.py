@@ -16,13 +16,15 @@ METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_matc
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate.benchmarks import BENCHMARKS
 
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="the model to load and evaluate (not with --endpoint)")
     p.add_argument("--data", help="data file or folder (any supported format)")
     p.add_argument("--benchmark", metavar="NAME[,NAME...]",
                    help=f"instead of --data: official benchmarks, read from --data-dir and scored by their "
                         f"official rules: {', '.join(BENCHMARKS)}")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=f"with --data: {METRIC_HELP}")
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
+    _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file; with "
+                             "--benchmark, the --out folder of another run of the same benchmarks")
     group = p.add_argument_group("benchmarks")
     group.add_argument("--data-dir", help="folder holding each benchmark's official files as it publishes them "
                                           "(README: Benchmarks)")
@@ -30,27 +32,72 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                                        "vqav2 val, ...)")
     group.add_argument("--limit", type=int, help="score N items of each benchmark, drawn with seed 0 and kept in "
                                                  "the benchmark's order (default: all)")
+    _add_endpoint_arguments(p)
     add_reading_options(p)
     add_decode_options(p, length_default="256; with --benchmark, the benchmark's own")
+
+
+def _add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    from ..infer.endpoint import CACHE_FILE, CONCURRENCY
+
+    group = p.add_argument_group("a served model (instead of MODEL)")
+    group.add_argument("--endpoint", metavar="URL",
+                       help="evaluate the model an OpenAI-compatible server serves (verbo serve, vLLM, a hosted API): "
+                            "its API root, e.g. http://127.0.0.1:8000/v1; one chat completion per record, image as a "
+                            "data: URI; API key from $OPENAI_API_KEY; replies cached in the evaluation folder's "
+                            f"{CACHE_FILE}, so a rerun sends only what is missing; no loss or perplexity")
+    group.add_argument("--endpoint-model", metavar="NAME",
+                       help="the served model's name (default: the only one the server lists at /models)")
+    group.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
+
+
+def _endpoint(args: argparse.Namespace):
+    """The `infer.endpoint.Endpoint` --endpoint names (None without it), after one-line errors for a wrong mix of
+    MODEL, --endpoint and the flags of either."""
+    from ..errors import ConfigError
+    from ..infer.endpoint import CONCURRENCY, Endpoint
+    from ..infer.options import BATCH_SIZE
+
+    if args.endpoint is None:
+        if args.model is None:
+            raise ConfigError("verbo eval: give MODEL, or --endpoint URL to evaluate a served model")
+        if args.endpoint_model is not None or args.concurrency != CONCURRENCY:
+            raise ConfigError("verbo eval: --endpoint-model and --concurrency go with --endpoint URL")
+        return None
+    if args.model is not None:
+        raise ConfigError(f"verbo eval: MODEL ({args.model}) or --endpoint, not both; name the served model with "
+                          "--endpoint-model")
+    loading = {"--device": args.device is not None, "--dtype": args.dtype != "auto",
+               "--quantize": args.quantize != "none", "--template": args.template is not None,
+               "--compile": args.compile, "--batch-size": args.batch_size != BATCH_SIZE}
+    if any(loading.values()):
+        raise ConfigError(f"verbo eval --endpoint: {', '.join(f for f, given in loading.items() if given)} say how "
+                          "to load and batch a model here; the server loads and batches its own")
+    return Endpoint(args.endpoint, args.endpoint_model, args.concurrency)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from ..evaluate.metrics import parse_metrics
     from ..evaluate.run import evaluate
+    from ..infer.endpoint import CACHE_FILE, ResponseCache
 
     if (args.data is None) == (args.benchmark is None):
         what = "--data and --benchmark exclude each other" if args.data else "nothing to evaluate"
         raise ConfigError(f"{what}: give --data FILE (a dataset with references) or --benchmark NAME (official "
                           "benchmarks)")
-    out = Path(args.out or Path("eval") / Path(args.model).name)
+    endpoint = _endpoint(args)
+    name = str(endpoint) if endpoint else args.model
+    out = Path(args.out or Path("eval") / Path(endpoint.model if endpoint else args.model).name)
+    if endpoint:
+        endpoint.cache = ResponseCache(out / CACHE_FILE)
     if args.benchmark:
-        return _eval_benchmarks(args, out)
-    result = evaluate(args.model, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
+        return _eval_benchmarks(args, out, name, endpoint)
+    result = evaluate(name, args.data, out, parse_metrics(args.metrics), decode_options_from_flags(args),
                       args.batch_size, device=args.device, dtype=args.dtype, quantize=args.quantize,
-                      compiled=args.compile,
-                      template=args.template, read=read_options(args))
+                      compiled=args.compile, template=args.template, read=read_options(args), backend=endpoint)
     _print_scores(result)
     print(result.truncation)
+    _compare(result, args, out)
     print(f"predictions and report: {out}")
 
 
@@ -59,6 +106,8 @@ EVAL = Command(
     "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
     "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
     "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014\n"
+    "  verbo eval runs/qs2/final --data data/shapes/test/caption_short_en.json --out eval/qs2 --compare eval/qs\n"
+    "  verbo eval --endpoint http://127.0.0.1:8000/v1 --data data/shapes/test/caption_short_en.json --out eval/served\n"
     "  verbo eval llava-hf/llava-1.5-7b-hf --benchmark coco-karpathy,vqav2 --data-dir benchmarks --limit 500\n\n"
     "--benchmark runs papers' benchmarks from their official files, laid out under --data-dir as each\n"
     "publishes them (README: Benchmarks), with the reference implementation's prompt and scoring; it writes\n"
@@ -66,20 +115,26 @@ EVAL = Command(
     "and a rerun with the same settings resumes where it stopped.")
 
 
-def _eval_benchmarks(args: argparse.Namespace, out: Path) -> None:
-    from ..evaluate.benchmarks.run import BenchmarkRun, benchmarks_named, run_benchmarks, summary_rows
+def _eval_benchmarks(args: argparse.Namespace, out: Path, name: str, endpoint) -> None:
+    """--benchmark: every named benchmark with one model, the local one loaded only if something is left to
+    generate, or the served one."""
+    from ..evaluate.benchmarks.run import (BenchmarkRun, benchmarks_named, compare_benchmarks, run_benchmarks,
+                                           summary_rows)
+    from ..evaluate.compare import table
 
     if not args.data_dir:
         raise ConfigError("--benchmark needs --data-dir DIR, the folder holding the benchmarks' official files")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: {args.limit}; give a number of items, 1 or more")
-    about = {"model": str(args.model), "template": args.template, "dtype": args.dtype, "quantize": args.quantize}
+    about = {"model": name, "template": args.template, "dtype": args.dtype, "quantize": args.quantize}
     run = BenchmarkRun(benchmarks_named(args.benchmark), Path(args.data_dir), out, args.split, args.limit,
                        decode_options_from_flags(args), args.max_new_tokens, args.batch_size, about)
-    rows = summary_rows(run_benchmarks(run, lambda: load_vlm(args)))
+    rows = summary_rows(run_benchmarks(run, (lambda: endpoint) if endpoint else (lambda: load_vlm(args))))
     widths = [max(len(row[i]) for row in [("benchmark", "metric", "value"), *rows]) for i in range(3)]
     for row in [("benchmark", "metric", "value"), *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for comparison in (compare_benchmarks(run, args.compare) if args.compare else {}).values():
+        print(table(comparison))
     print(f"predictions, submission files and reports: {out}/<benchmark>; summary: {out / 'summary.json'}")
 
 
@@ -92,13 +147,37 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
                                   "answers/answer, or COCO caption annotations JSON")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=METRIC_HELP)
     p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
+    _add_compare_argument(p, "another predictions file of the same items, in PREDICTIONS' format (scored with the "
+                             "same --refs), or an evaluation folder")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from ..evaluate.metrics import parse_metrics
     from ..evaluate.scoring import score_file
 
-    _print_scores(score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out))
+    result = score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out)
+    _print_scores(result)
+    _compare(result, args, args.out, args.refs)
+
+
+def _add_compare_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--compare", metavar="RUN_OR_PREDICTIONS",
+                   help=f"test the difference from another model on the same items: {what}; per metric the "
+                        "difference, its 95%% interval and p-value (paired bootstrap), printed and added to the "
+                        "report")
+
+
+def _compare(result, args: argparse.Namespace, out, refs=None) -> None:
+    """--compare: the paired test of this result against the other predictions, printed and written to `out`."""
+    if not args.compare:
+        return
+    from ..evaluate.compare import compare_with, table, write_comparison
+    from ..evaluate.metrics import parse_metrics
+
+    comparison = compare_with(result, args.compare, parse_metrics(args.metrics), refs)
+    print(table(comparison))
+    if out:
+        write_comparison(out, comparison)
 
 
 def _print_scores(result) -> None:

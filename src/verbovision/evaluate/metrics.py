@@ -90,7 +90,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     if ci:
         # Bootstrap the per-item mean; metrics whose corpus value is not that mean (BLEU, METEOR, corpus WER)
         # get no interval rather than one that need not contain the reported value.
-        result.intervals = {k: bootstrap_ci(v) for k, v in per_item.items() if v and _is_item_mean(v, result.values[k])}
+        result.intervals = {k: bootstrap_ci(v) for k, v in per_item.items() if v and is_item_mean(v, result.values[k])}
     return result
 
 
@@ -117,7 +117,9 @@ def _answer_details(name: str, scores: VqaScores) -> dict[str, float]:
     return details
 
 
-def _is_item_mean(per_item: dict, corpus: float) -> bool:
+def is_item_mean(per_item: Mapping[object, float], corpus: float) -> bool:
+    """Whether a corpus value is the mean of its per-item scores (what resampling items can test), unlike corpus
+    BLEU or METEOR."""
     return math.isclose(math.fsum(per_item.values()) / len(per_item), corpus, rel_tol=1e-9, abs_tol=1e-12)
 
 

@@ -18,9 +18,11 @@ from .report import write_eval_folder
 def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
              options=None, batch_size: int = BATCH_SIZE, data_format: str | None = None, with_loss: bool = True,
              device: str | None = None, quantize: str = "none", compiled: bool = False, read=None,
-             template: str | None = None, dtype: str | None = None) -> EvalResult:
+             template: str | None = None, dtype: str | None = None, backend=None) -> EvalResult:
     """Generate on every record of `data` (read with `read`, data.rows.ReadOptions), score, and write the evaluation
-    folder."""
+    folder. `backend`, e.g. an `infer.endpoint.Endpoint`, generates instead of the model loaded from `model` (then
+    only a name): anything with `VLM.generate_details`; one without the VLM's encoder gives no loss, and says why
+    in `loss_unavailable`."""
     from ..infer.options import DecodeOptions, Truncation
     from ..infer.vlm import VLM
 
@@ -29,7 +31,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
-    vlm = VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
+    vlm = backend or VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
              "prediction": g.text, "finish_reason": g.finish_reason, "references": r.references}
@@ -38,7 +40,9 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
                    metrics)
     result.predictions = rows
     result.truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)
-    if with_loss:
+    if with_loss and getattr(vlm, "loss_unavailable", None):
+        result.skipped.update(dict.fromkeys(("val_loss", "perplexity"), vlm.loss_unavailable))
+    elif with_loss:
         loss = reference_loss(vlm, records, batch_size)
         result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
     write_eval_folder(out, result, {"model": str(model), "data": str(data)})

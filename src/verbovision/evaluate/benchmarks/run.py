@@ -21,6 +21,7 @@ from ...config.parse import check_choice
 from ...errors import ConfigError, DataError
 from ...files import read_json, write_atomic, write_json
 from ...infer.options import BATCH_SIZE, DecodeOptions, Generation, Truncation
+from ..compare import Comparison, check_same_items, compare, write_comparison
 from ..report import write_eval_folder
 from . import BENCHMARKS
 from .base import Benchmark, BenchmarkItem
@@ -98,6 +99,32 @@ def run_benchmarks(run: BenchmarkRun, open_generator: Callable[[], Generator]) -
         reports[benchmark.name] = read_json(folder / "report.json")
     write_json(run.out / "summary.json", summary(reports))
     return reports
+
+
+def compare_benchmarks(run: BenchmarkRun, other: str | Path) -> dict[str, Comparison]:
+    """`run`'s finished benchmarks against another run of the same benchmarks (`other`: its --out folder): both
+    sides' replies scored by each benchmark's rule on the same items, tested per metric (`compare.compare`), and
+    written into each of `run`'s benchmark reports."""
+    comparisons = {}
+    for benchmark in run.benchmarks:
+        items = load_items(benchmark, run.data_dir, run.split, run.limit)
+        ours = _replies(run.out / benchmark.name / "predictions.jsonl")
+        theirs_file = Path(other) / benchmark.name / "predictions.jsonl"
+        if not theirs_file.is_file():
+            raise DataError(f"{theirs_file}: not found; --compare takes the --out folder of another verbo eval "
+                            f"--benchmark run of {benchmark.name}")
+        theirs = _replies(theirs_file)
+        check_same_items(dict.fromkeys(ours, ()), dict.fromkeys(theirs, ()), theirs_file)  # ids only: replies differ
+        comparison = compare(benchmark.score(items, ours), benchmark.score(items, theirs),
+                             str(Path(other) / benchmark.name))
+        write_comparison(run.out / benchmark.name, comparison)
+        comparisons[benchmark.name] = comparison
+    return comparisons
+
+
+def _replies(predictions: Path) -> dict[str, str]:
+    return {row["id"]: row["prediction"] for row in map(json.loads, predictions.read_text("utf-8").splitlines())
+            if row}
 
 
 def load_items(benchmark: Benchmark, data_dir: Path, split: str | None, limit: int | None) -> list[BenchmarkItem]:
