@@ -3,15 +3,21 @@ the one it gets alone (`VLM.generate_details`, float32, greedy); `verbo serve` a
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import httpx
+import openai
 import pytest
+from PIL import Image
 
 from verbovision.infer.continuous import ContinuousBatch, why_not_continuous
 from verbovision.infer.messages import prompt_record
 from verbovision.infer.options import DecodeOptions
 from verbovision.infer.vlm import VLM
 
+from .helpers import data_uri, image_message, running
 from .tiny_families import make_tiny_llava
 
 QUESTIONS = ("Describe the image briefly.", "What is in the picture? Answer in a few words, please.", "Colors?")
@@ -118,3 +124,59 @@ def test_models_outside_the_greedy_loop_say_why(vlm):
     vlm_without = VLM.from_loaded(vlm.model, vlm.processor)
     vlm_without.greedy_loop_fits = False
     assert "greedy loop" in why_not_continuous(vlm_without)
+
+
+def test_16_concurrent_clients_get_the_replies_of_sequential_requests(model_dir, shapes_data):
+    uris = [data_uri(Image.open(path)) for path in sorted((shapes_data / "images").glob("*.png"))[:4]]
+    requests = [{"messages": image_message(uris[i % 4], QUESTIONS[i % 3]), "max_tokens": 4 + i % 5,
+                 "stop": ["circle"] if i % 4 == 3 else None} for i in range(16)]
+    with running("serve", model_dir, "--batch-size", "8") as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=300)
+
+        def ask(request: dict, stream: bool) -> tuple[str, str]:
+            reply = client.chat.completions.create(model=str(model_dir), stream=stream, **request)
+            if not stream:
+                return reply.choices[0].message.content, reply.choices[0].finish_reason
+            chunks = [c for c in reply if c.choices]
+            return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+
+        sequential = [ask(request, stream=False) for request in requests]
+        with ThreadPoolExecutor(16) as pool:
+            concurrent = list(pool.map(ask, requests, [i % 2 == 1 for i in range(16)]))
+        metrics = httpx.get(f"{url}/metrics").json()
+    assert concurrent == sequential
+    assert any(text for text, _ in sequential), "the tiny model should say something"
+    assert metrics["batching"] == "continuous" and metrics["requests"] == 32 and metrics["largest_batch"] > 1
+    assert metrics["over_requests"] == 32 and metrics["generated_tokens"] > 0 and metrics["generated_tokens_per_s"]
+    first, latency = metrics["time_to_first_token_s"], metrics["latency_s"]
+    assert 0 <= first["p50"] <= first["p95"] <= latency["p95"] and latency["p50"] <= latency["p95"]
+
+
+def test_a_short_request_sent_later_finishes_before_a_long_one_running(tmp_path, tiny_tokenizer_texts):
+    """The long request (a random model: it runs to max_tokens) is decoding when the short one arrives; the short
+    one joins its batch and leaves at its end. (With batches run to completion it would wait for the long one.)"""
+    model = make_tiny_llava(tmp_path / "llava", tiny_tokenizer_texts)
+    with running("serve", model) as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=300)
+        finished: list[str] = []
+        started = threading.Event()
+
+        def long_request() -> str:
+            stream = client.chat.completions.create(model=str(model), messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=300, stream=True)
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    started.set()  # decoding, not just queued
+                reason = chunk.choices[0].finish_reason if chunk.choices else None
+            finished.append("long")
+            return reason
+
+        with ThreadPoolExecutor(1) as pool:
+            long_reason = pool.submit(long_request)
+            started.wait(timeout=300)
+            short = client.chat.completions.create(model=str(model), max_tokens=2,
+                                                   messages=[{"role": "user", "content": "red"}])
+            finished.append("short")
+            assert long_reason.result() == "length", "the random model should run to max_tokens"
+    assert short.choices[0].finish_reason == "length"
+    assert finished == ["short", "long"]
