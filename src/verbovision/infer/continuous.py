@@ -57,7 +57,10 @@ def why_not_continuous(vlm: VLM) -> str | None:
     from PIL import Image
 
     probe = [prompt_record(Image.new("RGB", (64, 64)), "?")]
-    extra = set(vlm.model_inputs(probe, vlm.encode_prompts(probe))) - POSITIONAL_INPUTS
+    try:
+        extra = set(vlm.model_inputs(probe, vlm.encode_prompts(probe))) - POSITIONAL_INPUTS
+    except Exception as error:  # noqa: BLE001 - a probe: the model is served all the same, with dynamic batching
+        return f"its inputs for an image and a prompt could not be built ({error})"
     if extra:
         return f"its forward takes {', '.join(sorted(extra))} beside ids, attention mask and pixel values"
     return None
@@ -114,6 +117,9 @@ class ContinuousBatch:
         self.vlm = vlm
         self.max_rows = max(1, max_rows)
         self.max_cached_tokens = max_cached_tokens
+        self.join_at = max(1, self.max_rows // 4)
+        """Free rows a running batch waits for before requests join: each join costs a prefill (images processed and
+        encoded, prompts run) and a copy of the cache, worth more than a step or two of a few idle rows."""
         self.waiting: deque[_Replies] = deque()
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
@@ -151,6 +157,8 @@ class ContinuousBatch:
     def _admit(self) -> list[_Replies]:
         """The waiting requests that join now, oldest first, none overtaking one that does not fit."""
         joining: list[_Replies] = []
+        if self.rows and self.max_rows - len(self.rows) < self.join_at:
+            return joining
         rows, longest = len(self.rows), max((row.replies.longest for row in self.rows), default=0)
         while self.waiting:
             candidate = self.waiting[0]
