@@ -22,14 +22,7 @@ from ..data.images import load_image
 from ..data.records import CAPTION_PROMPT, Record
 from ..families import family_of
 from ..model.store import load_model, model_metadata
-from .greedy import (
-    POSITIONAL_INPUTS,
-    Reply,
-    ReplyTracker,
-    eos_token_ids,
-    greedy_leaving_at_eos,
-    greedy_loop_fits,
-)
+from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
 from .messages import messages_record, prompt_record
 from .options import BATCH_SIZE, DecodeOptions, Generation, TextCallback, decode_options
 
