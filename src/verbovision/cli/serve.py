@@ -32,6 +32,14 @@ def _limit_arguments(p: argparse.ArgumentParser) -> None:
     limits = p.add_argument_group("limits and batching (--batch-size: most replies generated together)")
     limits.add_argument("--max-wait-ms", type=float, default=ServeConfig.max_wait_ms,
                         help="how long a batch waits for more requests")
+    limits.add_argument("--batching", choices=["continuous", "dynamic"], default=ServeConfig.batching,
+                        help="continuous (default): greedy requests join the running batch at the next decoding step "
+                             "and leave at their end; dynamic: each batch runs to its end (sampling and beam search "
+                             "always do)")
+    limits.add_argument("--max-cached-tokens", type=int,
+                        help="continuous batching: a request joins only while rows in flight x the longest of them "
+                             "(prompt + max_tokens) stay within this many KV-cache tokens (default: no cap but "
+                             "--batch-size)")
     limits.add_argument("--max-body-mb", type=float, default=ServeConfig.max_body_bytes / MB,
                         help="largest request body")
     limits.add_argument("--max-image-mb", type=float, default=ServeConfig.max_image_bytes / MB,
@@ -50,6 +58,7 @@ def serve_config(args: argparse.Namespace, web: bool) -> ServeConfig:
     return ServeConfig(
         model=args.model, model_name=args.model_name or "", host=args.host, port=args.port, api_key=args.api_key,
         allow_remote_images=args.allow_remote_images, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+        batching=args.batching, max_cached_tokens=args.max_cached_tokens,
         max_body_bytes=int(args.max_body_mb * MB), max_image_bytes=int(args.max_image_mb * MB),
         max_image_pixels=args.max_image_pixels, max_prompt_tokens=args.max_prompt_tokens,
         max_completion_tokens=args.max_completion_tokens, max_n=args.max_n,
@@ -66,7 +75,7 @@ def cmd_web(args: argparse.Namespace) -> None:
 
 
 SERVE = Command(
-    "serve an OpenAI-compatible /v1/chat/completions API with images (dynamic batching)", _serve_arguments, cmd_serve,
+    "serve an OpenAI-compatible /v1/chat/completions API with images (continuous batching)", _serve_arguments, cmd_serve,
     """examples:
   verbo serve runs/qs/final
   verbo serve runs/qs/final --port 8080 --api-key secret --batch-size 32

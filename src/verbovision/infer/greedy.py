@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
 from transformers import DynamicCache, StoppingCriteria
 
 from ..families import named_inputs
-from .options import DecodeOptions, TextCallback
+from .options import DecodeOptions, Generation, TextCallback
 
 _INERT_GENERATION_SETTINGS = frozenset({"bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
                                         "transformers_version", "_from_model_config", "max_length", "do_sample",
@@ -40,14 +41,12 @@ def greedy_leaving_at_eos(model, inputs: dict, tracker: ReplyTracker) -> None:
     steps compute only the rows still going. The tokens are `generate`'s: same positions (from the attention mask),
     same cache, logits of the last position only; `tracker` ends each reply (EOS, stop string, its own limit)."""
     mask = inputs["attention_mask"]  # [B, T]
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # [B, T]; left padding sits at 0, as in generate
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
+    positions = prompt_positions(mask)  # [B, T]
+    cache = new_cache(model)
     rows = torch.arange(mask.shape[0])  # [b] the batch rows still going
     step_inputs = {**inputs, "position_ids": positions}
-    cache_keyword = _cache_keyword(named_inputs(model))
     while True:
-        logits = model(**step_inputs, **{cache_keyword: cache}, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
-        tokens = logits[:, -1].argmax(-1)  # [b]
+        tokens = next_tokens(model, step_inputs, cache)  # [b]
         going = ~torch.tensor(tracker.step(tokens.tolist(), rows.tolist()), dtype=torch.bool)  # [b]
         if not going.any():
             return
@@ -58,6 +57,23 @@ def greedy_leaving_at_eos(model, inputs: dict, tracker: ReplyTracker) -> None:
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)  # [b, T + 1]
         positions = positions[:, -1:] + 1  # [b, 1]
         step_inputs = {"input_ids": tokens[:, None], "attention_mask": mask, "position_ids": positions}
+
+
+def prompt_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of left-padded prompts [B, T] from their attention mask; padding sits at 0, as in `generate`."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def new_cache(model) -> DynamicCache:
+    return DynamicCache(config=model.config.get_text_config(decoder=True))
+
+
+def next_tokens(model, inputs: dict, cache: DynamicCache) -> torch.Tensor:
+    """The greedy next token of each row [b]: one forward (prompt or last tokens) that extends `cache`, logits of the
+    last position only."""
+    cache_input = {_cache_keyword(named_inputs(model)): cache}
+    logits = model(**inputs, **cache_input, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
+    return logits[:, -1].argmax(-1)
 
 
 def eos_token_ids(model, processor) -> frozenset[int]:
@@ -83,11 +99,15 @@ class Reply:
         self.sent = 0
         """Characters of the stripped text already handed out."""
         self.finish_reason: str | None = None
+        self.first_token_at: float | None = None
+        """When the first token came (`time.monotonic()`)."""
 
     def add(self, token: int) -> str:
         """Take the next token (ignored once the reply is finished); returns the text that became final."""
         if self.finish_reason is not None:
             return ""
+        if not self.ids:
+            self.first_token_at = time.monotonic()
         self.ids.append(token)
         if token in self.eos_ids:
             self.finish_reason = "stop"
@@ -111,6 +131,10 @@ class Reply:
     @property
     def final_text(self) -> str:
         return self.text.strip()
+
+    def generation(self, prompt_tokens: int) -> Generation:
+        """The finished reply, as a server reports it."""
+        return Generation(self.final_text, prompt_tokens, len(self.ids), self.finish_reason, self.first_token_at)
 
     def _release(self) -> str:
         text = self.text.lstrip()

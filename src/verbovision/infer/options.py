@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 BATCH_SIZE = 16
 """Replies generated together unless a command or call says otherwise (caption, ask, predict, eval, serve)."""
@@ -46,6 +46,12 @@ class DecodeOptions:
     @property
     def sampling(self) -> bool:
         return any(v is not None for v in (self.temperature, self.top_p, self.top_k))
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy decoding with no logits processor: the argmax token at every step."""
+        return (self.beams == 1 and not self.sampling and self.repetition_penalty is None
+                and self.no_repeat_ngram_size is None and self.min_new_tokens is None)
 
     def batch_key(self) -> tuple:
         """What replies generated in one batch must share; max_new_tokens and stop are followed per reply."""
@@ -96,6 +102,8 @@ class Generation:
     """Tokens generated, the final EOS or stop string included."""
     finish_reason: str
     """"stop" (EOS or a stop string) or "length" (max_new_tokens reached)."""
+    first_token_at: float | None = field(default=None, compare=False, repr=False)
+    """When its first token came (`time.monotonic()`; beam search: when the search ended); not part of the reply."""
 
 
 @dataclass

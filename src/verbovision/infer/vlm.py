@@ -17,7 +17,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..data.batching import Collator
-from ..data.encoding import Encoder
+from ..data.encoding import Encoded, Encoder
 from ..data.images import load_image
 from ..data.records import CAPTION_PROMPT, Record
 from ..families import family_of
@@ -135,30 +135,41 @@ class VLM:
                         on_text: TextCallback | None) -> list[Generation]:
         if len({o.batch_key() for o in options}) > 1:
             raise ValueError("records generated in one batch must share their decoding options' batch_key()")
-        encoded = [self.encoder.encode(record, for_generation=True) for record in records]
-        batch = self.collator.pad(encoded)
-        batch.pop("labels")
-        images = [load_image(image) for record in records for image in record.images]
-        if images:
-            batch.update(self.encoder.pixel_inputs(images))
-        batch = self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
-        decode = lambda ids: self.processor.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        tracker = ReplyTracker([Reply(decode, o, self.eos_ids, on_text is not None) for o in options], on_text)
+        encoded = self.encode_prompts(records)
+        batch = self.model_inputs(records, encoded)
+        tracker = ReplyTracker([self.new_reply(o, on_text is not None) for o in options], on_text)
         if self._leaves_at_eos(options[0], batch):
             greedy_leaving_at_eos(self.model, batch, tracker)
         else:
             self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded))
         tracker.close()
-        return [Generation(reply.final_text, len(e.input_ids), len(reply.ids), reply.finish_reason)
-                for reply, e in zip(tracker.replies, encoded)]
+        return [reply.generation(len(e.input_ids)) for reply, e in zip(tracker.replies, encoded)]
+
+    def encode_prompts(self, records: Sequence[Record]) -> list[Encoded]:
+        return [self.encoder.encode(record, for_generation=True) for record in records]
+
+    def model_inputs(self, records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
+        """The forward inputs of the records' prompts (`encoded`) on the model's device: ids and attention mask
+        left-padded to a common length, the images processed."""
+        batch = self.collator.pad(encoded)
+        batch.pop("labels")
+        images = [load_image(image) for record in records for image in record.images]
+        if images:
+            batch.update(self.encoder.pixel_inputs(images))
+        return self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
+
+    def new_reply(self, options: DecodeOptions, streamed: bool) -> Reply:
+        """A reply to follow as its tokens come (`streamed`: its text handed out as it grows)."""
+        return Reply(self._decode, options, self.eos_ids, streamed)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _leaves_at_eos(self, options: DecodeOptions, batch: dict) -> bool:
         """Whether `greedy_leaving_at_eos` gives what `generate` would: plain greedy decoding (no logits processor
         from the options), a model that fits the loop, and a batch whose positions come from the attention mask (not
         Qwen2-VL's 3-D positions, nor Gemma3's token types)."""
-        plain = (options.beams == 1 and not options.sampling and options.repetition_penalty is None
-                 and options.no_repeat_ngram_size is None and options.min_new_tokens is None)
-        return plain and self.greedy_loop_fits and set(batch) <= POSITIONAL_INPUTS
+        return options.plain_greedy and self.greedy_loop_fits and set(batch) <= POSITIONAL_INPUTS
 
     def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: ReplyTracker,
                                     prompt_length: int) -> None:

@@ -1,8 +1,8 @@
-"""`verbo serve` and `verbo web`: an OpenAI-compatible chat completions server with dynamic batching.
+"""`verbo serve` and `verbo web`: an OpenAI-compatible chat completions server with continuous batching.
 
 Endpoints: `POST /v1/chat/completions` (messages with text and image_url parts; `stream: true` as server-sent events),
-`GET /v1/models`, `GET /health`, and for `verbo web` the demo page at `/` (`api`). Requests are checked (`request`),
-queued and generated in batches (`batcher`); errors are answered in OpenAI's shape (`errors`).
+`GET /v1/models`, `GET /health`, `GET /metrics`, and for `verbo web` the demo page at `/` (`api`). Requests are checked (`request`),
+queued and generated in batches (`batcher`, `metrics`); errors are answered in OpenAI's shape (`errors`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def serve(config: ServeConfig) -> None:
     app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
                          template=config.template, dtype=config.dtype), config)
     url = f"http://{config.host}:{config.port}"
-    print(f"verbo: serving {config.served_name!r} at {url}/v1 (batches of up to {config.batch_size}, "
-          f"waiting {config.max_wait_ms:g} ms)", file=sys.stderr, flush=True)
+    print(f"verbo: serving {config.served_name!r} at {url}/v1 with {app.state.api.batching}", file=sys.stderr,
+          flush=True)
     if config.web:
         print(f"verbo: open {url}/ in a browser", file=sys.stderr, flush=True)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:

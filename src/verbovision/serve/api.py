@@ -1,5 +1,5 @@
-"""The HTTP app: the OpenAI routes (`POST /v1/chat/completions`, `GET /v1/models`), `GET /health`, and the demo page
-of `verbo web` at `/`."""
+"""The HTTP app: the OpenAI routes (`POST /v1/chat/completions`, `GET /v1/models`), `GET /health`, `GET /metrics`
+(time to first token, latency, generated tokens/s), and the demo page of `verbo web` at `/`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from .errors import ApiError, error_body, invalid
 from .request import parse_chat_request, prepare_record
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
+    from ..infer.continuous import ContinuousBatch
     from ..infer.vlm import VLM
 
 
@@ -25,15 +26,23 @@ class Api:
     def __init__(self, vlm: VLM, config: ServeConfig):
         self.vlm = vlm
         self.config = config
-        self.batcher = Batcher(vlm, config.batch_size, config.max_wait_ms / 1000)
+        self.batching, continuous = batching(vlm, config)
+        self.batcher = Batcher(vlm, config.batch_size, config.max_wait_ms / 1000, continuous)
         self.created = int(time.time())
 
     async def health(self, request):
         from starlette.responses import JSONResponse
 
         # No model name here: /health answers without the API key.
-        waiting = len(self.batcher.waiting) + self.batcher.queue.qsize()
-        return JSONResponse({"status": "ok", "waiting": waiting, **self.batcher.stats})
+        return JSONResponse({"status": "ok", "waiting": self.batcher.queued, **self.batcher.stats})
+
+    async def metrics(self, request):
+        """Counts and timings, no model name or request content: answered without the API key, as /health."""
+        from starlette.responses import JSONResponse
+
+        batching = "continuous" if self.batcher.continuous is not None else "dynamic"
+        return JSONResponse({"batching": batching, "waiting": self.batcher.queued, **self.batcher.stats,
+                             **self.batcher.metrics.snapshot()})
 
     async def models(self, request):
         from starlette.responses import JSONResponse
@@ -109,6 +118,20 @@ class Api:
         return data
 
 
+def batching(vlm: VLM, config: ServeConfig) -> tuple[str, ContinuousBatch | None]:
+    """How the server batches, in words for its start-up line, and the continuous batch of greedy requests (None
+    where it does not fit the model, or `config.batching` asks for dynamic batching only)."""
+    from ..infer.continuous import ContinuousBatch, why_not_continuous
+
+    dynamic = f"dynamic batching (batches of up to {config.batch_size}, waiting {config.max_wait_ms:g} ms)"
+    reason = "--batching dynamic" if config.batching == "dynamic" else why_not_continuous(vlm)
+    if reason:
+        return f"{dynamic}; no continuous batching: {reason}", None
+    cap = f", {config.max_cached_tokens} cached tokens" if config.max_cached_tokens else ""
+    return (f"continuous batching of greedy requests (up to {config.batch_size} replies{cap} in flight); sampling and "
+            f"beam search: {dynamic}"), ContinuousBatch(vlm, config.batch_size, config.max_cached_tokens)
+
+
 def completion(head: dict, generations: list) -> dict:
     choices = [{"index": i, "message": {"role": "assistant", "content": g.text}, "finish_reason": g.finish_reason,
                 "logprobs": None} for i, g in enumerate(generations)]
@@ -163,7 +186,7 @@ def create_app(vlm: VLM, config: ServeConfig):
     async def server_error(request, error: Exception):
         return JSONResponse(error_body(error), status_code=500)
 
-    routes = [Route("/health", api.health), Route("/v1/models", api.models),
+    routes = [Route("/health", api.health), Route("/metrics", api.metrics), Route("/v1/models", api.models),
               Route("/v1/chat/completions", api.chat_completions, methods=["POST"])]
     if config.web:
         routes.append(Route("/", page))

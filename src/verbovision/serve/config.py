@@ -31,6 +31,13 @@ class ServeConfig:
     """Most replies generated together (1 = one request at a time)."""
     max_wait_ms: float = 5.0
     """How long a batch waits for more requests to join it."""
+    batching: str = "continuous"
+    """continuous: greedy requests join the running batch at the next decoding step (where the model fits, see
+    `infer.continuous`); dynamic: every batch runs to its end before the next starts (sampling and beam search always
+    do)."""
+    max_cached_tokens: int | None = None
+    """Continuous batching: a request joins only while the rows in flight times the longest of them (prompt +
+    max_tokens) stay within this many KV-cache tokens (None: only batch_size caps it)."""
     max_body_bytes: int = 20 * MB
     """Largest request body."""
     max_image_bytes: int = 10 * MB
