@@ -65,6 +65,17 @@ def test_caption_and_ask(lora_run, shapes_data, capsys):
     assert capsys.readouterr().out.strip() != ""
 
 
+def test_caption_as_a_program_prints_every_caption(lora_run, shapes_data, capsys):
+    """The `verbo` program ends after `caption` without the interpreter's teardown: everything printed still
+    arrives (stdout into a pipe is buffered until flushed)."""
+    images = [str(p) for p in sorted((shapes_data / "images").glob("*.png"))[:20]]
+    model = str(lora_run / "final")
+    assert main(["caption", model, *images, "--max-new-tokens", "8"]) == 0
+    done = verbo("caption", model, *images, "--max-new-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == capsys.readouterr().out
+
+
 def test_python_api_batches_like_one_by_one(lora_run, shapes_data):
     model = verbovision.load(str(lora_run / "stages/0-full/model"), device="cpu")
     images = [Image.open(p) for p in sorted((shapes_data / "images").glob("*.png"))[:5]]

@@ -4,9 +4,11 @@ cli module of its stage."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 from ..errors import VerboError
 from . import chat, data, evaluate, generate, predict, serve, train
@@ -51,7 +53,26 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    """Run the command `argv` (default: the program's arguments) names; returns the exit status."""
+    return _run(make_parser().parse_args(argv))
+
+
+def program() -> NoReturn:
+    """The `verbo` program (its console script, `python -m verbovision`): `main`, then the process exits. After a
+    command that is done when it returns (`Command.done_when_returned`: caption, ask, predict), it exits without
+    the interpreter's teardown, which with torch and transformers loaded costs about as much CPU time as captioning
+    a few hundred images with a small model; the atexit handlers still run and the output is flushed first."""
+    args = make_parser().parse_args()
+    status = _run(args)
+    if status == 0 and args.done_when_returned:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     try:
         args.func(args)

@@ -41,11 +41,14 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
     examples: str
+    done_when_returned: bool = False
+    """Everything it does is written out when `run` returns (printed, or written to files it closed): the `verbo`
+    program then ends at once, without the interpreter's teardown of every module (see `cli.program`)."""
 
     def add_to(self, subparsers, name: str) -> None:
         parser = subparsers.add_parser(name, help=self.help, description=self.help, epilog=self.examples,
                                        formatter_class=HelpFormatter)
-        parser.set_defaults(func=self.run)
+        parser.set_defaults(func=self.run, done_when_returned=self.done_when_returned)
         self.arguments(parser)
 
 
