@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from ..errors import VerboError
 from . import chat, data, evaluate, generate, predict, serve, train
-from .common import Command, CommandGroup, HelpFormatter, add_commands
+from .common import Command, CommandGroup, HelpFormatter, add_commands, pause_collector
 
 COMMANDS: dict[str, Command | CommandGroup] = {
     "quickstart": train.QUICKSTART,
@@ -58,13 +58,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def program() -> NoReturn:
-    """The `verbo` program (its console script, `python -m verbovision`): `main`, then the process exits. After a
-    command that is done when it returns (`Command.done_when_returned`: caption, ask, predict), it exits without
-    the interpreter's teardown, which with torch and transformers loaded costs about as much CPU time as captioning
-    a few hundred images with a small model; the atexit handlers still run and the output is flushed first."""
+    """The `verbo` program (its console script, `python -m verbovision`): `main`, then the process exits. A one-shot
+    command (`Command.one_shot`: caption, ask, predict) starts with the garbage collector paused until its model is
+    loaded, and the process then exits without the interpreter's teardown, which with torch and transformers loaded
+    costs about as much CPU time as captioning a few hundred images with a small model; the atexit handlers still
+    run and the output is flushed first."""
     args = make_parser().parse_args()
+    if args.one_shot:
+        pause_collector()
     status = _run(args)
-    if status == 0 and args.done_when_returned:
+    if status == 0 and args.one_shot:
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

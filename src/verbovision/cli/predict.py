@@ -41,4 +41,4 @@ PREDICT = Command(
   # split across 4 machines, then concatenate the 4 answer files:
   verbo predict runs/vqa/final --questions q.jsonl --out answers-2.jsonl --num-chunks 4 --chunk-idx 2
 Re-running the same command after an interruption answers only the questions not answered yet.""",
-    done_when_returned=True)
+    one_shot=True)
