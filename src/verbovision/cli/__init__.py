@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 def program() -> NoReturn:
     """The `verbo` program (its console script, `python -m verbovision`): `main`, then the process exits. A one-shot
     command (`Command.one_shot`: caption, ask, predict) starts with the garbage collector paused until its model is
-    loaded, and the process then exits without the interpreter's teardown, which with torch and transformers loaded
-    costs about as much CPU time as captioning a few hundred images with a small model; the atexit handlers still
-    run and the output is flushed first."""
+    loaded, and the process then exits without the interpreter's teardown of every module, which with torch and
+    transformers loaded can take longer than a small model's captions; the atexit handlers still run and the output
+    is flushed first."""
     args = make_parser().parse_args()
     if args.one_shot:
         pause_collector()

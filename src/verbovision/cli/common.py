@@ -154,8 +154,8 @@ _collector_paused = False
 
 def pause_collector() -> None:
     """Pause the cyclic garbage collector while a one-shot command starts (`Command.one_shot`): importing torch and
-    transformers and loading a model create some 600,000 objects that live as long as the process, which the
-    collector would scan again and again as they are made (a quarter of the CPU time of those imports)."""
+    transformers and loading a model create hundreds of thousands of objects that live as long as the process, which
+    the collector would otherwise scan again and again as they are made (benchmarks/process_bench.py)."""
     global _collector_paused
     gc.disable()
     _collector_paused = True
