@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from PIL import Image
 
 import verbovision
 from verbovision.cli import main, make_parser
+from verbovision.cli.common import load_vlm, pause_collector
 from verbovision.config.parse import load_recipe
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.infer.messages import prompt_record
@@ -63,6 +65,32 @@ def test_caption_and_ask(lora_run, shapes_data, capsys):
     assert (f"truncated: {cut} of 3 replies hit max_new_tokens=8" in printed.err) == (cut > 0)
     assert main(["ask", str(lora_run / "final"), str(images[0]), "How many shapes are there?", "--beams", "2"]) == 0
     assert capsys.readouterr().out.strip() != ""
+
+
+def test_caption_as_a_program_prints_every_caption(lora_run, shapes_data, capsys):
+    """The `verbo` program ends after `caption` without the interpreter's teardown: everything printed still
+    arrives (stdout into a pipe is buffered until flushed)."""
+    images = [str(p) for p in sorted((shapes_data / "images").glob("*.png"))[:20]]
+    model = str(lora_run / "final")
+    assert main(["caption", model, *images, "--max-new-tokens", "8"]) == 0
+    done = verbo("caption", model, *images, "--max-new-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == capsys.readouterr().out
+
+
+def test_one_shot_commands_collect_garbage_again_once_the_model_is_loaded(lora_run):
+    """The program pauses the garbage collector for a one-shot command; loading its model resumes it, with what
+    startup made frozen out of later collections."""
+    args = make_parser().parse_args(["caption", str(lora_run / "final"), "image.png"])
+    assert args.one_shot and not make_parser().parse_args(["merge", "run", "--out", "merged"]).one_shot
+    pause_collector()
+    try:
+        assert not gc.isenabled()
+        load_vlm(args)
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_python_api_batches_like_one_by_one(lora_run, shapes_data):

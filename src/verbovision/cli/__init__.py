@@ -4,13 +4,15 @@ cli module of its stage."""
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import warnings
+from typing import NoReturn
 
 from ..errors import VerboError
 from . import chat, data, evaluate, generate, predict, serve, train
-from .common import Command, CommandGroup, HelpFormatter, add_commands
+from .common import Command, CommandGroup, HelpFormatter, add_commands, pause_collector
 
 COMMANDS: dict[str, Command | CommandGroup] = {
     "quickstart": train.QUICKSTART,
@@ -51,7 +53,29 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    """Run the command `argv` (default: the program's arguments) names; returns the exit status."""
+    return _run(make_parser().parse_args(argv))
+
+
+def program() -> NoReturn:
+    """The `verbo` program (its console script, `python -m verbovision`): `main`, then the process exits. A one-shot
+    command (`Command.one_shot`: caption, ask, predict) starts with the garbage collector paused until its model is
+    loaded, and the process then exits without the interpreter's teardown of every module, which with torch and
+    transformers loaded can take longer than a small model's captions; the atexit handlers still run and the output
+    is flushed first."""
+    args = make_parser().parse_args()
+    if args.one_shot:
+        pause_collector()
+    status = _run(args)
+    if status == 0 and args.one_shot:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _run(args: argparse.Namespace) -> int:
     _quiet_libraries()
     try:
         args.func(args)

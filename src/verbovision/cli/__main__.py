@@ -1,7 +1,5 @@
 """`python -m verbovision.cli`, as before the cli became a package (`python -m verbovision` is the same)."""
 
-import sys
+from . import program
 
-from . import main
-
-sys.exit(main())
+program()

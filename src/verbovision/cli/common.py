@@ -8,6 +8,7 @@ when the cli is imported.
 from __future__ import annotations
 
 import argparse
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -41,11 +42,15 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], None]
     examples: str
+    one_shot: bool = False
+    """Loads a model (`load_vlm`), generates, and has written everything out (printed, or in files it closed) when
+    `run` returns: the `verbo` program runs it with the cyclic garbage collector paused until the model is loaded,
+    and ends at once after it, without the interpreter's teardown (see `cli.program`)."""
 
     def add_to(self, subparsers, name: str) -> None:
         parser = subparsers.add_parser(name, help=self.help, description=self.help, epilog=self.examples,
                                        formatter_class=HelpFormatter)
-        parser.set_defaults(func=self.run)
+        parser.set_defaults(func=self.run, one_shot=self.one_shot)
         self.arguments(parser)
 
 
@@ -143,8 +148,32 @@ def load_vlm(args: argparse.Namespace) -> VLM:
     """The model a generation command names, on its --device, in its --dtype, quantized as asked."""
     from ..infer.vlm import VLM
 
-    return VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template,
-               dtype=args.dtype)
+    vlm = VLM(args.model, device=args.device, quantize=args.quantize, compiled=args.compile, template=args.template,
+              dtype=args.dtype)
+    resume_collector()
+    return vlm
+
+
+_collector_paused = False
+
+
+def pause_collector() -> None:
+    """Pause the cyclic garbage collector while a one-shot command starts (`Command.one_shot`): importing torch and
+    transformers and loading a model create hundreds of thousands of objects that live as long as the process, which
+    the collector would otherwise scan again and again as they are made (benchmarks/process_bench.py)."""
+    global _collector_paused
+    gc.disable()
+    _collector_paused = True
+
+
+def resume_collector() -> None:
+    """Where `pause_collector` paused it: the objects made since are kept out of every later collection
+    (`gc.freeze`), and the collector runs again for what the command makes from here on."""
+    global _collector_paused
+    if _collector_paused:
+        gc.freeze()
+        gc.enable()
+        _collector_paused = False
 
 
 # ------------------------------------------------------------------------------------------------ reading data

@@ -29,7 +29,7 @@ CAPTION = Command(
     "caption images", _caption_arguments, cmd_caption,
     "examples:\n  verbo caption runs/qs/final img1.png img2.png\n"
     "  verbo caption runs/qs/final photos/                # every image in the folder, by name\n"
-    "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0")
+    "  verbo caption runs/qs/final img.png --top-p 0.9 --temperature 0.7 --seed 0", one_shot=True)
 
 
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
 
 ASK = Command("answer a question about an image", _ask_arguments, cmd_ask,
-              "examples:\n  verbo ask runs/qs/final img.png \"How many shapes are there?\"")
+              "examples:\n  verbo ask runs/qs/final img.png \"How many shapes are there?\"", one_shot=True)
 
 
 def _replies(args: argparse.Namespace, images: list[str], prompt: str | None) -> list[str]:

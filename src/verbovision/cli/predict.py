@@ -40,4 +40,5 @@ PREDICT = Command(
   verbo predict runs/vqa/final --questions q.jsonl --image-folder images/ --out answers.jsonl --batch-size 32
   # split across 4 machines, then concatenate the 4 answer files:
   verbo predict runs/vqa/final --questions q.jsonl --out answers-2.jsonl --num-chunks 4 --chunk-idx 2
-Re-running the same command after an interruption answers only the questions not answered yet.""")
+Re-running the same command after an interruption answers only the questions not answered yet.""",
+    one_shot=True)
