@@ -17,8 +17,8 @@ row and the others go on.
 4. generate: the geovlm model, 256 images, batch 64, greedy, 32 new tokens: `VLM.caption` vs transformers'
    `generate` at bf16 and at float32, captions/s and the share of identical captions; the 7B shape's `generate` at
    batch 1 and 32: tokens/s and time to first token.
-5. serve: `verbo serve` on the geovlm model, 64 concurrent openai clients vs one client at a time (needs starlette,
-   uvicorn and openai).
+5. serve: `verbo serve` on the geovlm model, 64 concurrent openai clients with continuous batching against dynamic
+   batching (replies compared), and one client at a time (needs starlette, uvicorn and openai).
 
 Prints a table last and appends it to benchmarks/RESULTS.md with the device's name and the versions. `--tiny`
 scales every shape down (CPU is fine; the same code path) for the test that keeps this script from rotting.
@@ -447,6 +447,8 @@ def timed(fn, *args, device: str) -> float:
 
 
 def part_serve(bench: Bench) -> None:
+    """`verbo serve` with continuous batching against dynamic batching (issue 20's comparison) under the same
+    concurrent clients, and continuous batching with one client at a time; replies compared."""
     for module in ("starlette", "uvicorn", "openai"):
         try:
             __import__(module)
@@ -455,18 +457,27 @@ def part_serve(bench: Bench) -> None:
     from serve_bench import measure, start_server
 
     data, init = bench.geovlm
-    shapes = bench.shapes
-    image = min((data / "images").glob("*.png"))
-    proc, url = start_server(init, shapes.clients)
-    try:
-        for clients, per_client in ((shapes.clients, 2), (1, 8)):
-            bench.say(f"serve: {clients} client(s)")
-            r = measure(url, init, image, clients, per_client, shapes.new_tokens)
-            bench.row("serve", f"verbo serve --batch-size {shapes.clients}, {clients} concurrent client(s) x "
-                      f"{per_client}", f"{r['rps']:.2f} requests/s, p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=120)
+    clients = bench.shapes.clients
+    images = sorted((data / "images").glob("*.png"))[:4]
+    results = {}
+    for batching, sessions in (("continuous", ((clients, 2), (1, 8))), ("dynamic", ((clients, 2),))):
+        proc, url = start_server(init, batching, clients)
+        try:
+            for concurrent, per_client in sessions:
+                bench.say(f"serve: {batching}, {concurrent} client(s)")
+                r = results[batching, concurrent] = measure(url, init, images, concurrent, per_client)
+                first = r["metrics"]["time_to_first_token_s"]
+                bench.row("serve", f"verbo serve --batching {batching} --batch-size {clients}, {concurrent} "
+                          f"concurrent client(s) x {per_client}",
+                          f"{r['rps']:.2f} requests/s, p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, time to first "
+                          f"token p50 {first['p50']} s")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=120)
+    continuous, dynamic = results["continuous", clients], results["dynamic", clients]
+    same = sum(a == b for a, b in zip(continuous["replies"], dynamic["replies"])) / len(dynamic["replies"])
+    bench.row("serve", f"continuous / dynamic, {clients} clients",
+              f"{continuous['rps'] / dynamic['rps']:.2f}x requests/s; replies identical {same:.0%}")
 
 
 def part_peak(bench: Bench) -> None:

@@ -48,7 +48,8 @@ def test_tiny_run_fills_every_part_and_appends_the_table(tmp_path):
     assert len([w for w, _ in by_part["generate"] if w.startswith("7B shape")]) == 2
     serve = by_part["serve"]
     if serving_installed():
-        assert len(serve) == 2 and all("requests/s" in r for _, r in serve)
+        assert len(serve) == 4 and all("requests/s" in r for _, r in serve)
+        assert serve[-1][1].endswith("replies identical 100%")  # float32 on the CPU
     else:
         assert serve[0][1].startswith("skipped: ") and "not installed" in serve[0][1]
     written = results.read_text()
