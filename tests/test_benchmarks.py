@@ -17,7 +17,8 @@ from verbovision.cli import main
 from verbovision.errors import ConfigError, DataError
 from verbovision.evaluate.benchmarks import BENCHMARKS
 from verbovision.evaluate.benchmarks import run as runner
-from verbovision.evaluate.benchmarks.run import BenchmarkRun, benchmarks_named, run_benchmarks, sample
+from verbovision.evaluate.benchmarks.run import (BenchmarkRun, benchmarks_named, compare_benchmarks, run_benchmarks,
+                                                 sample)
 from verbovision.infer.options import Generation
 
 
@@ -481,3 +482,14 @@ def test_eval_benchmarks_are_checked_before_training(tmp_path, shapes_data):
     with pytest.raises(ConfigError, match="did you mean 'vqav2'"):
         train_recipe(misspelt, tmp_path / "run")
     assert not (tmp_path / "run/metrics.jsonl").exists()
+
+
+def test_compare_with_a_file_that_is_not_a_benchmark_run_is_one_line(tmp_path):
+    data = coco_karpathy_dir(tmp_path / "data")
+    for side, text in (("out", '{"id": "42", "prediction": "a"}\n'), ("other", "not json\n")):
+        (tmp_path / side / "coco-karpathy").mkdir(parents=True)
+        (tmp_path / side / "coco-karpathy/predictions.jsonl").write_text(text)
+    run = BenchmarkRun(benchmarks_named("coco-karpathy"), data, tmp_path / "out", limit=1)
+    with pytest.raises(DataError, match="other/coco-karpathy/predictions.jsonl: not the predictions.jsonl of a verbo "
+                                        "eval --benchmark run"):
+        compare_benchmarks(run, tmp_path / "other")

@@ -123,8 +123,13 @@ def compare_benchmarks(run: BenchmarkRun, other: str | Path) -> dict[str, Compar
 
 
 def _replies(predictions: Path) -> dict[str, str]:
-    return {row["id"]: row["prediction"] for row in map(json.loads, predictions.read_text("utf-8").splitlines())
-            if row}
+    """Reply by item id from a benchmark's predictions.jsonl; a DataError naming the file where it is not one."""
+    lines = [line for line in predictions.read_text("utf-8").splitlines() if line.strip()]
+    try:
+        return {str(row["id"]): row["prediction"] for row in map(json.loads, lines)}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{predictions}: not the predictions.jsonl of a verbo eval --benchmark run ({e!r}); "
+                        "--compare takes the --out folder of one") from None
 
 
 def load_items(benchmark: Benchmark, data_dir: Path, split: str | None, limit: int | None) -> list[BenchmarkItem]:
