@@ -88,11 +88,12 @@ def _materialised(benchmark: Benchmark, source: str, split: str) -> DataSource:
     tables = [_load(benchmark, source, table, split) for table in hub.tables]
     fingerprint = "-".join(table._fingerprint for table in tables)
     configs = "+".join(table.config or "default" for table in hub.tables)
-    name = Path(source).name if Path(source).is_dir() else source.replace("/", "--")
+    snapshot = Path(source) if Path(source).is_dir() else None
+    name = snapshot.name if snapshot else source.replace("/", "--")
     folder = cache_root() / "benchmarks" / benchmark.name / name / configs / hub_split / fingerprint
     if not folder.is_dir():
         _write_atomically(folder, lambda partial: hub.write(partial, split, [_undecoded(t) for t in tables]))
-    hub_id = str(Path(source).resolve()) if Path(source).is_dir() else source
+    hub_id = str(snapshot.resolve()) if snapshot else source
     return DataSource(folder, {"hub": {"id": hub_id, "config": configs, "split": hub_split,
                                        "fingerprint": fingerprint}})
 
