@@ -98,6 +98,12 @@ def test_metrics_png_puts_each_metric_on_an_axis_of_its_range():
     assert metrics_figure(EvalResult({"val_loss": 0.3})) is None
 
 
+def test_an_undefined_metric_gets_a_panel_without_a_bar():
+    fig = metrics_figure(EvalResult({"accuracy": 0.5, "precision": float("nan")}))
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    assert list(axes) == ["accuracy\n0.5", "precision\nundefined"] and not axes["precision\nundefined"].patches
+
+
 def test_readme_names_what_a_run_folder_holds(lora_run):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     listing = readme.split("## A run folder\n")[1].split("`report.md`.")[0] + "`report.md`"

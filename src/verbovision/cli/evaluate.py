@@ -19,15 +19,17 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", nargs="?", help="the model to load and evaluate (not with --endpoint)")
     p.add_argument("--data", help="data file or folder (any supported format)")
     p.add_argument("--benchmark", metavar="NAME[,NAME...]",
-                   help=f"instead of --data: official benchmarks, read from --data-dir and scored by their "
-                        f"official rules: {', '.join(BENCHMARKS)}")
+                   help=f"instead of --data: official benchmarks, read from --data-dir (default: each one's hub "
+                        f"dataset) and scored by their official rules: {', '.join(BENCHMARKS)}")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=f"with --data: {METRIC_HELP}")
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
     _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file; with "
                              "--benchmark, the --out folder of another run of the same benchmarks")
     group = p.add_argument_group("benchmarks")
-    group.add_argument("--data-dir", help="folder holding each benchmark's official files as it publishes them "
-                                          "(README: Benchmarks)")
+    group.add_argument("--data-dir", help="folder holding each benchmark's official files as it publishes them, or a "
+                                          "local copy of a benchmark's hub dataset (its parquet files), or a hub "
+                                          "dataset id OWNER/NAME (one benchmark); default: each benchmark's own hub "
+                                          "dataset, through Hugging Face's cache (README: Benchmarks)")
     group.add_argument("--split", help="split of every benchmark (default: each one's own: coco-karpathy test, "
                                        "vqav2 val, ...)")
     group.add_argument("--limit", type=int, help="score N items of each benchmark, drawn with seed 0 and kept in "
@@ -108,9 +110,11 @@ EVAL = Command(
     "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014\n"
     "  verbo eval runs/qs2/final --data data/shapes/test/caption_short_en.json --out eval/qs2 --compare eval/qs\n"
     "  verbo eval --endpoint http://127.0.0.1:8000/v1 --data data/shapes/test/caption_short_en.json --out eval/served\n"
-    "  verbo eval llava-hf/llava-1.5-7b-hf --benchmark coco-karpathy,vqav2 --data-dir benchmarks --limit 500\n\n"
+    "  verbo eval llava-hf/llava-1.5-7b-hf --benchmark coco-karpathy,vqav2 --data-dir benchmarks --limit 500\n"
+    "  verbo eval llava-hf/llava-1.5-7b-hf --benchmark pope,gqa --limit 500\n\n"
     "--benchmark runs papers' benchmarks from their official files, laid out under --data-dir as each\n"
-    "publishes them (README: Benchmarks), with the reference implementation's prompt and scoring; it writes\n"
+    "publishes them, or from the hub dataset lmms-eval reads where one carries them (README: Benchmarks),\n"
+    "with the reference implementation's prompt and scoring; it writes\n"
     "OUT/<benchmark>/ (predictions.jsonl, the submission file, report.json, report.md) and OUT/summary.json,\n"
     "and a rerun with the same settings resumes where it stopped.")
 
@@ -122,12 +126,10 @@ def _eval_benchmarks(args: argparse.Namespace, out: Path, name: str, endpoint) -
                                            summary_rows)
     from ..evaluate.compare import table
 
-    if not args.data_dir:
-        raise ConfigError("--benchmark needs --data-dir DIR, the folder holding the benchmarks' official files")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit: {args.limit}; give a number of items, 1 or more")
     about = {"model": name, "template": args.template, "dtype": args.dtype, "quantize": args.quantize}
-    run = BenchmarkRun(benchmarks_named(args.benchmark), Path(args.data_dir), out, args.split, args.limit,
+    run = BenchmarkRun(benchmarks_named(args.benchmark), args.data_dir, out, args.split, args.limit,
                        decode_options_from_flags(args), args.max_new_tokens, args.batch_size, about)
     rows = summary_rows(run_benchmarks(run, (lambda: endpoint) if endpoint else (lambda: load_vlm(args))))
     widths = [max(len(row[i]) for row in [("benchmark", "metric", "value"), *rows]) for i in range(3)]

@@ -83,6 +83,10 @@ def metrics_figure(result: EvalResult):
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, name in zip(axes.flat, names):
         value = float(result.values[name])
+        ax.set_xticks([])
+        if math.isnan(value):  # undefined (POPE's precision where nothing is answered "yes"): a panel without a bar
+            ax.set_title(f"{name}\nundefined", fontsize=9)
+            continue
         low, high = result.intervals.get(name, (value, value))
         # A percentile interval can sit just off the point estimate (few items, skewed scores): clamp the bars at 0.
         error = [[max(0.0, value - low)], [max(0.0, high - value)]]
@@ -90,7 +94,6 @@ def metrics_figure(result: EvalResult):
         top = max(value, high)
         ax.set_ylim(min(0.0, value) * 1.15, 1.0 if 0 <= top <= 1 else top * 1.15 or 1.0)
         ax.set_title(f"{name}\n{value:.4g}", fontsize=9)
-        ax.set_xticks([])
         ax.tick_params(axis="y", labelsize=8)
     for ax in list(axes.flat)[len(names):]:
         ax.remove()

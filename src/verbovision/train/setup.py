@@ -152,7 +152,8 @@ def benchmark_items(recipe: Recipe, stage: Stage) -> list[tuple]:
     planned = []
     for spec in stage.eval_benchmarks:
         (benchmark,) = benchmarks_named(spec.name)
-        planned.append((benchmark, load_items(benchmark, Path(recipe.data_root) / spec.data_dir, None, spec.limit)))
+        items, _ = load_items(benchmark, Path(recipe.data_root) / spec.data_dir, None, spec.limit)
+        planned.append((benchmark, items))
     return planned
 
 

@@ -1,5 +1,6 @@
-"""What every benchmark of `verbo eval --benchmark` is: where its official files are, how one item is asked, how the
-replies are scored by the benchmark's official rule, and how they are written in its submission format."""
+"""What every benchmark of `verbo eval --benchmark` is: where its official files are (and the hub dataset they can
+be written from), how one item is asked, how the replies are scored by the benchmark's official rule, and how they
+are written in its submission format."""
 
 from __future__ import annotations
 
@@ -28,6 +29,32 @@ class BenchmarkItem:
 
 
 @dataclass(frozen=True)
+class HubTable:
+    """One config of a hub dataset and the columns the benchmark's writer reads from it."""
+
+    config: str | None
+    """None: the dataset's default config."""
+    columns: tuple[str, ...]
+    answers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Our split -> the columns read only there (its answers: a test split publishes none)."""
+
+    def read(self, split: str) -> tuple[str, ...]:
+        return self.columns + tuple(self.answers.get(split, ()))
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """The hub dataset a benchmark can be read from, and how its rows become the official layout."""
+
+    id: str
+    splits: Mapping[str, str]
+    """Our split -> the hub dataset's; a split not here has no hub data (e.g. one needing another file)."""
+    tables: tuple[HubTable, ...]
+    write: Callable[[Path, str, Sequence], None]
+    """(folder, our split, the rows of each table) -> the official files and images written under the folder."""
+
+
+@dataclass(frozen=True)
 class Benchmark:
     name: str
     """As given to --benchmark, e.g. "coco-karpathy"."""
@@ -50,3 +77,5 @@ class Benchmark:
     """(items, reply by item id) -> values with intervals, details (breakdowns), per-item scores."""
     write_submission: Callable[[Sequence[BenchmarkItem], Mapping[str, str], Path], Path]
     """(items, reply by item id, folder) -> the file in the benchmark's submission format, written atomically."""
+    hub: HubDataset | None = None
+    """The hub dataset (lmms-eval's) the official files can be written from; None where none carries them all."""

@@ -20,6 +20,9 @@ does not install on current Pythons). Here: words are runs of letters and digits
 character a token of its own; the singulariser has pattern's rules for the words that can reach the synonym list,
 quirks kept ("bus" -> "bu" and "glass" -> "glas" are mentions of nothing, "ties" -> "ty"): it gave pattern 3.6's
 result for each word of synonyms.txt and their -s, -es, -ies, -ves, -men and -ice plurals.
+Hub: none. lmms-eval's coco_cap_chair reads tsunghanwu/mscoco_chair (coco_cap_chair/coco_cap_chair.yaml, split test:
+image, question_id, gt_object), its own sample with each image's objects already listed; the COCO annotations and
+synonym list the objects are derived from here are in no hub dataset.
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 each), read from his `dataset_coco.json`, scored as pycocoevalcap's COCOEvalCap on the raw sentences.
 
 Prompt: "Describe the image briefly.", lmms-eval's coco_karpathy_test task (lmms_eval/tasks/coco_cap/
-coco_karpathy_test.yaml; its COCO 2014 tasks ask the one-sentence prompt instead), 64 new tokens as there."""
+coco_karpathy_test.yaml; its COCO 2014 tasks ask the one-sentence prompt instead), 64 new tokens as there.
+
+Hub: none. The dataset of that task, yerevann/coco-karpathy (coco_karpathy_test.yaml), has the split and sentences
+but no images, only each image's COCO url, which lmms-eval downloads one by one (coco_cap/utils.py,
+coco_doc_to_visual_karpathy); lmms-lab-encoder/COCO-Caption (coco2014_cap_val.yaml) is COCO's val2014, not
+Karpathy's split."""
 
 from __future__ import annotations
 

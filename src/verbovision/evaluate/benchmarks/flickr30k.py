@@ -3,7 +3,10 @@
 
 Prompt: "Provide a one-sentence caption for the provided image.", lmms-eval's flickr30k_test task
 (lmms_eval/tasks/flickr30k/utils.py, flickr_doc_to_text), 64 new tokens as there. Submission: COCO caption
-results, image ids the photos' Flickr ids (the file names' stems), as lmms-eval writes them."""
+results, image ids the photos' Flickr ids (the file names' stems), as lmms-eval writes them.
+
+Hub: none. lmms-eval's lmms-lab-encoder/flickr30k (flickr30k/flickr30k_test.yaml, split test: image, caption,
+sentids, img_id, filename) holds all 31,783 Flickr30k images in its one split, without Karpathy's split."""
 
 from __future__ import annotations
 

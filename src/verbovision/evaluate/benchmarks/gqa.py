@@ -9,6 +9,11 @@ Scoring: GQA's eval.py accuracy over the balanced questions: the prediction equa
 LLaVA's scripts/convert_gqa_for_eval.py made it (trailing periods stripped, lowercased); broken down as eval.py does
 into binary and open questions (open: structural type "query").
 Submission: eval.py's predictions file [{questionId, prediction}], the converted predictions.
+Hub: lmms-lab-encoder/GQA (lmms-lab/GQA until lmms-eval moved its datasets), the dataset of lmms-eval's gqa task
+(lmms_eval/tasks/gqa/gqa.yaml: config testdev_balanced_instructions, split testdev; utils.py joins the images of
+config testdev_balanced_images by id = imageId): the questions with their id, imageId, question, answer, fullAnswer,
+isBalanced, types ({structural, semantic, detailed}) and GQA's other fields; the images as {id, image}. Written back
+as testdev_balanced_questions.json ({id: the row but its id}) and images/<id>.jpg.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
+from ...files import write_json
 from ..metrics import EvalResult
-from .base import Benchmark, BenchmarkItem
+from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
+from .hub import save_image, without
 from .official import entry, official_json
 from .replies import group_means, mean_with_interval, replies_of, write_rows
 
@@ -42,6 +49,21 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
             prompt=entry(row, "question", where) + INSTRUCTION, references=(entry(row, "answer", where),),
             group="open" if structural == "query" else "binary", meta={"structural": structural}))
     return items
+
+
+def write_from_hub(folder: Path, split: str, tables) -> None:
+    """lmms-eval's GQA question and image configs as GQA's questions file and images/."""
+    questions, images = tables
+    write_json(folder / QUESTIONS, {row["id"]: without(row, "id") for row in questions})
+    for row in images:
+        save_image(row["image"], folder / "images" / f"{row['id']}.jpg", f"{HUB.id}: image {row['id']}")
+
+
+HUB = HubDataset("lmms-lab-encoder/GQA", {"testdev": "testdev"},
+                 (HubTable("testdev_balanced_instructions", ("id", "imageId", "question", "answer", "isBalanced",
+                                                             "types")),
+                  HubTable("testdev_balanced_images", ("id", "image"))),
+                 write_from_hub)
 
 
 def prediction(reply: str) -> str:
@@ -70,4 +92,4 @@ BENCHMARK = Benchmark(
     metric="accuracy: exact match of the prediction (trailing periods stripped, lowercased) with the answer, over "
            "the balanced questions; binary and open",
     reference="GQA eval.py, LLaVA scripts/convert_gqa_for_eval.py", max_new_tokens=128,
-    read=read, score=score, write_submission=write_submission)
+    read=read, score=score, write_submission=write_submission, hub=HUB)

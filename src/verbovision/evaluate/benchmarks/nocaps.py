@@ -7,7 +7,11 @@ is left out as lmms-eval leaves it out.
 
 Prompt: "Provide a one-sentence caption for the provided image.", lmms-eval's nocaps_val task
 (lmms_eval/tasks/nocaps/_default_template_nocaps_yaml), greedy; 64 new tokens as lmms-eval's COCO and Flickr30k
-tasks (its nocaps task allows 1024 for the same one sentence; replies cut at 64 are counted in the report)."""
+tasks (its nocaps task allows 1024 for the same one sentence; replies cut at 64 are counted in the report).
+
+Hub: none. lmms-eval's lmms-lab-encoder/NoCaps (nocaps/nocaps_val.yaml, split validation: image, image_coco_url,
+image_file_name, image_id, image_open_images_id, annotations_captions, ...) has no image's domain, which the
+per-domain scores need."""
 
 from __future__ import annotations
 

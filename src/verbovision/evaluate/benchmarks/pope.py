@@ -11,6 +11,12 @@ first sentence (the text before the first ".", commas removed, split on single s
 "not", else "yes"; a label other than "no" counts as yes. Accuracy, precision, recall and F1 of "yes", and the ratio
 of "yes" replies. The overall values are the means over the three subsets, as LLaVA-1.5 reports POPE; precision and
 F1 are undefined (nan) where nothing is answered "yes" (eval_pope.py divides by zero there).
+
+Hub: lmms-lab-encoder/POPE (lmms-lab/POPE until lmms-eval moved its datasets), the dataset lmms-eval's pope task
+reads (lmms_eval/tasks/pope/pope.yaml: default config, split test; utils.py reads question, answer, image): one row
+per question of the three subsets, columns id, question_id (a string), question, answer, image_source (the COCO file
+name's stem), image, category (the subset), as the dataset card lists them. Written back as the three files, in the
+rows' order, each question_id as its number, and val2014/<image_source>.jpg.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from pathlib import Path
 
 from ...files import write_atomic
 from ..metrics import EvalResult, bootstrap_ci
-from .base import Benchmark, BenchmarkItem
+from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
+from .hub import save_image
 from .official import entry
 from .replies import jsonl_rows, mean, replies_of
 
@@ -45,6 +52,24 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
                 prompt=question + INSTRUCTION, references=(entry(row, "label", where),), group=subset,
                 meta={"question_id": row["question_id"], "question": question}))
     return items
+
+
+def write_from_hub(folder: Path, split: str, tables) -> None:
+    """lmms-eval's POPE rows as POPE's three JSON lines files and the COCO images they ask about."""
+    by_subset: dict[str, list[dict]] = {subset: [] for subset in SUBSETS}
+    for row in tables[0]:
+        image = f"{row['image_source']}.jpg"
+        save_image(row["image"], folder / "val2014" / image, f"{HUB.id}: question {row['question_id']}")
+        question_id = int(row["question_id"]) if str(row["question_id"]).isdigit() else row["question_id"]
+        by_subset.setdefault(row["category"], []).append(
+            {"question_id": question_id, "image": image, "text": row["question"], "label": row["answer"]})
+    for subset, rows in by_subset.items():
+        write_atomic(folder / f"coco_pope_{subset}.json", "".join(json.dumps(row) + "\n" for row in rows))
+
+
+HUB = HubDataset("lmms-lab-encoder/POPE", {"test": "test"},
+                 (HubTable(None, ("question_id", "question", "answer", "image_source", "image", "category")),),
+                 write_from_hub)
 
 
 def says_no(reply: str) -> bool:
@@ -106,4 +131,4 @@ BENCHMARK = Benchmark(
     metric="accuracy, precision, recall, F1 and yes-ratio per subset (LLaVA eval_pope.py's yes/no reading), "
            "overall the mean of the three subsets",
     reference="LLaVA llava/eval/eval_pope.py (POPE evaluate.py)", max_new_tokens=128,
-    read=read, score=score, write_submission=write_submission)
+    read=read, score=score, write_submission=write_submission, hub=HUB)

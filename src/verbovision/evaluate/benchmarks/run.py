@@ -2,7 +2,8 @@
 by the benchmark's official rule and write `OUT/<benchmark>/` (predictions.jsonl, the submission file, report.json,
 report.md, metrics.png) and `OUT/summary.json`.
 
-A run resumes: replies are kept in chunk files (`OUT/<benchmark>/generated/`, each written atomically) as they are
+Each benchmark is read from its official files under --data-dir, or from a hub dataset (hub.py), which the settings
+and summary record. A run resumes: replies are kept in chunk files (`OUT/<benchmark>/generated/`, each written atomically) as they are
 generated, a rerun with the same settings (`settings.json`) generates only what is missing, and skips a benchmark
 whose report is written.
 """
@@ -25,6 +26,7 @@ from ..compare import Comparison, check_same_items, compare, write_comparison
 from ..report import write_eval_folder
 from . import BENCHMARKS
 from .base import Benchmark, BenchmarkItem
+from .hub import benchmark_data, check_data
 
 if TYPE_CHECKING:
     from ...data.records import Record
@@ -46,7 +48,8 @@ class BenchmarkRun:
     """What `verbo eval --benchmark` was asked."""
 
     benchmarks: tuple[Benchmark, ...]
-    data_dir: Path
+    data_dir: str | Path | None
+    """--data-dir: official files, a local copy of a hub dataset, a hub id, or None: each one's hub dataset."""
     out: Path
     split: str | None = None
     """The split of every benchmark (None: each benchmark's default, its first)."""
@@ -86,12 +89,13 @@ def sample(items: list[BenchmarkItem], limit: int | None) -> list[BenchmarkItem]
 def run_benchmarks(run: BenchmarkRun, open_generator: Callable[[], Generator]) -> dict[str, dict]:
     """Every benchmark of `run`, each read and checked before the model is opened (`open_generator`, called once
     and only if a benchmark has replies left to generate); benchmark name -> its report.json."""
-    planned = [(benchmark, load_items(benchmark, run.data_dir, run.split, run.limit)) for benchmark in run.benchmarks]
+    check_data(run.benchmarks, run.data_dir)
+    planned = [(benchmark, *load_items(benchmark, run.data_dir, run.split, run.limit)) for benchmark in run.benchmarks]
     generator = None
     reports = {}
-    for benchmark, items in planned:
+    for benchmark, items, origin in planned:
         folder = run.out / benchmark.name
-        settings = _settings(benchmark, items, run)
+        settings = _settings(benchmark, items, run, origin)
         _claim(folder, settings)
         if not (folder / "report.md").is_file():
             generator = generator or open_generator()
@@ -105,9 +109,10 @@ def compare_benchmarks(run: BenchmarkRun, other: str | Path) -> dict[str, Compar
     """`run`'s finished benchmarks against another run of the same benchmarks (`other`: its --out folder): both
     sides' replies scored by each benchmark's rule on the same items, tested per metric (`compare.compare`), and
     written into each of `run`'s benchmark reports."""
+    check_data(run.benchmarks, run.data_dir)
     comparisons = {}
     for benchmark in run.benchmarks:
-        items = load_items(benchmark, run.data_dir, run.split, run.limit)
+        items, _ = load_items(benchmark, run.data_dir, run.split, run.limit)
         ours = _replies(run.out / benchmark.name / "predictions.jsonl")
         theirs_file = Path(other) / benchmark.name / "predictions.jsonl"
         if not theirs_file.is_file():
@@ -132,28 +137,30 @@ def _replies(predictions: Path) -> dict[str, str]:
                         "--compare takes the --out folder of one") from None
 
 
-def load_items(benchmark: Benchmark, data_dir: Path, split: str | None, limit: int | None) -> list[BenchmarkItem]:
-    """The items of a split (None: the benchmark's default), sampled down to `limit`, their images checked."""
+def load_items(benchmark: Benchmark, data: str | Path | None, split: str | None,
+               limit: int | None) -> tuple[list[BenchmarkItem], dict]:
+    """The items of a split (None: the benchmark's default), sampled down to `limit`, their images checked, and
+    where they were read from (`hub.DataSource.origin`); `data` as `BenchmarkRun.data_dir`."""
     split = split or benchmark.splits[0]
     check_choice(split, benchmark.splits, f"--split of {benchmark.name}")
-    items = sample(benchmark.read(data_dir, split), limit)
+    source = benchmark_data(benchmark, data, split)
+    items = sample(benchmark.read(source.folder, split), limit)
     if not items:
-        raise DataError(f"{benchmark.name}: no items in split {split!r} of {data_dir}")
+        raise DataError(f"{benchmark.name}: no items in split {split!r} of {source.folder}")
     missing = next((item.image for item in items if not Path(item.image).is_file()), None)
     if missing is not None:
         raise DataError(f"{benchmark.name}: image {missing} not found; --data-dir should hold {benchmark.files}")
-    return items
+    return items, dict(source.origin)
 
 
 def _options(benchmark: Benchmark, run: BenchmarkRun) -> DecodeOptions:
     return replace(run.options, max_new_tokens=run.max_new_tokens or benchmark.max_new_tokens)
 
 
-def _settings(benchmark: Benchmark, items: list[BenchmarkItem], run: BenchmarkRun) -> dict:
-    """What the replies depend on: a rerun resumes only where these are the same."""
+def _settings(benchmark: Benchmark, items: list[BenchmarkItem], run: BenchmarkRun, origin: dict) -> dict:
+    """What the replies depend on: a rerun resumes only where these are the same (the data's origin included)."""
     return {**run.about, "benchmark": benchmark.name, "split": run.split or benchmark.splits[0], "limit": run.limit,
-            "items": len(items), "data_dir": str(Path(run.data_dir).resolve()),
-            "decoding": asdict(_options(benchmark, run))}
+            "items": len(items), **origin, "decoding": asdict(_options(benchmark, run))}
 
 
 def _claim(folder: Path, settings: dict) -> None:
@@ -214,9 +221,11 @@ def _generate(items: list[BenchmarkItem], chunks: Path, generator: Generator, op
 
 
 def summary(reports: Mapping[str, dict]) -> dict:
-    """summary.json: per benchmark, its split, item count, metric values, what was skipped and the submission file."""
-    return {name: {"split": report["split"], "records": report["records"], "metrics": report["metrics"],
-                   "skipped": report["skipped"], "submission": report["submission"]}
+    """summary.json: per benchmark, its split, where its data came from (the folder, or the hub dataset and its
+    fingerprint), item count, metric values, what was skipped and the submission file."""
+    return {name: {"split": report["split"], "data": report.get("hub", report.get("data_dir")),
+                   "records": report["records"], "metrics": report["metrics"], "skipped": report["skipped"],
+                   "submission": report["submission"]}
             for name, report in reports.items()}
 
 

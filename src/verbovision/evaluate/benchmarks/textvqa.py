@@ -11,6 +11,13 @@ LLaVA's file names each question by its image (its question_id is the image_id),
 as eval_textvqa.py matches its results: by image id and lowercased question.
 Scoring: TextVQA accuracy as m4c's TextVQAAccuracyEvaluator (LLaVA's eval_textvqa.py): ``vqa.textvqa_accuracy``.
 Submission: EvalAI's [{question_id, answer}], the answers EvalAI-processed as lmms-eval's textvqa submission.
+Hub: lmms-lab-encoder/textvqa (lmms-lab/textvqa until lmms-eval moved its datasets), the dataset of lmms-eval's
+textvqa_val task (lmms_eval/tasks/textvqa/_default_template_textvqa_yaml, textvqa_val.yaml: split validation): one row
+per question, columns image_id, question_id, question, question_tokens, image, image_width, image_height,
+flickr_original_url, flickr_300k_url, answers, image_classes, set_name, ocr_tokens, as the dataset card lists them.
+Written back as TextVQA_0.5.1_val.json (each row but its image) and train_images/<image_id>.jpg. Split val only: the
+prompts of val-ocr are LLaVA's file, which no hub dataset carries (the rows' ocr_tokens are TextVQA's own OCR, not
+the tokens LLaVA's prompts quote).
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ...errors import DataError
+from ...files import write_json
 from ..metrics import EvalResult
 from ..vqa import normalize_textvqa_answer, textvqa_accuracy
-from .base import Benchmark, BenchmarkItem
+from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
+from .hub import save_image, without
 from .official import entries, entry, official_json
 from .replies import jsonl_rows, mean_with_interval, replies_of, write_rows
 
@@ -65,6 +74,21 @@ def _llava_prompts(path: Path) -> dict[tuple[str, str], str]:
     return prompts
 
 
+def write_from_hub(folder: Path, split: str, tables) -> None:
+    """lmms-eval's TextVQA rows as TextVQA_0.5.1_val.json and the train_images/ they ask about."""
+    rows = []
+    for row in tables[0]:
+        save_image(row["image"], folder / "train_images" / f"{row['image_id']}.jpg",
+                   f"{HUB.id}: question {row['question_id']}")
+        rows.append(without(row, "image"))
+    write_json(folder / ANNOTATIONS, {"dataset_name": "textvqa", "dataset_version": "0.5.1", "dataset_type": "val",
+                                      "data": rows})
+
+
+HUB = HubDataset("lmms-lab-encoder/textvqa", {"val": "validation"},
+                 (HubTable(None, ("image_id", "question_id", "question", "answers", "image")),), write_from_hub)
+
+
 def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalResult:
     answers = replies_of("textvqa", items, replies)
     per_item = {item.id: textvqa_accuracy(reply, item.references) for item, reply in zip(items, answers)}
@@ -86,4 +110,4 @@ BENCHMARK = Benchmark(
     metric="TextVQA accuracy (m4c TextVQAAccuracyEvaluator: EvalAI answer processing, min(1, matches/3) averaged "
            "over the 10 leave-one-out answer sets)",
     reference="LLaVA llava/eval/eval_textvqa.py (m4c_evaluator.py)", max_new_tokens=128,
-    read=read, score=score, write_submission=write_submission)
+    read=read, score=score, write_submission=write_submission, hub=HUB)

@@ -14,6 +14,9 @@ accuracy = the mean over annotators of min(1, matching other answers / 3). Broke
 answerable / unanswerable; its unanswerability measures too: average precision and F1 of predicting "unanswerable"
 (the processed answer is "unanswerable") for the unanswerable questions, as sklearn's average_precision_score and
 f1_score compute them on those 0/1 predictions.
+Hub: none. lmms-eval's lmms-lab-encoder/VizWiz-VQA (vizwiz_vqa/_default_template_vqa_yaml, splits val and test:
+question_id, image, question, answers, category) has no answerable flag, which the answerable / unanswerable
+breakdown and the unanswerability measures need.
 """
 
 from __future__ import annotations

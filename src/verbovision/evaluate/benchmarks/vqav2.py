@@ -9,6 +9,12 @@ Answers: each reply goes through EvalAIAnswerProcessor (m4c's, which LLaVA's scr
 applies before writing the answers file), and that answer is what the submission file holds and what val scores:
 VQAv2 accuracy exactly as the official vqaEval.py computes it on a results file, per answer type and question type
 too. The submission lists the questions read (test-dev's), in their order.
+
+Hub: lmms-lab-encoder/VQAv2 (lmms-lab/VQAv2 until lmms-eval moved its datasets), the dataset of lmms-eval's vqav2
+tasks (lmms_eval/tasks/vqav2/_default_template_vqav2_yaml; vqav2_val.yaml: split validation, vqav2_test.yaml: test;
+test-dev is its testdev split): one row per question, columns question_type, multiple_choice_answer, answers
+([{answer, answer_confidence, answer_id}]), image_id, answer_type, question_id, question, image, as the dataset card
+lists them. Written back as the questions file (and val's annotations file) and <image set>/COCO_<image set>_<id>.jpg.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from ...errors import DataError
 from ...files import write_json
 from ..metrics import EvalResult, score
 from ..vqa import normalize_textvqa_answer
-from .base import Benchmark, BenchmarkItem
+from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
+from .hub import save_image, without
 from .official import entries, entry, official_json
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -77,6 +84,26 @@ def _annotations(data_dir: Path) -> dict:
     return by_question
 
 
+def _write_from_hub(folder: Path, split: str, tables) -> None:
+    """lmms-eval's VQAv2 rows as visualqa.org's questions file (val: and annotations file) and the COCO images."""
+    questions, annotations = [], []
+    for row in tables[0]:
+        image_set = IMAGE_SETS[split]
+        save_image(row["image"], folder / image_set / f"COCO_{image_set}_{row['image_id']:012d}.jpg",
+                   f"{HUB.id}: question {row['question_id']}")
+        questions.append({key: row[key] for key in ("image_id", "question", "question_id")})
+        annotations.append(without(row, "image", "question"))
+    write_json(folder / f"v2_OpenEnded_mscoco_{SUBSETS[split]}_questions.json", {"questions": questions})
+    if split == "val":
+        write_json(folder / "v2_mscoco_val2014_annotations.json", {"annotations": annotations})
+
+
+HUB = HubDataset("lmms-lab-encoder/VQAv2", {"val": "validation", "test-dev": "testdev"},
+                 (HubTable(None, ("image_id", "question_id", "question", "image"),
+                           {"val": ("answers", "answer_type", "question_type")}),),
+                 _write_from_hub)
+
+
 def _score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalResult:
     if not items[0].references:
         return EvalResult({}, skipped={"vqa": f"no public answers; submit {_file_name(items)} to EvalAI "
@@ -114,4 +141,5 @@ BENCHMARK = Benchmark(
     read=_read,
     score=_score,
     write_submission=_write_submission,
+    hub=HUB,
 )
