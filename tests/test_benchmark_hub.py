@@ -263,3 +263,18 @@ def test_one_hub_id_for_several_benchmarks_is_refused(tmp_path, capsys):
            "--data-dir to read pope, gqa each from its own hub dataset" in error
     with pytest.raises(ConfigError, match="a hub dataset id holds one benchmark"):
         run_benchmarks(BenchmarkRun(benchmarks_named("pope,gqa"), "lmms-lab/POPE", tmp_path / "out"), Replier)
+
+
+def test_a_training_stage_reads_its_eval_benchmark_from_a_hub_copy(tmp_path, shapes_data):
+    from verbovision.config.parse import parse_recipe
+    from verbovision.train.setup import benchmark_items
+
+    from .helpers import stage, tiny_recipe
+
+    _pope_fixture(tmp_path / "official")
+    snapshot = pope_snapshot(tmp_path / "official", tmp_path / "pope-hub")
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", eval_benchmarks=[{"name": "pope",
+                                                                                  "data_dir": str(snapshot)}])]))
+    [(benchmark, items)] = benchmark_items(recipe, recipe.stages[0])
+    official, _ = load_items(BENCHMARKS["pope"], tmp_path / "official", None, 100)
+    assert benchmark.name == "pope" and [_what(item) for item in items] == [_what(item) for item in official]

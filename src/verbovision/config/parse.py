@@ -145,8 +145,8 @@ def _check_stage(stage: Stage, where: str) -> None:
     if stage.best_metric not in BEST_METRICS:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric!r} unknown; use one of {', '.join(BEST_METRICS)}")
     for i, benchmark in enumerate(stage.eval_benchmarks):
-        if not benchmark.name or not benchmark.data_dir:
-            raise ConfigError(f"{where}.eval_benchmarks.{i}: give name (e.g. coco-karpathy) and data_dir")
+        if not benchmark.name:
+            raise ConfigError(f"{where}.eval_benchmarks.{i}: give its name (e.g. coco-karpathy)")
     if stage.eval_benchmarks and not stage.data.val:
         raise ConfigError(f"{where}.eval_benchmarks: scored at each validation, which needs data.val records")
     if stage.best_metric != "val_loss" and not stage.data.val:

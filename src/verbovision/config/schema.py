@@ -50,7 +50,9 @@ class EvalBenchmark:
     name: str = ""
     """As --benchmark names it: coco-karpathy, nocaps, flickr30k, textcaps, vqav2, ..."""
     data_dir: str = ""
-    """The folder of its official files, laid out as it publishes them; relative paths start at data_root."""
+    """As --data-dir of `verbo eval --benchmark`: the folder of its official files, laid out as it publishes them, or
+    a local copy of its hub dataset (relative paths start at data_root); a hub dataset id; empty: the benchmark's
+    own hub dataset (README: Benchmarks)."""
     limit: int | None = 100
     """Items scored: a sample of its default split drawn with seed 0, the same at every validation (null: all)."""
 

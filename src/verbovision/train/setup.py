@@ -147,12 +147,15 @@ def feature_cache(procs: Processes, model, processor, stage: Stage, run_dir: Pat
 def benchmark_items(recipe: Recipe, stage: Stage) -> list[tuple]:
     """(benchmark, its sampled items) of each of the stage's eval_benchmarks, read and checked before the first step
     (a misspelt name, a missing file or image stops the stage now, not at its first validation)."""
+    from ..evaluate.benchmarks.hub import is_hub_id
     from ..evaluate.benchmarks.run import benchmarks_named, load_items
 
     planned = []
     for spec in stage.eval_benchmarks:
         (benchmark,) = benchmarks_named(spec.name)
-        items, _ = load_items(benchmark, Path(recipe.data_root) / spec.data_dir, None, spec.limit)
+        local = spec.data_dir and not is_hub_id(spec.data_dir)
+        data = Path(recipe.data_root) / spec.data_dir if local else spec.data_dir or None
+        items, _ = load_items(benchmark, data, None, spec.limit)
         planned.append((benchmark, items))
     return planned
 
