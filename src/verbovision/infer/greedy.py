@@ -154,7 +154,9 @@ class ReplyTracker(StoppingCriteria):
         self.on_text = on_text
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.tensor(self.step(input_ids[:, -1].tolist()), device=input_ids.device)
+        done = self.step(input_ids[: len(self.replies), -1].tolist())
+        padding = [True] * (len(input_ids) - len(self.replies))  # rows that only fill a compiled shape: done at once
+        return torch.tensor(done + padding, device=input_ids.device)
 
     def step(self, tokens: list[int], rows: Sequence[int] | None = None) -> list[bool]:
         """Give each row (all, or `rows`) its next token; returns whether each of these replies is done."""
