@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 
-import torch
-
 from .options import DecodeOptions
 
 CACHE_STEP = 256
@@ -85,6 +83,8 @@ class CompiledGeneration:
     @staticmethod
     def limits() -> contextlib.AbstractContextManager:
         """Dynamo's settings while generating: room for every bucket's graph."""
+        import torch._dynamo  # imported here: the CLI reads CACHE_STEP for its help without loading torch
+
         return torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit))
 
     def _tell(self, reason: str) -> None:
