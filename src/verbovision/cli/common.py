@@ -109,8 +109,7 @@ def add_decode_options(parser: argparse.ArgumentParser, length_default: str | No
 
 def _add_model_options(group) -> None:
     """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
-    from ..infer.compiled import CACHE_STEP
-    from ..infer.options import BATCH_SIZE
+    from ..infer.options import BATCH_SIZE, CACHE_STEP
 
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")

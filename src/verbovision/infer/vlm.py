@@ -153,13 +153,14 @@ class VLM:
         encoded = self.encode_prompts(records)
         # Under --compile the batch is padded to its row bucket with copies of its last record; the tracker follows
         # the real rows only and finishes the others at once (see ReplyTracker).
-        padding = self.compiled.rows(len(records), batch_size, options[0]) - len(records) if self.compiled else 0
+        rows = self.compiled.rows(len(records), batch_size, options[0]) if self.compiled else len(records)
+        padding = rows - len(records)
         batch = self.model_inputs([*records, *records[-1:] * padding], [*encoded, *encoded[-1:] * padding])
         tracker = ReplyTracker([self.new_reply(o, on_text is not None) for o in options], on_text)
         if self._leaves_at_eos(options[0], batch):
             greedy_leaving_at_eos(self.model, batch, tracker)
         else:
-            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded))
+            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded), rows)
         tracker.close()
         return [reply.generation(len(e.input_ids)) for reply, e in zip(tracker.replies, encoded)]
 
@@ -190,7 +191,7 @@ class VLM:
         return options.plain_greedy and self.greedy_loop_fits and set(batch) <= POSITIONAL_INPUTS
 
     def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: ReplyTracker,
-                                    prompt_length: int) -> None:
+                                    prompt_length: int, rows: int) -> None:
         kwargs = options[0].generate_kwargs()
         kwargs["max_new_tokens"] = max(o.max_new_tokens for o in options)
         if options[0].beams == 1:  # beam search reorders its rows every step: its replies are followed once done
@@ -198,8 +199,8 @@ class VLM:
         if options[0].seed is not None:
             torch.manual_seed(options[0].seed)
         if self.compiled is not None:
-            rows = len(batch["input_ids"])
-            kwargs.update(self.compiled.generate_kwargs(rows, prompt_length + kwargs["max_new_tokens"], options[0]))
+            tokens = prompt_length + kwargs["max_new_tokens"]
+            kwargs.update(self.compiled.generate_kwargs(self.model, rows, tokens, options[0]))
         with self.compiled.limits() if self.compiled else contextlib.nullcontext():
             out = self.model.generate(**batch, **kwargs)  # [B, T + new]
         if options[0].beams > 1:
