@@ -10,7 +10,8 @@ Captions the first --n held-out images of the quickstart data (test/caption_shor
 - `VLM, batch 1` / `VLM, batch 16`: `VLM(model).caption(images, batch_size=...)` (greedy: VerboVision's own
   decoding loop, in which a caption that ends leaves the batch with its KV cache);
 - `VLM compiled, batch 1` / `batch 16`: the same with `VLM(model, compiled=True)` (`--compile`: static KV cache and a
-  torch.compile'd forward; every batch shape is compiled during the warm-up, not timed).
+  torch.compile'd forward; every batch shape is compiled during the warm-up, not timed). After the timed rounds,
+  batches of MIXED sizes show which shapes compile: batches are padded to row buckets, so only new buckets do.
 
 Every call takes image files and returns texts: image decoding and preprocessing are timed in all four. Each
 baseline's new tokens are decoded with skip_special_tokens and stripped, as VLM does, and the script fails unless
@@ -40,6 +41,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BATCH = 16
+MIXED = (3, 5, 7)
+"""Batch sizes captioned with `--compile` after the timed rounds, to count the shapes they compile."""
 LABELS = {"generate": "`model.generate`", "VLM": "`VLM.caption`", "VLM compiled": "`VLM.caption`, `--compile`"}
 
 
@@ -142,10 +145,27 @@ def main() -> None:
             continue
         diff = [(i, a, b) for i, (a, b) in enumerate(zip(reference, replies)) if a != b]
         assert len(replies) == len(reference) and not diff, f"{key} differs from generate at batch 1: {diff[:3]}"
-    report(args, len(paths), rates, latencies, sum(map(len, reference)) / len(reference), load_start)
+    reuse = shape_reuse(ours_compiled, vlm_compiled, paths)
+    report(args, len(paths), rates, latencies, sum(map(len, reference)) / len(reference), load_start, reuse)
 
 
-def report(args, n: int, rates: dict, latencies: dict, mean_chars: float, load_start: float) -> None:
+def shape_reuse(caption, vlm, paths: list[Path]) -> str:
+    """The `--compile` shapes (rows x cached tokens) after the timed rounds, and those batches of MIXED sizes add,
+    with the graphs dynamo compiled for them."""
+    from torch._dynamo.utils import counters
+
+    def listed(shapes) -> str:
+        return ", ".join(f"{rows}x{length}" for rows, length in sorted(shapes)) or "none"
+
+    before, graphs = set(vlm.compiled.shapes), counters["stats"]["unique_graphs"]
+    for rows in MIXED:
+        caption(paths[:rows])
+    return (f"`--compile` shapes (rows x cached tokens) after the timed rounds: {listed(before)}; batches of "
+            f"{', '.join(map(str, MIXED))} images then added {listed(vlm.compiled.shapes - before)} "
+            f"({counters['stats']['unique_graphs'] - graphs} graphs compiled).")
+
+
+def report(args, n: int, rates: dict, latencies: dict, mean_chars: float, load_start: float, reuse: str) -> None:
     import torch
     import transformers
 
@@ -177,7 +197,7 @@ def report(args, n: int, rates: dict, latencies: dict, mean_chars: float, load_s
               f"({1000 * statistics.median(latencies['no decoding', BATCH]):.1f} ms per batch), {floor[1]:.1f} at "
               f"batch 1 ({1000 * statistics.median(latencies['no decoding', 1]):.1f} ms per request): the ceiling of "
               f"any decoding loop on these kernels, {floor[BATCH] / median['generate', BATCH]:.2f}x `generate` "
-              f"batched and {floor[BATCH] / median['generate', 1]:.2f}x `generate` at batch 1.", ""]
+              f"batched and {floor[BATCH] / median['generate', 1]:.2f}x `generate` at batch 1.", "", reuse, ""]
     publish("\n".join(lines), record=not args.no_record)
 
 

@@ -15,8 +15,10 @@ row and the others go on.
    LoRA r128 on the LM (our trainability, loss and checkpointing), batch 4 x 2,048 tokens: peak GPU memory of bf16
    LoRA training, of QLoRA 4-bit (bitsandbytes, where it imports) and of bf16 inference (prefill + 32 tokens).
 4. generate: the geovlm model, 256 images, batch 64, greedy, 32 new tokens: `VLM.caption` vs transformers'
-   `generate` at bf16 and at float32, captions/s and the share of identical captions; the 7B shape's `generate` at
-   batch 1 and 32: tokens/s and time to first token.
+   `generate` at bf16 and at float32, and at bf16 `VLM.caption` under `--compile` too (its one shape, 64 rows,
+   compiled in the warm-up batch; bf16 only, the dtype served on GPUs, to keep to the time budget): captions/s and
+   the share of captions identical to `generate`'s; the 7B shape's `generate` at batch 1 and 32: tokens/s and time
+   to first token.
 5. serve: `verbo serve` on the geovlm model, 64 concurrent openai clients with continuous batching against dynamic
    batching (replies compared), and one client at a time (needs starlette, uvicorn and openai).
 
@@ -400,10 +402,11 @@ def part_generate(bench: Bench) -> None:
     paths = sorted((data / "images").glob("*.png"))[: shapes.gen_images]
     for dtype in ("bfloat16", "float32"):
         bench.say(f"generate: geovlm, {dtype}")
-        rates, same = captions_vs_generate(bench, init, paths, dtype)
+        rates, same = captions_vs_generate(bench, init, paths, dtype, compiled=dtype == "bfloat16")
         what = f"geovlm {dtype}, {len(paths)} images, batch {shapes.gen_batch}, {shapes.new_tokens} tokens"
-        bench.row("generate", what, f"VLM.caption {rates['VLM.caption']:.1f} captions/s, generate "
-                  f"{rates['generate']:.1f} ({rates['VLM.caption'] / rates['generate']:.2f}x); identical {same:.0%}")
+        ours = [f"{name} {rates[name]:.1f} captions/s ({rates[name] / rates['generate']:.2f}x)" for name in same]
+        identical = ", ".join(f"{share:.0%}" for share in same.values())
+        bench.row("generate", what, f"{', '.join(ours)}, generate {rates['generate']:.1f}; identical {identical}")
     bench.say("generate: 7B shape")
     model = llava_model(shapes, bench.device).eval()
     for batch in shapes.gen_batches_7b:
@@ -414,25 +417,30 @@ def part_generate(bench: Bench) -> None:
                   f"{batch * shapes.new_tokens / whole:.1f} tokens/s, time to first token {1000 * first:.0f} ms")
 
 
-def captions_vs_generate(bench: Bench, init: Path, paths: list[Path], dtype: str) -> tuple[dict, float]:
-    """captions/s of `VLM.caption` and of transformers' `generate` (each after a warm-up batch), both loaded in
-    `dtype`, and the share of images they caption identically."""
+def captions_vs_generate(bench: Bench, init: Path, paths: list[Path], dtype: str,
+                         compiled: bool) -> tuple[dict, dict]:
+    """captions/s of `VLM.caption` (and with `compiled`, of it under `--compile`) and of transformers' `generate`
+    (each after a warm-up batch, which compiles), all loaded in `dtype`; and for each of ours, the share of images it
+    captions as `generate` does."""
     from generate_bench import PlainGenerate, run
 
     from verbovision.infer.vlm import VLM
 
     shapes = bench.shapes
-    vlm = VLM(init, device=bench.device, dtype=dtype)
-    plain = PlainGenerate(str(init), vlm.caption_prompt, shapes.new_tokens, dtype, bench.device)
+    ours = {"VLM.caption": VLM(init, device=bench.device, dtype=dtype)}
+    if compiled:
+        ours["--compile"] = VLM(init, device=bench.device, dtype=dtype, compiled=True)
+    plain = PlainGenerate(str(init), ours["VLM.caption"].caption_prompt, shapes.new_tokens, dtype, bench.device)
 
-    def ours(batch: list[Path]) -> list[str]:
-        return vlm.caption(batch, batch_size=shapes.gen_batch, max_new_tokens=shapes.new_tokens)
+    def captioner(vlm):
+        return lambda batch: vlm.caption(batch, batch_size=shapes.gen_batch, max_new_tokens=shapes.new_tokens)
 
     rates, texts = {}, {}
-    for name, caption in (("VLM.caption", ours), ("generate", plain)):
-        run(caption, paths[: shapes.gen_batch], shapes.gen_batch)  # warm-up: allocation, kernel choice
+    for name, caption in [*((name, captioner(vlm)) for name, vlm in ours.items()), ("generate", plain)]:
+        run(caption, paths[: shapes.gen_batch], shapes.gen_batch)  # warm-up: allocation, kernel choice, compiling
         rates[name], _, texts[name] = run(caption, paths, shapes.gen_batch)
-    return rates, sum(a == b for a, b in zip(texts["VLM.caption"], texts["generate"])) / len(paths)
+    same = {name: sum(a == b for a, b in zip(texts[name], texts["generate"])) / len(paths) for name in ours}
+    return rates, same
 
 
 def timed(fn, *args, device: str) -> float:

@@ -43,6 +43,7 @@ def test_tiny_run_fills_every_part_and_appends_the_table(tmp_path):
     assert next(r for w, r in seven_b.items() if w.startswith("QLoRA")) == "skipped: QLoRA 4-bit needs a CUDA GPU"
     generated = [result for what, result in by_part["generate"] if what.startswith("geovlm")]
     assert len(generated) == 2 and all("captions/s" in r for r in generated)
+    assert "--compile" in next(r for w, r in by_part["generate"] if w.startswith("geovlm bfloat16"))
     # float32 on the CPU: our decoding loop and transformers' generate give the same captions
     assert next(r for w, r in by_part["generate"] if w.startswith("geovlm float32")).endswith("identical 100%")
     assert len([w for w, _ in by_part["generate"] if w.startswith("7B shape")]) == 2

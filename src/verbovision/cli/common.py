@@ -109,7 +109,7 @@ def add_decode_options(parser: argparse.ArgumentParser, length_default: str | No
 
 def _add_model_options(group) -> None:
     """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
-    from ..infer.options import BATCH_SIZE
+    from ..infer.options import BATCH_SIZE, CACHE_STEP
 
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
     group.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -123,8 +123,10 @@ def _add_model_options(group) -> None:
                             "then the prompt on its line), caption (images only) or prefix (PaliGemma's: images, "
                             "BOS, the prompt and a newline)")
     group.add_argument("--compile", action="store_true",
-                       help="static KV cache + torch.compile for generation: identical outputs, faster once each "
-                            "batch shape has compiled (seconds); best with a fixed --batch-size")
+                       help="static KV cache + torch.compile'd decoding steps: identical replies, faster once "
+                            "compiled; batches are padded to a power of two rows (at most --batch-size) and the cache "
+                            f"to a multiple of {CACHE_STEP} tokens, each such shape compiling once (serve compiles them before "
+                            "serving); beam search runs eagerly")
 
 
 def add_dtype_option(group) -> None:

@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .greedy import POSITIONAL_INPUTS, Reply, new_cache, next_tokens, prompt_positions
-from .messages import prompt_record
+from .messages import probe_record
 from .options import DecodeOptions, Generation
 
 if TYPE_CHECKING:
@@ -50,13 +50,13 @@ class Request(Protocol):
 
 def why_not_continuous(vlm: VLM) -> str | None:
     """Why `ContinuousBatch` cannot decode this model's replies (None: it can)."""
+    if vlm.compiled is not None:
+        return "--compile generates through transformers' compiled generate"
     if not vlm.greedy_loop_fits:
         return "the model's generation config, forward inputs or image layout do not fit the greedy loop"
     if any(type(layer) is not DynamicLayer for layer in new_cache(vlm.model).layers):
         return "its KV cache has layers other than full attention (sliding window, linear or indexed attention)"
-    from PIL import Image
-
-    probe = [prompt_record(Image.new("RGB", (64, 64)), "?")]
+    probe = [probe_record("?")]
     try:
         extra = set(vlm.model_inputs(probe, vlm.encode_prompts(probe))) - POSITIONAL_INPUTS
     except Exception as error:  # noqa: BLE001 - a probe: the model is served all the same, with dynamic batching

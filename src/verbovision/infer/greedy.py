@@ -27,11 +27,11 @@ def greedy_loop_fits(model, family) -> bool:
     config = set(model.generation_config.to_diff_dict()) <= _INERT_GENERATION_SETTINGS
     named = named_inputs(model)
     # Every input the loop passes must be one the forward names: in **kwargs it could go unread.
-    steps = {"position_ids", "logits_to_keep"} <= named and _cache_keyword(named) in named
+    steps = {"position_ids", "logits_to_keep"} <= named and cache_keyword(named) in named
     return config and steps and family.images_in_text
 
 
-def _cache_keyword(named: frozenset[str]) -> str:
+def cache_keyword(named: frozenset[str]) -> str:
     """The forward's KV-cache input: `cache` in newer transformers releases, `past_key_values` before."""
     return "cache" if "cache" in named else "past_key_values"
 
@@ -71,7 +71,7 @@ def new_cache(model) -> DynamicCache:
 def next_tokens(model, inputs: dict, cache: DynamicCache) -> torch.Tensor:
     """The greedy next token of each row [b]: one forward (prompt or last tokens) that extends `cache`, logits of the
     last position only."""
-    cache_input = {_cache_keyword(named_inputs(model)): cache}
+    cache_input = {cache_keyword(named_inputs(model)): cache}
     logits = model(**inputs, **cache_input, use_cache=True, logits_to_keep=1).logits  # [b, 1, V]
     return logits[:, -1].argmax(-1)
 
@@ -154,7 +154,9 @@ class ReplyTracker(StoppingCriteria):
         self.on_text = on_text
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.tensor(self.step(input_ids[:, -1].tolist()), device=input_ids.device)
+        done = self.step(input_ids[: len(self.replies), -1].tolist())
+        padding = [True] * (len(input_ids) - len(self.replies))  # rows that only fill a compiled shape: done at once
+        return torch.tensor(done + padding, device=input_ids.device)
 
     def step(self, tokens: list[int], rows: Sequence[int] | None = None) -> list[bool]:
         """Give each row (all, or `rows`) its next token; returns whether each of these replies is done."""

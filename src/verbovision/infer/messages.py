@@ -21,6 +21,11 @@ def prompt_record(image, prompt: str) -> Record:
     return Record("prompt", images, [Turn("user", text), Turn("assistant", "")], "prompt")
 
 
+def probe_record(prompt: str) -> Record:
+    """A request for a small blank image: what a model is probed and warmed up with before real requests come."""
+    return prompt_record(Image.new("RGB", (64, 64)), prompt)
+
+
 def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object] | None = None) -> Record:
     """A record from OpenAI-style chat messages, ready for the next assistant reply.
 

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 BATCH_SIZE = 16
 """Replies generated together unless a command or call says otherwise (caption, ask, predict, eval, serve)."""
 
+CACHE_STEP = 256
+"""Under `--compile` (`infer.compiled`), static KV caches are sized in multiples of this many tokens."""
+
 TextCallback = Callable[[int, str], None]
 """Called with (index of the reply, new text) as replies grow."""
 

@@ -4,10 +4,11 @@ Prompts are encoded by the same `Encoder` that training used (template and image
 model sees at inference exactly the layout it learned. Batches are left-padded; each row of a batch is followed while
 it is generated (`_Reply`): it ends at its own EOS, stop string or token limit, and its text can be streamed. Greedy
 decoding runs VerboVision's own loop, where an ended row leaves the batch with its KV cache; beams, sampling and
-logits processors run transformers' `generate`."""
+logits processors run transformers' `generate`, as does every reply under `--compile` (`compiled`)."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,8 +23,9 @@ from ..data.images import load_image
 from ..data.records import CAPTION_PROMPT, Record
 from ..families import family_of
 from ..model.store import load_model, model_metadata
+from .compiled import WARM_UP_TOKENS, CompiledGeneration
 from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
-from .messages import messages_record, prompt_record
+from .messages import messages_record, probe_record, prompt_record
 from .options import BATCH_SIZE, DecodeOptions, Generation, TextCallback, decode_options
 
 
@@ -36,10 +38,9 @@ class VLM:
         verbovision.json), e.g. for a model with no chat template; default: the model's own. `dtype`: what the
         weights load in (auto, float32, bfloat16, float16; default auto: see `model.store.resolve_dtype`)."""
         model, processor = load_model(path, device=device, dtype=dtype, quantize=quantize)
-        if compiled:
-            compile_generation(model)
         metadata = model_metadata(path)
-        self._attach(str(path), model, processor, {**metadata, "template": template} if template else metadata)
+        self._attach(str(path), model, processor, {**metadata, "template": template} if template else metadata,
+                     CompiledGeneration() if compiled else None)
 
     @classmethod
     def from_loaded(cls, model, processor, template: str = "chat", name: str = "in-memory") -> VLM:
@@ -48,8 +49,10 @@ class VLM:
         vlm._attach(name, model, processor, {"template": template})
         return vlm
 
-    def _attach(self, path: str, model, processor, metadata: dict) -> None:
+    def _attach(self, path: str, model, processor, metadata: dict, compiled: CompiledGeneration | None = None) -> None:
         self.path, self.model, self.processor, self.metadata = path, model, processor, metadata
+        self.compiled = compiled
+        """Under `--compile`: the shapes and settings of compiled generation (see `infer.compiled`); else None."""
         self.family = family_of(model.config)
         self.caption_prompt = metadata.get("prompt") or self.family.caption_prompt or CAPTION_PROMPT
         """What `caption` asks by default: the caption prompt the model was trained on (in its data's language),
@@ -60,7 +63,7 @@ class VLM:
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
-        self.greedy_loop_fits = greedy_loop_fits(self.model, self.family)
+        self.greedy_loop_fits = compiled is None and greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
                 batch_size: int = BATCH_SIZE, **decoding) -> list[str]:
@@ -123,8 +126,20 @@ class VLM:
         for start in range(0, len(records), batch_size):
             callback = None if on_text is None else (lambda row, piece, start=start: on_text(start + row, piece))
             stop = start + batch_size
-            results.extend(self._generate_batch(records[start:stop], per_record[start:stop], callback))
+            results.extend(self._generate_batch(records[start:stop], per_record[start:stop], callback, batch_size))
         return results
+
+    def warm_up(self, batch_size: int, max_new_tokens: int) -> int:
+        """Compile generation (`--compile`) for every row bucket of batches of up to `batch_size` replies, at the
+        cache length of a one-image prompt and `max_new_tokens`, so that requests find their shapes compiled; returns
+        how many shapes are compiled by then. The graph is the same for greedy decoding and (unseeded) sampling: greedy warms both."""
+        probe = probe_record(self.caption_prompt)
+        self.compiled.reserve(self.prompt_tokens(probe) + max_new_tokens)
+        # Forced tokens (min_new_tokens): a probe that ended at once would leave the decoding step uncompiled.
+        few = DecodeOptions(max_new_tokens=WARM_UP_TOKENS, min_new_tokens=WARM_UP_TOKENS)
+        for rows in self.compiled.row_buckets(batch_size):
+            self.generate_details([probe] * rows, few, batch_size)
+        return len(self.compiled.shapes)
 
     def prompt_tokens(self, record: Record) -> int:
         """Length of a record's prompt in tokens; raises DataError if it cannot be encoded."""
@@ -132,16 +147,20 @@ class VLM:
 
     @torch.no_grad()
     def _generate_batch(self, records: Sequence[Record], options: Sequence[DecodeOptions],
-                        on_text: TextCallback | None) -> list[Generation]:
+                        on_text: TextCallback | None, batch_size: int) -> list[Generation]:
         if len({o.batch_key() for o in options}) > 1:
             raise ValueError("records generated in one batch must share their decoding options' batch_key()")
         encoded = self.encode_prompts(records)
-        batch = self.model_inputs(records, encoded)
+        # Under --compile the batch is padded to its row bucket with copies of its last record; the tracker follows
+        # the real rows only and finishes the others at once (see ReplyTracker).
+        rows = self.compiled.rows(len(records), batch_size, options[0]) if self.compiled else len(records)
+        padding = rows - len(records)
+        batch = self.model_inputs([*records, *records[-1:] * padding], [*encoded, *encoded[-1:] * padding])
         tracker = ReplyTracker([self.new_reply(o, on_text is not None) for o in options], on_text)
         if self._leaves_at_eos(options[0], batch):
             greedy_leaving_at_eos(self.model, batch, tracker)
         else:
-            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded))
+            self._generate_with_transformers(batch, options, tracker, max(len(e.input_ids) for e in encoded), rows)
         tracker.close()
         return [reply.generation(len(e.input_ids)) for reply, e in zip(tracker.replies, encoded)]
 
@@ -172,25 +191,19 @@ class VLM:
         return options.plain_greedy and self.greedy_loop_fits and set(batch) <= POSITIONAL_INPUTS
 
     def _generate_with_transformers(self, batch: dict, options: Sequence[DecodeOptions], tracker: ReplyTracker,
-                                    prompt_length: int) -> None:
+                                    prompt_length: int, rows: int) -> None:
         kwargs = options[0].generate_kwargs()
         kwargs["max_new_tokens"] = max(o.max_new_tokens for o in options)
         if options[0].beams == 1:  # beam search reorders its rows every step: its replies are followed once done
             kwargs["stopping_criteria"] = StoppingCriteriaList([tracker])
         if options[0].seed is not None:
             torch.manual_seed(options[0].seed)
-        out = self.model.generate(**batch, **kwargs)  # [B, T + new]
+        if self.compiled is not None:
+            tokens = prompt_length + kwargs["max_new_tokens"]
+            kwargs.update(self.compiled.generate_kwargs(self.model, rows, tokens, options[0]))
+        with self.compiled.limits() if self.compiled else contextlib.nullcontext():
+            out = self.model.generate(**batch, **kwargs)  # [B, T + new]
         if options[0].beams > 1:
             for column in out[:, prompt_length:].T.tolist():
                 tracker.step(column)
 
-
-def compile_generation(model) -> None:
-    """Generate with a static KV cache and a torch.compile'd forward (transformers does it by itself on GPUs only).
-    Each new batch shape compiles first (seconds); identical outputs. On the CPU at the quickstart model's size:
-    1.1-1.2x captions/s (benchmarks/generate_bench.py)."""
-    from transformers import CompileConfig
-
-    model.generation_config.cache_implementation = "static"
-    model.generation_config.compile_config = CompileConfig(fullgraph=False)
-    model.generation_config.compile_config._compile_all_devices = True  # the documented switch for CPUs

@@ -8,6 +8,7 @@ queued and generated in batches (`batcher`, `metrics`); errors are answered in O
 from __future__ import annotations
 
 import sys
+import time
 
 from .api import create_app
 from .config import ServeConfig
@@ -22,8 +23,11 @@ def serve(config: ServeConfig) -> None:
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    app = create_app(VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
-                         template=config.template, dtype=config.dtype), config)
+    vlm = VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
+              template=config.template, dtype=config.dtype)
+    if config.compiled:
+        warm_up(vlm, config)
+    app = create_app(vlm, config)
     url = f"http://{config.host}:{config.port}"
     print(f"verbo: serving {config.served_name!r} at {url}/v1 with {app.state.api.batching}", file=sys.stderr,
           flush=True)
@@ -32,3 +36,14 @@ def serve(config: ServeConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print("verbo: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+
+
+def warm_up(vlm, config: ServeConfig) -> None:
+    """Compile the shapes of `--compile` before serving, so that no request pays for it, and say how long it took."""
+    from ..infer.options import DecodeOptions
+
+    started = time.monotonic()
+    shapes = vlm.warm_up(config.batch_size, (config.defaults or DecodeOptions()).max_new_tokens)
+    print(f"verbo: compiled generation for {shapes} shapes (up to {config.batch_size} rows, "
+          f"{vlm.compiled.cache_length} cached tokens) in {time.monotonic() - started:.1f} s", file=sys.stderr,
+          flush=True)

@@ -62,7 +62,8 @@ class ServeConfig:
     quantize: str = "none"
     """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes, CUDA)."""
     compiled: bool = False
-    """Static KV cache + torch.compile for generation (each new batch shape compiles first)."""
+    """Static KV cache + torch.compile'd decoding steps in bucketed shapes (`infer.compiled`), all compiled at start;
+    requests are then batched dynamically."""
     template: str | None = None
     """How prompts are laid out (chat, plain, caption); default: the model's own (see `infer.VLM`)."""
     threads: int | None = None
