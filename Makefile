@@ -25,8 +25,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/verbo quickstart --out quickstart
 
+# One pytest-xdist worker per core, at most 4 (each holds its own tiny models and data); each worker computes on one
+# thread (tests/conftest.py). `pytest` alone runs the suite in one process, as before.
+PYTEST_ARGS := -q -n auto --maxprocesses 4 --dist worksteal
+
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The suite again with every dependency at the floor pyproject.toml declares (.ci/floors.py), in its own venv: the
 # floors are what CI proves, not what was once true. torch's floor is a CUDA build (it runs on CPUs too): a few GB.
@@ -41,7 +45,7 @@ $(FLOORS)/.installed: pyproject.toml .ci/floors.py
 	touch $@
 
 test-floors: $(FLOORS)/.installed
-	$(FLOORS)/bin/python -m pytest -q
+	$(FLOORS)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf quickstart runs .pytest_cache

@@ -17,6 +17,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 # Equality tests compare float32 paths; on GPUs TF32 matmuls and convolutions would round them apart. The variable
 # reaches the subprocesses the tests start (verbo commands) as well as this one.
 os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
+# `make test` runs pytest-xdist workers, one per core: each computes on one thread (set before torch is imported; the
+# verbo commands a test starts inherit it). Tiny models gain nothing from intra-op threads, and two workers' thread
+# pools contending for the same cores made the suite several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import torch  # noqa: E402
 from transformers import (  # noqa: E402

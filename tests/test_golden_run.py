@@ -58,11 +58,13 @@ TIMINGS = ("seconds", "time", "per_s", "per_second", "elapsed", "throughput", "e
 BEFORE_THE_PACKAGE_MOVE = "a8c8833337f6589f561c8ae48d9f3975e5c48014"
 """The last commit before the code moved into packages (issue 18): a run it started must resume with today's code."""
 
-CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+"""The CPU, on one thread: how many threads sum a reduction changes its last digits, so the numbers would otherwise
+depend on the machine's cores and on how many test workers share them."""
 
 
 def verbo(*args: str) -> str:
-    """Run a verbo command in its own process on the CPU (as on a machine without a GPU); its stdout."""
+    """Run a verbo command in its own process on one CPU thread (as on a machine without a GPU); its stdout."""
     done = subprocess.run([sys.executable, "-m", "verbovision", *args], env=CPU_ONLY, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
