@@ -132,7 +132,8 @@ class VLM:
     def warm_up(self, batch_size: int, max_new_tokens: int) -> int:
         """Compile generation (`--compile`) for every row bucket of batches of up to `batch_size` replies, at the
         cache length of a one-image prompt and `max_new_tokens`, so that requests find their shapes compiled; returns
-        how many shapes are compiled by then. The graph is the same for greedy decoding and (unseeded) sampling: greedy warms both."""
+        how many shapes are compiled by then. The graph is the same for greedy decoding and (unseeded) sampling:
+        greedy warms both."""
         probe = probe_record(self.caption_prompt)
         self.compiled.reserve(self.prompt_tokens(probe) + max_new_tokens)
         # Forced tokens (min_new_tokens): a probe that ended at once would leave the decoding step uncompiled.
