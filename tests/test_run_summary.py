@@ -101,3 +101,22 @@ def test_a_terminal_gets_the_live_bar(monkeypatch):
     monkeypatch.setattr(progress_module.sys, "stderr", terminal)
     assert isinstance(progress(10), tqdm)
     assert isinstance(progress(10, enabled=False), LogProgress)
+
+
+def test_postfix_values_are_read_only_when_the_progress_is_shown(capsys):
+    """A training step's loss left on the GPU is read (a host-device synchronisation) only when a line shows it."""
+    from verbovision.train.state import Shown
+
+    reads = []
+
+    class DeviceValue:
+        def __float__(self):
+            reads.append(1)
+            return 0.25
+
+    bar = LogProgress(100, 0, "stage 0 s")
+    for _ in range(10):  # every 5%: two lines
+        bar.set_postfix(loss=Shown(DeviceValue()))
+        bar.update(1)
+    assert len(reads) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("loss=0.2500")

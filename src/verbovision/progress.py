@@ -14,12 +14,34 @@ LOG_EVERY_PERCENT = 5
 
 
 def progress(total: int, initial: int = 0, desc: str = "", unit: str = "step", enabled: bool = True):
-    """A progress counter with tqdm's `update`, `set_postfix` and `close`."""
+    """A progress counter with tqdm's `update`, `set_postfix` and `close`. The postfix values are formatted when the
+    progress is shown, not when they are set: a training step's loss is then read from the GPU (which waits for the
+    step's kernels) only as often as it is shown."""
     if enabled and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        return _terminal_bar(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
     return LogProgress(total, initial, desc, unit, enabled)
+
+
+def _postfix(values: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+def _terminal_bar(**settings):
+    from tqdm.auto import tqdm
+
+    class TerminalBar(tqdm):
+        """tqdm, its postfix values formatted when the bar is drawn."""
+
+        values: dict = {}
+
+        def set_postfix(self, ordered_dict=None, refresh=True, **values) -> None:
+            self.values = {**(ordered_dict or {}), **values}
+
+        @property
+        def format_dict(self) -> dict:
+            return {**super().format_dict, "postfix": _postfix(self.values) or None}
+
+    return TerminalBar(**settings)
 
 
 class LogProgress:
@@ -29,10 +51,10 @@ class LogProgress:
         self.total, self.n, self.desc, self.unit, self.enabled = total, initial, desc, unit, enabled
         self.start, self.start_n = time.monotonic(), initial
         self.every = max(1, math.ceil(total * LOG_EVERY_PERCENT / 100))
-        self.postfix = ""
+        self.values: dict = {}
 
     def set_postfix(self, **values) -> None:
-        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        self.values = values
 
     def update(self, n: int = 1) -> None:
         before, self.n = self.n, self.n + n
@@ -43,7 +65,7 @@ class LogProgress:
         elapsed = time.monotonic() - self.start
         rate = (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
         left = f", {_clock((self.total - self.n) / rate)} left" if rate and self.n < self.total else ""
-        postfix = f", {self.postfix}" if self.postfix else ""
+        postfix = f", {_postfix(self.values)}" if self.values else ""
         return (f"{self.desc}: {self.unit} {self.n}/{self.total} ({100 * self.n // max(1, self.total)}%), "
                 f"{_clock(elapsed)} elapsed{left}, {rate:.2f} {self.unit}/s{postfix}")
 

@@ -55,7 +55,7 @@ def token_loss(model, batch: dict, device, family: Family, reduction: str = "mea
     with _head_inputs(head) as hidden:
         model(**inputs, use_cache=False)
     hidden = family.text_logits(hidden[0], labels.shape[1])  # [B, T, D]
-    return _chunked_loss(head, family.head, hidden, labels, reduction)
+    return _chunked_loss(head, family.head, hidden, batch["labels"], reduction)
 
 
 def _plain_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -89,9 +89,13 @@ def _chunked_loss(head: nn.Module, arithmetic: Head, hidden: torch.Tensor, label
     """The cross-entropy of the labelled next tokens, from the output head's inputs `hidden` [B, T, D]: the head and
     its arithmetic run on `CHUNK_LOGITS` logits at a time, each upcast to float32. In training each chunk's logits
     are recomputed in the backward rather than kept (activation checkpointing), so only one chunk's exist at once."""
-    targets = labels[:, 1:]
-    labelled = targets != -100
-    rows, targets = hidden[:, :-1][labelled], targets[labelled]  # [N, D], [N]
+    # The labelled positions are found on the CPU copy of the labels: a boolean mask on the GPU would make the host
+    # wait for the forward to finish (to learn how many rows it selects) before it could queue the loss.
+    targets = labels.cpu()[:, 1:]
+    labelled = (targets != -100).nonzero()  # [N, 2]: row, position
+    index = labelled.to(hidden.device, non_blocking=True)
+    rows = hidden[:, :-1][index[:, 0], index[:, 1]]  # [N, D]
+    targets = targets[labelled[:, 0], labelled[:, 1]].to(hidden.device, non_blocking=True)  # [N]
     size = max(1, CHUNK_LOGITS // head.weight.shape[0])
     total = rows.sum() * 0  # 0 with the graph's gradient path, where nothing is labelled
     for start in range(0, rows.shape[0], size):

@@ -174,8 +174,8 @@ class Processes:
         mine = micro_batch[self.rank * per_process : (self.rank + 1) * per_process]
         return (mine, 1.0) if mine else (micro_batch[:1], 0.0)
 
-    def all_reduce_sum(self, value: float) -> float:
-        """The sum of `value` over all processes."""
+    def all_reduce_sum(self, value):
+        """The sum of `value` (a number, or what `float()` reads) over all processes; one process: `value` itself."""
         if not self.distributed:
             return value
         tensor = torch.tensor([float(value)], device=self.accelerator.device, dtype=torch.float64)
@@ -189,9 +189,9 @@ class Processes:
 
         return gather_object(items)
 
-    def step(self, model, optimizer, max_norm: float) -> float:
+    def step(self, model, optimizer, max_norm: float) -> float | torch.Tensor:
         """Clip the accumulated gradients to `max_norm` and step the optimizer; returns the gradient norm before
-        clipping. DeepSpeed: the engine reduces, clips and steps at once (its `step()` is the accumulation
+        clipping (a tensor on the device, unread, where torch computes it). DeepSpeed: the engine reduces, clips and steps at once (its `step()` is the accumulation
         boundary: `managed_gradient_accumulation: false`), clipping to this stage's `max_norm`."""
         if not self.deepspeed:
             # Sharded gradients (FSDP) need Accelerate's clipping: each process holds only part of each gradient.
@@ -199,8 +199,9 @@ class Processes:
             clip = self.accelerator.clip_grad_norm_ if self.distributed else torch.nn.utils.clip_grad_norm_
             norm = clip(params, max_norm)
             optimizer.step()
-            return float("nan") if norm is None else float(norm.full_tensor() if hasattr(norm, "full_tensor")
-                                                            else norm)  # FSDP2: a DTensor
+            if norm is None:
+                return float("nan")
+            return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
         zero = model.optimizer
         zero.clip_grad = float(max_norm) if 0 < max_norm < float("inf") else 0.0  # 0: DeepSpeed does not clip
         model.step()

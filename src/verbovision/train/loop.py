@@ -24,7 +24,7 @@ from .outputs import finish_stage
 from .scst import ScstSteps
 from .setup import prepare_stage
 from .sft import SftSteps
-from .state import StageLoop, StageResult, StageSetup, TrainState, load_trainable
+from .state import Shown, StageLoop, StageResult, StageSetup, TrainState, load_trainable, logged_values
 from .validate import validate
 
 
@@ -96,11 +96,11 @@ def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
     state.step += 1
     state.step_in_epoch += 1
     if values:
-        loop.bar.set_postfix(loss=f"{values['loss']:.4f}")
+        loop.bar.set_postfix(loss=Shown(values["loss"]))
     loop.bar.update(1)
     last = state.step == setup.total_steps
-    if values and (state.step % stage.log_every == 0 or last):
-        loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **values,
+    if values and (state.step % stage.log_every == 0 or last):  # else the step's values are read only where shown
+        loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **logged_values(values),
                         lr=setup.scheduler.get_last_lr()[0])
     eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
     if setup.val_examples and (eval_now or last):

@@ -10,7 +10,7 @@ from ..config.schema import Recipe, Stage
 from ..data.batching import Collated
 from ..data.encoding import Encoded, Encoder
 from ..model.loss import token_loss
-from .state import StageSetup, TrainState, compute_precision, optimizer_step
+from .state import DeviceSum, StageSetup, TrainState, compute_precision, optimizer_step
 
 
 class SftSteps:
@@ -39,15 +39,15 @@ class SftSteps:
         n_targets = procs.all_reduce_sum(sum(weight * int((b["labels"][:, 1:] != -100).sum()) for b, weight in batches))
         if not n_targets:  # as the Trainer does when it skips an optimizer step, the schedule waits too
             return {}
-        total = 0.0
+        total = DeviceSum()
         for batch, weight in batches:
             if batch["input_ids"].shape[0]:
-                total += self.backward(batch, weight, n_targets)
+                total.add(self.backward(batch, weight, n_targets))
         grad_norm = optimizer_step(self.setup, self.stage)
         return {"loss": procs.all_reduce_sum(total), "grad_norm": grad_norm}
 
-    def backward(self, batch: dict, weight: float, n_targets: float) -> float:
-        """Accumulate the gradient of one micro-batch's part of the step's loss; returns that part."""
+    def backward(self, batch: dict, weight: float, n_targets: float) -> torch.Tensor:
+        """Accumulate the gradient of one micro-batch's part of the step's loss; returns that part (unread)."""
         setup, procs = self.setup, self.setup.procs
         core = procs.unwrap_model(setup.model)
         with compute_precision(setup):
@@ -58,7 +58,7 @@ class SftSteps:
         if procs.distributed:
             loss = loss + vision_keepalive(core, setup.collator.encoder, batch, setup.device)
         procs.backward(loss)
-        return loss.item()
+        return loss
 
 
 def vision_keepalive(model, encoder: Encoder, batch: dict, device) -> torch.Tensor:

@@ -51,9 +51,39 @@ def compute_precision(setup: StageSetup):
     return torch.autocast(setup.device.type, dtype=setup.autocast or torch.bfloat16, enabled=setup.autocast is not None)
 
 
-def optimizer_step(setup: StageSetup, stage: Stage) -> float:
+class DeviceSum:
+    """A sum of scalar tensors left where they were computed and read only when the step is logged: reading a GPU
+    value waits for every kernel queued before it, and a step that read its loss after each micro-batch would leave
+    the GPU idle while the next one is prepared. `float()` reads it, summing the parts as Python floats in order."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+
+    def add(self, part: torch.Tensor) -> None:
+        self.parts.append(part.detach())
+
+    def __float__(self) -> float:
+        return sum(float(part) for part in self.parts)
+
+
+class Shown:
+    """A step's value as the progress bar shows it: read when the bar is drawn (`progress`), not at every step."""
+
+    def __init__(self, value, spec: str = ".4f") -> None:
+        self.value, self.spec = value, spec
+
+    def __str__(self) -> str:
+        return format(float(self.value), self.spec)
+
+
+def logged_values(values: dict) -> dict[str, float]:
+    """A step's values as the numbers logged: tensors and device sums read here, once per logged step."""
+    return {key: float(value) for key, value in values.items()}
+
+
+def optimizer_step(setup: StageSetup, stage: Stage) -> float | torch.Tensor:
     """Clip the accumulated gradients, step, advance the schedule, clear the gradients; returns the gradient norm
-    (before clipping)."""
+    (before clipping), as a tensor on the device where one is computed (read when the step is logged)."""
     norm = setup.procs.step(setup.model, setup.optimizer, stage.max_grad_norm or float("inf"))  # clips, then steps
     setup.scheduler.step()
     setup.optimizer.zero_grad(set_to_none=True)
