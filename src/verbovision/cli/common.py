@@ -125,8 +125,8 @@ def _add_model_options(group) -> None:
     group.add_argument("--compile", action="store_true",
                        help="static KV cache + torch.compile'd decoding steps: identical replies, faster once "
                             "compiled; batches are padded to a power of two rows (at most --batch-size) and the cache "
-                            f"to a multiple of {CACHE_STEP} tokens, each such shape compiling once (serve compiles them "
-                            "before serving); beam search runs eagerly")
+                            f"to a multiple of {CACHE_STEP} tokens, each such shape compiling once (serve compiles "
+                            "them before serving); beam search runs eagerly")
 
 
 def add_dtype_option(group) -> None:

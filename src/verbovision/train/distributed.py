@@ -191,8 +191,9 @@ class Processes:
 
     def step(self, model, optimizer, max_norm: float) -> float | torch.Tensor:
         """Clip the accumulated gradients to `max_norm` and step the optimizer; returns the gradient norm before
-        clipping (a tensor on the device, unread, where torch computes it). DeepSpeed: the engine reduces, clips and steps at once (its `step()` is the accumulation
-        boundary: `managed_gradient_accumulation: false`), clipping to this stage's `max_norm`."""
+        clipping (a tensor on the device, unread, where torch computes it). DeepSpeed: the engine reduces, clips and
+        steps at once (its `step()` is the accumulation boundary: `managed_gradient_accumulation: false`), clipping to
+        this stage's `max_norm`."""
         if not self.deepspeed:
             # Sharded gradients (FSDP) need Accelerate's clipping: each process holds only part of each gradient.
             params = [p for p in model.parameters() if p.requires_grad]

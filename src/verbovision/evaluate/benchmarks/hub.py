@@ -160,6 +160,16 @@ def save_image(image: Mapping | None, path: Path, where: str) -> None:
     path.write_bytes(data)
 
 
+def rows_saving_images(rows, images: Path, hub_id: str) -> list[dict]:
+    """The rows but their images, each row's image saved once as images/<image_id>.jpg (TextVQA's train_images/,
+    which TextCaps shares)."""
+    kept = []
+    for row in rows:
+        save_image(row["image"], images / f"{row['image_id']}.jpg", f"{hub_id}: image {row['image_id']}")
+        kept.append(without(row, "image"))
+    return kept
+
+
 def without(row: Mapping, *columns: str) -> dict:
     """The row's fields but `columns` (its images): what the official annotation file keeps of it."""
     return {key: value for key, value in row.items() if key not in columns}

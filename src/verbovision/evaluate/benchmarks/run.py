@@ -3,9 +3,9 @@ by the benchmark's official rule and write `OUT/<benchmark>/` (predictions.jsonl
 report.md, metrics.png) and `OUT/summary.json`.
 
 Each benchmark is read from its official files under --data-dir, or from a hub dataset (hub.py), which the settings
-and summary record. A run resumes: replies are kept in chunk files (`OUT/<benchmark>/generated/`, each written atomically) as they are
-generated, a rerun with the same settings (`settings.json`) generates only what is missing, and skips a benchmark
-whose report is written.
+and summary record. A run resumes: replies are kept in chunk files (`OUT/<benchmark>/generated/`, each written
+atomically) as they are generated, a rerun with the same settings (`settings.json`) generates only what is missing,
+and skips a benchmark whose report is written.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from ...files import write_json
 from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
 from .captioning import (CAPTION_TOKENS, METRIC, ONE_SENTENCE, REFERENCE, caption_results_writer, prompt_source,
                          score_captions)
-from .hub import save_image, without
+from .hub import rows_saving_images
 from .official import entries, entry, official_json
 
 PUBLISHED = "TextCaps (textvqa.org/textcaps/dataset; images: TextVQA's train_val_images.zip)"
@@ -43,10 +43,7 @@ def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
 
 def _write_from_hub(folder: Path, split: str, tables) -> None:
     """lmms-eval's TextCaps rows as TextCaps_0.1_val.json and the TextVQA train_images/ they caption."""
-    rows = []
-    for row in tables[0]:
-        save_image(row["image"], folder / IMAGES / f"{row['image_id']}.jpg", f"{HUB.id}: image {row['image_id']}")
-        rows.append(without(row, "image"))
+    rows = rows_saving_images(tables[0], folder / IMAGES, HUB.id)
     write_json(folder / "TextCaps_0.1_val.json", {"dataset_type": "val", "dataset_name": "textcaps",
                                                   "dataset_version": "0.1", "data": rows})
 

@@ -30,7 +30,7 @@ from ...files import write_json
 from ..metrics import EvalResult
 from ..vqa import normalize_textvqa_answer, textvqa_accuracy
 from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
-from .hub import save_image, without
+from .hub import rows_saving_images
 from .official import entries, entry, official_json
 from .replies import jsonl_rows, mean_with_interval, replies_of, write_rows
 
@@ -76,11 +76,7 @@ def _llava_prompts(path: Path) -> dict[tuple[str, str], str]:
 
 def write_from_hub(folder: Path, split: str, tables) -> None:
     """lmms-eval's TextVQA rows as TextVQA_0.5.1_val.json and the train_images/ they ask about."""
-    rows = []
-    for row in tables[0]:
-        save_image(row["image"], folder / "train_images" / f"{row['image_id']}.jpg",
-                   f"{HUB.id}: question {row['question_id']}")
-        rows.append(without(row, "image"))
+    rows = rows_saving_images(tables[0], folder / "train_images", HUB.id)
     write_json(folder / ANNOTATIONS, {"dataset_name": "textvqa", "dataset_version": "0.5.1", "dataset_type": "val",
                                       "data": rows})
 

@@ -87,8 +87,8 @@ def _annotations(data_dir: Path) -> dict:
 def _write_from_hub(folder: Path, split: str, tables) -> None:
     """lmms-eval's VQAv2 rows as visualqa.org's questions file (val: and annotations file) and the COCO images."""
     questions, annotations = [], []
+    image_set = IMAGE_SETS[split]
     for row in tables[0]:
-        image_set = IMAGE_SETS[split]
         save_image(row["image"], folder / image_set / f"COCO_{image_set}_{row['image_id']:012d}.jpg",
                    f"{HUB.id}: question {row['question_id']}")
         questions.append({key: row[key] for key in ("image_id", "question", "question_id")})
