@@ -102,14 +102,14 @@ def test_two_processes_on_a_stream_equal_one(tmp_path, shapes_data):
 
 
 def write_noise_stream(folder: Path, n: int) -> int:
-    """`n` noise images with captions as parquet shards of 25 rows; their size in bytes."""
+    """`n` noise images with captions as parquet shards of 50 rows; their size in bytes."""
     rows = [{"image": png, "caption": text} for png, text in noise_samples(n)]
-    return int(write_parquet_shards(folder, rows, per_shard=25) * 2**20)
+    return int(write_parquet_shards(folder, rows, per_shard=50) * 2**20)
 
 
 def test_a_large_stream_trains_within_a_memory_cap(tmp_path, shapes_data):
-    # Memory holds the shuffle buffer's rows (8 here) and each feeding shard's row group: datasets' default of 10
-    # shards held ~110 MB of them here, hence stream_shards' default of 1.
+    # Memory holds the shuffle buffer's rows (8 here) and each feeding shard's row group: with datasets' default of 10
+    # shards feeding it, the 10 shards here would all be held at once (+400 MB seen), hence stream_shards' default of 1.
     assert_memory_flat(tmp_path, shapes_data / "val/caption_short_en.json", write_noise_stream, "hf-stream", 500,
                        stream_buffer=8)
 
