@@ -107,10 +107,15 @@ def limit_cutting_some(generations) -> tuple[int, list[bool]]:
     return limit, cut
 
 
+FLOAT32 = "float32"
+"""The weights' dtype of the tests' training runs, which compare numbers at float32 tolerances: on a GPU, `auto`
+would train in bfloat16 (tests/test_dtype.py covers that path)."""
+
 TINY_SCRATCH = {
     "vision": {"arch": "siglip", "hidden_size": 32, "layers": 1, "heads": 2, "image_size": 32, "patch_size": 8},
     "language": {"arch": "qwen2", "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 300},
     "connector": {"type": "mlp", "act": "gelu"},
+    "dtype": FLOAT32,
 }
 
 
@@ -138,7 +143,7 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 
 def train_one_stage(tmp_path: Path, shapes_data: Path, base: Path, stage: dict) -> Path:
     run = tmp_path / "run"
-    recipe = {"name": "family", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base)},
+    recipe = {"name": "family", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(base), "dtype": FLOAT32},
               "stages": [stage]}
     train_recipe(parse_recipe(recipe), run)
     return run

@@ -15,7 +15,8 @@ from verbovision.infer.vlm import VLM
 from verbovision.model.store import load_model
 from verbovision.train.run import train_recipe
 
-from .helpers import CAPTIONS, LORA, assert_changed_exactly, changed_parameters, needs_model_type, train_one_stage
+from .helpers import (CAPTIONS, FLOAT32, LORA, assert_changed_exactly, changed_parameters, needs_model_type,
+                      train_one_stage)
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -143,7 +144,7 @@ def test_llava_vqa_lora_recipe_on_tiny_llava(tmp_path, shapes_data, tiny_tokeniz
     tiny_llava = make_tiny_llava(tmp_path / "base", tiny_tokenizer_texts)
     overrides = [f"model.from={tiny_llava}", f"data_root={shapes_data}", "stages.0.data.train=[train/vqa_en.json]",
                  "stages.0.data.val=[val/vqa_en.json]", "stages.0.max_steps=3", "stages.0.batch_size=2",
-                 "stages.0.grad_accum=2", "stages.0.lora.r=4", "stages.0.lora.alpha=8"]
+                 "stages.0.grad_accum=2", "stages.0.lora.r=4", "stages.0.lora.alpha=8", f"model.dtype={FLOAT32}"]
     run = tmp_path / "run"
     train_recipe(load_recipe(RECIPES / "llava-vqa-lora.yaml", overrides), run)
     merged = read_json(run / "final/verbovision.json")["merge"]

@@ -44,7 +44,7 @@ from verbovision.merge import logits_of, probe_batch
 from verbovision.model.store import load_model
 from verbovision.train.run import train_recipe
 
-from .helpers import BLOCK_VERBOVISION, needs_model_type
+from .helpers import BLOCK_VERBOVISION, FLOAT32, needs_model_type
 from .tiny_families import (
     make_tiny_git,
     make_tiny_idefics3,
@@ -272,7 +272,7 @@ def test_family(model_type, tmp_path, shapes_data, four_records, tiny_tokenizer_
              "max_steps": 3, "batch_size": 2, "lr": 1e-2, "merge": True}
     run = tmp_path / "run"
     train_recipe(parse_recipe({"name": model_type, "seed": 0, "data_root": str(shapes_data),
-                               "model": {"from": str(base)}, "stages": [stage]}), run)
+                               "model": {"from": str(base), "dtype": FLOAT32}, "stages": [stage]}), run)
     final = read_json(run / "final/verbovision.json")
     assert final["template"] == case.template
     assert ("prompt" in final) == (case.template != "caption")  # what `verbo caption` then asks
@@ -315,6 +315,26 @@ def test_greedy_captions_are_generates(model_type, tmp_path, four_records, tiny_
     assert bool(own_loop_calls) == (model_type in OWN_GREEDY_LOOP)
     vlm.greedy_loop_fits = False
     assert vlm.caption(images, options=options) == captions
+
+
+UNCAST_PIXELS = ("chameleon", "deepseek_vl_hybrid", "aria", "lfm3_vl", "got_ocr2")
+"""Model types whose vision towers do not cast pixel values to their weights' dtype themselves (SAM's, Chameleon's
+VQ encoder, Aria's, LFM's): fed as the processor makes them (float32), a bfloat16 model fails."""
+
+
+@pytest.mark.parametrize("model_type", UNCAST_PIXELS)
+def test_bfloat16_models_get_pixels_in_their_dtype(model_type, tmp_path, four_records, tiny_tokenizer_texts):
+    """`auto` loads bfloat16 on GPUs: captions (our greedy loop and `generate`) and the merge check's probe work
+    there, here forced on the CPU."""
+    case = runnable_case(model_type)
+    base = case.build(tmp_path / "base", tiny_tokenizer_texts)
+    vlm = VLM(base, device="cpu", dtype="bfloat16", **chosen_template(model_type))
+    images = [Image.open(record["image"]).convert("RGB") for record in json.loads(four_records.read_text())[:2]]
+    assert len(vlm.caption(images, max_new_tokens=4)) == 2
+    vlm.greedy_loop_fits = False
+    assert len(vlm.caption(images, max_new_tokens=4)) == 2
+    model, processor = load_model(base, device="cpu", dtype="bfloat16")
+    assert logits_of(model, probe_batch(model, processor, "cpu")).isfinite().all()
 
 
 def support_row(model_type: str) -> list[str]:

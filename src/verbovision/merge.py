@@ -21,7 +21,8 @@ from .errors import VerboError
 from .families import check_consumed, family_of, without_peft
 from .files import read_json, write_json
 from .model.quantize import is_quantized
-from .model.store import MODEL_METADATA, adapter_base, is_adapter, load_model, model_metadata, weights_dtype
+from .model.store import (MODEL_METADATA, adapter_base, inputs_for, is_adapter, load_model, model_metadata,
+                          weights_dtype)
 from .model.trainable import evaluating
 
 DEFAULT_TOLERANCE = 1e-4
@@ -58,7 +59,8 @@ def probe_batch(model, processor, device, seed: int = 0) -> dict:
     family = family_of(model.config)
     encoder = Encoder(processor, "plain", max_length=1 << 30, family=family)
     batch = Collator(encoder)([encoder.encode(Record("probe", [image], turns, "merge probe"))]).batch
-    inputs = family.model_inputs({k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"})
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+    inputs = family.model_inputs(inputs_for(model, tensors, device))
     check_consumed(model, inputs)
     return inputs
 

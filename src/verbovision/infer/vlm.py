@@ -22,7 +22,7 @@ from ..data.encoding import Encoded, Encoder
 from ..data.images import load_image
 from ..data.records import CAPTION_PROMPT, Record
 from ..families import family_of
-from ..model.store import load_model, model_metadata
+from ..model.store import inputs_for, load_model, model_metadata
 from .compiled import WARM_UP_TOKENS, CompiledGeneration
 from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
 from .messages import messages_record, probe_record, prompt_record
@@ -170,13 +170,13 @@ class VLM:
 
     def model_inputs(self, records: Sequence[Record], encoded: Sequence[Encoded]) -> dict:
         """The forward inputs of the records' prompts (`encoded`) on the model's device: ids and attention mask
-        left-padded to a common length, the images processed."""
+        left-padded to a common length, the images processed (in the weights' dtype: `model.store.inputs_for`)."""
         batch = self.collator.pad(encoded)
         batch.pop("labels")
         images = [load_image(image) for record in records for image in record.images]
         if images:
             batch.update(self.encoder.pixel_inputs(images))
-        return self.family.model_inputs({k: v.to(self.device) for k, v in batch.items()})
+        return self.family.model_inputs(inputs_for(self.model, batch, self.device))
 
     def new_reply(self, options: DecodeOptions, streamed: bool) -> Reply:
         """A reply to follow as its tokens come (`streamed`: its text handed out as it grows)."""

@@ -84,6 +84,15 @@ def weights_dtype(model) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
+def inputs_for(model, batch: dict, device) -> dict:
+    """`batch`'s tensors on `device`, the floating ones (pixel values and the like) in the weights' dtype, as
+    `BatchFeature.to(device, dtype)` gives them: not every vision tower casts its input itself (SAM's in DeepSeek-VL
+    hybrid, Chameleon's, Aria's), and a bfloat16 one fed float32 pixels fails. A training forward needs none of this:
+    it runs under autocast."""
+    dtype = weights_dtype(model)
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
+
+
 def check_model_location(path: str) -> None:
     """A model directory, an adapter directory, or a model the hub can give: anything else is an error naming it."""
     local = Path(path)
