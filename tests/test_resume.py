@@ -95,3 +95,15 @@ def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data
         shutil.rmtree(checkpoint)
     train_recipe(parse_recipe(raw), run, resume=True)
     assert curve(run) == logged
+
+
+def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_path, shapes_data):
+    """done.json records a finished stage's folders; a run moved since (or resumed by another path, relative or
+    through a link) finds them in its stage folders, not where they were."""
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a", max_steps=1), stage("b", max_steps=1)]))
+    train_recipe(recipe, tmp_path / "first")
+    shutil.rmtree(tmp_path / "first/stages/1-b")  # as if killed before the second stage ended
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    run = train_recipe(recipe, tmp_path / "moved", resume=True)
+    assert run["stages"]["a"]["model_dir"] == str(tmp_path / "moved/stages/0-a/model")
+    assert (tmp_path / "moved/final").resolve() == tmp_path / "moved/stages/1-b/model"

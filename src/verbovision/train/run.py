@@ -82,7 +82,9 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
         stage_dir = out / "stages" / f"{index}-{stage.name}"
         done = read_json(stage_dir / "done.json")
         if done:
-            result = StageResult(**done)
+            # Its folders where the run is now: the run may have moved, or be named by another path, since it finished.
+            result = StageResult(**{**done, **{key: str(stage_dir / Path(done[key]).name)
+                                               for key in ("model_dir", "adapter_dir") if done[key]}})
         else:
             result = run_stage(procs, recipe, index, stage, base, stage_dir, logger, run, resume)
             if procs.is_main_process:
