@@ -7,6 +7,7 @@ tiny model; the cache; the errors. Nothing touches the network (HF_HUB_OFFLINE=1
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,9 @@ def test_a_training_stage_reads_its_eval_benchmark_from_a_hub_copy(tmp_path, sha
     [(benchmark, items)] = benchmark_items(recipe, recipe.stages[0])
     official, _ = load_items(BENCHMARKS["pope"], tmp_path / "official", None, 100)
     assert benchmark.name == "pope" and [_what(item) for item in items] == [_what(item) for item in official]
+    # OWNER/NAME under data_root is that folder, wherever the run starts from, not a hub dataset of that name
+    shutil.copytree(snapshot, tmp_path / "root/bench/pope")
+    recipe = parse_recipe(tiny_recipe(tmp_path / "root", [stage("s", eval_benchmarks=[{"name": "pope",
+                                                                                       "data_dir": "bench/pope"}])]))
+    [(_, items)] = benchmark_items(recipe, recipe.stages[0])
+    assert [_what(item) for item in items] == [_what(item) for item in official]

@@ -153,7 +153,7 @@ def benchmark_items(recipe: Recipe, stage: Stage) -> list[tuple]:
     planned = []
     for spec in stage.eval_benchmarks:
         (benchmark,) = benchmarks_named(spec.name)
-        local = spec.data_dir and not is_hub_id(spec.data_dir)
+        local = spec.data_dir and not is_hub_id(spec.data_dir, recipe.data_root)
         data = Path(recipe.data_root) / spec.data_dir if local else spec.data_dir or None
         items, _ = load_items(benchmark, data, None, spec.limit)
         planned.append((benchmark, items))

@@ -40,9 +40,10 @@ class DataSource:
     fingerprint}} for a hub dataset (settings.json, report.json, summary.json)."""
 
 
-def is_hub_id(data: str | Path | None) -> bool:
-    """Whether --data-dir names a hub dataset: OWNER/NAME that is no local path."""
-    return data is not None and HUB_ID.fullmatch(str(data)) is not None and not Path(data).exists()
+def is_hub_id(data: str | Path | None, root: str | Path = ".") -> bool:
+    """Whether --data-dir (or a stage's data_dir) names a hub dataset: OWNER/NAME that is no local path, relative
+    paths starting at `root` (a recipe's data_root)."""
+    return data is not None and HUB_ID.fullmatch(str(data)) is not None and not (Path(root) / data).exists()
 
 
 def check_data(benchmarks: Sequence[Benchmark], data: str | Path | None) -> None:
