@@ -195,3 +195,13 @@ def test_files_written_follow_the_umask(shapes_data, tmp_path, umask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_saved_weights_are_as_readable_as_their_config(lora_run):
+    """safetensors >= 0.8 creates its files 0600 whatever the umask (safetensors#782): a model trained for others to
+    serve was unreadable to them. A model's and an adapter's weights get the mode their config.json got."""
+    folders = [lora_run / "init", lora_run / "stages/0-full/model", lora_run / "stages/1-lora/adapter"]
+    for folder in folders:
+        config = folder / ("adapter_config.json" if folder.name == "adapter" else "config.json")
+        for weights in folder.glob("*.safetensors"):
+            assert stat.S_IMODE(weights.stat().st_mode) == stat.S_IMODE(config.stat().st_mode), weights

@@ -23,6 +23,16 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Give the safetensors files in `folder` the mode open() would have: safetensors >= 0.8 writes them through a
+    private temporary file (0600, safetensors#782), so a model saved for others to serve or load was unreadable to
+    them while its config.json was not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
+
+
 def write_json(path: str | Path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

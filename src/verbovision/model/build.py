@@ -48,7 +48,7 @@ from ..data.encoding import with_trained_template
 from ..data.tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 from ..errors import ConfigError, VerboError
 from ..families import family_of, is_vision_encoder_decoder, starts_with_cls, ties_in_vlm
-from ..files import write_json
+from ..files import follow_umask, write_json
 from .quantize import is_quantized
 from .store import MODEL_METADATA, check_model_source, explained_import_error, save_processor
 
@@ -287,6 +287,7 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
         raise VerboError(f"{out}: a model quantized for inference cannot be saved as a checkpoint; save the float one")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
+    follow_umask(out)
     if metadata and "template" in metadata:
         processor = with_trained_template(processor, family_of(model.config), metadata)
     save_processor(processor, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..config.schema import Stage
 from ..data.encoding import Encoder, with_trained_template
 from ..families import family_of
-from ..files import read_json, write_json
+from ..files import follow_umask, read_json, write_json
 from ..merge import merge_adapter, merge_verified
 from ..model.build import save_model
 from ..model.quantize import is_quantized
@@ -50,6 +50,7 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
         return StageResult(stage.name, str(stage_dir / "model"), None, 0, None)
     adapter_dir = stage_dir / "adapter"
     model.save_pretrained(adapter_dir)
+    follow_umask(adapter_dir)
     save_processor(with_trained_template(processor, family_of(model.config), metadata), adapter_dir)
     write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
                                                 "stage": stage.name})
