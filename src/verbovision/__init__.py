@@ -1,5 +1,7 @@
 """VerboVision: build, train, fine-tune, evaluate and serve vision-language models."""
 
+from . import infer  # `verbovision.infer.DecodeOptions` as the README spells it; imports nothing heavy until used
+
 __version__ = "0.1.0"
 
 
