@@ -109,6 +109,7 @@ def add_decode_options(parser: argparse.ArgumentParser, length_default: str | No
 
 def _add_model_options(group) -> None:
     """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
+    from ..config.sources import TEMPLATES
     from ..infer.options import BATCH_SIZE, CACHE_STEP
 
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
@@ -117,7 +118,7 @@ def _add_model_options(group) -> None:
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
-    group.add_argument("--template", choices=["chat", "plain", "caption", "prefix"],
+    group.add_argument("--template", choices=TEMPLATES,
                        help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
                             "else its chat template; else the family's own prompt format): chat, plain (images, "
                             "then the prompt on its line), caption (images only) or prefix (PaliGemma's: images, "

@@ -37,13 +37,14 @@ def _data_path_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config.sources import TEMPLATES
     from ..data.check import CheckOptions
 
     _data_path_arguments(p)
     p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
     p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
     p.add_argument("--max-length", type=int, default=2048, help="with --model: longest record")
-    p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
+    p.add_argument("--template", choices=TEMPLATES, help="with --model: prompt template (default: model's)")
     p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
                                                          "is usable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
