@@ -190,7 +190,8 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading")
     group.add_argument("--format", choices=FORMATS,
                        help="llava (JSON/JSONL conversations), coco (caption annotations), pairs (JSONL/CSV/TSV "
-                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet)")
+                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet), "
+                            "hf-stream (a hub dataset id or folder streamed by datasets, its train split)")
     group.add_argument("--image-column", help="column with the image path (default: image, file_name, ...)")
     group.add_argument("--text-column", help="column with the caption or answer (default: caption, text, ...)")
     group.add_argument("--question-column", help="column with the question (default: question, instruction, ...)")
