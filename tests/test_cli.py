@@ -122,7 +122,13 @@ def test_synth_command(tmp_path, capsys):
 def test_errors_are_one_line(tmp_path, shapes_data):
     result = verbo("train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'missing.yaml'}: recipe not found"]
+    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'missing.yaml'}: recipe not found; "
+                                                  "give a recipe YAML file or the name of a shipped recipe "
+                                                  "(quickstart, geovlm...)"]
+    # the README's recipes/NAME.yaml run outside a checkout of the repository
+    result = verbo("train", str(tmp_path / "recipes/geovlm.yaml"))
+    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'recipes/geovlm.yaml'}: recipe not "
+                                                  "found; the shipped geovlm recipe is `verbo train geovlm`"]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")
     result = verbo("caption", str(tmp_path), str(bad))

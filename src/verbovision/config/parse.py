@@ -41,12 +41,15 @@ def recipe_file(given: str | Path) -> Path:
     path = Path(given)
     if path.is_file():
         return path
-    shipped = shipped_recipe(path.name) if path.parent == Path(".") else None
-    if shipped:
+    shipped = shipped_recipe(path.name)
+    if shipped and path.parent == Path("."):
         return shipped
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
-    raise ConfigError(f"{path}: recipe not found")
+    # The README's `recipes/NAME.yaml` exists in a checkout of the repository, not where VerboVision was pip-installed.
+    hint = (f"the shipped {path.stem} recipe is `verbo train {path.stem}`" if shipped else
+            "give a recipe YAML file or the name of a shipped recipe (quickstart, geovlm...)")
+    raise ConfigError(f"{path}: recipe not found; {hint}")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
