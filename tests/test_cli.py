@@ -210,3 +210,19 @@ def test_help_loads_neither_torch_nor_transformers():
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"
+
+
+def test_train_takes_its_process_count_from_the_accelerate_config(tmp_path, monkeypatch):
+    """`--accelerate-config F` without --nproc launches F's num_processes (it was ignored: one process, no config);
+    --nproc overrides it."""
+    from verbovision.train import distributed
+
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv, config: launched.append((nproc, config)) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config = tmp_path / "zero2.yaml"
+    config.write_text("distributed_type: DEEPSPEED\nnum_processes: 3\n")
+    out = str(tmp_path / "run")
+    assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config)]) == 0
+    assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config), "--nproc", "2"]) == 0
+    assert launched == [(3, str(config)), (2, str(config))]
