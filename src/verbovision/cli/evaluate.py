@@ -163,7 +163,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def _add_compare_argument(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--compare", metavar="RUN_OR_PREDICTIONS",
+    p.add_argument("--compare", metavar="EVAL_OR_PREDICTIONS",
                    help=f"test the difference from another model on the same items: {what}; per metric the "
                         "difference, its 95%% interval and p-value (paired bootstrap), printed and added to the "
                         "report")
