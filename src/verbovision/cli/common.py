@@ -77,6 +77,13 @@ def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | 
 
 # ------------------------------------------------------------------------------------------------ generation
 
+MODEL_HELP = "a model directory, a run's final, a LoRA adapter directory (its base read from its metadata) or a hub id"
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """MODEL, as every command that loads a model for generation takes it (`load_vlm`)."""
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+
 
 def add_decode_options(parser: argparse.ArgumentParser, length_default: str | None = None) -> None:
     """The decoding flags of every generating command; each flag's dest is the DecodeOptions field it sets, and the

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (Command, add_decode_options, add_reading_options, decode_options_from_flags, load_vlm,
+from .common import (MODEL_HELP, Command, add_decode_options, add_reading_options, decode_options_from_flags, load_vlm,
                      read_options)
 
 METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, textvqa, numeric, choice, wer, "
@@ -16,7 +16,8 @@ METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_matc
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate.benchmarks import BENCHMARKS
 
-    p.add_argument("model", metavar="MODEL", nargs="?", help="the model to load and evaluate (not with --endpoint)")
+    p.add_argument("model", metavar="MODEL", nargs="?", help=f"the model to evaluate: {MODEL_HELP} (not with "
+                                                              "--endpoint)")
     p.add_argument("--data", help="data file or folder (any supported format)")
     p.add_argument("--benchmark", metavar="NAME[,NAME...]",
                    help=f"instead of --data: official benchmarks, read from --data-dir (default: each one's hub "
