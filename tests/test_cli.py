@@ -6,12 +6,14 @@ import gc
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
 import verbovision
 from verbovision.cli import main, make_parser
 from verbovision.cli.common import load_vlm, pause_collector
+from verbovision.cli.evaluate import default_out
 from verbovision.config.parse import load_recipe
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.infer.messages import prompt_record
@@ -226,3 +228,10 @@ def test_train_takes_its_process_count_from_the_accelerate_config(tmp_path, monk
     assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config)]) == 0
     assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config), "--nproc", "2"]) == 0
     assert launched == [(3, str(config)), (2, str(config))]
+
+
+def test_eval_folder_defaults_to_the_model_name_and_a_run_final_to_its_run():
+    assert default_out("runs/qs/final") == Path("eval/qs")  # not eval/final for every run's final model
+    assert default_out("runs/pt/stages/0-pretrain/adapter") == Path("eval/adapter")
+    assert default_out("llava-hf/llava-1.5-7b-hf") == Path("eval/llava-1.5-7b-hf")
+    assert default_out("final") == Path("eval/final")

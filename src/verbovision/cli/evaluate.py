@@ -23,7 +23,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"instead of --data: official benchmarks, read from --data-dir (default: each one's hub "
                         f"dataset) and scored by their official rules: {', '.join(BENCHMARKS)}")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=f"with --data: {METRIC_HELP}")
-    p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
+    p.add_argument("--out", help="evaluation folder (default: eval/<model name>; a run's final: eval/<run name>)")
     _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file; with "
                              "--benchmark, the --out folder of another run of the same benchmarks")
     group = p.add_argument_group("benchmarks")
@@ -90,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
                           "benchmarks)")
     endpoint = _endpoint(args)
     name = str(endpoint) if endpoint else args.model
-    out = Path(args.out or Path("eval") / Path(endpoint.model if endpoint else args.model).name)
+    out = Path(args.out) if args.out else default_out(endpoint.model if endpoint else args.model)
     if endpoint:
         endpoint.cache = ResponseCache(out / CACHE_FILE)
     if args.benchmark:
@@ -102,6 +102,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(result.truncation)
     _compare(result, args, out)
     print(f"predictions and report: {out}")
+
+
+def default_out(model: str) -> Path:
+    """eval/<model name>, a run's final named by its run (runs/qs/final: eval/qs), so that evaluations of several
+    runs' final models do not all go to eval/final, each replacing the last."""
+    path = Path(model)
+    return Path("eval") / (path.parent.name if path.name == "final" and path.parent.name else path.name)
 
 
 EVAL = Command(
