@@ -12,8 +12,8 @@ from .common import Command, CommandGroup, add_reading_options, read_options
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["shapes", "geometry"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
+    p.add_argument("--out", required=True, help="output folder: images/, LLaVA JSON files in train/, val/, test/")
+    p.add_argument("--n", type=int, help="number of images (default: 3000 shapes, 1000 geometry)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
     p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
 

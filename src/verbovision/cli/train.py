@@ -13,7 +13,7 @@ from .common import Command, add_dtype_option
 
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
-    p.add_argument("--n", type=int, help="number of synthetic images (default 12000)")
+    p.add_argument("--n", type=int, help="number of synthetic images (default: 12000)")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -35,7 +35,7 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
     p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
     p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder of the composed model (a standard checkpoint)")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -119,8 +119,8 @@ TRAIN = Command(
 
 
 def _merge_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter", metavar="ADAPTER_OR_RUN")
-    p.add_argument("--out", required=True)
+    p.add_argument("adapter", metavar="ADAPTER_OR_RUN", help="a LoRA adapter directory, or a run (its last adapter)")
+    p.add_argument("--out", required=True, help="folder of the merged model (a standard checkpoint)")
     p.add_argument("--tolerance", type=float,
                    help="largest logit difference accepted (default: 1e-4 for float32 weights; for 16-bit ones, "
                         "8 units of their precision at the largest logit)")
