@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from .common import (MODEL_HELP, Command, add_decode_options, add_reading_options, decode_options_from_flags, load_vlm,
                      read_options)
 
+EVAL_METRICS = "bleu,meteor,rouge_l,cider,exact_match"
+"""verbo eval --data's default --metrics."""
 METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, textvqa, numeric, choice, wer, "
                "cer")
 
@@ -22,7 +24,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", metavar="NAME[,NAME...]",
                    help=f"instead of --data: official benchmarks, read from --data-dir (default: each one's hub "
                         f"dataset) and scored by their official rules: {', '.join(BENCHMARKS)}")
-    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=f"with --data: {METRIC_HELP}")
+    p.add_argument("--metrics", default=EVAL_METRICS, help=f"with --data: {METRIC_HELP}")
     p.add_argument("--out", help="evaluation folder (default: eval/<model name>; a run's final: eval/<run name>)")
     _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file; with "
                              "--benchmark, the --out folder of another run of the same benchmarks")
@@ -52,6 +54,26 @@ def _add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--endpoint-model", metavar="NAME",
                        help="the served model's name (default: the only one the server lists at /models)")
     group.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
+
+
+def _refuse_flags_of_the_other_mode(args: argparse.Namespace) -> None:
+    """--benchmark's flags with --data, and --data's with --benchmark, are an error: either would be ignored."""
+    from ..data.rows import ReadOptions
+
+    if args.data is not None:
+        mode, other, why = "--data", "--benchmark", "--data scores every record of its file"
+        given = {"--data-dir": args.data_dir is not None, "--split": args.split is not None,
+                 "--limit": args.limit is not None}
+    else:
+        mode, other, why = "--benchmark", "--data", "each benchmark is read and scored by its own rules"
+        given = {"--metrics": args.metrics != EVAL_METRICS, "--prompt": args.prompt != ReadOptions.prompt,
+                 "--format": args.format is not None, "--image-column": args.image_column is not None,
+                 "--text-column": args.text_column is not None, "--question-column": args.question_column is not None,
+                 "--image-root": args.image_root is not None}
+    flags = [flag for flag, is_given in given.items() if is_given]
+    if flags:
+        raise ConfigError(f"verbo eval {mode}: {', '.join(flags)} {'goes' if len(flags) == 1 else 'go'} with {other}; "
+                          f"{why}")
 
 
 def _endpoint(args: argparse.Namespace):
@@ -88,6 +110,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         what = "--data and --benchmark exclude each other" if args.data else "nothing to evaluate"
         raise ConfigError(f"{what}: give --data FILE (a dataset with references) or --benchmark NAME (official "
                           "benchmarks)")
+    _refuse_flags_of_the_other_mode(args)
     endpoint = _endpoint(args)
     name = str(endpoint) if endpoint else args.model
     out = Path(args.out) if args.out else default_out(endpoint.model if endpoint else args.model)
