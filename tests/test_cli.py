@@ -119,6 +119,11 @@ def test_compiled_generation_gives_the_same_captions(lora_run, shapes_data, caps
 def test_synth_command(tmp_path, capsys):
     assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo"), "--n", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 5
+    # geometry is English only: --langs pt is an error, not an English dataset
+    assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo-pt"), "--n", "5", "--langs", "pt"]) == 2
+    assert capsys.readouterr().err.strip() == ("verbo: error: --langs pt: geometry's captions and questions are "
+                                               "English only; --langs chooses the languages of shapes")
+    assert not (tmp_path / "geo-pt").exists()
 
 
 def test_errors_are_one_line(tmp_path, shapes_data):

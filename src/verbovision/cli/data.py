@@ -15,7 +15,7 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: images/, LLaVA JSON files in train/, val/, test/")
     p.add_argument("--n", type=int, help="number of images (default: 3000 shapes, 1000 geometry)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
-    p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
+    p.add_argument("--langs", help="caption languages of shapes (en, pt; default: en,pt); geometry is English only")
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -23,8 +23,11 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     from ..data.synth_geometry import synth_geometry
 
     if args.kind == "shapes":
-        langs = tuple(x for x in args.langs.split(",") if x)
+        langs = tuple(x for x in (args.langs or "en,pt").split(",") if x)
         summary = synth_shapes(args.out, n=args.n or 3000, seed=args.seed, langs=langs)
+    elif args.langs:
+        raise DataError(f"--langs {args.langs}: geometry's captions and questions are English only; "
+                        "--langs chooses the languages of shapes")
     else:
         summary = synth_geometry(args.out, n=args.n or 1000, seed=args.seed)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
