@@ -257,3 +257,5 @@ def test_check_with_model_flags_too_long_records(mixed_run, tmp_path, capsys):
                "caption", "--allow")
     out = capsys.readouterr().out
     assert f"{TOO_LONG}" in out and rows[0]["id"] in out
+    with pytest.raises(DataError, match="--max-length and --template say how --model would encode"):  # not ignored
+        verbo_data("check", data / "train/long.json", "--max-length", "200", "--allow")

@@ -40,13 +40,15 @@ def _data_path_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config.schema import Stage
     from ..config.sources import TEMPLATES
     from ..data.check import CheckOptions
 
     _data_path_arguments(p)
     p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
     p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
-    p.add_argument("--max-length", type=int, default=2048, help="with --model: longest record")
+    p.add_argument("--max-length", type=int, help=f"with --model: longest record, in tokens (default: "
+                                                  f"{Stage.max_length}, a stage's)")
     p.add_argument("--template", choices=TEMPLATES, help="with --model: prompt template (default: model's)")
     p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
                                                          "is usable)")
@@ -54,11 +56,15 @@ def _check_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
+    from ..config.schema import Stage
     from ..data.check import CheckOptions, check_data
     from ..data.records import require_usable
     from ..model.store import records_encoder
 
-    encoder = records_encoder(args.model, args.template, args.max_length) if args.model else None
+    if not args.model and (args.max_length is not None or args.template):
+        raise DataError("--max-length and --template say how --model would encode the records; give --model too")
+    length = Stage.max_length if args.max_length is None else args.max_length
+    encoder = records_encoder(args.model, args.template, length) if args.model else None
     report = check_data(args.data, read_options(args), CheckOptions(min_size=args.min_size), encoder)
     print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
     require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too
