@@ -177,7 +177,8 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
                         "([{question_id, answer}]), or COCO caption results JSON ([{image_id, caption}])")
     p.add_argument("--refs", help="VQAv2 annotations JSON (v2_mscoco_*_annotations.json; the questions file is not "
                                   "needed), TextVQA JSON ({data: [...]}), JSON/JSONL with question_id and "
-                                  "answers/answer, or COCO caption annotations JSON")
+                                  "answers/answer, or COCO caption annotations JSON (default: the references our "
+                                  "predictions.jsonl carries; the other formats need --refs)")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=METRIC_HELP)
     p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
     _add_compare_argument(p, "another predictions file of the same items, in PREDICTIONS' format (scored with the "
