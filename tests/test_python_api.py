@@ -68,6 +68,11 @@ def test_load_takes_the_dtype_the_commands_take(plain_model_dir):
     assert verbovision.load(str(plain_model_dir), device="cpu").model.dtype == torch.float32  # auto, on a CPU
 
 
+def test_load_takes_the_quantization_the_commands_take(plain_model_dir, images):
+    quantized = verbovision.load(str(plain_model_dir), device="cpu", quantize="int8-dynamic")
+    assert quantized.model.verbovision_quantized == "int8-dynamic" and quantized.caption(images, max_new_tokens=2)
+
+
 def test_decode_options_are_reached_from_the_package_as_the_readme_spells_them():
     """`options=verbovision.infer.DecodeOptions(...)` after `import verbovision` alone, before any model loads (a
     fresh process: this one has imported verbovision.infer already), and without loading torch."""
