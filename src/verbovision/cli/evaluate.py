@@ -135,7 +135,8 @@ def default_out(model: str) -> Path:
 
 
 EVAL = Command(
-    "generate on a dataset and score it: every metric with a bootstrap interval", _eval_arguments, cmd_eval,
+    "generate on a dataset and score it, with bootstrap intervals for the metrics averaged over items",
+    _eval_arguments, cmd_eval,
     "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
     "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
     "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014\n"
