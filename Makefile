@@ -1,7 +1,10 @@
 # Two commands do all set-up: `make demo` and `make test`. Both create .venv when needed.
 PYTHON ?= python3
-# A pinned torch: on CPU-only machines an unpinned one pulls a multi-GB CUDA build. GPU users: make demo TORCH=torch
+# A pinned torch, the release the suite and the demo's timings were measured with. From PyPI on Linux it is the CUDA
+# build (a few GB; it runs on CPUs too): CPU-only machines get the small CPU build with
+# make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu. Another torch: make demo TORCH=torch
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 VENV := .venv
 BIN := $(VENV)/bin
 
@@ -12,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e .
 	touch $@
 

@@ -6,12 +6,14 @@ import gc
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
 import verbovision
 from verbovision.cli import main, make_parser
 from verbovision.cli.common import load_vlm, pause_collector
+from verbovision.cli.evaluate import default_out
 from verbovision.config.parse import load_recipe
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.infer.messages import prompt_record
@@ -117,12 +119,23 @@ def test_compiled_generation_gives_the_same_captions(lora_run, shapes_data, caps
 def test_synth_command(tmp_path, capsys):
     assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo"), "--n", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 5
+    # geometry is English only: --langs pt is an error, not an English dataset
+    assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo-pt"), "--n", "5", "--langs", "pt"]) == 2
+    assert capsys.readouterr().err.strip() == ("verbo: error: --langs pt: geometry's captions and questions are "
+                                               "English only; --langs chooses the languages of shapes")
+    assert not (tmp_path / "geo-pt").exists()
 
 
 def test_errors_are_one_line(tmp_path, shapes_data):
     result = verbo("train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'missing.yaml'}: recipe not found"]
+    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'missing.yaml'}: recipe not found; "
+                                                  "give a recipe YAML file or the name of a shipped recipe "
+                                                  "(quickstart, geovlm...)"]
+    # the README's recipes/NAME.yaml run outside a checkout of the repository
+    result = verbo("train", str(tmp_path / "recipes/geovlm.yaml"))
+    assert result.stderr.strip().splitlines() == [f"verbo: error: {tmp_path / 'recipes/geovlm.yaml'}: recipe not "
+                                                  "found; the shipped geovlm recipe is `verbo train geovlm`"]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")
     result = verbo("caption", str(tmp_path), str(bad))
@@ -204,3 +217,26 @@ def test_help_loads_neither_torch_nor_transformers():
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"
+
+
+def test_train_takes_its_process_count_from_the_accelerate_config(tmp_path, monkeypatch):
+    """`--accelerate-config F` without --nproc launches F's num_processes (it was ignored: one process, no config);
+    --nproc overrides it."""
+    from verbovision.train import distributed
+
+    launched = []
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv, config: launched.append((nproc, config)) or 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    config = tmp_path / "zero2.yaml"
+    config.write_text("distributed_type: DEEPSPEED\nnum_processes: 3\n")
+    out = str(tmp_path / "run")
+    assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config)]) == 0
+    assert main(["train", "quickstart", "--out", out, "--accelerate-config", str(config), "--nproc", "2"]) == 0
+    assert launched == [(3, str(config)), (2, str(config))]
+
+
+def test_eval_folder_defaults_to_the_model_name_and_a_run_final_to_its_run():
+    assert default_out("runs/qs/final") == Path("eval/qs")  # not eval/final for every run's final model
+    assert default_out("runs/pt/stages/0-pretrain/adapter") == Path("eval/adapter")
+    assert default_out("llava-hf/llava-1.5-7b-hf") == Path("eval/llava-1.5-7b-hf")
+    assert default_out("final") == Path("eval/final")

@@ -252,3 +252,10 @@ def test_check_with_model_flags_too_long_records(mixed_run, tmp_path, capsys):
     verbo_data("check", data / "train/long.json", "--model", run / "final", "--max-length", "200", "--allow")
     out = capsys.readouterr().out
     assert f"{TOO_LONG}" in out and rows[0]["id"] in out and "10 records, 9 usable" in out
+    # --template takes every layout the generating commands' --template takes (a GIT or ViT-GPT2 captioner's caption)
+    verbo_data("check", data / "train/long.json", "--model", run / "final", "--max-length", "200", "--template",
+               "caption", "--allow")
+    out = capsys.readouterr().out
+    assert f"{TOO_LONG}" in out and rows[0]["id"] in out
+    with pytest.raises(DataError, match="--max-length and --template say how --model would encode"):  # not ignored
+        verbo_data("check", data / "train/long.json", "--max-length", "200", "--allow")

@@ -58,8 +58,11 @@ def doc_commands() -> list[str]:
     found = []
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
-        blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
-        candidates = [line.strip() for block in blocks for line in block.splitlines()]
+        # Fences at line starts, so that the prose between two blocks is not read as one (a closing fence is no
+        # opening one); a line ending in a backslash goes on on the next.
+        blocks = [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```", text, re.S | re.M)
+                  if lang in ("", "bash", "sh")]
+        candidates = [line.strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
         candidates += [" ".join(code.split()) for code in re.findall(r"`((?:verbo|accelerate launch)\s[^`]+)`", text)]
         found += [c for c in candidates if command_words(c) is not None]
     return found

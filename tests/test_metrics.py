@@ -16,7 +16,7 @@ from verbovision.evaluate.bleu import bleu
 from verbovision.evaluate.captions import score_captions
 from verbovision.evaluate.cider import CiderD
 from verbovision.evaluate.error_rates import cer, wer
-from verbovision.evaluate.metrics import bootstrap_ci
+from verbovision.evaluate.metrics import bootstrap_ci, score
 from verbovision.evaluate.ptb import ptb_raw_tokens, ptb_tokenize, tokenize_captions
 from verbovision.evaluate.rouge import rouge_l
 from verbovision.evaluate.vqa import (normalize_textvqa_answer, normalize_vqa_answer, score_vqa, textvqa_accuracy,
@@ -405,3 +405,13 @@ def test_bootstrap_ci():
     assert bootstrap_ci([2.0] * 10) == (2.0, 2.0)
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_only_metrics_that_are_means_over_items_get_an_interval():
+    """Corpus BLEU is no mean of its items' BLEU, even where both are near zero (a model repeating one word: corpus
+    BLEU-4 2e-13, its items' mean 7e-13), so it gets no interval, which need not contain it."""
+    references = {i: [f"a {colour} circle and a small star"] for i, colour in enumerate(["red", "blue", "green"] * 2)}
+    result = score({i: "small small small small small small" for i in references}, references,
+                   ["bleu", "rouge_l", "exact_match"])
+    assert 0 < result.values["Bleu_4"] < 1e-9
+    assert "Bleu_4" not in result.intervals and {"ROUGE_L", "exact_match"} <= set(result.intervals)

@@ -103,6 +103,17 @@ def test_chunks_split_the_questions(vlm, shapes_data, tmp_path):
     assert [len(c) for c in chunks] == [3, 3, 4] and sum(chunks, []) == ids
 
 
+def test_image_folder_is_also_image_root_as_the_other_commands_name_it(model_dir, shapes_data, tmp_path):
+    from verbovision.cli import main
+
+    questions = tmp_path / "q.jsonl"
+    ids = write_questions(questions, shapes_data, 3)
+    out = tmp_path / "answers.jsonl"
+    args = ["--questions", str(questions), "--out", str(out), "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(["predict", str(model_dir), *args, "--image-root", str(shapes_data)]) == 0
+    assert [a["question_id"] for a in answer_lines(out)] == ids
+
+
 def test_unreadable_images_are_skipped_and_reported(vlm, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     questions = tmp_path / "q.jsonl"

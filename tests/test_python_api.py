@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -64,3 +66,18 @@ def test_load_takes_the_dtype_the_commands_take(plain_model_dir):
 
     assert verbovision.load(str(plain_model_dir), device="cpu", dtype="bfloat16").model.dtype == torch.bfloat16
     assert verbovision.load(str(plain_model_dir), device="cpu").model.dtype == torch.float32  # auto, on a CPU
+
+
+def test_load_takes_the_quantization_the_commands_take(plain_model_dir, images):
+    quantized = verbovision.load(str(plain_model_dir), device="cpu", quantize="int8-dynamic")
+    assert quantized.model.verbovision_quantized == "int8-dynamic" and quantized.caption(images, max_new_tokens=2)
+
+
+def test_decode_options_are_reached_from_the_package_as_the_readme_spells_them():
+    """`options=verbovision.infer.DecodeOptions(...)` after `import verbovision` alone, before any model loads (a
+    fresh process: this one has imported verbovision.infer already), and without loading torch."""
+    code = ("import sys, verbovision; print(verbovision.infer.DecodeOptions(max_new_tokens=4).max_new_tokens, "
+            "'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4", "False"]

@@ -6,6 +6,7 @@ vit-llama (the trained ViT + Llama)."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -95,6 +96,20 @@ def test_the_readme_shows_an_offline_command_for_every_seed_recipe():
     for name, commands in readme_seed_commands().items():
         assert commands[-1][:2] == ["train", f"recipes/{name}.yaml"]
         assert all(not arg.startswith(("model.", "data_root")) or "=models/" in arg for arg in commands[-1][2:])
+
+
+def comment_overrides(recipe: Path) -> list[list[str]]:
+    """The overrides a recipe's comment shows, one list per line, as a shell passes them (`key.path=value` words)."""
+    lines = [line.removeprefix("#") for line in recipe.read_text().splitlines() if line.startswith("#   ")]
+    return [[word for word in shlex.split(line) if re.match(r"^[a-z_][\w.]*=", word)] for line in lines]
+
+
+def test_every_override_a_recipe_comment_shows_loads_as_the_shell_passes_it():
+    shown = {recipe.stem: comment_overrides(recipe) for recipe in sorted(RECIPES.glob("*.yaml"))}
+    assert len(shown["vit-gpt2"]) == 5 and len(shown["geovlm"]) == 2  # the freezing variants; the real data sets
+    for name, lines in shown.items():
+        for overrides in lines:
+            load_recipe(RECIPES / f"{name}.yaml", overrides)
 
 
 @pytest.mark.parametrize("recipe", ["geovlm", "verbovision-pt", "llava-vqa-lora", "git-pokemon-lora"])

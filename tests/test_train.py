@@ -149,6 +149,10 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("model.dtype=bfloat", ("model.dtype: 'bfloat' unknown (did you mean 'bfloat16'?); use auto, float32, "
                             "bfloat16, float16")),
     ("model.dtype=float16", "model.dtype: float16 trains without the loss scaling it needs; use bfloat16"),
+    # `stages.0.train={vision: full, language: frozen}` unquoted: the shell splits it at its spaces
+    ("stages.0.train={vision:", ("override 'stages.0.train={vision:': the value is not valid YAML (expected the "
+                                 "node content, but found '<stream end>'); in a shell, quote an override that holds "
+                                 "spaces")),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"

@@ -165,6 +165,13 @@ def test_run_folder_given_as_model_names_its_final(tmp_path, image):
         f"{run}: a run folder, not a model; its trained model is {run / 'final'}")
 
 
+def test_eval_flags_of_the_other_mode_are_errors_not_ignored():
+    assert error_line(run_verbo("eval", "any/model", "--data", "x.json", "--limit", "2")) == (
+        "verbo eval --data: --limit goes with --benchmark; --data scores every record of its file")
+    assert error_line(run_verbo("eval", "any/model", "--benchmark", "pope", "--metrics", "cider", "--prompt", "Hi")) == (
+        "verbo eval --benchmark: --metrics, --prompt go with --data; each benchmark is read and scored by its own rules")
+
+
 def test_caption_folder_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     assert error_line(run_verbo("caption", "any/model", str(tmp_path))) == (

@@ -1,13 +1,16 @@
 """VerboVision: build, train, fine-tune, evaluate and serve vision-language models."""
 
+from . import infer  # `verbovision.infer.DecodeOptions` as the README spells it; imports nothing heavy until used
+
 __version__ = "0.1.0"
 
 
-def load(model: str, device: str | None = None, dtype: str | None = None):
+def load(model: str, device: str | None = None, dtype: str | None = None, quantize: str = "none"):
     """Load a model directory, adapter or hub id for captioning and VQA: `verbovision.load(path).caption([img])`.
 
     `dtype`: what the weights load in: auto (the default: bfloat16 on a GPU that supports it, else float32),
-    float32, bfloat16 or float16."""
+    float32, bfloat16 or float16. `quantize`, as `--quantize`: none, int8-dynamic (int8 linear layers on the CPU),
+    8bit or 4bit (bitsandbytes, on a CUDA GPU)."""
     from .infer import VLM
 
-    return VLM(model, device, dtype=dtype)
+    return VLM(model, device, quantize=quantize, dtype=dtype)

@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from ..infer.chat import HELP, ChatSession, repl
-from .common import Command, add_decode_options, decode_options_from_flags, load_vlm
+from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags, load_vlm
 
 
 def _chat_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    add_model_argument(p)
     p.add_argument("--image", help="image of the conversation (change it later with /image PATH)")
     p.add_argument("--system", help="system message opening the conversation")
     add_decode_options(p)

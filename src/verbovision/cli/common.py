@@ -77,6 +77,13 @@ def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | 
 
 # ------------------------------------------------------------------------------------------------ generation
 
+MODEL_HELP = "a model directory, a run's final, a LoRA adapter directory (its base read from its metadata) or a hub id"
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """MODEL, as every command that loads a model for generation takes it (`load_vlm`)."""
+    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+
 
 def add_decode_options(parser: argparse.ArgumentParser, length_default: str | None = None) -> None:
     """The decoding flags of every generating command; each flag's dest is the DecodeOptions field it sets, and the
@@ -109,6 +116,7 @@ def add_decode_options(parser: argparse.ArgumentParser, length_default: str | No
 
 def _add_model_options(group) -> None:
     """How the model is loaded and batched (`load_vlm` reads them), listed with the decoding flags."""
+    from ..config.sources import TEMPLATES
     from ..infer.options import BATCH_SIZE, CACHE_STEP
 
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="replies generated together")
@@ -117,7 +125,7 @@ def _add_model_options(group) -> None:
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
                             "on a CUDA GPU (pip install bitsandbytes)")
-    group.add_argument("--template", choices=["chat", "plain", "caption", "prefix"],
+    group.add_argument("--template", choices=TEMPLATES,
                        help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
                             "else its chat template; else the family's own prompt format): chat, plain (images, "
                             "then the prompt on its line), caption (images only) or prefix (PaliGemma's: images, "
@@ -189,7 +197,8 @@ def add_reading_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("reading")
     group.add_argument("--format", choices=FORMATS,
                        help="llava (JSON/JSONL conversations), coco (caption annotations), pairs (JSONL/CSV/TSV "
-                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet)")
+                            "rows), imagefolder (metadata.jsonl), webdataset (.tar shards), hf (save_to_disk/parquet), "
+                            "hf-stream (a hub dataset id or folder streamed by datasets, its train split)")
     group.add_argument("--image-column", help="column with the image path (default: image, file_name, ...)")
     group.add_argument("--text-column", help="column with the caption or answer (default: caption, text, ...)")
     group.add_argument("--question-column", help="column with the question (default: question, instruction, ...)")

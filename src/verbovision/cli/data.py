@@ -12,10 +12,10 @@ from .common import Command, CommandGroup, add_reading_options, read_options
 
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["shapes", "geometry"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, help="number of images (default 3000 shapes, 1000 geometry)")
+    p.add_argument("--out", required=True, help="output folder: images/, LLaVA JSON files in train/, val/, test/")
+    p.add_argument("--n", type=int, help="number of images (default: 3000 shapes, 1000 geometry)")
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same dataset")
-    p.add_argument("--langs", default="en,pt", help="caption languages for shapes (en, pt)")
+    p.add_argument("--langs", help="caption languages of shapes (en, pt; default: en,pt); geometry is English only")
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -23,8 +23,11 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     from ..data.synth_geometry import synth_geometry
 
     if args.kind == "shapes":
-        langs = tuple(x for x in args.langs.split(",") if x)
+        langs = tuple(x for x in (args.langs or "en,pt").split(",") if x)
         summary = synth_shapes(args.out, n=args.n or 3000, seed=args.seed, langs=langs)
+    elif args.langs:
+        raise DataError(f"--langs {args.langs}: geometry's captions and questions are English only; "
+                        "--langs chooses the languages of shapes")
     else:
         summary = synth_geometry(args.out, n=args.n or 1000, seed=args.seed)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
@@ -37,24 +40,31 @@ def _data_path_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config.schema import Stage
+    from ..config.sources import TEMPLATES
     from ..data.check import CheckOptions
 
     _data_path_arguments(p)
     p.add_argument("--min-size", type=int, default=CheckOptions.min_size, help="smallest image side, px")
     p.add_argument("--model", help="also tokenize with this model (directory or hub id) to find too-long records")
-    p.add_argument("--max-length", type=int, default=2048, help="with --model: longest record")
-    p.add_argument("--template", choices=["chat", "plain"], help="with --model: prompt template (default: model's)")
+    p.add_argument("--max-length", type=int, help=f"with --model: longest record, in tokens (default: "
+                                                  f"{Stage.max_length}, a stage's)")
+    p.add_argument("--template", choices=TEMPLATES, help="with --model: prompt template (default: model's)")
     p.add_argument("--allow", action="store_true", help="exit 0 even when problems are found (not when no record "
                                                          "is usable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def cmd_check(args: argparse.Namespace) -> None:
+    from ..config.schema import Stage
     from ..data.check import CheckOptions, check_data
     from ..data.records import require_usable
     from ..model.store import records_encoder
 
-    encoder = records_encoder(args.model, args.template, args.max_length) if args.model else None
+    if not args.model and (args.max_length is not None or args.template):
+        raise DataError("--max-length and --template say how --model would encode the records; give --model too")
+    length = Stage.max_length if args.max_length is None else args.max_length
+    encoder = records_encoder(args.model, args.template, length) if args.model else None
     report = check_data(args.data, read_options(args), CheckOptions(min_size=args.min_size), encoder)
     print(json.dumps(report.as_dict(), indent=1, ensure_ascii=False) if args.json else report.summary())
     require_usable(report.records - len(report.problems), report.problems, f"records in {args.data}")  # --allow too

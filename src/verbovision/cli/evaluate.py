@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (Command, add_decode_options, add_reading_options, decode_options_from_flags, load_vlm,
+from .common import (MODEL_HELP, Command, add_decode_options, add_reading_options, decode_options_from_flags, load_vlm,
                      read_options)
 
+EVAL_METRICS = "bleu,meteor,rouge_l,cider,exact_match"
+"""verbo eval --data's default --metrics."""
 METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_match, vqa, textvqa, numeric, choice, wer, "
                "cer")
 
@@ -16,13 +18,14 @@ METRIC_HELP = ("comma-separated: bleu, meteor, rouge_l, cider, spice, exact_matc
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from ..evaluate.benchmarks import BENCHMARKS
 
-    p.add_argument("model", metavar="MODEL", nargs="?", help="the model to load and evaluate (not with --endpoint)")
+    p.add_argument("model", metavar="MODEL", nargs="?", help=f"the model to evaluate: {MODEL_HELP} (not with "
+                                                              "--endpoint)")
     p.add_argument("--data", help="data file or folder (any supported format)")
     p.add_argument("--benchmark", metavar="NAME[,NAME...]",
                    help=f"instead of --data: official benchmarks, read from --data-dir (default: each one's hub "
                         f"dataset) and scored by their official rules: {', '.join(BENCHMARKS)}")
-    p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider,exact_match", help=f"with --data: {METRIC_HELP}")
-    p.add_argument("--out", help="evaluation folder (default: eval/<model name>)")
+    p.add_argument("--metrics", default=EVAL_METRICS, help=f"with --data: {METRIC_HELP}")
+    p.add_argument("--out", help="evaluation folder (default: eval/<model name>; a run's final: eval/<run name>)")
     _add_compare_argument(p, "another evaluation folder (its predictions.jsonl) or our predictions file; with "
                              "--benchmark, the --out folder of another run of the same benchmarks")
     group = p.add_argument_group("benchmarks")
@@ -51,6 +54,26 @@ def _add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     group.add_argument("--endpoint-model", metavar="NAME",
                        help="the served model's name (default: the only one the server lists at /models)")
     group.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests in flight")
+
+
+def _refuse_flags_of_the_other_mode(args: argparse.Namespace) -> None:
+    """--benchmark's flags with --data, and --data's with --benchmark, are an error: either would be ignored."""
+    from ..data.rows import ReadOptions
+
+    if args.data is not None:
+        mode, other, why = "--data", "--benchmark", "--data scores every record of its file"
+        given = {"--data-dir": args.data_dir is not None, "--split": args.split is not None,
+                 "--limit": args.limit is not None}
+    else:
+        mode, other, why = "--benchmark", "--data", "each benchmark is read and scored by its own rules"
+        given = {"--metrics": args.metrics != EVAL_METRICS, "--prompt": args.prompt != ReadOptions.prompt,
+                 "--format": args.format is not None, "--image-column": args.image_column is not None,
+                 "--text-column": args.text_column is not None, "--question-column": args.question_column is not None,
+                 "--image-root": args.image_root is not None}
+    flags = [flag for flag, is_given in given.items() if is_given]
+    if flags:
+        raise ConfigError(f"verbo eval {mode}: {', '.join(flags)} {'goes' if len(flags) == 1 else 'go'} with {other}; "
+                          f"{why}")
 
 
 def _endpoint(args: argparse.Namespace):
@@ -87,9 +110,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         what = "--data and --benchmark exclude each other" if args.data else "nothing to evaluate"
         raise ConfigError(f"{what}: give --data FILE (a dataset with references) or --benchmark NAME (official "
                           "benchmarks)")
+    _refuse_flags_of_the_other_mode(args)
     endpoint = _endpoint(args)
     name = str(endpoint) if endpoint else args.model
-    out = Path(args.out or Path("eval") / Path(endpoint.model if endpoint else args.model).name)
+    out = Path(args.out) if args.out else default_out(endpoint.model if endpoint else args.model)
     if endpoint:
         endpoint.cache = ResponseCache(out / CACHE_FILE)
     if args.benchmark:
@@ -103,8 +127,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"predictions and report: {out}")
 
 
+def default_out(model: str) -> Path:
+    """eval/<model name>, a run's final named by its run (runs/qs/final: eval/qs), so that evaluations of several
+    runs' final models do not all go to eval/final, each replacing the last."""
+    path = Path(model)
+    return Path("eval") / (path.parent.name if path.name == "final" and path.parent.name else path.name)
+
+
 EVAL = Command(
-    "generate on a dataset and score it: every metric with a bootstrap interval", _eval_arguments, cmd_eval,
+    "generate on a dataset and score it, with bootstrap intervals for the metrics averaged over items",
+    _eval_arguments, cmd_eval,
     "examples:\n  verbo eval runs/qs/final --data data/shapes/test/caption_short_en.json --out eval/qs\n"
     "  verbo eval llava-hf/llava-1.5-7b-hf --data vqa/test.json --metrics vqa,exact_match --out eval/llava\n"
     "  verbo eval runs/vit-gpt2/final --data annotations/captions_val2014.json --image-root val2014\n"
@@ -146,7 +178,8 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
                         "([{question_id, answer}]), or COCO caption results JSON ([{image_id, caption}])")
     p.add_argument("--refs", help="VQAv2 annotations JSON (v2_mscoco_*_annotations.json; the questions file is not "
                                   "needed), TextVQA JSON ({data: [...]}), JSON/JSONL with question_id and "
-                                  "answers/answer, or COCO caption annotations JSON")
+                                  "answers/answer, or COCO caption annotations JSON (default: the references our "
+                                  "predictions.jsonl carries; the other formats need --refs)")
     p.add_argument("--metrics", default="bleu,meteor,rouge_l,cider", help=METRIC_HELP)
     p.add_argument("--out", help="also write report.json/report.md/metrics.png here")
     _add_compare_argument(p, "another predictions file of the same items, in PREDICTIONS' format (scored with the "
@@ -163,7 +196,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def _add_compare_argument(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--compare", metavar="RUN_OR_PREDICTIONS",
+    p.add_argument("--compare", metavar="EVAL_OR_PREDICTIONS",
                    help=f"test the difference from another model on the same items: {what}; per metric the "
                         "difference, its 95%% interval and p-value (paired bootstrap), printed and added to the "
                         "report")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import Command, add_decode_options, decode_options_from_flags, load_vlm
+from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags, load_vlm
 
 
 def _caption_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    add_model_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders whose images are all captioned")
     p.add_argument("--prompt", help="what to ask (default: the caption prompt the model was trained on, in its "
                                     "language, else its family's (PaliGemma: 'caption en'), else 'Describe the image "
@@ -33,7 +33,7 @@ CAPTION = Command(
 
 
 def _ask_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    add_model_argument(p)
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("question")
     add_decode_options(p)

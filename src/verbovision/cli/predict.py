@@ -7,14 +7,16 @@ import sys
 from pathlib import Path
 
 from ..infer.predict import PredictConfig, chunk, predict
-from .common import Command, add_decode_options, decode_options_from_flags, load_vlm
+from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags, load_vlm
 
 
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    add_model_argument(p)
     p.add_argument("--questions", required=True, help="JSONL with question_id, image and text on each line")
     p.add_argument("--out", required=True, help="answers JSONL (appended to; answered questions are skipped)")
-    p.add_argument("--image-folder", help="folder of the images (default: the questions file's folder)")
+    p.add_argument("--image-folder", "--image-root", dest="image_folder",
+                   help="folder of the images (default: the questions file's folder); --image-folder is LLaVA's name, "
+                        "--image-root the other commands'")
     p.add_argument("--model-id", help="model_id written in each answer (default: MODEL)")
     p.add_argument("--num-chunks", type=int, default=PredictConfig.num_chunks,
                    help="split the questions into N contiguous chunks...")

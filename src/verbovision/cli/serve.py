@@ -7,11 +7,11 @@ import os
 
 from ..serve import serve
 from ..serve.config import GENERIC_NAME, MB, ServeConfig
-from .common import Command, add_decode_options, decode_options_from_flags
+from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL")
+    add_model_argument(p)
     p.add_argument("--host", default=ServeConfig.host,
                    help=f"address to bind (default {ServeConfig.host}: this machine only)")
     p.add_argument("--port", type=int, default=ServeConfig.port, help="port to listen on")

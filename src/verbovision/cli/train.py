@@ -13,7 +13,7 @@ from .common import Command, add_dtype_option
 
 def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="quickstart", help="output folder (default: quickstart)")
-    p.add_argument("--n", type=int, help="number of synthetic images (default 12000)")
+    p.add_argument("--n", type=int, help="number of synthetic images (default: 12000)")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -35,7 +35,7 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
     p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
     p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="folder of the composed model (a standard checkpoint)")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -68,10 +68,24 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override recipe keys")
     p.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="data-parallel processes (GPUs, or CPU processes with gloo); batch_size is per process")
+    p.add_argument("--nproc", type=int,
+                   help="data-parallel processes (GPUs, or CPU processes with gloo); batch_size is per process "
+                        "(default: the --accelerate-config's num_processes, else 1)")
     p.add_argument("--accelerate-config", help="an Accelerate config (configs/accelerate/: DeepSpeed ZeRO-2/3, FSDP) "
-                                               "to launch the --nproc processes with")
+                                               "to launch the processes with")
+
+
+def _processes(args: argparse.Namespace) -> int:
+    """--nproc, else the num_processes of --accelerate-config (which would otherwise be ignored), else 1."""
+    if args.nproc is not None or not args.accelerate_config:
+        return args.nproc or 1
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(args.accelerate_config).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"--accelerate-config {args.accelerate_config}: cannot read it ({e})") from None
+    return int(config.get("num_processes", 1))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -83,12 +97,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
     recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
+    nproc = _processes(args)
+    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
 
         argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
-        if launch(args.nproc, argv, args.accelerate_config):
-            raise VerboError(f"training in {args.nproc} processes failed (see their output above)")
+        if launch(nproc, argv, args.accelerate_config):
+            raise VerboError(f"training in {nproc} processes failed (see their output above)")
         return
     train_and_report(recipe, out, resume=args.resume)
     print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
@@ -104,8 +119,8 @@ TRAIN = Command(
 
 
 def _merge_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter", metavar="ADAPTER_OR_RUN")
-    p.add_argument("--out", required=True)
+    p.add_argument("adapter", metavar="ADAPTER_OR_RUN", help="a LoRA adapter directory, or a run (its last adapter)")
+    p.add_argument("--out", required=True, help="folder of the merged model (a standard checkpoint)")
     p.add_argument("--tolerance", type=float,
                    help="largest logit difference accepted (default: 1e-4 for float32 weights; for 16-bit ones, "
                         "8 units of their precision at the largest logit)")

@@ -41,12 +41,15 @@ def recipe_file(given: str | Path) -> Path:
     path = Path(given)
     if path.is_file():
         return path
-    shipped = shipped_recipe(path.name) if path.parent == Path(".") else None
-    if shipped:
+    shipped = shipped_recipe(path.name)
+    if shipped and path.parent == Path("."):
         return shipped
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a recipe file; give a recipe YAML (such as recipes/quickstart.yaml)")
-    raise ConfigError(f"{path}: recipe not found")
+    # The README's `recipes/NAME.yaml` exists in a checkout of the repository, not where VerboVision was pip-installed.
+    hint = (f"the shipped {path.stem} recipe is `verbo train {path.stem}`" if shipped else
+            "give a recipe YAML file or the name of a shipped recipe (quickstart, geovlm...)")
+    raise ConfigError(f"{path}: recipe not found; {hint}")
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -65,6 +68,12 @@ def apply_override(raw: dict, override: str, where: Path | str = "command line")
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"{where}: override {override!r} must look like key.path=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:  # often a value the shell split at its spaces: `a={b: 1, c: 2}` unquoted
+        raise ConfigError(f"{where}: override {override!r}: the value is not valid YAML "
+                          f"({getattr(e, 'problem', None) or e}); in a shell, quote an override that holds spaces: "
+                          "'stages.0.train={vision: frozen, language: full}'") from None
     node: Any = raw
     parts = key.split(".")
     for depth, part in enumerate(parts):
@@ -73,12 +82,12 @@ def apply_override(raw: dict, override: str, where: Path | str = "command line")
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{where}: override {key}: {part!r} is not an index of a list of {len(node)}")
             if last:
-                node[int(part)] = yaml.safe_load(value)
+                node[int(part)] = parsed
             else:
                 node = node[int(part)]
         elif isinstance(node, dict):
             if last:
-                node[part] = yaml.safe_load(value)
+                node[part] = parsed
             else:
                 node = node.setdefault(part, {})
         else:

@@ -143,7 +143,8 @@ class Stage:
     best_metric_records: int = 200
     """Validation records generated on for a generation metric."""
     keep_best: bool = True
-    """Restore the weights with the lowest validation loss at the end of the stage."""
+    """Restore the weights of the best validation by best_metric (the lowest val_loss by default) at the end of the
+    stage."""
     early_stopping: int | None = None
     """Stop after this many validations without improvement; null never stops early."""
     eval_benchmarks: list[EvalBenchmark] = field(default_factory=list)

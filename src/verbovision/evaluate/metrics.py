@@ -120,7 +120,8 @@ def _answer_details(name: str, scores: VqaScores) -> dict[str, float]:
 def is_item_mean(per_item: Mapping[object, float], corpus: float) -> bool:
     """Whether a corpus value is the mean of its per-item scores (what resampling items can test), unlike corpus
     BLEU or METEOR."""
-    return math.isclose(math.fsum(per_item.values()) / len(per_item), corpus, rel_tol=1e-9, abs_tol=1e-12)
+    # Relative only: a near-zero corpus BLEU (2e-13) lies within any absolute tolerance of its items' mean (7e-13).
+    return math.isclose(math.fsum(per_item.values()) / len(per_item), corpus, rel_tol=1e-9)
 
 
 def bootstrap_ci(per_item_values: Mapping[object, float] | Sequence[float], n: int = 1000, seed: int = 0,
