@@ -3,6 +3,7 @@
 from . import infer  # `verbovision.infer.DecodeOptions` as the README spells it; imports nothing heavy until used
 
 __version__ = "0.1.0"
+__all__ = ["infer", "load"]
 
 
 def load(model: str, device: str | None = None, dtype: str | None = None, quantize: str = "none"):
