@@ -152,17 +152,26 @@ def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monk
     assert (tmp_path / "run/stages/0-s/done.json").exists() and (tmp_path / "run/config.yaml").exists()
 
 
-def test_run_folder_given_as_model_names_its_final(tmp_path, image):
+def test_an_unfinished_run_folder_given_as_model_says_how_to_finish_it(tmp_path, image):
     run = tmp_path / "run"
     (run / "stages/0-s/model").mkdir(parents=True)
     (run / "run.json").write_text("{}")
     assert error_line(run_verbo("caption", str(run), str(image))) == (
         f"{run}: a run folder whose training has not finished (no final model): continue it with "
         f"`verbo train ... --out {run} --resume`, or give a stage's model (stages/*/model)")
-    (run / "final").symlink_to("stages/0-s/model")
-    (run / "final/config.json").write_text("{}")
-    assert error_line(run_verbo("caption", str(run), str(image))) == (
-        f"{run}: a run folder, not a model; its trained model is {run / 'final'}")
+
+
+def test_a_run_folder_given_as_model_is_its_final_model(plain_model_dir, lora_run, image, capsys):
+    """PRODUCT.md: MODEL may be a run: its final model, a full model in one run and an adapter in the other."""
+    from verbovision.cli import main
+
+    for final in (plain_model_dir, lora_run / "final"):
+        for model in (final.parent, final):
+            assert main(["caption", str(model), str(image), "--device", "cpu"]) == 0
+        by_run, by_final = capsys.readouterr().out.splitlines()
+        assert by_run == by_final
+        if final == plain_model_dir:
+            assert by_run.split("\t")[1]  # it writes text: the comparison means something
 
 
 def test_eval_flags_of_the_other_mode_are_errors_not_ignored():

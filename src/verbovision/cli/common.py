@@ -77,7 +77,8 @@ def add_commands(parser: argparse.ArgumentParser, commands: dict[str, Command | 
 
 # ------------------------------------------------------------------------------------------------ generation
 
-MODEL_HELP = "a model directory, a run's final, a LoRA adapter directory (its base read from its metadata) or a hub id"
+MODEL_HELP = ("a model directory, a run folder (its final model), a LoRA adapter directory (its base read from its "
+              "metadata) or a hub id")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:

@@ -40,9 +40,18 @@ def adapter_base(adapter_dir: str | Path) -> str:
     return base
 
 
+def run_final(path: str | Path) -> str:
+    """The model a path names: a finished run folder stands for its final model (PRODUCT.md: MODEL may be a run),
+    anything else for itself."""
+    final = Path(path) / "final"
+    if (Path(path) / "run.json").exists() and ((final / "config.json").exists() or is_adapter(final)):
+        return str(final)
+    return str(path)
+
+
 def model_metadata(path: str | Path) -> dict:
     """How a model was trained (template, base...); empty for models VerboVision did not write."""
-    path = Path(path)
+    path = Path(run_final(path))
     if is_adapter(path):
         return {**model_metadata(adapter_base(path)), **(read_json(path / MODEL_METADATA) or {})}
     return read_json(path / MODEL_METADATA, {})
@@ -117,7 +126,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     from .quantize import quantization_config, quantize_dynamic_int8
 
     extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
-    path_str = str(path)
+    path_str = run_final(path)
     check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
     device = device or ("cpu" if in_memory else default_device())
@@ -188,11 +197,10 @@ def peft_wrapping() -> Iterator[None]:
 
 
 def not_a_model(folder: Path) -> str:
-    """Why a folder without config.json is no model, and which model it holds where it is a run folder."""
+    """Why a folder without config.json is no model: a run folder without a final model (`run_final`) says how to
+    finish it."""
     if not (folder / "run.json").exists():
         return f"{folder}: not a model directory (no config.json) nor an adapter (no adapter_config.json)"
-    if (folder / "final" / "config.json").exists():
-        return f"{folder}: a run folder, not a model; its trained model is {folder / 'final'}"
     return (f"{folder}: a run folder whose training has not finished (no final model): continue it with "
             f"`verbo train ... --out {folder} --resume`, or give a stage's model (stages/*/model)")
 
