@@ -23,7 +23,7 @@ from verbovision.model.store import load_model
 from verbovision.model.trainable import enable_checkpointing
 from verbovision.train.run import train_recipe
 
-from .helpers import built_model, stage, tiny_recipe
+from .helpers import built_model, stage, tiny_recipe, train_one_stage
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "verbovision" / "recipes"
 
@@ -229,3 +229,30 @@ def test_bf16_autocast_and_compile(tmp_path, shapes_data):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
     assert (tmp_path / "run/final/model.safetensors").exists()  # parameter names unchanged by compile
+
+
+@pytest.mark.parametrize("train", [{"connector": "full"}, {"language": "lora"}], ids=["full", "lora"])
+def test_a_run_continues_from_a_finished_run_folder(tmp_path, shapes_data, lora_run, train):
+    """`model.from:` a run folder starts from its final model, here an adapter: the stage trains that adapter merged
+    into its base, and a new adapter loads onto it so."""
+    more = stage("more", max_steps=1, train={"vision": "frozen", "connector": "frozen", "language": "frozen", **train},
+                 lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    run = train_one_stage(tmp_path, shapes_data, lora_run, more)
+    assert json.loads((run / "final/verbovision.json").read_text())["base_model"] == str(lora_run / "final")
+    lora = train.get("language") == "lora"
+    model, _ = load_model(run / "final", device="cpu")
+    adapted, _ = load_model(lora_run / "final", device="cpu")
+    merged = dict(adapted.merge_and_unload().named_parameters())
+    loaded = dict((model.merge_and_unload() if lora else model).named_parameters())
+    assert loaded.keys() == merged.keys()
+    changed = [name for name in merged if not torch.equal(loaded[name], merged[name])]
+    assert changed and all(("language_model" if lora else "multi_modal_projector") in name for name in changed)
+
+
+def test_a_quantized_run_does_not_start_from_an_adapter(tmp_path, shapes_data, lora_run):
+    recipe = {"name": "q", "seed": 0, "data_root": str(shapes_data), "model": {"from": str(lora_run), "quantize": "4bit"},
+              "stages": [stage("q", train={"language": "lora"})]}
+    with pytest.raises(ConfigError, match=r"^model.from .*final: an adapter, which would be merged into 4bit weights "
+                                          r"\(lossy\); merge it in full precision first \(verbo merge "):
+        train_recipe(parse_recipe(recipe), tmp_path / "run")
+    assert not (tmp_path / "run/stages").exists()

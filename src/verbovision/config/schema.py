@@ -188,7 +188,8 @@ class ModelBlock:
     """Where the model comes from: an existing VLM (`from`) or a composition to build."""
 
     from_: str | None = None
-    """Hub id or local directory of an existing VLM (written `from:` in YAML)."""
+    """Hub id or local directory of an existing VLM, or a finished run folder (its final model); written `from:` in
+    YAML."""
     vision: VisionSpec = field(default_factory=VisionSpec)
     """Vision encoder to build with."""
     language: LanguageSpec = field(default_factory=LanguageSpec)

@@ -136,6 +136,8 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
 
         base_quantize = "none" if in_memory else quantize
         base, processor = load_model(adapter_base(path_str), device, dtype, base_quantize, attention)
+        if isinstance(base, PeftModel):  # trained from an adapter (`model.from:`): onto that adapter merged, as then
+            base = base.merge_and_unload()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with peft_wrapping():  # inside: its filter goes before "always"

@@ -48,6 +48,10 @@ def check_data_files(recipe: Recipe) -> None:
 def check_stages(recipe: Recipe, base: str) -> None:
     """Every stage's trainable components, LoRA targets and template against the model the run starts from."""
     check_model_location(base)
+    if is_adapter(base) and recipe.model.quantize != "none":
+        raise ConfigError(f"model.from {base}: an adapter, which would be merged into {recipe.model.quantize} "
+                          f"weights (lossy); merge it in full precision first (verbo merge {base} --out DIR) and start "
+                          "from DIR")
     source = adapter_base(base) if is_adapter(base) else base  # as load_model reads an adapter: onto its base
     model = model_skeleton(source)
     processor = load_processor(source)

@@ -24,6 +24,7 @@ from ..data.tokenizer import train_bpe_tokenizer
 from ..errors import ConfigError
 from ..files import read_json, write_atomic, write_json
 from ..model.build import build_vlm, save_model, spec_record
+from ..model.store import run_final
 from . import runinfo
 from .distributed import Processes
 from .loop import run_stage, seed_everything
@@ -114,7 +115,7 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
 def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
     """The model the first stage starts from: an existing VLM, or one built (and saved to init/) for this run."""
     if recipe.model.from_:
-        return recipe.model.from_
+        return run_final(recipe.model.from_)
     init = out / "init"
     if (init / "config.json").exists():
         return str(init)

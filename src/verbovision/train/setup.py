@@ -19,7 +19,7 @@ from ..errors import ConfigError, DataError
 from ..families import family_of
 from ..model.features import FeatureCache
 from ..model.quantize import is_quantized
-from ..model.store import default_device, load_model, resolve_dtype
+from ..model.store import default_device, is_adapter, load_model, resolve_dtype
 from ..model.trainable import configure_trainable, enable_checkpointing, param_groups
 from . import runinfo
 from .distributed import Processes
@@ -85,6 +85,8 @@ def load_stage_model(recipe: Recipe, stage: Stage, base: str):
                           "model.dtype: float32 and bf16: false")
     model, processor = load_model(base, device=device, dtype=dtype, quantize=recipe.model.quantize,
                                   attention=recipe.model.attn_implementation)
+    if is_adapter(base):  # `model.from:` an adapter: the stage trains the model it makes, merged
+        model = model.merge_and_unload()
     return model, processor, autocast
 
 
