@@ -195,3 +195,22 @@ def test_files_written_follow_the_umask(shapes_data, tmp_path, umask):
     finally:
         os.umask(previous)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: give an integer >= 1"),
+    (["--beams", "0"], "--beams 0: give an integer >= 1"),
+    (["--temperature", "0"], "--temperature 0.0: give a number > 0 (leave the flag out for greedy decoding)"),
+    (["--top-p", "1.5"], "--top-p 1.5: give a number in (0, 1]"),
+    (["--seed", str(2**64)], f"--seed {2**64}: give a 64-bit integer"),
+    (["--batch-size", "0"], "--batch-size 0: give an integer >= 1"),
+    (["--device", "gpu"], "device 'gpu' unknown; use cpu, cuda, cuda:N or mps"),
+])
+def test_decoding_and_device_flags_out_of_range(tiny_vlm, image, capsys, flags, message):
+    assert main(["caption", str(tiny_vlm), str(image), *flags]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {message}\n"
+
+
+def test_device_missing_on_this_machine(tiny_vlm, image, capsys):
+    assert main(["caption", str(tiny_vlm), str(image), "--device", "cuda:99"]) == 2
+    assert capsys.readouterr().err.startswith("verbo: error: device 'cuda:99': this machine has ")

@@ -56,6 +56,19 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def usable_device(name: torch.device | str) -> torch.device:
+    """The device `name` names, refused in one line where it is no device name or not on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VerboError(f"device {name!r} unknown; use cpu, cuda, cuda:N or mps") from None
+    present = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(device.type)
+    if present is not None and (device.index or 0) >= present:
+        found = f"{present} {device.type} device(s)" if present else f"no {device.type} device"
+        raise VerboError(f"device {name!r}: this machine has {found}; use another --device (cpu always works)")
+    return device
+
+
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str | None = None) -> torch.dtype:
     """The dtype weights load in on `device` (default: `default_device()`), for a `model.dtype` / `--dtype` name (a
     torch dtype passes as it is): auto (None) is bfloat16 on a CUDA GPU that computes in it natively, float32
@@ -120,7 +133,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     path_str = str(path)
     check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
-    device = device or ("cpu" if in_memory else default_device())
+    device = usable_device(device or ("cpu" if in_memory else default_device()))
     dtype = resolve_dtype(dtype, device)
     if is_adapter(path_str):
         from peft import PeftModel
