@@ -16,7 +16,7 @@ import openai
 import pytest
 from PIL import Image
 
-from verbovision.cli import make_parser
+from verbovision.cli import main, make_parser
 from verbovision.cli.serve import serve_config
 from verbovision.serve.config import ServeConfig
 from verbovision.serve.errors import ApiError
@@ -50,6 +50,11 @@ def test_private_by_default(monkeypatch):
     for command in ("serve", "web"):
         config = serve_config(make_parser().parse_args([command, "m"]), web=command == "web")
         assert (config.host, config.allow_remote_images, config.api_key) == ("127.0.0.1", False, None)
+
+
+def test_port_out_of_range_is_refused_before_the_model_loads(capsys):
+    assert main(["serve", "no/such-model", "--port", "80000"]) == 2
+    assert capsys.readouterr().err == "verbo: error: --port 80000: give a TCP port in 0..65535\n"
 
 
 def test_models_and_health(client, server, model_dir):
@@ -114,6 +119,9 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         (openai.BadRequestError, 400, "temperature", dict(messages=ask(shape_uri), temperature=5)),
         (openai.BadRequestError, 400, "max_tokens", dict(messages=ask(shape_uri), max_tokens=100_000)),
         (openai.BadRequestError, 400, "num_beams", dict(messages=ask(shape_uri), extra_body={"num_beams": 99})),
+        (openai.BadRequestError, 400, "seed", dict(messages=ask(shape_uri), temperature=1.0, seed=2**64)),
+        (openai.BadRequestError, 400, "messages", dict(messages=["hi"])),
+        (openai.BadRequestError, 400, "messages", dict(messages=text([{"type": "text", "text": 5}]))),
         (openai.NotFoundError, 404, "model_not_found", dict(messages=ask(shape_uri), model="gpt-4o")),
         (openai.APIStatusError, 413, "request_too_large", dict(messages=text("x" * 1_200_000))),
     ]
@@ -123,8 +131,9 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         assert caught.value.status_code == status, code
         assert code in (caught.value.code, caught.value.param) or code in caught.value.message, caught.value
     # the raw body is OpenAI's error shape
-    raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=b"{not json")
-    assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+    for body in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # the second nests deeper than Python recurses
+        raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=body)
+        assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_api_key_is_required(server, model_dir):

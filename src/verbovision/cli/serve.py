@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..errors import ConfigError
 from ..serve import serve
 from ..serve.config import GENERIC_NAME, MB, ServeConfig
 from .common import Command, add_decode_options, decode_options_from_flags
@@ -55,6 +56,8 @@ def _limit_arguments(p: argparse.ArgumentParser) -> None:
 
 def serve_config(args: argparse.Namespace, web: bool) -> ServeConfig:
     """The ServeConfig the flags of `verbo serve` (web: `verbo web`) ask for."""
+    if not 0 <= args.port <= 65535:  # uvicorn would fail to bind after the model loaded, and hang
+        raise ConfigError(f"--port {args.port}: give a TCP port in 0..65535")
     return ServeConfig(
         model=args.model, model_name=args.model_name or "", host=args.host, port=args.port, api_key=args.api_key,
         allow_remote_images=args.allow_remote_images, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,

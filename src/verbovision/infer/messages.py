@@ -38,6 +38,8 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
     open_part = open_part or image_of_part
     turns, images = [], []
     for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(f"messages[{i}]: a message must be an object with a role and a content")
         role, content = message.get("role"), message.get("content")
         if role not in ("system", "user", "assistant"):
             raise DataError(f"messages[{i}]: role must be system, user or assistant, not {role!r}")
@@ -49,7 +51,10 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                texts.append(part.get("text") or "")
+                text = part.get("text") or ""
+                if not isinstance(text, str):
+                    raise DataError(f"messages[{i}].content[{j}]: a text part's text must be a string")
+                texts.append(text)
             elif kind in ("image", "image_url"):
                 images.append(open_part(part))
                 texts.append(DATA_IMAGE_TOKEN)
