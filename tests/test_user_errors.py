@@ -214,3 +214,15 @@ def test_decoding_and_device_flags_out_of_range(tiny_vlm, image, capsys, flags, 
 def test_device_missing_on_this_machine(tiny_vlm, image, capsys):
     assert main(["caption", str(tiny_vlm), str(image), "--device", "cuda:99"]) == 2
     assert capsys.readouterr().err.startswith("verbo: error: device 'cuda:99': this machine has ")
+
+
+def test_evaluation_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "report"
+    taken.write_text("")
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text('{"id": "1", "prediction": "a cat", "references": ["a cat"]}\n')
+    for argv in (["eval", "no/such-model", "--data", str(predictions), "--out", str(taken)],
+                 ["score", str(predictions), "--out", str(taken)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"verbo: error: --out {taken}: a file; give a folder for the predictions "
+                                           "and reports\n")
