@@ -226,3 +226,16 @@ def test_evaluation_folder_that_is_a_file_is_refused_before_any_work(tmp_path, c
         assert main(argv) == 2
         assert capsys.readouterr().err == (f"verbo: error: --out {taken}: a file; give a folder for the predictions "
                                            "and reports\n")
+
+
+def test_model_with_a_truncated_weights_file_or_broken_metadata(tiny_vlm, image, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_vlm, model)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) * 9 // 10])  # an interrupted copy
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {model}: a weights file is corrupt or truncated (")
+    (model / "model.safetensors").write_bytes(weights)
+    (model / "verbovision.json").write_text('{"template": "chat",')
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {model / 'verbovision.json'}: not valid JSON (")

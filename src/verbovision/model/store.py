@@ -142,7 +142,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         base, processor = load_model(adapter_base(path_str), device, dtype, base_quantize, attention)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with peft_wrapping():  # inside: its filter goes before "always"
+            with peft_wrapping(), readable_weights(path_str):  # inside: its filter goes before "always"
                 model = PeftModel.from_pretrained(base, path_str)
         refuse_missing_adapter_weights(path_str, caught)
         if in_memory:
@@ -154,8 +154,9 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             config = AutoConfig.from_pretrained(path_str)
             family_of(config)  # a refused model type is refused before its weights load
             attention = attention_for(config, dtype, device, attention)
-            model = AutoModelForImageTextToText.from_pretrained(
-                path_str, **{"dtype": dtype, "attn_implementation": attention, **extra})
+            with readable_weights(path_str):
+                model = AutoModelForImageTextToText.from_pretrained(
+                    path_str, **{"dtype": dtype, "attn_implementation": attention, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
             if "Unrecognized configuration class" not in str(e):
@@ -172,6 +173,19 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+@contextmanager
+def readable_weights(path: str) -> Iterator[None]:
+    """A weights file of `path` that safetensors cannot read (truncated by an interrupted copy, overwritten) is a
+    one-line error naming the model."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        raise VerboError(f"{path}: a weights file is corrupt or truncated ({e}); copy or save the model again") \
+            from None
 
 
 def refuse_missing_adapter_weights(path: str, caught: list[warnings.WarningMessage]) -> None:
