@@ -239,3 +239,12 @@ def test_model_with_a_truncated_weights_file_or_broken_metadata(tiny_vlm, image,
     (model / "verbovision.json").write_text('{"template": "chat",')
     assert main(["caption", str(model), str(image)]) == 2
     assert capsys.readouterr().err.startswith(f"verbo: error: {model / 'verbovision.json'}: not valid JSON (")
+
+
+def test_model_without_its_tokenizer_file(tiny_vlm, image, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_vlm, model)
+    (model / "tokenizer.json").unlink()
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {model}: no tokenizer it can read (tokenizer.json missing?); "
+                                       "copy the model's tokenizer files into it\n")

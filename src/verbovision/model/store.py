@@ -305,6 +305,11 @@ def load_processor(path: str | Path):
 
     try:
         processor = AutoProcessor.from_pretrained(str(path))
+    except ValueError as e:  # transformers found neither tokenizer.json nor a slow tokenizer to convert
+        if "backend tokenizer" not in str(e):
+            raise
+        raise VerboError(f"{path}: no tokenizer it can read (tokenizer.json missing?); copy the model's tokenizer "
+                         "files into it") from None
     except (ImportError, AttributeError) as e:
         try:
             processor = _images_only_processor(str(path), e)
