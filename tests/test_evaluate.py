@@ -241,6 +241,14 @@ def test_score_input_errors_are_one_line(vqa_files, tmp_path, capsys, prediction
     assert str(path) in err or str(refs_path) in err  # the file at fault is named
 
 
+def test_score_reads_files_that_start_with_a_byte_order_mark(tmp_path, capsys):
+    predictions = tmp_path / "predictions.jsonl"  # as Windows editors save UTF-8
+    predictions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "prediction": "a cat",
+                                                          "references": ["a cat"]}).encode() + b"\r\n")
+    assert main(["score", str(predictions), "--metrics", "exact_match"]) == 0
+    assert "exact_match: 1.0" in capsys.readouterr().out
+
+
 def test_score_unreadable_files(tmp_path, capsys):
     binary = tmp_path / "results.json"
     binary.write_bytes(b"\xff\xfe[]")

@@ -133,6 +133,12 @@ def test_answers_path_that_is_a_folder_is_refused_before_the_model_loads(tmp_pat
     assert capsys.readouterr().err == f"verbo: error: {message}\n"
 
 
+def test_questions_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "q.jsonl"  # as Windows editors save UTF-8
+    path.write_bytes(b'\xef\xbb\xbf{"question_id": 1, "text": "a"}\r\n{"question_id": 2, "text": "b"}\r\n')
+    assert [q.id for q in read_questions(path)] == [1, 2]
+
+
 def test_bad_question_files_name_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question_id": 1, "text": "a"}\n\n{"question_id": 1, "text": "b"}\n')

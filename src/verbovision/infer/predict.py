@@ -82,7 +82,8 @@ def read_questions(path: str | Path, image_folder: str | Path | None = None) -> 
         raise DataError(f"{path}: questions file not found")
     folder = Path(image_folder) if image_folder else path.parent
     questions, seen = [], {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig: a byte order mark (as Windows editors write one) is read as the data readers read it, not a JSON error
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         question = _question(line, folder, f"{path}:{line_no}")
