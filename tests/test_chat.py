@@ -83,7 +83,8 @@ def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
 def test_save_to_a_folder_is_an_error_the_conversation_survives(vlm, images, tmp_path):
     session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0])
     "".join(session.stream("Describe the image briefly."))
-    with pytest.raises(DataError, match=re.escape(f"/save {tmp_path}: cannot write (Is a directory); give a file path")):
+    message = f"/save {tmp_path}: cannot write (Is a directory); give a file path"
+    with pytest.raises(DataError, match=re.escape(message)):
         session.command(f"/save {tmp_path}")
     assert list(tmp_path.parent.glob(f".{tmp_path.name}.*")) == [], "the temporary file stayed"
     assert len(session.messages) == 2
