@@ -8,8 +8,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import DataError
-
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write a file so that readers see either the old or the new content, never a partial one."""
@@ -34,14 +32,8 @@ def write_json(path: str | Path, obj) -> None:
 
 
 def read_json(path: str | Path, default=None):
-    """The JSON in `path`, `default` where there is no such file; a DataError naming it where it is not JSON."""
     path = Path(path)
-    if not path.exists():
-        return default
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e}); fix the file, or write it again") from None
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -9,6 +9,7 @@ folder names."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 import warnings
@@ -30,11 +31,20 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def metadata_json(path: Path, default=None):
+    """`read_json` of a model's metadata file, one that is not JSON (hand-edited, cut short) a one-line error."""
+    try:
+        return read_json(path, default)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VerboError(f"{path}: not valid JSON ({e}); fix the file, or write it again") from None
+
+
 def adapter_base(adapter_dir: str | Path) -> str:
     """The base model of an adapter, from the metadata saved beside it (PEFT's own config as a fallback)."""
     adapter_dir = Path(adapter_dir)
-    meta = read_json(adapter_dir / ADAPTER_METADATA) or {}
-    base = meta.get("base_model") or (read_json(adapter_dir / "adapter_config.json") or {}).get("base_model_name_or_path")
+    meta = metadata_json(adapter_dir / ADAPTER_METADATA) or {}
+    peft_config = metadata_json(adapter_dir / "adapter_config.json") or {}
+    base = meta.get("base_model") or peft_config.get("base_model_name_or_path")
     if not base:
         raise VerboError(f"{adapter_dir}: adapter metadata names no base model ({ADAPTER_METADATA} missing)")
     return base
@@ -44,8 +54,8 @@ def model_metadata(path: str | Path) -> dict:
     """How a model was trained (template, base...); empty for models VerboVision did not write."""
     path = Path(path)
     if is_adapter(path):
-        return {**model_metadata(adapter_base(path)), **(read_json(path / MODEL_METADATA) or {})}
-    return read_json(path / MODEL_METADATA, {})
+        return {**model_metadata(adapter_base(path)), **(metadata_json(path / MODEL_METADATA) or {})}
+    return metadata_json(path / MODEL_METADATA, {})
 
 
 def default_device() -> torch.device:
