@@ -139,6 +139,12 @@ def test_questions_file_with_a_byte_order_mark(tmp_path):
     assert [q.id for q in read_questions(path)] == [1, 2]
 
 
+def test_a_bad_questions_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1}\n')
+    assert main(["predict", "no/such-model", "--questions", str(tmp_path / "q.jsonl"), "--out", "a.jsonl"]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {tmp_path / 'q.jsonl'}:1: question 1 has no 'text'\n"
+
+
 def test_bad_question_files_name_the_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"question_id": 1, "text": "a"}\n\n{"question_id": 1, "text": "b"}\n')
