@@ -65,6 +65,10 @@ def test_bad_messages_are_clear_errors():
         messages_record([{"role": "robot", "content": "hi"}])
     with pytest.raises(DataError, match="remote images are not fetched"):
         messages_record(image_message("https://example.com/a.png"))
+    with pytest.raises(DataError, match=r"messages\[0\]: a message must be an object"):
+        messages_record(["hi"])
+    with pytest.raises(DataError, match="image part holding NoneType; give a PIL image or a path as its 'image'"):
+        messages_record([{"role": "user", "content": [{"type": "image"}]}])
 
 
 def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):

@@ -68,6 +68,8 @@ def image_of_part(part: dict):
     """The image of a content part: a PIL image, a local path, or a data: URI. Remote URLs are never fetched here."""
     if part["type"] == "image":
         image = part.get("image")
+        if not isinstance(image, (Image.Image, str, Path)):
+            raise DataError(f"image part holding {type(image).__name__}; give a PIL image or a path as its 'image'")
         return image if isinstance(image, Image.Image) else Path(image)
     url = part.get("image_url")
     url = url.get("url") if isinstance(url, dict) else url
