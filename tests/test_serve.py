@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,17 @@ def test_private_by_default(monkeypatch):
 def test_port_out_of_range_is_refused_before_the_model_loads(capsys):
     assert main(["serve", "no/such-model", "--port", "80000"]) == 2
     assert capsys.readouterr().err == "verbo: error: --port 80000: give a TCP port in 0..65535\n"
+
+
+def test_port_in_use_is_refused_before_the_model_loads(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "no/such-model", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: --host 127.0.0.1 --port {port}: cannot listen there (Address "
+                                       "already in use); pick another --port, or an address of this machine as --host "
+                                       "(127.0.0.1, 0.0.0.0)\n")
 
 
 def test_models_and_health(client, server, model_dir):
