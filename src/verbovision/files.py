@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -25,6 +26,13 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     except BaseException:  # a full disk, or `path` a folder: no hidden temporary file stays behind
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_figure(path: str | Path, figure) -> None:
+    """A matplotlib figure as a PNG, written atomically: a kill while it renders leaves no truncated image."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
 
 
 def write_json(path: str | Path, obj) -> None:
