@@ -53,9 +53,12 @@ def test_private_by_default(monkeypatch):
         assert (config.host, config.allow_remote_images, config.api_key) == ("127.0.0.1", False, None)
 
 
-def test_port_out_of_range_is_refused_before_the_model_loads(capsys):
-    assert main(["serve", "no/such-model", "--port", "80000"]) == 2
-    assert capsys.readouterr().err == "verbo: error: --port 80000: give a TCP port in 0..65535\n"
+@pytest.mark.parametrize("flag, value, rule", [("--port", "80000", "a TCP port in 0..65535"),
+                                               ("--max-completion-tokens", "0", "an integer >= 1"),
+                                               ("--max-n", "0", "an integer >= 1")])
+def test_server_flags_out_of_range_are_refused_before_the_model_loads(capsys, flag, value, rule):
+    assert main(["serve", "no/such-model", flag, value]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {flag} {value}: give {rule}\n"
 
 
 def test_port_in_use_is_refused_before_the_model_loads(capsys):

@@ -154,16 +154,23 @@ _FLAG_RULES: dict[str, tuple[str, Callable]] = {
 """The decoding flags' valid values (dest -> rule in words, check), refused before a model loads."""
 
 
-def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
-    """The DecodeOptions the decoding flags of `add_decode_options` ask for; a value out of its flag's range is a
-    ConfigError naming the flag."""
+def check_flags(args: argparse.Namespace, rules: dict[str, tuple[str, Callable]]) -> None:
+    """A ConfigError naming the first flag whose value breaks its rule (dest -> rule in words, check); flags not
+    given (None) pass."""
     from ..errors import ConfigError
-    from ..infer.options import DecodeOptions
 
-    for dest, (rule, ok) in _FLAG_RULES.items():
+    for dest, (rule, ok) in rules.items():
         value = getattr(args, dest)
         if value is not None and not ok(value):
             raise ConfigError(f"--{dest.replace('_', '-')} {value}: give {rule}")
+
+
+def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
+    """The DecodeOptions the decoding flags of `add_decode_options` ask for; a value out of its flag's range is a
+    ConfigError naming the flag."""
+    from ..infer.options import DecodeOptions
+
+    check_flags(args, _FLAG_RULES)
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
     length = DecodeOptions.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens  # see length_default
     return DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
