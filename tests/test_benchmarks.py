@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -181,6 +182,18 @@ def test_vqav2_reads_questions_with_their_ten_answers_and_the_llava_prompt(tmp_p
     assert items[1].prompt == "Question 2?\nAnswer the question using a single word or phrase."
     assert items[1].references == ("2",) * 2 + ("3",) * 8 and items[1].group == "number"
     assert items[0].image == tmp_path / "val2014/COCO_val2014_000000000009.jpg"
+
+
+def test_vqav2_entries_of_the_wrong_kind_are_named(tmp_path):
+    root = vqav2_dir(tmp_path)
+    path = root / "v2_OpenEnded_mscoco_val2014_questions.json"
+    for key, value, kind in (("image_id", "9", "an integer"), ("question", 5, "a string")):
+        data = json.loads(path.read_text())
+        data["questions"][1][key] = value
+        path.write_text(json.dumps(data))
+        with pytest.raises(DataError, match=re.escape(f"{path}: question 2: {key!r} is {value!r}, not {kind}")):
+            BENCHMARKS["vqav2"].read(root, "val")
+        vqav2_dir(tmp_path)
 
 
 def test_vqav2_val_scores_as_vqaeval_on_the_evalai_processed_answer(tmp_path):

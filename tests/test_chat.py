@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -64,6 +65,10 @@ def test_bad_messages_are_clear_errors():
         messages_record([{"role": "robot", "content": "hi"}])
     with pytest.raises(DataError, match="remote images are not fetched"):
         messages_record(image_message("https://example.com/a.png"))
+    with pytest.raises(DataError, match=r"messages\[0\]: a message must be an object"):
+        messages_record(["hi"])
+    with pytest.raises(DataError, match="image part holding NoneType; give a PIL image or a path as its 'image'"):
+        messages_record([{"role": "user", "content": [{"type": "image"}]}])
 
 
 def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
@@ -77,6 +82,16 @@ def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
     assert record.turns[2].text == first and [p.name for p in record.images] == [p.name for p in images]
     session.command("/reset")
     assert len(session.messages) == 1 and session.image_pending
+
+
+def test_save_to_a_folder_is_an_error_the_conversation_survives(vlm, images, tmp_path):
+    session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0])
+    "".join(session.stream("Describe the image briefly."))
+    message = f"/save {tmp_path}: cannot write (Is a directory); give a file path"
+    with pytest.raises(DataError, match=re.escape(message)):
+        session.command(f"/save {tmp_path}")
+    assert list(tmp_path.parent.glob(f".{tmp_path.name}.*")) == [], "the temporary file stayed"
+    assert len(session.messages) == 2
 
 
 def test_chat_works_as_a_pipe(model_dir, images, tmp_path):  # noqa: F811

@@ -150,6 +150,24 @@ def test_unreadable_image_error_names_the_file(lora_run, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith(f"verbo: error: {bad}: unreadable image")
 
 
+def test_an_unreadable_image_fails_caption_before_any_reply(lora_run, shapes_data, tmp_path, monkeypatch, capsys):
+    from verbovision.infer.vlm import VLM
+
+    bad = tmp_path / "z-bad.png"  # captioned last, in a batch of its own
+    bad.write_bytes(b"\x89PNG broken")
+    replies = []
+    generate_details = VLM.generate_details
+
+    def counted(self, *args, **kwargs):
+        replies.append(1)
+        return generate_details(self, *args, **kwargs)
+
+    monkeypatch.setattr(VLM, "generate_details", counted)
+    images = [*map(str, sorted((shapes_data / "images").glob("*.png"))[:2]), str(bad)]
+    assert main(["caption", str(lora_run / "final"), *images, "--batch-size", "2", "--max-new-tokens", "2"]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {bad}: unreadable image") and not replies
+
+
 def test_max_new_tokens_flag_defaults_to_decode_options():
     args = make_parser().parse_args(["ask", "model", "image.png", "question"])
     assert args.max_new_tokens == DecodeOptions().max_new_tokens

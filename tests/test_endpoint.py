@@ -145,6 +145,29 @@ def test_unreachable_endpoint_is_one_line_exit_2(shapes_data, tmp_path, capsys):
     assert len(error.splitlines()) == 1 and f"{url}/chat/completions: cannot connect" in error
 
 
+def test_endpoint_without_a_scheme_is_one_line_exit_2(shapes_data, tmp_path, capsys):
+    assert main(["eval", "--endpoint", "127.0.0.1:8000/v1", "--data", str(shapes_data / "test/caption_short_en.json"),
+                 "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == ("verbo: error: --endpoint 127.0.0.1:8000/v1: not an http(s) URL; give the API "
+                                       "root, e.g. http://127.0.0.1:8000/v1\n")
+
+
+def test_endpoint_without_v1_suggests_it(shapes_data, tmp_path, capsys):
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert main(["eval", "--endpoint", root, "--data", str(shapes_data / "test/caption_short_en.json"),
+                     "--out", str(tmp_path / "e")]) == 2
+    finally:
+        server.shutdown()
+    assert capsys.readouterr().err.rstrip().endswith(f"(an OpenAI-compatible API root usually ends in /v1: {root}/v1?)")
+
+
 def test_refused_request_is_not_retried(model_dir, shapes_data, tmp_path, capsys):
     data = ["--data", str(shapes_data / "test/caption_short_en.json"), *FLAGS]
     with running("serve", model_dir) as (_, url), proxy(url, fail_first=[400]) as (proxy_url, counts):

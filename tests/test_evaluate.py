@@ -67,6 +67,18 @@ def test_eval_counts_the_replies_cut_at_max_new_tokens(lora_run, shapes_data, tm
 
 
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")
+def test_an_unreadable_image_fails_eval_before_the_model_loads(shapes_data, tmp_path, capsys):
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    (tmp_path / "cut.png").write_bytes(image.read_bytes()[:200])  # a download cut short
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"image": str(image), "text": "a shape"}) + "\n"
+                    + json.dumps({"image": "cut.png", "text": "a shape"}) + "\n")
+    assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"verbo: error: {data}: record '1': {tmp_path / 'cut.png'}: unreadable image (")
+    assert error.endswith("; fix or drop it (verbo data clean drops unreadable images)\n")
+
+
 def test_score_reproduces_the_official_coco_demo(capsys):
     code = main(["score", str(COCO / "captions_val2014_fakecap_results.json"), "--refs",
                  str(COCO / "captions_val2014_fakecap_refs_tokenized.json"), "--metrics", "bleu,rouge_l,cider"])
@@ -227,6 +239,14 @@ def test_score_input_errors_are_one_line(vqa_files, tmp_path, capsys, prediction
     assert err.startswith("verbo: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message in err
     assert str(path) in err or str(refs_path) in err  # the file at fault is named
+
+
+def test_score_reads_files_that_start_with_a_byte_order_mark(tmp_path, capsys):
+    predictions = tmp_path / "predictions.jsonl"  # as Windows editors save UTF-8
+    predictions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "prediction": "a cat",
+                                                          "references": ["a cat"]}).encode() + b"\r\n")
+    assert main(["score", str(predictions), "--metrics", "exact_match"]) == 0
+    assert "exact_match: 1.0" in capsys.readouterr().out
 
 
 def test_score_unreadable_files(tmp_path, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from verbovision.cli import main
 from verbovision.errors import DataError
 from verbovision.infer.messages import prompt_record
 from verbovision.infer.options import DecodeOptions
@@ -122,6 +123,37 @@ def test_unreadable_images_are_skipped_and_reported(vlm, tmp_path):
     summary = predict(vlm, PredictConfig(questions, tmp_path / "out.jsonl", options=DecodeOptions(max_new_tokens=4)))
     assert summary.answered == 1 and "unreadable image" in summary.skipped["a"]
     assert "1 skipped" in str(summary) and [a["question_id"] for a in answer_lines(tmp_path / "out.jsonl")] == ["b"]
+
+
+def test_questions_the_model_cannot_take_are_skipped_and_reported(vlm, shapes_data, tmp_path):
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": "no-image", "text": "<image>\\nWhat is it?"}\n'
+                         f'{{"question_id": "two-marks", "image": "{image}", "text": "<image> or <image>?"}}\n'
+                         f'{{"question_id": "fine", "image": "{image}", "text": "What is it?"}}\n')
+    summary = predict(vlm, PredictConfig(questions, tmp_path / "out.jsonl", options=DecodeOptions(max_new_tokens=4)))
+    assert summary.answered == 1 and [a["question_id"] for a in answer_lines(tmp_path / "out.jsonl")] == ["fine"]
+    assert "1 image tokens in the text for 0 images" in summary.skipped["no-image"]
+    assert "2 image tokens in the text for 1 images" in summary.skipped["two-marks"]
+
+
+def test_answers_path_that_is_a_folder_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "text": "a"}\n')
+    assert main(["predict", "no/such-model", "--questions", str(tmp_path / "q.jsonl"), "--out", str(tmp_path)]) == 2
+    message = f"--out {tmp_path}: a folder; give the answers file (JSONL) to write"
+    assert capsys.readouterr().err == f"verbo: error: {message}\n"
+
+
+def test_questions_file_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "q.jsonl"  # as Windows editors save UTF-8
+    path.write_bytes(b'\xef\xbb\xbf{"question_id": 1, "text": "a"}\r\n{"question_id": 2, "text": "b"}\r\n')
+    assert [q.id for q in read_questions(path)] == [1, 2]
+
+
+def test_a_bad_questions_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1}\n')
+    assert main(["predict", "no/such-model", "--questions", str(tmp_path / "q.jsonl"), "--out", "a.jsonl"]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {tmp_path / 'q.jsonl'}:1: question 1 has no 'text'\n"
 
 
 def test_bad_question_files_name_the_line(tmp_path):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from verbovision.evaluate.metrics import EvalResult
-from verbovision.evaluate.report import markdown, metrics_figure
+from verbovision.evaluate.report import markdown, metrics_figure, write_eval_folder
 from verbovision.train.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
 from verbovision.train.runinfo import loss_figure
 
@@ -96,6 +97,24 @@ def test_metrics_png_puts_each_metric_on_an_axis_of_its_range():
     assert axes["Bleu_4"].get_ylim() == (0.0, 1.0) == axes["exact_match"].get_ylim()
     assert 10.2 < axes["CIDEr"].get_ylim()[1] < 12 and 1.3 < axes["wer"].get_ylim()[1] < 2
     assert metrics_figure(EvalResult({"val_loss": 0.3})) is None
+
+
+def test_metrics_png_interrupted_while_rendering_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    result = EvalResult({"exact_match": 0.5})
+    write_eval_folder(tmp_path, result, {})
+    before = (tmp_path / "metrics.png").read_bytes()
+
+    def interrupted(self, target, **kwargs):  # a kill halfway through writing the image
+        (open(target, "wb") if isinstance(target, (str, Path)) else target).write(before[: len(before) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_eval_folder(tmp_path, EvalResult({"exact_match": 0.9}), {})
+    assert (tmp_path / "metrics.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.png", "report.json", "report.md"]
 
 
 def test_an_undefined_metric_gets_a_panel_without_a_bar():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
-from verbovision.cli import make_parser
+from verbovision.cli import main, make_parser
 from verbovision.cli.serve import serve_config
 from verbovision.serve.config import ServeConfig
 from verbovision.serve.errors import ApiError
@@ -50,6 +51,25 @@ def test_private_by_default(monkeypatch):
     for command in ("serve", "web"):
         config = serve_config(make_parser().parse_args([command, "m"]), web=command == "web")
         assert (config.host, config.allow_remote_images, config.api_key) == ("127.0.0.1", False, None)
+
+
+@pytest.mark.parametrize("flag, value, rule", [("--port", "80000", "a TCP port in 0..65535"),
+                                               ("--max-completion-tokens", "0", "an integer >= 1"),
+                                               ("--max-n", "0", "an integer >= 1")])
+def test_server_flags_out_of_range_are_refused_before_the_model_loads(capsys, flag, value, rule):
+    assert main(["serve", "no/such-model", flag, value]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {flag} {value}: give {rule}\n"
+
+
+def test_port_in_use_is_refused_before_the_model_loads(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "no/such-model", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: --host 127.0.0.1 --port {port}: cannot listen there (Address "
+                                       "already in use); pick another --port, or an address of this machine as --host "
+                                       "(127.0.0.1, 0.0.0.0)\n")
 
 
 def test_models_and_health(client, server, model_dir):
@@ -114,6 +134,9 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         (openai.BadRequestError, 400, "temperature", dict(messages=ask(shape_uri), temperature=5)),
         (openai.BadRequestError, 400, "max_tokens", dict(messages=ask(shape_uri), max_tokens=100_000)),
         (openai.BadRequestError, 400, "num_beams", dict(messages=ask(shape_uri), extra_body={"num_beams": 99})),
+        (openai.BadRequestError, 400, "seed", dict(messages=ask(shape_uri), temperature=1.0, seed=2**64)),
+        (openai.BadRequestError, 400, "messages", dict(messages=["hi"])),
+        (openai.BadRequestError, 400, "messages", dict(messages=text([{"type": "text", "text": 5}]))),
         (openai.NotFoundError, 404, "model_not_found", dict(messages=ask(shape_uri), model="gpt-4o")),
         (openai.APIStatusError, 413, "request_too_large", dict(messages=text("x" * 1_200_000))),
     ]
@@ -123,8 +146,9 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         assert caught.value.status_code == status, code
         assert code in (caught.value.code, caught.value.param) or code in caught.value.message, caught.value
     # the raw body is OpenAI's error shape
-    raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=b"{not json")
-    assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+    for body in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # the second nests deeper than Python recurses
+        raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=body)
+        assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_api_key_is_required(server, model_dir):

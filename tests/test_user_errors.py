@@ -221,3 +221,56 @@ def test_saved_weights_are_as_readable_as_their_config(lora_run):
         config = folder / ("adapter_config.json" if folder.name == "adapter" else "config.json")
         for weights in folder.glob("*.safetensors"):
             assert stat.S_IMODE(weights.stat().st_mode) == stat.S_IMODE(config.stat().st_mode), weights
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: give an integer >= 1"),
+    (["--beams", "0"], "--beams 0: give an integer >= 1"),
+    (["--temperature", "0"], "--temperature 0.0: give a number > 0 (leave the flag out for greedy decoding)"),
+    (["--top-p", "1.5"], "--top-p 1.5: give a number in (0, 1]"),
+    (["--seed", str(2**64)], f"--seed {2**64}: give a 64-bit integer"),
+    (["--batch-size", "0"], "--batch-size 0: give an integer >= 1"),
+    (["--device", "gpu"], "device 'gpu' unknown; use cpu, cuda, cuda:N or mps"),
+])
+def test_decoding_and_device_flags_out_of_range(tiny_vlm, image, capsys, flags, message):
+    assert main(["caption", str(tiny_vlm), str(image), *flags]) == 2
+    assert capsys.readouterr().err == f"verbo: error: {message}\n"
+
+
+def test_device_missing_on_this_machine(tiny_vlm, image, capsys):
+    assert main(["caption", str(tiny_vlm), str(image), "--device", "cuda:99"]) == 2
+    assert capsys.readouterr().err.startswith("verbo: error: device 'cuda:99': this machine has ")
+
+
+def test_evaluation_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "report"
+    taken.write_text("")
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text('{"id": "1", "prediction": "a cat", "references": ["a cat"]}\n')
+    for argv in (["eval", "no/such-model", "--data", str(predictions), "--out", str(taken)],
+                 ["score", str(predictions), "--out", str(taken)]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (f"verbo: error: --out {taken}: a file; give a folder for the predictions "
+                                           "and reports\n")
+
+
+def test_model_with_a_truncated_weights_file_or_broken_metadata(tiny_vlm, image, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_vlm, model)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) * 9 // 10])  # an interrupted copy
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {model}: a weights file is corrupt or truncated (")
+    (model / "model.safetensors").write_bytes(weights)
+    (model / "verbovision.json").write_text('{"template": "chat",')
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {model / 'verbovision.json'}: not valid JSON (")
+
+
+def test_model_without_its_tokenizer_file(tiny_vlm, image, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_vlm, model)
+    (model / "tokenizer.json").unlink()
+    assert main(["caption", str(model), str(image)]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {model}: no tokenizer it can read (tokenizer.json missing?); "
+                                       "copy the model's tokenizer files into it\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,11 +17,22 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}")
     # Created as open() creates files, read-write for all less the umask (mkstemp's would stay private: 0600).
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, or `path` a folder: no hidden temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_figure(path: str | Path, figure) -> None:
+    """A matplotlib figure as a PNG, written atomically: a kill while it renders leaves no truncated image."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
 
 
 def follow_umask(folder: str | Path) -> None:

@@ -17,7 +17,8 @@ def _chat_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    session = ChatSession(load_vlm(args), decode_options_from_flags(args), args.image, args.system)
+    options = decode_options_from_flags(args)  # a bad flag is refused before the model loads
+    session = ChatSession(load_vlm(args), options, args.image, args.system)
     repl(session, sys.stdin, sys.stdout, sys.stderr)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..infer.options import SEED_LIMIT
+
 if TYPE_CHECKING:
     from ..data.rows import ReadOptions
     from ..infer.options import DecodeOptions
@@ -146,10 +148,38 @@ def add_dtype_option(group) -> None:
                        help="what the weights load in; auto: bfloat16 on a CUDA GPU that supports it, else float32")
 
 
+_FLAG_RULES: dict[str, tuple[str, Callable]] = {
+    "max_new_tokens": ("an integer >= 1", lambda v: v >= 1),
+    "beams": ("an integer >= 1", lambda v: v >= 1),
+    "temperature": ("a number > 0 (leave the flag out for greedy decoding)", lambda v: v > 0),
+    "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
+    "top_k": ("an integer >= 1", lambda v: v >= 1),
+    "repetition_penalty": ("a number > 0", lambda v: v > 0),
+    "no_repeat_ngram_size": ("an integer >= 1", lambda v: v >= 1),
+    "min_new_tokens": ("an integer >= 0", lambda v: v >= 0),
+    "seed": ("a 64-bit integer", lambda v: -SEED_LIMIT <= v < SEED_LIMIT),
+    "batch_size": ("an integer >= 1", lambda v: v >= 1),
+}
+"""The decoding flags' valid values (dest -> rule in words, check), refused before a model loads."""
+
+
+def check_flags(args: argparse.Namespace, rules: dict[str, tuple[str, Callable]]) -> None:
+    """A ConfigError naming the first flag whose value breaks its rule (dest -> rule in words, check); flags not
+    given (None) pass."""
+    from ..errors import ConfigError
+
+    for dest, (rule, ok) in rules.items():
+        value = getattr(args, dest)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{dest.replace('_', '-')} {value}: give {rule}")
+
+
 def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
-    """The DecodeOptions the decoding flags of `add_decode_options` ask for."""
+    """The DecodeOptions the decoding flags of `add_decode_options` ask for; a value out of its flag's range is a
+    ConfigError naming the flag."""
     from ..infer.options import DecodeOptions
 
+    check_flags(args, _FLAG_RULES)
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
     length = DecodeOptions.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens  # see length_default
     return DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})

@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _refuse_flags_of_the_other_mode(args)
     endpoint = _endpoint(args)
     name = str(endpoint) if endpoint else args.model
-    out = Path(args.out) if args.out else default_out(endpoint.model if endpoint else args.model)
+    out = _evaluation_folder(args.out or default_out(endpoint.model if endpoint else args.model))
     if endpoint:
         endpoint.cache = ResponseCache(out / CACHE_FILE)
     if args.benchmark:
@@ -186,10 +186,20 @@ def _score_arguments(p: argparse.ArgumentParser) -> None:
                              "same --refs), or an evaluation folder")
 
 
+def _evaluation_folder(out: str | Path) -> Path:
+    """--out, refused before any work where a file is in the way of the folder to write."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file; give a folder for the predictions and reports")
+    return out
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from ..evaluate.metrics import parse_metrics
     from ..evaluate.scoring import score_file
 
+    if args.out:
+        _evaluation_folder(args.out)
     result = score_file(args.predictions, args.refs, parse_metrics(args.metrics), args.out)
     _print_scores(result)
     _compare(result, args, args.out, args.refs)

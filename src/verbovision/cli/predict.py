@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..infer.predict import PredictConfig, chunk, predict
+from ..errors import ConfigError
+from ..infer.predict import PredictConfig, chunk, predict, read_questions
 from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags, load_vlm
 
 
@@ -28,8 +29,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     config = PredictConfig(Path(args.questions), Path(args.out), args.image_folder and Path(args.image_folder),
                            args.model_id or args.model, args.num_chunks, args.chunk_idx, args.batch_size,
                            decode_options_from_flags(args))
-    # Checked before the model loads: a wrong chunk index should not cost a model load.
+    # Checked before the model loads: a wrong chunk index, questions file or answers path should not cost a model load.
     chunk([], config.num_chunks, config.chunk_idx)
+    read_questions(config.questions, config.image_folder)
+    if config.out.is_dir():
+        raise ConfigError(f"--out {config.out}: a folder; give the answers file (JSONL) to write")
     summary = predict(load_vlm(args), config)
     print(summary, file=sys.stderr)
     print(config.out)

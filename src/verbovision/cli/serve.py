@@ -7,7 +7,7 @@ import os
 
 from ..serve import serve
 from ..serve.config import GENERIC_NAME, MB, ServeConfig
-from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags
+from .common import Command, add_decode_options, add_model_argument, check_flags, decode_options_from_flags
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,8 +53,24 @@ def _limit_arguments(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-n", type=int, default=ServeConfig.max_n, help="most choices per request")
 
 
+_LIMIT_RULES = {
+    "port": ("a TCP port in 0..65535", lambda v: 0 <= v <= 65535),  # uvicorn failed to bind after the load, and hung
+    "max_wait_ms": ("a number >= 0", lambda v: v >= 0),
+    "max_cached_tokens": ("an integer >= 1", lambda v: v >= 1),
+    "max_body_mb": ("a number > 0", lambda v: v > 0),
+    "max_image_mb": ("a number > 0", lambda v: v > 0),
+    "max_image_pixels": ("an integer >= 1", lambda v: v >= 1),
+    "max_prompt_tokens": ("an integer >= 1", lambda v: v >= 1),
+    "max_completion_tokens": ("an integer >= 1", lambda v: v >= 1),
+    "max_n": ("an integer >= 1", lambda v: v >= 1),
+    "threads": ("an integer >= 1", lambda v: v >= 1),
+}
+"""The server's flags' valid values (see `check_flags`): a limit no request can meet is refused at start."""
+
+
 def serve_config(args: argparse.Namespace, web: bool) -> ServeConfig:
     """The ServeConfig the flags of `verbo serve` (web: `verbo web`) ask for."""
+    check_flags(args, _LIMIT_RULES)
     return ServeConfig(
         model=args.model, model_name=args.model_name or "", host=args.host, port=args.port, api_key=args.api_key,
         allow_remote_images=args.allow_remote_images, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from ..files import write_atomic, write_json
+from ..files import write_atomic, write_figure, write_json
 from .metrics import EvalResult
 
 
@@ -66,7 +66,7 @@ def plot_metrics(result: EvalResult, path: Path) -> None:
     """metrics.png (see metrics_figure), when there is a metric to show."""
     fig = metrics_figure(result)
     if fig is not None:
-        fig.savefig(path, dpi=100)
+        write_figure(path, fig)
 
 
 def metrics_figure(result: EvalResult):

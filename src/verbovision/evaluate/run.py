@@ -31,6 +31,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
+    check_images(data, records)
     vlm = backend or VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
     rows = [{"id": r.id, "image": str(r.images[0]) if r.images else None, "prompt": r.prompt_turns[-1].text,
@@ -47,6 +48,20 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
         result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
     write_eval_folder(out, result, {"model": str(model), "data": str(data)})
     return result
+
+
+def check_images(data: str | Path, records) -> None:
+    """Every record's images decode: an unreadable one fails the evaluation before the model loads, not after the
+    replies of every batch before its own."""
+    from ..data.images import load_image
+
+    for record in records:
+        for image in record.images:
+            try:
+                load_image(image)
+            except DataError as e:
+                raise DataError(f"{data}: record {record.id!r}: {e}; fix or drop it (verbo data clean drops "
+                                "unreadable images)") from None
 
 
 def reference_loss(vlm, records, batch_size: int) -> float:

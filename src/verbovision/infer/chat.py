@@ -85,7 +85,10 @@ class ChatSession:
         if name == "/save" and arg:
             from ..files import write_json
 
-            write_json(arg, [self.llava_record()])
+            try:
+                write_json(arg, [self.llava_record()])
+            except OSError as e:  # a folder, a missing drive...: the conversation goes on, to be saved elsewhere
+                raise DataError(f"/save {arg}: cannot write ({e.strerror or e}); give a file path") from None
             return f"saved {len(self.messages)} messages to {arg}"
         if name in ("/image", "/save"):
             return f"usage: {name} {'PATH' if name == '/image' else 'FILE'}"

@@ -65,6 +65,9 @@ class Endpoint:
                  backoff_s: float = BACKOFF_S):
         """`url` is the API root (http://host:port/v1); `model` the served model's name (default: the only one the
         server lists at /models); `api_key` defaults to $OPENAI_API_KEY; `cache` the JSONL response cache."""
+        if not url.startswith(("http://", "https://")):
+            raise EndpointError(f"--endpoint {url}: not an http(s) URL; give the API root, e.g. "
+                                "http://127.0.0.1:8000/v1")
         self.url = url.rstrip("/")
         self.concurrency = max(1, concurrency)
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
@@ -122,6 +125,8 @@ class Endpoint:
                     return _json_answer(response.read(), url)
             except urllib.error.HTTPError as e:
                 problem, retry_after = f"HTTP {e.code}: {_error_message(e)}", e.headers.get("Retry-After")
+                if e.code == 404 and not self.url.endswith("/v1"):
+                    problem += f" (an OpenAI-compatible API root usually ends in /v1: {self.url}/v1?)"
                 if e.code not in RETRIED_STATUSES:
                     raise EndpointError(f"{url}: {problem}") from None
             except (urllib.error.URLError, OSError) as e:  # refused, reset, timed out

@@ -38,6 +38,8 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
     open_part = open_part or image_of_part
     turns, images = [], []
     for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(f"messages[{i}]: a message must be an object with a role and a content")
         role, content = message.get("role"), message.get("content")
         if role not in ("system", "user", "assistant"):
             raise DataError(f"messages[{i}]: role must be system, user or assistant, not {role!r}")
@@ -49,7 +51,10 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                texts.append(part.get("text") or "")
+                text = part.get("text") or ""
+                if not isinstance(text, str):
+                    raise DataError(f"messages[{i}].content[{j}]: a text part's text must be a string")
+                texts.append(text)
             elif kind in ("image", "image_url"):
                 images.append(open_part(part))
                 texts.append(DATA_IMAGE_TOKEN)
@@ -63,6 +68,8 @@ def image_of_part(part: dict):
     """The image of a content part: a PIL image, a local path, or a data: URI. Remote URLs are never fetched here."""
     if part["type"] == "image":
         image = part.get("image")
+        if not isinstance(image, (Image.Image, str, Path)):
+            raise DataError(f"image part holding {type(image).__name__}; give a PIL image or a path as its 'image'")
         return image if isinstance(image, Image.Image) else Path(image)
     url = part.get("image_url")
     url = url.get("url") if isinstance(url, dict) else url

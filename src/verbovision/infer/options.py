@@ -12,6 +12,9 @@ BATCH_SIZE = 16
 CACHE_STEP = 256
 """Under `--compile` (`infer.compiled`), static KV caches are sized in multiples of this many tokens."""
 
+SEED_LIMIT = 2**63
+"""Seeds are 64-bit integers, as torch.manual_seed takes them: -SEED_LIMIT <= seed < SEED_LIMIT."""
+
 TextCallback = Callable[[int, str], None]
 """Called with (index of the reply, new text) as replies grow."""
 

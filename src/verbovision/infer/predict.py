@@ -82,7 +82,8 @@ def read_questions(path: str | Path, image_folder: str | Path | None = None) -> 
         raise DataError(f"{path}: questions file not found")
     folder = Path(image_folder) if image_folder else path.parent
     questions, seen = [], {}
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # utf-8-sig: a byte order mark (as Windows editors write one) is read as the data readers read it, not a JSON error
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         question = _question(line, folder, f"{path}:{line_no}")
@@ -168,7 +169,7 @@ def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
     bar = _progress(total=len(questions), initial=summary.already)
     for start in range(0, len(todo), config.batch_size):
         group = todo[start : start + config.batch_size]
-        batch, records = _readable(group, summary.skipped)
+        batch, records = _answerable(vlm, group, summary.skipped)
         generations = vlm.generate_details(records, options, batch_size=config.batch_size)
         log.append([answer_row(q, g, config.model_id, options) for q, g in zip(batch, generations)])
         summary.answered += len(batch)
@@ -178,15 +179,25 @@ def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
     return summary
 
 
-def _readable(questions: list[Question], skipped: dict[str, str]) -> tuple[list[Question], list]:
-    """The questions whose image loads, with their prompt records; the others are noted in `skipped`."""
+def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str]) -> tuple[list[Question], list]:
+    """The questions whose image loads and whose prompt the model can take (e.g. as many `<image>` marks as images),
+    with their prompt records; the others are noted in `skipped`, so that one skips its question, not the run."""
     from ..data.images import load_images
     from .messages import prompt_record
 
-    # loaded here so that an unreadable image skips its question, not the whole batch
     kept, images, failed = load_images(questions, lambda question: [] if question.image is None else [question.image])
     skipped.update((str(question.id), str(error)) for question, error in failed)
-    return kept, [prompt_record(loaded[0] if loaded else None, question.text) for question, loaded in zip(kept, images)]
+    answerable, records = [], []
+    for question, loaded in zip(kept, images):
+        record = prompt_record(loaded[0] if loaded else None, question.text)
+        try:
+            vlm.prompt_tokens(record)
+        except DataError as e:
+            skipped[str(question.id)] = str(e)
+            continue
+        answerable.append(question)
+        records.append(record)
+    return answerable, records
 
 
 def answer_row(question: Question, reply: Generation, model_id: str, options: DecodeOptions) -> dict:

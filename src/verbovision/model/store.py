@@ -9,6 +9,7 @@ folder names."""
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import sys
 import warnings
@@ -30,11 +31,20 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
+def metadata_json(path: Path, default=None):
+    """`read_json` of a model's metadata file, one that is not JSON (hand-edited, cut short) a one-line error."""
+    try:
+        return read_json(path, default)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VerboError(f"{path}: not valid JSON ({e}); fix the file, or write it again") from None
+
+
 def adapter_base(adapter_dir: str | Path) -> str:
     """The base model of an adapter, from the metadata saved beside it (PEFT's own config as a fallback)."""
     adapter_dir = Path(adapter_dir)
-    meta = read_json(adapter_dir / ADAPTER_METADATA) or {}
-    base = meta.get("base_model") or (read_json(adapter_dir / "adapter_config.json") or {}).get("base_model_name_or_path")
+    meta = metadata_json(adapter_dir / ADAPTER_METADATA) or {}
+    peft_config = metadata_json(adapter_dir / "adapter_config.json") or {}
+    base = meta.get("base_model") or peft_config.get("base_model_name_or_path")
     if not base:
         raise VerboError(f"{adapter_dir}: adapter metadata names no base model ({ADAPTER_METADATA} missing)")
     return base
@@ -53,8 +63,8 @@ def model_metadata(path: str | Path) -> dict:
     """How a model was trained (template, base...); empty for models VerboVision did not write."""
     path = Path(run_final(path))
     if is_adapter(path):
-        return {**model_metadata(adapter_base(path)), **(read_json(path / MODEL_METADATA) or {})}
-    return read_json(path / MODEL_METADATA, {})
+        return {**model_metadata(adapter_base(path)), **(metadata_json(path / MODEL_METADATA) or {})}
+    return metadata_json(path / MODEL_METADATA, {})
 
 
 def default_device() -> torch.device:
@@ -63,6 +73,19 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def usable_device(name: torch.device | str) -> torch.device:
+    """The device `name` names, refused in one line where it is no device name or not on this machine."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VerboError(f"device {name!r} unknown; use cpu, cuda, cuda:N or mps") from None
+    present = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}.get(device.type)
+    if present is not None and (device.index or 0) >= present:
+        found = f"{present} {device.type} device(s)" if present else f"no {device.type} device"
+        raise VerboError(f"device {name!r}: this machine has {found}; use another --device (cpu always works)")
+    return device
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str | None = None) -> torch.dtype:
@@ -129,7 +152,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     path_str = run_final(path)
     check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
-    device = device or ("cpu" if in_memory else default_device())
+    device = usable_device(device or ("cpu" if in_memory else default_device()))
     dtype = resolve_dtype(dtype, device)
     if is_adapter(path_str):
         from peft import PeftModel
@@ -140,7 +163,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             base = base.merge_and_unload()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with peft_wrapping():  # inside: its filter goes before "always"
+            with peft_wrapping(), readable_weights(path_str):  # inside: its filter goes before "always"
                 model = PeftModel.from_pretrained(base, path_str)
         refuse_missing_adapter_weights(path_str, caught)
         if in_memory:
@@ -152,8 +175,9 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
             config = AutoConfig.from_pretrained(path_str)
             family_of(config)  # a refused model type is refused before its weights load
             attention = attention_for(config, dtype, device, attention)
-            model = AutoModelForImageTextToText.from_pretrained(
-                path_str, **{"dtype": dtype, "attn_implementation": attention, **extra})
+            with readable_weights(path_str):
+                model = AutoModelForImageTextToText.from_pretrained(
+                    path_str, **{"dtype": dtype, "attn_implementation": attention, **extra})
             processor = load_processor(path_str)
         except ValueError as e:  # transformers lists every image-text class it knows; say what the model is
             if "Unrecognized configuration class" not in str(e):
@@ -170,6 +194,19 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     if in_memory:
         quantize_dynamic_int8(model)
     return model, processor
+
+
+@contextmanager
+def readable_weights(path: str) -> Iterator[None]:
+    """A weights file of `path` that safetensors cannot read (truncated by an interrupted copy, overwritten) is a
+    one-line error naming the model."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        raise VerboError(f"{path}: a weights file is corrupt or truncated ({e}); copy or save the model again") \
+            from None
 
 
 def refuse_missing_adapter_weights(path: str, caught: list[warnings.WarningMessage]) -> None:
@@ -288,6 +325,11 @@ def load_processor(path: str | Path):
 
     try:
         processor = AutoProcessor.from_pretrained(str(path))
+    except ValueError as e:  # transformers found neither tokenizer.json nor a slow tokenizer to convert
+        if "backend tokenizer" not in str(e):
+            raise
+        raise VerboError(f"{path}: no tokenizer it can read (tokenizer.json missing?); copy the model's tokenizer "
+                         "files into it") from None
     except (ImportError, AttributeError) as e:
         try:
             processor = _images_only_processor(str(path), e)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from ..errors import ConfigError
 from .api import create_app
 from .config import ServeConfig
 
@@ -21,6 +22,7 @@ def serve(config: ServeConfig) -> None:
 
     from ..infer.vlm import VLM
 
+    check_address(config.host, config.port)
     if config.threads:
         torch.set_num_threads(config.threads)
     vlm = VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
@@ -36,6 +38,22 @@ def serve(config: ServeConfig) -> None:
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print("verbo: warning: listening beyond this machine without --api-key", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind host:port once before the model loads (as uvicorn will, with SO_REUSEADDR): a port in use or a host that
+    is no address of this machine is a one-line error now, not uvicorn's after the load."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as e:  # socket.gaierror included
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); pick another --port, or "
+                          "an address of this machine as --host (127.0.0.1, 0.0.0.0)") from None
 
 
 def warm_up(vlm, config: ServeConfig) -> None:

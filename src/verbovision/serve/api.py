@@ -111,7 +111,7 @@ class Api:
                 raise too_large
         try:
             data = json.loads(body)
-        except ValueError:  # also UnicodeDecodeError
+        except (ValueError, RecursionError):  # also UnicodeDecodeError; RecursionError: nested too deep
             raise invalid("the request body is not valid JSON", code="invalid_json") from None
         if not isinstance(data, dict):
             raise invalid("the request body must be a JSON object", code="invalid_json")

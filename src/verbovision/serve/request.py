@@ -48,7 +48,7 @@ MAX_BEAMS = 8
 
 def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     """Check a chat completion request's parameters against the OpenAI API and this server's limits."""
-    from ..infer.options import DecodeOptions
+    from ..infer.options import SEED_LIMIT, DecodeOptions
 
     for name in ("model", "messages"):
         if body.get(name) is None:
@@ -69,7 +69,7 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
         top_k=_param(body, "top_k", int, "a positive integer", lambda v: v > 0, defaults.top_k),
         repetition_penalty=_param(body, "repetition_penalty", float, "a positive number", lambda v: v > 0,
                                   defaults.repetition_penalty),
-        seed=_param(body, "seed", int, "an integer", default=defaults.seed),
+        seed=_param(body, "seed", int, "a 64-bit integer", lambda v: -SEED_LIMIT <= v < SEED_LIMIT, defaults.seed),
         stop=_stop_strings(body.get("stop")),
         # Beyond OpenAI's parameters, with vLLM's names where it has them:
         beams=_param(body, "num_beams", int, f"an integer in 1..{MAX_BEAMS}", lambda v: 1 <= v <= MAX_BEAMS,

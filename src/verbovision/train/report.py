@@ -10,7 +10,7 @@ from ..config.schema import Recipe
 from ..data.records import SkipLog
 from ..data.sources import source_records
 from ..evaluate.report import CUT_MARK, marked_prediction, table_cell
-from ..files import read_json, write_atomic
+from ..files import read_json, write_atomic, write_figure
 from .runinfo import read_metrics, summary_lines
 
 if TYPE_CHECKING:  # infer loads transformers: imported inside the functions that use it
@@ -51,7 +51,7 @@ def wrapped(text: str, width: int = SAMPLE_TEXT_WIDTH) -> str:
 def plot_samples(run_dir: Path, samples: list[dict]) -> Path:
     """samples.png (see samples_figure)."""
     path = run_dir / "samples.png"
-    samples_figure(samples).savefig(path, dpi=100)
+    write_figure(path, samples_figure(samples))
     return path
 
 

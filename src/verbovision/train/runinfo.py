@@ -12,7 +12,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..config.schema import Recipe, Stage
-from ..files import write_atomic
+from ..files import write_atomic, write_figure
 
 PACKAGES = ("verbovision", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "pillow")
 
@@ -216,7 +216,7 @@ def plot_losses(run_dir: Path) -> Path | None:
     if not rows:
         return None
     path = run_dir / "loss.png"
-    loss_figure(rows).savefig(path, dpi=100)
+    write_figure(path, loss_figure(rows))
     return path
 
 

@@ -46,7 +46,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
         structural = entry(entry(row, "types", where), "structural", f"{where}: types")
         items.append(BenchmarkItem(
             id=question_id, image=Path(data_dir) / "images" / f"{entry(row, 'imageId', where)}.jpg",
-            prompt=entry(row, "question", where) + INSTRUCTION, references=(entry(row, "answer", where),),
+            prompt=entry(row, "question", where, str) + INSTRUCTION, references=(entry(row, "answer", where),),
             group="open" if structural == "query" else "binary", meta={"structural": structural}))
     return items
 

@@ -19,11 +19,19 @@ def official_json(benchmark: str, data_dir: Path, name: str, published: str):
         raise DataError(f"{path}: not the JSON {published} publishes ({e})") from None
 
 
-def entry(row, key: str, where: str):
-    """row[key], or a DataError saying which record of which file lacks it."""
+KINDS = {str: "a string", int: "an integer", list: "a list"}
+"""The kinds of value `entry` checks, in words."""
+
+
+def entry(row, key: str, where: str, kind: type | None = None):
+    """row[key], or a DataError saying which record of which file lacks it, or holds no `kind` (one of KINDS) there."""
     if not isinstance(row, dict) or key not in row:
         raise DataError(f"{where}: no {key!r} (is this the benchmark's official file?)")
-    return row[key]
+    value = row[key]
+    if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        raise DataError(f"{where}: {key!r} is {value!r:.60}, not {KINDS[kind]} (is this the benchmark's official "
+                        "file?)")
+    return value
 
 
 def entries(data, key: str, path: Path) -> list:

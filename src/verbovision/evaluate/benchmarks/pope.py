@@ -45,7 +45,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
         path = Path(data_dir) / f"coco_pope_{subset}.json"
         for number, row in enumerate(jsonl_rows("pope", path, PUBLISHED), 1):
             where = f"{path}:{number}"
-            question = entry(row, "text", where)
+            question = entry(row, "text", where, str)
             items.append(BenchmarkItem(
                 id=f"{subset}/{entry(row, 'question_id', where)}",
                 image=Path(data_dir) / "val2014" / entry(row, "image", where),

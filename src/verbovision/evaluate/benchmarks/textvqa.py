@@ -49,7 +49,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     items = []
     for number, row in enumerate(rows):
         where = f"{path}: data[{number}]"
-        question, image_id = entry(row, "question", where), entry(row, "image_id", where)
+        question, image_id = entry(row, "question", where, str), entry(row, "image_id", where)
         if llava_prompts is None:
             prompt = question + INSTRUCTION
         elif (prompt := llava_prompts.get((str(image_id), question.lower()))) is None:
@@ -57,7 +57,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
                             f"{ANNOTATIONS}; use the file of {LLAVA_PUBLISHED} for TextVQA 0.5.1 val")
         items.append(BenchmarkItem(
             id=str(entry(row, "question_id", where)), image=Path(data_dir) / "train_images" / f"{image_id}.jpg",
-            prompt=prompt, references=tuple(entry(row, "answers", where)),
+            prompt=prompt, references=tuple(entry(row, "answers", where, list)),
             meta={"question_id": row["question_id"], "image_id": image_id, "question": question}))
     return items
 

@@ -44,7 +44,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     items = []
     for number, row in enumerate(rows):
         where = f"{Path(data_dir) / name}[{number}]"
-        image, question = entry(row, "image", where), entry(row, "question", where)
+        image, question = entry(row, "image", where, str), entry(row, "question", where, str)
         labelled = split != "test"
         answers = tuple(entry(a, "answer", f"{where}.answers") for a in entry(row, "answers", where)) if labelled \
             else ()

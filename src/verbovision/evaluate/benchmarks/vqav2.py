@@ -52,9 +52,9 @@ def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     items = []
     for i, question in enumerate(questions, 1):
         where = f"{path}: question {i}"
-        question_id, image_id = entry(question, "question_id", where), entry(question, "image_id", where)
+        question_id, image_id = entry(question, "question_id", where), entry(question, "image_id", where, int)
         image = Path(data_dir) / IMAGE_SETS[split] / f"COCO_{IMAGE_SETS[split]}_{image_id:012d}.jpg"
-        meta = {"question_id": question_id, "image_id": image_id, "question": entry(question, "question", where),
+        meta = {"question_id": question_id, "image_id": image_id, "question": entry(question, "question", where, str),
                 "split": split}
         answer = annotations.get(question_id)
         if split == "val" and answer is None:
@@ -77,9 +77,9 @@ def _annotations(data_dir: Path) -> dict:
         where = f"{path}: annotation {i}"
         for key in ("answer_type", "question_type"):
             entry(annotation, key, where)
-        answers = entry(annotation, "answers", where)
+        answers = entry(annotation, "answers", where, list)
         for j, answer in enumerate(answers, 1):
-            entry(answer, "answer", f"{where}: answer {j}")
+            entry(answer, "answer", f"{where}: answer {j}", str)
         by_question[entry(annotation, "question_id", where)] = annotation
     return by_question
 
