@@ -51,14 +51,14 @@ ASK = Command("answer a question about an image", _ask_arguments, cmd_ask,
 def _replies(args: argparse.Namespace, images: list[str], prompt: str | None) -> list[str]:
     """The model's reply to `prompt` (None: the model's caption prompt) about each image; says on stderr how many
     hit the token limit, if any did."""
-    from ..data.images import load_image
+    from ..data.images import image_size
     from ..infer.messages import prompt_record
     from ..infer.options import Truncation
 
     options = decode_options_from_flags(args)
     vlm = load_vlm(args)
-    for image in images:  # an unreadable one fails before any reply, not after the batches before its own
-        load_image(Path(image))
+    for image in images:  # a missing or unreadable one fails before any reply, not after the batches before its own
+        image_size(Path(image))  # the header only: decoding every image twice would cost more than a GPU generating
     prompt = vlm.caption_prompt if prompt is None else prompt
     generations = vlm.generate_details([prompt_record(image, prompt) for image in images], options, args.batch_size)
     truncation = Truncation(options.max_new_tokens).add(g.finish_reason for g in generations)

@@ -51,14 +51,15 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
 
 
 def check_images(data: str | Path, records) -> None:
-    """Every record's images decode: an unreadable one fails the evaluation before the model loads, not after the
-    replies of every batch before its own."""
-    from ..data.images import load_image
+    """Every record's images are there and are images, from their headers (decoding them all twice would cost
+    more than generating on a GPU): a missing or unreadable one fails the evaluation before the model loads, not
+    after the replies of every batch before its own. A file cut short further on fails where it is decoded."""
+    from ..data.images import image_size
 
     for record in records:
         for image in record.images:
             try:
-                load_image(image)
+                image_size(image)
             except DataError as e:
                 raise DataError(f"{data}: record {record.id!r}: {e}; fix or drop it (verbo data clean drops "
                                 "unreadable images)") from None
