@@ -19,6 +19,7 @@ from verbovision.data.records import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    UNREADABLE_IMAGE,
     RecordError,
     SkipLog,
 )
@@ -269,6 +270,8 @@ MALFORMED = [
                                                 {"from": "gpt", "value": "y"}]}, IMAGE_TOKENS),
     ({"id": "empty", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "  "}]},
      EMPTY_ANSWER),
+    ({**GOOD, "id": "number-image", "image": 5}, UNREADABLE_IMAGE),
+    ({**GOOD, "id": "numbers-image", "image": ["a.png", 2.5]}, UNREADABLE_IMAGE),
 ]
 
 

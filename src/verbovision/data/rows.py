@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from ..config.sources import Source
 from ..errors import DataError
 from .images import BytesImage, FileSlice
@@ -27,6 +29,7 @@ from .records import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    UNREADABLE_IMAGE,
     Record,
     RecordError,
     Turn,
@@ -254,7 +257,10 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
     for wanted, key in (("image", columns.image), ("text", columns.text), ("question", columns.question)):
         if key and key not in row:
             return RecordError(source, rid, BAD_CONVERSATION, f"no {wanted} column {key!r} (columns: {sorted(row)})")
-    images = image_sources(row.get(image_key), base, source, rid)
+    try:
+        images = image_sources(row.get(image_key), base, source, rid)
+    except RecordError as e:
+        return e
     answers = as_texts(row.get(text_key))
     if not answers:
         return RecordError(source, rid, EMPTY_ANSWER, f"no caption or answer (looked for {text_key or TEXT_COLUMNS})")
@@ -295,7 +301,8 @@ def as_texts(value) -> list[str]:
 
 
 def image_sources(value, base: Path, source: Path, rid: str) -> list:
-    """A row's image field as image sources: paths (relative to `base`), lists of them, bytes, {bytes, path}."""
+    """A row's image field as image sources: paths (relative to `base`), lists of them, bytes, {bytes, path}; any
+    other value (a number) is the record's RecordError."""
     if value is None or value == "":
         return []
     if isinstance(value, (list, tuple)):
@@ -308,7 +315,10 @@ def image_sources(value, base: Path, source: Path, rid: str) -> list:
         return image_sources(value.get("path"), base, source, rid)
     if isinstance(value, (str, Path)):
         return [(base / value).resolve()]
-    return [value]  # already an image (a FileSlice, an in-memory PIL image)
+    if isinstance(value, (FileSlice, BytesImage, Image.Image)):
+        return [value]  # already an image
+    raise RecordError(source, rid, UNREADABLE_IMAGE, f"image field {value!r} is not a path, a list of paths, bytes "
+                                                     "or {bytes, path}")
 
 
 def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
@@ -322,7 +332,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
             return RecordError(path, rid, BAD_CONVERSATION,
                                "each turn needs 'from' (human/gpt/system) and a string 'value'")
         turns.append(Turn(role, turn["value"]))
-    images = image_sources(raw.get("image"), base, path, rid)
+    try:
+        images = image_sources(raw.get("image"), base, path, rid)
+    except RecordError as e:
+        return e
     first_user = next((t for t in turns if t.role == "user"), None)
     if images and first_user and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
         first_user.text = place_images(first_user.text, len(images))
