@@ -180,6 +180,22 @@ def test_karpathy_split(tmp_path):
     assert record.id == "7" and record.references == ["A red square.", "Red."] and record.images[0].exists()
 
 
+@pytest.mark.parametrize("document,message", [
+    ({"images": [{"id": 1}], "annotations": []}, r"images\[0\] has no 'file_name'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}, ["a.png"]], "annotations": []},
+     r"images\[1\] is list, not a JSON object"),
+    ({"images": [{"id": 1, "file_name": 7}], "annotations": []}, r"images\[0\]: 'file_name' must be a file name"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"caption": "A cat."}]},
+     r"annotations\[0\] has no 'image_id'"),
+    ({"images": [{"cocoid": 1, "sentences": [{"raw": "A cat."}]}]}, r"images\[0\] has no 'filename'"),
+])
+def test_coco_entries_without_their_keys_name_the_entry(tmp_path, document, message):
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DataError, match=rf"captions.json: {message}"):
+        read_records(path)
+
+
 @pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz")])
 def test_webdataset_shards_stream(tmp_path, suffix, mode):
     shard = write_tar(tmp_path / f"shard-000{suffix}", {
