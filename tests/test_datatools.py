@@ -114,6 +114,17 @@ def test_clean_removes_exactly_the_bad_records_with_reasons(dirty, tmp_path, cap
     assert "kept 6 of 18 records" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("link", [[], ["--link"]])
+def test_cleaning_a_cleaned_set_in_place_keeps_its_images(dirty, tmp_path, link):
+    path, _ = dirty
+    out = tmp_path / "clean"
+    verbo_data("clean", path, "--out", out, *link)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    verbo_data("clean", out / "data.json", "--out", out, *link)  # its images are already where copies would go
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    assert all(p.exists() for r in read_records(out / "data.json") for p in r.images)
+
+
 def test_clean_word_limits_are_flags(dirty, tmp_path):
     path, expected = dirty
     verbo_data("clean", path, "--out", tmp_path / "clean", "--min-words", "1", "--max-words", "400")

@@ -38,6 +38,10 @@ class ImagePlacer(PerImage):
     def compute(self, source: ImageSource) -> str:
         if isinstance(source, Path) and (self.mode == "refer" or not source.exists()):
             return os.path.relpath(source, self.base)
+        if isinstance(source, Path) and source.resolve().is_relative_to(self.folder.resolve()):
+            # Already in the output folder (a cleaned set cleaned again in place): a copy onto itself would delete it.
+            self.names.add(str(source.resolve().relative_to(self.folder.resolve())))
+            return os.path.relpath(source, self.base)
         target = self.folder / self._unique_name(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(source, Path):
