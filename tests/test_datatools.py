@@ -171,6 +171,20 @@ def test_split_is_grouped_by_image_and_seeded(tmp_path):
         verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "d", "--ratios", "0.8;0.2")
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--ratios", "0.5,0.5", "--names", "a,a"], "each split needs a name of its own"),  # one file would hold both
+    (["--ratios", "0.5,0.5", "--names", ",b"], "each split needs a name of its own"),
+    (["--ratios", "nan,1"], "need one non-negative ratio"),
+    (["--ratios", "1,inf"], "need one non-negative ratio"),
+])
+def test_split_refuses_names_and_ratios_that_would_lose_or_misplace_records(tmp_path, flags, message):
+    photo(0).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([record(str(i), "a.png", f"answer {i}") for i in range(4)]))
+    with pytest.raises(DataError, match=message):
+        verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "out", *flags)
+    assert not (tmp_path / "out").exists()
+
+
 def test_convert_coco_keeps_all_references(tmp_path, capsys):
     photo(0).save(tmp_path / "a.jpg")
     (tmp_path / "captions.json").write_text(json.dumps({
