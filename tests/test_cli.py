@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 import verbovision
@@ -117,6 +118,25 @@ def test_compiled_generation_gives_the_same_captions(lora_run, shapes_data, caps
 def test_synth_command(tmp_path, capsys):
     assert main(["data", "synth", "geometry", "--out", str(tmp_path / "geo"), "--n", "5"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["synth", "shapes", "--out", "{tmp}/s", "--n", "0"], "--n 0: a dataset needs at least 1 image"),
+    (["synth", "shapes", "--out", "{tmp}/s", "--n", "4", "--langs", "en,xx"], "--langs en,xx: choose among en,pt"),
+    (["synth", "geometry", "--out", "{tmp}/file/s", "--n", "4"], "{tmp}/file is a file, not a folder"),
+    (["clean", "{tmp}/d.json", "--out", "{tmp}/file"], "{tmp}/file is a file, not a folder"),
+    (["split", "{tmp}/d.json", "--out", "{tmp}/file"], "{tmp}/file is a file, not a folder"),
+    (["convert", "{tmp}/d.json", "--out", "{tmp}/file/d.json"], "{tmp}/file is a file, not a folder"),
+    (["convert", "{tmp}/d.json", "--out", "{tmp}"], "a folder; name the file to write"),
+])
+def test_data_commands_refuse_what_they_cannot_write_in_one_line(tmp_path, capsys, argv, message):
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "0", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image briefly."}, {"from": "gpt", "value": "a red square"}]}]))
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["data", *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("verbo: error: --") and message.format(tmp=tmp_path) in line
 
 
 def test_errors_are_one_line(tmp_path, shapes_data):
