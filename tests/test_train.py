@@ -149,12 +149,23 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("model.dtype=bfloat", ("model.dtype: 'bfloat' unknown (did you mean 'bfloat16'?); use auto, float32, "
                             "bfloat16, float16")),
     ("model.dtype=float16", "model.dtype: float16 trains without the loss scaling it needs; use bfloat16"),
+    # values that trained nothing (max_steps -1, epochs 0, lr 0), trained an epoch (max_steps 0), trained backwards
+    # (lr -1), or failed inside the run with a traceback (log_every 0, lora.r 0, lora.dropout 1)
+    ("stages.0.max_steps=-1", "stages.0.max_steps: must be >= 1"),
+    ("stages.0.max_steps=0", "stages.0.max_steps: must be >= 1"),
+    ("stages.0.epochs=0 stages.0.max_steps=null", "stages.0.epochs: must be > 0"),
+    ("stages.0.lr=0", "stages.0.lr: must be > 0"),
+    ("stages.0.lr_language=-1e-4", "stages.0.lr_language: must be > 0"),
+    ("stages.0.warmup=-1", "stages.0.warmup: must be >= 0"),
+    ("stages.0.log_every=0", "stages.0.log_every: must be >= 1"),
+    ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
+    ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
     with pytest.raises(ConfigError) as error:
-        load_recipe(path, [override])
+        load_recipe(path, override.split())
     assert message in str(error.value) and str(path) in str(error.value)
 
 

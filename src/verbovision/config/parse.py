@@ -156,9 +156,30 @@ def _check_stage(stage: Stage, where: str) -> None:
     _check_streams(stage, where)
     if stage.data_workers < 0:
         raise ConfigError(f"{where}.data_workers: must be >= 0")
-    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards"):
+    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards", "log_every"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
+    _check_amounts(stage, where)
+
+
+def _check_amounts(stage: Stage, where: str) -> None:
+    """How long and how fast a stage trains, and its LoRA: a value that would train nothing (max_steps: -1, epochs: 0,
+    lr: 0), train backwards (a negative lr) or fail inside PEFT is refused by name."""
+    if stage.max_steps is not None and stage.max_steps < 1:
+        raise ConfigError(f"{where}.max_steps: must be >= 1, or null to train for `epochs`")
+    if stage.max_steps is None and not stage.epochs > 0:
+        raise ConfigError(f"{where}.epochs: must be > 0 (or set max_steps)")
+    for name in ("lr", "lr_vision", "lr_connector", "lr_language"):
+        value = getattr(stage, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{where}.{name}: must be > 0 (a component that should not learn is `frozen`)")
+    for name in ("warmup", "weight_decay"):
+        if getattr(stage, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0")
+    if stage.lora.r < 1:
+        raise ConfigError(f"{where}.lora.r: must be >= 1")
+    if not 0 <= stage.lora.dropout < 1:
+        raise ConfigError(f"{where}.lora.dropout: must be in [0, 1)")
 
 
 def _check_streams(stage: Stage, where: str) -> None:
