@@ -135,6 +135,15 @@ def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data
     assert (out / "final/config.json").exists()
 
 
+def test_run_folder_where_a_file_is(tmp_path, shapes_data):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        assert error_line(run_verbo("train", str(tmp_path / "r.yaml"), "--out", str(out))) == (
+            f"{out}: {tmp_path / 'taken'} is a file, not a folder; choose another --out for the run")
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
 def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
     from verbovision.train import loop
     from verbovision.train.run import train_recipe

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import blocking_file
 from .common import Command, CommandGroup, add_reading_options, read_options
 
 
@@ -41,10 +42,9 @@ def _check_out(out: str, folder: bool) -> None:
     path = Path(out)
     if not folder and path.is_dir():
         raise DataError(f"--out {out}: a folder; name the file to write, e.g. {path / 'data.json'}")
-    folders = [path, *path.parents] if folder else list(path.parents)
-    nearest = next((p for p in folders if p.exists()), None)  # where the folders to write will be made
-    if nearest is not None and not nearest.is_dir():
-        raise DataError(f"--out {out}: {nearest} is a file, not a folder; choose another --out")
+    blocking = blocking_file(path if folder else path.parent)
+    if blocking:
+        raise DataError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
 
 
 def _data_path_arguments(p: argparse.ArgumentParser) -> None:
