@@ -153,19 +153,25 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     # (lr -1), or failed inside the run with a traceback (log_every 0, lora.r 0, lora.dropout 1)
     ("stages.0.max_steps=-1", "stages.0.max_steps: must be >= 1"),
     ("stages.0.max_steps=0", "stages.0.max_steps: must be >= 1"),
-    ("stages.0.epochs=0 stages.0.max_steps=null", "stages.0.epochs: must be > 0"),
+    (("stages.0.epochs=0", "stages.0.max_steps=null"), "stages.0.epochs: must be > 0"),
     ("stages.0.lr=0", "stages.0.lr: must be > 0"),
     ("stages.0.lr_language=-1e-4", "stages.0.lr_language: must be > 0"),
     ("stages.0.warmup=-1", "stages.0.warmup: must be >= 0"),
     ("stages.0.log_every=0", "stages.0.log_every: must be >= 1"),
     ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
     ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
+    # a NaN weight was a traceback, a negative one an epoch without that source, all-zero "the data holds no records"
+    ("stages.0.data.train=[{path: train/caption_short_en.json, weight: .nan}]",
+     "stages.0.data.train.0.weight: must be a number >= 0"),
+    ("stages.0.data.val=[{path: val/caption_short_en.json, weight: -1}]", "stages.0.data.val.0.weight: must be a number"),
+    ("stages.0.data.train=[{path: train/caption_short_en.json, weight: 0}]",
+     "stages.0.data.train: every source has weight 0, so nothing would train"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
     with pytest.raises(ConfigError) as error:
-        load_recipe(path, override.split())
+        load_recipe(path, [override] if isinstance(override, str) else list(override))
     assert message in str(error.value) and str(path) in str(error.value)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -131,6 +132,7 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.truncation: {stage.truncation!r} unknown; use {' or '.join(TRUNCATION)}")
     if not stage.data.train:
         raise ConfigError(f"{where}.data.train: at least one training source is required")
+    _check_weights(stage, where)
     for component, mode in stage.train.items():
         if component not in COMPONENTS:
             raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
@@ -160,6 +162,16 @@ def _check_stage(stage: Stage, where: str) -> None:
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
     _check_amounts(stage, where)
+
+
+def _check_weights(stage: Stage, where: str) -> None:
+    for split in ("train", "val"):
+        for i, source in enumerate(getattr(stage.data, split)):
+            if not 0 <= source.weight < math.inf:
+                raise ConfigError(f"{where}.data.{split}.{i}.weight: must be a number >= 0 (the share of "
+                                  f"{source.path} drawn per epoch)")
+    if not any(source.weight for source in stage.data.train):
+        raise ConfigError(f"{where}.data.train: every source has weight 0, so nothing would train")
 
 
 def _check_amounts(stage: Stage, where: str) -> None:
