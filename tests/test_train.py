@@ -166,6 +166,9 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("stages.0.data.val=[{path: val/caption_short_en.json, weight: -1}]", "stages.0.data.val.0.weight: must be a number"),
     ("stages.0.data.train=[{path: train/caption_short_en.json, weight: 0}]",
      "stages.0.data.train: every source has weight 0, so nothing would train"),
+    # from-scratch sizes that failed inside torch while the model was built
+    ("model.language.hidden_size=-4", "model.language.hidden_size: must be >= 1"),
+    ("model.vision.patch_size=64", "model.vision.patch_size: 64 is larger than image_size 32"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"

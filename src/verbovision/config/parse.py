@@ -22,6 +22,7 @@ from .schema import (
     SCST_REWARDS,
     STAGE_TYPES,
     TRAINABILITY,
+    ModelBlock,
     Recipe,
     Stage,
 )
@@ -97,6 +98,8 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: model.dtype: float16 trains without the loss scaling it needs; use bfloat16 "
                           "(or auto, float32)")
     check_choice(recipe.model.attn_implementation, ATTENTION, f"{where}: model.attn_implementation")
+    if recipe.model.from_ is None:
+        _check_scratch_sizes(recipe.model, f"{where}: model")
     for i, stage in enumerate(recipe.stages):
         dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
         if recipe.model.quantize != "none" and dense:
@@ -108,6 +111,24 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
             raise ConfigError(f"{where}: stages.{i}.merge: false on a LoRA stage that another stage follows; the "
                               "next stage needs a base, set merge: true")
     return recipe
+
+
+def _check_scratch_sizes(model: ModelBlock, where: str) -> None:
+    """The sizes of a from-scratch encoder or LM (a negative width, a patch larger than the image would otherwise
+    fail inside torch once the model is being built)."""
+    sizes = {"vision": ("hidden_size", "layers", "heads", "image_size", "patch_size"),
+             "language": ("hidden_size", "layers", "heads", "kv_heads", "max_positions", "vocab_size")}
+    for component, names in sizes.items():
+        spec = getattr(model, component)
+        if spec.name:
+            continue
+        for name in names:
+            value = getattr(spec, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{component}.{name}: must be >= 1")
+    if not model.vision.name and model.vision.patch_size > model.vision.image_size:
+        raise ConfigError(f"{where}.vision.patch_size: {model.vision.patch_size} is larger than image_size "
+                          f"{model.vision.image_size}")
 
 
 def check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
