@@ -169,6 +169,9 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     # from-scratch sizes that failed inside torch while the model was built
     ("model.language.hidden_size=-4", "model.language.hidden_size: must be >= 1"),
     ("model.vision.patch_size=64", "model.vision.patch_size: 64 is larger than image_size 32"),
+    # tracebacks: an override value that is not YAML, a source without its path
+    ("stages.0.data.train=[a.json, b", "override stages.0.data.train: '[a.json, b' is not a YAML value (expected"),
+    ("stages.0.data.train=[{weight: 2}]", "stages.0.data.train.0: path is required"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"
@@ -176,6 +179,14 @@ def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     with pytest.raises(ConfigError) as error:
         load_recipe(path, [override] if isinstance(override, str) else list(override))
     assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_invalid_yaml_is_one_line_naming_line_and_column(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nstages: [{lr: 1e-3}\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert str(error.value) == f"{path}: invalid YAML: expected ',' or ']', but got '<stream end>' at line 3 column 1"
 
 
 def test_missing_data_file_names_it(tmp_path, shapes_data):

@@ -56,7 +56,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     for override in overrides:
         apply_override(raw, override, path)
     return parse_recipe(raw, str(path))
@@ -75,16 +75,31 @@ def apply_override(raw: dict, override: str, where: Path | str = "command line")
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{where}: override {key}: {part!r} is not an index of a list of {len(node)}")
             if last:
-                node[int(part)] = yaml.safe_load(value)
+                node[int(part)] = _override_value(value, where, key)
             else:
                 node = node[int(part)]
         elif isinstance(node, dict):
             if last:
-                node[part] = yaml.safe_load(value)
+                node[part] = _override_value(value, where, key)
             else:
                 node = node.setdefault(part, {})
         else:
             raise ConfigError(f"{where}: override {key}: cannot descend into {part!r}")
+
+
+def _override_value(value: str, where: Path | str, key: str):
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: override {key}: {value!r} is not a YAML value ({_yaml_problem(e)}); quote "
+                          "it to give a string") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong, and where (PyYAML's own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1} column {mark.column + 1}" if mark else problem
 
 
 def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
@@ -278,6 +293,10 @@ def _build(cls, raw: Any, where: str, key: str):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: {path}: unknown key{hint}")
         kwargs[fields[name].name] = _convert(hints[fields[name].name], value, where, path)
+    required = [name for name, f in fields.items() if f.name not in kwargs
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:
+        raise ConfigError(f"{where}: {key or 'recipe'}: {required[0]} is required")
     return cls(**kwargs)
 
 
