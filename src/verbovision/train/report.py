@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..config.schema import Recipe
 from ..data.records import SkipLog
 from ..data.sources import source_records
+from ..errors import DataError
 from ..evaluate.report import CUT_MARK, marked_prediction, table_cell
 from ..files import read_json, write_atomic
 from .runinfo import read_metrics, summary_lines
@@ -18,8 +19,9 @@ if TYPE_CHECKING:  # infer loads transformers: imported inside the functions tha
 
 
 def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: DecodeOptions | None = None) -> list[dict]:
-    """Generate replies for the first few validation (else training) records of the last stage; each sample says
-    whether its reply was cut at max_new_tokens (`finish_reason` "length")."""
+    """Generate replies for the first few validation (else training) records of the last stage whose image opens
+    (training skipped the others); each sample says whether its reply was cut at max_new_tokens (`finish_reason`
+    "length")."""
     from ..infer.messages import prompt_record
     from ..infer.options import DecodeOptions
     from ..infer.vlm import VLM
@@ -27,7 +29,8 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: Decode
     options = options or DecodeOptions()
     stage = recipe.stages[-1]
     sources = stage.data.val or stage.data.train
-    records = list(islice((r for r in source_records(sources[0], Path(recipe.data_root), SkipLog()) if r.images), n))
+    records = list(islice((r for r in source_records(sources[0], Path(recipe.data_root), SkipLog())
+                           if r.images and _opens(r.images[0])), n))
     if not records:
         return []
     vlm = VLM(model_dir)
@@ -35,6 +38,16 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: Decode
     return [{"image": str(r.images[0]), "prompt": r.prompt_turns[-1].text, "prediction": g.text,
              "reference": r.references[0] if r.references else "", "finish_reason": g.finish_reason,
              "max_new_tokens": options.max_new_tokens} for r, g in zip(records, generations)]
+
+
+def _opens(image) -> bool:
+    from ..data.images import load_image
+
+    try:
+        load_image(image)
+    except DataError:
+        return False
+    return True
 
 
 SAMPLE_TEXT_WIDTH = 72
