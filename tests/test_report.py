@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from verbovision.config.parse import parse_recipe
@@ -16,7 +17,7 @@ from verbovision.files import read_json, write_json
 from verbovision.train.report import SAMPLE_TEXT_WIDTH, sample_captions, samples_figure, write_report
 from verbovision.train.runinfo import loss_figure
 
-from .helpers import built_model, stage, tiny_recipe
+from .helpers import built_model, png_bytes, stage, tiny_recipe, write_tar
 
 LONG_REPLY = " ".join(f"Step {i}: the angle is {20 * i} degrees because the base angles are equal." for i in range(12))
 
@@ -67,6 +68,24 @@ def test_sample_captions_pass_over_records_whose_image_does_not_open(tmp_path, s
     recipe = parse_recipe(tiny_recipe(tmp_path, [stage("s", data={"train": ["data.json"]})]))
     samples = sample_captions(built_model(tmp_path, shapes_data), recipe)
     assert [s["image"] for s in samples] == [str(image) for image in images[1:]]
+
+
+def test_samples_of_shard_members_and_embedded_images_show_in_the_report(tmp_path, shapes_data):
+    # Images without a path of their own: prompt_record and samples.png took every image for a file (a TypeError).
+    pd = pytest.importorskip("pandas")
+    write_tar(tmp_path / "s.tar", {"k/0.png": png_bytes((200, 0, 0)), "k/0.txt": b"a red square"})
+    pd.DataFrame({"image": [{"bytes": png_bytes((0, 0, 200)), "path": None}], "caption": ["a blue square"]}).to_parquet(
+        tmp_path / "d.parquet")
+    model = built_model(tmp_path, shapes_data)
+    for data, name, colour, caption in (("s.tar", "s.tar:k/0.png", (200, 0, 0), "a red square"),
+                                        ("d.parquet", "d.parquet:0:image", (0, 0, 200), "a blue square")):
+        samples = sample_captions(model, parse_recipe(tiny_recipe(tmp_path, [stage("s", data={"train": [data]})])))
+        assert [s["image"] for s in samples] == [f"{tmp_path / name}"]
+        assert samples[0]["picture"].getpixel((0, 0)) == colour
+        run = tmp_path / data.replace(".", "-")
+        run.mkdir()
+        write_report(run, samples)
+        assert (run / "samples.png").exists() and f"| {caption} |" in (run / "report.md").read_text()
 
 
 def test_samples_png_wraps_long_replies_whole(tmp_path):
