@@ -144,6 +144,19 @@ def test_run_folder_where_a_file_is(tmp_path, shapes_data):
     assert (tmp_path / "taken").read_text() == "a file, not a folder"
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--nproc", "0"], "--nproc 0: the number of processes is at least 1"),  # trained in one process
+    (["--nproc", "2", "--accelerate-config", "nope.yaml"], "--accelerate-config nope.yaml: no such file"),  # traceback
+    (["--accelerate-config", "{recipe}"], "--accelerate-config launches the --nproc processes"),  # ignored
+])
+def test_launch_flags_that_would_be_ignored_or_fail(tmp_path, shapes_data, capsys, flags, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    args = [flag.format(recipe=recipe) for flag in flags]
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), *args]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {message}") and not (tmp_path / "run").exists()
+
+
 def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
     from verbovision.train import loop
     from verbovision.train.run import train_recipe

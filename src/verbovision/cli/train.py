@@ -83,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
     recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
+    if "LOCAL_RANK" not in os.environ:  # not yet launched
+        _check_launch(args.nproc, args.accelerate_config)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
 
@@ -92,6 +94,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     train_and_report(recipe, out, resume=args.resume)
     print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
+
+
+def _check_launch(nproc: int, accelerate_config: str | None) -> None:
+    """--nproc and --accelerate-config that would be ignored (a run in one plain process instead) or fail later."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc {nproc}: the number of processes is at least 1")
+    if accelerate_config is None:
+        return
+    if not Path(accelerate_config).is_file():
+        raise ConfigError(f"--accelerate-config {accelerate_config}: no such file (configs/accelerate/ has examples)")
+    if nproc == 1:
+        raise ConfigError(f"--accelerate-config launches the --nproc processes: give --nproc 2 or more, or for one "
+                          f"process: accelerate launch --config_file {accelerate_config} -m verbovision train ...")
 
 
 TRAIN = Command(
