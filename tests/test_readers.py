@@ -156,6 +156,17 @@ def test_csv_and_tsv_with_configured_columns(tmp_path):
         kinds(tmp_path / "d.tsv", columns=Columns("picture", "caption"))
 
 
+def test_nan_is_a_missing_text_not_the_word_nan(tmp_path):
+    # pandas writes a missing value as NaN: json.dumps of its rows, or a float column of a parquet file
+    lines = ['{"image": "a.png", "caption": NaN}', '{"image": "a.png", "caption": "A red square.", "question": NaN}',
+             '{"image": "a.png", "caption": 4}']
+    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    first, second, third = scan(tmp_path / "d.jsonl")
+    assert isinstance(first, RecordError) and first.kind == EMPTY_ANSWER
+    assert [t.text for t in second.turns] == ["<image>\nDescribe the image briefly.", "A red square."]
+    assert third.turns[-1].text == "4"
+
+
 def test_coco_annotations_with_image_folder(tmp_path):
     png(tmp_path / "val2014" / "COCO_val2014_000000000001.jpg")
     annotations = tmp_path / "annotations" / "captions_val2014.json"

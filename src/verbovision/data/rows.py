@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -286,13 +287,14 @@ def _first_present(row: dict, names: tuple[str, ...]) -> str | None:
 
 
 def as_texts(value) -> list[str]:
-    """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers."""
+    """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers. NaN
+    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan"."""
     if value is None:
         return []
     if isinstance(value, str):
         return [value] if value.strip() else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [str(value)]
+        return [str(value)] if math.isfinite(value) else []
     if isinstance(value, dict):
         return as_texts(next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None))
     if isinstance(value, (list, tuple)):
