@@ -334,6 +334,17 @@ def test_whole_file_errors_name_the_file(tmp_path):
         read_records(tmp_path / "bad.tar")
 
 
+@pytest.mark.parametrize("name,text", [
+    ("d.json", json.dumps([GOOD])), ("d.jsonl", json.dumps(GOOD)), ("d.tsv", "image\tcaption\na.png\tA cat.\n"),
+    ("captions.json", json.dumps({"images": [], "annotations": []})),
+])
+def test_utf16_files_are_named_as_such(tmp_path, name, text):
+    # Excel's "Unicode text" and Windows editors write UTF-16: it read as invalid JSON, or as columns "\udcff\udcfei m a g e"
+    (tmp_path / name).write_text(text, encoding="utf-16")
+    with pytest.raises(DataError, match=rf"{name}: UTF-16 text; re-save it as UTF-8"):
+        read_records(tmp_path / name, "coco" if name == "captions.json" else None)
+
+
 @pytest.mark.parametrize("lang", sorted(CAPTIONS))
 def test_unicode_captions_survive_read_convert_read(tmp_path, lang):
     from verbovision.data.convert import convert_data

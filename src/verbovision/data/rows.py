@@ -135,11 +135,20 @@ def decode_text(data: bytes) -> str:
 
 def json_document(path: Path):
     """A whole JSON file; invalid JSON is an error naming the line and column."""
-    text = decode_text(path.read_bytes())
+    data = path.read_bytes()
+    _refuse_utf16(path, data)
+    text = decode_text(data)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}{_trailing_comma_hint(e)}") from None
+
+
+def _refuse_utf16(path: Path, head: bytes) -> None:
+    """A text file that starts with a UTF-16 byte order mark (Excel's "Unicode text", Windows editors) is an error
+    saying so, not invalid JSON or columns with a space between every letter."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text; re-save it as UTF-8")
 
 
 def _trailing_comma_hint(error: json.JSONDecodeError) -> str:
@@ -156,6 +165,8 @@ def _jsonl_rows(path: Path) -> Rows:
     """(default id, row) for each non-empty line, the id counting those lines from 0 (see file_rows); a line that is
     not a JSON object is a RecordError whose message gives its line number."""
     with open(path, "rb") as f:
+        _refuse_utf16(path, f.read(2))
+        f.seek(0)
         lines = ((line_no, decode_text(raw).strip()) for line_no, raw in enumerate(f, 1))
         for index, (line_no, line) in enumerate((n, line) for n, line in lines if line):
             try:
@@ -172,7 +183,9 @@ def _jsonl_rows(path: Path) -> Rows:
 
 
 def _csv_rows(path: Path) -> Iterator[dict]:
-    text = decode_text(path.read_bytes())
+    data = path.read_bytes()
+    _refuse_utf16(path, data)
+    text = decode_text(data)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     yield from csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
 
