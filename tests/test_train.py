@@ -181,6 +181,12 @@ def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     assert message in str(error.value) and str(path) in str(error.value)
 
 
+def test_stages_need_names_of_their_own(shapes_data):
+    # run.json kept the last of two stages named alike, the report showed one, metrics.jsonl mixed their rows
+    with pytest.raises(ConfigError, match=r"stages\.1\.name: 's' names stages\.0 too"):
+        parse_recipe(tiny_recipe(shapes_data, [stage("s"), stage("s")]))
+
+
 def test_invalid_yaml_is_one_line_naming_line_and_column(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: r\nstages: [{lr: 1e-3}\n")

@@ -120,6 +120,11 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         if recipe.model.quantize != "none" and dense:
             raise ConfigError(f"{where}: stages.{i}.train: {', '.join(dense)} cannot train quantized weights; with "
                               f"model.quantize: {recipe.model.quantize} use lora or frozen")
+    names = [stage.name for stage in recipe.stages]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{where}: stages.{i}.name: {name!r} names stages.{names.index(name)} too; give each "
+                              "stage its own name (run.json, metrics.jsonl and the report tell stages apart by it)")
     for i, stage in enumerate(recipe.stages):
         _check_stage(stage, f"{where}: stages.{i}")
         if "lora" in stage.train.values() and not stage.merge and i < len(recipe.stages) - 1:
