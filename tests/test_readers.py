@@ -247,6 +247,16 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
 
 
+def test_a_split_folder_without_its_files_is_named(tmp_path):
+    # it gave no records, without a word: a DatasetDict of 2 read as its other split alone
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": "a.png"}], "caption": ["A red square."]})
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(tmp_path / "dict")
+    (tmp_path / "dict/test/state.json").unlink()
+    with pytest.raises(DataError, match=r"dict/test: no state.json or .parquet files"):
+        read_records(tmp_path / "dict")
+
+
 def test_arrow_images_are_byte_ranges_across_batches_with_gaps_and_paths(tmp_path):
     # An Arrow stream file as `save_to_disk` writes it, in record batches of 3: embedded images are indexed by their
     # byte range in the file (named by their row in the file), a row without an image has none, and a row whose image

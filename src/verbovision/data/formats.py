@@ -208,4 +208,8 @@ def _hf_files(path: Path) -> list[tuple[str, Path]]:
     if (path / "state.json").exists():
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         return [("", path / f["filename"]) for f in state["_data_files"]]
-    return [("", p) for p in sorted(path.glob("*.parquet"))]
+    parquet = sorted(path.glob("*.parquet"))
+    if not parquet:  # a split folder copied without its files would otherwise give no records, without a word
+        raise DataError(f"{path}: no state.json or .parquet files, so no Hugging Face dataset (save_to_disk or "
+                        "to_parquet writes them)")
+    return [("", p) for p in parquet]
