@@ -247,6 +247,15 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
 
 
+def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
+    # every image was read twice, once from each file
+    png(tmp_path / "train/a.png")
+    (tmp_path / "train/metadata.csv").write_text("file_name,text\na.png,A red square.\n")
+    write_jsonl(tmp_path / "train/metadata.jsonl", [{"file_name": "a.png", "text": "A red square."}])
+    with pytest.raises(DataError, match=r"train: metadata.csv, metadata.jsonl both describe this folder's images"):
+        read_records(tmp_path, "imagefolder")
+
+
 def test_a_split_folder_without_its_files_is_named(tmp_path):
     # it gave no records, without a word: a DatasetDict of 2 read as its other split alone
     datasets = pytest.importorskip("datasets")

@@ -118,8 +118,16 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
 
 
 def metadata_files(path: Path) -> list[Path]:
-    return sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
-                                    "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    """The metadata files of an imagefolder, at most one per folder: two (metadata.csv beside a metadata.jsonl made
+    from it) would give every image twice."""
+    files = sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
+                                     "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    folders = [file.parent for file in files]
+    twice = next((folder for folder in folders if folders.count(folder) > 1), None)
+    if twice is not None:
+        names = ", ".join(file.name for file in files if file.parent == twice)
+        raise DataError(f"{twice}: {names} both describe this folder's images; keep one")
+    return files
 
 
 def _file_name_column(row: dict) -> str | None:
