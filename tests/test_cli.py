@@ -139,6 +139,16 @@ def test_data_commands_refuse_what_they_cannot_write_in_one_line(tmp_path, capsy
     assert line.startswith("verbo: error: --") and message.format(tmp=tmp_path) in line
 
 
+def test_quickstart_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
+    # --n 0 synthesized the default 12,000 images; an --out under a file was a NotADirectoryError
+    (tmp_path / "file").write_text("not a folder")
+    for argv, message in ((["--n", "0"], "--n 0: the demo needs at least 1 image"),
+                          ([], f"{tmp_path / 'file'} is a file, not a folder")):
+        assert main(["quickstart", "--out", str(tmp_path / "file/qs"), *argv]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("verbo: error: --") and message in line
+
+
 def test_errors_are_one_line(tmp_path, shapes_data):
     result = verbo("train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, VerboError
+from ..files import blocking_file
 from .common import Command, add_dtype_option
 
 
@@ -19,7 +20,12 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from ..quickstart import IMAGES, quickstart
 
-    quickstart(Path(args.out), n=args.n or IMAGES)
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n {args.n}: the demo needs at least 1 image")
+    blocking = blocking_file(args.out)
+    if blocking:
+        raise ConfigError(f"--out {args.out}: {blocking} is a file, not a folder; choose another --out")
+    quickstart(Path(args.out), n=IMAGES if args.n is None else args.n)
 
 
 QUICKSTART = Command("offline demo: synth data -> train -> eval -> captions -> report", _quickstart_arguments,
