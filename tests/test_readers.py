@@ -199,6 +199,8 @@ def test_karpathy_split(tmp_path):
     ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"caption": "A cat."}]},
      r"annotations\[0\] has no 'image_id'"),
     ({"images": [{"cocoid": 1, "sentences": [{"raw": "A cat."}]}]}, r"images\[0\] has no 'filename'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}], "annotations": []},
+     r"images\[1\] has id 1, as images\[0\] does"),  # a.png was dropped, b.png given its captions
 ])
 def test_coco_entries_without_their_keys_name_the_entry(tmp_path, document, message):
     path = tmp_path / "captions.json"

@@ -61,9 +61,14 @@ def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
     if not isinstance(document, dict) or not isinstance(document.get("images"), list) \
             or not isinstance(document.get("annotations"), list):
         raise DataError(f"{path}: COCO annotations need 'images' and 'annotations' lists")
-    images = {_entry_field(image, "id", f"images[{index}]", path):
-              _entry_text(image, "file_name", f"images[{index}]", path)
-              for index, image in enumerate(document["images"])}
+    images, entries = {}, {}
+    for index, image in enumerate(document["images"]):
+        image_id = _entry_field(image, "id", f"images[{index}]", path)
+        if image_id in images:  # one of the two images would be dropped, and get the other's captions
+            raise DataError(f"{path}: images[{index}] has id {image_id!r}, as images[{entries[image_id]}] does; "
+                            "image ids must be unique")
+        images[image_id] = _entry_text(image, "file_name", f"images[{index}]", path)
+        entries[image_id] = index
     captions: dict = {}
     for index, annotation in enumerate(document["annotations"]):
         image_id = _entry_field(annotation, "image_id", f"annotations[{index}]", path)
