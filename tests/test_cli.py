@@ -149,6 +149,14 @@ def test_quickstart_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
         assert line.startswith("verbo: error: --") and message in line
 
 
+def test_output_to_a_reader_that_left_is_no_traceback(shapes_data):
+    # `verbo data check DATA --json | head -1`: the reader may close the pipe before verbo writes
+    command = [sys.executable, "-m", "verbovision", "data", "check", str(shapes_data / "val/vqa_en.json"), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    assert process.wait(timeout=300) == 1 and process.stderr.read() == ""
+
+
 def test_errors_are_one_line(tmp_path, shapes_data):
     result = verbo("train", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2
