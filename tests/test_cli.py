@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import verbovision
@@ -124,6 +125,43 @@ def test_synth_command(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == ("verbo: error: --langs pt: geometry's captions and questions are "
                                                "English only; --langs chooses the languages of shapes")
     assert not (tmp_path / "geo-pt").exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["synth", "shapes", "--out", "{tmp}/s", "--n", "0"], "--n 0: a dataset needs at least 1 image"),
+    (["synth", "shapes", "--out", "{tmp}/s", "--n", "4", "--langs", "en,xx"], "--langs en,xx: choose among en,pt"),
+    (["synth", "geometry", "--out", "{tmp}/file/s", "--n", "4"], "{tmp}/file is a file, not a folder"),
+    (["clean", "{tmp}/d.json", "--out", "{tmp}/file"], "{tmp}/file is a file, not a folder"),
+    (["split", "{tmp}/d.json", "--out", "{tmp}/file"], "{tmp}/file is a file, not a folder"),
+    (["convert", "{tmp}/d.json", "--out", "{tmp}/file/d.json"], "{tmp}/file is a file, not a folder"),
+    (["convert", "{tmp}/d.json", "--out", "{tmp}"], "a folder; name the file to write"),
+])
+def test_data_commands_refuse_what_they_cannot_write_in_one_line(tmp_path, capsys, argv, message):
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "0", "image": "a.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image briefly."}, {"from": "gpt", "value": "a red square"}]}]))
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["data", *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("verbo: error: --") and message.format(tmp=tmp_path) in line
+
+
+def test_quickstart_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
+    # --n 0 synthesized the default 12,000 images; an --out under a file was a NotADirectoryError
+    (tmp_path / "file").write_text("not a folder")
+    for argv, message in ((["--n", "0"], "--n 0: the demo needs at least 1 image"),
+                          ([], f"{tmp_path / 'file'} is a file, not a folder")):
+        assert main(["quickstart", "--out", str(tmp_path / "file/qs"), *argv]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("verbo: error: --") and message in line
+
+
+def test_output_to_a_reader_that_left_is_no_traceback(shapes_data):
+    # `verbo data check DATA --json | head -1`: the reader may close the pipe before verbo writes
+    command = [sys.executable, "-m", "verbovision", "data", "check", str(shapes_data / "val/vqa_en.json"), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    assert process.wait(timeout=300) == 1 and process.stderr.read() == ""
 
 
 def test_errors_are_one_line(tmp_path, shapes_data):

@@ -114,6 +114,17 @@ def test_clean_removes_exactly_the_bad_records_with_reasons(dirty, tmp_path, cap
     assert "kept 6 of 18 records" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("link", [[], ["--link"]])
+def test_cleaning_a_cleaned_set_in_place_keeps_its_images(dirty, tmp_path, link):
+    path, _ = dirty
+    out = tmp_path / "clean"
+    verbo_data("clean", path, "--out", out, *link)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    verbo_data("clean", out / "data.json", "--out", out, *link)  # its images are already where copies would go
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    assert all(p.exists() for r in read_records(out / "data.json") for p in r.images)
+
+
 def test_clean_word_limits_are_flags(dirty, tmp_path):
     path, expected = dirty
     verbo_data("clean", path, "--out", tmp_path / "clean", "--min-words", "1", "--max-words", "400")
@@ -158,6 +169,20 @@ def test_split_is_grouped_by_image_and_seeded(tmp_path):
     assert (tmp_path / "c/train.json").read_bytes() != (tmp_path / "a/train.json").read_bytes()
     with pytest.raises(DataError, match="--ratios"):
         verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "d", "--ratios", "0.8;0.2")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--ratios", "0.5,0.5", "--names", "a,a"], "each split needs a name of its own"),  # one file would hold both
+    (["--ratios", "0.5,0.5", "--names", ",b"], "each split needs a name of its own"),
+    (["--ratios", "nan,1"], "need one non-negative ratio"),
+    (["--ratios", "1,inf"], "need one non-negative ratio"),
+])
+def test_split_refuses_names_and_ratios_that_would_lose_or_misplace_records(tmp_path, flags, message):
+    photo(0).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([record(str(i), "a.png", f"answer {i}") for i in range(4)]))
+    with pytest.raises(DataError, match=message):
+        verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "out", *flags)
+    assert not (tmp_path / "out").exists()
 
 
 def test_convert_coco_keeps_all_references(tmp_path, capsys):

@@ -19,6 +19,7 @@ from verbovision.data.records import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    UNREADABLE_IMAGE,
     RecordError,
     SkipLog,
 )
@@ -155,6 +156,17 @@ def test_csv_and_tsv_with_configured_columns(tmp_path):
         kinds(tmp_path / "d.tsv", columns=Columns("picture", "caption"))
 
 
+def test_nan_is_a_missing_text_not_the_word_nan(tmp_path):
+    # pandas writes a missing value as NaN: json.dumps of its rows, or a float column of a parquet file
+    lines = ['{"image": "a.png", "caption": NaN}', '{"image": "a.png", "caption": "A red square.", "question": NaN}',
+             '{"image": "a.png", "caption": 4}']
+    (tmp_path / "d.jsonl").write_text("\n".join(lines))
+    first, second, third = scan(tmp_path / "d.jsonl")
+    assert isinstance(first, RecordError) and first.kind == EMPTY_ANSWER
+    assert [t.text for t in second.turns] == ["<image>\nDescribe the image briefly.", "A red square."]
+    assert third.turns[-1].text == "4"
+
+
 def test_coco_annotations_with_image_folder(tmp_path):
     png(tmp_path / "val2014" / "COCO_val2014_000000000001.jpg")
     annotations = tmp_path / "annotations" / "captions_val2014.json"
@@ -177,6 +189,24 @@ def test_karpathy_split(tmp_path):
                                             "sentences": [{"raw": "A red square."}, {"raw": "Red."}]}]}))
     (record,) = read_records(path)
     assert record.id == "7" and record.references == ["A red square.", "Red."] and record.images[0].exists()
+
+
+@pytest.mark.parametrize("document,message", [
+    ({"images": [{"id": 1}], "annotations": []}, r"images\[0\] has no 'file_name'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}, ["a.png"]], "annotations": []},
+     r"images\[1\] is list, not a JSON object"),
+    ({"images": [{"id": 1, "file_name": 7}], "annotations": []}, r"images\[0\]: 'file_name' must be a file name"),
+    ({"images": [{"id": 1, "file_name": "a.png"}], "annotations": [{"caption": "A cat."}]},
+     r"annotations\[0\] has no 'image_id'"),
+    ({"images": [{"cocoid": 1, "sentences": [{"raw": "A cat."}]}]}, r"images\[0\] has no 'filename'"),
+    ({"images": [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}], "annotations": []},
+     r"images\[1\] has id 1, as images\[0\] does"),  # a.png was dropped, b.png given its captions
+])
+def test_coco_entries_without_their_keys_name_the_entry(tmp_path, document, message):
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(DataError, match=rf"captions.json: {message}"):
+        read_records(path)
 
 
 @pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz")])
@@ -217,6 +247,25 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert open_image(records[1].images[0]).getpixel((0, 0)) == (0, 0, 255)
         # a saved dataset's images stay in its Arrow files, read when needed; parquet's are compressed: in memory
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
+
+
+def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
+    # every image was read twice, once from each file
+    png(tmp_path / "train/a.png")
+    (tmp_path / "train/metadata.csv").write_text("file_name,text\na.png,A red square.\n")
+    write_jsonl(tmp_path / "train/metadata.jsonl", [{"file_name": "a.png", "text": "A red square."}])
+    with pytest.raises(DataError, match=r"train: metadata.csv, metadata.jsonl both describe this folder's images"):
+        read_records(tmp_path, "imagefolder")
+
+
+def test_a_split_folder_without_its_files_is_named(tmp_path):
+    # it gave no records, without a word: a DatasetDict of 2 read as its other split alone
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": "a.png"}], "caption": ["A red square."]})
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(tmp_path / "dict")
+    (tmp_path / "dict/test/state.json").unlink()
+    with pytest.raises(DataError, match=r"dict/test: no state.json or .parquet files"):
+        read_records(tmp_path / "dict")
 
 
 def test_arrow_images_are_byte_ranges_across_batches_with_gaps_and_paths(tmp_path):
@@ -269,6 +318,8 @@ MALFORMED = [
                                                 {"from": "gpt", "value": "y"}]}, IMAGE_TOKENS),
     ({"id": "empty", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "  "}]},
      EMPTY_ANSWER),
+    ({**GOOD, "id": "number-image", "image": 5}, UNREADABLE_IMAGE),
+    ({**GOOD, "id": "numbers-image", "image": ["a.png", 2.5]}, UNREADABLE_IMAGE),
 ]
 
 
@@ -302,6 +353,17 @@ def test_whole_file_errors_name_the_file(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"not a tar" * 100)
     with pytest.raises(DataError, match="bad.tar: unreadable tar shard"):
         read_records(tmp_path / "bad.tar")
+
+
+@pytest.mark.parametrize("name,text", [
+    ("d.json", json.dumps([GOOD])), ("d.jsonl", json.dumps(GOOD)), ("d.tsv", "image\tcaption\na.png\tA cat.\n"),
+    ("captions.json", json.dumps({"images": [], "annotations": []})),
+])
+def test_utf16_files_are_named_as_such(tmp_path, name, text):
+    # Excel's "Unicode text" and Windows editors write UTF-16: it read as invalid JSON, or as columns "\udcff\udcfei m a g e"
+    (tmp_path / name).write_text(text, encoding="utf-16")
+    with pytest.raises(DataError, match=rf"{name}: UTF-16 text; re-save it as UTF-8"):
+        read_records(tmp_path / name, "coco" if name == "captions.json" else None)
 
 
 @pytest.mark.parametrize("lang", sorted(CAPTIONS))

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from verbovision.config.parse import parse_recipe
 from verbovision.evaluate.metrics import EvalResult
 from verbovision.evaluate.report import markdown, metrics_figure, write_eval_folder
-from verbovision.train.report import SAMPLE_TEXT_WIDTH, samples_figure, write_report
+from verbovision.files import read_json, write_json
+from verbovision.train.report import SAMPLE_TEXT_WIDTH, sample_captions, samples_figure, write_report
 from verbovision.train.runinfo import loss_figure
+
+from .helpers import built_model, png_bytes, stage, tiny_recipe, write_tar
 
 LONG_REPLY = " ".join(f"Step {i}: the angle is {20 * i} degrees because the base angles are equal." for i in range(12))
 
@@ -52,6 +56,36 @@ def test_report_tables_escape_line_breaks_and_pipes(tmp_path):
         {"id": "7|8", "prediction": "two\nlines", "finish_reason": "length", "references": ["a | b"]}])
     rows = assert_tables_whole(markdown(result, {"model": "m"}))
     assert "| 7\\|8 | two<br>lines [cut at max_new_tokens] | a \\| b |" in rows
+
+
+def test_sample_captions_pass_over_records_whose_image_does_not_open(tmp_path, shapes_data):
+    # Training skips (and counts) such a record; the report's samples, drawn after training, failed on it.
+    records = read_json(shapes_data / "train/caption_short_en.json")[:3]
+    images = [(shapes_data / "train" / r["image"]).resolve() for r in records]
+    (tmp_path / "cut.png").write_bytes(images[0].read_bytes()[:60])
+    write_json(tmp_path / "data.json", [{**r, "image": str(image)} for r, image in
+                                        zip(records, [tmp_path / "cut.png", *images[1:]])])
+    recipe = parse_recipe(tiny_recipe(tmp_path, [stage("s", data={"train": ["data.json"]})]))
+    samples = sample_captions(built_model(tmp_path, shapes_data), recipe)
+    assert [s["image"] for s in samples] == [str(image) for image in images[1:]]
+
+
+def test_samples_of_shard_members_and_embedded_images_show_in_the_report(tmp_path, shapes_data):
+    # Images without a path of their own: prompt_record and samples.png took every image for a file (a TypeError).
+    pd = pytest.importorskip("pandas")
+    write_tar(tmp_path / "s.tar", {"k/0.png": png_bytes((200, 0, 0)), "k/0.txt": b"a red square"})
+    pd.DataFrame({"image": [{"bytes": png_bytes((0, 0, 200)), "path": None}], "caption": ["a blue square"]}).to_parquet(
+        tmp_path / "d.parquet")
+    model = built_model(tmp_path, shapes_data)
+    for data, name, colour, caption in (("s.tar", "s.tar:k/0.png", (200, 0, 0), "a red square"),
+                                        ("d.parquet", "d.parquet:0:image", (0, 0, 200), "a blue square")):
+        samples = sample_captions(model, parse_recipe(tiny_recipe(tmp_path, [stage("s", data={"train": [data]})])))
+        assert [s["image"] for s in samples] == [f"{tmp_path / name}"]
+        assert samples[0]["picture"].getpixel((0, 0)) == colour
+        run = tmp_path / data.replace(".", "-")
+        run.mkdir()
+        write_report(run, samples)
+        assert (run / "samples.png").exists() and f"| {caption} |" in (run / "report.md").read_text()
 
 
 def test_samples_png_wraps_long_replies_whole(tmp_path):

@@ -150,16 +150,53 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
                             "bfloat16, float16")),
     ("model.dtype=float16", "model.dtype: float16 trains without the loss scaling it needs; use bfloat16"),
     # `stages.0.train={vision: full, language: frozen}` unquoted: the shell splits it at its spaces
-    ("stages.0.train={vision:", ("override 'stages.0.train={vision:': the value is not valid YAML (expected the "
-                                 "node content, but found '<stream end>'); in a shell, quote an override that holds "
-                                 "spaces")),
+    ("stages.0.train={vision:", ("override stages.0.train: '{vision:' is not a YAML value (expected the node content, "
+                                 "but found '<stream end>' at line 1 column 9); in a shell, quote an override that "
+                                 "holds spaces")),
+    # values that trained nothing (max_steps -1, epochs 0, lr 0), trained an epoch (max_steps 0), trained backwards
+    # (lr -1), or failed inside the run with a traceback (log_every 0, lora.r 0, lora.dropout 1)
+    ("stages.0.max_steps=-1", "stages.0.max_steps: must be >= 1"),
+    ("stages.0.max_steps=0", "stages.0.max_steps: must be >= 1"),
+    (("stages.0.epochs=0", "stages.0.max_steps=null"), "stages.0.epochs: must be > 0"),
+    ("stages.0.lr=0", "stages.0.lr: must be > 0"),
+    ("stages.0.lr_language=-1e-4", "stages.0.lr_language: must be > 0"),
+    ("stages.0.warmup=-1", "stages.0.warmup: must be >= 0"),
+    ("stages.0.log_every=0", "stages.0.log_every: must be >= 1"),
+    ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
+    ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
+    # a NaN weight was a traceback, a negative one an epoch without that source, all-zero "the data holds no records"
+    ("stages.0.data.train=[{path: train/caption_short_en.json, weight: .nan}]",
+     "stages.0.data.train.0.weight: must be a number >= 0"),
+    ("stages.0.data.val=[{path: val/caption_short_en.json, weight: -1}]", "stages.0.data.val.0.weight: must be a number"),
+    ("stages.0.data.train=[{path: train/caption_short_en.json, weight: 0}]",
+     "stages.0.data.train: every source has weight 0, so nothing would train"),
+    # from-scratch sizes that failed inside torch while the model was built
+    ("model.language.hidden_size=-4", "model.language.hidden_size: must be >= 1"),
+    ("model.vision.patch_size=64", "model.vision.patch_size: 64 is larger than image_size 32"),
+    # tracebacks: an override value that is not YAML, a source without its path
+    ("stages.0.data.train=[a.json, b", "override stages.0.data.train: '[a.json, b' is not a YAML value (expected"),
+    ("stages.0.data.train=[{weight: 2}]", "stages.0.data.train.0: path is required"),
 ])
 def test_bad_recipe_keys_name_the_key(tmp_path, shapes_data, override, message):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s")])))
     with pytest.raises(ConfigError) as error:
-        load_recipe(path, [override])
+        load_recipe(path, [override] if isinstance(override, str) else list(override))
     assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_stages_need_names_of_their_own(shapes_data):
+    # run.json kept the last of two stages named alike, the report showed one, metrics.jsonl mixed their rows
+    with pytest.raises(ConfigError, match=r"stages\.1\.name: 's' names stages\.0 too"):
+        parse_recipe(tiny_recipe(shapes_data, [stage("s"), stage("s")]))
+
+
+def test_invalid_yaml_is_one_line_naming_line_and_column(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nstages: [{lr: 1e-3}\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert str(error.value) == f"{path}: invalid YAML: expected ',' or ']', but got '<stream end>' at line 3 column 1"
 
 
 def test_missing_data_file_names_it(tmp_path, shapes_data):

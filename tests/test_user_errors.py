@@ -135,6 +135,29 @@ def test_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, shapes_data
     assert (out / "final/config.json").exists()
 
 
+def test_run_folder_where_a_file_is(tmp_path, shapes_data):
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    (tmp_path / "taken").write_text("a file, not a folder")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        assert error_line(run_verbo("train", str(tmp_path / "r.yaml"), "--out", str(out))) == (
+            f"{out}: {tmp_path / 'taken'} is a file, not a folder; choose another --out for the run")
+    assert (tmp_path / "taken").read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--nproc", "0"], "--nproc 0: the number of processes is at least 1"),  # trained in one process
+    (["--nproc", "2", "--accelerate-config", "nope.yaml"], "--accelerate-config nope.yaml: no such file"),  # traceback
+    (["--accelerate-config", "{recipe}"], "--accelerate-config launches 2 or more processes (--nproc, else its "
+                                          "num_processes: here 1)"),  # ignored
+])
+def test_launch_flags_that_would_be_ignored_or_fail(tmp_path, shapes_data, capsys, flags, message):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    args = [flag.format(recipe=recipe) for flag in flags]
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run"), *args]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {message}") and not (tmp_path / "run").exists()
+
+
 def test_failed_run_that_took_steps_stays_for_resume(tmp_path, shapes_data, monkeypatch):
     from verbovision.train import loop
     from verbovision.train.run import train_recipe

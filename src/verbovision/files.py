@@ -54,6 +54,12 @@ def read_json(path: str | Path, default=None):
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else default
 
 
+def blocking_file(folder: str | Path) -> Path | None:
+    """The file standing where `folder` or one of its parents would be made (so it cannot be), if there is one."""
+    nearest = next((p for p in [Path(folder), *Path(folder).parents] if p.exists()), None)
+    return nearest if nearest is not None and not nearest.is_dir() else None
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap a fully written directory into place (a kill mid-save leaves the previous one intact)."""
     old = final.with_name(final.name + ".old")

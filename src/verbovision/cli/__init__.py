@@ -85,4 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("verbo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`verbo data check ... --json | head`): stop without a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+        return 1
     return 0

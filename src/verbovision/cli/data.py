@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import blocking_file
 from .common import Command, CommandGroup, add_reading_options, read_options
 
 
@@ -19,11 +20,16 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
-    from ..data.synth import synth_shapes
+    from ..data.synth import SUPPORTED_LANGS, synth_shapes
     from ..data.synth_geometry import synth_geometry
 
+    if args.n is not None and args.n < 1:
+        raise DataError(f"--n {args.n}: a dataset needs at least 1 image")
+    _check_out(args.out, folder=True)
     if args.kind == "shapes":
-        langs = tuple(x for x in (args.langs or "en,pt").split(",") if x)
+        langs = tuple(x.strip() for x in (args.langs or "en,pt").split(",") if x.strip())
+        if not langs or not set(langs) <= set(SUPPORTED_LANGS):
+            raise DataError(f"--langs {args.langs}: choose among {','.join(SUPPORTED_LANGS)}")
         summary = synth_shapes(args.out, n=args.n or 3000, seed=args.seed, langs=langs)
     elif args.langs:
         raise DataError(f"--langs {args.langs}: geometry's captions and questions are English only; "
@@ -31,6 +37,17 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     else:
         summary = synth_geometry(args.out, n=args.n or 1000, seed=args.seed)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def _check_out(out: str, folder: bool) -> None:
+    """An --out that cannot be written (a file where a folder goes, a folder where the file goes) is a one-line error
+    before any work, not an OSError after it."""
+    path = Path(out)
+    if not folder and path.is_dir():
+        raise DataError(f"--out {out}: a folder; name the file to write, e.g. {path / 'data.json'}")
+    blocking = blocking_file(path if folder else path.parent)
+    if blocking:
+        raise DataError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
 
 
 def _data_path_arguments(p: argparse.ArgumentParser) -> None:
@@ -93,6 +110,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
     from ..data.clean import CleanOptions, clean_data
 
     langs = tuple(x.strip() for x in (args.langs or "").split(",") if x.strip())
+    _check_out(args.out, folder=True)
     options = CleanOptions(min_size=args.min_size, min_words=args.min_words, max_words=args.max_words,
                            near_duplicates=args.near_duplicates, langs=langs, link=args.link)
     print(clean_data(args.data, args.out, read_options(args), options).summary())
@@ -114,6 +132,7 @@ def cmd_split(args: argparse.Namespace) -> None:
     except ValueError:
         raise DataError(f"--ratios {args.ratios!r}: expected comma-separated numbers like 0.8,0.1,0.1") from None
     names = args.names.split(",") if args.names else None
+    _check_out(args.out, folder=True)
     sizes, skips = split_data(args.data, args.out, ratios, args.seed, names, read_options(args))
     for name, n in sizes.items():
         print(f"{Path(args.out) / (name + '.json')}: {n} records")
@@ -129,6 +148,7 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from ..data.convert import convert_data
 
+    _check_out(args.out, folder=False)
     n, skips = convert_data(args.data, args.out, read_options(args))
     print(f"{args.out}: {n} records ({args.to})")
     _print_skips(skips)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, VerboError
+from ..files import blocking_file
 from .common import Command, add_dtype_option
 
 
@@ -19,7 +20,12 @@ def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from ..quickstart import IMAGES, quickstart
 
-    quickstart(Path(args.out), n=args.n or IMAGES)
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n {args.n}: the demo needs at least 1 image")
+    blocking = blocking_file(args.out)
+    if blocking:
+        raise ConfigError(f"--out {args.out}: {blocking} is a file, not a folder; choose another --out")
+    quickstart(Path(args.out), n=IMAGES if args.n is None else args.n)
 
 
 QUICKSTART = Command("offline demo: synth data -> train -> eval -> captions -> report", _quickstart_arguments,
@@ -76,16 +82,27 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _processes(args: argparse.Namespace) -> int:
-    """--nproc, else the num_processes of --accelerate-config (which would otherwise be ignored), else 1."""
-    if args.nproc is not None or not args.accelerate_config:
+    """--nproc, else the num_processes of --accelerate-config (which would otherwise be ignored), else 1; a count or
+    config that would be ignored (a run in one plain process instead) or fail later is an error."""
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: the number of processes is at least 1")
+    config = args.accelerate_config
+    if not config:
         return args.nproc or 1
-    import yaml
+    if not Path(config).is_file():
+        raise ConfigError(f"--accelerate-config {config}: no such file (configs/accelerate/ has examples)")
+    nproc = args.nproc
+    if nproc is None:
+        import yaml
 
-    try:
-        config = yaml.safe_load(Path(args.accelerate_config).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"--accelerate-config {args.accelerate_config}: cannot read it ({e})") from None
-    return int(config.get("num_processes", 1))
+        try:
+            nproc = int((yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("num_processes", 1))
+        except (OSError, ValueError, AttributeError, yaml.YAMLError) as e:
+            raise ConfigError(f"--accelerate-config {config}: cannot read its num_processes ({e})") from None
+    if nproc == 1:
+        raise ConfigError(f"--accelerate-config launches 2 or more processes (--nproc, else its num_processes: here "
+                          f"1); for one process: accelerate launch --config_file {config} -m verbovision train ...")
+    return nproc
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -97,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
     recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
-    nproc = _processes(args)
+    nproc = _processes(args) if "LOCAL_RANK" not in os.environ else 1
     if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
 

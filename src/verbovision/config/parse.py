@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ from .schema import (
     SCST_REWARDS,
     STAGE_TYPES,
     TRAINABILITY,
+    ModelBlock,
     Recipe,
     Stage,
 )
@@ -57,7 +59,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(e)}") from None
     for override in overrides:
         apply_override(raw, override, path)
     return parse_recipe(raw, str(path))
@@ -68,12 +70,6 @@ def apply_override(raw: dict, override: str, where: Path | str = "command line")
     key, sep, value = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"{where}: override {override!r} must look like key.path=value")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:  # often a value the shell split at its spaces: `a={b: 1, c: 2}` unquoted
-        raise ConfigError(f"{where}: override {override!r}: the value is not valid YAML "
-                          f"({getattr(e, 'problem', None) or e}); in a shell, quote an override that holds spaces: "
-                          "'stages.0.train={vision: frozen, language: full}'") from None
     node: Any = raw
     parts = key.split(".")
     for depth, part in enumerate(parts):
@@ -82,16 +78,32 @@ def apply_override(raw: dict, override: str, where: Path | str = "command line")
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(f"{where}: override {key}: {part!r} is not an index of a list of {len(node)}")
             if last:
-                node[int(part)] = parsed
+                node[int(part)] = _override_value(value, where, key)
             else:
                 node = node[int(part)]
         elif isinstance(node, dict):
             if last:
-                node[part] = parsed
+                node[part] = _override_value(value, where, key)
             else:
                 node = node.setdefault(part, {})
         else:
             raise ConfigError(f"{where}: override {key}: cannot descend into {part!r}")
+
+
+def _override_value(value: str, where: Path | str, key: str):
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as e:  # often a value the shell split at its spaces: `a={b: 1, c: 2}` unquoted
+        raise ConfigError(f"{where}: override {key}: {value!r} is not a YAML value ({_yaml_problem(e)}); in a shell, "
+                          "quote an override that holds spaces or is meant as a string: "
+                          "'stages.0.train={vision: frozen, language: full}'") from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong, and where (PyYAML's own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{problem} at line {mark.line + 1} column {mark.column + 1}" if mark else problem
 
 
 def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
@@ -105,17 +117,42 @@ def parse_recipe(raw: dict, where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}: model.dtype: float16 trains without the loss scaling it needs; use bfloat16 "
                           "(or auto, float32)")
     check_choice(recipe.model.attn_implementation, ATTENTION, f"{where}: model.attn_implementation")
+    if recipe.model.from_ is None:
+        _check_scratch_sizes(recipe.model, f"{where}: model")
     for i, stage in enumerate(recipe.stages):
         dense = [c for c, mode in stage.train.items() if mode not in ("frozen", "lora")]
         if recipe.model.quantize != "none" and dense:
             raise ConfigError(f"{where}: stages.{i}.train: {', '.join(dense)} cannot train quantized weights; with "
                               f"model.quantize: {recipe.model.quantize} use lora or frozen")
+    names = [stage.name for stage in recipe.stages]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{where}: stages.{i}.name: {name!r} names stages.{names.index(name)} too; give each "
+                              "stage its own name (run.json, metrics.jsonl and the report tell stages apart by it)")
     for i, stage in enumerate(recipe.stages):
         _check_stage(stage, f"{where}: stages.{i}")
         if "lora" in stage.train.values() and not stage.merge and i < len(recipe.stages) - 1:
             raise ConfigError(f"{where}: stages.{i}.merge: false on a LoRA stage that another stage follows; the "
                               "next stage needs a base, set merge: true")
     return recipe
+
+
+def _check_scratch_sizes(model: ModelBlock, where: str) -> None:
+    """The sizes of a from-scratch encoder or LM (a negative width, a patch larger than the image would otherwise
+    fail inside torch once the model is being built)."""
+    sizes = {"vision": ("hidden_size", "layers", "heads", "image_size", "patch_size"),
+             "language": ("hidden_size", "layers", "heads", "kv_heads", "max_positions", "vocab_size")}
+    for component, names in sizes.items():
+        spec = getattr(model, component)
+        if spec.name:
+            continue
+        for name in names:
+            value = getattr(spec, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}.{component}.{name}: must be >= 1")
+    if not model.vision.name and model.vision.patch_size > model.vision.image_size:
+        raise ConfigError(f"{where}.vision.patch_size: {model.vision.patch_size} is larger than image_size "
+                          f"{model.vision.image_size}")
 
 
 def check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
@@ -140,6 +177,7 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.truncation: {stage.truncation!r} unknown; use {' or '.join(TRUNCATION)}")
     if not stage.data.train:
         raise ConfigError(f"{where}.data.train: at least one training source is required")
+    _check_weights(stage, where)
     for component, mode in stage.train.items():
         if component not in COMPONENTS:
             raise ConfigError(f"{where}.train.{component}: unknown component; use {', '.join(COMPONENTS)}")
@@ -165,9 +203,40 @@ def _check_stage(stage: Stage, where: str) -> None:
     _check_streams(stage, where)
     if stage.data_workers < 0:
         raise ConfigError(f"{where}.data_workers: must be >= 0")
-    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards"):
+    for name in ("batch_size", "grad_accum", "keep", "stream_buffer", "stream_shards", "log_every"):
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
+    _check_amounts(stage, where)
+
+
+def _check_weights(stage: Stage, where: str) -> None:
+    for split in ("train", "val"):
+        for i, source in enumerate(getattr(stage.data, split)):
+            if not 0 <= source.weight < math.inf:
+                raise ConfigError(f"{where}.data.{split}.{i}.weight: must be a number >= 0 (the share of "
+                                  f"{source.path} drawn per epoch)")
+    if not any(source.weight for source in stage.data.train):
+        raise ConfigError(f"{where}.data.train: every source has weight 0, so nothing would train")
+
+
+def _check_amounts(stage: Stage, where: str) -> None:
+    """How long and how fast a stage trains, and its LoRA: a value that would train nothing (max_steps: -1, epochs: 0,
+    lr: 0), train backwards (a negative lr) or fail inside PEFT is refused by name."""
+    if stage.max_steps is not None and stage.max_steps < 1:
+        raise ConfigError(f"{where}.max_steps: must be >= 1, or null to train for `epochs`")
+    if stage.max_steps is None and not stage.epochs > 0:
+        raise ConfigError(f"{where}.epochs: must be > 0 (or set max_steps)")
+    for name in ("lr", "lr_vision", "lr_connector", "lr_language"):
+        value = getattr(stage, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{where}.{name}: must be > 0 (a component that should not learn is `frozen`)")
+    for name in ("warmup", "weight_decay"):
+        if getattr(stage, name) < 0:
+            raise ConfigError(f"{where}.{name}: must be >= 0")
+    if stage.lora.r < 1:
+        raise ConfigError(f"{where}.lora.r: must be >= 1")
+    if not 0 <= stage.lora.dropout < 1:
+        raise ConfigError(f"{where}.lora.dropout: must be in [0, 1)")
 
 
 def _check_streams(stage: Stage, where: str) -> None:
@@ -233,6 +302,10 @@ def _build(cls, raw: Any, where: str, key: str):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{where}: {path}: unknown key{hint}")
         kwargs[fields[name].name] = _convert(hints[fields[name].name], value, where, path)
+    required = [name for name, f in fields.items() if f.name not in kwargs
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:
+        raise ConfigError(f"{where}: {key or 'recipe'}: {required[0]} is required")
     return cls(**kwargs)
 
 

@@ -4,6 +4,7 @@ image's records together."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import re
@@ -37,6 +38,10 @@ class ImagePlacer(PerImage):
 
     def compute(self, source: ImageSource) -> str:
         if isinstance(source, Path) and (self.mode == "refer" or not source.exists()):
+            return os.path.relpath(source, self.base)
+        if isinstance(source, Path) and source.resolve().is_relative_to(self.folder.resolve()):
+            # Already in the output folder (a cleaned set cleaned again in place): a copy onto itself would delete it.
+            self.names.add(str(source.resolve().relative_to(self.folder.resolve())))
             return os.path.relpath(source, self.base)
         target = self.folder / self._unique_name(source)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +119,10 @@ def split_data(path: str | Path, out: str | Path, ratios: list[float], seed: int
                names: list[str] | None = None, read: ReadOptions | None = None) -> tuple[dict[str, int], SkipLog]:
     """Split into out/<name>.json by the ratios, grouped by image (records sharing an image share a split), seeded."""
     names = names or _split_names(len(ratios))
-    if len(names) != len(ratios) or any(r < 0 for r in ratios) or not sum(ratios):
+    if len(names) != len(ratios) or not all(0 <= r < math.inf for r in ratios) or not sum(ratios):
         raise DataError(f"ratios {ratios} and names {names}: need one non-negative ratio per split name")
+    if len(set(names)) != len(names) or not all(names):
+        raise DataError(f"names {names}: each split needs a name of its own (one file per split)")
     out = Path(out)
     skips = SkipLog()
     records = list(iter_records(path, read, skips))

@@ -29,7 +29,7 @@ from .rows import (
 def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """COCO caption annotations (or a Karpathy split): one record per image with all its captions as references."""
     document = json_document(path)
-    images, captions = _karpathy(document) if _is_karpathy(document) else _coco_annotations(path, document)
+    images, captions = _karpathy(path, document) if _is_karpathy(document) else _coco_annotations(path, document)
     root = options.image_root or _coco_image_root(path, [name for name in images.values()])
     for image_id, file_name in images.items():
         references = captions.pop(image_id, [])
@@ -47,11 +47,12 @@ def _is_karpathy(document) -> bool:
     return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
 
 
-def _karpathy(document: dict) -> tuple[dict, dict]:
+def _karpathy(path: Path, document: dict) -> tuple[dict, dict]:
     images, captions = {}, {}
-    for image in document["images"]:
+    for index, image in enumerate(document["images"]):
+        file_name = _entry_text(image, "filename", f"images[{index}]", path)
         image_id = image.get("cocoid", image.get("imgid"))
-        images[image_id] = str(Path(image.get("filepath", "")) / image["filename"])
+        images[image_id] = str(Path(image.get("filepath", "")) / file_name)
         captions[image_id] = as_texts(image.get("sentences"))
     return images, captions
 
@@ -60,11 +61,36 @@ def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
     if not isinstance(document, dict) or not isinstance(document.get("images"), list) \
             or not isinstance(document.get("annotations"), list):
         raise DataError(f"{path}: COCO annotations need 'images' and 'annotations' lists")
-    images = {image["id"]: image["file_name"] for image in document["images"]}
+    images, entries = {}, {}
+    for index, image in enumerate(document["images"]):
+        image_id = _entry_field(image, "id", f"images[{index}]", path)
+        if image_id in images:  # one of the two images would be dropped, and get the other's captions
+            raise DataError(f"{path}: images[{index}] has id {image_id!r}, as images[{entries[image_id]}] does; "
+                            "image ids must be unique")
+        images[image_id] = _entry_text(image, "file_name", f"images[{index}]", path)
+        entries[image_id] = index
     captions: dict = {}
-    for annotation in document["annotations"]:
-        captions.setdefault(annotation["image_id"], []).extend(as_texts(annotation.get("caption")))
+    for index, annotation in enumerate(document["annotations"]):
+        image_id = _entry_field(annotation, "image_id", f"annotations[{index}]", path)
+        captions.setdefault(image_id, []).extend(as_texts(annotation.get("caption")))
     return images, captions
+
+
+def _entry_field(entry, key: str, where: str, path: Path):
+    """A required field of an image or annotation entry; an entry without it is a DataError naming it (a hand-made or
+    truncated annotation file), not a traceback."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: {where} is {type(entry).__name__}, not a JSON object; fix or remove that entry")
+    if entry.get(key) is None:
+        raise DataError(f"{path}: {where} has no {key!r}; add it or remove that entry")
+    return entry[key]
+
+
+def _entry_text(entry, key: str, where: str, path: Path) -> str:
+    value = _entry_field(entry, key, where, path)
+    if not isinstance(value, str):
+        raise DataError(f"{path}: {where}: {key!r} must be a file name, got {value!r}")
+    return value
 
 
 def _coco_image_root(path: Path, names: list[str]) -> Path:
@@ -97,8 +123,16 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
 
 
 def metadata_files(path: Path) -> list[Path]:
-    return sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
-                                    "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    """The metadata files of an imagefolder, at most one per folder: two (metadata.csv beside a metadata.jsonl made
+    from it) would give every image twice."""
+    files = sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
+                                     "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    folders = [file.parent for file in files]
+    twice = next((folder for folder in folders if folders.count(folder) > 1), None)
+    if twice is not None:
+        names = ", ".join(file.name for file in files if file.parent == twice)
+        raise DataError(f"{twice}: {names} both describe this folder's images; keep one")
+    return files
 
 
 def _file_name_column(row: dict) -> str | None:
@@ -187,4 +221,8 @@ def _hf_files(path: Path) -> list[tuple[str, Path]]:
     if (path / "state.json").exists():
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         return [("", path / f["filename"]) for f in state["_data_files"]]
-    return [("", p) for p in sorted(path.glob("*.parquet"))]
+    parquet = sorted(path.glob("*.parquet"))
+    if not parquet:  # a split folder copied without its files would otherwise give no records, without a word
+        raise DataError(f"{path}: no state.json or .parquet files, so no Hugging Face dataset (save_to_disk or "
+                        "to_parquet writes them)")
+    return [("", p) for p in parquet]

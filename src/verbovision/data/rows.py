@@ -10,10 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from PIL import Image
 
 from ..config.sources import Source
 from ..errors import DataError
@@ -27,6 +30,7 @@ from .records import (
     INVALID_JSON,
     MISSING_IMAGE,
     NOT_UTF8,
+    UNREADABLE_IMAGE,
     Record,
     RecordError,
     Turn,
@@ -131,11 +135,20 @@ def decode_text(data: bytes) -> str:
 
 def json_document(path: Path):
     """A whole JSON file; invalid JSON is an error naming the line and column."""
-    text = decode_text(path.read_bytes())
+    data = path.read_bytes()
+    _refuse_utf16(path, data)
+    text = decode_text(data)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}{_trailing_comma_hint(e)}") from None
+
+
+def _refuse_utf16(path: Path, head: bytes) -> None:
+    """A text file that starts with a UTF-16 byte order mark (Excel's "Unicode text", Windows editors) is an error
+    saying so, not invalid JSON or columns with a space between every letter."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text; re-save it as UTF-8")
 
 
 def _trailing_comma_hint(error: json.JSONDecodeError) -> str:
@@ -152,6 +165,8 @@ def _jsonl_rows(path: Path) -> Rows:
     """(default id, row) for each non-empty line, the id counting those lines from 0 (see file_rows); a line that is
     not a JSON object is a RecordError whose message gives its line number."""
     with open(path, "rb") as f:
+        _refuse_utf16(path, f.read(2))
+        f.seek(0)
         lines = ((line_no, decode_text(raw).strip()) for line_no, raw in enumerate(f, 1))
         for index, (line_no, line) in enumerate((n, line) for n, line in lines if line):
             try:
@@ -168,7 +183,9 @@ def _jsonl_rows(path: Path) -> Rows:
 
 
 def _csv_rows(path: Path) -> Iterator[dict]:
-    text = decode_text(path.read_bytes())
+    data = path.read_bytes()
+    _refuse_utf16(path, data)
+    text = decode_text(data)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     yield from csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
 
@@ -254,7 +271,10 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
     for wanted, key in (("image", columns.image), ("text", columns.text), ("question", columns.question)):
         if key and key not in row:
             return RecordError(source, rid, BAD_CONVERSATION, f"no {wanted} column {key!r} (columns: {sorted(row)})")
-    images = image_sources(row.get(image_key), base, source, rid)
+    try:
+        images = image_sources(row.get(image_key), base, source, rid)
+    except RecordError as e:
+        return e
     answers = as_texts(row.get(text_key))
     if not answers:
         return RecordError(source, rid, EMPTY_ANSWER, f"no caption or answer (looked for {text_key or TEXT_COLUMNS})")
@@ -280,13 +300,14 @@ def _first_present(row: dict, names: tuple[str, ...]) -> str | None:
 
 
 def as_texts(value) -> list[str]:
-    """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers."""
+    """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers. NaN
+    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan"."""
     if value is None:
         return []
     if isinstance(value, str):
         return [value] if value.strip() else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [str(value)]
+        return [str(value)] if math.isfinite(value) else []
     if isinstance(value, dict):
         return as_texts(next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None))
     if isinstance(value, (list, tuple)):
@@ -295,7 +316,8 @@ def as_texts(value) -> list[str]:
 
 
 def image_sources(value, base: Path, source: Path, rid: str) -> list:
-    """A row's image field as image sources: paths (relative to `base`), lists of them, bytes, {bytes, path}."""
+    """A row's image field as image sources: paths (relative to `base`), lists of them, bytes, {bytes, path}; any
+    other value (a number) is the record's RecordError."""
     if value is None or value == "":
         return []
     if isinstance(value, (list, tuple)):
@@ -308,7 +330,10 @@ def image_sources(value, base: Path, source: Path, rid: str) -> list:
         return image_sources(value.get("path"), base, source, rid)
     if isinstance(value, (str, Path)):
         return [(base / value).resolve()]
-    return [value]  # already an image (a FileSlice, an in-memory PIL image)
+    if isinstance(value, (FileSlice, BytesImage, Image.Image)):
+        return [value]  # already an image
+    raise RecordError(source, rid, UNREADABLE_IMAGE, f"image field {value!r} is not a path, a list of paths, bytes "
+                                                     "or {bytes, path}")
 
 
 def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
@@ -322,7 +347,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
             return RecordError(path, rid, BAD_CONVERSATION,
                                "each turn needs 'from' (human/gpt/system) and a string 'value'")
         turns.append(Turn(role, turn["value"]))
-    images = image_sources(raw.get("image"), base, path, rid)
+    try:
+        images = image_sources(raw.get("image"), base, path, rid)
+    except RecordError as e:
+        return e
     first_user = next((t for t in turns if t.role == "user"), None)
     if images and first_user and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
         first_user.text = place_images(first_user.text, len(images))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from itertools import islice
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from ..config.schema import Recipe
-from ..data.records import SkipLog
+from ..data.images import image_name, load_image
+from ..data.records import Record, SkipLog
 from ..data.sources import source_records
+from ..errors import DataError
 from ..evaluate.report import CUT_MARK, marked_prediction, table_cell
 from ..files import read_json, write_atomic, write_figure
 from .runinfo import read_metrics, summary_lines
@@ -18,8 +22,9 @@ if TYPE_CHECKING:  # infer loads transformers: imported inside the functions tha
 
 
 def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: DecodeOptions | None = None) -> list[dict]:
-    """Generate replies for the first few validation (else training) records of the last stage; each sample says
-    whether its reply was cut at max_new_tokens (`finish_reason` "length")."""
+    """Generate replies for the first few validation (else training) records of the last stage whose image opens
+    (training skipped the others); each sample says whether its reply was cut at max_new_tokens (`finish_reason`
+    "length"), and holds the image it was asked about (`picture`: a shard member or an embedded image has no path)."""
     from ..infer.messages import prompt_record
     from ..infer.options import DecodeOptions
     from ..infer.vlm import VLM
@@ -27,14 +32,32 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: Decode
     options = options or DecodeOptions()
     stage = recipe.stages[-1]
     sources = stage.data.val or stage.data.train
-    records = list(islice((r for r in source_records(sources[0], Path(recipe.data_root), SkipLog()) if r.images), n))
-    if not records:
+    chosen = _with_pictures(source_records(sources[0], Path(recipe.data_root), SkipLog()), n)
+    if not chosen:
         return []
     vlm = VLM(model_dir)
-    generations = vlm.generate_details([prompt_record(r.images[0], r.prompt_turns[-1].text) for r in records], options)
-    return [{"image": str(r.images[0]), "prompt": r.prompt_turns[-1].text, "prediction": g.text,
-             "reference": r.references[0] if r.references else "", "finish_reason": g.finish_reason,
-             "max_new_tokens": options.max_new_tokens} for r, g in zip(records, generations)]
+    generations = vlm.generate_details([prompt_record(picture, r.prompt_turns[-1].text) for r, picture in chosen],
+                                       options)
+    return [{"image": image_name(r.images[0]), "picture": picture, "prompt": r.prompt_turns[-1].text,
+             "prediction": g.text, "reference": r.references[0] if r.references else "",
+             "finish_reason": g.finish_reason, "max_new_tokens": options.max_new_tokens}
+            for (r, picture), g in zip(chosen, generations)]
+
+
+def _with_pictures(records: Iterable[Record], n: int) -> list[tuple[Record, Image.Image]]:
+    """The first `n` records with an image that opens, each with its first image opened."""
+    chosen = []
+    for record in records:
+        if len(chosen) == n:
+            break
+        if not record.images:
+            continue
+        try:
+            picture = load_image(record.images[0])
+        except DataError:
+            continue
+        chosen.append((record, picture))
+    return chosen
 
 
 SAMPLE_TEXT_WIDTH = 72
@@ -60,8 +83,6 @@ def samples_figure(samples: list[dict]):
     (however long: report.md's table has them too), so the row grows with its text."""
     from matplotlib.figure import Figure
 
-    from ..data.images import load_image
-
     texts = [(wrapped(f"prompt: {s['prompt']}"),
               wrapped(s["prediction"]) + (f"\n{CUT_MARK}" if s["finish_reason"] == "length" else ""),
               wrapped(f"reference: {s['reference']}")) for s in samples]
@@ -72,7 +93,7 @@ def samples_figure(samples: list[dict]):
     for row, (sample, (prompt, reply, reference)) in enumerate(zip(samples, texts)):
         image_cell = grid[row, 0].subgridspec(2, 1, height_ratios=[image_inch, heights[row] - image_inch])
         image_ax, text_ax = fig.add_subplot(image_cell[0]), fig.add_subplot(grid[row, 1])
-        image_ax.imshow(load_image(Path(sample["image"])))
+        image_ax.imshow(sample["picture"] if "picture" in sample else load_image(Path(sample["image"])))
         image_ax.set_anchor("N")
         image_ax.set_xticks([])  # no ticks, but the frame: a white background still shows where the image ends
         image_ax.set_yticks([])

@@ -22,7 +22,7 @@ from ..data.rows import source_path
 from ..data.sources import source_records
 from ..data.tokenizer import train_bpe_tokenizer
 from ..errors import ConfigError
-from ..files import read_json, write_atomic, write_json
+from ..files import blocking_file, read_json, write_atomic, write_json
 from ..model.build import build_vlm, save_model, spec_record
 from ..model.store import run_final
 from . import runinfo
@@ -37,6 +37,9 @@ def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
     stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
     corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
     out = Path(out)
+    blocking = blocking_file(out)
+    if blocking:
+        raise ConfigError(f"{out}: {blocking} is a file, not a folder; choose another --out for the run")
     check_data_files(recipe)
     absent = not out.exists()
     fresh = absent or not any(out.iterdir())
