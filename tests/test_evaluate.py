@@ -47,6 +47,33 @@ def test_eval_prints_every_metric_and_writes_the_folder(lora_run, shapes_data, t
         report["metrics"]["CIDEr"])
 
 
+def test_eval_on_coco_annotations_writes_coco_results(plain_model_dir, shapes_data, tmp_path, capsys):
+    """PRODUCT.md: predictions in COCO's results format for captions; `verbo score` reads them back with the
+    annotations and gives the evaluation's numbers."""
+    rows = json.loads((shapes_data / "val/caption_short_en.json").read_text())[:4]
+    annotations = tmp_path / "captions_val.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 7 + i, "file_name": Path(row["image"]).name} for i, row in enumerate(rows)],
+        "annotations": [{"id": i, "image_id": 7 + i, "caption": row["conversations"][1]["value"]}
+                        for i, row in enumerate(rows)]}))
+    out = tmp_path / "eval"
+    assert main(["eval", str(plain_model_dir), "--data", str(annotations), "--image-root", str(shapes_data / "images"),
+                 "--metrics", "cider", "--out", str(out), "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    results = json.loads((out / "captions_results.json").read_text())
+    assert results == [{"image_id": 7 + i, "caption": row["prediction"]} for i, row in enumerate(predictions)]
+    assert any(row["caption"] for row in results)
+    capsys.readouterr()
+    assert main(["score", str(out / "captions_results.json"), "--refs", str(annotations), "--metrics", "cider"]) == 0
+    rescored = capsys.readouterr().out
+    cider = json.loads((out / "report.json").read_text())["metrics"]["CIDEr"]
+    assert float(re.search(r"CIDEr\s*:\s*(\S+)", rescored).group(1)) == pytest.approx(cider)
+    # other data keeps predictions.jsonl alone
+    assert main(["eval", str(plain_model_dir), "--data", str(shapes_data / "val/caption_short_en.json"),
+                 "--metrics", "cider", "--out", str(tmp_path / "llava"), "--max-new-tokens", "2", "--device", "cpu"]) == 0
+    assert not (tmp_path / "llava/captions_results.json").exists()
+
+
 def test_eval_counts_the_replies_cut_at_max_new_tokens(lora_run, shapes_data, tmp_path, capsys):  # noqa: F811
     data = shapes_data / "test/caption_short_en.json"
     records = [r for r in read_records(data) if r.references]

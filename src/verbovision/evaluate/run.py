@@ -8,8 +8,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.readers import detect_format
 from ..data.sources import read_records
 from ..errors import DataError
+from ..files import write_json
 from ..infer.options import BATCH_SIZE
 from .metrics import DEFAULT_METRICS, EvalResult, score
 from .report import write_eval_folder
@@ -47,7 +49,20 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
         loss = reference_loss(vlm, records, batch_size)
         result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
     write_eval_folder(out, result, {"model": str(model), "data": str(data)})
+    if data_format == "coco" or (data_format is None and Path(data).is_file() and detect_format(Path(data)) == "coco"):
+        write_json(out / COCO_RESULTS, [{"image_id": coco_image_id(row["id"]), "caption": row["prediction"]}
+                                        for row in rows])
     return result
+
+
+COCO_RESULTS = "captions_results.json"
+"""Beside predictions.jsonl where the data is COCO caption annotations: the replies in COCO's results format
+([{image_id, caption}]), what the COCO caption evaluation code and evaluation server read."""
+
+
+def coco_image_id(record_id: str) -> int | str:
+    """The COCO image id a record id was made from (`read_coco`: str(image_id)); COCO's own ids are integers."""
+    return int(record_id) if record_id.isdigit() else record_id
 
 
 def check_images(data: str | Path, records) -> None:
