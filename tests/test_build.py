@@ -176,3 +176,18 @@ def test_verbovision_json_records_only_what_is_true_of_the_model(tmp_path, tiny_
     assert {k: spec["vision"][k] for k in TINY_SCRATCH["vision"]} == TINY_SCRATCH["vision"]
     assert {k: spec["language"][k] for k in TINY_SCRATCH["language"]} == TINY_SCRATCH["language"]
     assert spec["connector"] == TINY_SCRATCH["connector"] and "quantize" not in spec and "from" not in spec
+
+
+def test_build_refuses_connector_flags_the_connector_does_not_use(tmp_path, tiny_vision, tiny_lm, capsys):
+    from verbovision.cli import main
+
+    base = ["build", "--vision", tiny_vision["siglip"], "--language", tiny_lm["qwen2"], "--out", str(tmp_path / "m")]
+    for flags, unused in ((["--connector", "linear", "--act", "silu"], "--act"),
+                          (["--connector", "mlp", "--factor", "4"], "--factor")):
+        assert main([*base, *flags]) == 2
+        connector = flags[1]
+        assert capsys.readouterr().err == f"verbo: error: {unused}: the {connector} connector has no such setting\n"
+    assert not (tmp_path / "m").exists()
+    assert main([*base, "--connector", "pixel_shuffle", "--factor", "2"]) == 0  # SiLU, its only activation
+    spec = json.loads((tmp_path / "m/verbovision.json").read_text())["model_spec"]
+    assert spec["connector"]["act"] == "silu" and spec["connector"]["factor"] == 2

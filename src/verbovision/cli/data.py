@@ -119,7 +119,8 @@ def cmd_clean(args: argparse.Namespace) -> None:
 def _split_arguments(p: argparse.ArgumentParser) -> None:
     _data_path_arguments(p)
     p.add_argument("--out", required=True, help="output folder: one LLaVA JSON per split")
-    p.add_argument("--ratios", default="0.8,0.1,0.1", help="split sizes (default: %(default)s)")
+    p.add_argument("--ratios", default="0.8,0.1,0.1",
+                   help="relative split sizes, scaled to sum to 1 (8,1,1 is 0.8,0.1,0.1; default: %(default)s)")
     p.add_argument("--names", help="split names (default: train,val,test)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same split")
 

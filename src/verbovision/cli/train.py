@@ -37,8 +37,9 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", required=True, help="hub id or directory of a causal LM")
     p.add_argument("--connector", default="mlp", choices=["linear", "mlp", "pixel_shuffle"],
                    help="how image features become LM embeddings")
-    p.add_argument("--act", default="gelu", choices=["gelu", "silu"], help="the connector's activation")
-    p.add_argument("--factor", type=int, default=2, help="pixel_shuffle: s x s patches per image token")
+    p.add_argument("--act", choices=["gelu", "silu"], help="mlp: the connector's activation (default: gelu); "
+                                                           "pixel_shuffle's gated MLP is SiLU")
+    p.add_argument("--factor", type=int, help="pixel_shuffle: s x s patches per image token (default: 2)")
     p.add_argument("--feature-layer", type=int, default=-1, help="encoder hidden state fed to the connector")
     p.add_argument("--image-token", default="<image>", help="the text token that stands for an image feature")
     p.add_argument("--out", required=True, help="folder of the composed model (a standard checkpoint)")
@@ -46,15 +47,21 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_build(args: argparse.Namespace) -> None:
     from ..config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
-    from ..model.build import build_vlm, describe, save_model, spec_record
+    from ..model.build import CONNECTOR_FIELDS, build_vlm, describe, save_model, spec_record
 
     if not args.language:
         raise ConfigError("--language needs a pretrained LM (hub id or directory); from-scratch LMs are built by "
                           "`verbo train` from a recipe, which trains their tokenizer on the data")
+    given = {key: value for key, value in (("act", args.act), ("factor", args.factor)) if value is not None}
+    unused = [f"--{key}" for key in given if key not in CONNECTOR_FIELDS[args.connector]]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: the {args.connector} connector has no such setting")
+    if args.connector == "pixel_shuffle":
+        given.setdefault("act", "silu")  # the only one its gated MLP (Cohere2Vision's) has
     spec = ModelSpec(
         vision=VisionSpec(name=args.vision, feature_layer=args.feature_layer),
         language=LanguageSpec(name=args.language),
-        connector=ConnectorSpec(type=args.connector, act=args.act, factor=args.factor),
+        connector=ConnectorSpec(type=args.connector, **given),
         image_token=args.image_token,
     )
     model, processor = build_vlm(spec)

@@ -296,7 +296,7 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
     return out
 
 
-_CONNECTOR_FIELDS = {"linear": ("type",), "mlp": ("type", "act"),
+CONNECTOR_FIELDS = {"linear": ("type",), "mlp": ("type", "act"),
                      "pixel_shuffle": ("type", "act", "factor", "hidden_size")}
 """The ConnectorSpec fields each connector type uses."""
 
@@ -310,7 +310,7 @@ def spec_record(spec: ModelSpec) -> dict:
         vision = {"name": spec.vision.name, "feature_layer": spec.vision.feature_layer}
     if spec.language.name:
         language = {"name": spec.language.name}
-    connector = {key: getattr(spec.connector, key) for key in _CONNECTOR_FIELDS.get(spec.connector.type, ("type",))}
+    connector = {key: getattr(spec.connector, key) for key in CONNECTOR_FIELDS.get(spec.connector.type, ("type",))}
     return {"vision": vision, "language": language, "connector": connector, "image_token": spec.image_token}
 
 
