@@ -297,3 +297,13 @@ def test_model_without_its_tokenizer_file(tiny_vlm, image, tmp_path, capsys):
     assert main(["caption", str(model), str(image)]) == 2
     assert capsys.readouterr().err == (f"verbo: error: {model}: no tokenizer it can read (tokenizer.json missing?); "
                                        "copy the model's tokenizer files into it\n")
+
+
+def test_an_adapter_whose_base_is_gone_says_where_the_base_came_from(lora_run, image, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_run / "final", adapter)
+    metadata = json.loads((adapter / "verbovision_adapter.json").read_text())
+    (adapter / "verbovision_adapter.json").write_text(json.dumps({**metadata, "base_model": str(tmp_path / "moved")}))
+    assert error_line(run_verbo("caption", str(adapter), str(image))) == (
+        f"{adapter}: its base model (from verbovision_adapter.json) {tmp_path / 'moved'}: no such directory (and not a "
+        "hub id of the form owner/name)")

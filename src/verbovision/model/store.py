@@ -158,7 +158,9 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
         from peft import PeftModel
 
         base_quantize = "none" if in_memory else quantize
-        base, processor = load_model(adapter_base(path_str), device, dtype, base_quantize, attention)
+        base_path = adapter_base(path_str)
+        check_model_source(base_path, f"{path_str}: its base model (from {ADAPTER_METADATA})")
+        base, processor = load_model(base_path, device, dtype, base_quantize, attention)
         if isinstance(base, PeftModel):  # trained from an adapter (`model.from:`): onto that adapter merged, as then
             base = base.merge_and_unload()
         with warnings.catch_warnings(record=True) as caught:
