@@ -29,6 +29,7 @@ from . import runinfo
 from .distributed import Processes
 from .loop import run_stage, seed_everything
 from .preflight import check_data_files, check_stages
+from .resume import check_resumed_run
 from .state import StageResult
 
 
@@ -69,8 +70,11 @@ def remove_failed_start(out: Path, absent: bool) -> None:
 
 
 def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
-    if procs.is_main_process and out.exists() and any(out.iterdir()) and not resume:
-        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+    if procs.is_main_process:
+        if out.exists() and any(out.iterdir()) and not resume:
+            raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+        if resume and (out / "run.json").exists():
+            check_resumed_run(recipe, out, read_json(out / "run.json"))
     procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
