@@ -156,3 +156,16 @@ def test_resume_refuses_a_changed_recipe_or_data_and_notes_safe_changes(tmp_path
     train_file.write_text(train_file.read_text() + " ")
     with pytest.raises(ConfigError, match="train/caption_short_en.json changed since the run started"):
         train_recipe(parse_recipe(safe), run, resume=True)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_that_is_not_a_run_is_refused_with_or_without_resume(tmp_path, shapes_data, resume):
+    from verbovision.errors import ConfigError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a run")
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1)]))
+    with pytest.raises(ConfigError, match=f"{folder}: not empty and not a run folder"):
+        train_recipe(recipe, folder, resume=resume)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]

@@ -71,8 +71,7 @@ def remove_failed_start(out: Path, absent: bool) -> None:
 
 def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
     if procs.is_main_process:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+        check_out_folder(out, resume)
         if resume and (out / "run.json").exists():
             check_resumed_run(recipe, out, read_json(out / "run.json"))
     procs.barrier()
@@ -117,6 +116,17 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
         runinfo.plot_losses(out)
     procs.barrier()
     return run
+
+
+def check_out_folder(out: Path, resume: bool) -> None:
+    """A run starts in a new or empty folder, and --resume continues a run folder (one with run.json; an empty or
+    new one starts the run): other files would mix with the run's, or be taken for a run's."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "run.json").exists():
+        raise ConfigError(f"{out}: not empty and not a run folder (no run.json); choose another --out for the run")
+    if not resume:
+        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
 
 
 def initial_model(recipe: Recipe, out: Path, run: dict) -> str:
