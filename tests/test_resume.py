@@ -169,3 +169,20 @@ def test_a_folder_that_is_not_a_run_is_refused_with_or_without_resume(tmp_path, 
     with pytest.raises(ConfigError, match=f"{folder}: not empty and not a run folder"):
         train_recipe(recipe, folder, resume=resume)
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("save_every", [None, 5])
+def test_checkpoints_follow_save_every_and_the_last_step_not_every_epoch_end(tmp_path, shapes_data, save_every):
+    """save_every N: steps N, 2N...; null: halfway through each epoch and at its end; and always the last step."""
+    raw = tiny_recipe(shapes_data, [stage("s", batch_size=3, epochs=1, max_steps=None, save_every=save_every, keep=20,
+                                          data={"train": ["train/caption_short_en.json"]})])
+    run = tmp_path / "run"
+    steps_per_epoch = train_recipe(parse_recipe(raw), run)["summary"]["s"]["steps_per_epoch"]
+    assert steps_per_epoch % 5 and steps_per_epoch > 5  # the epoch's end is none of save_every's steps
+    shutil.rmtree(run)
+    total = steps_per_epoch + 2
+    raw["stages"][0]["max_steps"] = total
+    train_recipe(parse_recipe(raw), run)
+    saved = sorted(int(p.name.removeprefix("step-")) for p in (run / "stages/0-s/checkpoints").glob("step-*"))
+    due = set(range(5, total + 1, 5)) if save_every else {steps_per_epoch // 2, steps_per_epoch}
+    assert saved == sorted(due | {total})

@@ -153,7 +153,8 @@ class Stage:
     merge: bool = False
     """Fold the stage's LoRA adapter into the model that the next stage starts from (the adapter is kept)."""
     save_every: int | None = None
-    """Write a resumable checkpoint every N optimizer steps; null: twice per epoch."""
+    """Write a resumable checkpoint every N optimizer steps; null: twice per epoch (halfway and at its end). The
+    stage's last step is always checkpointed."""
     keep: int = 2
     """How many recent checkpoints to keep; older ones are deleted."""
     log_every: int = 10
