@@ -13,6 +13,7 @@ from PIL import Image
 from verbovision.cli import make_parser
 from verbovision.config.parse import parse_recipe
 from verbovision.data.batching import Collator
+from verbovision.data.check import DUPLICATE_ID, DUPLICATE_ID_MESSAGE
 from verbovision.data.clean import guess_language, normalise_text
 from verbovision.data.encoding import Encoder
 from verbovision.data.image_checks import dhash
@@ -144,6 +145,24 @@ def test_check_counts_problems_by_kind_and_exits_non_zero(dirty, capsys):
     assert problems == {UNREADABLE_IMAGE: ["corrupt", "cut"], MISSING_IMAGE: ["missing"], EMPTY_ANSWER: ["empty"],
                         IMAGE_TOKENS: ["mismatch"], TOO_SMALL: ["tiny"]}
     assert "corrupt.png: unreadable image" in report["problems"][UNREADABLE_IMAGE]["first"]
+
+
+def test_check_warns_of_duplicate_ids_without_failing(tmp_path, capsys):
+    # two records with one id were one in predictions and scores, unflagged
+    photo(0).save(tmp_path / "a.png")
+    rows = [{"id": rid, "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nDescribe."},
+                                                            {"from": "gpt", "value": "A smooth blur of colour."}]}
+            for rid in ("x", "y", "x", "x")]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(rows))
+    verbo_data("check", path)  # the records train: a warning, not a problem
+    out = capsys.readouterr().out
+    assert "4 records, 4 usable, 0 with problems" in out and "warning: duplicate id" in out and "x (3 records)" in out
+    verbo_data("check", path, "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["warnings"] == {DUPLICATE_ID: {"count": 1, "examples": ["x (3 records)"],
+                                                 "first": DUPLICATE_ID_MESSAGE}}
+    assert report["problems"] == {}
 
 
 def test_split_is_grouped_by_image_and_seeded(tmp_path):

@@ -258,6 +258,21 @@ def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
         read_records(tmp_path, "imagefolder")
 
 
+def test_an_imagefolder_row_without_a_file_name_is_a_record_with_no_image(tmp_path):
+    # it was a text-only caption record, trained with no image; every imagefolder row is an image
+    png(tmp_path / "a.png")
+    write_jsonl(tmp_path / "metadata.jsonl", [{"file_name": "a.png", "text": "A red square."},
+                                              {"file_name": None, "text": "A lost square."},
+                                              {"file_name": "", "text": "A nameless square."}])
+    items = list(scan(tmp_path, ReadOptions(format="imagefolder")))
+    assert [item.kind if isinstance(item, RecordError) else "ok" for item in items] == ["ok", MISSING_IMAGE,
+                                                                                      MISSING_IMAGE]
+    assert "no image: file_name is empty" in str(items[1])
+    # pairs keep their text-only rows, by design
+    (tmp_path / "pairs.csv").write_text("image,caption\na.png,A red square.\n,Only text.\n")
+    assert kinds(tmp_path / "pairs.csv") == ["ok", "ok"]
+
+
 def test_a_split_folder_without_its_files_is_named(tmp_path):
     # it gave no records, without a word: a DatasetDict of 2 read as its other split alone
     datasets = pytest.importorskip("datasets")

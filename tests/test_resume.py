@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import shutil
 import sys
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -107,3 +109,80 @@ def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_pat
     run = train_recipe(recipe, tmp_path / "moved", resume=True)
     assert run["stages"]["a"]["model_dir"] == str(tmp_path / "moved/stages/0-a/model")
     assert (tmp_path / "moved/final").resolve() == tmp_path / "moved/stages/1-b/model"
+
+
+def test_recipe_changes_allow_only_what_continuing_keeps():
+    """Frequencies and runtime settings are notes; a length raised, of an unfinished stage, too; the rest refused."""
+    from verbovision.train.resume import recipe_changes
+
+    saved = {"seed": 0, "stages": [{"lr": 1e-3, "max_steps": 4, "save_every": 2, "data": {"train": ["a.json"]}},
+                                   {"lr": 1e-3, "max_steps": 4, "save_every": 2, "data": {"train": ["a.json"]}}]}
+    new = {"seed": 1, "stages": [{"lr": 1e-3, "max_steps": 8, "save_every": 4, "data": {"train": ["b.json"]}},
+                                 {"lr": 3e-4, "max_steps": 8, "save_every": 2, "data": {"train": ["a.json"]}}]}
+    allowed, refused = recipe_changes(saved, new, finished={0})
+    assert allowed == ["stages.0.save_every: 2 -> 4", "stages.1.max_steps: 4 -> 8"]
+    assert refused == ["seed: 0 -> 1", "stages.0.max_steps: 4 -> 8", 'stages.0.data.train.0: "a.json" -> "b.json"',
+                       "stages.1.lr: 0.001 -> 0.0003"]
+    lowered = recipe_changes(saved, {**saved, "stages": [saved["stages"][0], {**saved["stages"][1], "max_steps": 2}]},
+                             finished=set())
+    assert lowered == ([], ["stages.1.max_steps: 4 -> 2"])
+
+
+def test_resume_refuses_a_changed_recipe_or_data_and_notes_safe_changes(tmp_path, shapes_data, capsys):
+    from verbovision.errors import ConfigError
+
+    data = tmp_path / "data"  # a copy: a data file of it changes below
+    shutil.copytree(shapes_data, data)
+    raw = tiny_recipe(data, [stage("s", max_steps=1, save_every=1)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    (run / "stages/0-s/done.json").unlink()  # as if stopped before the stage ended
+    config = (run / "config.yaml").read_text()
+    changed = copy.deepcopy(raw)
+    changed["stages"][0].update(lr=3e-4, batch_size=2)
+    with pytest.raises(ConfigError, match=r"stages\.0\.lr: 0\.001 -> 0\.0003; stages\.0\.batch_size: 4 -> 2; revert"):
+        train_recipe(parse_recipe(changed), run, resume=True)
+    assert (run / "config.yaml").read_text() == config, "a refused resume leaves the run's recipe as it was"
+
+    safe = copy.deepcopy(raw)
+    safe["stages"][0].update(max_steps=2, log_every=1)
+    capsys.readouterr()
+    assert train_recipe(parse_recipe(safe), run, resume=True)["stages"]["s"]["steps"] == 2
+    notes = capsys.readouterr().err
+    assert "stages.0.max_steps: 1 -> 2" in notes and "stages.0.log_every: 10 -> 1" in notes
+
+    (run / "stages/0-s/done.json").unlink()
+    train_file = data / "train/caption_short_en.json"
+    train_file.write_text(train_file.read_text() + " ")
+    with pytest.raises(ConfigError, match="train/caption_short_en.json changed since the run started"):
+        train_recipe(parse_recipe(safe), run, resume=True)
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_folder_that_is_not_a_run_is_refused_with_or_without_resume(tmp_path, shapes_data, resume):
+    from verbovision.errors import ConfigError
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a run")
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1)]))
+    with pytest.raises(ConfigError, match=f"{folder}: not empty and not a run folder"):
+        train_recipe(recipe, folder, resume=resume)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("save_every", [None, 5])
+def test_checkpoints_follow_save_every_and_the_last_step_not_every_epoch_end(tmp_path, shapes_data, save_every):
+    """save_every N: steps N, 2N...; null: halfway through each epoch and at its end; and always the last step."""
+    raw = tiny_recipe(shapes_data, [stage("s", batch_size=3, epochs=1, max_steps=None, save_every=save_every, keep=20,
+                                          data={"train": ["train/caption_short_en.json"]})])
+    run = tmp_path / "run"
+    steps_per_epoch = train_recipe(parse_recipe(raw), run)["summary"]["s"]["steps_per_epoch"]
+    assert steps_per_epoch % 5 and steps_per_epoch > 5  # the epoch's end is none of save_every's steps
+    shutil.rmtree(run)
+    total = steps_per_epoch + 2
+    raw["stages"][0]["max_steps"] = total
+    train_recipe(parse_recipe(raw), run)
+    saved = sorted(int(p.name.removeprefix("step-")) for p in (run / "stages/0-s/checkpoints").glob("step-*"))
+    due = set(range(5, total + 1, 5)) if save_every else {steps_per_epoch // 2, steps_per_epoch}
+    assert saved == sorted(due | {total})

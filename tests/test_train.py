@@ -162,6 +162,11 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("stages.0.lr_language=-1e-4", "stages.0.lr_language: must be > 0"),
     ("stages.0.warmup=-1", "stages.0.warmup: must be >= 0"),
     ("stages.0.log_every=0", "stages.0.log_every: must be >= 1"),
+    # 0 meant "off" unsaid for these; null says it (max_grad_norm 0 is the usual "no clipping", negative is not)
+    ("stages.0.eval_every=0", "stages.0.eval_every: must be >= 1, or null to validate at the end of each epoch"),
+    ("stages.0.save_every=0", "stages.0.save_every: must be >= 1, or null to checkpoint twice per epoch"),
+    ("stages.0.early_stopping=0", "stages.0.early_stopping: must be >= 1, or null to never stop early"),
+    ("stages.0.max_grad_norm=-1", "stages.0.max_grad_norm: must be >= 0 (0 or null: no clipping)"),
     ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
     ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
     # a NaN weight was a traceback, a negative one an epoch without that source, all-zero "the data holds no records"

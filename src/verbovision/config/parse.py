@@ -207,6 +207,19 @@ def _check_stage(stage: Stage, where: str) -> None:
         if getattr(stage, name) < 1:
             raise ConfigError(f"{where}.{name}: must be >= 1")
     _check_amounts(stage, where)
+    _check_intervals(stage, where)
+
+
+def _check_intervals(stage: Stage, where: str) -> None:
+    """Validation, checkpoint and early-stopping intervals: null turns each to its default, and 0 (which silently did
+    the same) is refused, saying so. max_grad_norm 0 is the common "no clipping", as null is."""
+    for name, null in (("eval_every", "validate at the end of each epoch"), ("save_every", "checkpoint twice per epoch"),
+                       ("early_stopping", "never stop early")):
+        value = getattr(stage, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{where}.{name}: must be >= 1, or null to {null}")
+    if stage.max_grad_norm is not None and not stage.max_grad_norm >= 0:
+        raise ConfigError(f"{where}.max_grad_norm: must be >= 0 (0 or null: no clipping)")
 
 
 def _check_weights(stage: Stage, where: str) -> None:

@@ -100,7 +100,7 @@ class Stage:
     grad_accum: int = 1
     """Micro-batches per optimizer step."""
     max_grad_norm: float | None = 1.0
-    """Gradient clipping norm; null disables clipping."""
+    """Gradient clipping norm; null or 0: no clipping (0 as in other trainers)."""
     gradient_checkpointing: bool | list[str] = False
     """Recompute activations in the backward pass to save memory: true for every layer, or the components whose
     layers it applies to (vision, connector, language)."""
@@ -136,7 +136,7 @@ class Stage:
     truncation: str = "drop"
     """Records over max_length: drop (skip and count) or truncate (cut text after the image tokens, never through)."""
     eval_every: int | None = None
-    """Validate every N optimizer steps; null validates at the end of each epoch."""
+    """Validate every N optimizer steps (N >= 1); null validates at the end of each epoch."""
     best_metric: str = "val_loss"
     """What picks the best checkpoint: val_loss (lower is better) or a generation metric on the validation records
     (higher is better): cider, bleu, rouge_l, meteor, exact_match, vqa, numeric, choice."""
@@ -146,14 +146,15 @@ class Stage:
     """Restore the weights of the best validation by best_metric (the lowest val_loss by default) at the end of the
     stage."""
     early_stopping: int | None = None
-    """Stop after this many validations without improvement; null never stops early."""
+    """Stop after this many validations without improvement (>= 1); null never stops early."""
     eval_benchmarks: list[EvalBenchmark] = field(default_factory=list)
     """Benchmarks scored at each validation (greedy, each with its own prompt and token limit) and logged as
     `<benchmark>/<metric>`, e.g. `coco-karpathy/CIDEr`; they need data.val (no validation runs without it)."""
     merge: bool = False
     """Fold the stage's LoRA adapter into the model that the next stage starts from (the adapter is kept)."""
     save_every: int | None = None
-    """Write a resumable checkpoint every N optimizer steps; null: twice per epoch."""
+    """Write a resumable checkpoint every N optimizer steps (N >= 1); null: twice per epoch (halfway and at its end). The
+    stage's last step is always checkpointed."""
     keep: int = 2
     """How many recent checkpoints to keep; older ones are deleted."""
     log_every: int = 10

@@ -116,7 +116,10 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
             if key is None:
                 yield RecordError(metadata, default_id, MISSING_IMAGE, "no file_name column")
                 continue
-            names = row[key] if isinstance(row[key], list) else [row[key]]
+            names = [n for n in (row[key] if isinstance(row[key], list) else [row[key]]) if n not in (None, "")]
+            if not names:  # every row of an imagefolder is an image: not a text-only record
+                yield RecordError(metadata, str(row.get("id", default_id)), MISSING_IMAGE, f"no image: {key} is empty")
+                continue
             row_id = ",".join(str((folder / str(n)).relative_to(path)) for n in names)
             with_key = replace(options, columns=replace(options.columns, image=key))
             yield row_record({**row, "id": row.get("id", row_id)}, default_id, metadata, with_key, folder)

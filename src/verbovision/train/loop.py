@@ -105,8 +105,18 @@ def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
     eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
     if setup.val_examples and (eval_now or last):
         validate(loop)
-    if state.step % (stage.save_every or max(1, setup.steps_per_epoch // 2)) == 0 or end_of_epoch:
+    if checkpoint_due(stage, state, setup.steps_per_epoch, end_of_epoch) or last:
+        # The stage's last step too: a run stopped while saving the stage's model resumes without redoing steps.
         checkpoint(loop)
+
+
+def checkpoint_due(stage: Stage, state: TrainState, steps_per_epoch: int, end_of_epoch: bool) -> bool:
+    """save_every N: every N optimizer steps; null: twice per epoch, halfway and at its end. Any step is a point to
+    resume at (the state says the epoch and the step in it, and the epoch's order comes from its seed), so the end of
+    an epoch needs no checkpoint of its own."""
+    if stage.save_every:
+        return state.step % stage.save_every == 0
+    return end_of_epoch or state.step_in_epoch == max(1, steps_per_epoch // 2)
 
 
 def checkpoint(loop: StageLoop) -> None:

@@ -29,6 +29,7 @@ from . import runinfo
 from .distributed import Processes
 from .loop import run_stage, seed_everything
 from .preflight import check_data_files, check_stages
+from .resume import check_resumed_run
 from .state import StageResult
 
 
@@ -69,8 +70,10 @@ def remove_failed_start(out: Path, absent: bool) -> None:
 
 
 def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
-    if procs.is_main_process and out.exists() and any(out.iterdir()) and not resume:
-        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
+    if procs.is_main_process:
+        check_out_folder(out, resume)
+        if resume and (out / "run.json").exists():
+            check_resumed_run(recipe, out, read_json(out / "run.json"))
     procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
@@ -113,6 +116,17 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
         runinfo.plot_losses(out)
     procs.barrier()
     return run
+
+
+def check_out_folder(out: Path, resume: bool) -> None:
+    """A run starts in a new or empty folder, and --resume continues a run folder (one with run.json; an empty or
+    new one starts the run): other files would mix with the run's, or be taken for a run's."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / "run.json").exists():
+        raise ConfigError(f"{out}: not empty and not a run folder (no run.json); choose another --out for the run")
+    if not resume:
+        raise ConfigError(f"{out}: run folder exists and is not empty; pass --resume to continue it or choose --out")
 
 
 def initial_model(recipe: Recipe, out: Path, run: dict) -> str:

@@ -52,19 +52,22 @@ def fingerprint(path: Path) -> str:
 
 
 def describe_run(recipe: Recipe) -> dict:
-    data_files = {
-        source.path for stage in recipe.stages for source in stage.data.train + stage.data.val
-    }
-    root = Path(recipe.data_root)
     return {
         "recipe": recipe.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python": platform.python_version(),
         "packages": package_versions(),
         "git_commit": git_commit(),
-        "data_fingerprints": {p: fingerprint(root / p if not Path(p).is_absolute() else Path(p))
-                              for p in sorted(data_files) if (root / p).exists() or Path(p).exists()},
+        "data_fingerprints": data_fingerprints(recipe),
     }
+
+
+def data_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """The fingerprint of each local data file or folder of the recipe, by its path as the recipe names it."""
+    data_files = {source.path for stage in recipe.stages for source in stage.data.train + stage.data.val}
+    root = Path(recipe.data_root)
+    return {p: fingerprint(root / p if not Path(p).is_absolute() else Path(p))
+            for p in sorted(data_files) if (root / p).exists() or Path(p).exists()}
 
 
 def stage_summary(stage: Stage, sources: dict[str, list[dict]], model, steps_per_epoch: int, total_steps: int,

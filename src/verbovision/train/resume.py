@@ -1,0 +1,85 @@
+"""What `verbo train --resume` may continue: a run folder, with the recipe it started with (config.yaml) changed only
+where continuing with the change still trains the run that was started."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..config.parse import parse_recipe, to_dict
+from ..config.schema import Recipe
+from ..errors import ConfigError
+from . import runinfo
+
+CONTINUABLE = ("eval_every", "save_every", "log_every", "keep", "data_workers", "compile", "gradient_checkpointing",
+               "cache_pixels")
+"""Stage keys a resumed run may change: how often it validates, checkpoints and logs, how many checkpoints it keeps,
+and how it computes the same steps (data workers, torch.compile, activation recomputation, pixels kept in memory)."""
+
+LENGTHS = ("max_steps", "epochs")
+"""Stage keys a resumed run may raise, for a stage not finished yet: it trains on from where it stopped (its lr
+schedule then spans the new length from the step it resumes at)."""
+
+ABSENT = "(none)"
+
+
+def check_resumed_run(recipe: Recipe, out: Path, run: dict) -> None:
+    """Refuse to resume the run in `out` (its run.json: `run`) with another recipe or other data than it trains on."""
+    check_resumed_recipe(recipe, out)
+    current = runinfo.data_fingerprints(recipe)
+    changed = [path for path, digest in run.get("data_fingerprints", {}).items() if current.get(path, digest) != digest]
+    if changed:
+        # Other records would make the resumed epochs differ from the ones its checkpoints were cut from.
+        raise ConfigError(f"{out}: --resume: {', '.join(changed)} changed since the run started (run.json's "
+                          "data_fingerprints); restore it, or start a new run with another --out")
+
+
+def check_resumed_recipe(recipe: Recipe, out: Path) -> None:
+    """Compare `recipe` with the one the run in `out` was started or last resumed with (its config.yaml): print a note
+    for each change in CONTINUABLE or LENGTHS, and refuse any other (model, data, batch size, lr, template, LoRA,
+    seed...): continuing with it would leave a run whose steps followed two recipes, recorded as one."""
+    saved_path = out / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = to_dict(parse_recipe(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path)))
+    finished = {i for i, stage in enumerate(recipe.stages) if (out / "stages" / f"{i}-{stage.name}/done.json").exists()}
+    notes, refused = recipe_changes(saved, to_dict(recipe), finished)
+    if refused:
+        raise ConfigError(f"{out}: --resume with a recipe changed from the run's config.yaml: {'; '.join(refused)}; "
+                          "revert them, or start a new run with another --out")
+    for note in notes:
+        print(f"verbo: resuming {out} with {note}", file=sys.stderr)
+
+
+def recipe_changes(saved: dict, new: dict, finished: set[int]) -> tuple[list[str], list[str]]:
+    """The changes from `saved` to `new` (recipes as to_dict gives them) as `key: old -> new`: those a resumed run
+    may make (CONTINUABLE stage keys; LENGTHS raised, of a stage not in `finished`), and the others."""
+    allowed, refused = [], []
+    for key, old, value in changed_keys(saved, new):
+        parts = key.split(".")
+        name = parts[-1] if parts[0] == "stages" and len(parts) == 3 else None  # a key of the stage itself
+        raised = (name in LENGTHS and int(parts[1]) not in finished
+                  and all(isinstance(v, (int, float)) for v in (old, value)) and value > old)
+        (allowed if name in CONTINUABLE or raised else refused).append(f"{key}: {shown(old)} -> {shown(value)}")
+    return allowed, refused
+
+
+def changed_keys(old, new, key: str = ""):
+    """(dotted key, old value, new value) of each value that differs; lists of different lengths differ as a whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for name in dict.fromkeys([*old, *new]):
+            yield from changed_keys(old.get(name, ABSENT), new.get(name, ABSENT), f"{key}.{name}" if key else name)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from changed_keys(a, b, f"{key}.{i}")
+    elif old != new:
+        yield key, old, new
+
+
+def shown(value) -> str:
+    """A recipe value on one short line."""
+    text = value if value == ABSENT else json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
