@@ -23,6 +23,10 @@ LENGTHS = ("max_steps", "epochs")
 """Stage keys a resumed run may raise, for a stage not finished yet: it trains on from where it stopped (its lr
 schedule then spans the new length from the step it resumes at)."""
 
+RELOCATABLE = ("data_root",)
+"""Recipe keys a resumed run may change: where its data lies (moved, or mounted elsewhere); the data itself is
+checked against run.json's fingerprints."""
+
 ABSENT = "(none)"
 
 
@@ -56,14 +60,16 @@ def check_resumed_recipe(recipe: Recipe, out: Path) -> None:
 
 def recipe_changes(saved: dict, new: dict, finished: set[int]) -> tuple[list[str], list[str]]:
     """The changes from `saved` to `new` (recipes as to_dict gives them) as `key: old -> new`: those a resumed run
-    may make (CONTINUABLE stage keys; LENGTHS raised, of a stage not in `finished`), and the others."""
+    may make (CONTINUABLE stage keys; LENGTHS raised, of a stage not in `finished`; RELOCATABLE keys), and the
+    others."""
     allowed, refused = [], []
     for key, old, value in changed_keys(saved, new):
         parts = key.split(".")
         name = parts[-1] if parts[0] == "stages" and len(parts) == 3 else None  # a key of the stage itself
         raised = (name in LENGTHS and int(parts[1]) not in finished
                   and all(isinstance(v, (int, float)) for v in (old, value)) and value > old)
-        (allowed if name in CONTINUABLE or raised else refused).append(f"{key}: {shown(old)} -> {shown(value)}")
+        keeps = name in CONTINUABLE or raised or key in RELOCATABLE
+        (allowed if keeps else refused).append(f"{key}: {shown(old)} -> {shown(value)}")
     return allowed, refused
 
 
