@@ -126,6 +126,25 @@ def test_cleaning_a_cleaned_set_in_place_keeps_its_images(dirty, tmp_path, link)
     assert all(p.exists() for r in read_records(out / "data.json") for p in r.images)
 
 
+def test_cleaning_in_place_never_copies_an_image_over_another_of_the_same_name(tmp_path):
+    """A cleaned set cleaned again in place, with a record added whose image, from elsewhere, has the name of one
+    already in its images/ folder (and comes first): each record keeps its own picture."""
+    out, elsewhere = tmp_path / "clean", tmp_path / "elsewhere"
+    (out / "images").mkdir(parents=True)
+    elsewhere.mkdir()
+    red, blue = (Image.new("RGB", (32, 32), colour) for colour in ("red", "blue"))
+    blue.save(out / "images/a.png")
+    red.save(elsewhere / "a.png")
+    rows = [{"id": "new", "image": str(elsewhere / "a.png"),
+             "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]},
+            {"id": "old", "image": "images/a.png",
+             "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "blue"}]}]
+    (out / "data.json").write_text(json.dumps(rows))
+    verbo_data("clean", out / "data.json", "--out", out, "--near-duplicates", "-1")
+    colours = {r.id: Image.open(r.images[0]).convert("RGB").getpixel((0, 0)) for r in read_records(out / "data.json")}
+    assert colours == {"new": (255, 0, 0), "old": (0, 0, 255)}
+
+
 def test_clean_word_limits_are_flags(dirty, tmp_path):
     path, expected = dirty
     verbo_data("clean", path, "--out", tmp_path / "clean", "--min-words", "1", "--max-words", "400")

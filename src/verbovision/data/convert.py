@@ -36,12 +36,21 @@ class ImagePlacer(PerImage):
         self.base, self.folder, self.mode = base, folder, mode
         self.names: set[str] = set()
 
+    def reserve(self, sources) -> None:
+        """Keep the names of the images among `sources` that are already in the folder (a cleaned set cleaned again
+        in place) for them: an image from elsewhere with the same name must not be copied over one of them."""
+        self.names.update(self._in_folder(source) for source in sources if self._in_folder(source))
+
+    def _in_folder(self, source: ImageSource) -> str | None:
+        """The name of an image file already in the folder, else None."""
+        if isinstance(source, Path) and source.resolve().is_relative_to(self.folder.resolve()):
+            return str(source.resolve().relative_to(self.folder.resolve()))
+        return None
+
     def compute(self, source: ImageSource) -> str:
         if isinstance(source, Path) and (self.mode == "refer" or not source.exists()):
             return os.path.relpath(source, self.base)
-        if isinstance(source, Path) and source.resolve().is_relative_to(self.folder.resolve()):
-            # Already in the output folder (a cleaned set cleaned again in place): a copy onto itself would delete it.
-            self.names.add(str(source.resolve().relative_to(self.folder.resolve())))
+        if self._in_folder(source):  # a copy onto itself would delete it
             return os.path.relpath(source, self.base)
         target = self.folder / self._unique_name(source)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +108,7 @@ def llava_row(record: Record, place: Callable[[ImageSource], str]) -> dict:
 
 
 def write_llava(records: list[Record], out_file: Path, place: ImagePlacer) -> None:
+    place.reserve(image for record in records for image in record.images)
     write_json(out_file, [llava_row(record, place) for record in records])
 
 
