@@ -217,6 +217,8 @@ def test_webdataset_shards_stream(tmp_path, suffix, mode):
         "s/001.json": json.dumps({"question": "Colour?", "answer": "verde"}, ensure_ascii=False).encode(),
         "s/002.png": png_bytes(),  # no caption
         "s/003.txt": "text only".encode(),
+        "s/004.left.png": png_bytes((200, 0, 0)), "s/004.right.png": png_bytes((0, 0, 200)),
+        "s/004.txt": "a red square left of a blue one".encode(),
     }, mode)
     assert detect_format(shard) == "webdataset" and detect_format(tmp_path) == "webdataset"
     items = list(scan(shard))
@@ -228,6 +230,9 @@ def test_webdataset_shards_stream(tmp_path, suffix, mode):
     source_type = FileSlice if suffix == ".tar" else BytesImage
     assert isinstance(first.images[0], source_type)
     assert open_image(second.images[0]).getpixel((0, 0)) == (0, 200, 0)
+    pair = items[4]  # both images of the sample, in member order (the first alone was kept before)
+    assert [open_image(image).getpixel((0, 0)) for image in pair.images] == [(200, 0, 0), (0, 0, 200)]
+    assert pair.turns[-1].text == "a red square left of a blue one"
 
 
 def test_hf_dataset_on_disk_and_parquet(tmp_path):

@@ -199,7 +199,7 @@ def _webdataset_record(key: str, sample: dict, shard: Path, options: ReadOptions
         if extension in sample:
             row.setdefault("caption", sample[extension].strip())
     image_key = options.columns.image or "image"
-    row[image_key] = images[:1]
+    row[image_key] = images  # a sample of several images (left.jpg, right.jpg) is one record with all of them
     return row_record(row, key, shard, options, shard.parent)
 
 
