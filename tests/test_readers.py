@@ -513,3 +513,11 @@ def test_records_without_ids_are_numbered_from_0_in_every_format(tmp_path, capsy
     assert items[2].record_id == "2" and "line 4 column 2: invalid JSON" in str(items[2])  # its line, for an editor
     assert main(["data", "check", str(tmp_path / "d.csv"), "--allow"]) == 0
     assert "e.g. 2" in capsys.readouterr().out
+
+
+def test_an_image_given_as_a_url_is_named_as_one(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"image": "https://example.com/cats/1.jpg", "caption": "a cat"}])
+    (problem,) = list(scan(path, ReadOptions(check_image_files=True)))
+    assert problem.kind == MISSING_IMAGE and str(problem).endswith(
+        "https://example.com/cats/1.jpg: a URL; images are read from local files: download them and give their "
+        "folder as image_root (--image-root)")

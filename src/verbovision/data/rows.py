@@ -65,6 +65,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` turns non-UTF-8 bytes into
+_URL_IN_PATH = re.compile(r"(?:^|/)((?:https?|s3|gs|hf):/)/?(.*)")  # a URL read as a path: its // became /
 
 
 @dataclass
@@ -124,8 +125,17 @@ def validate(record: Record, check_image_files: bool = False) -> Record | Record
     if check_image_files:
         missing = next((image for image in record.images if isinstance(image, Path) and not image.exists()), None)
         if missing is not None:
-            return problem(MISSING_IMAGE, f"{missing}: image not found")
+            return problem(MISSING_IMAGE, _not_found(missing))
     return record
+
+
+def _not_found(image: Path) -> str:
+    """Why a record's image file is missing: a URL given as an image (not fetched) says so."""
+    url = _URL_IN_PATH.search(str(image))
+    if url:
+        return (f"{url.group(1)}/{url.group(2)}: a URL; images are read from local files: download them and give "
+                "their folder as image_root (--image-root)")
+    return f"{image}: image not found"
 
 
 def decode_text(data: bytes) -> str:
