@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,7 +169,7 @@ def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
     bar = _progress(total=len(questions), initial=summary.already)
     for start in range(0, len(todo), config.batch_size):
         group = todo[start : start + config.batch_size]
-        batch, records = _answerable(vlm, group, summary.skipped)
+        batch, records = _answerable(vlm, group, summary.skipped, config.questions)
         generations = vlm.generate_details(records, options, batch_size=config.batch_size)
         log.append([answer_row(q, g, config.model_id, options) for q, g in zip(batch, generations)])
         summary.answered += len(batch)
@@ -179,9 +179,11 @@ def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
     return summary
 
 
-def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str]) -> tuple[list[Question], list]:
-    """The questions whose image loads and whose prompt the model can take (e.g. as many `<image>` marks as images),
-    with their prompt records; the others are noted in `skipped`, so that one skips its question, not the run."""
+def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str],
+                source: Path) -> tuple[list[Question], list]:
+    """The questions (of the file `source`) whose image loads and whose prompt the model can take (e.g. as many
+    `<image>` marks as images), with their prompt records; the others are noted in `skipped`, so that one skips its
+    question, not the run."""
     from ..data.images import load_images
     from .messages import prompt_record
 
@@ -189,7 +191,8 @@ def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str]) ->
     skipped.update((str(question.id), str(error)) for question, error in failed)
     answerable, records = [], []
     for question, loaded in zip(kept, images):
-        record = prompt_record(loaded[0] if loaded else None, question.text)
+        record = replace(prompt_record(loaded[0] if loaded else None, question.text), id=str(question.id),
+                         source=str(source))  # what an error names
         try:
             vlm.prompt_tokens(record)
         except DataError as e:
