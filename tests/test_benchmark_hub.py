@@ -246,8 +246,10 @@ def test_a_benchmark_without_a_hub_dataset_asks_for_its_official_files(capsys):
 def test_a_hub_dataset_offline_and_not_cached_is_named(capsys):
     error = _one_line_error(capsys, "--benchmark", "pope")
     assert "pope: cannot load lmms-lab-encoder/POPE, split test (" in error and "give --data-dir" in error
-    assert "cannot load lmms-lab/POPE, split test" in _one_line_error(capsys, "--benchmark", "pope", "--data-dir",
-                                                                      "lmms-lab/POPE")
+    assert "there is no local folder" not in error  # the benchmark's own hub dataset
+    error = _one_line_error(capsys, "--benchmark", "pope", "--data-dir", "lmms-lab/POPE")  # or a mistyped folder
+    assert "cannot load lmms-lab/POPE, split test" in error and "; there is no local folder lmms-lab/POPE either; " \
+        in error
 
 
 def test_a_hub_copy_missing_a_column_names_it(tmp_path, capsys):

@@ -112,8 +112,10 @@ def _load(benchmark: Benchmark, source: str, table: HubTable, our_split: str):
         rows = datasets.load_dataset(source, table.config, split=split)
     except (FileNotFoundError, ConnectionError, OSError, ValueError, KeyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{benchmark.name}: cannot load {where}, split {split} ({reason}); offline it must be in "
-                        f"Hugging Face's cache, else give --data-dir with its official files or a local copy of "
+        # --data-dir OWNER/NAME is a hub id only where no such folder is: it may be a mistyped one
+        typo = "" if source == benchmark.hub.id else f"; there is no local folder {source} either"
+        raise DataError(f"{benchmark.name}: cannot load {where}, split {split} ({reason}){typo}; offline it must be "
+                        f"in Hugging Face's cache, else give --data-dir with its official files or a local copy of "
                         "the dataset") from None
     missing = [column for column in table.read(our_split) if column not in rows.column_names]
     if missing:
