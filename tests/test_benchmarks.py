@@ -145,6 +145,34 @@ def nocaps_dir(root: Path) -> Path:
 # ------------------------------------------------------------------------------------------------- coco-karpathy
 
 
+def _set_first(folder: Path, name: str, table: str, key: str, value) -> Path:
+    path = folder / name
+    data = json.loads(path.read_text())
+    data[table][0][key] = value
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("benchmark, make, name, table, key, value, where, kind", [
+    ("coco-karpathy", "coco_karpathy_dir", "dataset_coco.json", "images", "sentences", "a cat", "image 1", "a list"),
+    ("coco-karpathy", "coco_karpathy_dir", "dataset_coco.json", "images", "filename", 42, "image 1", "a string"),
+    ("nocaps", "nocaps_dir", "nocaps_val_4500_captions.json", "annotations", "caption", ["a"], "annotation 1",
+     "a string"),
+    ("nocaps", "nocaps_dir", "nocaps_val_4500_captions.json", "images", "id", "0", "image 1", "an integer"),
+    ("textcaps", "textcaps_dir", "TextCaps_0.1_val.json", "data", "reference_strs", "a red", "data record 1",
+     "a list"),
+])
+def test_captioning_entries_of_the_wrong_kind_are_named(tmp_path, benchmark, make, name, table, key, value, where,
+                                                        kind):
+    """A value the reader would concatenate, format or sort, of the wrong kind: one line naming the file, the entry
+    and the key, not a TypeError traceback (or, for a string of references, each letter a reference)."""
+    path = _set_first(globals()[make](tmp_path), name, table, key, value)
+    split = "val" if benchmark in ("nocaps", "textcaps") else "test"
+    with pytest.raises(DataError, match=re.escape(f"{path}: {where}: {key!r} is {value!r}, not {kind}")):
+        BENCHMARKS[benchmark].read(tmp_path, split)
+
+
+
 def test_coco_karpathy_reads_the_test_split_in_file_order(tmp_path):
     items = BENCHMARKS["coco-karpathy"].read(coco_karpathy_dir(tmp_path), "test")
     assert [item.id for item in items] == ["42", "43", "44"]

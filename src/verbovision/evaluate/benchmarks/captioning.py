@@ -41,10 +41,10 @@ def read_karpathy(benchmark: str, data_dir: Path, name: str, split: str, image_f
         where = f"{path}: image {i}"
         if entry(image, "split", where) != split:
             continue
-        file_name = entry(image, "filename", where)
+        file_name = entry(image, "filename", where, str)
         image_id = image.get("cocoid", Path(file_name).stem)
         image_id = int(image_id) if str(image_id).isdigit() else image_id
-        references = tuple(entry(sentence, "raw", where) for sentence in entry(image, "sentences", where))
+        references = tuple(entry(sentence, "raw", where, str) for sentence in entry(image, "sentences", where, list))
         items.append(BenchmarkItem(str(image_id), Path(data_dir) / image_folder(image) / file_name, prompt,
                                    references, meta={"image_id": image_id}))
     return items

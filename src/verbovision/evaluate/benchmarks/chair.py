@@ -114,8 +114,8 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     instances = official_json("chair", data_dir, instances_name, COCO)
     captions = official_json("chair", data_dir, captions_name, COCO)
     where = str(Path(data_dir) / instances_name)
-    files = {entry(image, "id", where): entry(image, "file_name", where) for image in entries(instances, "images",
-                                                                                             Path(where))}
+    files = {entry(image, "id", where, int): entry(image, "file_name", where, str)
+             for image in entries(instances, "images", Path(where))}
     category = {entry(c, "id", where): entry(c, "name", where) for c in entries(instances, "categories", Path(where))}
     chosen = sorted(random.Random(SEED).sample(sorted(files), min(SAMPLE, len(files))))
     truth: dict[int, set[str]] = {image_id: set() for image_id in chosen}
@@ -128,7 +128,7 @@ def read(data_dir: Path, split: str) -> list[BenchmarkItem]:
             truth[annotation["image_id"]].add(objects[name])
     for annotation in entries(captions, "annotations", Path(data_dir) / captions_name):
         if annotation.get("image_id") in truth:
-            text = entry(annotation, "caption", captions_name)
+            text = entry(annotation, "caption", captions_name, str)
             references[annotation["image_id"]].append(text)
             truth[annotation["image_id"]].update(mentions(text, objects))
     return [BenchmarkItem(id=str(image_id), image=Path(data_dir) / "val2014" / files[image_id], prompt=PROMPT,

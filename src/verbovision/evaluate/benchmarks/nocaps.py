@@ -36,15 +36,16 @@ def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     captions: dict[object, list[str]] = {}
     for i, annotation in enumerate(entries(data, "annotations", path), 1):
         where = f"{path}: annotation {i}"
-        captions.setdefault(entry(annotation, "image_id", where), []).append(entry(annotation, "caption", where))
+        image_id, caption = entry(annotation, "image_id", where, int), entry(annotation, "caption", where, str)
+        captions.setdefault(image_id, []).append(caption)
     items = []
     for i, image in enumerate(entries(data, "images", path), 1):
         where = f"{path}: image {i}"
-        image_id = entry(image, "id", where)
+        image_id = entry(image, "id", where, int)
         if image_id not in captions:
             raise DataError(f"{where}: image id {image_id} has no caption among the annotations")
-        items.append(BenchmarkItem(str(image_id), Path(data_dir) / "val" / entry(image, "file_name", where),
-                                   ONE_SENTENCE, tuple(captions[image_id]), entry(image, "domain", where),
+        items.append(BenchmarkItem(str(image_id), Path(data_dir) / "val" / entry(image, "file_name", where, str),
+                                   ONE_SENTENCE, tuple(captions[image_id]), entry(image, "domain", where, str),
                                    {"image_id": image_id}))
     return items
 

@@ -33,9 +33,9 @@ def _read(data_dir: Path, split: str) -> list[BenchmarkItem]:
     items: dict[str, BenchmarkItem] = {}
     for i, row in enumerate(entries(official_json("textcaps", data_dir, name, PUBLISHED), "data", path), 1):
         where = f"{path}: data record {i}"
-        image_id = entry(row, "image_id", where)
+        image_id = entry(row, "image_id", where, str)
         if image_id not in items:
-            references = tuple(entry(row, "reference_strs", where))
+            references = tuple(entry(row, "reference_strs", where, list))
             items[image_id] = BenchmarkItem(image_id, Path(data_dir) / IMAGES / f"{image_id}.jpg", ONE_SENTENCE,
                                             references, meta={"image_id": image_id})
     return list(items.values())
