@@ -91,6 +91,14 @@ def test_plain_and_image_completions(client, model_dir, shape_uri):
     assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 10
 
 
+def test_developer_role_is_the_system_role(client, model_dir):
+    ask = partial(client.chat.completions.create, model=str(model_dir))
+    replies = [ask(messages=[{"role": role, "content": "Answer briefly."}, {"role": "user", "content": "hi"}])
+               for role in ("developer", "system")]
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    assert replies[0].usage.prompt_tokens == replies[1].usage.prompt_tokens
+
+
 def test_sampling_n_seed_and_stop(client, model_dir, shape_uri):
     ask = partial(client.chat.completions.create, model=str(model_dir), messages=image_message(shape_uri))
     first, again = (ask(n=3, temperature=1.5, top_p=0.95, seed=11, max_tokens=6) for _ in range(2))
