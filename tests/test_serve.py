@@ -99,6 +99,20 @@ def test_developer_role_is_the_system_role(client, model_dir):
     assert replies[0].usage.prompt_tokens == replies[1].usage.prompt_tokens
 
 
+def test_base64_wrapped_across_lines_is_the_same_image(client, model_dir, shape_uri):
+    """`base64` and some clients break the payload into lines; other characters outside base64 are still refused."""
+    header, payload = shape_uri.split(",")
+    lines = [payload[i:i + 76] for i in range(0, len(payload), 76)]
+    ask = partial(client.chat.completions.create, model=str(model_dir), max_tokens=6)
+    expected = ask(messages=image_message(shape_uri)).choices[0].message.content
+    for newline in ("\n", "\r\n"):
+        wrapped = f"{header},{newline.join(lines)}{newline}"
+        assert ask(messages=image_message(wrapped)).choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError, match="not valid base64") as caught:
+        ask(messages=image_message(f"{header},{lines[0]}*{''.join(lines[1:])}"))
+    assert caught.value.code == "invalid_image"
+
+
 def test_sampling_n_seed_and_stop(client, model_dir, shape_uri):
     ask = partial(client.chat.completions.create, model=str(model_dir), messages=image_message(shape_uri))
     first, again = (ask(n=3, temperature=1.5, top_p=0.95, seed=11, max_tokens=6) for _ in range(2))

@@ -86,12 +86,17 @@ def image_of_part(part: dict):
     return Path(url.removeprefix("file://"))
 
 
+_ASCII_WHITESPACE = str.maketrans("", "", " \t\n\r\f\v")
+"""A `str.translate` table deleting ASCII whitespace (not Unicode's: those characters are no base64 a client sends)."""
+
+
 def decode_data_uri(url: str) -> bytes:
-    """The bytes of a base64 `data:` URI (data:image/png;base64,...)."""
+    """The bytes of a base64 `data:` URI (data:image/png;base64,...). The payload may be wrapped across lines (as
+    `base64` writes it); any other character outside base64 is refused."""
     header, comma, payload = url.partition(",")
     if not comma or not header.startswith("data:") or not header.endswith(";base64"):
         raise DataError("image data URI must look like data:image/png;base64,<data>")
     try:
-        return base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload.translate(_ASCII_WHITESPACE), validate=True)
     except (binascii.Error, ValueError):
         raise DataError("image data URI is not valid base64") from None
