@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -171,6 +174,20 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
     for body in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # the second nests deeper than Python recurses
         raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=body)
         assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_an_image_over_pils_own_limit_is_too_large_for_the_server(client, model_dir):
+    """PIL refuses to open an image of more than twice its MAX_IMAGE_PIXELS (a decompression bomb): the server says
+    what it says of every image over its limit, not PIL's words."""
+    header = bytearray(base64.b64decode(data_uri(Image.new("RGB", (8, 8))).partition(",")[2]))
+    header[16:24] = struct.pack(">II", 20_000, 20_000)  # IHDR width, height: 400 MP, the pixels never stored
+    header[29:33] = struct.pack(">I", zlib.crc32(header[12:29]))
+    bomb = "data:image/png;base64," + base64.b64encode(header).decode()
+    assert 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=str(model_dir), messages=image_message(bomb))
+    assert caught.value.code == "image_too_large"
+    assert "pixels, more than the server's limit of 100000" in caught.value.message
 
 
 def test_api_key_is_required(server, model_dir):

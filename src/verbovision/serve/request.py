@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from .config import ServeConfig
-from .errors import invalid
+from .errors import ApiError, invalid
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
     from ..infer.options import DecodeOptions
@@ -130,11 +130,16 @@ def _check_pixels(data: bytes, limit: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # PIL refuses over twice its own limit, without saying the size
+        raise _too_many_pixels(f"over {2 * Image.MAX_IMAGE_PIXELS}", limit) from None
+    except (UnidentifiedImageError, OSError):
         return  # open_image names the problem
     if width * height > limit:
-        raise invalid(f"image of {width}x{height} = {width * height} pixels, more than the server's limit of {limit}",
-                      "messages", "image_too_large")
+        raise _too_many_pixels(f"{width}x{height} = {width * height}", limit)
+
+
+def _too_many_pixels(pixels: str, limit: int) -> ApiError:
+    return invalid(f"image of {pixels} pixels, more than the server's limit of {limit}", "messages", "image_too_large")
 
 
 def image_bytes(url: str, config: ServeConfig) -> bytes:
