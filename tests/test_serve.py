@@ -190,6 +190,17 @@ def test_an_image_over_pils_own_limit_is_too_large_for_the_server(client, model_
     assert "pixels, more than the server's limit of 100000" in caught.value.message
 
 
+@pytest.mark.parametrize("maximum, said", [({"max_tokens": 3}, "'max_tokens' (3)"),
+                                           ({"max_completion_tokens": 3}, "'max_completion_tokens' (3)"),
+                                           ({}, "max_tokens (8, this server's default)")])
+def test_min_tokens_over_max_tokens_is_refused(client, model_dir, maximum, said):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=str(model_dir), messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"min_tokens": 9, **maximum})  # older clients lack the parameters
+    assert caught.value.param == "min_tokens"
+    assert f"'min_tokens' (9) must not be more than {said}" in caught.value.message
+
+
 def test_api_key_is_required(server, model_dir):
     wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as caught:

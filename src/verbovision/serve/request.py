@@ -57,10 +57,9 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     messages = _param(body, "messages", list, "a non-empty list of messages", ok=bool)
     defaults = config.defaults or DecodeOptions()
     limit = config.max_completion_tokens
-    max_tokens = _param(body, "max_completion_tokens", int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit)
-    if max_tokens is None:
-        max_tokens = _param(body, "max_tokens", int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit,
-                            min(defaults.max_new_tokens, limit))
+    max_name = next((name for name in ("max_completion_tokens", "max_tokens") if body.get(name) is not None), None)
+    max_tokens = (_param(body, max_name, int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit) if max_name
+                  else min(defaults.max_new_tokens, limit))
     options = replace(
         defaults,
         max_new_tokens=max_tokens,
@@ -80,6 +79,7 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
                                     defaults.no_repeat_ngram_size),
         min_new_tokens=_param(body, "min_tokens", int, "an integer >= 0", lambda v: v >= 0, defaults.min_new_tokens),
     )
+    _check_min_tokens(body, options, max_name)
     if options.temperature == 0:  # OpenAI's way to ask for greedy decoding
         options = replace(options, temperature=None, top_p=None, top_k=None)
     stream_options = _param(body, "stream_options", dict, "an object", default={})
@@ -89,6 +89,15 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
         stream=_param(body, "stream", bool, "true or false", default=False),
         include_usage=_param(stream_options, "include_usage", bool, "true or false", default=False),
     )
+
+
+def _check_min_tokens(body: dict, options: DecodeOptions, max_name: str | None) -> None:
+    """A request's min_tokens may not exceed its max_tokens (`max_name`: the parameter that set it, None for the
+    server's default): generation would stop at max_tokens, short of the reply asked for."""
+    shortest, longest = options.min_new_tokens, options.max_new_tokens
+    if body.get("min_tokens") is not None and shortest > longest:
+        said = f"'{max_name}' ({longest})" if max_name else f"max_tokens ({longest}, this server's default)"
+        raise invalid(f"'min_tokens' ({shortest}) must not be more than {said}", "min_tokens")
 
 
 def _stop_strings(value) -> tuple[str, ...]:
