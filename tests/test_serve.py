@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -22,6 +25,7 @@ from PIL import Image
 
 from verbovision.cli import main, make_parser
 from verbovision.cli.serve import serve_config
+from verbovision.serve import remote
 from verbovision.serve.config import ServeConfig
 from verbovision.serve.errors import ApiError
 from verbovision.serve.request import image_bytes
@@ -266,6 +270,53 @@ def test_remote_images_are_fetched_only_when_allowed(shapes_data):
             image_bytes(url, ServeConfig("m"))
         assert refused.value.code == "remote_images_disabled"
         http.shutdown()
+
+
+@contextmanager
+def answering(answer: bytes, slow_from: int | None = None) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 sending `answer` to any GET, from byte `slow_from` on one byte at a time (a few
+    seconds in all); yields the URL of an image there."""
+
+    class Raw(BaseHTTPRequestHandler):
+        def do_GET(self):
+            fast = len(answer) if slow_from is None else slow_from
+            try:
+                self.wfile.write(answer[:fast])
+                for i in range(fast, len(answer)):
+                    time.sleep(0.05)
+                    self.wfile.write(answer[i:i + 1])
+            except OSError:  # the client hung up
+                pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Raw) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{http.server_port}/image.png"
+        http.shutdown()
+
+
+def png_answer() -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="PNG")
+    return (f"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(image.getvalue())}\r\n\r\n"
+            .encode() + image.getvalue())
+
+
+@pytest.mark.parametrize("slow_from", ["status line", "body"])
+def test_a_remote_image_trickled_byte_by_byte_runs_out_of_time(monkeypatch, slow_from):
+    """Socket timeouts bound each read, not a server that sends a byte now and then: the download has a deadline."""
+    monkeypatch.setattr(remote, "FETCH_SECONDS", 0.5)
+    answer = png_answer()
+    with answering(answer, 0 if slow_from == "status line" else answer.index(b"\r\n\r\n") + 4) as url:
+        with pytest.raises(ApiError) as refused:
+            image_bytes(url, ServeConfig("m", allow_remote_images=True))
+    assert refused.value.code == "image_fetch_failed"
+    assert refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
+
+
+def test_a_garbled_http_reply_is_a_fetch_failure():
+    with answering(b"no HTTP here\r\n\r\n") as url, pytest.raises(ApiError) as refused:
+        image_bytes(url, ServeConfig("m", allow_remote_images=True))
+    assert refused.value.code == "image_fetch_failed" and "no HTTP here" in refused.value.message
 
 
 def test_sigterm_lets_a_stream_in_flight_finish(model_dir, shape_uri):

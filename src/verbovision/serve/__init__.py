@@ -1,8 +1,9 @@
 """`verbo serve` and `verbo web`: an OpenAI-compatible chat completions server with continuous batching.
 
 Endpoints: `POST /v1/chat/completions` (messages with text and image_url parts; `stream: true` as server-sent events),
-`GET /v1/models`, `GET /health`, `GET /metrics`, and for `verbo web` the demo page at `/` (`api`). Requests are checked (`request`),
-queued and generated in batches (`batcher`, `metrics`); errors are answered in OpenAI's shape (`errors`).
+`GET /v1/models`, `GET /health`, `GET /metrics`, and for `verbo web` the demo page at `/` (`api`). Requests are
+checked (`request`; remote images are downloaded within a deadline, `remote`), queued and generated in batches
+(`batcher`, `metrics`); errors are answered in OpenAI's shape (`errors`).
 """
 
 from __future__ import annotations

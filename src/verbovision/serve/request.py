@@ -153,6 +153,7 @@ def _too_many_pixels(pixels: str, limit: int) -> ApiError:
 
 def image_bytes(url: str, config: ServeConfig) -> bytes:
     from ..infer.messages import decode_data_uri
+    from .remote import fetch_image  # urllib and ssl: not for `verbo --help`
 
     if url.startswith("data:"):
         try:
@@ -164,18 +165,7 @@ def image_bytes(url: str, config: ServeConfig) -> bytes:
     if not config.allow_remote_images:
         raise invalid("remote image URLs are disabled on this server (start it with --allow-remote-images); "
                       "send the image as a data: URI", "messages", "remote_images_disabled")
-    return _fetch(url, config.max_image_bytes)
-
-
-def _fetch(url: str, limit: int) -> bytes:
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"User-Agent": "verbovision"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.read(limit + 1)  # one byte over the limit is enough to refuse it
-    except (OSError, ValueError) as e:
-        raise invalid(f"could not fetch image {url}: {e}", "messages", "image_fetch_failed") from None
+    return fetch_image(url, config.max_image_bytes)
 
 
 def prepare_record(vlm: VLM, request: ChatRequest, config: ServeConfig):
