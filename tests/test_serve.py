@@ -180,18 +180,35 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def huge_png_uri(width: int, height: int) -> str:
+    """A data: URI of a PNG whose header says width x height, the pixels never stored."""
+    png = bytearray(base64.b64decode(data_uri(Image.new("RGB", (8, 8))).partition(",")[2]))
+    png[16:24] = struct.pack(">II", width, height)  # IHDR
+    png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 def test_an_image_over_pils_own_limit_is_too_large_for_the_server(client, model_dir):
     """PIL refuses to open an image of more than twice its MAX_IMAGE_PIXELS (a decompression bomb): the server says
     what it says of every image over its limit, not PIL's words."""
-    header = bytearray(base64.b64decode(data_uri(Image.new("RGB", (8, 8))).partition(",")[2]))
-    header[16:24] = struct.pack(">II", 20_000, 20_000)  # IHDR width, height: 400 MP, the pixels never stored
-    header[29:33] = struct.pack(">I", zlib.crc32(header[12:29]))
-    bomb = "data:image/png;base64," + base64.b64encode(header).decode()
     assert 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model=str(model_dir), messages=image_message(bomb))
+        client.chat.completions.create(model=str(model_dir), messages=image_message(huge_png_uri(20_000, 20_000)))
     assert caught.value.code == "image_too_large"
     assert "pixels, more than the server's limit of 100000" in caught.value.message
+
+
+def test_a_pixel_limit_over_pils_own_is_the_one_that_holds(model_dir):
+    """--max-image-pixels above what PIL opens raises PIL's limit in the server: an image is refused for the server's
+    limit alone, by its size."""
+    assert 300_000_000 > 2 * Image.MAX_IMAGE_PIXELS
+    with running("serve", model_dir, "--max-image-pixels", "300000000") as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="verbo", messages=image_message(huge_png_uri(20_000, 20_000)))
+    assert caught.value.code == "image_too_large"
+    assert ("image of 20000x20000 = 400000000 pixels, more than the server's limit of 300000000"
+            in caught.value.message)
 
 
 @pytest.mark.parametrize("maximum, said", [({"max_tokens": 3}, "'max_tokens' (3)"),

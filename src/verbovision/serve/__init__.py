@@ -20,10 +20,14 @@ def serve(config: ServeConfig) -> None:
     """Load the model and serve until interrupted (Ctrl-C or SIGTERM finish the requests in flight first)."""
     import torch
     import uvicorn
+    from PIL import Image
 
     from ..infer.vlm import VLM
 
     check_address(config.host, config.port)
+    # PIL refuses to open images of more than twice its MAX_IMAGE_PIXELS: never one within the server's own limit,
+    # which each image's header is checked against before anything is decoded
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, config.max_image_pixels)
     if config.threads:
         torch.set_num_threads(config.threads)
     vlm = VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,
