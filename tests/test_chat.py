@@ -71,6 +71,13 @@ def test_bad_messages_are_clear_errors():
         messages_record([{"role": "user", "content": [{"type": "image"}]}])
 
 
+def test_developer_messages_are_system_messages():
+    """OpenAI's current API names the system role `developer`."""
+    for role in ("developer", "system"):
+        record = messages_record([{"role": role, "content": "Be brief."}, {"role": "user", "content": "hi"}])
+        assert [(t.role, t.text) for t in record.turns] == [("system", "Be brief."), ("user", "hi"), ("assistant", "")]
+
+
 def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
     session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0], system="Be brief.")
     first = "".join(session.stream("Describe the image briefly."))

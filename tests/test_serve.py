@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import signal
 import socket
+import struct
 import threading
+import time
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
@@ -19,6 +25,7 @@ from PIL import Image
 
 from verbovision.cli import main, make_parser
 from verbovision.cli.serve import serve_config
+from verbovision.serve import remote
 from verbovision.serve.config import ServeConfig
 from verbovision.serve.errors import ApiError
 from verbovision.serve.request import image_bytes
@@ -91,6 +98,28 @@ def test_plain_and_image_completions(client, model_dir, shape_uri):
     assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 10
 
 
+def test_developer_role_is_the_system_role(client, model_dir):
+    ask = partial(client.chat.completions.create, model=str(model_dir))
+    replies = [ask(messages=[{"role": role, "content": "Answer briefly."}, {"role": "user", "content": "hi"}])
+               for role in ("developer", "system")]
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    assert replies[0].usage.prompt_tokens == replies[1].usage.prompt_tokens
+
+
+def test_base64_wrapped_across_lines_is_the_same_image(client, model_dir, shape_uri):
+    """`base64` and some clients break the payload into lines; other characters outside base64 are still refused."""
+    header, payload = shape_uri.split(",")
+    lines = [payload[i:i + 76] for i in range(0, len(payload), 76)]
+    ask = partial(client.chat.completions.create, model=str(model_dir), max_tokens=6)
+    expected = ask(messages=image_message(shape_uri)).choices[0].message.content
+    for newline in ("\n", "\r\n"):
+        wrapped = f"{header},{newline.join(lines)}{newline}"
+        assert ask(messages=image_message(wrapped)).choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError, match="not valid base64") as caught:
+        ask(messages=image_message(f"{header},{lines[0]}*{''.join(lines[1:])}"))
+    assert caught.value.code == "invalid_image"
+
+
 def test_sampling_n_seed_and_stop(client, model_dir, shape_uri):
     ask = partial(client.chat.completions.create, model=str(model_dir), messages=image_message(shape_uri))
     first, again = (ask(n=3, temperature=1.5, top_p=0.95, seed=11, max_tokens=6) for _ in range(2))
@@ -149,6 +178,48 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
     for body in (b"{not json", b"[" * 100_000 + b"]" * 100_000):  # the second nests deeper than Python recurses
         raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=body)
         assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def huge_png_uri(width: int, height: int) -> str:
+    """A data: URI of a PNG whose header says width x height, the pixels never stored."""
+    png = bytearray(base64.b64decode(data_uri(Image.new("RGB", (8, 8))).partition(",")[2]))
+    png[16:24] = struct.pack(">II", width, height)  # IHDR
+    png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def test_an_image_over_pils_own_limit_is_too_large_for_the_server(client, model_dir):
+    """PIL refuses to open an image of more than twice its MAX_IMAGE_PIXELS (a decompression bomb): the server says
+    what it says of every image over its limit, not PIL's words."""
+    assert 20_000 * 20_000 > 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=str(model_dir), messages=image_message(huge_png_uri(20_000, 20_000)))
+    assert caught.value.code == "image_too_large"
+    assert "pixels, more than the server's limit of 100000" in caught.value.message
+
+
+def test_a_pixel_limit_over_pils_own_is_the_one_that_holds(model_dir):
+    """--max-image-pixels above what PIL opens raises PIL's limit in the server: an image is refused for the server's
+    limit alone, by its size."""
+    assert 300_000_000 > 2 * Image.MAX_IMAGE_PIXELS
+    with running("serve", model_dir, "--max-image-pixels", "300000000") as (_, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="verbo", messages=image_message(huge_png_uri(20_000, 20_000)))
+    assert caught.value.code == "image_too_large"
+    assert ("image of 20000x20000 = 400000000 pixels, more than the server's limit of 300000000"
+            in caught.value.message)
+
+
+@pytest.mark.parametrize("maximum, said", [({"max_tokens": 3}, "'max_tokens' (3)"),
+                                           ({"max_completion_tokens": 3}, "'max_completion_tokens' (3)"),
+                                           ({}, "max_tokens (8, this server's default)")])
+def test_min_tokens_over_max_tokens_is_refused(client, model_dir, maximum, said):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=str(model_dir), messages=[{"role": "user", "content": "hi"}],
+                                       extra_body={"min_tokens": 9, **maximum})  # older clients lack the parameters
+    assert caught.value.param == "min_tokens"
+    assert f"'min_tokens' (9) must not be more than {said}" in caught.value.message
 
 
 def test_api_key_is_required(server, model_dir):
@@ -216,6 +287,53 @@ def test_remote_images_are_fetched_only_when_allowed(shapes_data):
             image_bytes(url, ServeConfig("m"))
         assert refused.value.code == "remote_images_disabled"
         http.shutdown()
+
+
+@contextmanager
+def answering(answer: bytes, slow_from: int | None = None) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 sending `answer` to any GET, from byte `slow_from` on one byte at a time (a few
+    seconds in all); yields the URL of an image there."""
+
+    class Raw(BaseHTTPRequestHandler):
+        def do_GET(self):
+            fast = len(answer) if slow_from is None else slow_from
+            try:
+                self.wfile.write(answer[:fast])
+                for i in range(fast, len(answer)):
+                    time.sleep(0.05)
+                    self.wfile.write(answer[i:i + 1])
+            except OSError:  # the client hung up
+                pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Raw) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{http.server_port}/image.png"
+        http.shutdown()
+
+
+def png_answer() -> bytes:
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, format="PNG")
+    return (f"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(image.getvalue())}\r\n\r\n"
+            .encode() + image.getvalue())
+
+
+@pytest.mark.parametrize("slow_from", ["status line", "body"])
+def test_a_remote_image_trickled_byte_by_byte_runs_out_of_time(monkeypatch, slow_from):
+    """Socket timeouts bound each read, not a server that sends a byte now and then: the download has a deadline."""
+    monkeypatch.setattr(remote, "FETCH_SECONDS", 0.5)
+    answer = png_answer()
+    with answering(answer, 0 if slow_from == "status line" else answer.index(b"\r\n\r\n") + 4) as url:
+        with pytest.raises(ApiError) as refused:
+            image_bytes(url, ServeConfig("m", allow_remote_images=True))
+    assert refused.value.code == "image_fetch_failed"
+    assert refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
+
+
+def test_a_garbled_http_reply_is_a_fetch_failure():
+    with answering(b"no HTTP here\r\n\r\n") as url, pytest.raises(ApiError) as refused:
+        image_bytes(url, ServeConfig("m", allow_remote_images=True))
+    assert refused.value.code == "image_fetch_failed" and "no HTTP here" in refused.value.message
 
 
 def test_sigterm_lets_a_stream_in_flight_finish(model_dir, shape_uri):

@@ -29,10 +29,11 @@ def probe_record(prompt: str) -> Record:
 def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object] | None = None) -> Record:
     """A record from OpenAI-style chat messages, ready for the next assistant reply.
 
-    Each message has a `role` (system, user, assistant) and a `content`: a string, or a list of parts
-    `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url": {"url": ...}}` or
-    `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines (where neither side has one
-    already), each image where its part is, as the chat templates of the models VerboVision builds join them.
+    Each message has a `role` (system, user, assistant; developer, OpenAI's current name of system, is system) and a
+    `content`: a string, or a list of parts `{"type": "text", "text": ...}`, `{"type": "image_url", "image_url":
+    {"url": ...}}` or `{"type": "image", "image": PIL image or path}`. Parts are joined by newlines (where neither
+    side has one already), each image where its part is, as the chat templates of the models VerboVision builds join
+    them.
     `open_part` turns an image part into a record image (default: `image_of_part`).
     """
     open_part = open_part or image_of_part
@@ -41,8 +42,9 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
         if not isinstance(message, dict):
             raise DataError(f"messages[{i}]: a message must be an object with a role and a content")
         role, content = message.get("role"), message.get("content")
+        role = "system" if role == "developer" else role
         if role not in ("system", "user", "assistant"):
-            raise DataError(f"messages[{i}]: role must be system, user or assistant, not {role!r}")
+            raise DataError(f"messages[{i}]: role must be system (or developer), user or assistant, not {role!r}")
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
         if not isinstance(content, list):
@@ -84,12 +86,17 @@ def image_of_part(part: dict):
     return Path(url.removeprefix("file://"))
 
 
+_ASCII_WHITESPACE = str.maketrans("", "", " \t\n\r\f\v")
+"""A `str.translate` table deleting ASCII whitespace (not Unicode's: those characters are no base64 a client sends)."""
+
+
 def decode_data_uri(url: str) -> bytes:
-    """The bytes of a base64 `data:` URI (data:image/png;base64,...)."""
+    """The bytes of a base64 `data:` URI (data:image/png;base64,...). The payload may be wrapped across lines (as
+    `base64` writes it); any other character outside base64 is refused."""
     header, comma, payload = url.partition(",")
     if not comma or not header.startswith("data:") or not header.endswith(";base64"):
         raise DataError("image data URI must look like data:image/png;base64,<data>")
     try:
-        return base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload.translate(_ASCII_WHITESPACE), validate=True)
     except (binascii.Error, ValueError):
         raise DataError("image data URI is not valid base64") from None

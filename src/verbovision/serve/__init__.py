@@ -1,8 +1,9 @@
 """`verbo serve` and `verbo web`: an OpenAI-compatible chat completions server with continuous batching.
 
 Endpoints: `POST /v1/chat/completions` (messages with text and image_url parts; `stream: true` as server-sent events),
-`GET /v1/models`, `GET /health`, `GET /metrics`, and for `verbo web` the demo page at `/` (`api`). Requests are checked (`request`),
-queued and generated in batches (`batcher`, `metrics`); errors are answered in OpenAI's shape (`errors`).
+`GET /v1/models`, `GET /health`, `GET /metrics`, and for `verbo web` the demo page at `/` (`api`). Requests are
+checked (`request`; remote images are downloaded within a deadline, `remote`), queued and generated in batches
+(`batcher`, `metrics`); errors are answered in OpenAI's shape (`errors`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ def serve(config: ServeConfig) -> None:
     """Load the model and serve until interrupted (Ctrl-C or SIGTERM finish the requests in flight first)."""
     import torch
     import uvicorn
+    from PIL import Image
 
     from ..infer.vlm import VLM
 
     check_address(config.host, config.port)
+    # PIL refuses to open images of more than twice its MAX_IMAGE_PIXELS: never one within the server's own limit,
+    # which each image's header is checked against before anything is decoded
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, config.max_image_pixels)
     if config.threads:
         torch.set_num_threads(config.threads)
     vlm = VLM(config.model, device=config.device, quantize=config.quantize, compiled=config.compiled,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import DataError
 from .config import ServeConfig
-from .errors import invalid
+from .errors import ApiError, invalid
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch or the web stack
     from ..infer.options import DecodeOptions
@@ -57,10 +57,9 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     messages = _param(body, "messages", list, "a non-empty list of messages", ok=bool)
     defaults = config.defaults or DecodeOptions()
     limit = config.max_completion_tokens
-    max_tokens = _param(body, "max_completion_tokens", int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit)
-    if max_tokens is None:
-        max_tokens = _param(body, "max_tokens", int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit,
-                            min(defaults.max_new_tokens, limit))
+    max_name = next((name for name in ("max_completion_tokens", "max_tokens") if body.get(name) is not None), None)
+    max_tokens = (_param(body, max_name, int, f"an integer in 1..{limit}", lambda v: 1 <= v <= limit) if max_name
+                  else min(defaults.max_new_tokens, limit))
     options = replace(
         defaults,
         max_new_tokens=max_tokens,
@@ -80,6 +79,7 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
                                     defaults.no_repeat_ngram_size),
         min_new_tokens=_param(body, "min_tokens", int, "an integer >= 0", lambda v: v >= 0, defaults.min_new_tokens),
     )
+    _check_min_tokens(body, options, max_name)
     if options.temperature == 0:  # OpenAI's way to ask for greedy decoding
         options = replace(options, temperature=None, top_p=None, top_k=None)
     stream_options = _param(body, "stream_options", dict, "an object", default={})
@@ -89,6 +89,15 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
         stream=_param(body, "stream", bool, "true or false", default=False),
         include_usage=_param(stream_options, "include_usage", bool, "true or false", default=False),
     )
+
+
+def _check_min_tokens(body: dict, options: DecodeOptions, max_name: str | None) -> None:
+    """A request's min_tokens may not exceed its max_tokens (`max_name`: the parameter that set it, None for the
+    server's default): generation would stop at max_tokens, short of the reply asked for."""
+    shortest, longest = options.min_new_tokens, options.max_new_tokens
+    if body.get("min_tokens") is not None and shortest > longest:
+        said = f"'{max_name}' ({longest})" if max_name else f"max_tokens ({longest}, this server's default)"
+        raise invalid(f"'min_tokens' ({shortest}) must not be more than {said}", "min_tokens")
 
 
 def _stop_strings(value) -> tuple[str, ...]:
@@ -130,15 +139,21 @@ def _check_pixels(data: bytes, limit: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # PIL refuses over twice its own limit, without saying the size
+        raise _too_many_pixels(f"over {2 * Image.MAX_IMAGE_PIXELS}", limit) from None
+    except (UnidentifiedImageError, OSError):
         return  # open_image names the problem
     if width * height > limit:
-        raise invalid(f"image of {width}x{height} = {width * height} pixels, more than the server's limit of {limit}",
-                      "messages", "image_too_large")
+        raise _too_many_pixels(f"{width}x{height} = {width * height}", limit)
+
+
+def _too_many_pixels(pixels: str, limit: int) -> ApiError:
+    return invalid(f"image of {pixels} pixels, more than the server's limit of {limit}", "messages", "image_too_large")
 
 
 def image_bytes(url: str, config: ServeConfig) -> bytes:
     from ..infer.messages import decode_data_uri
+    from .remote import fetch_image  # urllib and ssl: not for `verbo --help`
 
     if url.startswith("data:"):
         try:
@@ -150,18 +165,7 @@ def image_bytes(url: str, config: ServeConfig) -> bytes:
     if not config.allow_remote_images:
         raise invalid("remote image URLs are disabled on this server (start it with --allow-remote-images); "
                       "send the image as a data: URI", "messages", "remote_images_disabled")
-    return _fetch(url, config.max_image_bytes)
-
-
-def _fetch(url: str, limit: int) -> bytes:
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"User-Agent": "verbovision"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.read(limit + 1)  # one byte over the limit is enough to refuse it
-    except (OSError, ValueError) as e:
-        raise invalid(f"could not fetch image {url}: {e}", "messages", "image_fetch_failed") from None
+    return fetch_image(url, config.max_image_bytes)
 
 
 def prepare_record(vlm: VLM, request: ChatRequest, config: ServeConfig):
