@@ -209,6 +209,16 @@ def test_split_is_grouped_by_image_and_seeded(tmp_path):
         verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "d", "--ratios", "0.8;0.2")
 
 
+
+def test_split_into_a_folder_of_an_earlier_split_names_its_other_files(tmp_path, capsys):
+    rows = [record(str(i), None, f"answer {i}", f"question {i}?") for i in range(20)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "s")
+    assert "also holds" not in capsys.readouterr().err
+    verbo_data("split", tmp_path / "d.json", "--out", tmp_path / "s", "--ratios", "0.9,0.1", "--names", "train,val")
+    assert f"verbo: note: {tmp_path / 's'} also holds test.json, not written by this split" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--ratios", "0.5,0.5", "--names", "a,a"], "each split needs a name of its own"),  # one file would hold both
     (["--ratios", "0.5,0.5", "--names", ",b"], "each split needs a name of its own"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..errors import DataError
@@ -138,6 +139,11 @@ def cmd_split(args: argparse.Namespace) -> None:
     for name, n in sizes.items():
         print(f"{Path(args.out) / (name + '.json')}: {n} records")
     _print_skips(skips)
+    # An earlier split's file left beside these (its test.json after a train,val split) shares their records.
+    others = sorted(f.name for f in Path(args.out).glob("*.json") if f.stem not in sizes)
+    if others:
+        print(f"verbo: note: {args.out} also holds {', '.join(others)}, not written by this split (an earlier one's? "
+              "their records may be in these splits too): delete them before using the folder", file=sys.stderr)
 
 
 def _convert_arguments(p: argparse.ArgumentParser) -> None:
