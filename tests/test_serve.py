@@ -7,6 +7,7 @@ import io
 import os
 import signal
 import socket
+import socketserver
 import struct
 import threading
 import time
@@ -328,6 +329,34 @@ def test_a_remote_image_trickled_byte_by_byte_runs_out_of_time(monkeypatch, slow
             image_bytes(url, ServeConfig("m", allow_remote_images=True))
     assert refused.value.code == "image_fetch_failed"
     assert refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
+
+
+def test_a_tls_handshake_trickled_byte_by_byte_runs_out_of_time(monkeypatch):
+    """An https download's TLS handshake is bounded as a whole too (by the socket timeout: CPython's handshake keeps
+    one deadline): this server answers the ClientHello with a record header announcing 16 kB, then sends them a byte
+    at a time."""
+    monkeypatch.setattr(remote, "FETCH_SECONDS", 0.5)
+    hung_up = []
+
+    class Stall(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.request.recv(4096)  # the ClientHello
+            try:
+                self.request.sendall(bytes([0x16, 0x03, 0x03, 0x40, 0x00]))  # a handshake record of 16384 bytes
+                for _ in range(200):
+                    time.sleep(0.05)
+                    self.request.sendall(b"\x00")
+            except OSError:  # the client hung up
+                hung_up.append(True)
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Stall) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"https://127.0.0.1:{server.server_address[1]}/image.png"
+        with pytest.raises(ApiError) as refused:
+            image_bytes(url, ServeConfig("m", allow_remote_images=True))
+        server.shutdown()
+    # Closing the server waits for its handler: the client left in the middle of the handshake, not when it ended.
+    assert hung_up and refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
 
 
 def test_a_garbled_http_reply_is_a_fetch_failure():

@@ -74,8 +74,8 @@ def _shut(sock: socket.socket) -> None:
 
 class _WatchedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
     """Opens http and https URLs (in place of urllib's handlers of both) on connections whose sockets a deadline
-    watches once connected (an https one once its TLS handshake is done: up to then each read has the socket
-    timeout, as the TCP connect has)."""
+    watches once connected (an https one once its TLS handshake is done: the handshake is bounded as a whole by the
+    socket timeout, which CPython's SSL handshake keeps as one deadline; the TCP connect has the socket timeout)."""
 
     def __init__(self, deadline: _Deadline):
         super().__init__()
