@@ -31,10 +31,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
                            decode_options_from_flags(args))
     # Checked before the model loads: a wrong chunk index, questions file or answers path should not cost a model load.
     chunk([], config.num_chunks, config.chunk_idx)
-    read_questions(config.questions, config.image_folder)
+    questions = read_questions(config.questions, config.image_folder)
     if config.out.is_dir():
         raise ConfigError(f"--out {config.out}: a folder; give the answers file (JSONL) to write")
-    summary = predict(load_vlm(args), config)
+    summary = predict(load_vlm(args), config, questions)
     print(summary, file=sys.stderr)
     print(config.out)
 

@@ -121,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"verbo: training the shipped recipe {path}", file=sys.stderr)
     recipe = load_recipe(path, args.overrides)
     out = Path(args.out or Path("runs") / recipe.name)
-    nproc = _processes(args) if "LOCAL_RANK" not in os.environ else 1
-    if nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet launched: start the processes, each runs this
+    nproc = _processes(args) if "LOCAL_RANK" not in os.environ else 1  # a launched process is one of them
+    if nproc > 1:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
 
         argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])

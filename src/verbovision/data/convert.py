@@ -34,18 +34,22 @@ class ImagePlacer(PerImage):
     def __init__(self, base: Path, folder: Path, mode: str = "refer"):
         super().__init__()
         self.base, self.folder, self.mode = base, folder, mode
+        self._resolved_folder = folder.resolve()
         self.names: set[str] = set()
 
     def reserve(self, sources) -> None:
         """Keep the names of the images among `sources` that are already in the folder (a cleaned set cleaned again
         in place) for them: an image from elsewhere with the same name must not be copied over one of them."""
-        self.names.update(self._in_folder(source) for source in sources if self._in_folder(source))
+        self.names.update(name for name in map(self._in_folder, sources) if name)
 
     def _in_folder(self, source: ImageSource) -> str | None:
         """The name of an image file already in the folder, else None."""
-        if isinstance(source, Path) and source.resolve().is_relative_to(self.folder.resolve()):
-            return str(source.resolve().relative_to(self.folder.resolve()))
-        return None
+        if not isinstance(source, Path):
+            return None
+        resolved = source.resolve()
+        if not resolved.is_relative_to(self._resolved_folder):
+            return None
+        return str(resolved.relative_to(self._resolved_folder))
 
     def compute(self, source: ImageSource) -> str:
         if isinstance(source, Path) and (self.mode == "refer" or not source.exists()):

@@ -155,12 +155,15 @@ class AnswerLog:
             os.close(fd)
 
 
-def predict(vlm: VLM, config: PredictConfig) -> PredictSummary:
-    """Answer the questions of config's chunk that `config.out` does not answer yet."""
+def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = None) -> PredictSummary:
+    """Answer the questions of config's chunk that `config.out` does not answer yet; `questions`: the file's, where
+    they have been read already (`verbo predict` reads them before the model loads)."""
     from .options import DecodeOptions, Truncation
 
     options = config.options or DecodeOptions()
-    questions = chunk(read_questions(config.questions, config.image_folder), config.num_chunks, config.chunk_idx)
+    if questions is None:
+        questions = read_questions(config.questions, config.image_folder)
+    questions = chunk(questions, config.num_chunks, config.chunk_idx)
     log = AnswerLog(config.out)
     done = log.answered_ids()
     todo = [q for q in questions if q.id not in done]

@@ -263,6 +263,11 @@ def not_image_text(path: str) -> str:
     return f"{path}: a {kind} model, not an image-text model (AutoModelForImageTextToText does not load it)"
 
 
+_HUB_KNOWS: set[str] = set()
+"""The hub ids the hub has answered for in this process: it is asked about each once (an adapter's base is checked
+as the adapter's, then as the model loaded under it)."""
+
+
 def check_model_source(name: str, what: str = "model") -> None:
     """Fail at once, in one line, where `name` (a `what`: model, vision encoder...) is neither a local path nor a
     model the hub can give: a mistyped path, an id missing from the cache while HF_HUB_OFFLINE is set, an id the hub
@@ -283,7 +288,11 @@ def check_model_source(name: str, what: str = "model") -> None:
             raise VerboError(f"{what} {name}: no such directory, and not in the hub cache while HF_HUB_OFFLINE is set "
                              "(unset it to download the model, or give a model directory)")
         return
+    if name in _HUB_KNOWS:
+        return
     unreachable = _hub_unreachable(name, what)
+    if not unreachable:
+        _HUB_KNOWS.add(name)
     if unreachable and cached:
         print(f"verbo: the model hub cannot be reached ({unreachable}); loading {name} from the cache",
               file=sys.stderr)
