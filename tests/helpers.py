@@ -278,9 +278,9 @@ def assert_memory_flat(tmp_path: Path, val: Path, write: Callable[[Path, int], i
     runs = {size: shard_recipe(tmp_path / size / "data", val, format, max_steps=n // 4, **options)
             for size, n in (("small", 25), ("big", n_big))}
     baseline, peak = (peak_rss_mb(runs[size], tmp_path / size) for size in ("small", "big"))
-    # Allocator noise: the big run's peak was seen up to ~70 MB above the small one's (CI, pyarrow's and torch's
-    # per-thread arenas); what the cap guards against is about twice that or more (holding the data: big_mb).
-    cap = baseline + 100
+    # Allocator noise: the big run's peak was seen up to ~140 MB above the small one's (CI, pyarrow's and torch's
+    # per-thread arenas); what the cap guards against is holding the data (big_mb), at least twice the cap.
+    cap = baseline + max(100, (big_mb - small_mb) / 2)
     assert peak < cap < baseline + big_mb - small_mb, (peak, baseline, big_mb)
     assert json.loads((tmp_path / "big/run/run.json").read_text())["stages"]["wds"]["steps"] == n_big // 4
 

@@ -109,8 +109,8 @@ def write_noise_stream(folder: Path, n: int) -> int:
 
 def test_a_large_stream_trains_within_a_memory_cap(tmp_path, shapes_data):
     # Memory holds the shuffle buffer's rows (8 here) and each feeding shard's row group: with datasets' default of 10
-    # shards feeding it, the 10 shards here would all be held at once (+400 MB seen), hence stream_shards' default of 1.
-    assert_memory_flat(tmp_path, shapes_data / "val/caption_short_en.json", write_noise_stream, "hf-stream", 500,
+    # shards feeding it, 10 of these shards would be held at once (+400 MB seen), hence stream_shards' default of 1.
+    assert_memory_flat(tmp_path, shapes_data / "val/caption_short_en.json", write_noise_stream, "hf-stream", 1000,
                        stream_buffer=8)
 
 

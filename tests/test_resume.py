@@ -158,11 +158,13 @@ def test_resume_refuses_a_changed_recipe_or_data_and_notes_safe_changes(tmp_path
         train_recipe(parse_recipe(safe), run, resume=True)
     train_file.write_text(train_file.read_text()[:-1])
 
+    from verbovision.train.resume import shown
+
     moved = tmp_path / "moved"  # the same data elsewhere: its fingerprints say it is the same
     data.rename(moved)
     capsys.readouterr()
     assert train_recipe(parse_recipe({**safe, "data_root": str(moved)}), run, resume=True)["stages"]["s"]["steps"] == 2
-    assert f'data_root: "{data}" -> "{moved}"' in capsys.readouterr().err
+    assert f"data_root: {shown(str(data))} -> {shown(str(moved))}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("resume", [True, False])
