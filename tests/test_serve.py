@@ -331,6 +331,26 @@ def test_a_remote_image_trickled_byte_by_byte_runs_out_of_time(monkeypatch, slow
     assert refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
 
 
+def test_a_host_name_lookup_that_hangs_runs_out_of_time(monkeypatch):
+    """No socket timeout bounds the name lookup (the system resolver retries as it likes): the deadline holds there
+    too. This lookup blocks until the test has its answer, and then fails (nothing here may reach a resolver)."""
+    monkeypatch.setattr(remote, "FETCH_SECONDS", 0.5)
+    released = threading.Event()
+
+    def hanging_lookup(host, *args, **kwargs):
+        released.wait()
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    url = "http://images.example/image.png"
+    try:
+        with pytest.raises(ApiError) as refused:
+            image_bytes(url, ServeConfig("m", allow_remote_images=True))
+    finally:
+        released.set()
+    assert refused.value.message == f"could not fetch image {url}: not downloaded within 0.5 s"
+
+
 def test_a_tls_handshake_trickled_byte_by_byte_runs_out_of_time(monkeypatch):
     """An https download's TLS handshake is bounded as a whole too (by the socket timeout: CPython's handshake keeps
     one deadline): this server answers the ClientHello with a record header announcing 16 kB, then sends them a byte
