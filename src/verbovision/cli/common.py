@@ -127,7 +127,7 @@ def _add_model_options(group) -> None:
     add_dtype_option(group)
     group.add_argument("--quantize", default="none", metavar="{none,int8-dynamic,8bit,4bit}",
                        help="int8-dynamic: int8 linear layers on the CPU (half the memory); 8bit / 4bit: bitsandbytes "
-                            "on a CUDA GPU (pip install bitsandbytes)")
+                            "(pip install bitsandbytes) on a CUDA GPU, 4bit on the CPU too")
     group.add_argument("--template", choices=TEMPLATES,
                        help="how prompts are laid out (default: what the model was trained with, its verbovision.json; "
                             "else its chat template; else the family's own prompt format): chat, plain (images, "

@@ -206,8 +206,8 @@ class ModelBlock:
     runs under autocast in the weights' dtype (stage `bf16` then changes nothing). A stage saves its model in this
     dtype (config.json's `dtype` records it); adapters stay float32."""
     quantize: str = "none"
-    """QLoRA: load each stage's base in 4bit or 8bit (bitsandbytes, CUDA); LoRA trains on top and merges go onto
-    the full-precision base."""
+    """QLoRA: load each stage's base in 4bit or 8bit (bitsandbytes: CUDA; 4bit on the CPU too); LoRA trains on top
+    and merges go onto the full-precision base."""
     attn_implementation: str = "auto"
     """The attention kernels each stage's model loads with: `auto` takes FlashAttention-2 on CUDA in float16 /
     bfloat16 where the flash_attn package is installed and the model supports it, else PyTorch's fused `sdpa` where

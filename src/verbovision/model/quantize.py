@@ -1,11 +1,13 @@
-"""Quantized loading for inference: int8 dynamic quantization on CPU, bitsandbytes 8-bit/4-bit on CUDA.
+"""Quantized loading: int8 dynamic quantization on CPU, bitsandbytes 8-bit/4-bit on CUDA GPUs and CPUs.
 
 - `int8-dynamic` needs nothing beyond torch: after a normal float32 load, every `nn.Linear` is swapped for one that
   stores int8 weights and quantizes its input on the fly. It is for inference on CPU only; the result cannot be
   trained, merged or saved as a transformers checkpoint, so the model is marked (`verbovision_quantized`) and code
   that writes weights must refuse it.
-- `8bit` / `4bit` are bitsandbytes quantization applied by `from_pretrained`; they need a CUDA GPU and the
-  `bitsandbytes` package, which stays an optional install (it has no CPU kernels worth using here)."""
+- `8bit` / `4bit` are bitsandbytes quantization applied by `from_pretrained` (QLoRA trains on them); they need the
+  `bitsandbytes` package, an optional install, and a CUDA GPU; 4-bit also runs on the CPU (every release
+  transformers accepts has CPU kernels for it; they save memory rather than time there: int8-dynamic is the fast CPU
+  inference)."""
 
 from __future__ import annotations
 
@@ -30,21 +32,28 @@ The output head (lm_head) IS quantized: with it float or int8 the 1,200 captions
 measurably hurt here, and with a large vocabulary it is the biggest matmul of every decoding step."""
 
 
-def quantization_config(mode: str) -> dict:
-    """Extra `from_pretrained` kwargs for `mode`: empty for "none" and "int8-dynamic" (applied after loading).
+BITSANDBYTES_CPU = (0, 49)
+"""The first bitsandbytes release whose CPU 4-bit quantization does not crash the process (0.46 to 0.48 segfaulted in
+their native blockwise quantization, loading the tests' tiny models)."""
+
+
+def quantization_config(mode: str, device: torch.device | None = None) -> dict:
+    """Extra `from_pretrained` kwargs for `mode` on `device` (default: the current CUDA GPU, else the CPU): empty for
+    "none" and "int8-dynamic" (applied after loading).
 
     "4bit" is the QLoRA setting (NF4, double quantization, bfloat16 compute); "8bit" is LLM.int8(). Both are
-    bitsandbytes kernels, which need a CUDA GPU: on any other machine this raises VerboError pointing at
-    int8-dynamic, rather than letting transformers fail later with a less direct message.
+    bitsandbytes kernels: where they cannot run on `device` this raises VerboError saying what to install or use,
+    rather than letting transformers fail later with a less direct message.
     """
     if mode not in QUANTIZATION:
         raise ConfigError(f"quantization {mode!r} unknown; choose one of {', '.join(QUANTIZATION)}")
     if mode in ("none", "int8-dynamic"):
         return {}
-    if not torch.cuda.is_available() or not _bitsandbytes_importable():
-        missing = "no CUDA GPU" if not torch.cuda.is_available() else "bitsandbytes is not installed"
-        raise VerboError(f"4-bit/8-bit loading needs a CUDA GPU and bitsandbytes; on CPU use int8-dynamic "
-                         f"({missing}; on a CUDA machine: pip install bitsandbytes)")
+    if device is None:
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    problem = _bitsandbytes_problem(mode, device)
+    if problem:
+        raise VerboError(f"{mode} quantization (bitsandbytes) cannot run here: {problem}")
     from transformers import BitsAndBytesConfig
 
     if mode == "4bit":
@@ -55,15 +64,27 @@ def quantization_config(mode: str) -> dict:
         config = BitsAndBytesConfig(load_in_8bit=True)
         dtype = torch.float16  # LLM.int8() computes its outlier columns in float16
     # bitsandbytes places weights while loading; a quantized model cannot be moved with `.to()` afterwards.
-    return {"quantization_config": config, "dtype": dtype, "device_map": {"": torch.cuda.current_device()}}
+    return {"quantization_config": config, "dtype": dtype, "device_map": {"": str(device)}}
 
 
-def _bitsandbytes_importable() -> bool:
+def _bitsandbytes_problem(mode: str, device: torch.device) -> str | None:
+    """Why bitsandbytes cannot quantize a model in `mode` on `device`, or None where it can."""
+    if device.type not in ("cuda", "cpu"):
+        return f"it has no kernels for {device.type}; use --device cuda or cpu"
+    if mode == "8bit" and device.type == "cpu":
+        # Its CPU int8 matmul takes inputs of up to 3 dimensions: a pixel-shuffle connector's 4 fail in inference.
+        return "its 8-bit layers run on CUDA GPUs only; on the CPU use 4bit, or int8-dynamic for inference"
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except Exception:  # noqa: BLE001 - a broken CUDA setup raises more than ImportError
-        return False
-    return True
+        int8 = "; on CPU, int8-dynamic needs nothing more" if device.type == "cpu" else ""
+        return f"bitsandbytes is not installed (pip install bitsandbytes){int8}"
+    release = tuple(int(part) for part in bitsandbytes.__version__.split(".")[:2])
+    if device.type == "cpu" and release < BITSANDBYTES_CPU:
+        wanted = ".".join(map(str, BITSANDBYTES_CPU))
+        return f"bitsandbytes {bitsandbytes.__version__} crashes quantizing on the CPU: pip install -U " \
+               f"'bitsandbytes>={wanted}'"
+    return None
 
 
 def quantize_dynamic_int8(model: torch.nn.Module, keep_float: tuple[str, ...] = KEEP_FLOAT) -> torch.nn.Module:

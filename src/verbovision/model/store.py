@@ -140,7 +140,7 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     `dtype`: a `--dtype` name or a torch dtype, None meaning auto (`resolve_dtype` on the device it loads on). An
     adapter's weights load in float32 whatever the base's (PEFT's autocast_adapter_dtype).
 
-    `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA); int8-dynamic quantizes on the CPU
+    `quantize` (see quantize.py): 4bit / 8bit load through bitsandbytes (CUDA or CPU); int8-dynamic quantizes on the CPU
     after loading, an adapter being merged first (int8 layers take no adapter). `attention`: the attention
     implementation, or `auto` to choose one for the model (attention.py).
     """
@@ -148,11 +148,11 @@ def load_model(path: str | Path, device: torch.device | str | None = None, dtype
     from .attention import attention_for
     from .quantize import quantization_config, quantize_dynamic_int8
 
-    extra = quantization_config(quantize)  # fails before anything loads when the mode cannot work here
-    path_str = run_final(path)
-    check_model_location(path_str)
     in_memory = quantize == "int8-dynamic"
     device = usable_device(device or ("cpu" if in_memory else default_device()))
+    extra = quantization_config(quantize, device)  # fails before anything loads when the mode cannot work here
+    path_str = run_final(path)
+    check_model_location(path_str)
     dtype = resolve_dtype(dtype, device)
     if is_adapter(path_str):
         from peft import PeftModel
@@ -359,10 +359,14 @@ def explained_import_error(error: ImportError, path: str = "the model", part: st
     torchvision for any image processor in transformers 5.17 (later releases fall back to PIL), or a package its class
     needs (SmolVLM's num2words, FastVLM's timm vision tower), which transformers names with `pip install <package>`."""
     if "Torchvision library" not in str(error):
-        package = re.search(r"pip install ([A-Za-z0-9_.\-]+)", str(error))
+        # `pip install timm`, or with flags and a version: `pip install -U bitsandbytes>=0.46.1`
+        package = re.search(r"pip install (?:-\S+ +)*([A-Za-z0-9_.\-]+)((?:[<>=!~]=?[0-9][\w.]*)?)", str(error))
         if package is None:
             return error
-        name = package.group(1).rstrip(".")
+        name, version = package.group(1).rstrip("."), package.group(2).rstrip(".")
+        if version:
+            return VerboError(f"{path}: its {part} needs {name}{version}, which is not installed (or older): "
+                              f"pip install -U '{name}{version}'")
         return VerboError(f"{path}: its {part} needs the {name} package, which is not installed: pip install {name}")
     import transformers
 

@@ -60,7 +60,7 @@ class ServeConfig:
     """What the weights load in: auto (bfloat16 on a CUDA GPU that supports it, else float32), float32, bfloat16,
     float16."""
     quantize: str = "none"
-    """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes, CUDA)."""
+    """none, int8-dynamic (CPU), 8bit or 4bit (bitsandbytes: CUDA, 4bit on the CPU too)."""
     compiled: bool = False
     """Static KV cache + torch.compile'd decoding steps in bucketed shapes (`infer.compiled`), all compiled at start;
     requests are then batched dynamically."""
