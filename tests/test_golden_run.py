@@ -1,7 +1,7 @@
 """The golden run: a three-stage run on the CPU in float32 — full fine-tuning, LoRA with its merge, SCST — of a tiny
 model built from scratch, seed 0, as a user runs it (`verbo train`, `verbo caption`, `verbo eval`, each its own
 process). Every number it logs (loss, grad_norm, lr, val_loss, rewards...), the final model's captions of eight
-images and its eval values are committed in tests/golden/three_stage_run.json and compared within 1e-6.
+images and its eval values are committed in tests/golden/three_stage_run.json and compared within 1e-6 (relative).
 
 A change meant to keep behaviour (a refactor, a speed-up on another device) keeps them. A change meant to alter them
 rewrites the file (`VERBO_WRITE_GOLDEN=1 pytest tests/test_golden_run.py`) and says why in its commit."""
@@ -24,6 +24,9 @@ from .helpers import kill_at_step
 
 GOLDEN = Path(__file__).parent / "golden" / "three_stage_run.json"
 TOLERANCE = 1e-6
+"""Relative to the number's size (absolute below 1): float32 keeps about 7 significant digits, and the same packages
+on another x86 CPU (other vector units, other kernels) move the last of them: a perplexity of 180.14277 became
+180.14271, a grad_norm of 4.8446698 became 4.8446684."""
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 DATA = {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}
@@ -93,7 +96,7 @@ def golden_run(shapes_data, tmp_path_factory) -> dict:
 
 
 def differences(expected, actual, where: str = "") -> list[str]:
-    """Where two JSON values differ: numbers by more than TOLERANCE, anything else at all."""
+    """Where two JSON values differ: numbers by more than TOLERANCE (relative), anything else at all."""
     if isinstance(expected, dict) and isinstance(actual, dict):
         if expected.keys() != actual.keys():
             return [f"{where}: keys {sorted(expected)} != {sorted(actual)}"]
@@ -104,7 +107,8 @@ def differences(expected, actual, where: str = "") -> list[str]:
         return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]")]
     numbers = (int, float)
     if isinstance(expected, numbers) and isinstance(actual, numbers) and not isinstance(expected, bool):
-        return [] if abs(expected - actual) <= TOLERANCE else [f"{where}: {expected} != {actual}"]
+        close = abs(expected - actual) <= TOLERANCE * max(1.0, abs(expected))
+        return [] if close else [f"{where}: {expected} != {actual}"]
     return [] if expected == actual else [f"{where}: {expected!r} != {actual!r}"]
 
 
@@ -142,6 +146,9 @@ def test_differences_finds_a_change_beyond_the_tolerance():
         ".logged[0].loss: 1.0 != 1.000003"]
     assert differences(run, {"logged": [{"loss": 1.0}], "captions": ["a red square"]}) == [
         ".captions[0]: 'a red circle' != 'a red square'"]
+    big = {"perplexity": 180.0}
+    assert differences(big, {"perplexity": 180.0 + 100 * TOLERANCE}) == []  # within its 7 float32 digits
+    assert differences(big, {"perplexity": 180.0 + 300 * TOLERANCE}) == [".perplexity: 180.0 != 180.0003"]
 
 
 def source_at(commit: str, into: Path) -> Path:
