@@ -8,8 +8,10 @@ __version__ = "0.1.0"
 __all__ = ["infer", "load"]
 
 # bitsandbytes (imported by PEFT's LoRA wherever it is installed) tries to fetch a CPU kernel from the hub at import
-# and warns on every run that it could not, asking to install `kernels`; its own CPU code runs instead.
+# and warns on every run that it could not, asking to install `kernels` (offline, `kernels` warns that it skipped
+# the kernel's trust check); its own CPU code runs instead.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 
 def load(model: str, device: str | None = None, dtype: str | None = None, quantize: str = "none"):
