@@ -292,6 +292,17 @@ def test_score_errors_name_the_file(tmp_path):
     assert main(["score", str(bad), "--metrics", "nope"]) == 2
 
 
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_an_empty_metrics_list_is_refused(tmp_path, capsys, command):
+    """--metrics "" (an empty shell variable) once printed only the record count and exited 0: no score at all."""
+    predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})
+    argv = ["score", str(predictions)] if command == "score" else \
+        ["eval", str(tmp_path / "no-model"), "--data", str(predictions), "--out", str(tmp_path / "eval")]
+    assert main([*argv, "--metrics", " , "]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verbo: error: --metrics ' , ': no metric named; choose from bleu,") and err.count("\n") == 1
+
+
 def test_results_json_shape(tmp_path):
     path = Path(tmp_path / "x.json")
     path.write_text(json.dumps([{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}]))

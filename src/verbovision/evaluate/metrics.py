@@ -56,6 +56,8 @@ class EvalResult:
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     names = tuple(x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip())
+    if not names:  # nothing to compute: the report would hold no score at all
+        raise DataError(f"--metrics {text!r}: no metric named; choose from {', '.join(ALL_METRICS)}")
     unknown = [n for n in names if n not in ALL_METRICS]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(ALL_METRICS)}")
