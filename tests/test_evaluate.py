@@ -105,6 +105,19 @@ def test_an_unreadable_image_fails_eval_before_the_model_loads(shapes_data, tmp_
     assert error.endswith("; fix or drop it (verbo data clean drops unreadable images)\n")
 
 
+def test_records_that_share_an_id_fail_eval_before_the_model_loads(shapes_data, tmp_path, capsys):
+    """Scores are kept by id: two records with one id were scored as one (the last reply) while both were written
+    and counted in `records`."""
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": "q", "image": str(image), "question": question, "answer": answer}) + "\n"
+                            for question, answer in [("How many?", "2"), ("What colour?", "red")]))
+    assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {data}: 1 record id(s) belong to more than one record, e.g. "
+                                       "'q' (2 records); scores are kept by id, so give each record its own (verbo "
+                                       "data check lists them)\n")
+
+
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")
 def test_score_reproduces_the_official_coco_demo(capsys):
     code = main(["score", str(COCO / "captions_val2014_fakecap_results.json"), "--refs",

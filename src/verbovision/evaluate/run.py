@@ -5,6 +5,7 @@ references, and how many replies hit the token limit."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
+    check_unique_ids(data, records)
     check_images(data, records)
     vlm = backend or VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
@@ -63,6 +65,17 @@ COCO_RESULTS = "captions_results.json"
 def coco_image_id(record_id: str) -> int | str:
     """The COCO image id a record id was made from (`read_coco`: str(image_id)); COCO's own ids are integers."""
     return int(record_id) if record_id.isdigit() else record_id
+
+
+def check_unique_ids(data: str | Path, records) -> None:
+    """Scores are kept by record id: records sharing one would be scored as one (the last reply), while every row
+    is written and counted, and `verbo score` refuses such a predictions file. Refused before the model loads."""
+    counts = Counter(record.id for record in records)
+    shared = [(key, n) for key, n in counts.items() if n > 1]
+    if shared:
+        key, n = shared[0]
+        raise DataError(f"{data}: {len(shared)} record id(s) belong to more than one record, e.g. {key!r} ({n} "
+                        "records); scores are kept by id, so give each record its own (verbo data check lists them)")
 
 
 def check_images(data: str | Path, records) -> None:
