@@ -118,6 +118,16 @@ def test_records_that_share_an_id_fail_eval_before_the_model_loads(shapes_data, 
                                        "data check lists them)\n")
 
 
+def test_vqa_accuracy_on_single_answer_data_fails_eval_before_the_model_loads(shapes_data, capsys, tmp_path):
+    """The references tell before any reply is generated that VQA accuracy cannot credit one answer; the check once
+    came after generating every reply, which it then threw away."""
+    data = shapes_data / "val/vqa_en.json"
+    assert main(["eval", "no/such-model", "--data", str(data), "--metrics", "exact_match,vqa",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"verbo: error: {data}: vqa: item 'shapes-") and "has 1 reference answer(s)" in err
+
+
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")
 def test_score_reproduces_the_official_coco_demo(capsys):
     code = main(["score", str(COCO / "captions_val2014_fakecap_results.json"), "--refs",

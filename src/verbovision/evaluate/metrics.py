@@ -70,6 +70,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
 
     `types` (type name -> id -> type, e.g. VQAv2's answer_type and question_type) break the answer metrics down.
     """
+    check_references(references, names)
     result = EvalResult({})
     per_item = result.per_item
     captions = [n for n in names if n in CAPTION_METRICS]
@@ -81,8 +82,6 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
             per_item[metric] = {k: v[metric] for k, v in scores.per_image.items()}
     for name in names:
         if name in ANSWER_METRICS:
-            if name in HUMAN_ANSWER_METRICS:
-                _check_human_answers(references, name)
             answers = score_vqa(predictions, references, kind=ANSWER_METRICS[name], types=types)
             result.values[name], per_item[name] = answers.mean, answers.per_item
             result.details.update(_answer_details(name, answers))
@@ -94,6 +93,14 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
         # get no interval rather than one that need not contain the reported value.
         result.intervals = {k: bootstrap_ci(v) for k, v in per_item.items() if v and is_item_mean(v, result.values[k])}
     return result
+
+
+def check_references(references: Mapping, names: Sequence[str]) -> None:
+    """A DataError where the references cannot give the metrics `names` a meaningful score; `verbo eval` asks before
+    it generates, so that no replies are generated for nothing."""
+    for name in names:
+        if name in HUMAN_ANSWER_METRICS:
+            _check_human_answers(references, name)
 
 
 def _check_human_answers(references: Mapping, name: str) -> None:

@@ -14,7 +14,7 @@ from ..data.sources import read_records
 from ..errors import DataError
 from ..files import write_json
 from ..infer.options import BATCH_SIZE
-from .metrics import DEFAULT_METRICS, EvalResult, score
+from .metrics import DEFAULT_METRICS, EvalResult, check_references, score
 from .report import write_eval_folder
 
 
@@ -35,6 +35,10 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
     check_unique_ids(data, records)
+    try:
+        check_references({r.id: r.references for r in records}, metrics)
+    except DataError as e:
+        raise DataError(f"{data}: {e}") from None
     check_images(data, records)
     vlm = backend or VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
