@@ -291,6 +291,28 @@ def test_score_input_errors_are_one_line(vqa_files, tmp_path, capsys, prediction
     assert str(path) in err or str(refs_path) in err  # the file at fault is named
 
 
+def test_scores_that_are_low_for_a_reason_the_values_do_not_show_come_with_a_note(tmp_path, capsys):
+    """Chinese captions scored BLEU 3e-16 and CIDEr 0 with no word said: the official tokenizer splits words at
+    spaces only, so each caption is one word. Likewise predictions that are all empty scored 0 unremarked."""
+    rows = [("一只狗在草地上跑", ["一只狗在草地上奔跑", "狗在草地上跑"]), ("一只猫坐在桌子上", ["猫坐在桌子上"]),
+            ("", ["a red circle"])]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
+                                   for i, (p, r) in enumerate(rows)), encoding="utf-8")
+    assert main(["score", str(predictions), "--metrics", "bleu,cider", "--out", str(tmp_path / "out")]) == 0
+    notes = ["1 of 3 predictions are empty (e.g. id 2)",
+             "5 of 7 predictions and references write words without spaces between them (Chinese, Japanese, "
+             "Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, as the official scorers do, so a run "
+             "of such text counts as one word and only whole runs match; put spaces between the words (or "
+             "characters) of both sides before scoring"]
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"note: {note}" for note in notes]
+    assert json.loads((tmp_path / "out/report.json").read_text())["notes"] == notes
+    assert f"- note: {notes[1]}" in (tmp_path / "out/report.md").read_text()
+    # exact_match compares whole answers: spaces do not matter to it
+    assert main(["score", str(predictions), "--metrics", "exact_match"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"note: {notes[0]}"
+
+
 def test_score_reads_files_that_start_with_a_byte_order_mark(tmp_path, capsys):
     predictions = tmp_path / "predictions.jsonl"  # as Windows editors save UTF-8
     predictions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "prediction": "a cat",

@@ -4,6 +4,7 @@ computes them with bootstrap confidence intervals over items."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ import numpy as np
 from ..errors import DataError
 from .captions import CAPTION_METRICS, score_captions
 from .error_rates import cer, wer
+from .inputs import as_list
 from .vqa import VqaScores, score_vqa
 
 if TYPE_CHECKING:  # infer loads transformers
@@ -47,6 +49,8 @@ class EvalResult:
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
     """Metric -> item id -> that item's score, for the metrics whose corpus value is a per-item mean or sum (what
     intervals and paired comparisons resample)."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader of the values must know to trust them (empty predictions, words the metrics cannot split)."""
 
     def summary(self) -> dict:
         truncated = {} if self.truncation is None else {"truncated replies": self.truncation.truncated}
@@ -71,7 +75,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     `types` (type name -> id -> type, e.g. VQAv2's answer_type and question_type) break the answer metrics down.
     """
     check_references(references, names)
-    result = EvalResult({})
+    result = EvalResult({}, notes=input_notes(predictions, references, names))
     per_item = result.per_item
     captions = [n for n in names if n in CAPTION_METRICS]
     if captions:
@@ -101,6 +105,32 @@ def check_references(references: Mapping, names: Sequence[str]) -> None:
     for name in names:
         if name in HUMAN_ANSWER_METRICS:
             _check_human_answers(references, name)
+
+
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs.
+_UNSPACED_WORDS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                             "\uf900-\ufaff]{2}")
+# Metrics that split text into words at whitespace (through pycocoevalcap's tokenizer for the caption metrics).
+_WORD_METRICS = ("bleu", "rouge_l", "cider", "wer")
+
+
+def input_notes(predictions: Mapping, references: Mapping, names: Sequence[str]) -> list[str]:
+    """Notes on inputs whose scores are low for a reason the values do not show: empty predictions, and, for the
+    metrics that count words, text without spaces between its words, which the official tokenizer (and so this
+    one) takes as one long word per run, so that a partial match scores 0."""
+    notes = []
+    empty = [key for key, text in predictions.items() if not text.strip()]
+    if empty:
+        notes.append(f"{len(empty)} of {len(predictions)} predictions are empty (e.g. id {empty[0]!r})")
+    if any(name in _WORD_METRICS for name in names):
+        texts = [*predictions.values(), *(t for refs in references.values() for t in as_list(refs))]
+        unspaced = sum(_UNSPACED_WORDS.search(text) is not None for text in texts)
+        if unspaced:
+            notes.append(f"{unspaced} of {len(texts)} predictions and references write words without spaces between "
+                         "them (Chinese, Japanese, Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, "
+                         "as the official scorers do, so a run of such text counts as one word and only whole runs "
+                         "match; put spaces between the words (or characters) of both sides before scoring")
+    return notes
 
 
 def _check_human_answers(references: Mapping, name: str) -> None:
