@@ -313,6 +313,14 @@ def test_scores_that_are_low_for_a_reason_the_values_do_not_show_come_with_a_not
     assert capsys.readouterr().out.splitlines()[-1] == f"note: {notes[0]}"
 
 
+def test_cider_of_one_item_comes_with_a_note(tmp_path, capsys):
+    """pycocoevalcap's CIDEr-D of a single image is 0 even for a prediction equal to its reference: say so."""
+    predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})
+    assert main(["score", str(predictions), "--metrics", "cider"]) == 0
+    printed = capsys.readouterr().out
+    assert "CIDEr: 0.0" in printed and printed.splitlines()[-1].startswith("note: CIDEr-D of one item is 0 whatever")
+
+
 def test_score_reads_files_that_start_with_a_byte_order_mark(tmp_path, capsys):
     predictions = tmp_path / "predictions.jsonl"  # as Windows editors save UTF-8
     predictions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "prediction": "a cat",

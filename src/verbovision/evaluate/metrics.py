@@ -122,6 +122,9 @@ def input_notes(predictions: Mapping, references: Mapping, names: Sequence[str])
     empty = [key for key, text in predictions.items() if not text.strip()]
     if empty:
         notes.append(f"{len(empty)} of {len(predictions)} predictions are empty (e.g. id {empty[0]!r})")
+    if "cider" in names and len(references) == 1:
+        notes.append("CIDEr-D of one item is 0 whatever it says, as in pycocoevalcap: its n-gram weights come from the "
+                     "scored items' references, and an n-gram in every item's references (here: in one) weighs 0")
     if any(name in _WORD_METRICS for name in names):
         texts = [*predictions.values(), *(t for refs in references.values() for t in as_list(refs))]
         unspaced = sum(_UNSPACED_WORDS.search(text) is not None for text in texts)
