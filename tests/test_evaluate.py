@@ -222,6 +222,31 @@ def test_score_textvqa_data_with_llava_answers(tmp_path, capsys):
     assert printed["textvqa"].split()[0] == "0.8" and printed["vqa"].split()[0] == "0.3"
 
 
+def test_score_llavas_textvqa_answers_which_name_the_image(tmp_path, capsys):
+    """LLaVA's TextVQA answers carry the image id as question_id (eval_textvqa.py matches them by image and the
+    question in the prompt); they were refused as "question_id 'a2' has no answers"."""
+    refs = _write(tmp_path / "TextVQA_0.5.1_val.json", {"data": [
+        {"question_id": 10, "question": "What brand?", "image_id": "a1", "answers": ["Nokia"] * 10},
+        {"question_id": 11, "question": "What drink?", "image_id": "a2", "answers": ["coca cola"] * 2 + ["coke"] * 8},
+        {"question_id": 12, "question": "what year?", "image_id": "a2", "answers": ["1999"] * 10}]})
+    instruction = "\nAnswer the question using a single word or phrase."
+    rows = [("a2", "what drink?\nReference OCR token: coca, cola" + instruction, "COCA COLA."),
+            ("a1", "Reference OCR token: nokia\nWhat brand?" + instruction, "nokia"),
+            ("a2", "What year?" + instruction, "1999")]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": q, "prompt": p, "text": t, "answer_id": "x", "model_id": "m",
+                                           "metadata": {}}) + "\n" for q, p, t in rows))
+    assert main(["score", str(answers), "--refs", str(refs), "--metrics", "textvqa", "--out", str(tmp_path / "o")]) == 0
+    assert _printed(capsys)["textvqa"].split()[0] == repr((0.6 + 1.0 + 1.0) / 3)
+    scored = [json.loads(line) for line in (tmp_path / "o/predictions.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["prediction"]) for row in scored] == [(10, "nokia"), (11, "COCA COLA."), (12, "1999")]
+    answers.write_text(json.dumps({"question_id": "a2", "prompt": "What month?" + instruction, "text": "may"}))
+    assert main(["score", str(answers), "--refs", str(refs), "--metrics", "textvqa"]) == 2
+    assert capsys.readouterr().err.endswith("question_id 'a2' has no answers in " + str(refs) + " (it names an image, "
+                                            "as LLaVA's TextVQA answers do, but its prompt's question 'what month?' is "
+                                            "none of that image's)\n")
+
+
 def test_score_llava_answers_with_answer_records(tmp_path, capsys):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("\n".join(json.dumps({"question_id": i, "text": t}) for i, t in enumerate(["Two", "yes."])))

@@ -4,6 +4,7 @@ annotations, TextVQA data or records with answers), or on COCO caption results (
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +168,9 @@ class _AnswerKey:
     answers: dict
     """question_id -> the human answers, in the references file's order."""
     types: dict[str, dict] = field(default_factory=dict)
+    by_image_question: dict = field(default_factory=dict)
+    """TextVQA: (image_id, lowercased question) -> question_id, how LLaVA's eval_textvqa.py finds the question of an
+    answer: LLaVA's TextVQA answers name the image in their question_id."""
 
 
 def _answer_references(data, refs: Path) -> _AnswerKey:
@@ -231,7 +235,23 @@ def _textvqa(data, refs: Path) -> _AnswerKey:
             raise DataError(f"{where}: expected 'answers' (the human answers, as strings), found {found} "
                             "(TextVQA's test split has none)")
         _add(key.answers, qid, _strings(answers, where), where)
+        if isinstance(row.get("image_id"), str) and isinstance(row.get("question"), str):
+            key.by_image_question[(row["image_id"], row["question"].lower())] = qid  # the last one, as LLaVA's dict
     return key
+
+
+def _llava_textvqa_question(prompt) -> str | None:
+    """The lowercased question in the prompt of one of LLaVA's TextVQA answers, found as eval_textvqa.py's
+    prompt_processor finds it (None where that asserts)."""
+    if not isinstance(prompt, str):
+        return None
+    lines = prompt.split("\n")
+    if prompt.startswith("OCR tokens: "):
+        match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
+        return match.group(1).lower() if match else None
+    if "Reference OCR token: " in prompt and len(lines) == 3:
+        return (lines[1] if prompt.startswith("Reference OCR token:") else lines[0]).lower()
+    return lines[0].lower() if len(lines) == 2 else None
 
 
 def _answer_records(data: list, refs: Path) -> _AnswerKey:
@@ -264,11 +284,13 @@ def _answers(rows: list[dict], text_key: str, key: _AnswerKey, path: Path, refs:
     for i, row in enumerate(rows, 1):
         where = f"{path}: record {i}"
         qid = _question_id(row, where)
+        if qid not in key.answers and key.by_image_question:  # LLaVA's TextVQA answers: image id and prompt
+            qid = key.by_image_question.get((qid, _llava_textvqa_question(row.get("prompt"))), qid)
         text = _field(row, text_key, str, where, "a string")
         if qid in predictions:
             raise DataError(f"{where}: question_id {qid!r} has more than one answer")
         if qid not in key.answers:
-            hint = _id_type_hint(qid, key.answers)
+            hint = _id_type_hint(qid, key.answers) or _image_question_hint(qid, row.get("prompt"), key)
             raise DataError(f"{where}: question_id {qid!r} has no answers in {refs}{hint}")
         predictions[qid] = text
     # vqaEval.py takes the questions in the annotation file's order; a results file may cover a subset of them.
@@ -280,6 +302,16 @@ def _answers(rows: list[dict], text_key: str, key: _AnswerKey, path: Path, refs:
 def _id_type_hint(qid, known: dict) -> str:
     other = str(qid) if isinstance(qid, int) else int(qid) if qid.isascii() and qid.isdigit() else None
     return f" (it has {other!r}: ids must have the same JSON type)" if other is not None and other in known else ""
+
+
+def _image_question_hint(qid, prompt, key: _AnswerKey) -> str:
+    """Why an answer that names an image, as LLaVA's TextVQA answers do, found no question of that image."""
+    if not any(image == qid for image, _ in key.by_image_question):
+        return ""
+    question = _llava_textvqa_question(prompt)
+    found = (f"its prompt's question {question!r} is none of that image's" if question is not None else
+             "its prompt holds no question where eval_textvqa.py looks for one")
+    return f" (it names an image, as LLaVA's TextVQA answers do, but {found})"
 
 
 def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
