@@ -338,6 +338,22 @@ def test_scores_that_are_low_for_a_reason_the_values_do_not_show_come_with_a_not
     assert capsys.readouterr().out.splitlines()[-1] == f"note: {notes[0]}"
 
 
+def test_rescoring_an_evaluation_into_its_folder_keeps_its_predictions(tmp_path, capsys):
+    """`verbo score eval/x/predictions.jsonl --metrics ... --out eval/x` rewrote predictions.jsonl with id, prediction
+    and references only: the image, prompt and finish_reason verbo eval wrote were lost."""
+    rows = [{"id": "a", "image": "/data/a.png", "prompt": "<image>\nWhat is it?", "prediction": "a cat",
+             "finish_reason": "length", "references": ["a cat"]},
+            {"id": "b", "image": "/data/b.png", "prompt": "<image>\nWhat is it?", "prediction": "a dog",
+             "finish_reason": "stop", "references": ["a dog", "the dog"]}]
+    predictions = tmp_path / "eval/predictions.jsonl"
+    predictions.parent.mkdir()
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    predictions.write_text(text)
+    assert main(["score", str(predictions), "--metrics", "exact_match", "--out", str(tmp_path / "eval")]) == 0
+    assert predictions.read_text() == text
+    assert f"a cat {CUT_MARK}" in (tmp_path / "eval/report.md").read_text()
+
+
 def test_cider_of_one_item_comes_with_a_note(tmp_path, capsys):
     """pycocoevalcap's CIDEr-D of a single image is 0 even for a prediction equal to its reference: say so."""
     predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})

@@ -33,6 +33,8 @@ class ScoreInputs:
     references: dict
     types: dict[str, dict] = field(default_factory=dict)
     """Type name ("answer_type", "question_type") -> id -> type, where the references give them."""
+    rows: dict = field(default_factory=dict)
+    """id -> the record as our predictions file has it (image, prompt, finish_reason... kept when written again)."""
 
 
 def _read_json_or_jsonl(path: Path) -> list | dict:
@@ -110,7 +112,7 @@ def _prediction_format(first: dict, path: Path) -> str:
 
 
 def _ours(rows: list[dict], path: Path) -> ScoreInputs:
-    predictions, references = {}, {}
+    predictions, references, by_id = {}, {}, {}
     for i, row in enumerate(rows, 1):
         where = f"{path}: record {i}"
         key = _field(row, "id", (int, str), where, "an integer or a string")
@@ -118,7 +120,8 @@ def _ours(rows: list[dict], path: Path) -> ScoreInputs:
             raise DataError(f"{where}: id {key!r} appears twice")
         predictions[key] = _field(row, "prediction", str, where, "a string")
         references[key] = _strings(_field(row, "references", list, where, "a list of strings"), where)
-    return ScoreInputs(predictions, references)
+        by_id[key] = row
+    return ScoreInputs(predictions, references, rows=by_id)
 
 
 def _strings(values: list, where: str) -> list[str]:
@@ -322,7 +325,7 @@ def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
         result = score(inputs.predictions, inputs.references, names, types=inputs.types)
     except DataError as e:  # the references do not suit a metric
         raise DataError(f"{refs or path}: {e}") from None
-    result.predictions = [{"id": k, "prediction": inputs.predictions[k], "references": v}
+    result.predictions = [inputs.rows.get(k) or {"id": k, "prediction": inputs.predictions[k], "references": v}
                           for k, v in inputs.references.items()]
     if out:
         write_eval_folder(Path(out), result, {"predictions": str(path), "references": str(refs or path)})
