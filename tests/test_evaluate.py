@@ -118,6 +118,17 @@ def test_records_that_share_an_id_fail_eval_before_the_model_loads(shapes_data, 
                                        "data check lists them)\n")
 
 
+def test_a_karpathy_file_of_several_splits_fails_eval_before_the_model_loads(tmp_path, capsys):
+    """dataset_coco.json holds train, restval, val and test images: --data scored them all, training images too."""
+    images = [{"filename": f"{split}.jpg", "cocoid": i, "split": split, "sentences": [{"raw": "a red circle"}]}
+              for i, split in enumerate(["test", "train", "test", "restval"])]
+    data = _write(tmp_path / "dataset_coco.json", {"images": images, "dataset": "coco"})
+    assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval, "
+                                       "and --data scores every record, training images too; score its test split "
+                                       f"with --benchmark coco-karpathy (or flickr30k) --data-dir {tmp_path}\n")
+
+
 def test_vqa_accuracy_on_single_answer_data_fails_eval_before_the_model_loads(shapes_data, capsys, tmp_path):
     """The references tell before any reply is generated that VQA accuracy cannot credit one answer; the check once
     came after generating every reply, which it then threw away."""
