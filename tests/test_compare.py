@@ -114,6 +114,28 @@ def test_score_compares_prediction_files(tmp_path, capsys):
     assert (d["ours"], d["theirs"], d["difference"]) == (1.0, 0.125, 0.875) and d["significant"]
 
 
+def test_coco_results_compare_with_an_evaluation_folder_of_the_same_images(tmp_path, capsys):
+    """`verbo score results.json --refs annotations.json --compare eval/x` failed with "our predictions carry their
+    references; drop --refs" (the --refs are PREDICTIONS'), and verbo eval's ids, strings ("7"), were other items
+    than COCO's numbers (7)."""
+    captions = {7: ["a red circle", "one red circle"], 8: ["two blue squares"], 9: ["a green star"]}
+    annotations = tmp_path / "captions_val.json"
+    annotations.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg"} for i in captions],
+                                       "annotations": [{"image_id": i, "id": 10 * i + k, "caption": c}
+                                                       for i, caps in captions.items() for k, c in enumerate(caps)]}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": i, "caption": caps[0]} for i, caps in captions.items()]))
+    evaluation = tmp_path / "eval"  # as verbo eval writes it for COCO annotations: ids as strings
+    evaluation.mkdir()
+    write_jsonl(evaluation / "predictions.jsonl", [{"id": str(i), "image": f"{i}.jpg", "prediction": "a shape",
+                                                   "references": caps} for i, caps in captions.items()])
+    assert main(["score", str(results), "--refs", str(annotations), "--metrics", "exact_match", "--compare",
+                 str(evaluation), "--out", str(tmp_path / "out")]) == 0
+    d = _comparison(tmp_path / "out")["metrics"]["exact_match"]
+    assert (d["ours"], d["theirs"], d["difference"]) == (1.0, 0.0, 1.0)
+    assert f"comparison with {evaluation} on 3 items" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("other", "message"), [
     ({"q0": "red", "q1": "blue", "q9": "x"}, "not the same items as this evaluation: 6 only here"),
     ("folder", "no predictions.jsonl in this folder"),

@@ -133,11 +133,23 @@ def compare_with(result: EvalResult, other: str | Path, metrics: Sequence[str],
         if not path.is_file():
             raise DataError(f"{other}: no predictions.jsonl in this folder; pass an evaluation folder of verbo eval "
                             "or a predictions file")
-    theirs = load_predictions(path, refs)
+    theirs = load_predictions(path, refs, refs_optional=True)  # an evaluation's predictions.jsonl has its own
     references = {row["id"]: row["references"] for row in result.predictions}
-    check_same_items(references, theirs.references, path)
-    rescored = score({k: theirs.predictions[k] for k in references}, references, metrics, ci=False)
+    their_predictions = same_keys(references, theirs.predictions)
+    check_same_items(references, same_keys(references, theirs.references), path)
+    rescored = score({k: their_predictions[k] for k in references}, references, metrics, ci=False)
     return compare(result, rescored, str(other))
+
+
+def same_keys(ours: Mapping, theirs: Mapping) -> Mapping:
+    """`theirs` keyed by our ids where the two name the same items with ids of another JSON type: verbo eval keeps
+    a COCO image id as a string ("42"), COCO's results and annotations as a number (42)."""
+    if ours.keys() == theirs.keys():
+        return theirs
+    ours_by_text = {str(k): k for k in ours}
+    if len(ours_by_text) != len(ours) or {str(k) for k in theirs} != ours_by_text.keys() or len(theirs) != len(ours):
+        return theirs  # not the same items, or ids that only their types tell apart: check_same_items says so
+    return {ours_by_text[str(k)]: v for k, v in theirs.items()}
 
 
 def check_same_items(ours: Mapping, theirs: Mapping, path: Path) -> None:

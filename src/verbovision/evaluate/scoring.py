@@ -81,13 +81,15 @@ def _question_id(row: dict, where: str):
     return _field(row, "question_id", (int, str), where, "an integer or a string")
 
 
-def load_predictions(path: str | Path, refs: str | Path | None = None) -> ScoreInputs:
-    """Predictions and their references from one of PREDICTION_FORMATS (+ one of REFERENCE_FORMATS)."""
+def load_predictions(path: str | Path, refs: str | Path | None = None, refs_optional: bool = False) -> ScoreInputs:
+    """Predictions and their references from one of PREDICTION_FORMATS (+ one of REFERENCE_FORMATS). `refs` given
+    for our predictions, which carry their own, is an error unless `refs_optional` (a --compare file, where the
+    --refs are PREDICTIONS')."""
     path = Path(path)
     rows = _objects(_read_json_or_jsonl(path), path, "a list of predictions")
     kind = _prediction_format(rows[0], path)
     if kind == "ours":
-        if refs is not None:
+        if refs is not None and not refs_optional:
             raise DataError(f"{path}: our predictions carry their references; drop --refs")
         return _ours(rows, path)
     if refs is None:
