@@ -331,13 +331,13 @@ def test_scores_that_are_low_for_a_reason_the_values_do_not_show_come_with_a_not
     """Chinese captions scored BLEU 3e-16 and CIDEr 0 with no word said: the official tokenizer splits words at
     spaces only, so each caption is one word. Likewise predictions that are all empty scored 0 unremarked."""
     rows = [("一只狗在草地上跑", ["一只狗在草地上奔跑", "狗在草地上跑"]), ("一只猫坐在桌子上", ["猫坐在桌子上"]),
-            ("", ["a red circle"])]
+            ("", ["a red circle"]), ("两个 人 在 海边", ["两个 人 在 海滩 上 散步"])]  # split into words: no note
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text("".join(json.dumps({"id": i, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
                                    for i, (p, r) in enumerate(rows)), encoding="utf-8")
     assert main(["score", str(predictions), "--metrics", "bleu,cider", "--out", str(tmp_path / "out")]) == 0
-    notes = ["1 of 3 predictions are empty (e.g. id 2)",
-             "5 of 7 predictions and references write words without spaces between them (Chinese, Japanese, "
+    notes = ["1 of 4 predictions are empty (e.g. id 2)",
+             "5 of 9 predictions and references write words without spaces between them (Chinese, Japanese, "
              "Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, as the official scorers do, so a run "
              "of such text counts as one word and only whole runs match; put spaces between the words (or "
              "characters) of both sides before scoring"]

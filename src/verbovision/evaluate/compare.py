@@ -6,12 +6,12 @@ an item for both models), so what the two models share (hard items, easy items) 
 
 Why a bootstrap rather than a paired permutation test: it gives the interval of the difference as well as a p-value,
 and the p-value is read off the same resampled differences as the interval, so the two agree (p < 0.05 when the
-95% interval leaves out 0) but where few items differ (below). The p-value is two-sided, twice the share of resampled differences on
-the far side of 0 from the observed one (ties at 0 counted on both sides), with the +1 of a Monte Carlo p-value so
-that it is never 0. It is never below 2 / 2^m either, m the number of items whose scores differ: the chance that m
-differences all take one sign when neither model is better (a sign-flip test's smallest p-value). Resampling cannot
-see a variation the items do not show: one differing item would otherwise give p = 0.0002. So with fewer than 6
-differing items no difference is significant, though the interval may leave out 0.
+95% interval leaves out 0) but where few items differ (below). The p-value is two-sided, twice the share of
+resampled differences on the far side of 0 from the observed one (ties at 0 counted on both sides), with the +1 of a
+Monte Carlo p-value so that it is never 0. It is never below 2 / 2^m either, m the number of items whose scores
+differ: the chance that m differences all take one sign when neither model is better (a sign-flip test's smallest
+p-value). Resampling cannot see a variation the items do not show: one differing item would otherwise give
+p = 0.0002. So with fewer than 6 differing items no difference is significant, though the interval may leave out 0.
 
 Only metrics whose corpus value is the mean of per-item scores are tested (CIDEr-D, ROUGE-L, SPICE, the answer
 accuracies); corpus BLEU (from n-gram counts summed over items), METEOR (the Java scorer's

@@ -107,9 +107,12 @@ def check_references(references: Mapping, names: Sequence[str]) -> None:
             _check_human_answers(references, name)
 
 
-# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs.
-_UNSPACED_WORDS = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                             "\uf900-\ufaff]{2}")
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs. A text
+# with two such characters in a row is unsegmented unless it has a space between two of them somewhere (text split
+# into words, as jieba or MeCab split it, keeps words of several characters).
+_UNSPACED_LETTER = "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+_UNSPACED_RUN = re.compile(_UNSPACED_LETTER * 2)
+_SPACED_LETTERS = re.compile(f"{_UNSPACED_LETTER}\\s+{_UNSPACED_LETTER}")
 # Metrics that split text into words at whitespace (through pycocoevalcap's tokenizer for the caption metrics).
 _WORD_METRICS = ("bleu", "rouge_l", "cider", "wer")
 
@@ -127,7 +130,8 @@ def input_notes(predictions: Mapping, references: Mapping, names: Sequence[str])
                      "scored items' references, and an n-gram in every item's references (here: in one) weighs 0")
     if any(name in _WORD_METRICS for name in names):
         texts = [*predictions.values(), *(t for refs in references.values() for t in as_list(refs))]
-        unspaced = sum(_UNSPACED_WORDS.search(text) is not None for text in texts)
+        unspaced = sum(_UNSPACED_RUN.search(text) is not None and _SPACED_LETTERS.search(text) is None
+                       for text in texts)
         if unspaced:
             notes.append(f"{unspaced} of {len(texts)} predictions and references write words without spaces between "
                          "them (Chinese, Japanese, Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, "

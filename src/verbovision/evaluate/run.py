@@ -81,9 +81,9 @@ def check_one_split(data: Path) -> None:
     would quietly include the training images."""
     splits = karpathy_splits(data)
     if len(splits) > 1:
-        raise DataError(f"{data}: Karpathy's file holds the splits {', '.join(splits)}, and --data scores every record, "
-                        "training images too; score its test split with --benchmark coco-karpathy (or flickr30k) "
-                        f"--data-dir {data.parent}")
+        raise DataError(f"{data}: Karpathy's file holds the splits {', '.join(splits)}, and --data scores every "
+                        "record, training images too; score its test split with --benchmark coco-karpathy (or "
+                        f"flickr30k) --data-dir {data.parent}")
 
 
 def check_unique_ids(data: str | Path, records) -> None:
