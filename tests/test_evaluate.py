@@ -214,6 +214,10 @@ def test_score_a_subset_of_the_annotations(vqa_files, capsys):
                  "vqa"]) == 0
     printed = _printed(capsys)
     assert printed["records"] == "1" and printed["vqa"].split()[0] == "0.9" and printed["vqa (vqaEval.py %)"] == "90.0"
+    # the questions left out are said, not only counted (vqaEval.py's loadRes refuses such a results file)
+    total = len(json.loads(vqa_files["annotations"].read_text())["annotations"])
+    assert printed["note"] == (f"{total - 1} of the {total} items of {vqa_files['annotations']} have no prediction: "
+                               "they are not scored ('records' counts the scored ones)")
 
 
 def test_score_textvqa_data_with_llava_answers(tmp_path, capsys):

@@ -35,6 +35,8 @@ class ScoreInputs:
     """Type name ("answer_type", "question_type") -> id -> type, where the references give them."""
     rows: dict = field(default_factory=dict)
     """id -> the record as our predictions file has it (image, prompt, finish_reason... kept when written again)."""
+    unscored: int = 0
+    """Items of the references file without a prediction (a results file may cover part of it)."""
 
 
 def _read_json_or_jsonl(path: Path) -> list | dict:
@@ -152,7 +154,8 @@ def _coco(results: list[dict], annotations, path: Path, refs: Path) -> ScoreInpu
             raise DataError(f"{where}: image_id {image_id!r} has more than one caption; COCO scores one")
         captions[image_id] = caption
     order = _coco_order(annotations, captions, refs)
-    return ScoreInputs({k: captions[k] for k in order}, {k: references[k] for k in order})
+    return ScoreInputs({k: captions[k] for k in order}, {k: references[k] for k in order},
+                       unscored=len(references) - len(order))
 
 
 def _coco_order(annotations: dict, captions: dict, refs: Path) -> list:
@@ -301,7 +304,8 @@ def _answers(rows: list[dict], text_key: str, key: _AnswerKey, path: Path, refs:
     # vqaEval.py takes the questions in the annotation file's order; a results file may cover a subset of them.
     order = [qid for qid in key.answers if qid in predictions]
     return ScoreInputs(predictions, {qid: key.answers[qid] for qid in order},
-                       {name: {qid: types[qid] for qid in order} for name, types in key.types.items()})
+                       {name: {qid: types[qid] for qid in order} for name, types in key.types.items()},
+                       unscored=len(key.answers) - len(order))
 
 
 def _id_type_hint(qid, known: dict) -> str:
@@ -327,6 +331,9 @@ def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
         result = score(inputs.predictions, inputs.references, names, types=inputs.types)
     except DataError as e:  # the references do not suit a metric
         raise DataError(f"{refs or path}: {e}") from None
+    if inputs.unscored:
+        result.notes.append(f"{inputs.unscored} of the {inputs.unscored + len(inputs.references)} items of {refs} "
+                            "have no prediction: they are not scored ('records' counts the scored ones)")
     result.predictions = [inputs.rows.get(k) or {"id": k, "prediction": inputs.predictions[k], "references": v}
                           for k, v in inputs.references.items()]
     if out:
