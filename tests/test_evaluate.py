@@ -366,6 +366,10 @@ def test_rescoring_an_evaluation_into_its_folder_keeps_its_predictions(tmp_path,
     predictions.write_text(text)
     assert main(["score", str(predictions), "--metrics", "exact_match", "--out", str(tmp_path / "eval")]) == 0
     assert predictions.read_text() == text
+    # a reply cut at the token limit is never silent, here neither
+    assert capsys.readouterr().out.splitlines()[-1] == ('note: 1 of the 2 predictions were cut at max_new_tokens '
+                                                        '(finish_reason "length"): generate again with a higher limit '
+                                                        'for whole replies')
     assert f"a cat {CUT_MARK}" in (tmp_path / "eval/report.md").read_text()
 
 

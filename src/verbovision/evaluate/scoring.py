@@ -37,6 +37,8 @@ class ScoreInputs:
     """id -> the record as our predictions file has it (image, prompt, finish_reason... kept when written again)."""
     unscored: int = 0
     """Items of the references file without a prediction (a results file may cover part of it)."""
+    cut: int = 0
+    """Predictions whose finish_reason is "length": cut at max_new_tokens."""
 
 
 def _read_json_or_jsonl(path: Path) -> list | dict:
@@ -89,6 +91,13 @@ def load_predictions(path: str | Path, refs: str | Path | None = None, refs_opti
     --refs are PREDICTIONS')."""
     path = Path(path)
     rows = _objects(_read_json_or_jsonl(path), path, "a list of predictions")
+    inputs = _inputs(rows, path, refs, refs_optional)
+    # verbo eval's and verbo predict's rows say which replies hit max_new_tokens
+    inputs.cut = sum(row.get("finish_reason") == "length" for row in rows)
+    return inputs
+
+
+def _inputs(rows: list[dict], path: Path, refs: str | Path | None, refs_optional: bool) -> ScoreInputs:
     kind = _prediction_format(rows[0], path)
     if kind == "ours":
         if refs is not None and not refs_optional:
@@ -331,6 +340,9 @@ def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
         result = score(inputs.predictions, inputs.references, names, types=inputs.types)
     except DataError as e:  # the references do not suit a metric
         raise DataError(f"{refs or path}: {e}") from None
+    if inputs.cut:
+        result.notes.append(f"{inputs.cut} of the {len(inputs.predictions)} predictions were cut at max_new_tokens "
+                            "(finish_reason \"length\"): generate again with a higher limit for whole replies")
     if inputs.unscored:
         result.notes.append(f"{inputs.unscored} of the {inputs.unscored + len(inputs.references)} items of {refs} "
                             "have no prediction: they are not scored ('records' counts the scored ones)")
