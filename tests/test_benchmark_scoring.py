@@ -14,6 +14,8 @@ from PIL import Image
 
 from verbovision.errors import DataError
 from verbovision.evaluate.benchmarks import chair, gqa, pope, textvqa, vizwiz
+from verbovision.evaluate.benchmarks.base import BenchmarkItem
+from verbovision.evaluate.vqa import score_vqa, textvqa_accuracy
 
 SHORT = "\nAnswer the question using a single word or phrase."
 
@@ -182,6 +184,23 @@ def test_textvqa_scores_m4c_accuracy_and_writes_the_evalai_file(tmp_path):
     assert json.loads(path.read_text()) == [{"question_id": 34602, "answer": "nokia"},
                                             {"question_id": 34603, "answer": "coca cola"},
                                             {"question_id": 34604, "answer": "stop"}]
+
+
+def test_textvqa_sums_the_items_as_m4c_and_verbo_score_do():
+    """The benchmark summed the items with math.fsum, m4c's eval_pred_list (and `verbo score --metrics textvqa`) with
+    sum(), left to right: the last bits of the accuracy differed between the two commands for the same replies."""
+    answers = ["a", "b", "c", "d"]
+    items = [BenchmarkItem(str(i), Path("x.jpg"), "?", tuple(answers[(i * k) % 4] for k in range(1, 11)))
+             for i in range(200)]
+    replies = {item.id: answers[int(item.id) % 3] for item in items}
+    result = textvqa.BENCHMARK.score(items, replies)
+    per_item = [textvqa_accuracy(replies[item.id], item.references) for item in items]
+    total = 0.0
+    for value in per_item:  # sum() before Python 3.12, which the official scripts ran under
+        total += value
+    assert result.values["accuracy"] == total / len(per_item) != math.fsum(per_item) / len(per_item)
+    assert result.values["accuracy"] == score_vqa(replies, {item.id: item.references for item in items},
+                                                  kind="textvqa").mean
 
 
 def test_textvqa_names_the_missing_files(tmp_path):

@@ -31,19 +31,31 @@ def test_right_on_every_item_against_wrong_on_every_item():
     right = score({k: v[0] for k, v in REFERENCES.items()}, REFERENCES, ["exact_match"])
     wrong = score({k: "nothing" for k in REFERENCES}, REFERENCES, ["exact_match"])
     [d] = compare(right, wrong, "wrong").differences
-    # Every per-item difference is 1, so is every resampled mean: none reaches 0, and the p-value is the smallest a
-    # Monte Carlo test of 10,000 resamples gives, two-sided: 2 * (0 + 1) / (10,000 + 1).
+    # Every per-item difference is 1, so is every resampled mean: none reaches 0. The p-value is then the chance that
+    # the 8 differences all take one sign by chance, 2 / 2^8, not the bootstrap's 2 * (0 + 1) / (10,000 + 1).
     assert (d.ours, d.theirs, d.difference, d.interval) == (1.0, 0.0, 1.0, (1.0, 1.0))
-    assert d.p_value == 2 / (RESAMPLES + 1) and d.significant
+    assert d.p_value == 2 / 2 ** 8 and d.significant
     [d] = compare(wrong, right, "right").differences
-    assert (d.difference, d.interval, d.p_value) == (-1.0, (-1.0, -1.0), 2 / (RESAMPLES + 1))
+    assert (d.difference, d.interval, d.p_value) == (-1.0, (-1.0, -1.0), 2 / 2 ** 8)
+
+
+def test_few_differing_items_are_never_significant():
+    """One item right against wrong gave p = 0.0002, 'significant': every resample repeats that one difference."""
+    for n in (1, 5):
+        (low, high), p = paired_bootstrap(np.ones(n))
+        assert (low, high) == (1.0, 1.0) and p == 2 / 2 ** n >= 0.0625
+    _, p = paired_bootstrap(np.ones(1000))
+    assert p == 2 / (RESAMPLES + 1)  # with many items the bootstrap's own p-value holds
 
 
 def test_one_item_of_two_differing_is_no_evidence():
     # Resampling the differences {+1, 0} draws both items the 0 one in a quarter of the resamples (mean 0) and the
-    # +1 one in another quarter (mean 1): the interval spans [0, 1] and the p-value is twice that quarter.
+    # +1 one in another quarter (mean 1): the interval spans [0, 1]. The p-value, twice that quarter, is raised to
+    # that of one differing item: 1.
     (low, high), p = paired_bootstrap(np.array([1.0, 0.0]))
-    assert (low, high) == (0.0, 1.0) and p == pytest.approx(0.5, abs=0.03)
+    assert (low, high) == (0.0, 1.0) and p == 1.0
+    _, p = paired_bootstrap(np.array([1.0, 0.0] * 8))
+    assert p == pytest.approx(0.0, abs=0.01)
 
 
 def test_bleu_is_not_compared_and_says_why():
@@ -100,6 +112,28 @@ def test_score_compares_prediction_files(tmp_path, capsys):
     d = _comparison(tmp_path / "out")["metrics"]["exact_match"]
     # "no" is right on one item of the 8
     assert (d["ours"], d["theirs"], d["difference"]) == (1.0, 0.125, 0.875) and d["significant"]
+
+
+def test_coco_results_compare_with_an_evaluation_folder_of_the_same_images(tmp_path, capsys):
+    """`verbo score results.json --refs annotations.json --compare eval/x` failed with "our predictions carry their
+    references; drop --refs" (the --refs are PREDICTIONS'), and verbo eval's ids, strings ("7"), were other items
+    than COCO's numbers (7)."""
+    captions = {7: ["a red circle", "one red circle"], 8: ["two blue squares"], 9: ["a green star"]}
+    annotations = tmp_path / "captions_val.json"
+    annotations.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg"} for i in captions],
+                                       "annotations": [{"image_id": i, "id": 10 * i + k, "caption": c}
+                                                       for i, caps in captions.items() for k, c in enumerate(caps)]}))
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": i, "caption": caps[0]} for i, caps in captions.items()]))
+    evaluation = tmp_path / "eval"  # as verbo eval writes it for COCO annotations: ids as strings
+    evaluation.mkdir()
+    write_jsonl(evaluation / "predictions.jsonl", [{"id": str(i), "image": f"{i}.jpg", "prediction": "a shape",
+                                                   "references": caps} for i, caps in captions.items()])
+    assert main(["score", str(results), "--refs", str(annotations), "--metrics", "exact_match", "--compare",
+                 str(evaluation), "--out", str(tmp_path / "out")]) == 0
+    d = _comparison(tmp_path / "out")["metrics"]["exact_match"]
+    assert (d["ours"], d["theirs"], d["difference"]) == (1.0, 0.0, 1.0)
+    assert f"comparison with {evaluation} on 3 items" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("other", "message"), [

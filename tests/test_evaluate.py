@@ -105,6 +105,40 @@ def test_an_unreadable_image_fails_eval_before_the_model_loads(shapes_data, tmp_
     assert error.endswith("; fix or drop it (verbo data clean drops unreadable images)\n")
 
 
+def test_records_that_share_an_id_fail_eval_before_the_model_loads(shapes_data, tmp_path, capsys):
+    """Scores are kept by id: two records with one id were scored as one (the last reply) while both were written
+    and counted in `records`."""
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"id": "q", "image": str(image), "question": question, "answer": answer}) + "\n"
+                            for question, answer in [("How many?", "2"), ("What colour?", "red")]))
+    assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {data}: 1 record id(s) belong to more than one record, e.g. "
+                                       "'q' (2 records); scores are kept by id, so give each record its own (verbo "
+                                       "data check lists them)\n")
+
+
+def test_a_karpathy_file_of_several_splits_fails_eval_before_the_model_loads(tmp_path, capsys):
+    """dataset_coco.json holds train, restval, val and test images: --data scored them all, training images too."""
+    images = [{"filename": f"{split}.jpg", "cocoid": i, "split": split, "sentences": [{"raw": "a red circle"}]}
+              for i, split in enumerate(["test", "train", "test", "restval"])]
+    data = _write(tmp_path / "dataset_coco.json", {"images": images, "dataset": "coco"})
+    assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval, "
+                                       "and --data scores every record, training images too; score its test split "
+                                       f"with --benchmark coco-karpathy (or flickr30k) --data-dir {tmp_path}\n")
+
+
+def test_vqa_accuracy_on_single_answer_data_fails_eval_before_the_model_loads(shapes_data, capsys, tmp_path):
+    """The references tell before any reply is generated that VQA accuracy cannot credit one answer; the check once
+    came after generating every reply, which it then threw away."""
+    data = shapes_data / "val/vqa_en.json"
+    assert main(["eval", "no/such-model", "--data", str(data), "--metrics", "exact_match,vqa",
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"verbo: error: {data}: vqa: item 'shapes-") and "has 1 reference answer(s)" in err
+
+
 @pytest.mark.skipif(not COCO.exists(), reason=f"{COCO} not present (the shared reference data is not shipped)")
 def test_score_reproduces_the_official_coco_demo(capsys):
     code = main(["score", str(COCO / "captions_val2014_fakecap_results.json"), "--refs",
@@ -180,6 +214,10 @@ def test_score_a_subset_of_the_annotations(vqa_files, capsys):
                  "vqa"]) == 0
     printed = _printed(capsys)
     assert printed["records"] == "1" and printed["vqa"].split()[0] == "0.9" and printed["vqa (vqaEval.py %)"] == "90.0"
+    # the questions left out are said, not only counted (vqaEval.py's loadRes refuses such a results file)
+    total = len(json.loads(vqa_files["annotations"].read_text())["annotations"])
+    assert printed["note"] == (f"{total - 1} of the {total} items of {vqa_files['annotations']} have no prediction: "
+                               "they are not scored ('records' counts the scored ones)")
 
 
 def test_score_textvqa_data_with_llava_answers(tmp_path, capsys):
@@ -197,6 +235,31 @@ def test_score_textvqa_data_with_llava_answers(tmp_path, capsys):
     # textvqa lowercases first: "nokia" matches all 10: 1.0; "coca cola" 2 of 10: (1/3 + 1/3 + 8 x 2/3) / 10 = 0.6.
     # vqa compares raw strings when the answers agree: "nokia" vs ten "Nokia" is 0.
     assert printed["textvqa"].split()[0] == "0.8" and printed["vqa"].split()[0] == "0.3"
+
+
+def test_score_llavas_textvqa_answers_which_name_the_image(tmp_path, capsys):
+    """LLaVA's TextVQA answers carry the image id as question_id (eval_textvqa.py matches them by image and the
+    question in the prompt); they were refused as "question_id 'a2' has no answers"."""
+    refs = _write(tmp_path / "TextVQA_0.5.1_val.json", {"data": [
+        {"question_id": 10, "question": "What brand?", "image_id": "a1", "answers": ["Nokia"] * 10},
+        {"question_id": 11, "question": "What drink?", "image_id": "a2", "answers": ["coca cola"] * 2 + ["coke"] * 8},
+        {"question_id": 12, "question": "what year?", "image_id": "a2", "answers": ["1999"] * 10}]})
+    instruction = "\nAnswer the question using a single word or phrase."
+    rows = [("a2", "what drink?\nReference OCR token: coca, cola" + instruction, "COCA COLA."),
+            ("a1", "Reference OCR token: nokia\nWhat brand?" + instruction, "nokia"),
+            ("a2", "What year?" + instruction, "1999")]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": q, "prompt": p, "text": t, "answer_id": "x", "model_id": "m",
+                                           "metadata": {}}) + "\n" for q, p, t in rows))
+    assert main(["score", str(answers), "--refs", str(refs), "--metrics", "textvqa", "--out", str(tmp_path / "o")]) == 0
+    assert _printed(capsys)["textvqa"].split()[0] == repr((0.6 + 1.0 + 1.0) / 3)
+    scored = [json.loads(line) for line in (tmp_path / "o/predictions.jsonl").read_text().splitlines()]
+    assert [(row["id"], row["prediction"]) for row in scored] == [(10, "nokia"), (11, "COCA COLA."), (12, "1999")]
+    answers.write_text(json.dumps({"question_id": "a2", "prompt": "What month?" + instruction, "text": "may"}))
+    assert main(["score", str(answers), "--refs", str(refs), "--metrics", "textvqa"]) == 2
+    assert capsys.readouterr().err.endswith("question_id 'a2' has no answers in " + str(refs) + " (it names an image, "
+                                            "as LLaVA's TextVQA answers do, but its prompt's question 'what month?' is "
+                                            "none of that image's)\n")
 
 
 def test_score_llava_answers_with_answer_records(tmp_path, capsys):
@@ -268,6 +331,56 @@ def test_score_input_errors_are_one_line(vqa_files, tmp_path, capsys, prediction
     assert str(path) in err or str(refs_path) in err  # the file at fault is named
 
 
+def test_scores_that_are_low_for_a_reason_the_values_do_not_show_come_with_a_note(tmp_path, capsys):
+    """Chinese captions scored BLEU 3e-16 and CIDEr 0 with no word said: the official tokenizer splits words at
+    spaces only, so each caption is one word. Likewise predictions that are all empty scored 0 unremarked."""
+    rows = [("一只狗在草地上跑", ["一只狗在草地上奔跑", "狗在草地上跑"]), ("一只猫坐在桌子上", ["猫坐在桌子上"]),
+            ("", ["a red circle"]), ("两个 人 在 海边", ["两个 人 在 海滩 上 散步"])]  # split into words: no note
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("".join(json.dumps({"id": i, "prediction": p, "references": r}, ensure_ascii=False) + "\n"
+                                   for i, (p, r) in enumerate(rows)), encoding="utf-8")
+    assert main(["score", str(predictions), "--metrics", "bleu,cider", "--out", str(tmp_path / "out")]) == 0
+    notes = ["1 of 4 predictions are empty (e.g. id 2)",
+             "5 of 9 predictions and references write words without spaces between them (Chinese, Japanese, "
+             "Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, as the official scorers do, so a run "
+             "of such text counts as one word and only whole runs match; put spaces between the words (or "
+             "characters) of both sides before scoring"]
+    assert capsys.readouterr().out.splitlines()[-2:] == [f"note: {note}" for note in notes]
+    assert json.loads((tmp_path / "out/report.json").read_text())["notes"] == notes
+    assert f"- note: {notes[1]}" in (tmp_path / "out/report.md").read_text()
+    # exact_match compares whole answers: spaces do not matter to it
+    assert main(["score", str(predictions), "--metrics", "exact_match"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"note: {notes[0]}"
+
+
+def test_rescoring_an_evaluation_into_its_folder_keeps_its_predictions(tmp_path, capsys):
+    """`verbo score eval/x/predictions.jsonl --metrics ... --out eval/x` rewrote predictions.jsonl with id, prediction
+    and references only: the image, prompt and finish_reason verbo eval wrote were lost."""
+    rows = [{"id": "a", "image": "/data/a.png", "prompt": "<image>\nWhat is it?", "prediction": "a cat",
+             "finish_reason": "length", "references": ["a cat"]},
+            {"id": "b", "image": "/data/b.png", "prompt": "<image>\nWhat is it?", "prediction": "a dog",
+             "finish_reason": "stop", "references": ["a dog", "the dog"]}]
+    predictions = tmp_path / "eval/predictions.jsonl"
+    predictions.parent.mkdir()
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    predictions.write_text(text)
+    assert main(["score", str(predictions), "--metrics", "exact_match", "--out", str(tmp_path / "eval")]) == 0
+    assert predictions.read_text() == text
+    # a reply cut at the token limit is never silent, here neither
+    assert capsys.readouterr().out.splitlines()[-1] == ('note: 1 of the 2 predictions were cut at max_new_tokens '
+                                                        '(finish_reason "length"): generate again with a higher limit '
+                                                        'for whole replies')
+    assert f"a cat {CUT_MARK}" in (tmp_path / "eval/report.md").read_text()
+
+
+def test_cider_of_one_item_comes_with_a_note(tmp_path, capsys):
+    """pycocoevalcap's CIDEr-D of a single image is 0 even for a prediction equal to its reference: say so."""
+    predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})
+    assert main(["score", str(predictions), "--metrics", "cider"]) == 0
+    printed = capsys.readouterr().out
+    assert "CIDEr: 0.0" in printed and printed.splitlines()[-1].startswith("note: CIDEr-D of one item is 0 whatever")
+
+
 def test_score_reads_files_that_start_with_a_byte_order_mark(tmp_path, capsys):
     predictions = tmp_path / "predictions.jsonl"  # as Windows editors save UTF-8
     predictions.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "1", "prediction": "a cat",
@@ -290,6 +403,17 @@ def test_score_errors_name_the_file(tmp_path):
     bad.write_text('{"question_id": 1, "text": "a"}\n')
     assert main(["score", str(bad)]) == 2
     assert main(["score", str(bad), "--metrics", "nope"]) == 2
+
+
+@pytest.mark.parametrize("command", ["score", "eval"])
+def test_an_empty_metrics_list_is_refused(tmp_path, capsys, command):
+    """--metrics "" (an empty shell variable) once printed only the record count and exited 0: no score at all."""
+    predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})
+    argv = ["score", str(predictions)] if command == "score" else \
+        ["eval", str(tmp_path / "no-model"), "--data", str(predictions), "--out", str(tmp_path / "eval")]
+    assert main([*argv, "--metrics", " , "]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verbo: error: --metrics ' , ': no metric named; choose from bleu,") and err.count("\n") == 1
 
 
 def test_results_json_shape(tmp_path):

@@ -237,6 +237,8 @@ def _print_scores(result) -> None:
     width = max(12, *(len(name) for name, _ in rows))
     for name, text in rows:
         print(f"{name:>{width}}: {text}")
+    for note in result.notes:
+        print(f"note: {note}")
 
 
 SCORE = Command(

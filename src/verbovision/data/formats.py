@@ -47,6 +47,15 @@ def _is_karpathy(document) -> bool:
     return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
 
 
+def karpathy_splits(path: Path) -> list[str]:
+    """The splits the images of a Karpathy file (dataset_coco.json...) belong to, in first-seen order; [] for a file
+    that is not one."""
+    document = json_document(path)
+    if not _is_karpathy(document):
+        return []
+    return list(dict.fromkeys(str(image.get("split")) for image in document["images"] if isinstance(image, dict)))
+
+
 def _karpathy(path: Path, document: dict) -> tuple[dict, dict]:
     images, captions = {}, {}
     for index, image in enumerate(document["images"]):

@@ -5,10 +5,13 @@ difference of means (this - other) is tested by a paired bootstrap: the items ar
 an item for both models), so what the two models share (hard items, easy items) cancels out.
 
 Why a bootstrap rather than a paired permutation test: it gives the interval of the difference as well as a p-value,
-and the p-value is read off the same resampled differences as the interval, so the two never disagree: p < 0.05
-exactly when the 95% interval leaves out 0. The p-value is two-sided, twice the share of resampled differences on
-the far side of 0 from the observed one (ties at 0 counted on both sides), with the +1 of a Monte Carlo p-value so
-that it is never 0.
+and the p-value is read off the same resampled differences as the interval, so the two agree (p < 0.05 when the
+95% interval leaves out 0) but where few items differ (below). The p-value is two-sided, twice the share of
+resampled differences on the far side of 0 from the observed one (ties at 0 counted on both sides), with the +1 of a
+Monte Carlo p-value so that it is never 0. It is never below 2 / 2^m either, m the number of items whose scores
+differ: the chance that m differences all take one sign when neither model is better (a sign-flip test's smallest
+p-value). Resampling cannot see a variation the items do not show: one differing item would otherwise give
+p = 0.0002. So with fewer than 6 differing items no difference is significant, though the interval may leave out 0.
 
 Only metrics whose corpus value is the mean of per-item scores are tested (CIDEr-D, ROUGE-L, SPICE, the answer
 accuracies); corpus BLEU (from n-gram counts summed over items), METEOR (the Java scorer's
@@ -130,11 +133,23 @@ def compare_with(result: EvalResult, other: str | Path, metrics: Sequence[str],
         if not path.is_file():
             raise DataError(f"{other}: no predictions.jsonl in this folder; pass an evaluation folder of verbo eval "
                             "or a predictions file")
-    theirs = load_predictions(path, refs)
+    theirs = load_predictions(path, refs, refs_optional=True)  # an evaluation's predictions.jsonl has its own
     references = {row["id"]: row["references"] for row in result.predictions}
-    check_same_items(references, theirs.references, path)
-    rescored = score({k: theirs.predictions[k] for k in references}, references, metrics, ci=False)
+    their_predictions = same_keys(references, theirs.predictions)
+    check_same_items(references, same_keys(references, theirs.references), path)
+    rescored = score({k: their_predictions[k] for k in references}, references, metrics, ci=False)
     return compare(result, rescored, str(other))
+
+
+def same_keys(ours: Mapping, theirs: Mapping) -> Mapping:
+    """`theirs` keyed by our ids where the two name the same items with ids of another JSON type: verbo eval keeps
+    a COCO image id as a string ("42"), COCO's results and annotations as a number (42)."""
+    if ours.keys() == theirs.keys():
+        return theirs
+    ours_by_text = {str(k): k for k in ours}
+    if len(ours_by_text) != len(ours) or {str(k) for k in theirs} != ours_by_text.keys() or len(theirs) != len(ours):
+        return theirs  # not the same items, or ids that only their types tell apart: check_same_items says so
+    return {ours_by_text[str(k)]: v for k, v in theirs.items()}
 
 
 def check_same_items(ours: Mapping, theirs: Mapping, path: Path) -> None:
@@ -196,4 +211,5 @@ def paired_bootstrap(differences: np.ndarray, resamples: int = RESAMPLES, seed: 
         means[start:start + rows] = differences[rng.integers(0, n, size=(rows, n))].mean(axis=1)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     far_side = min(np.count_nonzero(means <= 0), np.count_nonzero(means >= 0))
-    return (float(low), float(high)), min(1.0, 2 * (int(far_side) + 1) / (resamples + 1))
+    floor = 2.0 ** (1 - int(np.count_nonzero(differences)))  # all differing items of one sign, by chance
+    return (float(low), float(high)), min(1.0, max(floor, 2 * (int(far_side) + 1) / (resamples + 1)))

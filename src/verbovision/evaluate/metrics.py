@@ -4,6 +4,7 @@ computes them with bootstrap confidence intervals over items."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ import numpy as np
 from ..errors import DataError
 from .captions import CAPTION_METRICS, score_captions
 from .error_rates import cer, wer
+from .inputs import as_list
 from .vqa import VqaScores, score_vqa
 
 if TYPE_CHECKING:  # infer loads transformers
@@ -47,6 +49,8 @@ class EvalResult:
     per_item: dict[str, dict[str, float]] = field(default_factory=dict)
     """Metric -> item id -> that item's score, for the metrics whose corpus value is a per-item mean or sum (what
     intervals and paired comparisons resample)."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader of the values must know to trust them (empty predictions, words the metrics cannot split)."""
 
     def summary(self) -> dict:
         truncated = {} if self.truncation is None else {"truncated replies": self.truncation.truncated}
@@ -56,6 +60,8 @@ class EvalResult:
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     names = tuple(x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip())
+    if not names:  # nothing to compute: the report would hold no score at all
+        raise DataError(f"--metrics {text!r}: no metric named; choose from {', '.join(ALL_METRICS)}")
     unknown = [n for n in names if n not in ALL_METRICS]
     if unknown:
         raise DataError(f"unknown metric(s) {unknown}; choose from {', '.join(ALL_METRICS)}")
@@ -68,7 +74,8 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
 
     `types` (type name -> id -> type, e.g. VQAv2's answer_type and question_type) break the answer metrics down.
     """
-    result = EvalResult({})
+    check_references(references, names)
+    result = EvalResult({}, notes=input_notes(predictions, references, names))
     per_item = result.per_item
     captions = [n for n in names if n in CAPTION_METRICS]
     if captions:
@@ -79,8 +86,6 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
             per_item[metric] = {k: v[metric] for k, v in scores.per_image.items()}
     for name in names:
         if name in ANSWER_METRICS:
-            if name in HUMAN_ANSWER_METRICS:
-                _check_human_answers(references, name)
             answers = score_vqa(predictions, references, kind=ANSWER_METRICS[name], types=types)
             result.values[name], per_item[name] = answers.mean, answers.per_item
             result.details.update(_answer_details(name, answers))
@@ -92,6 +97,47 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
         # get no interval rather than one that need not contain the reported value.
         result.intervals = {k: bootstrap_ci(v) for k, v in per_item.items() if v and is_item_mean(v, result.values[k])}
     return result
+
+
+def check_references(references: Mapping, names: Sequence[str]) -> None:
+    """A DataError where the references cannot give the metrics `names` a meaningful score; `verbo eval` asks before
+    it generates, so that no replies are generated for nothing."""
+    for name in names:
+        if name in HUMAN_ANSWER_METRICS:
+            _check_human_answers(references, name)
+
+
+# Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs. A text
+# with two such characters in a row is unsegmented unless it has a space between two of them somewhere (text split
+# into words, as jieba or MeCab split it, keeps words of several characters).
+_UNSPACED_LETTER = "[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]"
+_UNSPACED_RUN = re.compile(_UNSPACED_LETTER * 2)
+_SPACED_LETTERS = re.compile(f"{_UNSPACED_LETTER}\\s+{_UNSPACED_LETTER}")
+# Metrics that split text into words at whitespace (through pycocoevalcap's tokenizer for the caption metrics).
+_WORD_METRICS = ("bleu", "rouge_l", "cider", "wer")
+
+
+def input_notes(predictions: Mapping, references: Mapping, names: Sequence[str]) -> list[str]:
+    """Notes on inputs whose scores are low for a reason the values do not show: empty predictions, and, for the
+    metrics that count words, text without spaces between its words, which the official tokenizer (and so this
+    one) takes as one long word per run, so that a partial match scores 0."""
+    notes = []
+    empty = [key for key, text in predictions.items() if not text.strip()]
+    if empty:
+        notes.append(f"{len(empty)} of {len(predictions)} predictions are empty (e.g. id {empty[0]!r})")
+    if "cider" in names and len(references) == 1:
+        notes.append("CIDEr-D of one item is 0 whatever it says, as in pycocoevalcap: its n-gram weights come from the "
+                     "scored items' references, and an n-gram in every item's references (here: in one) weighs 0")
+    if any(name in _WORD_METRICS for name in names):
+        texts = [*predictions.values(), *(t for refs in references.values() for t in as_list(refs))]
+        unspaced = sum(_UNSPACED_RUN.search(text) is not None and _SPACED_LETTERS.search(text) is None
+                       for text in texts)
+        if unspaced:
+            notes.append(f"{unspaced} of {len(texts)} predictions and references write words without spaces between "
+                         "them (Chinese, Japanese, Thai...): BLEU, ROUGE-L, CIDEr-D and WER split words at spaces, "
+                         "as the official scorers do, so a run of such text counts as one word and only whole runs "
+                         "match; put spaces between the words (or characters) of both sides before scoring")
+    return notes
 
 
 def _check_human_answers(references: Mapping, name: str) -> None:

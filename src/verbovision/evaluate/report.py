@@ -19,7 +19,7 @@ def write_eval_folder(out: Path, result: EvalResult, about: dict) -> None:
     truncation = {} if result.truncation is None else {"truncation": asdict(result.truncation)}
     write_json(out / "report.json", {**about, "metrics": result.values, "ci95": result.intervals,
                                      "records": len(result.predictions), **truncation, "skipped": result.skipped,
-                                     "details": result.details})
+                                     "details": result.details, "notes": result.notes})
     plot_metrics(result, out / "metrics.png")
     write_atomic(out / "report.md", markdown(result, about))
 
@@ -51,6 +51,7 @@ def markdown(result: EvalResult, about: dict) -> str:
         lines.append(f"| {table_cell(name)} | {float(value)!r} | {interval} |")
     lines += [f"| {table_cell(name)} | {float(value)!r} | - |" for name, value in result.details.items()]
     lines += [f"- {k} skipped: {v}" for k, v in result.skipped.items()]
+    lines += [f"- note: {note}" for note in result.notes]
     if result.truncation is not None:
         lines += ["", f"{result.truncation}: their finish_reason is \"length\" in predictions.jsonl, and they end "
                       f"with {CUT_MARK} below"]

@@ -5,15 +5,17 @@ references, and how many replies hit the token limit."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.formats import karpathy_splits
 from ..data.readers import detect_format
 from ..data.sources import read_records
 from ..errors import DataError
 from ..files import write_json
 from ..infer.options import BATCH_SIZE
-from .metrics import DEFAULT_METRICS, EvalResult, score
+from .metrics import DEFAULT_METRICS, EvalResult, check_references, score
 from .report import write_eval_folder
 
 
@@ -30,9 +32,18 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
 
     out = Path(out)
     options = options or DecodeOptions()
+    is_coco = data_format == "coco" or (data_format is None and Path(data).is_file() and
+                                        detect_format(Path(data)) == "coco")
+    if is_coco:
+        check_one_split(Path(data))
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
+    check_unique_ids(data, records)
+    try:
+        check_references({r.id: r.references for r in records}, metrics)
+    except DataError as e:
+        raise DataError(f"{data}: {e}") from None
     check_images(data, records)
     vlm = backend or VLM(model, device=device, quantize=quantize, compiled=compiled, template=template, dtype=dtype)
     generations = vlm.generate_details(records, options, batch_size)
@@ -49,7 +60,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
         loss = reference_loss(vlm, records, batch_size)
         result.values.update({"val_loss": loss, "perplexity": math.exp(min(loss, 50))})
     write_eval_folder(out, result, {"model": str(model), "data": str(data)})
-    if data_format == "coco" or (data_format is None and Path(data).is_file() and detect_format(Path(data)) == "coco"):
+    if is_coco:
         write_json(out / COCO_RESULTS, [{"image_id": coco_image_id(row["id"]), "caption": row["prediction"]}
                                         for row in rows])
     return result
@@ -63,6 +74,27 @@ COCO_RESULTS = "captions_results.json"
 def coco_image_id(record_id: str) -> int | str:
     """The COCO image id a record id was made from (`read_coco`: str(image_id)); COCO's own ids are integers."""
     return int(record_id) if record_id.isdigit() else record_id
+
+
+def check_one_split(data: Path) -> None:
+    """Karpathy's files hold every split of their images, and --data scores every record: the test split's score
+    would quietly include the training images."""
+    splits = karpathy_splits(data)
+    if len(splits) > 1:
+        raise DataError(f"{data}: Karpathy's file holds the splits {', '.join(splits)}, and --data scores every "
+                        "record, training images too; score its test split with --benchmark coco-karpathy (or "
+                        f"flickr30k) --data-dir {data.parent}")
+
+
+def check_unique_ids(data: str | Path, records) -> None:
+    """Scores are kept by record id: records sharing one would be scored as one (the last reply), while every row
+    is written and counted, and `verbo score` refuses such a predictions file. Refused before the model loads."""
+    counts = Counter(record.id for record in records)
+    shared = [(key, n) for key, n in counts.items() if n > 1]
+    if shared:
+        key, n = shared[0]
+        raise DataError(f"{data}: {len(shared)} record id(s) belong to more than one record, e.g. {key!r} ({n} "
+                        "records); scores are kept by id, so give each record its own (verbo data check lists them)")
 
 
 def check_images(data: str | Path, records) -> None:

@@ -4,6 +4,7 @@ annotations, TextVQA data or records with answers), or on COCO caption results (
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,12 @@ class ScoreInputs:
     references: dict
     types: dict[str, dict] = field(default_factory=dict)
     """Type name ("answer_type", "question_type") -> id -> type, where the references give them."""
+    rows: dict = field(default_factory=dict)
+    """id -> the record as our predictions file has it (image, prompt, finish_reason... kept when written again)."""
+    unscored: int = 0
+    """Items of the references file without a prediction (a results file may cover part of it)."""
+    cut: int = 0
+    """Predictions whose finish_reason is "length": cut at max_new_tokens."""
 
 
 def _read_json_or_jsonl(path: Path) -> list | dict:
@@ -78,13 +85,22 @@ def _question_id(row: dict, where: str):
     return _field(row, "question_id", (int, str), where, "an integer or a string")
 
 
-def load_predictions(path: str | Path, refs: str | Path | None = None) -> ScoreInputs:
-    """Predictions and their references from one of PREDICTION_FORMATS (+ one of REFERENCE_FORMATS)."""
+def load_predictions(path: str | Path, refs: str | Path | None = None, refs_optional: bool = False) -> ScoreInputs:
+    """Predictions and their references from one of PREDICTION_FORMATS (+ one of REFERENCE_FORMATS). `refs` given
+    for our predictions, which carry their own, is an error unless `refs_optional` (a --compare file, where the
+    --refs are PREDICTIONS')."""
     path = Path(path)
     rows = _objects(_read_json_or_jsonl(path), path, "a list of predictions")
+    inputs = _inputs(rows, path, refs, refs_optional)
+    # verbo eval's and verbo predict's rows say which replies hit max_new_tokens
+    inputs.cut = sum(row.get("finish_reason") == "length" for row in rows)
+    return inputs
+
+
+def _inputs(rows: list[dict], path: Path, refs: str | Path | None, refs_optional: bool) -> ScoreInputs:
     kind = _prediction_format(rows[0], path)
     if kind == "ours":
-        if refs is not None:
+        if refs is not None and not refs_optional:
             raise DataError(f"{path}: our predictions carry their references; drop --refs")
         return _ours(rows, path)
     if refs is None:
@@ -109,7 +125,7 @@ def _prediction_format(first: dict, path: Path) -> str:
 
 
 def _ours(rows: list[dict], path: Path) -> ScoreInputs:
-    predictions, references = {}, {}
+    predictions, references, by_id = {}, {}, {}
     for i, row in enumerate(rows, 1):
         where = f"{path}: record {i}"
         key = _field(row, "id", (int, str), where, "an integer or a string")
@@ -117,7 +133,8 @@ def _ours(rows: list[dict], path: Path) -> ScoreInputs:
             raise DataError(f"{where}: id {key!r} appears twice")
         predictions[key] = _field(row, "prediction", str, where, "a string")
         references[key] = _strings(_field(row, "references", list, where, "a list of strings"), where)
-    return ScoreInputs(predictions, references)
+        by_id[key] = row
+    return ScoreInputs(predictions, references, rows=by_id)
 
 
 def _strings(values: list, where: str) -> list[str]:
@@ -146,7 +163,8 @@ def _coco(results: list[dict], annotations, path: Path, refs: Path) -> ScoreInpu
             raise DataError(f"{where}: image_id {image_id!r} has more than one caption; COCO scores one")
         captions[image_id] = caption
     order = _coco_order(annotations, captions, refs)
-    return ScoreInputs({k: captions[k] for k in order}, {k: references[k] for k in order})
+    return ScoreInputs({k: captions[k] for k in order}, {k: references[k] for k in order},
+                       unscored=len(references) - len(order))
 
 
 def _coco_order(annotations: dict, captions: dict, refs: Path) -> list:
@@ -167,6 +185,9 @@ class _AnswerKey:
     answers: dict
     """question_id -> the human answers, in the references file's order."""
     types: dict[str, dict] = field(default_factory=dict)
+    by_image_question: dict = field(default_factory=dict)
+    """TextVQA: (image_id, lowercased question) -> question_id, how LLaVA's eval_textvqa.py finds the question of an
+    answer: LLaVA's TextVQA answers name the image in their question_id."""
 
 
 def _answer_references(data, refs: Path) -> _AnswerKey:
@@ -231,7 +252,23 @@ def _textvqa(data, refs: Path) -> _AnswerKey:
             raise DataError(f"{where}: expected 'answers' (the human answers, as strings), found {found} "
                             "(TextVQA's test split has none)")
         _add(key.answers, qid, _strings(answers, where), where)
+        if isinstance(row.get("image_id"), str) and isinstance(row.get("question"), str):
+            key.by_image_question[(row["image_id"], row["question"].lower())] = qid  # the last one, as LLaVA's dict
     return key
+
+
+def _llava_textvqa_question(prompt) -> str | None:
+    """The lowercased question in the prompt of one of LLaVA's TextVQA answers, found as eval_textvqa.py's
+    prompt_processor finds it (None where that asserts)."""
+    if not isinstance(prompt, str):
+        return None
+    lines = prompt.split("\n")
+    if prompt.startswith("OCR tokens: "):
+        match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
+        return match.group(1).lower() if match else None
+    if "Reference OCR token: " in prompt and len(lines) == 3:
+        return (lines[1] if prompt.startswith("Reference OCR token:") else lines[0]).lower()
+    return lines[0].lower() if len(lines) == 2 else None
 
 
 def _answer_records(data: list, refs: Path) -> _AnswerKey:
@@ -264,22 +301,35 @@ def _answers(rows: list[dict], text_key: str, key: _AnswerKey, path: Path, refs:
     for i, row in enumerate(rows, 1):
         where = f"{path}: record {i}"
         qid = _question_id(row, where)
+        if qid not in key.answers and key.by_image_question:  # LLaVA's TextVQA answers: image id and prompt
+            qid = key.by_image_question.get((qid, _llava_textvqa_question(row.get("prompt"))), qid)
         text = _field(row, text_key, str, where, "a string")
         if qid in predictions:
             raise DataError(f"{where}: question_id {qid!r} has more than one answer")
         if qid not in key.answers:
-            hint = _id_type_hint(qid, key.answers)
+            hint = _id_type_hint(qid, key.answers) or _image_question_hint(qid, row.get("prompt"), key)
             raise DataError(f"{where}: question_id {qid!r} has no answers in {refs}{hint}")
         predictions[qid] = text
     # vqaEval.py takes the questions in the annotation file's order; a results file may cover a subset of them.
     order = [qid for qid in key.answers if qid in predictions]
     return ScoreInputs(predictions, {qid: key.answers[qid] for qid in order},
-                       {name: {qid: types[qid] for qid in order} for name, types in key.types.items()})
+                       {name: {qid: types[qid] for qid in order} for name, types in key.types.items()},
+                       unscored=len(key.answers) - len(order))
 
 
 def _id_type_hint(qid, known: dict) -> str:
     other = str(qid) if isinstance(qid, int) else int(qid) if qid.isascii() and qid.isdigit() else None
     return f" (it has {other!r}: ids must have the same JSON type)" if other is not None and other in known else ""
+
+
+def _image_question_hint(qid, prompt, key: _AnswerKey) -> str:
+    """Why an answer that names an image, as LLaVA's TextVQA answers do, found no question of that image."""
+    if not any(image == qid for image, _ in key.by_image_question):
+        return ""
+    question = _llava_textvqa_question(prompt)
+    found = (f"its prompt's question {question!r} is none of that image's" if question is not None else
+             "its prompt holds no question where eval_textvqa.py looks for one")
+    return f" (it names an image, as LLaVA's TextVQA answers do, but {found})"
 
 
 def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
@@ -290,7 +340,13 @@ def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
         result = score(inputs.predictions, inputs.references, names, types=inputs.types)
     except DataError as e:  # the references do not suit a metric
         raise DataError(f"{refs or path}: {e}") from None
-    result.predictions = [{"id": k, "prediction": inputs.predictions[k], "references": v}
+    if inputs.cut:
+        result.notes.append(f"{inputs.cut} of the {len(inputs.predictions)} predictions were cut at max_new_tokens "
+                            "(finish_reason \"length\"): generate again with a higher limit for whole replies")
+    if inputs.unscored:
+        result.notes.append(f"{inputs.unscored} of the {inputs.unscored + len(inputs.references)} items of {refs} "
+                            "have no prediction: they are not scored ('records' counts the scored ones)")
+    result.predictions = [inputs.rows.get(k) or {"id": k, "prediction": inputs.predictions[k], "references": v}
                           for k, v in inputs.references.items()]
     if out:
         write_eval_folder(Path(out), result, {"predictions": str(path), "references": str(refs or path)})

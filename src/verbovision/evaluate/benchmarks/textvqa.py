@@ -27,12 +27,12 @@ from pathlib import Path
 
 from ...errors import DataError
 from ...files import write_json
-from ..metrics import EvalResult
-from ..vqa import normalize_textvqa_answer, textvqa_accuracy
+from ..metrics import EvalResult, bootstrap_ci
+from ..vqa import normalize_textvqa_answer, score_vqa
 from .base import Benchmark, BenchmarkItem, HubDataset, HubTable
 from .hub import rows_saving_images
 from .official import entries, entry, official_json
-from .replies import jsonl_rows, mean_with_interval, replies_of, write_rows
+from .replies import jsonl_rows, replies_of, write_rows
 
 ANNOTATIONS = "TextVQA_0.5.1_val.json"
 LLAVA_PROMPTS = "llava_textvqa_val_v051_ocr.jsonl"
@@ -87,9 +87,11 @@ HUB = HubDataset("lmms-lab-encoder/textvqa", {"val": "validation"},
 
 def score(items: Sequence[BenchmarkItem], replies: Mapping[str, str]) -> EvalResult:
     answers = replies_of("textvqa", items, replies)
-    per_item = {item.id: textvqa_accuracy(reply, item.references) for item, reply in zip(items, answers)}
-    accuracy, interval = mean_with_interval(per_item)
-    return EvalResult({"accuracy": accuracy}, intervals={"accuracy": interval}, per_item={"accuracy": per_item})
+    # score_vqa sums the items as m4c's sum() does (left to right), the float `verbo score --metrics textvqa` gives
+    scores = score_vqa({item.id: reply for item, reply in zip(items, answers)},
+                       {item.id: item.references for item in items}, kind="textvqa")
+    return EvalResult({"accuracy": scores.mean}, intervals={"accuracy": bootstrap_ci(scores.per_item)},
+                      per_item={"accuracy": scores.per_item})
 
 
 def write_submission(items: Sequence[BenchmarkItem], replies: Mapping[str, str], folder: Path) -> Path:
