@@ -23,7 +23,8 @@ from verbovision.data.records import (
     RecordError,
     SkipLog,
 )
-from verbovision.data.rows import Columns, ReadOptions
+from verbovision.config.sources import Source
+from verbovision.data.rows import Columns, ReadOptions, source_options
 from verbovision.data.sources import read_records
 from verbovision.errors import DataError
 
@@ -189,6 +190,24 @@ def test_karpathy_split(tmp_path):
                                             "sentences": [{"raw": "A red square."}, {"raw": "Red."}]}]}))
     (record,) = read_records(path)
     assert record.id == "7" and record.references == ["A red square.", "Red."] and record.images[0].exists()
+
+
+def test_a_recipe_source_reads_the_karpathy_splits_it_names(tmp_path):
+    """Karpathy's files hold train, restval, val and test images together: a recipe source reading all of them would
+    train on the test images, so it names its splits; `verbo data` commands read them all."""
+    png(tmp_path / "x.jpg")
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": [{"filename": "x.jpg", "cocoid": i, "split": split,
+                                            "sentences": [{"raw": f"Picture {i}."}]}
+                                           for i, split in enumerate(["train", "restval", "val", "test"])]}))
+    assert [r.id for r in read_records(path)] == ["0", "1", "2", "3"]
+    source = source_options(Source(str(path), split="train,restval"), tmp_path)
+    assert [r.id for r in read_records(path, options=source)] == ["0", "1"]
+    with pytest.raises(DataError, match=r"holds the splits train, restval, val, test; name the ones this source reads "
+                                        r"with its split key \(split: train,restval to train"):
+        list(read_records(path, options=source_options(Source(str(path)), tmp_path)))
+    with pytest.raises(DataError, match=r"split 'tran': the file's splits are train, restval, val, test$"):
+        list(read_records(path, options=source_options(Source(str(path), split="tran"), tmp_path)))
 
 
 @pytest.mark.parametrize("document,message", [

@@ -29,7 +29,10 @@ from .rows import (
 def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """COCO caption annotations (or a Karpathy split): one record per image with all its captions as references."""
     document = json_document(path)
-    images, captions = _karpathy(path, document) if _is_karpathy(document) else _coco_annotations(path, document)
+    if _is_karpathy(document):
+        images, captions = _karpathy(path, document, _karpathy_splits_read(path, document, options))
+    else:
+        images, captions = _coco_annotations(path, document)
     root = options.image_root or _coco_image_root(path, [name for name in images.values()])
     for image_id, file_name in images.items():
         references = captions.pop(image_id, [])
@@ -51,14 +54,33 @@ def karpathy_splits(path: Path) -> list[str]:
     """The splits the images of a Karpathy file (dataset_coco.json...) belong to, in first-seen order; [] for a file
     that is not one."""
     document = json_document(path)
-    if not _is_karpathy(document):
-        return []
+    return _splits_of(document) if _is_karpathy(document) else []
+
+
+def _splits_of(document: dict) -> list[str]:
     return list(dict.fromkeys(str(image.get("split")) for image in document["images"] if isinstance(image, dict)))
 
 
-def _karpathy(path: Path, document: dict) -> tuple[dict, dict]:
+def _karpathy_splits_read(path: Path, document: dict, options: ReadOptions) -> set[str] | None:
+    """The splits of a Karpathy file that `options.split` names (None: all), each one present in the file."""
+    present = _splits_of(document)
+    if options.split is None:
+        if options.one_use and len(present) > 1:
+            raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; name the ones this "
+                            "source reads with its split key (split: train,restval to train, as papers do; val)")
+        return None
+    wanted = {name.strip() for name in options.split.split(",") if name.strip()}
+    unknown = sorted(wanted.difference(present))
+    if unknown or not wanted:
+        raise DataError(f"{path}: split {options.split!r}: the file's splits are {', '.join(present)}")
+    return wanted
+
+
+def _karpathy(path: Path, document: dict, splits: set[str] | None) -> tuple[dict, dict]:
     images, captions = {}, {}
     for index, image in enumerate(document["images"]):
+        if splits is not None and str(image.get("split")) not in splits:
+            continue
         file_name = _entry_text(image, "filename", f"images[{index}]", path)
         image_id = image.get("cocoid", image.get("imgid"))
         images[image_id] = str(Path(image.get("filepath", "")) / file_name)

@@ -53,7 +53,7 @@ def source_options(source: Source, data_root: Path):
     columns = Columns(source.image_column, source.text_column, source.question_column)
     prompt = {"prompt": source.prompt} if source.prompt is not None else {}
     return ReadOptions(format=source.format, columns=columns, image_root=root, split=source.split,
-                       check_image_files=True, **prompt)
+                       check_image_files=True, one_use=True, **prompt)
 
 
 IMAGE_COLUMNS = ("image", "images", "image_path", "file_name", "file_names", "filename", "img", "path", "jpg", "png",
@@ -93,7 +93,11 @@ class ReadOptions:
     prompt: str = CAPTION_PROMPT
     """User turn of caption records (rows without a question)."""
     split: str | None = None
-    """Split of a Hugging Face dataset read with `hf-stream` (default train)."""
+    """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file to read
+    (comma-separated, e.g. train,restval; default all)."""
+    one_use: bool = False
+    """The records serve one purpose (a recipe's training or validation source): a Karpathy file holding several
+    splits must then name the ones to read with `split`, since all of them would put test images in training."""
     check_image_files: bool = False
     """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
     nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
