@@ -67,7 +67,7 @@ def test_bad_messages_are_clear_errors():
         messages_record(image_message("https://example.com/a.png"))
     with pytest.raises(DataError, match=r"messages\[0\]: a message must be an object"):
         messages_record(["hi"])
-    with pytest.raises(DataError, match="image part holding NoneType; give a PIL image or a path as its 'image'"):
+    with pytest.raises(DataError, match="image part: image NoneType: give a path, a PIL image"):
         messages_record([{"role": "user", "content": [{"type": "image"}]}])
 
 

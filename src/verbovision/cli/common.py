@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..infer.options import SEED_LIMIT
+from ..infer.options import OPTION_RULES
 
 if TYPE_CHECKING:
     from ..data.rows import ReadOptions
@@ -149,15 +149,8 @@ def add_dtype_option(group) -> None:
 
 
 _FLAG_RULES: dict[str, tuple[str, Callable]] = {
-    "max_new_tokens": ("an integer >= 1", lambda v: v >= 1),
-    "beams": ("an integer >= 1", lambda v: v >= 1),
+    **OPTION_RULES,
     "temperature": ("a number > 0 (leave the flag out for greedy decoding)", lambda v: v > 0),
-    "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
-    "top_k": ("an integer >= 1", lambda v: v >= 1),
-    "repetition_penalty": ("a number > 0", lambda v: v > 0),
-    "no_repeat_ngram_size": ("an integer >= 1", lambda v: v >= 1),
-    "min_new_tokens": ("an integer >= 0", lambda v: v >= 0),
-    "seed": ("a 64-bit integer", lambda v: -SEED_LIMIT <= v < SEED_LIMIT),
     "batch_size": ("an integer >= 1", lambda v: v >= 1),
 }
 """The decoding flags' valid values (dest -> rule in words, check), refused before a model loads."""

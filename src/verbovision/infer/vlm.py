@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import StoppingCriteriaList
 
 from ..data.batching import Collator
@@ -72,6 +73,9 @@ class VLM:
         Decoding is greedy unless `options` or keyword arguments named as `DecodeOptions`' fields say otherwise
         (`max_new_tokens=8, beams=3`; `top_p=0.9, temperature=0.7, seed=0`); the same holds for every method here.
         """
+        if isinstance(images, (str, Path, bytes, Image.Image)) or getattr(images, "ndim", 4) < 4:
+            # one image, whose characters, bytes or pixel rows would otherwise be taken for images
+            raise TypeError(f"caption takes a list of images, not one {type(images).__name__}: caption([image])")
         prompt = self.caption_prompt if prompt is None else prompt
         return self.generate([(image, prompt) for image in images], options, batch_size, **decoding)
 
@@ -103,7 +107,8 @@ class VLM:
 
     def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = BATCH_SIZE,
                  **decoding) -> list[str]:
-        """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
+        """Replies for (image or None, prompt) pairs; an image is a path, a PIL image, the bytes of an image file or a
+        uint8 numpy array (`messages.record_image`)."""
         return self.generate_records([prompt_record(image, prompt) for image, prompt in items],
                                      decode_options(options, **decoding), batch_size)
 
@@ -120,6 +125,8 @@ class VLM:
         `options` is one for all records or one per record; records of a batch must share `batch_key()`.
         `on_text(i, piece)` receives reply i's text as it grows (at the end, for beam search).
         """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give an integer >= 1")
         options = options or DecodeOptions()
         per_record = [options] * len(records) if isinstance(options, DecodeOptions) else list(options)
         results: list[Generation] = []
