@@ -19,7 +19,8 @@ from ..config.sources import TEMPLATES, TRUNCATION
 from ..errors import DataError
 from ..families import IMAGE_TOKEN_FAMILY, Family
 from .image_tokens import TOKEN_TYPE_INPUTS, ImageTokens
-from .records import DATA_IMAGE_TOKEN, EMPTY_ANSWER, IMAGE_TOKENS, TOO_LONG, Record, RecordError, Turn, is_question
+from .records import (DATA_IMAGE_TOKEN, EMPTY_ANSWER, IMAGE_TOKENS, NOT_UNICODE, NOT_UTF8, TOO_LONG, Record, RecordError,
+                      Turn, is_question)
 from .tokenizer import flattens_parts, with_image_parts
 
 
@@ -307,6 +308,9 @@ class Encoder:
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
+        if NOT_UNICODE.search(text):  # a prompt (a chat line, a request, an API call) the data checks never saw
+            raise RecordError(record.source, record.id, NOT_UTF8, "text is not valid UTF-8 (a lone surrogate); send "
+                              "UTF-8 text")
         tokens, offsets = self._tokenize(text, spans)
         start = self._text_start(text)
         ids = start + tokens
