@@ -126,3 +126,13 @@ def test_decoding_values_out_of_range_are_refused(model, images, decoding, messa
     transformers and a batch_size below 1 returned no captions."""
     with pytest.raises(ValueError, match=message):
         model.caption(images, **decoding)
+
+
+def test_an_empty_prompt_is_an_error_not_a_reshape_failure(model):
+    """A plain-template model given no image and no text, or chat given no messages, encodes to no token at all:
+    before, a RuntimeError from deep in the model's attention ("cannot reshape tensor of 0 elements")."""
+    from verbovision.errors import DataError
+
+    for call in (lambda: model.ask(None, ""), lambda: model.chat([])):
+        with pytest.raises(DataError, match="the prompt is empty; give text or an image"):
+            call()
