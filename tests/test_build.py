@@ -200,6 +200,7 @@ def test_build_refuses_connector_flags_the_connector_does_not_use(tmp_path, tiny
                                "last) down to -3 (its embeddings), or 1..2"),
     (["--feature-layer", "0"], "vision.feature_layer 0: the siglip_vision_model encoder has 2 layers"),
     (["--image-token", ""], "image_token is empty; give the text token that stands for an image, e.g. <image>"),
+    (["--image-token", "the"], "image_token 'the' would stand for an image wherever a text has it"),
     (["--language", "{vision}"], "language model {vision}: a siglip_vision_model model, not a causal LM"),
     (["--vision", "{lm}"], "vision encoder {lm}: a qwen2 model, not a vision encoder"),
 ])

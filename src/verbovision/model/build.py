@@ -268,6 +268,9 @@ def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None)
             check_model_source(name, what)
     if not spec.image_token.strip():
         raise ConfigError("image_token is empty; give the text token that stands for an image, e.g. <image>")
+    if spec.image_token.isalnum():  # an added token matches anywhere in a text, inside words too
+        raise ConfigError(f"image_token {spec.image_token!r} would stand for an image wherever a text has it (in "
+                          "'Describe the image' for 'the'); give a marker no text holds, e.g. <image>")
     if spec.language.name:
         pretrained_language_config(spec.language.name)  # before its tokenizer, which a vision encoder lacks
         tokenizer = prepare_pretrained_tokenizer(spec.language.name, spec.image_token)
