@@ -120,6 +120,8 @@ def test_images_as_a_python_caller_holds_them(model, images):
     ({"batch_size": 0}, "batch_size=0: give an integer >= 1"),
     ({"batch_size": -1}, "batch_size=-1: give an integer >= 1"),
     ({"options": DecodeOptions(max_new_tokens=-1)}, "max_new_tokens=-1: give an integer >= 1"),
+    ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens=9 is more than max_new_tokens=4: the reply would "
+                                                 "stop short of it"),
 ])
 def test_decoding_values_out_of_range_are_refused(model, images, decoding, message):
     """As the commands refuse the flags: before, max_new_tokens=0 still generated a token, beams=0 divided by zero in

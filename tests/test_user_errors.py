@@ -253,6 +253,8 @@ def test_saved_weights_are_as_readable_as_their_config(lora_run):
     (["--top-p", "1.5"], "--top-p 1.5: give a number in (0, 1]"),
     (["--seed", str(2**64)], f"--seed {2**64}: give a 64-bit integer"),
     (["--batch-size", "0"], "--batch-size 0: give an integer >= 1"),
+    (["--min-new-tokens", "9", "--max-new-tokens", "4"], "--min-new-tokens 9 is more than --max-new-tokens 4: the reply "
+                                                         "would stop short of it; raise --max-new-tokens"),
     (["--device", "gpu"], "device 'gpu' unknown; use cpu, cuda, cuda:N or mps"),
 ])
 def test_decoding_and_device_flags_out_of_range(tiny_vlm, image, capsys, flags, message):

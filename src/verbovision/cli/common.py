@@ -170,12 +170,17 @@ def check_flags(args: argparse.Namespace, rules: dict[str, tuple[str, Callable]]
 def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
     """The DecodeOptions the decoding flags of `add_decode_options` ask for; a value out of its flag's range is a
     ConfigError naming the flag."""
-    from ..infer.options import DecodeOptions
+    from ..errors import ConfigError
+    from ..infer.options import DecodeOptions, shorter_than_asked
 
     check_flags(args, _FLAG_RULES)
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
     length = DecodeOptions.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens  # see length_default
-    return DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
+    options = DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
+    if shorter_than_asked(options):
+        raise ConfigError(f"--min-new-tokens {options.min_new_tokens} is more than --max-new-tokens {length}: the "
+                          "reply would stop short of it; raise --max-new-tokens")
+    return options
 
 
 def load_vlm(args: argparse.Namespace) -> VLM:

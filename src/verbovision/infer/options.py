@@ -95,7 +95,16 @@ def decode_options(options: DecodeOptions | None = None, **changes) -> DecodeOpt
         value = getattr(options, name)
         if value is not None and not ok(value):
             raise ValueError(f"{name}={value!r}: give {rule}")
+    if shorter_than_asked(options):
+        raise ValueError(f"min_new_tokens={options.min_new_tokens} is more than max_new_tokens="
+                         f"{options.max_new_tokens}: the reply would stop short of it")
     return options
+
+
+def shorter_than_asked(options: DecodeOptions) -> bool:
+    """Whether generation would stop at max_new_tokens before min_new_tokens (as the server refuses min_tokens over
+    max_tokens)."""
+    return options.min_new_tokens is not None and options.min_new_tokens > options.max_new_tokens
 
 
 def _integer(value) -> bool:
