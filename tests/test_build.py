@@ -191,3 +191,37 @@ def test_build_refuses_connector_flags_the_connector_does_not_use(tmp_path, tiny
     assert main([*base, "--connector", "pixel_shuffle", "--factor", "2"]) == 0  # SiLU, its only activation
     spec = json.loads((tmp_path / "m/verbovision.json").read_text())["model_spec"]
     assert spec["connector"]["act"] == "silu" and spec["connector"]["factor"] == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--connector", "pixel_shuffle", "--factor", "0"],
+     "connector.factor 0: give an integer >= 1 (factor x factor patches become one image token)"),
+    (["--feature-layer", "5"], "vision.feature_layer 5: the siglip_vision_model encoder has 2 layers; give -1 (its "
+                               "last) down to -3 (its embeddings), or 1..2"),
+    (["--feature-layer", "0"], "vision.feature_layer 0: the siglip_vision_model encoder has 2 layers"),
+    (["--image-token", ""], "image_token is empty; give the text token that stands for an image, e.g. <image>"),
+    (["--image-token", "the"], "image_token 'the' would stand for an image wherever a text has it"),
+    (["--language", "{vision}"], "language model {vision}: a siglip_vision_model model, not a causal LM"),
+    (["--vision", "{lm}"], "vision encoder {lm}: a qwen2 model, not a vision encoder"),
+])
+def test_build_flags_no_model_can_have_are_one_line_errors(tmp_path, tiny_vision, tiny_lm, capsys, flags, message):
+    """Each was a traceback (ZeroDivisionError, IndexError, a tokenizer's or config's error) before."""
+    from verbovision.cli import main
+
+    names = {"vision": tiny_vision["siglip"], "lm": tiny_lm["qwen2"]}
+    flags = [flag.format(**names) for flag in flags]
+    given = dict(zip(flags[::2], flags[1::2]))
+    args = {"--vision": tiny_vision["siglip"], "--language": tiny_lm["qwen2"], **given, "--out": str(tmp_path / "m")}
+    assert main(["build", *[item for pair in args.items() for item in pair]]) == 2
+    assert capsys.readouterr().err.startswith(f"verbo: error: {message.format(**names)}")
+    assert not (tmp_path / "m").exists()
+
+
+def test_every_feature_layer_the_encoder_has_builds(tmp_path, tiny_vision, tiny_lm):
+    from verbovision.cli import main
+
+    for layer in ("-3", "2"):  # the embeddings, the last layer counted from the first
+        out = tmp_path / layer
+        assert main(["build", "--vision", tiny_vision["siglip"], "--language", tiny_lm["qwen2"], "--feature-layer",
+                     layer, "--out", str(out)]) == 0
+        assert json.loads((out / "config.json").read_text())["vision_feature_layer"] == int(layer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_bad_messages_are_clear_errors():
         messages_record(image_message("https://example.com/a.png"))
     with pytest.raises(DataError, match=r"messages\[0\]: a message must be an object"):
         messages_record(["hi"])
-    with pytest.raises(DataError, match="image part holding NoneType; give a PIL image or a path as its 'image'"):
+    with pytest.raises(DataError, match="image part: image NoneType: give a path, a PIL image"):
         messages_record([{"role": "user", "content": [{"type": "image"}]}])
 
 
@@ -120,3 +121,15 @@ def test_chat_works_as_a_pipe(model_dir, images, tmp_path):  # noqa: F811
     assert "missing.png: image not found" in result.stderr and "conversation cleared" in result.stderr
     saved = json.loads((tmp_path / "chat.json").read_text())[0]
     assert len(saved["conversations"]) == 4 and len(saved["image"]) == 2
+
+
+def test_a_piped_line_that_is_not_utf8_is_an_error_the_conversation_survives(model_dir):  # noqa: F811
+    """A Latin-1 line among UTF-8 ones (stdin reads it with surrogateescape): one error line, not a traceback from
+    the tokenizer."""
+    script = "Describe the image briefly.\n".encode() + "caf\xe9?\n".encode("latin-1") + b"And now?\n"
+    result = subprocess.run([sys.executable, "-m", "verbovision", "chat", str(model_dir), "--max-new-tokens", "4"],
+                            input=script, capture_output=True, timeout=300, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    assert result.returncode == 0, result.stderr
+    errors = [line for line in result.stderr.decode().splitlines() if "error" in line.lower()]
+    assert errors == ["verbo: error: messages: record 'chat': text is not valid UTF-8 (a lone surrogate); send UTF-8 "
+                      "text"], result.stderr

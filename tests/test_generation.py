@@ -94,3 +94,38 @@ def test_the_own_loop_runs_only_where_the_forward_names_every_input_it_passes(vl
 
     assert greedy_loop_fits(vlm.model, vlm.family)
     assert not greedy_loop_fits(CacheUnnamed(), vlm.family)
+
+
+@pytest.fixture(scope="module")
+def gpt2_vlm(tmp_path_factory, tiny_vision, tiny_lm) -> VLM:
+    """A VLM on GPT-2, whose learned positions end at n_positions (512 here)."""
+    from verbovision.cli import main
+
+    out = tmp_path_factory.mktemp("gpt2-vlm") / "model"
+    assert main(["build", "--vision", tiny_vision["clip"], "--language", tiny_lm["gpt2"], "--out", str(out)]) == 0
+    return VLM(out, device="cpu")
+
+
+def test_a_prompt_and_reply_past_the_models_positions_are_refused(gpt2_vlm):
+    """Before, GPT-2's position embedding raised an IndexError mid-generation (a traceback from verbo ask, chat and
+    predict, a 500 from the server): the prompt and its longest reply must fit the model's positions."""
+    from verbovision.data.records import TOO_LONG, RecordError
+    from verbovision.serve.config import ServeConfig
+    from verbovision.serve.errors import ApiError
+    from verbovision.serve.request import parse_chat_request, prepare_record
+
+    short = prompt_record(None, "red")
+    room = 512 - gpt2_vlm.prompt_tokens(short)
+    for options in (DecodeOptions(room, min_new_tokens=room), DecodeOptions(room, beams=2, min_new_tokens=room)):
+        assert gpt2_vlm.generate_details([short], options)[0].completion_tokens == room  # the last position
+    with pytest.raises(RecordError, match=f"with max_new_tokens={room + 1} more than the model's 512 positions; "
+                                          "shorten the prompt or lower max_new_tokens") as caught:
+        gpt2_vlm.generate_details([short], DecodeOptions(room + 1))
+    assert caught.value.kind == TOO_LONG
+    with pytest.raises(RecordError, match=r"the prompt is \d+ tokens \(images included\)"):
+        gpt2_vlm.ask(None, "red " * 300, max_new_tokens=1)
+    config = ServeConfig(gpt2_vlm.path, max_prompt_tokens=100_000)
+    request = parse_chat_request({"model": "verbo", "messages": [{"role": "user", "content": "red " * 300}]}, config)
+    with pytest.raises(ApiError, match="more than the model's 512 positions") as refused:
+        prepare_record(gpt2_vlm, request, config)
+    assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")

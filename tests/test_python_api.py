@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,59 @@ def test_decode_options_are_reached_from_the_package_as_the_readme_spells_them()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["4", "False"]
+
+
+def test_images_as_a_python_caller_holds_them(model, images):
+    """Bytes of an image file and uint8 numpy arrays caption as the file does; one image where a list goes, and what
+    is no image, are errors saying what to give (before: a path's characters were taken for images, a numpy array
+    or bytes a TypeError from pathlib)."""
+    import numpy as np
+    from PIL import Image
+
+    from verbovision.errors import DataError
+
+    path = Path(images[0])
+    expected = model.caption([path], max_new_tokens=6)
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    assert model.caption([path.read_bytes(), pixels, str(path)], max_new_tokens=6) == expected * 3
+    assert model.ask(pixels, "How many shapes are there?", max_new_tokens=4) == model.ask(
+        path, "How many shapes are there?", max_new_tokens=4)
+    for one in (str(path), path, Image.open(path), pixels):
+        with pytest.raises(TypeError, match=r"caption takes a list of images, not one \w+: caption\(\[image\]\)"):
+            model.caption(one)
+    with pytest.raises(TypeError, match=r"image ndarray of dtype float64 and shape \(2, 2, 3\): give a path"):
+        model.caption([np.zeros((2, 2, 3))])
+    with pytest.raises(TypeError, match="prompt None: give a string"):
+        model.ask(path, None)
+    with pytest.raises(DataError, match="http://example.com/a.png: remote images are not fetched"):
+        model.caption(["http://example.com/a.png"])
+
+
+@pytest.mark.parametrize("decoding, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens=0: give an integer >= 1"),
+    ({"max_new_tokens": "8"}, "max_new_tokens='8': give an integer >= 1"),
+    ({"beams": 0}, "beams=0: give an integer >= 1"),
+    ({"temperature": 0}, r"temperature=0: give a number > 0 \(leave it out for greedy decoding\)"),
+    ({"top_p": 2}, r"top_p=2: give a number in \(0, 1\]"),
+    ({"stop": 5}, "stop=5: give a string or a list of strings"),
+    ({"batch_size": 0}, "batch_size=0: give an integer >= 1"),
+    ({"batch_size": -1}, "batch_size=-1: give an integer >= 1"),
+    ({"options": DecodeOptions(max_new_tokens=-1)}, "max_new_tokens=-1: give an integer >= 1"),
+    ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens=9 is more than max_new_tokens=4: the reply would "
+                                                 "stop short of it"),
+])
+def test_decoding_values_out_of_range_are_refused(model, images, decoding, message):
+    """As the commands refuse the flags: before, max_new_tokens=0 still generated a token, beams=0 divided by zero in
+    transformers and a batch_size below 1 returned no captions."""
+    with pytest.raises(ValueError, match=message):
+        model.caption(images, **decoding)
+
+
+def test_an_empty_prompt_is_an_error_not_a_reshape_failure(model):
+    """A plain-template model given no image and no text, or chat given no messages, encodes to no token at all:
+    before, a RuntimeError from deep in the model's attention ("cannot reshape tensor of 0 elements")."""
+    from verbovision.errors import DataError
+
+    for call in (lambda: model.ask(None, ""), lambda: model.chat([])):
+        with pytest.raises(DataError, match="the prompt is empty; give text or an image"):
+            call()

@@ -359,6 +359,9 @@ MALFORMED = [
      EMPTY_ANSWER),
     ({**GOOD, "id": "number-image", "image": 5}, UNREADABLE_IMAGE),
     ({**GOOD, "id": "numbers-image", "image": ["a.png", 2.5]}, UNREADABLE_IMAGE),
+    # JSON's escape of half an emoji: no text (the tokenizer's TypeError stopped training at it)
+    ('{"id": "half-emoji", "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "\\ud83d"}]}',
+     NOT_UTF8),
 ]
 
 

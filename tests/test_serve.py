@@ -181,6 +181,16 @@ def test_limits_and_bad_requests_are_openai_errors(client, model_dir, shape_uri,
         assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
 
 
+
+def test_text_that_is_not_unicode_is_a_bad_request(server):
+    """A JSON escape of a lone surrogate (half an emoji, a byte that is not UTF-8) is no text a tokenizer takes: a
+    400 naming it, not the 500 "generation failed: TextEncodeInput must be..." it was."""
+    body = b'{"model": "verbo", "messages": [{"role": "user", "content": "caf\\udce9"}]}'
+    raw = httpx.post(f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=body)
+    assert raw.status_code == 400, raw.text
+    assert "text is not valid UTF-8" in raw.json()["error"]["message"]
+
+
 def huge_png_uri(width: int, height: int) -> str:
     """A data: URI of a PNG whose header says width x height, the pixels never stored."""
     png = bytearray(base64.b64decode(data_uri(Image.new("RGB", (8, 8))).partition(",")[2]))

@@ -253,6 +253,8 @@ def test_saved_weights_are_as_readable_as_their_config(lora_run):
     (["--top-p", "1.5"], "--top-p 1.5: give a number in (0, 1]"),
     (["--seed", str(2**64)], f"--seed {2**64}: give a 64-bit integer"),
     (["--batch-size", "0"], "--batch-size 0: give an integer >= 1"),
+    (["--min-new-tokens", "9", "--max-new-tokens", "4"], "--min-new-tokens 9 is more than --max-new-tokens 4: the reply "
+                                                         "would stop short of it; raise --max-new-tokens"),
     (["--device", "gpu"], "device 'gpu' unknown; use cpu, cuda, cuda:N or mps"),
 ])
 def test_decoding_and_device_flags_out_of_range(tiny_vlm, image, capsys, flags, message):
@@ -307,3 +309,31 @@ def test_an_adapter_whose_base_is_gone_says_where_the_base_came_from(lora_run, i
     assert error_line(run_verbo("caption", str(adapter), str(image))) == (
         f"{adapter}: its base model (from verbovision_adapter.json) {tmp_path / 'moved'}: no such directory (and not a "
         "hub id of the form owner/name)")
+
+
+def test_merge_and_build_refuse_an_out_they_would_harm(lora_run, tiny_vision, tiny_lm, tmp_path, capsys):
+    """The merged model saved over its adapter's own base (every later load of the adapter would apply it twice), into
+    the adapter or the run folder (a checkpoint mixed with their files), or where a file is: refused before any
+    work, each input left as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run, ignore=shutil.ignore_patterns("feature_cache", "checkpoints", "tensorboard"))
+    base, adapter = run / "stages/0-full/model", run / "stages/1-lora/adapter"
+    metadata = json.loads((adapter / "verbovision_adapter.json").read_text())
+    (adapter / "verbovision_adapter.json").write_text(json.dumps({**metadata, "base_model": str(base)}))
+    (tmp_path / "file").write_text("x")
+    before = {path: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    refusals = {base: "the adapter's base model this command reads; choose another --out",
+                adapter: "the adapter this command reads; choose another --out",
+                run: "a folder that holds something other than a model; choose a new or empty folder",
+                tmp_path / "file": f"{tmp_path / 'file'} is a file, not a folder; choose another --out"}
+    for out, message in refusals.items():
+        assert main(["merge", str(run), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"verbo: error: --out {out}: {message}\n"
+    assert {path: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0
+    assert main(["merge", str(run), "--out", str(tmp_path / "merged")]) == 0  # a model folder: saved over
+    build = ["build", "--vision", tiny_vision["siglip"], "--language", tiny_lm["qwen2"], "--out"]
+    assert main([*build, tiny_lm["qwen2"]]) == 2
+    assert capsys.readouterr().err.endswith("the language model this command reads; choose another --out\n")
+    assert main([*build, str(tmp_path / "file" / "built")]) == 2
+    assert capsys.readouterr().err.endswith("is a file, not a folder; choose another --out\n")

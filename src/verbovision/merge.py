@@ -21,8 +21,8 @@ from .errors import VerboError
 from .families import check_consumed, family_of, without_peft
 from .files import read_json, write_json
 from .model.quantize import is_quantized
-from .model.store import (MODEL_METADATA, adapter_base, inputs_for, is_adapter, load_model, model_metadata,
-                          weights_dtype)
+from .model.store import (MODEL_METADATA, adapter_base, check_model_out, inputs_for, is_adapter, load_model,
+                          model_metadata, weights_dtype)
 from .model.trainable import evaluating
 
 DEFAULT_TOLERANCE = 1e-4
@@ -129,6 +129,7 @@ def merge_adapter(adapter_or_run: str | Path, out: str | Path, tolerance: float 
     (a `--dtype` name; default auto, see `model.store.resolve_dtype`)."""
     adapter = resolve_adapter(adapter_or_run)
     base = adapter_base(adapter)
+    check_model_out(out, {"adapter": adapter, "adapter's base model": base})
     peft_model, processor = load_model(adapter, dtype=dtype)
     metadata = {**model_metadata(adapter), "base_model": base, "adapter": str(adapter)}
     _, report = merge_verified(peft_model, processor, out, base, str(adapter), metadata, tolerance)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..infer.options import SEED_LIMIT
+from ..infer.options import OPTION_RULES
 
 if TYPE_CHECKING:
     from ..data.rows import ReadOptions
@@ -149,15 +149,8 @@ def add_dtype_option(group) -> None:
 
 
 _FLAG_RULES: dict[str, tuple[str, Callable]] = {
-    "max_new_tokens": ("an integer >= 1", lambda v: v >= 1),
-    "beams": ("an integer >= 1", lambda v: v >= 1),
+    **OPTION_RULES,
     "temperature": ("a number > 0 (leave the flag out for greedy decoding)", lambda v: v > 0),
-    "top_p": ("a number in (0, 1]", lambda v: 0 < v <= 1),
-    "top_k": ("an integer >= 1", lambda v: v >= 1),
-    "repetition_penalty": ("a number > 0", lambda v: v > 0),
-    "no_repeat_ngram_size": ("an integer >= 1", lambda v: v >= 1),
-    "min_new_tokens": ("an integer >= 0", lambda v: v >= 0),
-    "seed": ("a 64-bit integer", lambda v: -SEED_LIMIT <= v < SEED_LIMIT),
     "batch_size": ("an integer >= 1", lambda v: v >= 1),
 }
 """The decoding flags' valid values (dest -> rule in words, check), refused before a model loads."""
@@ -177,12 +170,17 @@ def check_flags(args: argparse.Namespace, rules: dict[str, tuple[str, Callable]]
 def decode_options_from_flags(args: argparse.Namespace) -> DecodeOptions:
     """The DecodeOptions the decoding flags of `add_decode_options` ask for; a value out of its flag's range is a
     ConfigError naming the flag."""
-    from ..infer.options import DecodeOptions
+    from ..errors import ConfigError
+    from ..infer.options import DecodeOptions, shorter_than_asked
 
     check_flags(args, _FLAG_RULES)
     values = {field.name: getattr(args, field.name) for field in fields(DecodeOptions)}
     length = DecodeOptions.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens  # see length_default
-    return DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
+    options = DecodeOptions(**{**values, "max_new_tokens": length, "stop": tuple(args.stop)})
+    if shorter_than_asked(options):
+        raise ConfigError(f"--min-new-tokens {options.min_new_tokens} is more than --max-new-tokens {length}: the "
+                          "reply would stop short of it; raise --max-new-tokens")
+    return options
 
 
 def load_vlm(args: argparse.Namespace) -> VLM:

@@ -48,7 +48,9 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     from ..config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
     from ..model.build import CONNECTOR_FIELDS, build_vlm, describe, save_model, spec_record
+    from ..model.store import check_model_out
 
+    check_model_out(args.out, {"vision encoder": args.vision, "language model": args.language})
     if not args.language:
         raise ConfigError("--language needs a pretrained LM (hub id or directory); from-scratch LMs are built by "
                           "`verbo train` from a recipe, which trains their tokenizer on the data")

@@ -19,7 +19,8 @@ from ..config.sources import TEMPLATES, TRUNCATION
 from ..errors import DataError
 from ..families import IMAGE_TOKEN_FAMILY, Family
 from .image_tokens import TOKEN_TYPE_INPUTS, ImageTokens
-from .records import DATA_IMAGE_TOKEN, EMPTY_ANSWER, IMAGE_TOKENS, TOO_LONG, Record, RecordError, Turn, is_question
+from .records import (BAD_CONVERSATION, DATA_IMAGE_TOKEN, EMPTY_ANSWER, IMAGE_TOKENS, NOT_UNICODE, NOT_UTF8, TOO_LONG,
+                      Record, RecordError, Turn, is_question)
 from .tokenizer import flattens_parts, with_image_parts
 
 
@@ -307,12 +308,17 @@ class Encoder:
     def encode(self, record: Record, for_generation: bool = False) -> Encoded:
         turns = record.prompt_turns if for_generation else record.turns
         text, spans = self.render(turns, add_generation_prompt=for_generation)
+        if NOT_UNICODE.search(text):  # a prompt (a chat line, a request, an API call) the data checks never saw
+            raise RecordError(record.source, record.id, NOT_UTF8, "text is not valid UTF-8 (a lone surrogate); send "
+                              "UTF-8 text")
         tokens, offsets = self._tokenize(text, spans)
         start = self._text_start(text)
         ids = start + tokens
         labels = [-100] * len(start) + [
             tok if any(s <= a and b <= e for s, e in spans) and b > a else -100 for tok, (a, b) in zip(tokens, offsets)
         ]
+        if for_generation and not ids:  # no token to start from: a forward over nothing fails deep in the model
+            raise RecordError(record.source, record.id, BAD_CONVERSATION, "the prompt is empty; give text or an image")
         ids, labels = self._expand_images(record, ids, labels)
         if len(ids) > self.max_length:
             ids, labels = self._truncate(record, ids, labels)

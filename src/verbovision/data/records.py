@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,11 @@ EMPTY_ANSWER = "empty answer"
 NOT_UTF8 = "non-UTF-8"
 INVALID_JSON = "invalid JSON"
 """The kinds of record problems above: checks and training count them by these names."""
+
+
+NOT_UNICODE = re.compile("[\ud800-\udfff]")
+"""Characters no valid text holds, which tokenizers refuse with a TypeError: lone surrogates, as `surrogateescape`
+turns bytes that are not UTF-8 into (a file, a piped stdin) and a JSON string's "\\udcff" escape writes."""
 
 
 def is_question(prompt: str) -> bool:

@@ -29,6 +29,7 @@ from .records import (
     IMAGE_TOKENS,
     INVALID_JSON,
     MISSING_IMAGE,
+    NOT_UNICODE,
     NOT_UTF8,
     UNREADABLE_IMAGE,
     Record,
@@ -64,7 +65,6 @@ ID_COLUMNS = ("id", "question_id", "image_id", "__key__")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` turns non-UTF-8 bytes into
 _URL_IN_PATH = re.compile(r"(?:^|/)((?:https?|s3|gs|hf):/)/?(.*)")  # a URL read as a path: its // became /
 
 
@@ -112,7 +112,7 @@ def validate(record: Record, check_image_files: bool = False) -> Record | Record
         return RecordError(record.source, record.id, kind, detail)
 
     texts = [t.text for t in record.turns] + [r for r in record.references if isinstance(r, str)]
-    if any(_ESCAPED_BYTES.search(text) for text in texts):
+    if any(NOT_UNICODE.search(text) for text in texts):
         return problem(NOT_UTF8, "text is not valid UTF-8; re-save the file as UTF-8")
     roles = [t.role for t in record.turns if t.role != "system"]
     if not roles or roles[0] != "user" or any(a == b for a, b in zip(roles, roles[1:])):

@@ -15,10 +15,33 @@ from ..errors import DataError
 
 
 def prompt_record(image, prompt: str) -> Record:
-    """A one-turn record asking `prompt` about `image` (a path, a PIL image, or None for text only)."""
+    """A one-turn record asking `prompt` about `image` (see `record_image`; None for text only)."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt {prompt!r}: give a string")
     text = prompt if image is None or DATA_IMAGE_TOKEN in prompt else f"{DATA_IMAGE_TOKEN}\n{prompt}"
-    images = [] if image is None else [image if isinstance(image, Image.Image) else Path(image)]
+    images = [] if image is None else [record_image(image)]
     return Record("prompt", images, [Turn("user", text), Turn("assistant", "")], "prompt")
+
+
+def record_image(image):
+    """A record's image from what a Python caller holds: a path (str or Path), a PIL image, the bytes of an image
+    file, or a uint8 numpy array (H x W grey, H x W x 3 RGB, H x W x 4 RGBA, as `np.asarray(pil_image)` gives)."""
+    if isinstance(image, Image.Image):
+        return image
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise DataError(f"{image}: remote images are not fetched; download the image and pass its path")
+    if isinstance(image, (str, Path)):
+        return Path(image)
+    if isinstance(image, (bytes, bytearray)):
+        from ..data.images import BytesImage
+
+        return BytesImage("<image bytes>", bytes(image))
+    if type(image).__module__ == "numpy" and getattr(image, "dtype", None) == "uint8":
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
+            return Image.fromarray(image)
+    shape = f" of dtype {image.dtype} and shape {tuple(image.shape)}" if hasattr(image, "shape") else ""
+    raise TypeError(f"image {type(image).__name__}{shape}: give a path, a PIL image, the bytes of an image file or a "
+                    "uint8 numpy array of H x W, H x W x 3 or H x W x 4 (e.g. (array * 255).astype('uint8'))")
 
 
 def probe_record(prompt: str) -> Record:
@@ -69,10 +92,10 @@ def messages_record(messages: Sequence[dict], open_part: Callable[[dict], object
 def image_of_part(part: dict):
     """The image of a content part: a PIL image, a local path, or a data: URI. Remote URLs are never fetched here."""
     if part["type"] == "image":
-        image = part.get("image")
-        if not isinstance(image, (Image.Image, str, Path)):
-            raise DataError(f"image part holding {type(image).__name__}; give a PIL image or a path as its 'image'")
-        return image if isinstance(image, Image.Image) else Path(image)
+        try:
+            return record_image(part.get("image"))
+        except TypeError as e:
+            raise DataError(f"image part: {e}") from None
     url = part.get("image_url")
     url = url.get("url") if isinstance(url, dict) else url
     if not isinstance(url, str):

@@ -87,8 +87,49 @@ def decode_options(options: DecodeOptions | None = None, **changes) -> DecodeOpt
             raise TypeError(f"unknown decoding option {name!r}; {hint}the options are {', '.join(known)}")
     if "stop" in changes:
         stop = changes["stop"]
+        if not (isinstance(stop, (str, list, tuple)) or stop is None) or any(not isinstance(s, str) for s in stop or ()):
+            raise ValueError(f"stop={stop!r}: give a string or a list of strings")
         changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    return replace(options, **changes)
+    options = replace(options, **changes)
+    for name, (rule, ok) in OPTION_RULES.items():
+        value = getattr(options, name)
+        if value is not None and not ok(value):
+            raise ValueError(f"{name}={value!r}: give {rule}")
+    if shorter_than_asked(options):
+        raise ValueError(f"min_new_tokens={options.min_new_tokens} is more than max_new_tokens="
+                         f"{options.max_new_tokens}: the reply would stop short of it")
+    return options
+
+
+def shorter_than_asked(options: DecodeOptions) -> bool:
+    """Whether generation would stop at max_new_tokens before min_new_tokens (as the server refuses min_tokens over
+    max_tokens)."""
+    return options.min_new_tokens is not None and options.min_new_tokens > options.max_new_tokens
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+OPTION_RULES: dict[str, tuple[str, Callable]] = {
+    "max_new_tokens": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "beams": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "temperature": ("a number > 0 (leave it out for greedy decoding)", lambda v: _number(v) and v > 0),
+    "top_p": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),
+    "top_k": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "repetition_penalty": ("a number > 0", lambda v: _number(v) and v > 0),
+    "no_repeat_ngram_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
+    "min_new_tokens": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "seed": ("a 64-bit integer", lambda v: _integer(v) and -SEED_LIMIT <= v < SEED_LIMIT),
+    "length_penalty": ("a number", _number),
+}
+"""The valid values of the decoding options (name -> rule in words, check), refused before any generation: the CLI
+names the flag (`--max-new-tokens`), the Python API the keyword. Without them max_new_tokens=0 still generated a
+token and beams=0 divided by zero inside transformers."""
 
 
 _OPTIONAL_GENERATE_KWARGS = ("temperature", "top_p", "top_k", "repetition_penalty", "length_penalty",

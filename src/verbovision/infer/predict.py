@@ -172,7 +172,7 @@ def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = 
     bar = _progress(total=len(questions), initial=summary.already)
     for start in range(0, len(todo), config.batch_size):
         group = todo[start : start + config.batch_size]
-        batch, records = _answerable(vlm, group, summary.skipped, config.questions)
+        batch, records = _answerable(vlm, group, summary.skipped, config.questions, options)
         generations = vlm.generate_details(records, options, batch_size=config.batch_size)
         log.append([answer_row(q, g, config.model_id, options) for q, g in zip(batch, generations)])
         summary.answered += len(batch)
@@ -182,10 +182,10 @@ def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = 
     return summary
 
 
-def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str],
-                source: Path) -> tuple[list[Question], list]:
+def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str], source: Path,
+                options: DecodeOptions) -> tuple[list[Question], list]:
     """The questions (of the file `source`) whose image loads and whose prompt the model can take (e.g. as many
-    `<image>` marks as images), with their prompt records; the others are noted in `skipped`, so that one skips its
+    `<image>` marks as images, room for the reply: `VLM.check_room`), with their prompt records; the others are noted in `skipped`, so that one skips its
     question, not the run."""
     from ..data.images import load_images
     from .messages import prompt_record
@@ -197,7 +197,7 @@ def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str],
         record = replace(prompt_record(loaded[0] if loaded else None, question.text), id=str(question.id),
                          source=str(source))  # what an error names
         try:
-            vlm.prompt_tokens(record)
+            vlm.check_room(record, vlm.prompt_tokens(record), options)
         except DataError as e:
             skipped[str(question.id)] = str(e)
             continue

@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import StoppingCriteriaList
 
 from ..data.batching import Collator
 from ..data.encoding import Encoded, Encoder
 from ..data.images import load_image
-from ..data.records import CAPTION_PROMPT, Record
+from ..data.records import CAPTION_PROMPT, TOO_LONG, Record, RecordError
 from ..families import family_of
 from ..model.store import inputs_for, load_model, model_metadata
 from .compiled import WARM_UP_TOKENS, CompiledGeneration
@@ -63,6 +64,11 @@ class VLM:
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
+        text_config = model.config.get_text_config()
+        self.max_positions = getattr(text_config, "n_positions", None) or getattr(text_config, "max_position_embeddings",
+                                                                                   None)
+        """Positions the language model has (GPT-2's learned ones end there: one more is an IndexError); None when
+        its config does not say."""
         self.greedy_loop_fits = compiled is None and greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
@@ -72,6 +78,9 @@ class VLM:
         Decoding is greedy unless `options` or keyword arguments named as `DecodeOptions`' fields say otherwise
         (`max_new_tokens=8, beams=3`; `top_p=0.9, temperature=0.7, seed=0`); the same holds for every method here.
         """
+        if isinstance(images, (str, Path, bytes, Image.Image)) or getattr(images, "ndim", 4) < 4:
+            # one image, whose characters, bytes or pixel rows would otherwise be taken for images
+            raise TypeError(f"caption takes a list of images, not one {type(images).__name__}: caption([image])")
         prompt = self.caption_prompt if prompt is None else prompt
         return self.generate([(image, prompt) for image in images], options, batch_size, **decoding)
 
@@ -103,7 +112,8 @@ class VLM:
 
     def generate(self, items: Sequence[tuple], options: DecodeOptions | None = None, batch_size: int = BATCH_SIZE,
                  **decoding) -> list[str]:
-        """Replies for (image or None, prompt) pairs; images may be paths or PIL images."""
+        """Replies for (image or None, prompt) pairs; an image is a path, a PIL image, the bytes of an image file or a
+        uint8 numpy array (`messages.record_image`)."""
         return self.generate_records([prompt_record(image, prompt) for image, prompt in items],
                                      decode_options(options, **decoding), batch_size)
 
@@ -120,6 +130,8 @@ class VLM:
         `options` is one for all records or one per record; records of a batch must share `batch_key()`.
         `on_text(i, piece)` receives reply i's text as it grows (at the end, for beam search).
         """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: give an integer >= 1")
         options = options or DecodeOptions()
         per_record = [options] * len(records) if isinstance(options, DecodeOptions) else list(options)
         results: list[Generation] = []
@@ -146,12 +158,22 @@ class VLM:
         """Length of a record's prompt in tokens; raises DataError if it cannot be encoded."""
         return len(self.encoder.encode(record, for_generation=True).input_ids)
 
+    def check_room(self, record: Record, prompt_tokens: int, options: DecodeOptions) -> None:
+        """Refuse a prompt whose reply of up to max_new_tokens would run past the model's positions (a RecordError
+        saying what to shorten), as OpenAI's API refuses prompt + max_tokens over the context length."""
+        if self.max_positions and prompt_tokens + options.max_new_tokens > self.max_positions:
+            raise RecordError(record.source, record.id, TOO_LONG, f"the prompt is {prompt_tokens} tokens (images "
+                              f"included): with max_new_tokens={options.max_new_tokens} more than the model's "
+                              f"{self.max_positions} positions; shorten the prompt or lower max_new_tokens")
+
     @torch.no_grad()
     def _generate_batch(self, records: Sequence[Record], options: Sequence[DecodeOptions],
                         on_text: TextCallback | None, batch_size: int) -> list[Generation]:
         if len({o.batch_key() for o in options}) > 1:
             raise ValueError("records generated in one batch must share their decoding options' batch_key()")
         encoded = self.encode_prompts(records)
+        for record, e, o in zip(records, encoded, options):
+            self.check_room(record, len(e.input_ids), o)
         # Under --compile the batch is padded to its row bucket with copies of its last record; the tracker follows
         # the real rows only and finishes the others at once (see ReplyTracker).
         rows = self.compiled.rows(len(records), batch_size, options[0]) if self.compiled else len(records)

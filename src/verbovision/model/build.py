@@ -41,7 +41,7 @@ from transformers import (
     VisionEncoderDecoderModel,
     ViTConfig,
 )
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 
 from ..config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
 from ..data.encoding import with_trained_template
@@ -61,7 +61,11 @@ def vision_config(spec: VisionSpec):
         config = AutoConfig.from_pretrained(spec.name)
         if is_vision_encoder_decoder(config):  # e.g. the ViT of a trained ViT-GPT2 captioner
             return config.encoder
-        return getattr(config, "vision_config", None) or config
+        vcfg = getattr(config, "vision_config", None) or config
+        if type(vcfg) in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ConfigError(f"vision encoder {spec.name}: a {config.model_type} model, not a vision encoder; give "
+                              "one such as SigLIP, CLIP or ViT (or a VLM, whose encoder is taken)")
+        return vcfg
     if spec.arch == "swin":
         return _swin_config(spec)
     if spec.arch not in _SCRATCH_VISION:
@@ -92,9 +96,19 @@ def _swin_config(spec: VisionSpec) -> SwinConfig:
                       depths=depths, num_heads=heads, window_size=min(4, final_grid))
 
 
+def pretrained_language_config(name: str):
+    """The config of a pretrained causal LM; anything else (a vision encoder, a VLM) is a one-line error here, not an
+    AttributeError or a tokenizer's traceback later."""
+    config = AutoConfig.from_pretrained(name)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ConfigError(f"language model {name}: a {config.model_type} model, not a causal LM; give one such as "
+                          "Qwen2.5, Llama or GPT-2 (to fine-tune a VLM, train a recipe whose model says from:)")
+    return config
+
+
 def language_config(spec: LanguageSpec, vocab_size: int):
     if spec.name:
-        config = AutoConfig.from_pretrained(spec.name)
+        config = pretrained_language_config(spec.name)
         # Room for added tokens; never shrink (many LMs pad their embedding past the tokenizer's size).
         config.vocab_size = max(config.vocab_size, vocab_size)
         return config
@@ -136,6 +150,7 @@ def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
     tie = bool(getattr(tcfg, "tie_word_embeddings", True)) and ties_in_vlm(tcfg)
     tcfg.tie_word_embeddings = tie  # the VLM configs inherit tying from the text config
     if connector.type in ("linear", "mlp"):
+        check_feature_layer(spec.vision.feature_layer, vcfg)
         act = "linear" if connector.type == "linear" else connector.act
         if act not in ("linear", "gelu", "silu"):
             raise ConfigError(f"connector.act {connector.act!r} unsupported; use gelu or silu")
@@ -159,6 +174,9 @@ def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
             raise ConfigError("connector pixel_shuffle reads the encoder's last layer; set vision.feature_layer: -1")
         if connector.act != "silu":
             raise ConfigError("connector pixel_shuffle maps to Cohere2Vision's SiLU-gated MLP; set connector.act: silu")
+        if connector.factor < 1:
+            raise ConfigError(f"connector.factor {connector.factor}: give an integer >= 1 (factor x factor patches "
+                              "become one image token)")
         if patch_grid(vcfg) % connector.factor:
             raise ConfigError(
                 f"pixel_shuffle factor {connector.factor} does not divide the {patch_grid(vcfg)}x{patch_grid(vcfg)} "
@@ -173,6 +191,16 @@ def vlm_config(spec: ModelSpec, vcfg, tcfg, image_token_id: int):
             tie_word_embeddings=tie,
         )
     raise ConfigError(f"connector.type {connector.type!r} unknown; choose linear, mlp or pixel_shuffle")
+
+
+def check_feature_layer(layer: int, vcfg) -> None:
+    """A hidden state the encoder has: -1 (the last) to -(L+1) (the embeddings), or 1..L. Layer 0 is refused though
+    it names the embeddings: transformers' Llava asks for hidden states with `output_hidden_states=layer`, and 0 asks
+    for none."""
+    layers = getattr(vcfg, "num_hidden_layers", None)
+    if layers is not None and not (-layers - 1 <= layer <= layers and layer != 0):
+        raise ConfigError(f"vision.feature_layer {layer}: the {vcfg.model_type} encoder has {layers} layers; give -1 "
+                          f"(its last) down to -{layers + 1} (its embeddings), or 1..{layers}")
 
 
 def image_processor_for(spec: VisionSpec, vcfg):
@@ -238,7 +266,13 @@ def build_vlm(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase | None = None)
     for name, what in ((spec.vision.name, "vision encoder"), (spec.language.name, "language model")):
         if name:
             check_model_source(name, what)
+    if not spec.image_token.strip():
+        raise ConfigError("image_token is empty; give the text token that stands for an image, e.g. <image>")
+    if spec.image_token.isalnum():  # an added token matches anywhere in a text, inside words too
+        raise ConfigError(f"image_token {spec.image_token!r} would stand for an image wherever a text has it (in "
+                          "'Describe the image' for 'the'); give a marker no text holds, e.g. <image>")
     if spec.language.name:
+        pretrained_language_config(spec.language.name)  # before its tokenizer, which a vision encoder lacks
         tokenizer = prepare_pretrained_tokenizer(spec.language.name, spec.image_token)
     elif tokenizer is None:
         raise ConfigError("a from-scratch language model needs a tokenizer trained on the data")

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import VerboError
-from ..files import read_json, write_atomic
+from ..files import blocking_file, read_json, write_atomic
 
 MODEL_METADATA = "verbovision.json"
 ADAPTER_METADATA = "verbovision_adapter.json"
@@ -235,6 +235,23 @@ def peft_wrapping() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+def check_model_out(out: str | Path, reads: dict[str, str | Path]) -> None:
+    """Refuse, before any work, an --out a model cannot be saved to without harm: a file in the way, a folder this
+    command reads (`reads`: what -> path; saving the merge of an adapter over its own base would make every later
+    load of the adapter apply it twice), or a folder holding anything but a model (a run, an adapter, data: the
+    checkpoint's files would mix with its own). A model folder is overwritten, as transformers saves over one."""
+    out = Path(out)
+    blocking = blocking_file(out)
+    if blocking:
+        raise VerboError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
+    for what, path in reads.items():
+        if Path(path).exists() and out.resolve() == Path(path).resolve():
+            raise VerboError(f"--out {out}: the {what} this command reads; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and (is_adapter(out) or not (out / "config.json").exists()):
+        raise VerboError(f"--out {out}: a folder that holds something other than a model; choose a new or empty "
+                         "folder")
 
 
 def not_a_model(folder: Path) -> str:

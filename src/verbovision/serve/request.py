@@ -180,4 +180,8 @@ def prepare_record(vlm: VLM, request: ChatRequest, config: ServeConfig):
     if tokens > config.max_prompt_tokens:
         raise invalid(f"the prompt is {tokens} tokens (images included), more than this server's limit of "
                       f"{config.max_prompt_tokens}", "messages", "context_length_exceeded")
+    try:
+        vlm.check_room(record, tokens, request.options)
+    except DataError as e:
+        raise invalid(str(e), "messages", "context_length_exceeded") from None
     return record
