@@ -80,14 +80,23 @@ def train_epoch(loop: StageLoop, runner: StepRunner) -> None:
             state.record_skip(reason, record_id)
         values = runner.step(prepared, state)  # forward, loss, backward, optimizer step; {} if all were skipped
         trained += bool(values)
+        # Before the step is counted, validated and checkpointed (--resume would take the checkpoint for the stage
+        # done): an epoch, or a stage that ends in its first one, that learned from nothing.
+        ends_stage = state.step + 1 >= loop.setup.total_steps
+        if not trained and (end_of_epoch or ends_stage and state.epoch == 0):
+            raise nothing_usable(stage, state)
         after_step(loop, values, end_of_epoch)
         if state.step >= loop.setup.total_steps or state.stopped:
             return
-    if not trained:
-        raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
-                        f"({SkipLog.from_dict(state.skipped).describe()})")
+    if not trained:  # an epoch of no group at all
+        raise nothing_usable(stage, state)
     state.epoch += 1
     state.step_in_epoch = 0
+
+
+def nothing_usable(stage: Stage, state: TrainState) -> DataError:
+    return DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
+                     f"({SkipLog.from_dict(state.skipped).describe()})")
 
 
 def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
