@@ -5,7 +5,10 @@ as one process on the same global batch, with text-only and image records mixed 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +153,36 @@ def test_shipped_accelerate_configs_load():
         assert kinds[name].deepspeed_config["gradient_accumulation_steps"] == 1  # the recipe's grad_accum accumulates
         assert kinds[name].deepspeed_config["zero3_init_flag"] is False
     assert kinds["zero2_cpu"].use_cpu and kinds["zero2_cpu"].mixed_precision == "no"
+
+
+def _verbo_train_output(*args: str) -> subprocess.CompletedProcess:
+    """`verbo train ARGS` in a fresh process that sees no GPU (the processes are CPU ones, gloo), its output kept."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "verbovision", "train", *args], env=env, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("launcher", [[], ["--accelerate-config", str(CONFIGS / "fsdp_cpu.yaml")]])
+def test_an_error_every_process_meets_is_one_line(tmp_path, shapes_data, launcher):
+    """Each process printed the error, then torchrun its traceback and a table of the failed processes, then verbo
+    a line pointing at all that; and the main process removed the new run folder while the other one was loading
+    init/ from it (a traceback). The user sees the error once, and the run folder is gone as after one process."""
+    recipe = _recipe(tmp_path, shapes_data)
+    result = _verbo_train_output(str(recipe), "stages.0.train.language=last:9", "--nproc", "2", *launcher,
+                                 "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    # (libraries may warn on import, in each process: not verbo's lines)
+    assert [line for line in result.stderr.splitlines() if line.startswith("verbo:") or "Error" in line] == [
+        "verbo: error: stages.0 (mixed): train.language: last:9, but the language component has 2 layers; use last:1 "
+        "to last:2 or full"], result.stderr
+    assert "Traceback" not in result.stderr and "FAILED" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_processes_write_the_report_once(tmp_path, shapes_data):
+    """Every process sampled captions from the final model and wrote report.md and samples.png (and said so)."""
+    recipe = _recipe(tmp_path, shapes_data)
+    result = _verbo_train_output(str(recipe), "stages.0.max_steps=1", "--nproc", "2", "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("run folder: ") == 1
+    assert "## Sample outputs" in (tmp_path / "run/report.md").read_text()

@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from ..errors import VerboError
+from ..errors import VerboError, show_error
 from . import chat, data, evaluate, generate, predict, serve, train
 from .common import Command, CommandGroup, HelpFormatter, add_commands, pause_collector
 
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except VerboError as e:
-        print(f"verbo: error: {e}", file=sys.stderr)
+        show_error(e)
         return 2
     except KeyboardInterrupt:
         print("verbo: interrupted", file=sys.stderr)
