@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import shutil
@@ -165,6 +166,25 @@ def test_resume_refuses_a_changed_recipe_or_data_and_notes_safe_changes(tmp_path
     capsys.readouterr()
     assert train_recipe(parse_recipe({**safe, "data_root": str(moved)}), run, resume=True)["stages"]["s"]["steps"] == 2
     assert f"data_root: {shown(str(data))} -> {shown(str(moved))}" in capsys.readouterr().err
+
+
+def test_resume_in_another_number_of_processes_is_refused(tmp_path, shapes_data):
+    """A run checkpointed by 2 processes (batch_size per process) resumed in 1 went on with half the global batch
+    from the checkpoint's step on, its epochs counted anew, and run.json then said 1 process for the whole stage."""
+    from verbovision.errors import ConfigError
+
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=2, save_every=1)]))
+    run = tmp_path / "run"
+    train_recipe(recipe, run)
+    info = json.loads((run / "run.json").read_text())
+    info["summary"]["s"]["batch"]["processes"] = 2  # as `verbo train --nproc 2` records it
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "stages/0-s/done.json").unlink()  # stopped before the stage ended
+    with pytest.raises(ConfigError, match=r"--resume in 1 process, but stage s trained in 2 \(batch_size is per "
+                                          r"process: its batches would change partway\); resume with --nproc 2"):
+        train_recipe(recipe, run, resume=True)
+    shutil.rmtree(run / "stages/0-s/checkpoints")  # nothing to continue: the stage starts again, in 1 process
+    assert train_recipe(recipe, run, resume=True)["summary"]["s"]["batch"]["processes"] == 1
 
 
 @pytest.mark.parametrize("resume", [True, False])

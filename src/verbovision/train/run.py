@@ -87,7 +87,7 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
     if procs.is_main_process:
         check_out_folder(out, resume)
         if resume and (out / "run.json").exists():
-            check_resumed_run(recipe, out, read_json(out / "run.json"))
+            check_resumed_run(recipe, out, read_json(out / "run.json"), procs.world_size)
     procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
