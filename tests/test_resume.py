@@ -112,6 +112,24 @@ def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_pat
     assert (tmp_path / "moved/final").resolve() == tmp_path / "moved/stages/1-b/model"
 
 
+def test_a_moved_run_whose_final_adapter_has_its_base_in_the_run_still_loads_and_merges(tmp_path, shapes_data):
+    """The last stage's adapter named its base, the first stage's merged model, by its absolute path: once the run
+    had moved, `verbo caption RUN` and `verbo merge RUN` failed on that path."""
+    from verbovision.cli import main
+    from verbovision.infer.vlm import VLM
+    from verbovision.model.store import adapter_base
+
+    lora = {"train": {"vision": "frozen", "connector": "full", "language": "lora"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a", max_steps=1, merge=True, **lora),
+                                                    stage("b", max_steps=1, **lora)]))
+    train_recipe(recipe, tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    assert adapter_base(tmp_path / "moved/final") == str(tmp_path / "moved/stages/0-a/model")
+    assert VLM(tmp_path / "moved", device="cpu").caption([next((shapes_data / "images").glob("*.png"))])
+    assert main(["merge", str(tmp_path / "moved"), "--out", str(tmp_path / "merged")]) == 0
+
+
 def test_recipe_changes_allow_only_what_continuing_keeps():
     """Frequencies and runtime settings are notes; a length raised, of an unfinished stage, too; the rest refused."""
     from verbovision.train.resume import recipe_changes
