@@ -186,3 +186,23 @@ def test_processes_write_the_report_once(tmp_path, shapes_data):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("run folder: ") == 1
     assert "## Sample outputs" in (tmp_path / "run/report.md").read_text()
+
+
+def test_an_scst_stage_in_several_processes_is_refused_before_any_process_starts(tmp_path, shapes_data, monkeypatch,
+                                                                                  capsys):
+    """An SCST stage after an SFT one (vit-gpt2's recipe) refused only once it started: --nproc 2 trained the first
+    stage in full, then failed."""
+    from verbovision.cli import main
+    from verbovision.train import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *args: pytest.fail("launched"))
+    scst = {"name": "rl", "type": "scst", "template": "plain", "best_metric": "cider",
+            "data": {"train": ["train/caption_short_en.json"], "val": ["val/caption_short_en.json"]}}
+    recipe = tmp_path / "recipe.yaml"
+    sft = {**scst, "name": "ce", "type": "sft", "best_metric": "val_loss"}
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [sft, scst])))
+    assert main(["train", str(recipe), "--nproc", "2", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("verbo: error: stages.1 (rl): scst stages run in one process (several are not "
+                                       "supported yet); train the recipe without --nproc, or its scst stage on its "
+                                       "own\n")
+    assert not (tmp_path / "run").exists()

@@ -124,6 +124,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     nproc = _processes(args) if "LOCAL_RANK" not in os.environ else 1  # a launched process is one of them
     if nproc > 1:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
+        from ..train.preflight import check_processes
+
+        check_processes(recipe, nproc)
         from ..train.run import folder_state, forget_failed_start
 
         argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])

@@ -13,7 +13,7 @@ import torch
 
 from ..config.schema import Recipe, Stage
 from ..data.records import SkipLog
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..files import write_json
 from ..model.trainable import train_mode
 from ..progress import progress
@@ -58,8 +58,6 @@ def start_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base
     """Set the stage up (its seed from its index) and say what it is about to do: printed, and in run.json."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed + index)
-    if procs.distributed and stage.type == "scst":
-        raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
     setup = prepare_stage(procs, recipe, stage, base, stage_dir.parents[1])
     if procs.is_main_process:
         print("\n".join(runinfo.summary_lines(index, setup.summary)), flush=True)

@@ -45,6 +45,15 @@ def check_data_files(recipe: Recipe) -> None:
                                 "no such folder")
 
 
+def check_processes(recipe: Recipe, processes: int) -> None:
+    """What the stages can train in `processes` processes: SCST in one only (checked before any stage trains, or
+    before `--nproc` launches any process)."""
+    for index, stage in enumerate(recipe.stages):
+        if processes > 1 and stage.type == "scst":
+            raise ConfigError(f"stages.{index} ({stage.name}): scst stages run in one process (several are not "
+                              "supported yet); train the recipe without --nproc, or its scst stage on its own")
+
+
 def check_stages(recipe: Recipe, base: str) -> None:
     """Every stage's trainable components, LoRA targets and template against the model the run starts from."""
     check_model_location(base)

@@ -28,7 +28,7 @@ from ..model.store import run_final
 from . import runinfo
 from .distributed import Processes
 from .loop import run_stage, seed_everything
-from .preflight import check_data_files, check_stages
+from .preflight import check_data_files, check_processes, check_stages
 from .resume import check_resumed_run
 from .state import StageResult
 
@@ -84,6 +84,7 @@ def remove_failed_start(out: Path, absent: bool) -> None:
 
 
 def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
+    check_processes(recipe, procs.world_size)
     if procs.is_main_process:
         check_out_folder(out, resume)
         if resume and (out / "run.json").exists():
