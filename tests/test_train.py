@@ -166,6 +166,9 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("stages.0.eval_every=0", "stages.0.eval_every: must be >= 1, or null to validate at the end of each epoch"),
     ("stages.0.save_every=0", "stages.0.save_every: must be >= 1, or null to checkpoint twice per epoch"),
     ("stages.0.early_stopping=0", "stages.0.early_stopping: must be >= 1, or null to never stop early"),
+    # no validation data, so no validation to count: it never stopped, unsaid
+    (("stages.0.early_stopping=2", "stages.0.data.val=[]"),
+     "stages.0.early_stopping: counts validations, which need data.val records"),
     ("stages.0.max_grad_norm=-1", "stages.0.max_grad_norm: must be >= 0 (0 or null: no clipping)"),
     ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
     ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
