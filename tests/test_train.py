@@ -256,6 +256,17 @@ def test_generation_metric_needs_validation_data(shapes_data):
         parse_recipe(tiny_recipe(shapes_data, [stage("s", best_metric="cider", data={"train": ["a.json"]})]))
 
 
+def test_per_component_learning_rates_are_logged_by_name(tmp_path, shapes_data):
+    """metrics.jsonl's `lr` was the first parameter group's: the vision tower's lr_vision, logged as the stage's lr."""
+    trains = {"vision": "full", "connector": "full", "language": "full"}
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1, train=trains, lr=1e-3, lr_vision=1e-5,
+                                                              lr_connector=2e-4, schedule="constant", warmup=0)])),
+                 run)
+    (row,) = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in row]
+    assert (row["lr"], row["lr_vision"], row["lr_connector"]) == (1e-3, 1e-5, 2e-4)
+
+
 def test_early_stopping_halts_when_validation_stops_improving(tmp_path, shapes_data):
     # A learning rate this high makes validation loss stop improving at once; patience 2 ends the stage early.
     recipe = parse_recipe(tiny_recipe(shapes_data, [

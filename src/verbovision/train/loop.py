@@ -108,13 +108,23 @@ def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
     last = state.step == setup.total_steps
     if values and (state.step % stage.log_every == 0 or last):  # else the step's values are read only where shown
         loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **logged_values(values),
-                        lr=setup.scheduler.get_last_lr()[0])
+                        **learning_rates(stage, setup.scheduler))
     eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
     if setup.val_examples and (eval_now or last):
         validate(loop)
     if checkpoint_due(stage, state, setup.steps_per_epoch, end_of_epoch) or last:
         # The stage's last step too: a run stopped while saving the stage's model resumes without redoing steps.
         checkpoint(loop)
+
+
+def learning_rates(stage: Stage, scheduler) -> dict[str, float]:
+    """The learning rates now, as logged: `lr` of the components that train at the stage's lr, and `lr_<component>`
+    of each with a rate of its own (lr_vision...); not the first parameter group's alone, whatever its component."""
+    rates = {}
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        component = group["name"].split(".")[0]  # vision, vision.no_decay, ...
+        rates.setdefault(f"lr_{component}" if getattr(stage, f"lr_{component}") is not None else "lr", lr)
+    return rates
 
 
 def checkpoint_due(stage: Stage, state: TrainState, steps_per_epoch: int, end_of_epoch: bool) -> bool:
