@@ -267,6 +267,16 @@ def test_per_component_learning_rates_are_logged_by_name(tmp_path, shapes_data):
     assert (row["lr"], row["lr_vision"], row["lr_connector"]) == (1e-3, 1e-5, 2e-4)
 
 
+def test_a_vqa_best_metric_on_single_answer_validation_data_fails_before_the_first_stage(tmp_path, shapes_data):
+    """VQA accuracy needs several reference answers per item; on one it refused at the stage's first validation, after
+    the stages before it (and its own steps up to it) had trained."""
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a", max_steps=1), stage("b", best_metric="vqa")]))
+    with pytest.raises(ConfigError, match=r"^stage b: best_metric vqa: item '\S+' has 1 reference answer\(s\); VQA "
+                                          r"accuracy credits"):
+        train_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_early_stopping_halts_when_validation_stops_improving(tmp_path, shapes_data):
     # A learning rate this high makes validation loss stop improving at once; patience 2 ends the stage early.
     recipe = parse_recipe(tiny_recipe(shapes_data, [

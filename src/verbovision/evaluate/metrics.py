@@ -80,7 +80,7 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     for name in names:
         if name in ANSWER_METRICS:
             if name in HUMAN_ANSWER_METRICS:
-                _check_human_answers(references, name)
+                check_human_answers(references, name)
             answers = score_vqa(predictions, references, kind=ANSWER_METRICS[name], types=types)
             result.values[name], per_item[name] = answers.mean, answers.per_item
             result.details.update(_answer_details(name, answers))
@@ -94,7 +94,8 @@ def score(predictions: Mapping[str, str], references: Mapping[str, list[str]], n
     return result
 
 
-def _check_human_answers(references: Mapping, name: str) -> None:
+def check_human_answers(references: Mapping, name: str) -> None:
+    """Refuse scoring `name` (a HUMAN_ANSWER_METRICS one) on items with fewer than two reference answers."""
     for key, answers in references.items():
         count = 1 if isinstance(answers, str) else len(answers)
         if count < 2:

@@ -17,9 +17,11 @@ from ..data.encoding import Encoder
 from ..data.rows import source_path
 from ..data.streams import is_stream
 from ..errors import ConfigError, DataError, VerboError
+from ..evaluate.metrics import HUMAN_ANSWER_METRICS
 from ..families import family_of
 from ..model.store import adapter_base, check_model_location, explained_import_error, is_adapter, load_processor
 from ..model.trainable import trained_modules
+from .setup import validation_records
 
 JAVA_METRICS = ("meteor",)
 """best_metric values computed by a Java program (pycocoevalcap's METEOR)."""
@@ -72,6 +74,8 @@ def check_stages(recipe: Recipe, base: str) -> None:
             trained_modules(model, stage)
         except VerboError as e:
             raise ConfigError(f"stages.{index} ({stage.name}): {e}") from None
+        if stage.best_metric in HUMAN_ANSWER_METRICS:  # one its validation records cannot score
+            validation_records(recipe, stage)
 
 
 def model_skeleton(path: str) -> torch.nn.Module:
