@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,21 @@ def test_an_scst_stage_in_several_processes_is_refused_before_any_process_starts
                                        "supported yet); train the recipe without --nproc, or its scst stage on its "
                                        "own\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_several_processes_says_interrupted_once(tmp_path, shapes_data):
+    """Ctrl-C (SIGINT to the terminal's process group) printed "interrupted" once per process, then torchrun's
+    SignalException traceback and "training in 2 processes failed"."""
+    recipe = _recipe(tmp_path, shapes_data)
+    run = tmp_path / "run"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen([sys.executable, "-m", "verbovision", "train", str(recipe), "stages.0.max_steps=10000",
+                                "stages.0.log_every=1", "--nproc", "2", "--out", str(run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (run / "metrics.jsonl").exists() and process.poll() is None:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert [line for line in err.splitlines() if line.startswith("verbo:") or "Error" in line or "Exception" in line
+            or "signal" in line] == ["verbo: interrupted"], err

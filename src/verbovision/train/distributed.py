@@ -474,16 +474,23 @@ def _wrap_blocks_present(plugin, model) -> None:
 
 QUIET_LAUNCHER = """
 import logging, runpy, sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+import torch.distributed.launcher.api  # the elastic agent's modules: their loggers, several with a level of their own
+for name in list(logging.root.manager.loggerDict):
+    if name.startswith("torch.distributed.elastic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 sys.argv = sys.argv[1:]
 try:
     runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 except ChildFailedError:
     sys.exit(1)
+except SignalException as e:
+    sys.exit(128 + e.sigval)
 """
 """Runs a launcher module (torchrun, `accelerate launch`) as `python -m` would, without the traceback and the log
-lines with which torchrun reports a process that failed: the process said why itself."""
+lines with which torchrun reports a process that failed (the process said why itself) or its own interruption
+(Ctrl-C: the processes say they were interrupted)."""
 
 
 def launch(nproc: int, argv: list[str], accelerate_config: str | None = None) -> list[str]:
