@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import shutil
@@ -111,6 +112,24 @@ def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_pat
     assert (tmp_path / "moved/final").resolve() == tmp_path / "moved/stages/1-b/model"
 
 
+def test_a_moved_run_whose_final_adapter_has_its_base_in_the_run_still_loads_and_merges(tmp_path, shapes_data):
+    """The last stage's adapter named its base, the first stage's merged model, by its absolute path: once the run
+    had moved, `verbo caption RUN` and `verbo merge RUN` failed on that path."""
+    from verbovision.cli import main
+    from verbovision.infer.vlm import VLM
+    from verbovision.model.store import adapter_base
+
+    lora = {"train": {"vision": "frozen", "connector": "full", "language": "lora"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a", max_steps=1, merge=True, **lora),
+                                                    stage("b", max_steps=1, **lora)]))
+    train_recipe(recipe, tmp_path / "first")
+    shutil.move(tmp_path / "first", tmp_path / "moved")
+    assert adapter_base(tmp_path / "moved/final") == str(tmp_path / "moved/stages/0-a/model")
+    assert VLM(tmp_path / "moved", device="cpu").caption([next((shapes_data / "images").glob("*.png"))])
+    assert main(["merge", str(tmp_path / "moved"), "--out", str(tmp_path / "merged")]) == 0
+
+
 def test_recipe_changes_allow_only_what_continuing_keeps():
     """Frequencies and runtime settings are notes; a length raised, of an unfinished stage, too; the rest refused."""
     from verbovision.train.resume import recipe_changes
@@ -165,6 +184,25 @@ def test_resume_refuses_a_changed_recipe_or_data_and_notes_safe_changes(tmp_path
     capsys.readouterr()
     assert train_recipe(parse_recipe({**safe, "data_root": str(moved)}), run, resume=True)["stages"]["s"]["steps"] == 2
     assert f"data_root: {shown(str(data))} -> {shown(str(moved))}" in capsys.readouterr().err
+
+
+def test_resume_in_another_number_of_processes_is_refused(tmp_path, shapes_data):
+    """A run checkpointed by 2 processes (batch_size per process) resumed in 1 went on with half the global batch
+    from the checkpoint's step on, its epochs counted anew, and run.json then said 1 process for the whole stage."""
+    from verbovision.errors import ConfigError
+
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=2, save_every=1)]))
+    run = tmp_path / "run"
+    train_recipe(recipe, run)
+    info = json.loads((run / "run.json").read_text())
+    info["summary"]["s"]["batch"]["processes"] = 2  # as `verbo train --nproc 2` records it
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "stages/0-s/done.json").unlink()  # stopped before the stage ended
+    with pytest.raises(ConfigError, match=r"--resume in 1 process, but stage s trained in 2 \(batch_size is per "
+                                          r"process: its batches would change partway\); resume with --nproc 2"):
+        train_recipe(recipe, run, resume=True)
+    shutil.rmtree(run / "stages/0-s/checkpoints")  # nothing to continue: the stage starts again, in 1 process
+    assert train_recipe(recipe, run, resume=True)["summary"]["s"]["batch"]["processes"] == 1
 
 
 @pytest.mark.parametrize("resume", [True, False])

@@ -13,7 +13,7 @@ from verbovision.config.parse import parse_recipe
 from verbovision.data.batching import Collator
 from verbovision.data.encoding import Encoder
 from verbovision.data.sources import read_records
-from verbovision.errors import ConfigError
+from verbovision.errors import ConfigError, DataError
 from verbovision.evaluate.ptb import ptb_tokenize
 from verbovision.infer.greedy import eos_token_ids
 from verbovision.infer.options import DecodeOptions
@@ -212,6 +212,36 @@ def test_scst_stage_end_to_end(tmp_path, shapes_data):
     assert any("val_cider" in r for r in rows if r["stage"] == "rl")
     assert (run / "final/config.json").exists() and (run / "stages/1-rl/adapter").exists()
     assert VLM(run / "final", device="cpu").caption(_images(shapes_data, 1), options=DecodeOptions(max_new_tokens=5))
+
+
+def _unreadable_captions(tmp_path, shapes_data, n: int = 4) -> str:
+    """A training file of `n` caption records whose images are all unreadable."""
+    rows = []
+    for i, record in enumerate(read_records(shapes_data / CAPTIONS)[:n]):
+        (tmp_path / f"{i}.png").write_bytes(b"not an image")
+        rows.append({"id": f"r{i}", "image": str(tmp_path / f"{i}.png"),
+                     "conversations": [{"from": "human", "value": "<image>\nDescribe the image briefly."},
+                                       {"from": "gpt", "value": record.references[0]}]})
+    (tmp_path / "broken.json").write_text(json.dumps(rows))
+    return str(tmp_path / "broken.json")
+
+
+@pytest.mark.parametrize("kind", [
+    {"type": "scst", "scst_samples": 2, "scst_max_new_tokens": 4, "best_metric": "cider"},
+    {"train": {"vision": "full", "connector": "full", "language": "full"}},  # no feature cache: images read as it steps
+])
+def test_a_stage_whose_images_all_fail_stops_instead_of_training_on_nothing(tmp_path, shapes_data, kind):
+    """Every image unreadable, the stage one epoch long: it ran to its end and exit 0 with a "trained" model (an SCST
+    stage logging zero rewards and stepping the optimizer on no gradient), as the check of a whole epoch with nothing
+    usable came only after the stage's last step had returned; it stops with the skips it met, before the last
+    step's checkpoint (which --resume would take for the stage done)."""
+    data = {"train": [_unreadable_captions(tmp_path, shapes_data)], "val": ["val/caption_short_en.json"]}
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("s", template="plain", data=data, max_steps=None, epochs=1,
+                                                          batch_size=2, **kind)]))
+    with pytest.raises(DataError, match=r"stage s: an epoch of the training data gave no usable example \(4 "
+                                        r"skipped: unreadable image x4"):
+        train_recipe(recipe, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run/stages/0-s/checkpoints").iterdir()] == ["step-00000001"]  # halfway
 
 
 @pytest.mark.parametrize("change, message", [

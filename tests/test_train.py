@@ -166,6 +166,9 @@ def test_bad_image_is_skipped_counted_and_reported(tmp_path, shapes_data):
     ("stages.0.eval_every=0", "stages.0.eval_every: must be >= 1, or null to validate at the end of each epoch"),
     ("stages.0.save_every=0", "stages.0.save_every: must be >= 1, or null to checkpoint twice per epoch"),
     ("stages.0.early_stopping=0", "stages.0.early_stopping: must be >= 1, or null to never stop early"),
+    # no validation data, so no validation to count: it never stopped, unsaid
+    (("stages.0.early_stopping=2", "stages.0.data.val=[]"),
+     "stages.0.early_stopping: counts validations, which need data.val records"),
     ("stages.0.max_grad_norm=-1", "stages.0.max_grad_norm: must be >= 0 (0 or null: no clipping)"),
     ("stages.0.lora.r=0", "stages.0.lora.r: must be >= 1"),
     ("stages.0.lora.dropout=1", "stages.0.lora.dropout: must be in [0, 1)"),
@@ -251,6 +254,27 @@ def test_best_checkpoint_by_generation_metric(tmp_path, shapes_data):
 def test_generation_metric_needs_validation_data(shapes_data):
     with pytest.raises(ConfigError, match="best_metric: cider needs data.val"):
         parse_recipe(tiny_recipe(shapes_data, [stage("s", best_metric="cider", data={"train": ["a.json"]})]))
+
+
+def test_per_component_learning_rates_are_logged_by_name(tmp_path, shapes_data):
+    """metrics.jsonl's `lr` was the first parameter group's: the vision tower's lr_vision, logged as the stage's lr."""
+    trains = {"vision": "full", "connector": "full", "language": "full"}
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(tiny_recipe(shapes_data, [stage("s", max_steps=1, train=trains, lr=1e-3, lr_vision=1e-5,
+                                                              lr_connector=2e-4, schedule="constant", warmup=0)])),
+                 run)
+    (row,) = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "grad_norm" in row]
+    assert (row["lr"], row["lr_vision"], row["lr_connector"]) == (1e-3, 1e-5, 2e-4)
+
+
+def test_a_vqa_best_metric_on_single_answer_validation_data_fails_before_the_first_stage(tmp_path, shapes_data):
+    """VQA accuracy needs several reference answers per item; on one it refused at the stage's first validation, after
+    the stages before it (and its own steps up to it) had trained."""
+    recipe = parse_recipe(tiny_recipe(shapes_data, [stage("a", max_steps=1), stage("b", best_metric="vqa")]))
+    with pytest.raises(ConfigError, match=r"^stage b: best_metric vqa: item '\S+' has 1 reference answer\(s\); VQA "
+                                          r"accuracy credits"):
+        train_recipe(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_early_stopping_halts_when_validation_stops_improving(tmp_path, shapes_data):

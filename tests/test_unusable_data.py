@@ -259,6 +259,18 @@ def test_images_that_exist_but_do_not_decode_stop_the_stage_not_train_it(coco_ap
     assert not metrics.exists() or "loss" not in metrics.read_text(), "no step logged a loss"
 
 
+def test_a_record_skipped_in_every_epoch_is_counted_once(coco_apart, tmp_path):
+    """An image that does not decode, read by a trained vision tower as batches are built, skipped its record in
+    each epoch: run.json and report.md counted one bad record once per epoch (3 here, 15 in git-pokemon-lora)."""
+    (coco_apart / "photos/000.png").write_bytes(b"not a png")
+    train = {"vision": "full", "connector": "full", "language": "full"}
+    recipe = parse_recipe(coco_recipe(coco_apart, {"path": "annotations/captions_train.json", "image_root": "photos"},
+                                      train=train, max_steps=None, epochs=3))
+    train_recipe(recipe, tmp_path / "run")
+    (skip,) = read_json(tmp_path / "run/run.json")["skipped"]["s"].values()
+    assert skip["count"] == 1 and len(skip["examples"]) == 1, skip
+
+
 def test_an_unreadable_image_skips_its_item_only(tmp_path):
     """`load_images`, as batches, the feature cache, SCST and `verbo predict` load images: an item keeps all of its
     images or none, and each one left out comes back with its error."""

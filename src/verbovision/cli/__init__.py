@@ -10,7 +10,7 @@ import sys
 import warnings
 from typing import NoReturn
 
-from ..errors import VerboError
+from ..errors import RANK_ERRORS, VerboError, show_error
 from . import chat, data, evaluate, generate, predict, serve, train
 from .common import Command, CommandGroup, HelpFormatter, add_commands, pause_collector
 
@@ -80,10 +80,11 @@ def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except VerboError as e:
-        print(f"verbo: error: {e}", file=sys.stderr)
+        show_error(e)
         return 2
     except KeyboardInterrupt:
-        print("verbo: interrupted", file=sys.stderr)
+        if RANK_ERRORS not in os.environ:  # else a process of `verbo train --nproc`, which says it once for all
+            print("verbo: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`verbo data check ... --json | head`): stop without a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again

@@ -126,13 +126,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     nproc = _processes(args) if "LOCAL_RANK" not in os.environ else 1  # a launched process is one of them
     if nproc > 1:  # not yet launched: start the processes, each runs this
         from ..train.distributed import launch
+        from ..train.preflight import check_processes
+
+        check_processes(recipe, nproc)
+        from ..train.run import folder_state, forget_failed_start
 
         argv = ["train", str(path), *args.overrides, "--out", str(out)] + (["--resume"] if args.resume else [])
-        if launch(nproc, argv, args.accelerate_config):
-            raise VerboError(f"training in {nproc} processes failed (see their output above)")
+        before = folder_state(out)
+        errors = launch(nproc, argv, args.accelerate_config)
+        if errors:
+            forget_failed_start(out, *before)  # as one process does; here once all of them have stopped
+            raise VerboError("; ".join(errors))
         return
-    train_and_report(recipe, out, resume=args.resume)
-    print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
+    if train_and_report(recipe, out, resume=args.resume):  # the main process: the others wrote nothing
+        print(f"run folder: {out}  (final model: {out / 'final'}, report: {out / 'report.md'})")
 
 
 TRAIN = Command(

@@ -198,6 +198,8 @@ def _check_stage(stage: Stage, where: str) -> None:
         raise ConfigError(f"{where}.eval_benchmarks: scored at each validation, which needs data.val records")
     if stage.best_metric != "val_loss" and not stage.data.val:
         raise ConfigError(f"{where}.best_metric: {stage.best_metric} needs data.val records to generate on")
+    if stage.early_stopping and not stage.data.val:  # it counts validations without progress: there would be none
+        raise ConfigError(f"{where}.early_stopping: counts validations, which need data.val records")
     if stage.feature_cache_dtype not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"{where}.feature_cache_dtype: use float16, bfloat16 or float32")
     _check_streams(stage, where)

@@ -104,7 +104,7 @@ def check_references(references: Mapping, names: Sequence[str]) -> None:
     it generates, so that no replies are generated for nothing."""
     for name in names:
         if name in HUMAN_ANSWER_METRICS:
-            _check_human_answers(references, name)
+            check_human_answers(references, name)
 
 
 # Scripts written without spaces between words: Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs. A text
@@ -140,7 +140,8 @@ def input_notes(predictions: Mapping, references: Mapping, names: Sequence[str])
     return notes
 
 
-def _check_human_answers(references: Mapping, name: str) -> None:
+def check_human_answers(references: Mapping, name: str) -> None:
+    """Refuse scoring `name` (a HUMAN_ANSWER_METRICS one) on items with fewer than two reference answers."""
     for key, answers in references.items():
         count = 1 if isinstance(answers, str) else len(answers)
         if count < 2:

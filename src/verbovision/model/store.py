@@ -25,6 +25,8 @@ from ..files import blocking_file, read_json, write_atomic
 
 MODEL_METADATA = "verbovision.json"
 ADAPTER_METADATA = "verbovision_adapter.json"
+BASE_IN_RUN = "base_in_run"
+"""ADAPTER_METADATA's key for a base inside the adapter's run (RUN/stages/<i>-<name>/adapter): its path in the run."""
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -47,6 +49,11 @@ def adapter_base(adapter_dir: str | Path) -> str:
     base = meta.get("base_model") or peft_config.get("base_model_name_or_path")
     if not base:
         raise VerboError(f"{adapter_dir}: adapter metadata names no base model ({ADAPTER_METADATA} missing)")
+    run = adapter_dir.resolve().parents[2:3]  # RUN of RUN/stages/<i>-<name>/adapter (or of a link to it: final)
+    if meta.get(BASE_IN_RUN) and not Path(base).exists() and run:  # the run has moved since, its base with it
+        moved = run[0] / meta[BASE_IN_RUN]
+        if moved.exists():
+            return str(moved)
     return base
 
 

@@ -19,12 +19,15 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 import yaml
+
+from ..errors import RANK_ERRORS
 
 T = TypeVar("T")
 
@@ -469,20 +472,48 @@ def _wrap_blocks_present(plugin, model) -> None:
     plugin.transformer_cls_names_to_wrap = [c for c in getattr(model, "_no_split_modules", None) or [] if c in present]
 
 
-def launch(nproc: int, argv: list[str], accelerate_config: str | None = None) -> int:
-    """Run `verbovision ARGV` in `nproc` processes: torchrun, or `accelerate launch` with a config file."""
+QUIET_LAUNCHER = """
+import logging, runpy, sys
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+import torch.distributed.launcher.api  # the elastic agent's modules: their loggers, several with a level of their own
+for name in list(logging.root.manager.loggerDict):
+    if name.startswith("torch.distributed.elastic"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except ChildFailedError:
+    sys.exit(1)
+except SignalException as e:
+    sys.exit(128 + e.sigval)
+"""
+"""Runs a launcher module (torchrun, `accelerate launch`) as `python -m` would, without the traceback and the log
+lines with which torchrun reports a process that failed (the process said why itself) or its own interruption
+(Ctrl-C: the processes say they were interrupted)."""
+
+
+def launch(nproc: int, argv: list[str], accelerate_config: str | None = None) -> list[str]:
+    """Run `verbovision ARGV` in `nproc` processes: torchrun, or `accelerate launch` with a config file. Returns []
+    when they all finished, else the errors they stopped with, each once (every process meets the same bad input),
+    or a line that says they failed where none stopped with one (a crash, which printed its own traceback)."""
     if accelerate_config:
         # A port of its own unless the config sets one (several machines): concurrent runs on one machine would
         # otherwise all meet on Accelerate's default port and wait for each other forever.
         port = [] if "main_process_port" in yaml.safe_load(Path(accelerate_config).read_text()) else \
             ["--main_process_port", str(_free_port())]
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", accelerate_config,
+        command = ["accelerate.commands.launch", "--config_file", accelerate_config,
                    "--num_processes", str(nproc), *port, "-m", "verbovision", *argv]
     else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+        command = ["torch.distributed.run", "--nproc_per_node", str(nproc),
                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "verbovision", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run(command, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="verbo-errors-") as errors:
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), RANK_ERRORS: errors}
+        status = subprocess.run([sys.executable, "-c", QUIET_LAUNCHER, *command], env=env).returncode
+        messages = [path.read_text(encoding="utf-8") for path in sorted(Path(errors).iterdir())]
+    if not status:
+        return []
+    return list(dict.fromkeys(messages)) or [f"training in {nproc} processes failed (see their output above)"]
 
 
 def _free_port() -> int:

@@ -13,7 +13,7 @@ import torch
 
 from ..config.schema import Recipe, Stage
 from ..data.records import SkipLog
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..files import write_json
 from ..model.trainable import train_mode
 from ..progress import progress
@@ -58,8 +58,6 @@ def start_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base
     """Set the stage up (its seed from its index) and say what it is about to do: printed, and in run.json."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(recipe.seed + index)
-    if procs.distributed and stage.type == "scst":
-        raise ConfigError(f"stage {stage.name}: scst stages run in one process (several are not supported yet)")
     setup = prepare_stage(procs, recipe, stage, base, stage_dir.parents[1])
     if procs.is_main_process:
         print("\n".join(runinfo.summary_lines(index, setup.summary)), flush=True)
@@ -80,14 +78,23 @@ def train_epoch(loop: StageLoop, runner: StepRunner) -> None:
             state.record_skip(reason, record_id)
         values = runner.step(prepared, state)  # forward, loss, backward, optimizer step; {} if all were skipped
         trained += bool(values)
+        # Before the step is counted, validated and checkpointed (--resume would take the checkpoint for the stage
+        # done): an epoch, or a stage that ends in its first one, that learned from nothing.
+        ends_stage = state.step + 1 >= loop.setup.total_steps
+        if not trained and (end_of_epoch or ends_stage and state.epoch == 0):
+            raise nothing_usable(stage, state)
         after_step(loop, values, end_of_epoch)
         if state.step >= loop.setup.total_steps or state.stopped:
             return
-    if not trained:
-        raise DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
-                        f"({SkipLog.from_dict(state.skipped).describe()})")
+    if not trained:  # an epoch of no group at all
+        raise nothing_usable(stage, state)
     state.epoch += 1
     state.step_in_epoch = 0
+
+
+def nothing_usable(stage: Stage, state: TrainState) -> DataError:
+    return DataError(f"stage {stage.name}: an epoch of the training data gave no usable example "
+                     f"({SkipLog.from_dict(state.skipped).describe()})")
 
 
 def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
@@ -101,13 +108,23 @@ def after_step(loop: StageLoop, values: dict, end_of_epoch: bool) -> None:
     last = state.step == setup.total_steps
     if values and (state.step % stage.log_every == 0 or last):  # else the step's values are read only where shown
         loop.logger.log(stage=stage.name, step=state.step, epoch=state.epoch, **logged_values(values),
-                        lr=setup.scheduler.get_last_lr()[0])
+                        **learning_rates(stage, setup.scheduler))
     eval_now = state.step % stage.eval_every == 0 if stage.eval_every else end_of_epoch
     if setup.val_examples and (eval_now or last):
         validate(loop)
     if checkpoint_due(stage, state, setup.steps_per_epoch, end_of_epoch) or last:
         # The stage's last step too: a run stopped while saving the stage's model resumes without redoing steps.
         checkpoint(loop)
+
+
+def learning_rates(stage: Stage, scheduler) -> dict[str, float]:
+    """The learning rates now, as logged: `lr` of the components that train at the stage's lr, and `lr_<component>`
+    of each with a rate of its own (lr_vision...); not the first parameter group's alone, whatever its component."""
+    rates = {}
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+        component = group["name"].split(".")[0]  # vision, vision.no_decay, ...
+        rates.setdefault(f"lr_{component}" if getattr(stage, f"lr_{component}") is not None else "lr", lr)
+    return rates
 
 
 def checkpoint_due(stage: Stage, state: TrainState, steps_per_epoch: int, end_of_epoch: bool) -> bool:

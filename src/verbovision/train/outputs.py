@@ -11,7 +11,7 @@ from ..files import follow_umask, read_json, write_json
 from ..merge import merge_adapter, merge_verified
 from ..model.build import save_model
 from ..model.quantize import is_quantized
-from ..model.store import ADAPTER_METADATA, MODEL_METADATA, load_model, save_processor, weights_dtype
+from ..model.store import ADAPTER_METADATA, BASE_IN_RUN, MODEL_METADATA, load_model, save_processor, weights_dtype
 from ..model.trainable import configure_trainable, disable_checkpointing
 from .distributed import Processes
 from .state import StageResult
@@ -52,8 +52,7 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
     model.save_pretrained(adapter_dir)
     follow_umask(adapter_dir)
     save_processor(with_trained_template(processor, family_of(model.config), metadata), adapter_dir)
-    write_json(adapter_dir / ADAPTER_METADATA, {"base_model": str(Path(base).resolve()) if Path(base).exists() else base,
-                                                "stage": stage.name})
+    write_json(adapter_dir / ADAPTER_METADATA, adapter_record(base, stage.name, stage_dir.parents[1]))
     write_json(adapter_dir / MODEL_METADATA, metadata)
     if not stage.merge:  # the last stage (parse_recipe sees to it): its adapter is the run's final model
         return StageResult(stage.name, str(adapter_dir), str(adapter_dir), 0, None)
@@ -64,3 +63,14 @@ def finish_stage(procs: Processes, model, processor, stage: Stage, base: str, st
         _, report = merge_verified(model.to(dtype), processor, merged_dir, base, str(adapter_dir), metadata)
     print(report.summary())
     return StageResult(stage.name, str(merged_dir), str(adapter_dir), 0, None)
+
+
+def adapter_record(base: str, stage: str, run_dir: Path) -> dict:
+    """An adapter's metadata: its base (a local one as an absolute path) and stage; a base inside the run (its init/,
+    an earlier stage's merged model) also by its path in the run, which still finds it once the run has moved."""
+    if not Path(base).exists():
+        return {"base_model": base, "stage": stage}
+    record = {"base_model": str(Path(base).resolve()), "stage": stage}
+    if Path(base).resolve().is_relative_to(run_dir.resolve()):
+        record[BASE_IN_RUN] = str(Path(base).resolve().relative_to(run_dir.resolve()))
+    return record

@@ -17,9 +17,11 @@ from ..data.encoding import Encoder
 from ..data.rows import source_path
 from ..data.streams import is_stream
 from ..errors import ConfigError, DataError, VerboError
+from ..evaluate.metrics import HUMAN_ANSWER_METRICS
 from ..families import family_of
 from ..model.store import adapter_base, check_model_location, explained_import_error, is_adapter, load_processor
 from ..model.trainable import trained_modules
+from .setup import validation_records
 
 JAVA_METRICS = ("meteor",)
 """best_metric values computed by a Java program (pycocoevalcap's METEOR)."""
@@ -45,6 +47,15 @@ def check_data_files(recipe: Recipe) -> None:
                                 "no such folder")
 
 
+def check_processes(recipe: Recipe, processes: int) -> None:
+    """What the stages can train in `processes` processes: SCST in one only (checked before any stage trains, or
+    before `--nproc` launches any process)."""
+    for index, stage in enumerate(recipe.stages):
+        if processes > 1 and stage.type == "scst":
+            raise ConfigError(f"stages.{index} ({stage.name}): scst stages run in one process (several are not "
+                              "supported yet); train the recipe without --nproc, or its scst stage on its own")
+
+
 def check_stages(recipe: Recipe, base: str) -> None:
     """Every stage's trainable components, LoRA targets and template against the model the run starts from."""
     check_model_location(base)
@@ -63,6 +74,8 @@ def check_stages(recipe: Recipe, base: str) -> None:
             trained_modules(model, stage)
         except VerboError as e:
             raise ConfigError(f"stages.{index} ({stage.name}): {e}") from None
+        if stage.best_metric in HUMAN_ANSWER_METRICS:  # one its validation records cannot score
+            validation_records(recipe, stage)
 
 
 def model_skeleton(path: str) -> torch.nn.Module:

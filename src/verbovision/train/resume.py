@@ -30,15 +30,31 @@ checked against run.json's fingerprints."""
 ABSENT = "(none)"
 
 
-def check_resumed_run(recipe: Recipe, out: Path, run: dict) -> None:
-    """Refuse to resume the run in `out` (its run.json: `run`) with another recipe or other data than it trains on."""
+def check_resumed_run(recipe: Recipe, out: Path, run: dict, processes: int = 1) -> None:
+    """Refuse to resume the run in `out` (its run.json: `run`) with another recipe or other data than it trains on,
+    or in another number of `processes` than its checkpointed stage trained in."""
     check_resumed_recipe(recipe, out)
+    check_resumed_processes(recipe, out, run, processes)
     current = runinfo.data_fingerprints(recipe)
     changed = [path for path, digest in run.get("data_fingerprints", {}).items() if current.get(path, digest) != digest]
     if changed:
         # Other records would make the resumed epochs differ from the ones its checkpoints were cut from.
         raise ConfigError(f"{out}: --resume: {', '.join(changed)} changed since the run started (run.json's "
                           "data_fingerprints); restore it, or start a new run with another --out")
+
+
+def check_resumed_processes(recipe: Recipe, out: Path, run: dict, processes: int) -> None:
+    """A stage resumed from a checkpoint goes on in as many processes as it trained in: batch_size is per process, so
+    another count would change the global batch (and the epoch's steps, the checkpoint's place in them) partway, as
+    a changed batch_size would, while run.json recorded the new count for the whole stage."""
+    for index, stage in enumerate(recipe.stages):
+        stage_dir = out / "stages" / f"{index}-{stage.name}"
+        started = run.get("summary", {}).get(stage.name, {}).get("batch", {}).get("processes", processes)
+        checkpointed = any(stage_dir.glob("checkpoints/step-*")) and not (stage_dir / "done.json").exists()
+        if checkpointed and started != processes:
+            raise ConfigError(f"{out}: --resume in {processes} process{'es' if processes > 1 else ''}, but stage "
+                              f"{stage.name} trained in {started} (batch_size is per process: its batches would "
+                              f"change partway); resume with --nproc {started}, or start a new run with another --out")
 
 
 def check_resumed_recipe(recipe: Recipe, out: Path) -> None:

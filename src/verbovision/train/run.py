@@ -28,29 +28,43 @@ from ..model.store import run_final
 from . import runinfo
 from .distributed import Processes
 from .loop import run_stage, seed_everything
-from .preflight import check_data_files, check_stages
+from .preflight import check_data_files, check_processes, check_stages
 from .resume import check_resumed_run
 from .state import StageResult
 
 
-def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False) -> dict:
+def train_recipe(recipe: Recipe, out: str | Path, resume: bool = False, procs: Processes | None = None) -> dict:
     """Run the recipe's stages into the run folder `out`. A run that fails before its first step (a mistyped path, a
     stage that cannot start) takes back what it wrote into a new or empty `out`: there is nothing to resume, and the
-    corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume."""
+    corrected command then runs as typed. An interrupted one (Ctrl-C) keeps it for --resume. `procs`: this run's
+    processes (default: one, unless launched by --nproc or `accelerate launch`)."""
     out = Path(out)
     blocking = blocking_file(out)
     if blocking:
         raise ConfigError(f"{out}: {blocking} is a file, not a folder; choose another --out for the run")
     check_data_files(recipe)
-    absent = not out.exists()
-    fresh = absent or not any(out.iterdir())
-    procs = Processes()  # this run's processes: one, unless launched by --nproc or `accelerate launch`
+    before = folder_state(out)
+    procs = procs or Processes()
     try:
         return run_recipe(procs, recipe, out, resume)
     except Exception:
-        if fresh and procs.is_main_process and not took_a_step(out):
-            remove_failed_start(out, absent)
+        # Several processes: `verbo train --nproc` takes it back once all have stopped (one process removing the
+        # folder would pull init/ from under the others, which then fail on it with a traceback).
+        if not procs.distributed:
+            forget_failed_start(out, *before)
         raise
+
+
+def folder_state(out: Path) -> tuple[bool, bool]:
+    """Whether the run folder `out` is absent, and whether it is absent or empty (a run starting afresh in it)."""
+    absent = not out.exists()
+    return absent, absent or not any(out.iterdir())
+
+
+def forget_failed_start(out: Path, absent: bool, fresh: bool) -> None:
+    """Take back what a run that started afresh (`folder_state` before it) wrote into `out`, if it never took a step."""
+    if fresh and not took_a_step(out):
+        remove_failed_start(out, absent)
 
 
 def took_a_step(out: Path) -> bool:
@@ -70,10 +84,11 @@ def remove_failed_start(out: Path, absent: bool) -> None:
 
 
 def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dict:
+    check_processes(recipe, procs.world_size)
     if procs.is_main_process:
         check_out_folder(out, resume)
         if resume and (out / "run.json").exists():
-            check_resumed_run(recipe, out, read_json(out / "run.json"))
+            check_resumed_run(recipe, out, read_json(out / "run.json"), procs.world_size)
     procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
     run = read_json(out / "run.json") or runinfo.describe_run(recipe)
@@ -164,9 +179,13 @@ def training_texts(recipe: Recipe):
                 require_usable(usable, skips, f"{what} in {source_path(source, root)}", f"stage {stage.name}")
 
 
-def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path:
-    """Train, then write report.md with the loss curves, skipped records and sample outputs of the final model."""
+def train_and_report(recipe: Recipe, out: Path, resume: bool = False, evaluation: dict | None = None) -> Path | None:
+    """Train, then write report.md with the loss curves, skipped records and sample outputs of the final model; in
+    the main process only (None in the others), as the run's other files are."""
     from .report import sample_captions, write_report
 
-    train_recipe(recipe, out, resume)
+    procs = Processes()
+    train_recipe(recipe, out, resume, procs)
+    if not procs.is_main_process:
+        return None
     return write_report(out, sample_captions(out / "final", recipe), evaluation)

@@ -156,9 +156,13 @@ class ScstSteps:
         return group
 
     def step(self, group: list[list[ScstExample]], state: TrainState) -> dict:
-        """Sample every micro-batch first, so that the loss is normalised by all the step's sampled tokens."""
+        """Sample every micro-batch first, so that the loss is normalised by all the step's sampled tokens. Nothing
+        when no image of the group loads: no optimizer step (as an SFT step with every example skipped), so a stage
+        whose images all fail stops with an error instead of "training" on zero rewards."""
         with compute_precision(self.setup):
             rollouts = [r for r in (self.rollout(examples, state) for examples in group) if r is not None]
+        if not rollouts:
+            return {}
         n_tokens = max(1, int(sum(r.mask.sum() for r in rollouts)))
         total = 0.0
         for rollout in rollouts:

@@ -168,4 +168,12 @@ def validation_records(recipe: Recipe, stage: Stage) -> list:
         return []
     records = [r for source in stage.data.val
                for r in source_records(source, Path(recipe.data_root), SkipLog()) if r.references]
-    return records[: stage.best_metric_records]
+    records = records[: stage.best_metric_records]
+    from ..evaluate.metrics import HUMAN_ANSWER_METRICS, check_human_answers
+
+    if stage.best_metric in HUMAN_ANSWER_METRICS:  # scored at the first validation: say it before any step trains
+        try:
+            check_human_answers({r.id: r.references for r in records}, stage.best_metric)
+        except DataError as e:
+            raise ConfigError(f"stage {stage.name}: best_metric {e}") from None
+    return records

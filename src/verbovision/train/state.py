@@ -120,8 +120,13 @@ class TrainState:
     stopped: bool = False
     skipped: dict = field(default_factory=dict)
     """Records skipped while batching (unreadable images), as SkipLog.as_dict(); restored with the checkpoint."""
+    skipped_entries: list = field(default_factory=list)
+    """The entries counted in `skipped`: a record skipped again in a later epoch is the same record, counted once."""
 
     def record_skip(self, reason: str, record_id: str) -> None:
+        if record_id in self.skipped_entries:
+            return
+        self.skipped_entries.append(record_id)
         log = SkipLog.from_dict(self.skipped)
         log.add(reason, record_id)
         self.skipped = log.as_dict()
