@@ -129,3 +129,16 @@ def test_a_prompt_and_reply_past_the_models_positions_are_refused(gpt2_vlm):
     with pytest.raises(ApiError, match="more than the model's 512 positions") as refused:
         prepare_record(gpt2_vlm, request, config)
     assert (refused.value.status, refused.value.code) == (400, "context_length_exceeded")
+
+
+def test_rotary_positions_have_no_end_to_refuse():
+    """Rotary positions run past the length a model was trained to (as `generate` lets them): the quickstart's LM
+    has 256, and its default 256-token replies are not refused; learned ones (GPT-2, GIT) end."""
+    from transformers import GitConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    from verbovision.families import position_limit
+
+    assert position_limit(Qwen2Config(max_position_embeddings=256)) is None
+    assert position_limit(LlamaConfig()) is None
+    assert position_limit(GPT2Config(n_positions=512)) == 512
+    assert position_limit(GitConfig(max_position_embeddings=1024)) == 1024

@@ -81,6 +81,15 @@ def is_output_head(name: str) -> bool:
     return name.split(".")[-1] == "lm_head" or name == "output"
 
 
+def position_limit(text_config) -> int | None:
+    """How many positions a language model takes at all: as many as its learned position embeddings (GPT-2's
+    n_positions, GIT's max_position_embeddings), one more being an IndexError; None for rotary positions, which run
+    past the length a model was trained to (worse, but they run, as transformers' generate lets them)."""
+    if any(getattr(text_config, key, None) is not None for key in ("rope_parameters", "rope_theta", "rope_scaling")):
+        return None
+    return getattr(text_config, "n_positions", None) or getattr(text_config, "max_position_embeddings", None)
+
+
 _PEFT_PREFIX = "base_model.model."
 
 

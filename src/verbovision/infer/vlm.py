@@ -22,7 +22,7 @@ from ..data.batching import Collator
 from ..data.encoding import Encoded, Encoder
 from ..data.images import load_image
 from ..data.records import CAPTION_PROMPT, TOO_LONG, Record, RecordError
-from ..families import family_of
+from ..families import family_of, position_limit
 from ..model.store import inputs_for, load_model, model_metadata
 from .compiled import WARM_UP_TOKENS, CompiledGeneration
 from .greedy import POSITIONAL_INPUTS, Reply, ReplyTracker, eos_token_ids, greedy_leaving_at_eos, greedy_loop_fits
@@ -64,11 +64,8 @@ class VLM:
         self.collator = Collator(self.encoder, pad_left=True)
         self.device = next(self.model.parameters()).device
         self.eos_ids = eos_token_ids(self.model, self.processor)
-        text_config = model.config.get_text_config()
-        self.max_positions = getattr(text_config, "n_positions", None) or getattr(text_config, "max_position_embeddings",
-                                                                                   None)
-        """Positions the language model has (GPT-2's learned ones end there: one more is an IndexError); None when
-        its config does not say."""
+        self.max_positions = position_limit(model.config.get_text_config())
+        """Positions the language model takes at all (`families.position_limit`); None for rotary positions."""
         self.greedy_loop_fits = compiled is None and greedy_loop_fits(self.model, self.family)
 
     def caption(self, images: Sequence, prompt: str | None = None, options: DecodeOptions | None = None,
@@ -159,8 +156,9 @@ class VLM:
         return len(self.encoder.encode(record, for_generation=True).input_ids)
 
     def check_room(self, record: Record, prompt_tokens: int, options: DecodeOptions) -> None:
-        """Refuse a prompt whose reply of up to max_new_tokens would run past the model's positions (a RecordError
-        saying what to shorten), as OpenAI's API refuses prompt + max_tokens over the context length."""
+        """Refuse a prompt whose reply of up to max_new_tokens would run past the positions of a model with learned
+        ones (a RecordError saying what to shorten), as OpenAI's API refuses prompt + max_tokens over the context
+        length; rotary positions have no such end."""
         if self.max_positions and prompt_tokens + options.max_new_tokens > self.max_positions:
             raise RecordError(record.source, record.id, TOO_LONG, f"the prompt is {prompt_tokens} tokens (images "
                               f"included): with max_new_tokens={options.max_new_tokens} more than the model's "
