@@ -185,8 +185,8 @@ def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = 
 def _answerable(vlm: VLM, questions: list[Question], skipped: dict[str, str], source: Path,
                 options: DecodeOptions) -> tuple[list[Question], list]:
     """The questions (of the file `source`) whose image loads and whose prompt the model can take (e.g. as many
-    `<image>` marks as images, room for the reply: `VLM.check_room`), with their prompt records; the others are noted in `skipped`, so that one skips its
-    question, not the run."""
+    `<image>` marks as images, room for the reply: `VLM.check_room`), with their prompt records; the others are
+    noted in `skipped`, so that one skips its question, not the run."""
     from ..data.images import load_images
     from .messages import prompt_record
 

@@ -5,9 +5,8 @@
   trained, merged or saved as a transformers checkpoint, so the model is marked (`verbovision_quantized`) and code
   that writes weights must refuse it.
 - `8bit` / `4bit` are bitsandbytes quantization applied by `from_pretrained` (QLoRA trains on them); they need the
-  `bitsandbytes` package, an optional install, and a CUDA GPU; 4-bit also runs on the CPU (every release
-  transformers accepts has CPU kernels for it; they save memory rather than time there: int8-dynamic is the fast CPU
-  inference)."""
+  `bitsandbytes` package, an optional install, and a CUDA GPU; 4-bit also runs on the CPU from bitsandbytes 0.49
+  (`BITSANDBYTES_CPU`), where it saves memory rather than time (int8-dynamic is the fast CPU inference)."""
 
 from __future__ import annotations
 
