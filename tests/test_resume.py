@@ -82,6 +82,10 @@ def test_skip_counters_survive_a_checkpoint(tmp_path):
     assert restored.skipped == {"unreadable image": {"count": 2, "examples": ["rec-1: broken.png",
                                                                                "rec-2: broken2.png"]}}
     assert (restored.step, restored.epoch, restored.step_in_epoch) == (7, 1, 3)
+    # A checkpoint from before trained_in_epoch was saved: its epoch's steps count as trained, as they did then.
+    (saved,) = tmp_path.glob("step-*/state.json")
+    saved.write_text(json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "trained_in_epoch"}))
+    assert restored.load(procs, tmp_path, model, optimizer, scheduler) and restored.trained_in_epoch == 3
 
 
 def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data):

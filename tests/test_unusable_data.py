@@ -259,6 +259,24 @@ def test_images_that_exist_but_do_not_decode_stop_the_stage_not_train_it(coco_ap
     assert not metrics.exists() or "loss" not in metrics.read_text(), "no step logged a loss"
 
 
+def test_a_resumed_epoch_that_learned_nothing_is_the_same_error(coco_apart, tmp_path):
+    """The run stops at the end of its epoch of undecodable images with checkpoints of the epoch's first steps behind
+    it; --resume then took those steps as ones that learned (only a count in memory said otherwise), finished the
+    epoch on nothing and saved a "trained" model with exit 0."""
+    for image in (coco_apart / "photos").iterdir():
+        image.write_bytes(b"not a png")
+    train = {"vision": "full", "connector": "full", "language": "full"}
+    recipe = parse_recipe(coco_recipe(coco_apart, {"path": "annotations/captions_train.json", "image_root": "photos"},
+                                      train=train, max_steps=None, epochs=1, save_every=1))
+    run = tmp_path / "run"
+    for resume in (False, True):
+        with pytest.raises(DataError, match=r"stage s: an epoch of the training data gave no usable example "
+                                            r"\(12 skipped: unreadable image x12"):
+            train_recipe(recipe, run, resume=resume)
+        assert list((run / "stages/0-s/checkpoints").glob("step-*")), "the first attempt left checkpoints to resume"
+    assert not (run / "final").exists()
+
+
 def test_a_record_skipped_in_every_epoch_is_counted_once(coco_apart, tmp_path):
     """An image that does not decode, read by a trained vision tower as batches are built, skipped its record in
     each epoch: run.json and report.md counted one bad record once per epoch (3 here, 15 in git-pokemon-lora)."""

@@ -70,26 +70,25 @@ def train_epoch(loop: StageLoop, runner: StepRunner) -> None:
     """Step through the rest of the current epoch, until it or the stage ends; an epoch that ends moves the state on
     to the next one."""
     state, stage = loop.state, loop.stage
-    trained = state.step_in_epoch  # steps of this epoch that learned from something (resumed ones did)
     epoch = partial(epoch_groups, runner.sources, stage, loop.seed, state.epoch, state.step_in_epoch,
                     loop.setup.procs.world_size)
     for prepared, stream_skips, end_of_epoch in prepared_groups(epoch, runner.prepare, stage.data_workers):
         for reason, record_id in stream_skips:
             state.record_skip(reason, record_id)
         values = runner.step(prepared, state)  # forward, loss, backward, optimizer step; {} if all were skipped
-        trained += bool(values)
+        state.trained_in_epoch += bool(values)
         # Before the step is counted, validated and checkpointed (--resume would take the checkpoint for the stage
         # done): an epoch, or a stage that ends in its first one, that learned from nothing.
         ends_stage = state.step + 1 >= loop.setup.total_steps
-        if not trained and (end_of_epoch or ends_stage and state.epoch == 0):
+        if not state.trained_in_epoch and (end_of_epoch or ends_stage and state.epoch == 0):
             raise nothing_usable(stage, state)
         after_step(loop, values, end_of_epoch)
         if state.step >= loop.setup.total_steps or state.stopped:
             return
-    if not trained:  # an epoch of no group at all
+    if not state.trained_in_epoch:  # an epoch of no group at all
         raise nothing_usable(stage, state)
     state.epoch += 1
-    state.step_in_epoch = 0
+    state.step_in_epoch = state.trained_in_epoch = 0
 
 
 def nothing_usable(stage: Stage, state: TrainState) -> DataError:

@@ -115,6 +115,9 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
+    trained_in_epoch: int = 0
+    """Steps of the current epoch that learned from something: an epoch that ends with none is an error, resumed or
+    not (steps whose every record was skipped are counted in step_in_epoch too)."""
     best: float | None = None
     bad_evals: int = 0
     stopped: bool = False
@@ -156,7 +159,10 @@ class TrainState:
         if not checkpoints:
             return False
         latest = checkpoints[-1]
-        self.__dict__.update(read_json(latest / "state.json"))
+        saved = read_json(latest / "state.json")
+        # A checkpoint written before trained_in_epoch was kept: its epoch's steps are taken to have learned, as then.
+        saved.setdefault("trained_in_epoch", saved["step_in_epoch"])
+        self.__dict__.update(saved)
         load_trainable(procs, model, latest / "trainable.safetensors")
         extra = torch.load(latest / "optimizer.pt", weights_only=False)
         procs.load_optimizer_state(model, optimizer, extra["optimizer"])
