@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from verbovision.config.parse import parse_recipe
 from verbovision.train.run import train_recipe
 
-from .helpers import curve, kill_at_step, stage, tiny_recipe
+from .helpers import curve, kill_at_step, rows, stage, tiny_recipe
 
 STEPS = 24
 
@@ -102,6 +102,27 @@ def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data
         shutil.rmtree(checkpoint)
     train_recipe(parse_recipe(raw), run, resume=True)
     assert curve(run) == logged
+
+
+def test_time_in_metrics_goes_on_across_a_resume(tmp_path, shapes_data):
+    """metrics.jsonl's `time` (seconds since the run started) restarted at 0 in a resumed run: a plot over time went
+    back. It goes on from the checkpoint's time (or the last row kept, where later)."""
+    raw = tiny_recipe(shapes_data, [stage("s", max_steps=6, save_every=2, log_every=1, eval_every=100)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    # As if killed after step 6 was logged, before its checkpoint, 1000 s into the run and 2000 s at step 4's
+    # checkpoint (a long validation, say).
+    (run / "stages/0-s/done.json").unlink()
+    shutil.rmtree(run / "stages/0-s/checkpoints/step-00000006")
+    state = run / "stages/0-s/checkpoints/step-00000004/state.json"
+    saved = json.loads(state.read_text())
+    assert saved["elapsed"] >= next(r["time"] for r in rows(run) if r["step"] == 4 and "loss" in r)
+    state.write_text(json.dumps({**saved, "elapsed": 2000.0}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "time": r["time"] + 1000}) + "\n" for r in rows(run)))
+    train_recipe(parse_recipe(raw), run, resume=True)
+    times = [r["time"] for r in rows(run)]
+    assert [r["step"] for r in rows(run)][:4] == [1, 2, 3, 4] and len(times) > 4
+    assert times == sorted(times) and times[4] >= 2000, times
 
 
 def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_path, shapes_data):

@@ -42,7 +42,7 @@ def run_stage(procs: Processes, recipe: Recipe, index: int, stage: Stage, base: 
     state, core = TrainState(), setup.model  # core: the model itself, whatever wraps it for several processes
     if resume:  # from the latest checkpoint, else from the stage's start: the steps after it are about to be redone
         state.load(procs, stage_dir / "checkpoints", core, setup.optimizer, setup.scheduler)
-        logger.forget_after(stage.name, state.step)
+        logger.forget_after(stage.name, state.step, state.elapsed)
     setup.model, setup.optimizer = procs.prepare(core, setup.optimizer)
     bar = progress(setup.total_steps, state.step, f"stage {index} {stage.name}", enabled=procs.is_main_process)
     loop = StageLoop(stage, setup, state, core, recipe.seed, stage_dir, logger, bar)
@@ -138,6 +138,7 @@ def checkpoint_due(stage: Stage, state: TrainState, steps_per_epoch: int, end_of
 def checkpoint(loop: StageLoop) -> None:
     """Save the stage's state for --resume; sharded, every process sends its parts and the main one writes."""
     procs, setup = loop.setup.procs, loop.setup
+    loop.state.elapsed = loop.logger.elapsed()
     if procs.is_main_process or procs.sharded:
         loop.state.save(procs, loop.stage_dir / "checkpoints", loop.core, setup.optimizer, setup.scheduler,
                         keep=loop.stage.keep)

@@ -156,23 +156,32 @@ class MetricsLogger:
         """False on all but the main training process: one process logs."""
         self.writer = SummaryWriter(str(run_dir / "tensorboard")) if write else None
         self.start = time.time()
+        """When the run started, as the clock of `time` reads it: moved back by a resumed run (forget_after)."""
+
+    def elapsed(self) -> float:
+        """Seconds of the run so far: each row's `time`."""
+        return round(time.time() - self.start, 2)
 
     def log(self, stage: str, step: int, **values) -> None:
         if not self.write:
             return
-        row = {"stage": stage, "step": step, "time": round(time.time() - self.start, 2), **values}
+        row = {"stage": stage, "step": step, "time": self.elapsed(), **values}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         for key, value in values.items():
             if isinstance(value, float):
                 self.writer.add_scalar(f"{stage}/{key}", value, step)
 
-    def forget_after(self, stage: str, step: int) -> None:
-        """Drop the stage's rows after `step`: a resumed run redoes those steps and logs them again."""
+    def forget_after(self, stage: str, step: int, elapsed: float | None = None) -> None:
+        """Drop the stage's rows after `step`: a resumed run redoes those steps and logs them again. Its clock goes on
+        from `elapsed` (the run's seconds when the checkpoint of `step` was written, where it says) or the last row
+        kept, so that `time` grows across a resume as it would have without one."""
         if not self.write:
             return
         rows = [r for r in read_metrics(self.path.parent) if r["stage"] != stage or r["step"] <= step]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
+        elapsed = max([elapsed or 0.0] + [r.get("time", 0.0) for r in rows])
+        self.start = min(self.start, time.time() - elapsed)  # a later stage of the same process: its clock runs on
 
     def close(self) -> None:
         if self.writer is not None:

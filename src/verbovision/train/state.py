@@ -121,6 +121,8 @@ class TrainState:
     best: float | None = None
     bad_evals: int = 0
     stopped: bool = False
+    elapsed: float | None = None
+    """Seconds since the run started (metrics.jsonl's `time`) when the checkpoint was written; None before."""
     skipped: dict = field(default_factory=dict)
     """Records skipped while batching (unreadable images), as SkipLog.as_dict(); restored with the checkpoint."""
     skipped_entries: list = field(default_factory=list)
