@@ -125,6 +125,29 @@ def test_time_in_metrics_goes_on_across_a_resume(tmp_path, shapes_data):
     assert times == sorted(times) and times[4] >= 2000, times
 
 
+def test_run_json_records_the_versions_of_each_start(tmp_path, shapes_data):
+    """A run started under other package versions and resumed kept saying only its first start's: nothing told that
+    its later stages trained under others. Its own fields stay the first start's; `resumes` lists each resume's."""
+    from verbovision.train.report import write_report
+
+    raw = tiny_recipe(shapes_data, [stage("a", max_steps=1), stage("b", max_steps=1)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    first = json.loads((run / "run.json").read_text())
+    first["packages"]["torch"] = "2.0.0"  # as if started under another torch
+    (run / "run.json").write_text(json.dumps(first))
+    shutil.rmtree(run / "stages/1-b")  # as if stopped before it
+    train_recipe(parse_recipe(raw), run, resume=True)
+    info = json.loads((run / "run.json").read_text())
+    assert {key: info[key] for key in first if key not in ("stages", "adapters")} == {
+        key: first[key] for key in first if key not in ("stages", "adapters")}
+    (resume,) = info["resumes"]
+    assert resume["packages"]["torch"] == torch.__version__ and resume.keys() == {"started", "python", "packages",
+                                                                                  "git_commit"}
+    report = write_report(run, []).read_text()
+    assert f"- resumed {resume['started']}: torch 2.0.0 -> {torch.__version__}\n" in report
+
+
 def test_a_moved_run_resumes_with_its_finished_stages_where_they_are_now(tmp_path, shapes_data):
     """done.json records a finished stage's folders; a run moved since (or resumed by another path, relative or
     through a link) finds them in its stage folders, not where they were."""

@@ -127,6 +127,17 @@ def run_summary(run: dict) -> list[str]:
     return lines
 
 
+def environment_changes(first: dict, later: dict) -> str:
+    """What a resume (run.json's `resumes` entry `later`) ran with that the run's first start (`first`) did not."""
+    old, new = _versions(first), _versions(later)
+    changes = [f"{name} {old.get(name)} -> {value}" for name, value in new.items() if old.get(name) != value]
+    return ", ".join(changes) or "the same versions"
+
+
+def _versions(start: dict) -> dict:
+    return {"python": start.get("python"), **start.get("packages", {}), "git": start.get("git_commit")}
+
+
 def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = None) -> Path:
     run = read_json(run_dir / "run.json") or {}
     rows = read_metrics(run_dir)
@@ -159,6 +170,7 @@ def write_report(run_dir: Path, samples: list[dict], evaluation: dict | None = N
         lines += [f"| `{table_cell(Path(s['image']).name)}` | {table_cell(marked_prediction(s))} | "
                   f"{table_cell(s['reference'])} |" for s in samples]
     lines += ["", "## Environment", "", f"- packages: {run.get('packages', {})}", f"- git: {run.get('git_commit')}"]
+    lines += [f"- resumed {start['started']}: {environment_changes(run, start)}" for start in run.get("resumes", [])]
     path = run_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
     return path

@@ -2,7 +2,8 @@
 
 Run folder layout:
     config.yaml           the resolved recipe
-    run.json              metadata: versions, git commit, data fingerprints, stage outputs, adapters and their bases
+    run.json              metadata: versions and git commit (of the first start; `resumes`: of each resume), data
+                          fingerprints, stage outputs, adapters and their bases
     init/                 the built model (when the recipe builds one)
     stages/<i>-<name>/    checkpoints/step-N/ (for --resume), best.safetensors, adapter/, model/
     final -> ...          the last stage's model (or adapter)
@@ -91,7 +92,8 @@ def run_recipe(procs: Processes, recipe: Recipe, out: Path, resume: bool) -> dic
             check_resumed_run(recipe, out, read_json(out / "run.json"), procs.world_size)
     procs.barrier()
     out.mkdir(parents=True, exist_ok=True)
-    run = read_json(out / "run.json") or runinfo.describe_run(recipe)
+    run = read_json(out / "run.json")
+    run = runinfo.resumed(run) if run else runinfo.describe_run(recipe)
     if procs.is_main_process:
         write_atomic(out / "config.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
         write_json(out / "run.json", run)

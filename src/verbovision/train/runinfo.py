@@ -52,14 +52,21 @@ def fingerprint(path: Path) -> str:
 
 
 def describe_run(recipe: Recipe) -> dict:
-    return {
-        "recipe": recipe.name,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "packages": package_versions(),
-        "git_commit": git_commit(),
-        "data_fingerprints": data_fingerprints(recipe),
-    }
+    """run.json of a run starting: its recipe, environment() at its start and its data's fingerprints."""
+    return {"recipe": recipe.name, **environment(), "data_fingerprints": data_fingerprints(recipe)}
+
+
+def environment() -> dict:
+    """When a run (or a resume of it) starts, and with which Python, packages and VerboVision commit."""
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+            "packages": package_versions(), "git_commit": git_commit()}
+
+
+def resumed(run: dict) -> dict:
+    """run.json `run` with this resume's environment() added to its `resumes`: the stages trained from here on may
+    run on other versions than the first start's, which its own fields keep saying."""
+    run.setdefault("resumes", []).append(environment())
+    return run
 
 
 def data_fingerprints(recipe: Recipe) -> dict[str, str]:
