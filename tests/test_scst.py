@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from verbovision.cli.common import add_decode_options, decode_options_from_flags
 from verbovision.config.parse import parse_recipe
@@ -242,6 +243,52 @@ def test_a_stage_whose_images_all_fail_stops_instead_of_training_on_nothing(tmp_
                                         r"skipped: unreadable image x4"):
         train_recipe(recipe, tmp_path / "run")
     assert [p.name for p in (tmp_path / "run/stages/0-s/checkpoints").iterdir()] == ["step-00000001"]  # halfway
+
+
+def _captioned(tmp_path, shapes_data, captions: list[str]) -> str:
+    """A training file of a caption record per caption, each of another shapes image."""
+    images = sorted((shapes_data / "images").glob("*.png"))
+    rows = [{"id": f"r{i}", "image": str(image), "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image briefly."}, {"from": "gpt", "value": caption}]}
+        for i, (image, caption) in enumerate(zip(images, captions))]
+    (tmp_path / "captions.json").write_text(json.dumps(rows))
+    return str(tmp_path / "captions.json")
+
+
+def _rl(data: str, **kw) -> dict:
+    """An SCST stage on `data`, not validated (its captions would take longest)."""
+    return stage("rl", type="scst", template="plain", data={"train": [data]}, max_steps=2, batch_size=1,
+                 scst_samples=2, scst_max_new_tokens=4, **kw)
+
+
+def test_a_cider_reward_on_one_image_is_refused_before_any_stage_trains(tmp_path, shapes_data, capsys):
+    """CIDEr-D's document frequencies over one training image give every n-gram the idf log(1/1) = 0: the stage
+    trained on rewards that were all 0 (exit 0). Refused by verbo train before its first stage trains."""
+    from verbovision.cli import main
+
+    data = _captioned(tmp_path, shapes_data, ["a large orange square and a large red triangle"])
+    raw = tiny_recipe(shapes_data, [stage("ce", max_steps=2, template="plain"), _rl(data)])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run")]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error == ("verbo: error: stage rl: scst_reward cider takes CIDEr-D's document frequencies from the "
+                     "training references, and with 1 image every n-gram's idf, log(1/1), is 0: every caption would "
+                     "be rewarded 0; train on 2 or more images with different references, or reward bleu only")
+    assert not (tmp_path / "run").exists(), "nothing trained"
+    raw["stages"][1]["scst_reward"] = {"bleu": 1.0}  # BLEU needs no other image
+    train_recipe(parse_recipe(raw), tmp_path / "run")
+
+
+def test_references_the_same_once_tokenized_are_refused_when_the_stage_starts(tmp_path, shapes_data):
+    """Raw references that differ pass the check before training; tokenized (lower case, no punctuation), every
+    n-gram is in both images' references and each idf log(2/2) = 0: the reward's own frequencies refuse them."""
+    data = _captioned(tmp_path, shapes_data, ["A red square.", "a red square"])
+    with pytest.raises(DataError, match=r"stage rl: .* with the same n-grams in all 2 images every n-gram's idf, "
+                                        r"log\(2/2\), is 0"):
+        train_recipe(parse_recipe(tiny_recipe(shapes_data, [_rl(data)])), tmp_path / "run")
+    # Two images whose references differ: the reward is not 0 for every caption.
+    reward = Reward([["a red square"], ["a blue circle"]], {"cider": 1.0})
+    assert not reward.cider.scores_nothing() and reward(["a red square"], [["a red square"]])[0] > 0
 
 
 @pytest.mark.parametrize("change, message", [

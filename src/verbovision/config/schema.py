@@ -164,8 +164,8 @@ class Stage:
     scst_baseline: str = "greedy"
     """SCST: what a sample's reward is compared with: greedy (the greedy caption's) or mean (the other samples')."""
     scst_reward: dict[str, float] = field(default_factory=lambda: {"cider": 1.0})
-    """SCST: reward as weighted per-caption metrics: cider (CIDEr-D, document frequencies of the training references)
-    and bleu (BLEU-4)."""
+    """SCST: reward as weighted per-caption metrics: cider (CIDEr-D, document frequencies of the training references:
+    2 or more images whose references differ) and bleu (BLEU-4)."""
     scst_temperature: float = 1.0
     """SCST: sampling temperature."""
     scst_top_k: int | None = None

@@ -28,8 +28,15 @@ class CiderD:
         self.n, self.sigma = n, sigma
         self._corpus_df: dict[tuple[str, ...], int] | None = None
         self._corpus_log_size = 0.0
+        self.corpus_size = 0
         if corpus_references is not None:
+            self.corpus_size = len(corpus_references)
             self._corpus_df, self._corpus_log_size = self._document_frequencies(corpus_references)
+
+    def scores_nothing(self) -> bool:
+        """Whether the fixed document frequencies give every reference n-gram an idf of 0 (each occurs in the
+        references of every corpus image: always so for one image), so that every score is 0."""
+        return self._corpus_df is not None and all(df >= self.corpus_size for df in self._corpus_df.values())
 
     def _document_frequencies(self, corpus: Sequence[Sequence[str]]) -> tuple[dict[tuple[str, ...], int], float]:
         layout = Layout.build([""] * len(corpus), corpus)

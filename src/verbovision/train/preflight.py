@@ -21,6 +21,7 @@ from ..evaluate.metrics import HUMAN_ANSWER_METRICS
 from ..families import family_of
 from ..model.store import adapter_base, check_model_location, explained_import_error, is_adapter, load_processor
 from ..model.trainable import trained_modules
+from .scst import check_reward_references
 from .setup import validation_records
 
 JAVA_METRICS = ("meteor",)
@@ -76,6 +77,8 @@ def check_stages(recipe: Recipe, base: str) -> None:
             raise ConfigError(f"stages.{index} ({stage.name}): {e}") from None
         if stage.best_metric in HUMAN_ANSWER_METRICS:  # one its validation records cannot score
             validation_records(recipe, stage)
+        if stage.type == "scst":
+            check_reward_references(recipe, stage)
 
 
 def model_skeleton(path: str) -> torch.nn.Module:

@@ -26,6 +26,7 @@ from ..data.encoding import Encoded
 from ..data.images import load_images
 from ..data.records import SkipLog, skip_entry
 from ..data.sources import source_records
+from ..data.streams import is_stream
 from ..errors import DataError
 from ..evaluate.bleu import bleu
 from ..evaluate.cider import CiderD
@@ -146,6 +147,8 @@ class ScstSteps:
         self.sources = scst_sources(recipe, stage, self.encoder)
         corpus = [e.references for examples, _ in self.sources for e in examples]
         self.reward = Reward(corpus, stage.scst_reward)  # document frequencies built once, from every training image
+        if self.reward.cider is not None and self.reward.cider.scores_nothing():
+            raise same_references(stage, len(corpus))
         self.reference = None
         if stage.scst_kl:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -251,6 +254,33 @@ class ScstSteps:
         decode = self.encoder.tokenizer.decode
         return [decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()
                 for row, n in zip(tokens, mask.sum(1))]
+
+
+def same_references(stage: Stage, images: int) -> DataError:
+    """The error of a CIDEr-D reward whose training references give every n-gram an idf of 0 (CiderD.scores_nothing).
+    Its document frequencies come from the training set, as in Rennie et al. and ruotianluo/self-critical.pytorch:
+    idf over any other corpus would reward something else than the CIDEr-D the stage is validated and reported with."""
+    what = "1 image" if images == 1 else f"the same n-grams in all {images} images"
+    return DataError(f"stage {stage.name}: scst_reward cider takes CIDEr-D's document frequencies from the training "
+                     f"references, and with {what} every n-gram's idf, log({images}/{images}), is 0: every caption "
+                     "would be rewarded 0; train on 2 or more images with different references, or reward bleu only")
+
+
+def check_reward_references(recipe: Recipe, stage: Stage) -> None:
+    """Before any stage trains: an SCST stage's cider reward has training images whose references differ (read until
+    two do). Streamed sources, and references that differ only until tokenized, are refused when the stage starts."""
+    if not stage.scst_reward.get("cider") or any(is_stream(source) for source in stage.data.train):
+        return
+    seen, images = set(), 0
+    for source in stage.data.train:
+        for record in source_records(source, Path(recipe.data_root), SkipLog()):
+            if record.references:
+                images += 1
+                seen.add(frozenset(record.references))
+                if len(seen) > 1:
+                    return
+    if images:  # none: scst_sources says so when the stage starts
+        raise same_references(stage, images)
 
 
 def scst_sources(recipe: Recipe, stage: Stage, encoder) -> list[tuple[list[ScstExample], float]]:
