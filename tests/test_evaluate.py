@@ -74,6 +74,30 @@ def test_eval_on_coco_annotations_writes_coco_results(plain_model_dir, shapes_da
     assert not (tmp_path / "llava/captions_results.json").exists()
 
 
+def test_eval_on_coco_scores_against_blank_captions_as_pycocoevalcap(plain_model_dir, shapes_data, tmp_path, capsys):
+    """pycocoevalcap keeps a blank reference caption (CIDEr-D averages over it, BLEU takes it as the closest length
+    to a short reply): `verbo eval` scores as `verbo score` does on the same annotations, and as our scorer does on the
+    references given with the blank ones."""
+    rows = json.loads((shapes_data / "val/caption_short_en.json").read_text())[:4]
+    captions = [row["conversations"][1]["value"] for row in rows]
+    annotations = _write(tmp_path / "captions_val.json", {
+        "images": [{"id": i, "file_name": Path(row["image"]).name} for i, row in enumerate(rows)],
+        "annotations": [{"image_id": i, "caption": text} for i, caption in enumerate(captions)
+                        for text in (caption, "")]})
+    out = tmp_path / "eval"
+    assert main(["eval", str(plain_model_dir), "--data", str(annotations), "--image-root", str(shapes_data / "images"),
+                 "--metrics", "bleu,cider", "--out", str(out), "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    predictions = {row["id"]: row["prediction"] for row in map(json.loads, (out / "predictions.jsonl").open())}
+    with_blank = score(predictions, {str(i): [caption, ""] for i, caption in enumerate(captions)}, ["bleu", "cider"])
+    without = score(predictions, {str(i): [caption] for i, caption in enumerate(captions)}, ["bleu", "cider"])
+    assert with_blank.values["Bleu_1"] != without.values["Bleu_1"], "the replies do not tell the two apart"
+    evaluated = json.loads((out / "report.json").read_text())["metrics"]
+    assert {name: evaluated[name] for name in with_blank.values} == with_blank.values
+    capsys.readouterr()
+    assert main(["score", str(out / "captions_results.json"), "--refs", str(annotations), "--metrics", "bleu"]) == 0
+    assert float(re.search(r"Bleu_1\s*:\s*(\S+)", capsys.readouterr().out).group(1)) == with_blank.values["Bleu_1"]
+
+
 def test_eval_counts_the_replies_cut_at_max_new_tokens(lora_run, shapes_data, tmp_path, capsys):  # noqa: F811
     data = shapes_data / "test/caption_short_en.json"
     records = [r for r in read_records(data) if r.references]

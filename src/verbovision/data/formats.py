@@ -35,9 +35,10 @@ def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError
         images, captions = _coco_annotations(path, document)
     root = options.image_root or _coco_image_root(path, [name for name in images.values()])
     for image_id, file_name in images.items():
-        references = captions.pop(image_id, [])
-        if not references:
-            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions")
+        references = captions.pop(image_id, [])  # blank ones too: the official scorer counts them
+        if not any(reference.strip() for reference in references):
+            blank = " but blank ones" if references else ""
+            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions{blank}")
             continue
         yield pair_record(str(image_id), [(root / file_name).resolve()], references, options.prompt, path)
     for image_id in captions:
@@ -84,7 +85,7 @@ def _karpathy(path: Path, document: dict, splits: set[str] | None) -> tuple[dict
         file_name = _entry_text(image, "filename", f"images[{index}]", path)
         image_id = image.get("cocoid", image.get("imgid"))
         images[image_id] = str(Path(image.get("filepath", "")) / file_name)
-        captions[image_id] = as_texts(image.get("sentences"))
+        captions[image_id] = as_texts(image.get("sentences"), keep_blank=True)
     return images, captions
 
 
@@ -103,7 +104,7 @@ def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
     captions: dict = {}
     for index, annotation in enumerate(document["annotations"]):
         image_id = _entry_field(annotation, "image_id", f"annotations[{index}]", path)
-        captions.setdefault(image_id, []).extend(as_texts(annotation.get("caption")))
+        captions.setdefault(image_id, []).extend(as_texts(annotation.get("caption"), keep_blank=True))
     return images, captions
 
 

@@ -297,8 +297,10 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
 
 
 def pair_record(rid: str, images: list, answers: list[str], prompt: str, source: Path | str) -> Record:
-    """A one-exchange record: the prompt (images placed before it unless it marks them) and the first answer."""
-    return Record(rid, images, [Turn("user", place_images(prompt, len(images))), Turn("assistant", answers[0])],
+    """A one-exchange record: the prompt (images placed before it unless it marks them) and the first answer that
+    is not blank; every answer is a reference (a blank one too: see `as_texts`)."""
+    reply = next(answer for answer in answers if answer.strip())
+    return Record(rid, images, [Turn("user", place_images(prompt, len(images))), Turn("assistant", reply)],
                   str(source), references=list(answers))
 
 
@@ -313,19 +315,22 @@ def _first_present(row: dict, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if row.get(name) not in (None, "", [])), None)
 
 
-def as_texts(value) -> list[str]:
+def as_texts(value, keep_blank: bool = False) -> list[str]:
     """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers. NaN
-    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan"."""
+    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan". A blank
+    string is no text either, unless `keep_blank`: references, which pycocoevalcap keeps (a blank COCO caption
+    still counts in BLEU's closest reference length and in CIDEr's mean over the references)."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value.strip() else []
+        return [value] if keep_blank or value.strip() else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [str(value)] if math.isfinite(value) else []
     if isinstance(value, dict):
-        return as_texts(next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None))
+        text = next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None)
+        return as_texts(text, keep_blank)
     if isinstance(value, (list, tuple)):
-        return [text for item in value for text in as_texts(item)]
+        return [text for item in value for text in as_texts(item, keep_blank)]
     return []
 
 
@@ -369,7 +374,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
     if images and first_user and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
         first_user.text = place_images(first_user.text, len(images))
     last_reply = turns[-1].text if turns[-1].role == "assistant" else ""
-    return Record(rid, images, turns, str(path), references=as_texts(raw.get("references")) or [last_reply])
+    references = as_texts(raw.get("references"), keep_blank=True)  # as `verbo data convert` writes COCO's
+    if not any(reference.strip() for reference in references):
+        references = [last_reply]
+    return Record(rid, images, turns, str(path), references=references)
 
 
 def read_rows(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
