@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import main
+from verbovision.data.rows import json_document
 from verbovision.data.sources import read_records
 from verbovision.evaluate.metrics import score
 from verbovision.evaluate.report import CUT_MARK
@@ -148,9 +149,22 @@ def test_a_karpathy_file_of_several_splits_fails_eval_before_the_model_loads(tmp
               for i, split in enumerate(["test", "train", "test", "restval"])]
     data = _write(tmp_path / "dataset_coco.json", {"images": images, "dataset": "coco"})
     assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
-    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval, "
-                                       "and --data scores every record, training images too; score its test split "
+    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval; "
+                                       "--data scores every record, training images too: score its test split "
                                        f"with --benchmark coco-karpathy (or flickr30k) --data-dir {tmp_path}\n")
+
+
+def test_eval_parses_a_coco_file_once(shapes_data, tmp_path, capsys, monkeypatch):
+    """The Karpathy split check is the reader's: a large annotation file (dataset_coco.json) is not parsed twice."""
+    from verbovision.data import formats
+
+    parsed = []
+    monkeypatch.setattr(formats, "json_document", lambda path: parsed.append(path) or json_document(path))
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    data = _write(tmp_path / "captions.json", {"images": [{"id": 1, "file_name": str(image)}],
+                                               "annotations": [{"image_id": 1, "caption": "a shape"}]})
+    assert main(["eval", str(tmp_path / "no-model"), "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert "no-model" in capsys.readouterr().err and parsed == [data]
 
 
 def test_vqa_accuracy_on_single_answer_data_fails_eval_before_the_model_loads(shapes_data, capsys, tmp_path):

@@ -51,13 +51,6 @@ def _is_karpathy(document) -> bool:
     return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
 
 
-def karpathy_splits(path: Path) -> list[str]:
-    """The splits the images of a Karpathy file (dataset_coco.json...) belong to, in first-seen order; [] for a file
-    that is not one."""
-    document = json_document(path)
-    return _splits_of(document) if _is_karpathy(document) else []
-
-
 def _splits_of(document: dict) -> list[str]:
     return list(dict.fromkeys(str(image.get("split")) for image in document["images"] if isinstance(image, dict)))
 
@@ -66,9 +59,8 @@ def _karpathy_splits_read(path: Path, document: dict, options: ReadOptions) -> s
     """The splits of a Karpathy file that `options.split` names (None: all), each one present in the file."""
     present = _splits_of(document)
     if options.split is None:
-        if options.one_use and len(present) > 1:
-            raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; name the ones this "
-                            "source reads with its split key (split: train,restval to train, as papers do; val)")
+        if options.several_splits and len(present) > 1:
+            raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; {options.several_splits}")
         return None
     wanted = {name.strip() for name in options.split.split(",") if name.strip()}
     unknown = sorted(wanted.difference(present))

@@ -54,7 +54,11 @@ def source_options(source: Source, data_root: Path):
     columns = Columns(source.image_column, source.text_column, source.question_column)
     prompt = {"prompt": source.prompt} if source.prompt is not None else {}
     return ReadOptions(format=source.format, columns=columns, image_root=root, split=source.split,
-                       check_image_files=True, one_use=True, **prompt)
+                       check_image_files=True, several_splits=SOURCE_SPLITS, **prompt)
+
+
+SOURCE_SPLITS = "name the ones this source reads with its split key (split: train,restval to train, as papers do; val)"
+"""A recipe source's `ReadOptions.several_splits`."""
 
 
 IMAGE_COLUMNS = ("image", "images", "image_path", "file_name", "file_names", "filename", "img", "path", "jpg", "png",
@@ -95,9 +99,10 @@ class ReadOptions:
     split: str | None = None
     """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file to read
     (comma-separated, e.g. train,restval; default all)."""
-    one_use: bool = False
-    """The records serve one purpose (a recipe's training or validation source): a Karpathy file holding several
-    splits must then name the ones to read with `split`, since all of them would put test images in training."""
+    several_splits: str | None = None
+    """Where the records serve one purpose (a recipe's training or validation source, `verbo eval --data`), what to
+    do about a Karpathy file holding several splits, none named by `split`: the error says it, since all of them
+    would put test images in training, or training images in a score. None reads them all (`verbo data`)."""
     check_image_files: bool = False
     """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
     nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
