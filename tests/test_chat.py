@@ -92,6 +92,21 @@ def test_session_saves_llava_json_that_reads_back(vlm, images, tmp_path):
     assert len(session.messages) == 1 and session.image_pending
 
 
+def test_an_image_deleted_mid_conversation_does_not_end_it(vlm, images, tmp_path):
+    """An image is read once, when it joins the conversation: deleting (or overwriting) its file later changes
+    nothing the model sees, and /save says the file is gone."""
+    options = DecodeOptions(max_new_tokens=4)
+    copy = tmp_path / "photo.png"
+    copy.write_bytes(images[0].read_bytes())
+    kept, deleted = ChatSession(vlm, options, image=images[0]), ChatSession(vlm, options, image=copy)
+    assert "".join(kept.stream("Describe the image briefly.")) == "".join(deleted.stream("Describe the image briefly."))
+    copy.unlink()
+    assert "".join(kept.stream("And now?")) == "".join(deleted.stream("And now?"))
+    saved = deleted.command(f"/save {tmp_path / 'chat.json'}")
+    assert saved == f"saved 4 messages to {tmp_path / 'chat.json'} (gone from disk since: {copy})"
+    assert json.loads((tmp_path / "chat.json").read_text())[0]["image"] == str(copy)
+
+
 def test_save_to_a_folder_is_an_error_the_conversation_survives(vlm, images, tmp_path):
     session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0])
     "".join(session.stream("Describe the image briefly."))

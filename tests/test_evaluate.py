@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from verbovision.cli import main
+from verbovision.data.rows import json_document
 from verbovision.data.sources import read_records
 from verbovision.evaluate.metrics import score
 from verbovision.evaluate.report import CUT_MARK
@@ -74,6 +75,30 @@ def test_eval_on_coco_annotations_writes_coco_results(plain_model_dir, shapes_da
     assert not (tmp_path / "llava/captions_results.json").exists()
 
 
+def test_eval_on_coco_scores_against_blank_captions_as_pycocoevalcap(plain_model_dir, shapes_data, tmp_path, capsys):
+    """pycocoevalcap keeps a blank reference caption (CIDEr-D averages over it, BLEU takes it as the closest length
+    to a short reply): `verbo eval` scores as `verbo score` does on the same annotations, and as our scorer does on the
+    references given with the blank ones."""
+    rows = json.loads((shapes_data / "val/caption_short_en.json").read_text())[:4]
+    captions = [row["conversations"][1]["value"] for row in rows]
+    annotations = _write(tmp_path / "captions_val.json", {
+        "images": [{"id": i, "file_name": Path(row["image"]).name} for i, row in enumerate(rows)],
+        "annotations": [{"image_id": i, "caption": text} for i, caption in enumerate(captions)
+                        for text in (caption, "")]})
+    out = tmp_path / "eval"
+    assert main(["eval", str(plain_model_dir), "--data", str(annotations), "--image-root", str(shapes_data / "images"),
+                 "--metrics", "bleu,cider", "--out", str(out), "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    predictions = {row["id"]: row["prediction"] for row in map(json.loads, (out / "predictions.jsonl").open())}
+    with_blank = score(predictions, {str(i): [caption, ""] for i, caption in enumerate(captions)}, ["bleu", "cider"])
+    without = score(predictions, {str(i): [caption] for i, caption in enumerate(captions)}, ["bleu", "cider"])
+    assert with_blank.values["Bleu_1"] != without.values["Bleu_1"], "the replies do not tell the two apart"
+    evaluated = json.loads((out / "report.json").read_text())["metrics"]
+    assert {name: evaluated[name] for name in with_blank.values} == with_blank.values
+    capsys.readouterr()
+    assert main(["score", str(out / "captions_results.json"), "--refs", str(annotations), "--metrics", "bleu"]) == 0
+    assert float(re.search(r"Bleu_1\s*:\s*(\S+)", capsys.readouterr().out).group(1)) == with_blank.values["Bleu_1"]
+
+
 def test_eval_counts_the_replies_cut_at_max_new_tokens(lora_run, shapes_data, tmp_path, capsys):  # noqa: F811
     data = shapes_data / "test/caption_short_en.json"
     records = [r for r in read_records(data) if r.references]
@@ -124,9 +149,22 @@ def test_a_karpathy_file_of_several_splits_fails_eval_before_the_model_loads(tmp
               for i, split in enumerate(["test", "train", "test", "restval"])]
     data = _write(tmp_path / "dataset_coco.json", {"images": images, "dataset": "coco"})
     assert main(["eval", "no/such-model", "--data", str(data), "--out", str(tmp_path / "e")]) == 2
-    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval, "
-                                       "and --data scores every record, training images too; score its test split "
+    assert capsys.readouterr().err == (f"verbo: error: {data}: Karpathy's file holds the splits test, train, restval; "
+                                       "--data scores every record, training images too: score its test split "
                                        f"with --benchmark coco-karpathy (or flickr30k) --data-dir {tmp_path}\n")
+
+
+def test_eval_parses_a_coco_file_once(shapes_data, tmp_path, capsys, monkeypatch):
+    """The Karpathy split check is the reader's: a large annotation file (dataset_coco.json) is not parsed twice."""
+    from verbovision.data import formats
+
+    parsed = []
+    monkeypatch.setattr(formats, "json_document", lambda path: parsed.append(path) or json_document(path))
+    image = sorted((shapes_data / "images").glob("*.png"))[0]
+    data = _write(tmp_path / "captions.json", {"images": [{"id": 1, "file_name": str(image)}],
+                                               "annotations": [{"image_id": 1, "caption": "a shape"}]})
+    assert main(["eval", str(tmp_path / "no-model"), "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert "no-model" in capsys.readouterr().err and parsed == [data]
 
 
 def test_vqa_accuracy_on_single_answer_data_fails_eval_before_the_model_loads(shapes_data, capsys, tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from verbovision.data.convert import convert_data
 from verbovision.data.images import BytesImage, FileSlice, open_image
 from verbovision.data.readers import detect_format, scan
 from verbovision.data.records import (
@@ -181,6 +182,28 @@ def test_coco_annotations_with_image_folder(tmp_path):
     assert record.id == "1" and record.images[0] == (tmp_path / "val2014/COCO_val2014_000000000001.jpg").resolve()
     assert record.references == ["A red square.", "Something red."] and record.turns[-1].text == "A red square."
     assert record.turns[0].text == "<image>\nDescribe the image briefly."
+
+
+def test_blank_coco_captions_stay_references_but_are_never_the_reply(tmp_path):
+    """pycocoevalcap scores against every caption of an image, a blank one too (it shortens BLEU's closest reference
+    length, lowers CIDEr's mean over the references): `verbo eval` must keep them to give its scores. An image with
+    only blank captions has nothing to train on or score against."""
+    png(tmp_path / "a.png")
+    annotations = tmp_path / "captions.json"
+    annotations.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}],
+        "annotations": [{"image_id": 1, "caption": " "}, {"image_id": 1, "caption": "A red square."},
+                        {"image_id": 1, "caption": ""}, {"image_id": 2, "caption": ""}]}))
+    record, blank = scan(annotations)
+    assert record.references == [" ", "A red square.", ""] and record.turns[-1].text == "A red square."
+    assert blank.kind == EMPTY_ANSWER and str(blank).endswith("record '2': image a.png has no captions but blank ones")
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(json.dumps({"images": [{"filename": "a.png", "cocoid": 7, "split": "test",
+                                                "sentences": [{"raw": ""}, {"raw": "Red."}]}]}))
+    assert [r.references for r in read_records(karpathy)] == [["", "Red."]]
+    # LLaVA JSON written by `verbo data convert` keeps them too
+    convert_data(annotations, tmp_path / "llava.json")
+    assert [r.references for r in read_records(tmp_path / "llava.json")] == [[" ", "A red square.", ""]]
 
 
 def test_karpathy_split(tmp_path):

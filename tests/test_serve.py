@@ -29,7 +29,8 @@ from verbovision.cli.serve import serve_config
 from verbovision.serve import remote
 from verbovision.serve.config import ServeConfig
 from verbovision.serve.errors import ApiError
-from verbovision.serve.request import image_bytes
+from verbovision.infer.options import DecodeOptions
+from verbovision.serve.request import image_bytes, parse_chat_request
 
 from .helpers import QUESTION, data_uri, image_message, running
 
@@ -231,6 +232,23 @@ def test_min_tokens_over_max_tokens_is_refused(client, model_dir, maximum, said)
                                        extra_body={"min_tokens": 9, **maximum})  # older clients lack the parameters
     assert caught.value.param == "min_tokens"
     assert f"'min_tokens' (9) must not be more than {said}" in caught.value.message
+
+
+def test_a_max_tokens_below_the_servers_min_new_tokens_wins(model_dir):
+    """OpenAI's max_tokens is a cap the client sets, unaware of the server's --min-new-tokens (a default, not a
+    rule): the minimum is cut down to it, not left above it (transformers warned "Unfeasible length constraints" at
+    such a request) nor a reason to refuse it."""
+    with running("serve", model_dir, "--min-new-tokens", "6", "--max-new-tokens", "8") as (proc, url):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0, timeout=120)
+        ask = partial(client.chat.completions.create, model="verbo", messages=[{"role": "user", "content": "hi"}])
+        short, default = ask(max_tokens=3), ask()
+        proc.kill()
+        log = proc.stdout.read()
+    assert (short.usage.completion_tokens, short.choices[0].finish_reason) == (3, "length")
+    assert default.usage.completion_tokens >= 6
+    assert "Unfeasible" not in log, log
+    config = ServeConfig("m", defaults=DecodeOptions(min_new_tokens=6))
+    assert parse_chat_request({"model": "m", "messages": ["hi"], "max_tokens": 3}, config).options.min_new_tokens == 3
 
 
 def test_api_key_is_required(server, model_dir):

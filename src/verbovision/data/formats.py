@@ -35,9 +35,10 @@ def read_coco(path: Path, options: ReadOptions) -> Iterator[Record | RecordError
         images, captions = _coco_annotations(path, document)
     root = options.image_root or _coco_image_root(path, [name for name in images.values()])
     for image_id, file_name in images.items():
-        references = captions.pop(image_id, [])
-        if not references:
-            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions")
+        references = captions.pop(image_id, [])  # blank ones too: the official scorer counts them
+        if not any(reference.strip() for reference in references):
+            blank = " but blank ones" if references else ""
+            yield RecordError(path, str(image_id), EMPTY_ANSWER, f"image {file_name} has no captions{blank}")
             continue
         yield pair_record(str(image_id), [(root / file_name).resolve()], references, options.prompt, path)
     for image_id in captions:
@@ -50,13 +51,6 @@ def _is_karpathy(document) -> bool:
     return bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
 
 
-def karpathy_splits(path: Path) -> list[str]:
-    """The splits the images of a Karpathy file (dataset_coco.json...) belong to, in first-seen order; [] for a file
-    that is not one."""
-    document = json_document(path)
-    return _splits_of(document) if _is_karpathy(document) else []
-
-
 def _splits_of(document: dict) -> list[str]:
     return list(dict.fromkeys(str(image.get("split")) for image in document["images"] if isinstance(image, dict)))
 
@@ -65,9 +59,8 @@ def _karpathy_splits_read(path: Path, document: dict, options: ReadOptions) -> s
     """The splits of a Karpathy file that `options.split` names (None: all), each one present in the file."""
     present = _splits_of(document)
     if options.split is None:
-        if options.one_use and len(present) > 1:
-            raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; name the ones this "
-                            "source reads with its split key (split: train,restval to train, as papers do; val)")
+        if options.several_splits and len(present) > 1:
+            raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; {options.several_splits}")
         return None
     wanted = {name.strip() for name in options.split.split(",") if name.strip()}
     unknown = sorted(wanted.difference(present))
@@ -84,7 +77,7 @@ def _karpathy(path: Path, document: dict, splits: set[str] | None) -> tuple[dict
         file_name = _entry_text(image, "filename", f"images[{index}]", path)
         image_id = image.get("cocoid", image.get("imgid"))
         images[image_id] = str(Path(image.get("filepath", "")) / file_name)
-        captions[image_id] = as_texts(image.get("sentences"))
+        captions[image_id] = as_texts(image.get("sentences"), keep_blank=True)
     return images, captions
 
 
@@ -103,7 +96,7 @@ def _coco_annotations(path: Path, document) -> tuple[dict, dict]:
     captions: dict = {}
     for index, annotation in enumerate(document["annotations"]):
         image_id = _entry_field(annotation, "image_id", f"annotations[{index}]", path)
-        captions.setdefault(image_id, []).extend(as_texts(annotation.get("caption")))
+        captions.setdefault(image_id, []).extend(as_texts(annotation.get("caption"), keep_blank=True))
     return images, captions
 
 

@@ -76,7 +76,8 @@ class FileSlice:
 
 @dataclass(frozen=True)
 class BytesImage:
-    """An encoded image (PNG, JPEG...) held in memory, from a compressed shard or a dataset column."""
+    """An encoded image (PNG, JPEG...) held in memory, from a compressed shard, a dataset column or a file read once
+    (`verbo chat`'s images)."""
 
     name: str
     """Where it came from, for messages and file names (e.g. `data.parquet:row 3`)."""

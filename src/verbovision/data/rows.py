@@ -54,7 +54,11 @@ def source_options(source: Source, data_root: Path):
     columns = Columns(source.image_column, source.text_column, source.question_column)
     prompt = {"prompt": source.prompt} if source.prompt is not None else {}
     return ReadOptions(format=source.format, columns=columns, image_root=root, split=source.split,
-                       check_image_files=True, one_use=True, **prompt)
+                       check_image_files=True, several_splits=SOURCE_SPLITS, **prompt)
+
+
+SOURCE_SPLITS = "name the ones this source reads with its split key (split: train,restval to train, as papers do; val)"
+"""A recipe source's `ReadOptions.several_splits`."""
 
 
 IMAGE_COLUMNS = ("image", "images", "image_path", "file_name", "file_names", "filename", "img", "path", "jpg", "png",
@@ -95,9 +99,10 @@ class ReadOptions:
     split: str | None = None
     """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file to read
     (comma-separated, e.g. train,restval; default all)."""
-    one_use: bool = False
-    """The records serve one purpose (a recipe's training or validation source): a Karpathy file holding several
-    splits must then name the ones to read with `split`, since all of them would put test images in training."""
+    several_splits: str | None = None
+    """Where the records serve one purpose (a recipe's training or validation source, `verbo eval --data`), what to
+    do about a Karpathy file holding several splits, none named by `split`: the error says it, since all of them
+    would put test images in training, or training images in a score. None reads them all (`verbo data`)."""
     check_image_files: bool = False
     """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
     nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
@@ -297,8 +302,10 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
 
 
 def pair_record(rid: str, images: list, answers: list[str], prompt: str, source: Path | str) -> Record:
-    """A one-exchange record: the prompt (images placed before it unless it marks them) and the first answer."""
-    return Record(rid, images, [Turn("user", place_images(prompt, len(images))), Turn("assistant", answers[0])],
+    """A one-exchange record: the prompt (images placed before it unless it marks them) and the first answer that
+    is not blank; every answer is a reference (a blank one too: see `as_texts`)."""
+    reply = next(answer for answer in answers if answer.strip())
+    return Record(rid, images, [Turn("user", place_images(prompt, len(images))), Turn("assistant", reply)],
                   str(source), references=list(answers))
 
 
@@ -313,19 +320,22 @@ def _first_present(row: dict, names: tuple[str, ...]) -> str | None:
     return next((name for name in names if row.get(name) not in (None, "", [])), None)
 
 
-def as_texts(value) -> list[str]:
+def as_texts(value, keep_blank: bool = False) -> list[str]:
     """A text field as a list of strings: one string, a list of them, Karpathy `sentences` ({raw}), numbers. NaN
-    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan"."""
+    (how pandas writes a missing value into JSON or a float column) is no text, not the caption "nan". A blank
+    string is no text either, unless `keep_blank`: references, which pycocoevalcap keeps (a blank COCO caption
+    still counts in BLEU's closest reference length and in CIDEr's mean over the references)."""
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value.strip() else []
+        return [value] if keep_blank or value.strip() else []
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [str(value)] if math.isfinite(value) else []
     if isinstance(value, dict):
-        return as_texts(next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None))
+        text = next((value[k] for k in ("raw", "caption", "text", "answer") if k in value), None)
+        return as_texts(text, keep_blank)
     if isinstance(value, (list, tuple)):
-        return [text for item in value for text in as_texts(item)]
+        return [text for item in value for text in as_texts(item, keep_blank)]
     return []
 
 
@@ -369,7 +379,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
     if images and first_user and not any(DATA_IMAGE_TOKEN in t.text for t in turns):
         first_user.text = place_images(first_user.text, len(images))
     last_reply = turns[-1].text if turns[-1].role == "assistant" else ""
-    return Record(rid, images, turns, str(path), references=as_texts(raw.get("references")) or [last_reply])
+    references = as_texts(raw.get("references"), keep_blank=True)  # as `verbo data convert` writes COCO's
+    if not any(reference.strip() for reference in references):
+        references = [last_reply]
+    return Record(rid, images, turns, str(path), references=references)
 
 
 def read_rows(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:

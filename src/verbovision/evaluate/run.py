@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from ..data.formats import karpathy_splits
 from ..data.readers import detect_format
+from ..data.rows import ReadOptions
 from ..data.sources import read_records
 from ..errors import DataError
 from ..files import write_json
@@ -34,8 +35,7 @@ def evaluate(model: str | Path, data: str | Path, out: str | Path, metrics: Sequ
     options = options or DecodeOptions()
     is_coco = data_format == "coco" or (data_format is None and Path(data).is_file() and
                                         detect_format(Path(data)) == "coco")
-    if is_coco:
-        check_one_split(Path(data))
+    read = replace(read or ReadOptions(), several_splits=_SEVERAL_SPLITS.format(folder=Path(data).parent))
     records = [r for r in read_records(data, format=data_format, options=read) if r.references]
     if not records:
         raise DataError(f"{data}: no records with references to evaluate against")
@@ -76,14 +76,9 @@ def coco_image_id(record_id: str) -> int | str:
     return int(record_id) if record_id.isdigit() else record_id
 
 
-def check_one_split(data: Path) -> None:
-    """Karpathy's files hold every split of their images, and --data scores every record: the test split's score
-    would quietly include the training images."""
-    splits = karpathy_splits(data)
-    if len(splits) > 1:
-        raise DataError(f"{data}: Karpathy's file holds the splits {', '.join(splits)}, and --data scores every "
-                        "record, training images too; score its test split with --benchmark coco-karpathy (or "
-                        f"flickr30k) --data-dir {data.parent}")
+_SEVERAL_SPLITS = ("--data scores every record, training images too: score its test split with --benchmark "
+                   "coco-karpathy (or flickr30k) --data-dir {folder}")
+"""`verbo eval --data`'s `ReadOptions.several_splits`: Karpathy's files hold every split of their images."""
 
 
 def check_unique_ids(data: str | Path, records) -> None:

@@ -1,9 +1,9 @@
 """`verbo chat`: a multi-turn conversation with a model in the terminal, each reply streamed as it is generated.
 
-Commands: `/image PATH` (your next message carries this image), `/reset`, `/save FILE` (the conversation as a LLaVA
-JSON record, which `verbo train` reads back), `/help`, `/quit`. With stdin not a terminal (a pipe, a file) it reads
-one message per line and writes one reply per line to stdout, command feedback going to stderr, so scripts can
-drive it."""
+Commands: `/image PATH` (your next message carries this image, read once), `/reset`, `/save FILE` (the conversation
+as a LLaVA JSON record, which `verbo train` reads back), `/help`, `/quit`. With stdin not a terminal (a pipe, a file)
+it reads one message per line and writes one reply per line to stdout, command feedback going to stderr, so scripts
+can drive it."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, TextIO
 from ..errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load torch
+    from ..data.images import BytesImage
     from .options import DecodeOptions
     from .vlm import VLM
 
 
 HELP = """commands:
-  /image PATH   your next message carries this image
+  /image PATH   your next message carries this image (read now: the file may change or go afterwards)
   /reset        forget the conversation (the current image goes with your next message again)
   /save FILE    write the conversation as LLaVA JSON
   /quit         leave (so does Ctrl-D)"""
@@ -38,7 +39,8 @@ class ChatSession:
         self.vlm = vlm
         self.options = options
         self.system = system
-        self.image: Path | None = None
+        self.image: BytesImage | None = None
+        """The image's file as read by /image, named by its absolute path."""
         self.messages: list[dict] = []
         self.image_pending = False
         """Whether the next user message carries `image`."""
@@ -51,10 +53,13 @@ class ChatSession:
         self.image_pending = self.image is not None
 
     def set_image(self, path: str | Path) -> None:
-        from ..data.images import load_image
+        from ..data.images import BytesImage, load_image
 
-        load_image(Path(path))  # a missing or unreadable file is refused now, not at the next message
-        self.image = Path(path).resolve()
+        path = Path(path).resolve()
+        load_image(path)  # a missing or unreadable file is refused now, not at the next message
+        # Read once: every turn re-reads the conversation's images, and what the model was shown must not change
+        # (nor a deleted file end the conversation) when the file is later deleted or overwritten.
+        self.image = BytesImage(str(path), path.read_bytes())
         self.image_pending = True
 
     def stream(self, text: str) -> Iterator[str]:
@@ -89,10 +94,17 @@ class ChatSession:
                 write_json(arg, [self.llava_record()])
             except OSError as e:  # a folder, a missing drive...: the conversation goes on, to be saved elsewhere
                 raise DataError(f"/save {arg}: cannot write ({e.strerror or e}); give a file path") from None
-            return f"saved {len(self.messages)} messages to {arg}"
+            gone = [name for name in self._image_names() if not Path(name).exists()]
+            note = f" (gone from disk since: {', '.join(gone)})" if gone else ""  # LLaVA JSON holds paths, not images
+            return f"saved {len(self.messages)} messages to {arg}{note}"
         if name in ("/image", "/save"):
             return f"usage: {name} {'PATH' if name == '/image' else 'FILE'}"
         return f"unknown command {name}; /help lists them"
+
+    def _image_names(self) -> list[str]:
+        """The paths of the images sent so far, in order."""
+        return [str(part["image"]) for message in self.messages if isinstance(message["content"], list)
+                for part in message["content"] if part["type"] == "image"]
 
     def llava_record(self) -> dict:
         """The conversation in LLaVA's JSON format: turns with `<image>` placeholders and absolute image paths."""

@@ -26,15 +26,15 @@ def prompt_record(image, prompt: str) -> Record:
 def record_image(image):
     """A record's image from what a Python caller holds: a path (str or Path), a PIL image, the bytes of an image
     file, or a uint8 numpy array (H x W grey, H x W x 3 RGB, H x W x 4 RGBA, as `np.asarray(pil_image)` gives)."""
-    if isinstance(image, Image.Image):
+    from ..data.images import BytesImage
+
+    if isinstance(image, (Image.Image, BytesImage)):  # BytesImage: a file read once, as `verbo chat` holds its images
         return image
     if isinstance(image, str) and image.startswith(("http://", "https://")):
         raise DataError(f"{image}: remote images are not fetched; download the image and pass its path")
     if isinstance(image, (str, Path)):
         return Path(image)
     if isinstance(image, (bytes, bytearray)):
-        from ..data.images import BytesImage
-
         return BytesImage("<image bytes>", bytes(image))
     if type(image).__module__ == "numpy" and getattr(image, "dtype", None) == "uint8":
         if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):

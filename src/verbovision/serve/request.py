@@ -79,7 +79,7 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
                                     defaults.no_repeat_ngram_size),
         min_new_tokens=_param(body, "min_tokens", int, "an integer >= 0", lambda v: v >= 0, defaults.min_new_tokens),
     )
-    _check_min_tokens(body, options, max_name)
+    options = _fit_min_tokens(body, options, max_name)
     if options.temperature == 0:  # OpenAI's way to ask for greedy decoding
         options = replace(options, temperature=None, top_p=None, top_k=None)
     stream_options = _param(body, "stream_options", dict, "an object", default={})
@@ -91,13 +91,18 @@ def parse_chat_request(body: dict, config: ServeConfig) -> ChatRequest:
     )
 
 
-def _check_min_tokens(body: dict, options: DecodeOptions, max_name: str | None) -> None:
-    """A request's min_tokens may not exceed its max_tokens (`max_name`: the parameter that set it, None for the
-    server's default): generation would stop at max_tokens, short of the reply asked for."""
+def _fit_min_tokens(body: dict, options: DecodeOptions, max_name: str | None) -> DecodeOptions:
+    """`options` with a minimum length within max_tokens. A request's own min_tokens over its max_tokens (`max_name`:
+    the parameter that set it, None for the server's default) is refused: generation would stop short of the reply
+    asked for. The server's default minimum (--min-new-tokens) gives way to a smaller max_tokens instead, cut down
+    to it: OpenAI's max_tokens is the cap a client sets, not knowing the server's defaults (a max_tokens=1 probe)."""
     shortest, longest = options.min_new_tokens, options.max_new_tokens
-    if body.get("min_tokens") is not None and shortest > longest:
+    if shortest is None or shortest <= longest:
+        return options
+    if body.get("min_tokens") is not None:
         said = f"'{max_name}' ({longest})" if max_name else f"max_tokens ({longest}, this server's default)"
         raise invalid(f"'min_tokens' ({shortest}) must not be more than {said}", "min_tokens")
+    return replace(options, min_new_tokens=longest)
 
 
 def _stop_strings(value) -> tuple[str, ...]:
