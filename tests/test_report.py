@@ -70,6 +70,16 @@ def test_sample_captions_pass_over_records_whose_image_does_not_open(tmp_path, s
     assert [s["image"] for s in samples] == [str(image) for image in images[1:]]
 
 
+def test_a_samples_reference_is_a_caption_not_a_blank_one(tmp_path, shapes_data):
+    # COCO's blank captions stay references (the official scorer counts them); a sample shows a real one.
+    record = read_json(shapes_data / "train/caption_short_en.json")[0]
+    write_json(tmp_path / "coco.json", {
+        "images": [{"id": 1, "file_name": str((shapes_data / "train" / record["image"]).resolve())}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": " "}, {"id": 2, "image_id": 1, "caption": "a red square"}]})
+    recipe = parse_recipe(tiny_recipe(tmp_path, [stage("s", data={"train": ["coco.json"]})]))
+    assert [s["reference"] for s in sample_captions(built_model(tmp_path, shapes_data), recipe)] == ["a red square"]
+
+
 def test_samples_of_shard_members_and_embedded_images_show_in_the_report(tmp_path, shapes_data):
     # Images without a path of their own: prompt_record and samples.png took every image for a file (a TypeError).
     pd = pytest.importorskip("pandas")

@@ -39,7 +39,7 @@ def sample_captions(model_dir: Path, recipe: Recipe, n: int = 6, options: Decode
     generations = vlm.generate_details([prompt_record(picture, r.prompt_turns[-1].text) for r, picture in chosen],
                                        options)
     return [{"image": image_name(r.images[0]), "picture": picture, "prompt": r.prompt_turns[-1].text,
-             "prediction": g.text, "reference": r.references[0] if r.references else "",
+             "prediction": g.text, "reference": next((t for t in r.references if t.strip()), ""),
              "finish_reason": g.finish_reason, "max_new_tokens": options.max_new_tokens}
             for (r, picture), g in zip(chosen, generations)]
 
