@@ -47,8 +47,16 @@ $(FLOORS)/.installed: pyproject.toml .ci/floors.py
 	$(FLOORS)/bin/pip install -q --no-deps -e .
 	touch $@
 
+# The floors run leaves out what only VerboVision's own code decides, which the run at the current releases covers:
+# the help and README examples run as written (each command they use is tested on its own), --endpoint's HTTP
+# client (verbo serve, its other end, is tested), the help snapshots and import rules, and webdataset shards read
+# within a memory cap (tar members are read by our code; the Arrow and Parquet memory caps run at the floors).
+FLOORS_LEAVE_OUT := --ignore=tests/test_examples.py --ignore=tests/test_endpoint.py --ignore=tests/test_snapshots.py \
+	--ignore=tests/test_layers.py \
+	--deselect=tests/test_streaming.py::test_shards_train_within_a_memory_cap_and_resume_mid_shard
+
 test-floors: $(FLOORS)/.installed
-	$(FLOORS)/bin/python -m pytest $(PYTEST_ARGS)
+	$(FLOORS)/bin/python -m pytest $(PYTEST_ARGS) $(FLOORS_LEAVE_OUT)
 
 clean:
 	rm -rf quickstart runs .pytest_cache
