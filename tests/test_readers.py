@@ -140,6 +140,19 @@ def test_llava_jsonl_several_images_text_only_and_extra_keys(tmp_path):
     assert text.images == [] and text.turns[0].text == "Hi?"
 
 
+def test_llava_turns_written_with_role_and_content(tmp_path):
+    """Turns as {role, content} (the chat-message keys) once failed every record: the role was read, the text only
+    from 'value'."""
+    png(tmp_path / "a.png")
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": 7, "image": "a.png", "conversations": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nDescribe."},
+        {"role": "assistant", "content": "A red square."}]}])
+    (record,) = read_records(path)
+    assert record.id == "7" and [p.name for p in record.images] == ["a.png"]
+    assert [(t.role, t.text) for t in record.turns] == [("system", "Be brief."), ("user", "<image>\nDescribe."),
+                                                        ("assistant", "A red square.")]
+
+
 def test_csv_and_tsv_with_configured_columns(tmp_path):
     png(tmp_path / "img" / "x.png")
     with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:

@@ -367,10 +367,11 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
     turns = []
     for turn in conversations:
         role = _ROLES.get(turn.get("from") or turn.get("role")) if isinstance(turn, dict) else None
-        if role is None or not isinstance(turn.get("value"), str):
-            return RecordError(path, rid, BAD_CONVERSATION,
-                               "each turn needs 'from' (human/gpt/system) and a string 'value'")
-        turns.append(Turn(role, turn["value"]))
+        text = turn.get("value", turn.get("content")) if role else None  # LLaVA's from/value, or role/content
+        if not isinstance(text, str):
+            return RecordError(path, rid, BAD_CONVERSATION, "each turn needs 'from' (human/gpt/system) and a string "
+                                                            "'value' (or 'role' and a string 'content')")
+        turns.append(Turn(role, text))
     try:
         images = image_sources(raw.get("image"), base, path, rid)
     except RecordError as e:
