@@ -309,6 +309,24 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
 
 
+def test_a_recipe_source_reads_the_dataset_dict_splits_it_names(tmp_path):
+    """A saved DatasetDict's split key was ignored: a source with `split: test` read the train records too, and one
+    without trained on the test split."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (40, 30), "red")] * 3, "caption": ["a", "b", "c"]},
+                                    features=features)
+    datasets.DatasetDict({"train": ds.select([0, 1]), "test": ds.select([2])}).save_to_disk(tmp_path / "dict")
+    path = tmp_path / "dict"
+    assert [r.id for r in read_records(path)] == ["train/0", "train/1", "test/0"]  # `verbo data`: all of them
+    source = source_options(Source(str(path), split="test"), tmp_path)
+    assert [r.turns[-1].text for r in read_records(path, options=source)] == ["c"]
+    with pytest.raises(DataError, match=r"a DatasetDict of the splits train, test; read one: give its folder "):
+        list(read_records(path, options=source_options(Source(str(path)), tmp_path)))
+    with pytest.raises(DataError, match=r"split 'tst': the file's splits are train, test$"):
+        list(read_records(path, options=source_options(Source(str(path), split="tst"), tmp_path)))
+
+
 def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
     # every image was read twice, once from each file
     png(tmp_path / "train/a.png")

@@ -62,10 +62,15 @@ def _karpathy_splits_read(path: Path, document: dict, options: ReadOptions) -> s
         if options.several_splits and len(present) > 1:
             raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; {options.several_splits}")
         return None
-    wanted = {name.strip() for name in options.split.split(",") if name.strip()}
+    return _named_splits(path, options.split, present)
+
+
+def _named_splits(path: Path, split: str, present: list[str]) -> set[str]:
+    """The splits a comma-separated `split` names, each one among those `present`."""
+    wanted = {name.strip() for name in split.split(",") if name.strip()}
     unknown = sorted(wanted.difference(present))
     if unknown or not wanted:
-        raise DataError(f"{path}: split {options.split!r}: the file's splits are {', '.join(present)}")
+        raise DataError(f"{path}: split {split!r}: the file's splits are {', '.join(present)}")
     return wanted
 
 
@@ -233,18 +238,31 @@ def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     Images embedded in a saved dataset's Arrow files are indexed by their byte range in the file and read when
     needed (`FileSlice`), so a dataset larger than memory trains; parquet pages are compressed, so parquet images are
     held in memory (save such a dataset with `datasets` first to stream it)."""
-    for split, file in _hf_files(path):
+    for split, file in _hf_files(path, options):
         rows = ((f"{split}/{index}" if split else str(index), row) for index, row in enumerate(arrow_rows(file)))
         for row_id, row in with_columns(rows, file, options.columns):
             yield row_record(row, row_id, file, options, options.image_root or file.parent)
 
 
-def _hf_files(path: Path) -> list[tuple[str, Path]]:
+def _dataset_dict_splits(path: Path, splits: list[str], options: ReadOptions) -> list[str]:
+    """The splits of a saved DatasetDict to read: those `options.split` names, else all of them, unless the records
+    serve one purpose (`options.several_splits`), where test records would be trained on or training ones scored."""
+    if options.split is not None:
+        wanted = _named_splits(path, options.split, splits)
+        return [split for split in splits if split in wanted]
+    if options.several_splits and len(splits) > 1:
+        raise DataError(f"{path}: a DatasetDict of the splits {', '.join(splits)}; read one: give its folder "
+                        f"({path / splits[0]}), or name them with a recipe source's split key")
+    return splits
+
+
+def _hf_files(path: Path, options: ReadOptions) -> list[tuple[str, Path]]:
     if path.is_file():
         return [("", path)]
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-        return [(split, file) for split in splits for _, file in _hf_files(path / split)]
+        return [(split, file) for split in _dataset_dict_splits(path, splits, options)
+                for _, file in _hf_files(path / split, options)]
     if (path / "state.json").exists():
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         return [("", path / f["filename"]) for f in state["_data_files"]]
