@@ -309,22 +309,35 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
 
 
-def test_a_recipe_source_reads_the_dataset_dict_splits_it_names(tmp_path):
-    """A saved DatasetDict's split key was ignored: a source with `split: test` read the train records too, and one
-    without trained on the test split."""
+def split_datasets(root: Path) -> list[Path]:
+    """The same train (captions a, b) and test (c) splits as a saved DatasetDict, parquet files named after their
+    split (as the hub's data/ folders have them) and an imagefolder with train/ and test/ folders."""
     datasets = pytest.importorskip("datasets")
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (40, 30), "red")] * 3, "caption": ["a", "b", "c"]},
                                     features=features)
-    datasets.DatasetDict({"train": ds.select([0, 1]), "test": ds.select([2])}).save_to_disk(tmp_path / "dict")
-    path = tmp_path / "dict"
-    assert [r.id for r in read_records(path)] == ["train/0", "train/1", "test/0"]  # `verbo data`: all of them
-    source = source_options(Source(str(path), split="test"), tmp_path)
-    assert [r.turns[-1].text for r in read_records(path, options=source)] == ["c"]
-    with pytest.raises(DataError, match=r"a DatasetDict of the splits train, test; read one: give its folder "):
-        list(read_records(path, options=source_options(Source(str(path)), tmp_path)))
-    with pytest.raises(DataError, match=r"split 'tst': the file's splits are train, test$"):
-        list(read_records(path, options=source_options(Source(str(path), split="tst"), tmp_path)))
+    datasets.DatasetDict({"train": ds.select([0, 1]), "test": ds.select([2])}).save_to_disk(root / "dict")
+    ds.select([0, 1]).to_parquet(root / "data/train-00000-of-00001.parquet")
+    ds.select([2]).to_parquet(root / "data/test-00000-of-00001.parquet")
+    for split, captions in (("train", "ab"), ("test", "c")):
+        for caption in captions:
+            png(root / "folder" / split / f"{caption}.png")
+        write_jsonl(root / "folder" / split / "metadata.jsonl", [{"file_name": f"{c}.png", "text": c} for c in captions])
+    return [root / "dict", root / "data", root / "folder"]
+
+
+def test_a_recipe_source_reads_the_splits_it_names(tmp_path):
+    """The split key of a source on a saved DatasetDict, a folder of split parquet files or an imagefolder of split
+    folders was ignored: `split: test` read the train records too, and a source naming none trained on the test
+    split."""
+    for path in split_datasets(tmp_path):
+        assert sorted(r.turns[-1].text for r in read_records(path)) == ["a", "b", "c"]  # `verbo data`: all of them
+        source = source_options(Source(str(path), split="test"), tmp_path)
+        assert [r.turns[-1].text for r in read_records(path, options=source)] == ["c"], path
+        with pytest.raises(DataError, match=r"holds the splits (train, test|test, train); read one: give its "):
+            list(read_records(path, options=source_options(Source(str(path)), tmp_path)))
+        with pytest.raises(DataError, match=r"split 'tst': the file's splits are (train, test|test, train)$"):
+            list(read_records(path, options=source_options(Source(str(path), split="tst"), tmp_path)))
 
 
 def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,7 +135,10 @@ def _coco_image_root(path: Path, names: list[str]) -> Path:
 
 def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
-    for metadata in metadata_files(path):
+    files = metadata_files(path)
+    split_of = lambda folder: _split_in_name(folder.name) if folder != path else None  # noqa: E731 (train/, test/)
+    folders = _split_files(path, [file.parent for file in files], split_of, options)
+    for metadata in (file for file in files if file.parent in folders):
         folder = metadata.parent
         for default_id, row in with_columns(file_rows(metadata), metadata, options.columns, _is_file_name_column):
             if isinstance(row, RecordError):
@@ -244,16 +247,39 @@ def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
             yield row_record(row, row_id, file, options, options.image_root or file.parent)
 
 
-def _dataset_dict_splits(path: Path, splits: list[str], options: ReadOptions) -> list[str]:
-    """The splits of a saved DatasetDict to read: those `options.split` names, else all of them, unless the records
-    serve one purpose (`options.several_splits`), where test records would be trained on or training ones scored."""
+def _splits_read(path: Path, splits: list[str], options: ReadOptions, one: Path) -> list[str]:
+    """The splits of a dataset to read: those `options.split` names, else all of them, unless the records serve one
+    purpose (`options.several_splits`), where test records would be trained on or training ones scored; `one` is
+    where one split alone is (its folder or file)."""
     if options.split is not None:
         wanted = _named_splits(path, options.split, splits)
         return [split for split in splits if split in wanted]
     if options.several_splits and len(splits) > 1:
-        raise DataError(f"{path}: a DatasetDict of the splits {', '.join(splits)}; read one: give its folder "
-                        f"({path / splits[0]}), or name them with a recipe source's split key")
+        kind = "file" if one.is_file() else "folder"
+        raise DataError(f"{path}: holds the splits {', '.join(splits)}; read one: give its {kind} ({one}), or name "
+                        "them with a recipe source's split key")
     return splits
+
+
+def _split_files(path: Path, files: list[Path], split_of: Callable[[Path], str | None],
+                 options: ReadOptions) -> list[Path]:
+    """The files (or folders) of the splits read (`_splits_read`), where every one of `files` belongs to a split
+    (`split_of`); all of them otherwise."""
+    splits = [split_of(file) for file in files]
+    if not files or None in splits:
+        return files
+    read = _splits_read(path, list(dict.fromkeys(splits)), options, files[0])
+    return [file for file, split in zip(files, splits) if split in read]
+
+
+SPLIT_NAME = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
+                        r"(?:[-._ 0-9]|$)")
+"""A split named in a folder or file name, as Hugging Face `datasets` finds them (data_files.SPLIT_KEYWORDS)."""
+
+
+def _split_in_name(name: str) -> str | None:
+    found = SPLIT_NAME.search(name)
+    return found[1] if found else None
 
 
 def _hf_files(path: Path, options: ReadOptions) -> list[tuple[str, Path]]:
@@ -261,7 +287,7 @@ def _hf_files(path: Path, options: ReadOptions) -> list[tuple[str, Path]]:
         return [("", path)]
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-        return [(split, file) for split in _dataset_dict_splits(path, splits, options)
+        return [(split, file) for split in _splits_read(path, splits, options, path / splits[0])
                 for _, file in _hf_files(path / split, options)]
     if (path / "state.json").exists():
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -270,4 +296,4 @@ def _hf_files(path: Path, options: ReadOptions) -> list[tuple[str, Path]]:
     if not parquet:  # a split folder copied without its files would otherwise give no records, without a word
         raise DataError(f"{path}: no state.json or .parquet files, so no Hugging Face dataset (save_to_disk or "
                         "to_parquet writes them)")
-    return [("", p) for p in parquet]
+    return [("", p) for p in _split_files(path, parquet, lambda file: _split_in_name(file.stem), options)]

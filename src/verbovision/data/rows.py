@@ -97,13 +97,14 @@ class ReadOptions:
     prompt: str = CAPTION_PROMPT
     """User turn of caption records (rows without a question)."""
     split: str | None = None
-    """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file or a saved
-    DatasetDict to read (comma-separated, e.g. train,restval; default all)."""
+    """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file, a saved
+    DatasetDict, split parquet files or imagefolder split folders to read (comma-separated, e.g. train,restval;
+    default all)."""
     several_splits: str | None = None
     """Where the records serve one purpose (a recipe's training or validation source, `verbo eval --data`), what to
     do about a Karpathy file holding several splits, none named by `split`: the error says it, since all of them
-    would put test images in training, or training images in a score (a saved DatasetDict of several splits is
-    refused too). None reads them all (`verbo data`)."""
+    would put test images in training, or training images in a score (a DatasetDict, split parquet files or split
+    folders are refused the same way). None reads them all (`verbo data`)."""
     check_image_files: bool = False
     """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
     nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
