@@ -340,6 +340,20 @@ def test_a_recipe_source_reads_the_splits_it_names(tmp_path):
             list(read_records(path, options=source_options(Source(str(path), split="tst"), tmp_path)))
 
 
+def test_imagefolder_metadata_files_deeper_than_one_folder_are_read(tmp_path):
+    """train/part1/metadata.jsonl and train/part2/metadata.jsonl were left out without a word (only metadata files
+    at most one folder down were looked for), where `datasets` reads them all."""
+    for part, caption in (("part1", "a"), ("part2", "b")):
+        png(tmp_path / "train" / part / "x.png")
+        write_jsonl(tmp_path / "train" / part / "metadata.jsonl", [{"file_name": "x.png", "text": caption}])
+    png(tmp_path / "test" / "y.png")
+    write_jsonl(tmp_path / "test" / "metadata.jsonl", [{"file_name": "y.png", "text": "c"}])
+    assert [(r.id, r.turns[-1].text) for r in read_records(tmp_path)] == [
+        ("test/y.png", "c"), ("train/part1/x.png", "a"), ("train/part2/x.png", "b")]
+    source = source_options(Source(str(tmp_path), split="train"), tmp_path)
+    assert [r.turns[-1].text for r in read_records(tmp_path, options=source)] == ["a", "b"]
+
+
 def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
     # every image was read twice, once from each file
     png(tmp_path / "train/a.png")

@@ -136,9 +136,10 @@ def _coco_image_root(path: Path, names: list[str]) -> Path:
 def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
     files = metadata_files(path)
-    split_of = lambda folder: _split_in_name(folder.name) if folder != path else None  # noqa: E731 (train/, test/)
-    folders = _split_files(path, [file.parent for file in files], split_of, options)
-    for metadata in (file for file in files if file.parent in folders):
+    tops = [path / file.parent.relative_to(path).parts[0] if file.parent != path else path for file in files]
+    split_of = lambda top: _split_in_name(top.name) if top != path else None  # noqa: E731 (train/, test/)
+    read = set(_split_files(path, tops, split_of, options))
+    for metadata in (file for file, top in zip(files, tops) if top in read):
         folder = metadata.parent
         for default_id, row in with_columns(file_rows(metadata), metadata, options.columns, _is_file_name_column):
             if isinstance(row, RecordError):
@@ -158,12 +159,12 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
 
 
 def metadata_files(path: Path) -> list[Path]:
-    """The metadata files of an imagefolder, at most one per folder: two (metadata.csv beside a metadata.jsonl made
-    from it) would give every image twice."""
-    files = sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
-                                     "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    """The metadata files of an imagefolder, in its folders at any depth (train/part1/metadata.jsonl, as `datasets`
+    finds them), at most one per folder: two (metadata.csv beside a metadata.jsonl made from it) would give every
+    image twice."""
+    files = sorted(p for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet") for p in path.rglob(name))
     folders = [file.parent for file in files]
-    twice = next((folder for folder in folders if folders.count(folder) > 1), None)
+    twice = next((folder for folder, after in zip(folders, folders[1:]) if folder == after), None)  # sorted: neighbours
     if twice is not None:
         names = ", ".join(file.name for file in files if file.parent == twice)
         raise DataError(f"{twice}: {names} both describe this folder's images; keep one")
