@@ -153,6 +153,23 @@ def test_llava_turns_written_with_role_and_content(tmp_path):
                                                         ("assistant", "A red square.")]
 
 
+def test_conversations_take_their_images_from_images_or_the_file_name_column(tmp_path):
+    """A conversation row read its image from "image" only: Hugging Face datasets' "images" list, and an imagefolder
+    row's file_name, were dropped without a word, and the record trained as text only."""
+    datasets = pytest.importorskip("datasets")
+    turns = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A red square."}]
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "conversations": [turn]})
+    datasets.Dataset.from_dict({"images": [[Image.new("RGB", (40, 30), (200, 40, 40))]], "conversations": [turns]},
+                               features=features).to_parquet(tmp_path / "d.parquet")
+    png(tmp_path / "folder" / "a.png")
+    write_jsonl(tmp_path / "folder" / "metadata.jsonl", [{"file_name": "a.png", "conversations": turns}])
+    for path in (tmp_path / "d.parquet", tmp_path / "folder"):
+        (record,) = read_records(path)
+        assert len(record.images) == 1 and record.turns[0].text == "<image>\nWhat is it?", path
+        assert open_image(record.images[0]).getpixel((0, 0)) == (200, 40, 40)
+
+
 def test_csv_and_tsv_with_configured_columns(tmp_path):
     png(tmp_path / "img" / "x.png")
     with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:

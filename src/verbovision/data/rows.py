@@ -284,7 +284,7 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
     """One row of any row-shaped format: a LLaVA conversation, or an image with a caption/answer (and question)."""
     rid = str(next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), default_id))
     if "conversations" in row:
-        return _llava_record(row, rid, source, base)
+        return _llava_record(row, rid, source, base, options.columns.image)
     columns = options.columns
     image_key = columns.image or _first_present(row, IMAGE_COLUMNS)
     text_key = columns.text or _first_present(row, TEXT_COLUMNS)
@@ -362,7 +362,7 @@ def image_sources(value, base: Path, source: Path, rid: str) -> list:
                                                      "or {bytes, path}")
 
 
-def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
+def _llava_record(raw: dict, rid: str, path: Path, base: Path, image_column: str | None) -> Record | RecordError:
     conversations = raw.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         return RecordError(path, rid, BAD_CONVERSATION, "missing or empty 'conversations'")
@@ -374,8 +374,10 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | Recor
             return RecordError(path, rid, BAD_CONVERSATION, "each turn needs 'from' (human/gpt/system) and a string "
                                                             "'value' (or 'role' and a string 'content')")
         turns.append(Turn(role, text))
+    # LLaVA's "image", or "images" (Hugging Face datasets' list of images), or the column named (imagefolder's)
+    image_key = image_column or _first_present(raw, ("image", "images"))
     try:
-        images = image_sources(raw.get("image"), base, path, rid)
+        images = image_sources(raw.get(image_key) if image_key else None, base, path, rid)
     except RecordError as e:
         return e
     first_user = next((t for t in turns if t.role == "user"), None)
