@@ -339,7 +339,8 @@ def split_datasets(root: Path) -> list[Path]:
     for split, captions in (("train", "ab"), ("test", "c")):
         for caption in captions:
             png(root / "folder" / split / f"{caption}.png")
-        write_jsonl(root / "folder" / split / "metadata.jsonl", [{"file_name": f"{c}.png", "text": c} for c in captions])
+        rows = [{"file_name": f"{c}.png", "text": c} for c in captions]
+        write_jsonl(root / "folder" / split / "metadata.jsonl", rows)
     return [root / "dict", root / "data", root / "folder"]
 
 
