@@ -372,6 +372,17 @@ def test_imagefolder_metadata_files_deeper_than_one_folder_are_read(tmp_path):
     assert [r.turns[-1].text for r in read_records(tmp_path, options=source)] == ["a", "b"]
 
 
+def test_imagefolder_rows_are_named_by_their_id_column(tmp_path):
+    """An imagefolder row was named by its image even when it had a question_id or image_id column, as every other
+    format's rows are named: two questions on one image shared an id, and predictions lost the dataset's ids."""
+    png(tmp_path / "a.png")
+    write_jsonl(tmp_path / "metadata.jsonl", [
+        {"file_name": "a.png", "question_id": 11, "question": "What colour?", "answer": "red"},
+        {"file_name": "a.png", "question_id": 12, "question": "What shape?", "answer": "square"},
+        {"file_name": "a.png", "answer": "a red square"}])
+    assert [r.id for r in read_records(tmp_path)] == ["11", "12", "a.png"]
+
+
 def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):
     # every image was read twice, once from each file
     png(tmp_path / "train/a.png")

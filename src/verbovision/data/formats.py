@@ -155,7 +155,7 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
                 continue
             row_id = ",".join(str((folder / str(n)).relative_to(path)) for n in names)
             with_key = replace(options, columns=replace(options.columns, image=key))
-            yield row_record({**row, "id": row.get("id", row_id)}, default_id, metadata, with_key, folder)
+            yield row_record(row, row_id, metadata, with_key, folder)  # named by its id column, else its image
 
 
 def metadata_files(path: Path) -> list[Path]:
