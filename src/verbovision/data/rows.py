@@ -374,8 +374,9 @@ def _llava_record(raw: dict, rid: str, path: Path, base: Path, image_column: str
             return RecordError(path, rid, BAD_CONVERSATION, "each turn needs 'from' (human/gpt/system) and a string "
                                                             "'value' (or 'role' and a string 'content')")
         turns.append(Turn(role, text))
-    # LLaVA's "image", or "images" (Hugging Face datasets' list of images), or the column named (imagefolder's)
-    image_key = image_column or _first_present(raw, ("image", "images"))
+    # the column named (imagefolder's file_name) where the row has it, else LLaVA's "image", else "images" (Hugging
+    # Face datasets' list of images)
+    image_key = image_column if image_column in raw else _first_present(raw, ("image", "images"))
     try:
         images = image_sources(raw.get(image_key) if image_key else None, base, path, rid)
     except RecordError as e:
