@@ -372,6 +372,17 @@ def test_imagefolder_metadata_files_deeper_than_one_folder_are_read(tmp_path):
     assert [r.turns[-1].text for r in read_records(tmp_path, options=source)] == ["a", "b"]
 
 
+def test_imagefolder_split_folders_may_be_links(tmp_path):
+    """A split folder linked from elsewhere is read (it was when only one folder down was looked at), and a link back
+    up the tree is no endless walk."""
+    png(tmp_path / "real" / "x.png")
+    write_jsonl(tmp_path / "real" / "metadata.jsonl", [{"file_name": "x.png", "text": "linked"}])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train").symlink_to(tmp_path / "real")
+    (tmp_path / "data" / "loop").symlink_to(tmp_path / "data")
+    assert [(r.id, r.turns[-1].text) for r in read_records(tmp_path / "data")] == [("train/x.png", "linked")]
+
+
 def test_imagefolder_rows_are_named_by_their_id_column(tmp_path):
     """An imagefolder row was named by its image even when it had a question_id or image_id column, as every other
     format's rows are named: two questions on one image shared an id, and predictions lost the dataset's ids."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -162,13 +163,27 @@ def metadata_files(path: Path) -> list[Path]:
     """The metadata files of an imagefolder, in its folders at any depth (train/part1/metadata.jsonl, as `datasets`
     finds them), at most one per folder: two (metadata.csv beside a metadata.jsonl made from it) would give every
     image twice."""
-    files = sorted(p for name in ("metadata.jsonl", "metadata.csv", "metadata.parquet") for p in path.rglob(name))
+    files = sorted(_metadata_under(path))
     folders = [file.parent for file in files]
     twice = next((folder for folder, after in zip(folders, folders[1:]) if folder == after), None)  # sorted: neighbours
     if twice is not None:
         names = ", ".join(file.name for file in files if file.parent == twice)
         raise DataError(f"{twice}: {names} both describe this folder's images; keep one")
     return files
+
+
+def _metadata_under(path: Path) -> Iterator[Path]:
+    """The metadata files in `path` and its folders, through linked folders too (a split folder linked from
+    elsewhere; Path.rglob does not follow links), each real folder once (a link up the tree is no loop)."""
+    seen = set()
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        yield from (Path(folder) / name for name in names if name in ("metadata.jsonl", "metadata.csv",
+                                                                       "metadata.parquet"))
 
 
 def _file_name_column(row: dict) -> str | None:
