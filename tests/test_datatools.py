@@ -245,6 +245,16 @@ def test_convert_coco_keeps_all_references(tmp_path, capsys):
     assert read_records(tmp_path / "out/llava.json")[0].references == ["one", "two"]
 
 
+def test_convert_to_a_jsonl_name_writes_one_record_a_line(tmp_path):
+    """`--out x.jsonl` once wrote one JSON list into it, which JSONL readers (ours too) read as invalid lines."""
+    photo(0).save(tmp_path / "a.png")
+    (tmp_path / "d.json").write_text(json.dumps([record(str(i), "a.png", f"answer {i}") for i in range(3)]))
+    verbo_data("convert", tmp_path / "d.json", "--out", tmp_path / "out.jsonl")
+    lines = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["conversations"][-1]["value"] for line in lines] == ["answer 0", "answer 1", "answer 2"]
+    assert [r.turns[-1].text for r in read_records(tmp_path / "out.jsonl")] == ["answer 0", "answer 1", "answer 2"]
+
+
 def test_convert_webdataset_extracts_members(tmp_path):
 
     write_tar(tmp_path / "s.tar", {"k/0.png": png_bytes(), "k/0.txt": b"blue", "k/1.png": png_bytes(), "k/1.txt": b"also"})

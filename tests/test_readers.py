@@ -140,6 +140,36 @@ def test_llava_jsonl_several_images_text_only_and_extra_keys(tmp_path):
     assert text.images == [] and text.turns[0].text == "Hi?"
 
 
+def test_llava_turns_written_with_role_and_content(tmp_path):
+    """Turns as {role, content} (the chat-message keys) once failed every record: the role was read, the text only
+    from 'value'."""
+    png(tmp_path / "a.png")
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": 7, "image": "a.png", "conversations": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nDescribe."},
+        {"role": "assistant", "content": "A red square."}]}])
+    (record,) = read_records(path)
+    assert record.id == "7" and [p.name for p in record.images] == ["a.png"]
+    assert [(t.role, t.text) for t in record.turns] == [("system", "Be brief."), ("user", "<image>\nDescribe."),
+                                                        ("assistant", "A red square.")]
+
+
+def test_conversations_take_their_images_from_images_or_the_file_name_column(tmp_path):
+    """A conversation row read its image from "image" only: Hugging Face datasets' "images" list, and an imagefolder
+    row's file_name, were dropped without a word, and the record trained as text only."""
+    datasets = pytest.importorskip("datasets")
+    turns = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "A red square."}]
+    turn = {"from": datasets.Value("string"), "value": datasets.Value("string")}
+    features = datasets.Features({"images": datasets.List(datasets.Image()), "conversations": [turn]})
+    datasets.Dataset.from_dict({"images": [[Image.new("RGB", (40, 30), (200, 40, 40))]], "conversations": [turns]},
+                               features=features).to_parquet(tmp_path / "d.parquet")
+    png(tmp_path / "folder" / "a.png")
+    write_jsonl(tmp_path / "folder" / "metadata.jsonl", [{"file_name": "a.png", "conversations": turns}])
+    for path in (tmp_path / "d.parquet", tmp_path / "folder"):
+        (record,) = read_records(path)
+        assert len(record.images) == 1 and record.turns[0].text == "<image>\nWhat is it?", path
+        assert open_image(record.images[0]).getpixel((0, 0)) == (200, 40, 40)
+
+
 def test_csv_and_tsv_with_configured_columns(tmp_path):
     png(tmp_path / "img" / "x.png")
     with open(tmp_path / "d.csv", "w", newline="", encoding="utf-8") as f:
@@ -294,6 +324,74 @@ def test_hf_dataset_on_disk_and_parquet(tmp_path):
         assert open_image(records[1].images[0]).getpixel((0, 0)) == (0, 0, 255)
         # a saved dataset's images stay in its Arrow files, read when needed; parquet's are compressed: in memory
         assert isinstance(records[1].images[0], BytesImage if path.suffix == ".parquet" else FileSlice)
+
+
+def split_datasets(root: Path) -> list[Path]:
+    """The same train (captions a, b) and test (c) splits as a saved DatasetDict, parquet files named after their
+    split (as the hub's data/ folders have them) and an imagefolder with train/ and test/ folders."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (40, 30), "red")] * 3, "caption": ["a", "b", "c"]},
+                                    features=features)
+    datasets.DatasetDict({"train": ds.select([0, 1]), "test": ds.select([2])}).save_to_disk(root / "dict")
+    ds.select([0, 1]).to_parquet(root / "data/train-00000-of-00001.parquet")
+    ds.select([2]).to_parquet(root / "data/test-00000-of-00001.parquet")
+    for split, captions in (("train", "ab"), ("test", "c")):
+        for caption in captions:
+            png(root / "folder" / split / f"{caption}.png")
+        rows = [{"file_name": f"{c}.png", "text": c} for c in captions]
+        write_jsonl(root / "folder" / split / "metadata.jsonl", rows)
+    return [root / "dict", root / "data", root / "folder"]
+
+
+def test_a_recipe_source_reads_the_splits_it_names(tmp_path):
+    """The split key of a source on a saved DatasetDict, a folder of split parquet files or an imagefolder of split
+    folders was ignored: `split: test` read the train records too, and a source naming none trained on the test
+    split."""
+    for path in split_datasets(tmp_path):
+        assert sorted(r.turns[-1].text for r in read_records(path)) == ["a", "b", "c"]  # `verbo data`: all of them
+        source = source_options(Source(str(path), split="test"), tmp_path)
+        assert [r.turns[-1].text for r in read_records(path, options=source)] == ["c"], path
+        with pytest.raises(DataError, match=r"holds the splits (train, test|test, train); read one: give its "):
+            list(read_records(path, options=source_options(Source(str(path)), tmp_path)))
+        with pytest.raises(DataError, match=r"split 'tst': the file's splits are (train, test|test, train)$"):
+            list(read_records(path, options=source_options(Source(str(path), split="tst"), tmp_path)))
+
+
+def test_imagefolder_metadata_files_deeper_than_one_folder_are_read(tmp_path):
+    """train/part1/metadata.jsonl and train/part2/metadata.jsonl were left out without a word (only metadata files
+    at most one folder down were looked for), where `datasets` reads them all."""
+    for part, caption in (("part1", "a"), ("part2", "b")):
+        png(tmp_path / "train" / part / "x.png")
+        write_jsonl(tmp_path / "train" / part / "metadata.jsonl", [{"file_name": "x.png", "text": caption}])
+    png(tmp_path / "test" / "y.png")
+    write_jsonl(tmp_path / "test" / "metadata.jsonl", [{"file_name": "y.png", "text": "c"}])
+    assert [(r.id, r.turns[-1].text) for r in read_records(tmp_path)] == [
+        ("test/y.png", "c"), ("train/part1/x.png", "a"), ("train/part2/x.png", "b")]
+    source = source_options(Source(str(tmp_path), split="train"), tmp_path)
+    assert [r.turns[-1].text for r in read_records(tmp_path, options=source)] == ["a", "b"]
+
+
+def test_imagefolder_split_folders_may_be_links(tmp_path):
+    """A split folder linked from elsewhere is read (it was when only one folder down was looked at), and a link back
+    up the tree is no endless walk."""
+    png(tmp_path / "real" / "x.png")
+    write_jsonl(tmp_path / "real" / "metadata.jsonl", [{"file_name": "x.png", "text": "linked"}])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train").symlink_to(tmp_path / "real")
+    (tmp_path / "data" / "loop").symlink_to(tmp_path / "data")
+    assert [(r.id, r.turns[-1].text) for r in read_records(tmp_path / "data")] == [("train/x.png", "linked")]
+
+
+def test_imagefolder_rows_are_named_by_their_id_column(tmp_path):
+    """An imagefolder row was named by its image even when it had a question_id or image_id column, as every other
+    format's rows are named: two questions on one image shared an id, and predictions lost the dataset's ids."""
+    png(tmp_path / "a.png")
+    write_jsonl(tmp_path / "metadata.jsonl", [
+        {"file_name": "a.png", "question_id": 11, "question": "What colour?", "answer": "red"},
+        {"file_name": "a.png", "question_id": 12, "question": "What shape?", "answer": "square"},
+        {"file_name": "a.png", "answer": "a red square"}])
+    assert [r.id for r in read_records(tmp_path)] == ["11", "12", "a.png"]
 
 
 def test_imagefolder_with_two_metadata_files_in_a_folder_is_refused(tmp_path):

@@ -149,7 +149,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 def _convert_arguments(p: argparse.ArgumentParser) -> None:
     _data_path_arguments(p)
     p.add_argument("--to", choices=["llava"], default="llava", help="output format")
-    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--out", required=True, help="output JSON file (.jsonl: one record a line)")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

@@ -23,8 +23,10 @@ class Source:
     """Data format (llava, coco, pairs, imagefolder, webdataset, hf, hf-stream); null detects it from the path
     (hf-stream, a Hugging Face dataset streamed as it trains, is never detected: `path` may be a hub id)."""
     split: str | None = None
-    """Split of a Hugging Face dataset (hf-stream); default train. For a Karpathy file (dataset_coco.json...), the
-    splits to read, comma-separated (train,restval; val): required where the file holds several."""
+    """Split of a Hugging Face dataset (hf-stream); default train. For a Karpathy file (dataset_coco.json...), a
+    saved DatasetDict, parquet files named after their splits (train-00000-of-00001.parquet) or an imagefolder of
+    split folders (train/, test/), the splits to read, comma-separated (train,restval; val): required where it holds
+    several."""
     image_root: str | None = None
     """Folder relative image paths start from (relative to data_root); default: the data file's folder, and for COCO
     annotations a guess near the file (images/, the split folder its name mentions). `--image-root` of `verbo data`."""

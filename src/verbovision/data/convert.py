@@ -4,6 +4,7 @@ image's records together."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import random
@@ -15,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import DataError
-from ..files import write_json
+from ..files import write_atomic, write_json
 from .image_checks import PerImage
 from .images import ImageSource, image_key, image_name, read_image_bytes
 from .readers import iter_records
@@ -113,7 +114,11 @@ def llava_row(record: Record, place: Callable[[ImageSource], str]) -> dict:
 
 def write_llava(records: list[Record], out_file: Path, place: ImagePlacer) -> None:
     place.reserve(image for record in records for image in record.images)
-    write_json(out_file, [llava_row(record, place) for record in records])
+    rows = [llava_row(record, place) for record in records]
+    if out_file.suffix.lower() == ".jsonl":  # one record a line, as JSONL readers (ours too) expect of the name
+        write_atomic(out_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    else:
+        write_json(out_file, rows)
 
 
 def convert_data(path: str | Path, out_file: str | Path, read: ReadOptions | None = None) -> tuple[int, SkipLog]:

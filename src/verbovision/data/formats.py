@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,10 +63,15 @@ def _karpathy_splits_read(path: Path, document: dict, options: ReadOptions) -> s
         if options.several_splits and len(present) > 1:
             raise DataError(f"{path}: Karpathy's file holds the splits {', '.join(present)}; {options.several_splits}")
         return None
-    wanted = {name.strip() for name in options.split.split(",") if name.strip()}
+    return _named_splits(path, options.split, present)
+
+
+def _named_splits(path: Path, split: str, present: list[str]) -> set[str]:
+    """The splits a comma-separated `split` names, each one among those `present`."""
+    wanted = {name.strip() for name in split.split(",") if name.strip()}
     unknown = sorted(wanted.difference(present))
     if unknown or not wanted:
-        raise DataError(f"{path}: split {options.split!r}: the file's splits are {', '.join(present)}")
+        raise DataError(f"{path}: split {split!r}: the file's splits are {', '.join(present)}")
     return wanted
 
 
@@ -130,7 +136,11 @@ def _coco_image_root(path: Path, names: list[str]) -> Path:
 
 def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     """Hugging Face imagefolder: each metadata file describes the images in its folder (`file_name` column)."""
-    for metadata in metadata_files(path):
+    files = metadata_files(path)
+    tops = [path / file.parent.relative_to(path).parts[0] if file.parent != path else path for file in files]
+    split_of = lambda top: _split_in_name(top.name) if top != path else None  # noqa: E731 (train/, test/)
+    read = set(_split_files(path, tops, split_of, options))
+    for metadata in (file for file, top in zip(files, tops) if top in read):
         folder = metadata.parent
         for default_id, row in with_columns(file_rows(metadata), metadata, options.columns, _is_file_name_column):
             if isinstance(row, RecordError):
@@ -146,20 +156,34 @@ def read_imagefolder(path: Path, options: ReadOptions) -> Iterator[Record | Reco
                 continue
             row_id = ",".join(str((folder / str(n)).relative_to(path)) for n in names)
             with_key = replace(options, columns=replace(options.columns, image=key))
-            yield row_record({**row, "id": row.get("id", row_id)}, default_id, metadata, with_key, folder)
+            yield row_record(row, row_id, metadata, with_key, folder)  # named by its id column, else its image
 
 
 def metadata_files(path: Path) -> list[Path]:
-    """The metadata files of an imagefolder, at most one per folder: two (metadata.csv beside a metadata.jsonl made
-    from it) would give every image twice."""
-    files = sorted(p for pattern in ("metadata.jsonl", "metadata.csv", "*/metadata.jsonl", "*/metadata.csv",
-                                     "metadata.parquet", "*/metadata.parquet") for p in path.glob(pattern))
+    """The metadata files of an imagefolder, in its folders at any depth (train/part1/metadata.jsonl, as `datasets`
+    finds them), at most one per folder: two (metadata.csv beside a metadata.jsonl made from it) would give every
+    image twice."""
+    files = sorted(_metadata_under(path))
     folders = [file.parent for file in files]
-    twice = next((folder for folder in folders if folders.count(folder) > 1), None)
+    twice = next((folder for folder, after in zip(folders, folders[1:]) if folder == after), None)  # sorted: neighbours
     if twice is not None:
         names = ", ".join(file.name for file in files if file.parent == twice)
         raise DataError(f"{twice}: {names} both describe this folder's images; keep one")
     return files
+
+
+def _metadata_under(path: Path) -> Iterator[Path]:
+    """The metadata files in `path` and its folders, through linked folders too (a split folder linked from
+    elsewhere; Path.rglob does not follow links), each real folder once (a link up the tree is no loop)."""
+    seen = set()
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        yield from (Path(folder) / name for name in names if name in ("metadata.jsonl", "metadata.csv",
+                                                                       "metadata.parquet"))
 
 
 def _file_name_column(row: dict) -> str | None:
@@ -233,18 +257,54 @@ def read_hf(path: Path, options: ReadOptions) -> Iterator[Record | RecordError]:
     Images embedded in a saved dataset's Arrow files are indexed by their byte range in the file and read when
     needed (`FileSlice`), so a dataset larger than memory trains; parquet pages are compressed, so parquet images are
     held in memory (save such a dataset with `datasets` first to stream it)."""
-    for split, file in _hf_files(path):
+    for split, file in _hf_files(path, options):
         rows = ((f"{split}/{index}" if split else str(index), row) for index, row in enumerate(arrow_rows(file)))
         for row_id, row in with_columns(rows, file, options.columns):
             yield row_record(row, row_id, file, options, options.image_root or file.parent)
 
 
-def _hf_files(path: Path) -> list[tuple[str, Path]]:
+def _splits_read(path: Path, splits: list[str], options: ReadOptions, one: Path) -> list[str]:
+    """The splits of a dataset to read: those `options.split` names, else all of them, unless the records serve one
+    purpose (`options.several_splits`), where test records would be trained on or training ones scored; `one` is
+    where one split alone is (its folder or file)."""
+    if options.split is not None:
+        wanted = _named_splits(path, options.split, splits)
+        return [split for split in splits if split in wanted]
+    if options.several_splits and len(splits) > 1:
+        kind = "file" if one.is_file() else "folder"
+        raise DataError(f"{path}: holds the splits {', '.join(splits)}; read one: give its {kind} ({one}), or name "
+                        "them with a recipe source's split key")
+    return splits
+
+
+def _split_files(path: Path, files: list[Path], split_of: Callable[[Path], str | None],
+                 options: ReadOptions) -> list[Path]:
+    """The files (or folders) of the splits read (`_splits_read`), where every one of `files` belongs to a split
+    (`split_of`); all of them otherwise."""
+    splits = [split_of(file) for file in files]
+    if not files or None in splits:
+        return files
+    read = _splits_read(path, list(dict.fromkeys(splits)), options, files[0])
+    return [file for file, split in zip(files, splits) if split in read]
+
+
+SPLIT_NAME = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
+                        r"(?:[-._ 0-9]|$)")
+"""A split named in a folder or file name, as Hugging Face `datasets` finds them (data_files.SPLIT_KEYWORDS)."""
+
+
+def _split_in_name(name: str) -> str | None:
+    found = SPLIT_NAME.search(name)
+    return found[1] if found else None
+
+
+def _hf_files(path: Path, options: ReadOptions) -> list[tuple[str, Path]]:
     if path.is_file():
         return [("", path)]
     if (path / "dataset_dict.json").exists():
         splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
-        return [(split, file) for split in splits for _, file in _hf_files(path / split)]
+        return [(split, file) for split in _splits_read(path, splits, options, path / splits[0])
+                for _, file in _hf_files(path / split, options)]
     if (path / "state.json").exists():
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         return [("", path / f["filename"]) for f in state["_data_files"]]
@@ -252,4 +312,4 @@ def _hf_files(path: Path) -> list[tuple[str, Path]]:
     if not parquet:  # a split folder copied without its files would otherwise give no records, without a word
         raise DataError(f"{path}: no state.json or .parquet files, so no Hugging Face dataset (save_to_disk or "
                         "to_parquet writes them)")
-    return [("", p) for p in parquet]
+    return [("", p) for p in _split_files(path, parquet, lambda file: _split_in_name(file.stem), options)]

@@ -97,12 +97,14 @@ class ReadOptions:
     prompt: str = CAPTION_PROMPT
     """User turn of caption records (rows without a question)."""
     split: str | None = None
-    """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file to read
-    (comma-separated, e.g. train,restval; default all)."""
+    """Split of a Hugging Face dataset read with `hf-stream` (default train); the splits of a Karpathy file, a saved
+    DatasetDict, split parquet files or imagefolder split folders to read (comma-separated, e.g. train,restval;
+    default all)."""
     several_splits: str | None = None
     """Where the records serve one purpose (a recipe's training or validation source, `verbo eval --data`), what to
     do about a Karpathy file holding several splits, none named by `split`: the error says it, since all of them
-    would put test images in training, or training images in a score. None reads them all (`verbo data`)."""
+    would put test images in training, or training images in a score (a DatasetDict, split parquet files or split
+    folders are refused the same way). None reads them all (`verbo data`)."""
     check_image_files: bool = False
     """A record whose image file does not exist is a problem (`image not found`) as it is read: one stat per image,
     nothing decoded. Training, evaluation and the `verbo data` commands read so, and data whose images are not where
@@ -282,7 +284,7 @@ def row_record(row: dict, default_id: str, source: Path, options: ReadOptions, b
     """One row of any row-shaped format: a LLaVA conversation, or an image with a caption/answer (and question)."""
     rid = str(next((row[k] for k in ID_COLUMNS if row.get(k) not in (None, "")), default_id))
     if "conversations" in row:
-        return _llava_record(row, rid, source, base)
+        return _llava_record(row, rid, source, base, options.columns.image)
     columns = options.columns
     image_key = columns.image or _first_present(row, IMAGE_COLUMNS)
     text_key = columns.text or _first_present(row, TEXT_COLUMNS)
@@ -360,19 +362,23 @@ def image_sources(value, base: Path, source: Path, rid: str) -> list:
                                                      "or {bytes, path}")
 
 
-def _llava_record(raw: dict, rid: str, path: Path, base: Path) -> Record | RecordError:
+def _llava_record(raw: dict, rid: str, path: Path, base: Path, image_column: str | None) -> Record | RecordError:
     conversations = raw.get("conversations")
     if not isinstance(conversations, list) or not conversations:
         return RecordError(path, rid, BAD_CONVERSATION, "missing or empty 'conversations'")
     turns = []
     for turn in conversations:
         role = _ROLES.get(turn.get("from") or turn.get("role")) if isinstance(turn, dict) else None
-        if role is None or not isinstance(turn.get("value"), str):
-            return RecordError(path, rid, BAD_CONVERSATION,
-                               "each turn needs 'from' (human/gpt/system) and a string 'value'")
-        turns.append(Turn(role, turn["value"]))
+        text = turn.get("value", turn.get("content")) if role else None  # LLaVA's from/value, or role/content
+        if not isinstance(text, str):
+            return RecordError(path, rid, BAD_CONVERSATION, "each turn needs 'from' (human/gpt/system) and a string "
+                                                            "'value' (or 'role' and a string 'content')")
+        turns.append(Turn(role, text))
+    # the column named (imagefolder's file_name) where the row has it, else LLaVA's "image", else "images" (Hugging
+    # Face datasets' list of images)
+    image_key = image_column if image_column in raw else _first_present(raw, ("image", "images"))
     try:
-        images = image_sources(raw.get("image"), base, path, rid)
+        images = image_sources(raw.get(image_key) if image_key else None, base, path, rid)
     except RecordError as e:
         return e
     first_user = next((t for t in turns if t.role == "user"), None)
