@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -14,7 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from verbovision.cli import main
 from verbovision.config.parse import parse_recipe
+from verbovision.model.store import load_model
 from verbovision.train.run import train_recipe
 
 from .helpers import curve, kill_at_step, rows, stage, tiny_recipe
@@ -63,6 +66,21 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):
     assert reference_weights.keys() == resumed_weights.keys()
     for name, value in reference_weights.items():
         assert torch.allclose(value, resumed_weights[name], atol=1e-6), name
+
+
+def test_a_run_killed_while_saving_its_built_model_resumes(tmp_path, shapes_data):
+    """A SIGKILL while init/ was saved (its weights written, its tokenizer not yet) left a model folder without a
+    processor under init/'s name: --resume took it for whole and failed to load it, with a traceback."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    killed = ("import os, sys; import verbovision.model.build as build; "
+              "build.save_processor = lambda *_: os._exit(137); "  # as a SIGKILL while the tokenizer is written
+              "from verbovision.cli import main; main(sys.argv[1:])")
+    run = tmp_path / "run"
+    assert subprocess.run([sys.executable, "-c", killed, "train", str(recipe), "--out", str(run)]).returncode == 137
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
+    load_model(run / "final", device="cpu")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # the killed save's part is gone
 
 
 def test_skip_counters_survive_a_checkpoint(tmp_path):

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -70,3 +72,21 @@ def replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextmanager
+def folder_written(folder: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `folder` to write into, swapped in for `folder` once the block ends: a kill mid-write
+    leaves the previous folder (or none), never a part of the new one under its name (a model without its tokenizer,
+    which a later command or `--resume` would take for a whole one). A link (a run's final/) keeps its folder's name."""
+    final = Path(folder).resolve()
+    partial = final.with_name(f".{final.name}.partial")
+    if partial.exists():  # left by a write that was killed
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        replace_dir(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
