@@ -122,6 +122,21 @@ def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data
     assert curve(run) == logged
 
 
+def test_a_run_whose_last_metrics_row_was_cut_short_resumes(tmp_path, shapes_data):
+    """A kill or a full disk in the middle of a metrics.jsonl row (predict's answers are guarded the same way): the
+    resumed run failed reading it, with a JSONDecodeError traceback. The torn row is dropped and logged again."""
+    raw = tiny_recipe(shapes_data, [stage("s", max_steps=3, log_every=1, save_every=100)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    logged = curve(run)
+    (run / "stages/0-s/done.json").unlink()
+    shutil.rmtree(run / "stages/0-s/checkpoints")  # killed mid-row, before the checkpoint after it
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-9])
+    train_recipe(parse_recipe(raw), run, resume=True)
+    assert curve(run) == logged
+
+
 def test_time_in_metrics_goes_on_across_a_resume(tmp_path, shapes_data):
     """metrics.jsonl's `time` (seconds since the run started) restarted at 0 in a resumed run: a plot over time went
     back. It goes on from the checkpoint's time (or the last row kept, where later)."""
