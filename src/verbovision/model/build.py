@@ -322,7 +322,7 @@ def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Pat
         raise VerboError(f"{out}: a model quantized for inference cannot be saved as a checkpoint; save the float one")
     if metadata and "template" in metadata:
         processor = with_trained_template(processor, family_of(model.config), metadata)
-    with folder_written(out) as partial:
+    with folder_written(out, last="config.json") as partial:
         model.save_pretrained(partial, safe_serialization=True)
         follow_umask(partial)
         save_processor(processor, partial)
