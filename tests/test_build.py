@@ -15,7 +15,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from verbovision.config.model import ConnectorSpec, LanguageSpec, ModelSpec, VisionSpec
 from verbovision.data.image_tokens import ImageTokens
 from verbovision.errors import ConfigError
+from verbovision.files import PARTIAL
 from verbovision.model.build import build_vlm, save_model
+from verbovision.model.store import check_model_out
 
 from .helpers import BLOCK_VERBOVISION, TINY_SCRATCH
 
@@ -56,6 +58,31 @@ def _spec(tiny_vision, tiny_lm, vision, lm, connector):
         connector=ConnectorSpec(type=connector, act=act, factor=2),
         image_token="<|image_pad|>" if lm == "qwen2" else "<image>",
     )
+
+
+def test_a_save_killed_midway_leaves_no_model_and_the_next_one_fills_the_same_folder(tmp_path, tiny_vision,
+                                                                                     tiny_lm, monkeypatch):
+    """`verbo build/merge --out DIR` killed while saving left DIR with config.json and weights but no tokenizer: a
+    model to every later command, which failed to load it. An existing folder (a mount point, the working directory)
+    is written into, not swapped."""
+    import verbovision.model.build as build
+
+    model, processor = build_vlm(_spec(tiny_vision, tiny_lm, "siglip", "qwen2", "mlp"))
+    out = tmp_path / "out"
+    out.mkdir()
+    inode = out.stat().st_ino
+
+    def killed(*_):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(build, "save_processor", killed)
+        with pytest.raises(KeyboardInterrupt):
+            save_model(model, processor, out)
+    assert list(out.iterdir()) == []
+    save_model(model, processor, out)
+    assert out.stat().st_ino == inode and (out / "config.json").exists() and not (out / PARTIAL).exists()
+    check_model_out(out, {})
 
 
 def _probe(processor):

@@ -107,6 +107,21 @@ def test_an_image_deleted_mid_conversation_does_not_end_it(vlm, images, tmp_path
     assert json.loads((tmp_path / "chat.json").read_text())[0]["image"] == str(copy)
 
 
+def test_save_updates_its_own_file_and_replaces_no_other(vlm, images, tmp_path):
+    """/save data/train.json (a slip of the tab key) replaced the dataset with one conversation, silently."""
+    session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0])
+    "".join(session.stream("Describe the image briefly."))
+    dataset = tmp_path / "train.json"
+    dataset.write_text("[]")
+    with pytest.raises(DataError, match=re.escape(f"/save {dataset}: a file this chat did not write; give a new file "
+                                                  "name (or delete it first)")):
+        session.command(f"/save {dataset}")
+    assert dataset.read_text() == "[]"
+    assert session.command(f"/save {tmp_path / 'chat.json'}").startswith("saved 2 messages")
+    "".join(session.stream("And now?"))
+    assert session.command(f"/save {tmp_path / 'chat.json'}").startswith("saved 4 messages")
+
+
 def test_save_to_a_folder_is_an_error_the_conversation_survives(vlm, images, tmp_path):
     session = ChatSession(vlm, DecodeOptions(max_new_tokens=4), image=images[0])
     "".join(session.stream("Describe the image briefly."))

@@ -16,6 +16,7 @@ from verbovision.cli import main, make_parser
 from verbovision.cli.common import load_vlm, pause_collector
 from verbovision.cli.evaluate import default_out
 from verbovision.config.parse import load_recipe
+from verbovision.data.synth import synth_shapes
 from verbovision.evaluate.report import CUT_MARK
 from verbovision.infer.messages import prompt_record
 from verbovision.infer.options import DecodeOptions
@@ -154,6 +155,16 @@ def test_quickstart_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys):
         assert main(["quickstart", "--out", str(tmp_path / "file/qs"), *argv]) == 2
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith("verbo: error: --") and message in line
+
+
+def test_quickstart_rerun_with_another_n_is_refused_not_run_on_the_earlier_images(tmp_path, capsys):
+    """`verbo quickstart --out qs --n 100` over a quickstart of 60 images trained and evaluated on the 60 (its
+    dataset was there), exit 0: the --n asked for was silently not used."""
+    synth_shapes(tmp_path / "data/shapes", n=6, seed=0, langs=("en",))
+    assert main(["quickstart", "--out", str(tmp_path), "--n", "8"]) == 2
+    assert capsys.readouterr().err == (f"verbo: error: --out {tmp_path}: holds a quickstart on 6 images; rerun it "
+                                       "with --n 6, or choose another --out for 8\n")
+    assert not (tmp_path / "run").exists()
 
 
 def test_output_to_a_reader_that_left_is_no_traceback(shapes_data):

@@ -233,6 +233,19 @@ def test_split_refuses_names_and_ratios_that_would_lose_or_misplace_records(tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", [["split", "{dir}/train.json", "--out", "{dir}"],
+                                     ["convert", "{dir}/train.json", "--out", "{dir}/train.json"]])
+def test_split_and_convert_refuse_to_write_over_the_file_they_read(tmp_path, command):
+    """`verbo data split data/train.json --out data` replaced the data with its train part (the skipped records
+    lost, and a rerun split the part again); convert with --out its input did the same with all but the skipped."""
+    rows = [record(str(i), None, f"answer {i}", f"question {i}?") for i in range(20)] + [{"id": "bad"}]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=f"{data}: --out would write train.json over it, the data being read"):
+        verbo_data(*(arg.format(dir=tmp_path) for arg in command))
+    assert json.loads(data.read_text()) == rows and sorted(p.name for p in tmp_path.iterdir()) == ["train.json"]
+
+
 def test_convert_coco_keeps_all_references(tmp_path, capsys):
     photo(0).save(tmp_path / "a.jpg")
     (tmp_path / "captions.json").write_text(json.dumps({

@@ -411,6 +411,24 @@ def test_rescoring_an_evaluation_into_its_folder_keeps_its_predictions(tmp_path,
     assert f"a cat {CUT_MARK}" in (tmp_path / "eval/report.md").read_text()
 
 
+def test_rescoring_an_evaluation_into_its_folder_keeps_what_only_its_model_gave(tmp_path, capsys):
+    """... and its report.json lost the loss and perplexity of the references, and which model and data it was:
+    those need the model to compute again."""
+    (tmp_path / "eval").mkdir()
+    predictions = _write(tmp_path / "eval/predictions.jsonl", {"id": "1", "prediction": "a cat",
+                                                               "references": ["a cat"]})
+    evaluation = {"model": "runs/qs/final", "data": "test.json", "metrics": {"Bleu_1": 1.0, "val_loss": 2.5,
+                                                                           "perplexity": 12.18}}
+    (tmp_path / "eval/report.json").write_text(json.dumps(evaluation))
+    assert main(["score", str(predictions), "--metrics", "exact_match", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval/report.json").read_text())
+    assert report["metrics"] == {"exact_match": 1.0, "val_loss": 2.5, "perplexity": 12.18}
+    assert (report["model"], report["data"], report["predictions"]) == ("runs/qs/final", "test.json", str(predictions))
+    assert "val_loss: 2.5" in capsys.readouterr().out
+    assert main(["score", str(predictions), "--metrics", "exact_match", "--out", str(tmp_path / "other")]) == 0
+    assert "val_loss" not in json.loads((tmp_path / "other/report.json").read_text())["metrics"]
+
+
 def test_cider_of_one_item_comes_with_a_note(tmp_path, capsys):
     """pycocoevalcap's CIDEr-D of a single image is 0 even for a prediction equal to its reference: say so."""
     predictions = _write(tmp_path / "predictions.jsonl", {"id": "1", "prediction": "a cat", "references": ["a cat"]})

@@ -145,6 +145,25 @@ def test_answers_path_that_is_a_folder_is_refused_before_the_model_loads(tmp_pat
     assert capsys.readouterr().err == f"verbo: error: {message}\n"
 
 
+def test_answers_of_another_model_or_decoding_are_not_taken_for_this_runs(vlm, shapes_data, tmp_path, capsys):
+    """`verbo predict B --out answers.jsonl` over model A's answers said "0 answered, N already answered", exit 0:
+    the file held A's answers as B's. Another model_id or decoding is refused before the model loads."""
+    questions, out = tmp_path / "q.jsonl", tmp_path / "answers.jsonl"
+    write_questions(questions, shapes_data, 3)
+    predict(vlm, PredictConfig(questions, out, shapes_data, model_id="A", options=DecodeOptions(max_new_tokens=3)))
+    capsys.readouterr()
+    argv = ["predict", "no/such-model", "--questions", str(questions), "--image-folder", str(shapes_data), "--out",
+            str(out), "--max-new-tokens", "3"]
+    assert main(argv) == 2  # its model_id is "no/such-model"
+    assert capsys.readouterr().err == (f"verbo: error: {out}:1: answered with model_id 'A' (now 'no/such-model'): "
+                                       "give another --out, or the flags it was answered with to continue it\n")
+    with pytest.raises(DataError, match=f"{out}:1: answered with max_new_tokens 3 \\(now 4\\)"):
+        predict(vlm, PredictConfig(questions, out, shapes_data, model_id="A", options=DecodeOptions(max_new_tokens=4)))
+    same = PredictConfig(questions, out, shapes_data, model_id="A", options=DecodeOptions(max_new_tokens=3))
+    done = predict(vlm, same)
+    assert (done.already, done.answered) == (3, 0)
+
+
 def test_questions_file_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "q.jsonl"  # as Windows editors save UTF-8
     path.write_bytes(b'\xef\xbb\xbf{"question_id": 1, "text": "a"}\r\n{"question_id": 2, "text": "b"}\r\n')

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 
 import pytest
@@ -15,7 +16,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from verbovision.cli import main
 from verbovision.config.parse import parse_recipe
+from verbovision.model.store import load_model
 from verbovision.train.run import train_recipe
 
 from .helpers import curve, kill_at_step, rows, stage, tiny_recipe
@@ -66,6 +69,21 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, shapes_data):
         assert torch.allclose(value, resumed_weights[name], atol=1e-6), name
 
 
+def test_a_run_killed_while_saving_its_built_model_resumes(tmp_path, shapes_data):
+    """A SIGKILL while init/ was saved (its weights written, its tokenizer not yet) left a model folder without a
+    processor under init/'s name: --resume took it for whole and failed to load it, with a traceback."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(shapes_data, [stage("s", max_steps=1)])))
+    killed = ("import os, sys; import verbovision.model.build as build; "
+              "build.save_processor = lambda *_: os._exit(137); "  # as a SIGKILL while the tokenizer is written
+              "from verbovision.cli import main; main(sys.argv[1:])")
+    run = tmp_path / "run"
+    assert subprocess.run([sys.executable, "-c", killed, "train", str(recipe), "--out", str(run)]).returncode == 137
+    assert main(["train", str(recipe), "--out", str(run), "--resume"]) == 0
+    load_model(run / "final", device="cpu")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # the killed save's part is gone
+
+
 def test_skip_counters_survive_a_checkpoint(tmp_path):
     from verbovision.train.distributed import Processes
     from verbovision.train.state import TrainState
@@ -101,6 +119,21 @@ def test_a_stage_redone_from_its_start_logs_its_steps_once(tmp_path, shapes_data
     (stage_dir / "done.json").unlink()
     for checkpoint in (stage_dir / "checkpoints").glob("step-*"):
         shutil.rmtree(checkpoint)
+    train_recipe(parse_recipe(raw), run, resume=True)
+    assert curve(run) == logged
+
+
+def test_a_run_whose_last_metrics_row_was_cut_short_resumes(tmp_path, shapes_data):
+    """A kill or a full disk in the middle of a metrics.jsonl row (predict's answers are guarded the same way): the
+    resumed run failed reading it, with a JSONDecodeError traceback. The torn row is dropped and logged again."""
+    raw = tiny_recipe(shapes_data, [stage("s", max_steps=3, log_every=1, save_every=100)])
+    run = tmp_path / "run"
+    train_recipe(parse_recipe(raw), run)
+    logged = curve(run)
+    (run / "stages/0-s/done.json").unlink()
+    shutil.rmtree(run / "stages/0-s/checkpoints")  # killed mid-row, before the checkpoint after it
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes()[:-9])
     train_recipe(parse_recipe(raw), run, resume=True)
     assert curve(run) == logged
 

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from verbovision.data.synth import COLOURS, synth_shapes
+from verbovision.errors import DataError
 from verbovision.data.synth_geometry import synth_geometry
 
 N = 30
@@ -182,6 +183,18 @@ def test_layout_and_dataset_info(tmp_path, generate, expected):
             assert len(_load_json(tmp_path / name)) == count
     # Atomic writes leave no temporary files behind.
     assert not [p for p in tmp_path.rglob(".*")]
+
+
+def test_a_dataset_of_other_settings_is_not_written_over(tmp_path):
+    """Synthesizing into the folder of an earlier dataset with other settings wrote over its images and left its
+    other tables (another language's, of another seed and split) beside the new ones, describing other images."""
+    synth_shapes(tmp_path, n=N, seed=0)
+    before = _tree_bytes(tmp_path)
+    with pytest.raises(DataError, match=r"seed 0 \(now 1\), n 30 \(now 10\), langs en,pt \(now en\)"):
+        synth_shapes(tmp_path, n=10, seed=1, langs=("en",))
+    assert _tree_bytes(tmp_path) == before
+    assert synth_shapes(tmp_path, n=N, seed=0)["n"] == N  # the same settings again: written again, as they were
+    assert _tree_bytes(tmp_path) == before
 
 
 def test_invalid_arguments(tmp_path):

@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -70,3 +72,35 @@ def replace_dir(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     if old.exists():
         shutil.rmtree(old)
+
+
+PARTIAL = ".partial"
+"""The folder `folder_written` writes into: beside a new folder (`.NAME.partial`), inside an existing one."""
+
+
+@contextmanager
+def folder_written(folder: str | Path, last: str | None = None) -> Iterator[Path]:
+    """A temporary folder to write `folder`'s files into, moved into place once the block ends: a kill mid-write
+    leaves the previous folder (or none), never a part of the new one under its name (a model without its tokenizer,
+    which a later command or `--resume` would take for a whole one). A new folder is renamed into place whole; into
+    one that exists (a mount point, the working directory: they cannot be swapped) the files are moved one by one,
+    `last` (the file that makes the folder what it is: a model's config.json) last."""
+    final = Path(folder)
+    exists = final.is_dir()
+    partial = final / PARTIAL if exists else final.resolve().with_name(f".{final.resolve().name}{PARTIAL}")
+    if partial.exists():  # left by a write that was killed
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+        if not exists:
+            partial.rename(final)
+            return
+        for entry in sorted(partial.iterdir(), key=lambda path: path.name == last):
+            if (final / entry.name).is_dir() and not (final / entry.name).is_symlink():
+                shutil.rmtree(final / entry.name)
+            os.replace(entry, final / entry.name)
+        partial.rmdir()
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise

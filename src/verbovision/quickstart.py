@@ -11,7 +11,9 @@ from pathlib import Path
 
 from .config.parse import load_recipe, shipped_recipe
 from .data.synth import synth_shapes
+from .errors import ConfigError
 from .evaluate.run import evaluate
+from .files import read_json
 from .train.report import sample_captions, write_report
 from .train.run import train_recipe
 
@@ -23,7 +25,11 @@ IMAGES = 12000
 def quickstart(out: Path, n: int = IMAGES, overrides: list[str] = ()) -> dict:
     start = time.time()
     data = out / "data" / "shapes"
-    if not (data / "dataset_info.json").exists():
+    made = read_json(data / "dataset_info.json")
+    if made and made["n"] != n:  # its run trained on those: a rerun continues it, on them
+        raise ConfigError(f"--out {out}: holds a quickstart on {made['n']} images; rerun it with --n {made['n']}, or "
+                          f"choose another --out for {n}")
+    if not made:
         print(f"[1/4] synthesizing {n} shapes images -> {data}")
         synth_shapes(data, n=n, seed=0, langs=("en",))
     recipe = load_recipe(shipped_recipe("quickstart"), [f"data_root={data}", *overrides])

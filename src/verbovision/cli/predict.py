@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..infer.predict import PredictConfig, chunk, predict, read_questions
+from ..infer.predict import AnswerLog, PredictConfig, chunk, made_by, predict, read_questions
 from .common import Command, add_decode_options, add_model_argument, decode_options_from_flags, load_vlm
 
 
@@ -34,6 +34,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     questions = read_questions(config.questions, config.image_folder)
     if config.out.is_dir():
         raise ConfigError(f"--out {config.out}: a folder; give the answers file (JSONL) to write")
+    AnswerLog(config.out).answered_ids(made_by(config))
     summary = predict(load_vlm(args), config, questions)
     print(summary, file=sys.stderr)
     print(config.out)

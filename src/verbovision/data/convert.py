@@ -125,6 +125,7 @@ def convert_data(path: str | Path, out_file: str | Path, read: ReadOptions | Non
     """Write a dataset as one LLaVA JSON file; images stay where they are (shard members and bytes are extracted
     beside it, into <name>_images/). Returns the records written and those skipped, by reason."""
     out_file = Path(out_file)
+    refuse_writing_over(path, [out_file])
     skips = SkipLog()
     records = list(iter_records(path, read, skips))
     require_usable(len(records), skips, f"records in {path}")
@@ -132,6 +133,15 @@ def convert_data(path: str | Path, out_file: str | Path, read: ReadOptions | Non
     place = ImagePlacer(out_file.parent, out_file.parent / f"{out_file.stem}_images")
     write_llava(records, out_file, place)
     return len(records), skips
+
+
+def refuse_writing_over(data: str | Path, outputs: list[Path]) -> None:
+    """Refuse, before any work, to write over the data file being read (`split data/train.json --out data`): its
+    records would be replaced by a part of them, the skipped ones lost, and a rerun would split the part again."""
+    for output in outputs:
+        if Path(data).is_file() and output.exists() and output.resolve() == Path(data).resolve():
+            raise DataError(f"{data}: --out would write {output.name} over it, the data being read; choose another "
+                            "--out")
 
 
 def split_data(path: str | Path, out: str | Path, ratios: list[float], seed: int = 0,
@@ -143,6 +153,7 @@ def split_data(path: str | Path, out: str | Path, ratios: list[float], seed: int
     if len(set(names)) != len(names) or not all(names):
         raise DataError(f"names {names}: each split needs a name of its own (one file per split)")
     out = Path(out)
+    refuse_writing_over(path, [out / f"{name}.json" for name in names])
     skips = SkipLog()
     records = list(iter_records(path, read, skips))
     require_usable(len(records), skips, f"records in {path}")

@@ -34,6 +34,7 @@ from .synth_dataset import (
     Point,
     Record,
     assign_splits,
+    dataset_settings,
     empty_tables,
     llava_record,
     prepare_dir,
@@ -371,7 +372,8 @@ def synth_shapes(
     ``dataset_info.json``.
     """
     langs = _check_langs(langs)
-    root = prepare_dir(out)
+    settings = dataset_settings("shapes", seed, n, image_size, splits, langs=langs)
+    root = prepare_dir(out, settings)
     split_of = assign_splits(n, splits, random.Random(f"shapes-splits:{seed}"))
     records = empty_tables([f"{task}_{lang}" for lang in langs
                              for task in ("caption_short", "caption_detailed", "vqa")])
@@ -388,7 +390,7 @@ def synth_shapes(
         for lang in langs:
             for task, recs in _shapes_records(index, image, objects, lang, template, questions).items():
                 records[split][f"{task}_{lang}"].extend(recs)
-    return write_dataset(root, "shapes", seed, n, image_size, splits, scenes, records, langs=langs)
+    return write_dataset(root, settings, scenes, records)
 
 
 def _check_langs(langs: Sequence[str]) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from ..errors import DataError
+from ..files import read_json
 from .convert import llava_row
 from .records import DATA_IMAGE_TOKEN, Turn
 from .records import Record as ParsedRecord
@@ -61,8 +63,23 @@ def llava_record(record_id: str, image: str, prompt: str, reply: str, answer_key
     return record
 
 
-def prepare_dir(out: str | Path) -> Path:
+def dataset_settings(generator: str, seed: int, n: int, image_size: int, splits: Sequence[float], **extra: Any) -> dict:
+    """What a synthetic dataset is made from: dataset_info.json less its counts."""
+    return {"generator": f"verbovision.synth.{generator}", "version": GENERATOR_VERSION, "seed": seed, "n": n,
+            "image_size": image_size, **extra, "split_ratios": list(splits)}
+
+
+def prepare_dir(out: str | Path, settings: dict) -> Path:
+    """The dataset's folders; one holding a dataset of other settings is refused: its files (another language's
+    tables, images past n) would stay beside the new ones, describing images that are now others."""
     root = Path(out)
+    info = read_json(root / "dataset_info.json", {})
+    shown = lambda value: ",".join(map(str, value)) if isinstance(value, list) else value  # noqa: E731
+    differ = [f"{key} {shown(info.get(key))} (now {shown(value)})" for key, value in settings.items()
+              if info and info.get(key) != value]
+    if differ:
+        raise DataError(f"--out {out}: holds a synthetic dataset made with {', '.join(differ)}; its files would mix "
+                        "with the new one's: choose another --out, or delete that folder first")
     for sub in ("images", *SPLIT_NAMES):
         (root / sub).mkdir(parents=True, exist_ok=True)
     return root
@@ -91,28 +108,16 @@ def write_image(root: Path, index: int, image: Image.Image) -> str:
     return name
 
 
-def write_dataset(
-    root: Path, generator: str, seed: int, n: int, image_size: int, splits: Sequence[float],
-    scenes: list[dict], records: dict[str, dict[str, list[Record]]], **extra: Any,
-) -> dict:
+def write_dataset(root: Path, settings: dict, scenes: list[dict], records: dict[str, dict[str, list[Record]]]) -> dict:
     """Write scenes.jsonl, the split JSON files and dataset_info.json (last, as the completion mark)."""
     scene_lines = "".join(json.dumps(scene, ensure_ascii=False) + "\n" for scene in scenes)
     _atomic_write(root / "scenes.jsonl", scene_lines.encode("utf-8"))
-    files = {"images": n, "scenes.jsonl": n}
+    files = {"images": settings["n"], "scenes.jsonl": settings["n"]}
     for split, tables in records.items():
         for name, recs in tables.items():
             _atomic_write(root / split / f"{name}.json", _json_bytes(recs))
             files[f"{split}/{name}.json"] = len(recs)
-    summary = {
-        "generator": f"verbovision.synth.{generator}",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "n": n,
-        "image_size": image_size,
-        **extra,
-        "split_ratios": list(splits),
-        "splits": {split: sum(s["split"] == split for s in scenes) for split in SPLIT_NAMES},
-        "files": files,
-    }
+    summary = {**settings, "splits": {split: sum(s["split"] == split for s in scenes) for split in SPLIT_NAMES},
+               "files": files}
     _atomic_write(root / "dataset_info.json", _json_bytes(summary))
     return summary

@@ -15,6 +15,7 @@ from .synth_dataset import (
     Point,
     Record,
     assign_splits,
+    dataset_settings,
     empty_tables,
     llava_record,
     prepare_dir,
@@ -245,7 +246,8 @@ def synth_geometry(
     Files: ``images/NNNNNN.png``, ``scenes.jsonl``, ``{split}/geoqa_en.json``, ``{split}/caption_en.json``
     and ``dataset_info.json``. Each geoqa record carries the final number in an extra ``"answer"`` key.
     """
-    root = prepare_dir(out)
+    settings = dataset_settings("geometry", seed, n, image_size, splits)
+    root = prepare_dir(out, settings)
     split_of = assign_splits(n, splits, random.Random(f"geometry-splits:{seed}"))
     style = _GeometryStyle.create(image_size)
     records = empty_tables(["caption_en", "geoqa_en"])
@@ -261,4 +263,4 @@ def synth_geometry(
         })
         records[split]["geoqa_en"].append(_geometry_record(index, image, tri))
         records[split]["caption_en"].append(_geometry_caption(index, image, tri))
-    return write_dataset(root, "geometry", seed, n, image_size, splits, scenes, records)
+    return write_dataset(root, settings, scenes, records)

@@ -349,5 +349,18 @@ def score_file(path: str | Path, refs: str | Path | None, names: Sequence[str],
     result.predictions = [inputs.rows.get(k) or {"id": k, "prediction": inputs.predictions[k], "references": v}
                           for k, v in inputs.references.items()]
     if out:
-        write_eval_folder(Path(out), result, {"predictions": str(path), "references": str(refs or path)})
+        kept = evaluation_kept(Path(out), path, result)
+        write_eval_folder(Path(out), result, {**kept, "predictions": str(path), "references": str(refs or path)})
     return result
+
+
+def evaluation_kept(out: Path, path: str | Path, result: EvalResult) -> dict:
+    """Rescoring an evaluation in its own folder (`verbo score eval/x/predictions.jsonl --out eval/x`) replaced its
+    report with one that lost what only its model could give: what the references' loss and perplexity were (put
+    back into `result`), and which model and data it was (returned, to describe the new report)."""
+    report_file = out / "report.json"
+    if not report_file.exists() or Path(path).resolve() != (out / "predictions.jsonl").resolve():
+        return {}
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    result.values.update({k: v for k, v in report.get("metrics", {}).items() if k in ("val_loss", "perplexity")})
+    return {k: report[k] for k in ("model", "data") if k in report}

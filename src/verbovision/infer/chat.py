@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `verbo --help` should not load
 HELP = """commands:
   /image PATH   your next message carries this image (read now: the file may change or go afterwards)
   /reset        forget the conversation (the current image goes with your next message again)
-  /save FILE    write the conversation as LLaVA JSON
+  /save FILE    write the conversation as LLaVA JSON (a new file, or one this chat saved)
   /quit         leave (so does Ctrl-D)"""
 
 
@@ -44,6 +44,8 @@ class ChatSession:
         self.messages: list[dict] = []
         self.image_pending = False
         """Whether the next user message carries `image`."""
+        self.saved: set[Path] = set()
+        """The files /save wrote: saved again, they are updated; another existing file (a dataset) is not replaced."""
         if image is not None:
             self.set_image(image)
         self.reset()
@@ -90,8 +92,12 @@ class ChatSession:
         if name == "/save" and arg:
             from ..files import write_json
 
+            if Path(arg).is_file() and Path(arg).resolve() not in self.saved:
+                raise DataError(f"/save {arg}: a file this chat did not write; give a new file name (or delete it "
+                                "first)")
             try:
                 write_json(arg, [self.llava_record()])
+                self.saved.add(Path(arg).resolve())
             except OSError as e:  # a folder, a missing drive...: the conversation goes on, to be saved elsewhere
                 raise DataError(f"/save {arg}: cannot write ({e.strerror or e}); give a file path") from None
             gone = [name for name in self._image_names() if not Path(name).exists()]

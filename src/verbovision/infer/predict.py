@@ -124,8 +124,9 @@ class AnswerLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def answered_ids(self) -> set:
-        """question_ids answered so far; a torn last line (killed mid-write) is cut off the file first."""
+    def answered_ids(self, made: dict | None = None) -> set:
+        """question_ids answered so far; a torn last line (killed mid-write) is cut off the file first. `made`
+        (`made_by`): what every line must say of how it was answered, for the file to be continued."""
         if not self.path.exists():
             return set()
         data = self.path.read_bytes()
@@ -136,10 +137,12 @@ class AnswerLog:
         for line_no, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
             if line.strip():
                 try:
-                    ids.add(json.loads(line)["question_id"])
+                    row = json.loads(line)
+                    ids.add(row["question_id"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise DataError(f"{self.path}:{line_no}: not an answer line (JSON with a question_id); "
                                     "fix or remove it to resume") from None
+                _check_made(row, made, f"{self.path}:{line_no}")
         return ids
 
     def append(self, rows: list[dict]) -> None:
@@ -155,6 +158,28 @@ class AnswerLog:
             os.close(fd)
 
 
+def made_by(config: PredictConfig) -> dict:
+    """What an answer line says of how it was answered (as read back from JSON): the lines a run continues say the
+    same, or the file would hold another model's (or decoding's) answers as this one's."""
+    from .options import DecodeOptions
+
+    return json.loads(json.dumps({"model_id": config.model_id, "metadata": asdict(config.options or DecodeOptions())}))
+
+
+def _check_made(row: dict, made: dict | None, where: str) -> None:
+    if made is None:
+        return
+    if row.get("model_id") != made["model_id"]:
+        differ = f"model_id {row.get('model_id')!r} (now {made['model_id']!r})"
+    else:  # a setting an older answers file does not record is not held against it
+        was = row.get("metadata") or {}
+        differ = ", ".join(f"{key} {was[key]!r} (now {value!r})" for key, value in made["metadata"].items()
+                           if key in was and was[key] != value)
+    if differ:
+        raise DataError(f"{where}: answered with {differ}: give another --out, or the flags it was answered with "
+                        "to continue it")
+
+
 def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = None) -> PredictSummary:
     """Answer the questions of config's chunk that `config.out` does not answer yet; `questions`: the file's, where
     they have been read already (`verbo predict` reads them before the model loads)."""
@@ -165,7 +190,7 @@ def predict(vlm: VLM, config: PredictConfig, questions: list[Question] | None = 
         questions = read_questions(config.questions, config.image_folder)
     questions = chunk(questions, config.num_chunks, config.chunk_idx)
     log = AnswerLog(config.out)
-    done = log.answered_ids()
+    done = log.answered_ids(made_by(config))
     todo = [q for q in questions if q.id not in done]
     summary = PredictSummary(len(questions), len(questions) - len(todo), 0,
                              truncation=Truncation(options.max_new_tokens))

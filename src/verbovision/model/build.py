@@ -48,7 +48,7 @@ from ..data.encoding import with_trained_template
 from ..data.tokenizer import prepare_pretrained_tokenizer, stop_token_ids, with_image_parts
 from ..errors import ConfigError, VerboError
 from ..families import family_of, is_vision_encoder_decoder, starts_with_cls, ties_in_vlm
-from ..files import follow_umask, write_json
+from ..files import folder_written, follow_umask, write_json
 from .quantize import is_quantized
 from .store import MODEL_METADATA, check_model_source, explained_import_error, save_processor
 
@@ -314,19 +314,20 @@ def _copy_language_model(model: PreTrainedModel, name: str) -> None:
 
 
 def save_model(model: PreTrainedModel, processor: ProcessorMixin, out: str | Path, metadata: dict | None = None) -> Path:
-    """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them. With a `template`
-    in the metadata, the saved chat template renders the layout the model was trained on (`with_trained_template`)."""
+    """Save a standard checkpoint (safetensors) + processor, and our build metadata beside them, whole or not at all
+    (`folder_written`). With a `template` in the metadata, the saved chat template renders the layout the model was
+    trained on (`with_trained_template`)."""
     out = Path(out)
     if is_quantized(model):
         raise VerboError(f"{out}: a model quantized for inference cannot be saved as a checkpoint; save the float one")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    follow_umask(out)
     if metadata and "template" in metadata:
         processor = with_trained_template(processor, family_of(model.config), metadata)
-    save_processor(processor, out)
-    if metadata is not None:
-        write_json(out / MODEL_METADATA, metadata)
+    with folder_written(out, last="config.json") as partial:
+        model.save_pretrained(partial, safe_serialization=True)
+        follow_umask(partial)
+        save_processor(processor, partial)
+        if metadata is not None:
+            write_json(partial / MODEL_METADATA, metadata)
     return out
 
 

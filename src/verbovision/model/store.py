@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import VerboError
-from ..files import blocking_file, read_json, write_atomic
+from ..files import PARTIAL, blocking_file, read_json, write_atomic
 
 MODEL_METADATA = "verbovision.json"
 ADAPTER_METADATA = "verbovision_adapter.json"
@@ -256,7 +256,8 @@ def check_model_out(out: str | Path, reads: dict[str, str | Path]) -> None:
     for what, path in reads.items():
         if Path(path).exists() and out.resolve() == Path(path).resolve():
             raise VerboError(f"--out {out}: the {what} this command reads; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and (is_adapter(out) or not (out / "config.json").exists()):
+    held = [path for path in out.iterdir() if path.name != PARTIAL] if out.is_dir() else []  # PARTIAL: a killed save's
+    if held and (is_adapter(out) or not (out / "config.json").exists()):
         raise VerboError(f"--out {out}: a folder that holds something other than a model; choose a new or empty "
                          "folder")
 
