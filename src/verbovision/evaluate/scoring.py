@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
+from ..files import read_json
 from .metrics import EvalResult, score
 from .report import write_eval_folder
 
@@ -358,9 +359,8 @@ def evaluation_kept(out: Path, path: str | Path, result: EvalResult) -> dict:
     """Rescoring an evaluation in its own folder (`verbo score eval/x/predictions.jsonl --out eval/x`) replaced its
     report with one that lost what only its model could give: what the references' loss and perplexity were (put
     back into `result`), and which model and data it was (returned, to describe the new report)."""
-    report_file = out / "report.json"
-    if not report_file.exists() or Path(path).resolve() != (out / "predictions.jsonl").resolve():
+    report = read_json(out / "report.json")
+    if report is None or Path(path).resolve() != (out / "predictions.jsonl").resolve():
         return {}
-    report = json.loads(report_file.read_text(encoding="utf-8"))
     result.values.update({k: v for k, v in report.get("metrics", {}).items() if k in ("val_loss", "perplexity")})
     return {k: report[k] for k in ("model", "data") if k in report}
